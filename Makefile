@@ -1,0 +1,25 @@
+# Set-up and common tasks. Every target creates the virtual environment on first use.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+ARCH := $(shell uname -m)
+# On x86_64 these torch builds lie on this kind of machine's disk (no download).
+ifeq ($(ARCH),aarch64)
+TORCH_SPEC ?= torch==2.9.1 torchvision==0.24.1
+else
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+endif
+PYTEST_ARGS ?=
+
+.PHONY: install test
+
+$(VENV)/.installed: setup.py
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet $(TORCH_SPEC)
+	$(PYTHON) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	$(PYTHON) -m pytest -q $(PYTEST_ARGS) tests

@@ -1,0 +1,327 @@
+"""The one configuration tree of stmixer.
+
+Every key carries a one-line comment directly above it (meaning and unit);
+``python -m stmixer.config`` prints them as a reference table and a test checks
+that none is missing. Key names, types and default values follow the official
+STMixer defaults, so the official config files merge unchanged and give the
+same tree as in the official code. Keys that the official code does not have
+are marked "(stmixer)" in their comment.
+"""
+
+from .config import CfgNode as CN
+
+_C = CN()
+
+# ---------------------------------------------------------------------------
+# Input clips
+# ---------------------------------------------------------------------------
+_C.DATA = CN()
+# Root folder of the dataset (holds frames/, frame_lists/ and the annotation folder).
+_C.DATA.PATH_TO_DATA_DIR = ""
+# Frames per input clip (for SlowFast: frames of the Fast pathway).
+_C.DATA.NUM_FRAMES = 4
+# Temporal stride between sampled frames of a clip, in frames of the TARGET_FPS video.
+_C.DATA.SAMPLING_RATE = 16
+# Input channels per pathway: [3] for single-pathway backbones, [3, 3] for SlowFast.
+_C.DATA.INPUT_CHANNEL_NUM = [3]
+# Per-channel mean subtracted from pixels scaled to [0, 1], in the channel order fed to the model.
+_C.DATA.MEAN = [0.45, 0.45, 0.45]
+# Per-channel standard deviation dividing pixels scaled to [0, 1].
+_C.DATA.STD = [0.225, 0.225, 0.225]
+# Training short-side sizes in pixels; each clip draws one uniformly from [min, max] of this list.
+_C.DATA.TRAIN_MIN_SCALES = [256, 320]
+# Largest allowed long side during training, in pixels (the scale is reduced to respect it).
+_C.DATA.TRAIN_MAX_SCALE = 1333
+# Test-time short-side size(s) in pixels; the first entry is used.
+_C.DATA.TEST_MIN_SCALES = [256]
+# Largest allowed long side at test time, in pixels.
+_C.DATA.TEST_MAX_SCALE = 1333
+# Frame rate (frames per second) that videos are resampled to before clip sampling.
+_C.DATA.TARGET_FPS = 30
+# Video decoding backend for the demo on raw videos: "pyav" or "torchvision".
+_C.DATA.DECODING_BACKEND = "pyav"
+# Randomly flip training clips horizontally (probability 0.5).
+_C.DATA.RANDOM_FLIP = True
+# Reverse the channel order of the model input (RGB <-> BGR) after normalization.
+_C.DATA.REVERSE_INPUT_CHANNEL = False
+# Names of the datasets used for training and testing (e.g. "ava_v2.2").
+_C.DATA.DATASETS = ["ava_v2.2"]
+
+# ---------------------------------------------------------------------------
+# AVA layout (all paths relative to DATA.PATH_TO_DATA_DIR)
+# ---------------------------------------------------------------------------
+_C.AVA = CN()
+# Folder of extracted frames: <FRAME_DIR>/<video>/<video>_%06d.jpg at 30 fps.
+_C.AVA.FRAME_DIR = "frames/"
+# Folder of the frame-list CSVs (train.csv, val.csv).
+_C.AVA.FRAME_LIST_DIR = "frame_lists/"
+# Folder of the annotation files (boxes, label map, exclusions, proposals).
+_C.AVA.ANNOTATION_DIR = "annotations_v2.2/"
+# Frame-list file names (in FRAME_LIST_DIR) read for training.
+_C.AVA.TRAIN_LISTS = ["train.csv"]
+# Frame-list file names (in FRAME_LIST_DIR) read for testing.
+_C.AVA.TEST_LISTS = ["val.csv"]
+# Box CSV file names (in ANNOTATION_DIR) read for training; names containing "predicted_boxes" hold detector proposals.
+_C.AVA.TRAIN_GT_BOX_LISTS = ["ava_train_v2.2.csv"]
+# Box CSV file names (in ANNOTATION_DIR) read for testing.
+_C.AVA.TEST_GT_BOX_LISTS = ["ava_val_v2.2.csv"]
+# Frames on disk are read in BGR order and kept so (the model then expects BGR input).
+_C.AVA.BGR = False
+# Apply colour jitter / PCA lighting augmentation to training clips.
+_C.AVA.TRAIN_USE_COLOR_AUGMENTATION = False
+# With colour augmentation on: use only PCA lighting jitter (no brightness/contrast/saturation jitter).
+_C.AVA.TRAIN_PCA_JITTER_ONLY = True
+# Eigenvalues of the RGB pixel covariance used by PCA lighting jitter.
+_C.AVA.TRAIN_PCA_EIGVAL = [0.225, 0.224, 0.229]
+# Eigenvectors (rows, RGB) of the pixel covariance used by PCA lighting jitter.
+_C.AVA.TRAIN_PCA_EIGVEC = [
+    [-0.5675, 0.7192, 0.4009],
+    [-0.5808, -0.0045, -0.8140],
+    [-0.5836, -0.6948, 0.4203],
+]
+# Flip every test clip horizontally (test-time flip).
+_C.AVA.TEST_FORCE_FLIP = False
+# Evaluate on all annotated val keyframes (True) or only those listed in the frame lists (False).
+_C.AVA.STRICT_EVAL = True
+# Label map (.pbtxt, in ANNOTATION_DIR): the classes that are evaluated.
+_C.AVA.LABEL_MAP_FILE = "ava_action_list_v2.2_for_activitynet_2019.pbtxt"
+# Excluded-timestamps CSV (in ANNOTATION_DIR): keyframes dropped from evaluation.
+_C.AVA.EXCLUSION_FILE = "ava_val_excluded_timestamps_v2.2.csv"
+# Ground-truth CSV (in ANNOTATION_DIR) the evaluation compares against.
+_C.AVA.GROUNDTRUTH_FILE = "ava_val_v2.2.csv"
+
+# ---------------------------------------------------------------------------
+# Data loader
+# ---------------------------------------------------------------------------
+_C.DATALOADER = CN()
+# Worker processes per training/test process that decode and transform clips.
+_C.DATALOADER.NUM_WORKERS = 4
+# Padded clip height and width of a batch are rounded up to a multiple of this many pixels.
+_C.DATALOADER.SIZE_DIVISIBILITY = 32
+# Batch only clips of the same orientation (portrait vs landscape) together.
+_C.DATALOADER.ASPECT_RATIO_GROUPING = False
+
+# ---------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------
+_C.MODEL = CN()
+# Weight file to start from (pretrained backbone or detector checkpoint); empty for none.
+_C.MODEL.WEIGHT = ""
+# (stmixer) Detector architecture, looked up in the detector registry.
+_C.MODEL.META_ARCHITECTURE = "STMDetector"
+# (stmixer) Device to run on: "" picks cuda:<local rank> when CUDA is available, else cpu.
+_C.MODEL.DEVICE = ""
+
+_C.MODEL.BACKBONE = CN()
+# Backbone name: "PySlowonly", "PySlowfast-R50", "PySlowfast-R101", "MAE-ViT-B" or "MAE-ViT-L".
+_C.MODEL.BACKBONE.CONV_BODY = "Slowfast-Resnet50"
+# Number of input pathways: 1 (SlowOnly, ViT) or 2 (SlowFast).
+_C.MODEL.BACKBONE.PATHWAYS = 1
+# Keep every backbone BatchNorm in eval mode during training (running statistics frozen).
+_C.MODEL.BACKBONE.FROZEN_BN = False
+# Momentum of the backbone BatchNorm running statistics (PyTorch convention).
+_C.MODEL.BACKBONE.BN_MOMENTUM = 0.1
+# Epsilon of the backbone BatchNorm layers.
+_C.MODEL.BACKBONE.BN_EPSILON = 1e-05
+
+# ---------------------------------------------------------------------------
+# ResNet-3D backbones (PySlowFast form)
+# ---------------------------------------------------------------------------
+_C.RESNET = CN()
+# Residual block transformation: "bottleneck_transform" or "basic_transform".
+_C.RESNET.TRANS_FUNC = "bottleneck_transform"
+# Groups of the 3x3 bottleneck convolution: 1 for ResNet, > 1 for ResNeXt.
+_C.RESNET.NUM_GROUPS = 1
+# Channels per group of res2's bottleneck (64 gives the standard ResNet widths).
+_C.RESNET.WIDTH_PER_GROUP = 64
+# Use in-place ReLU activations (saves memory, same values).
+_C.RESNET.INPLACE_RELU = True
+# Put the spatial stride on the first 1x1 convolution of a block instead of the 3x3.
+_C.RESNET.STRIDE_1X1 = False
+# Initialize the scale of each block's last BatchNorm to zero (identity residual at start).
+_C.RESNET.ZERO_INIT_FINAL_BN = False
+# ResNet depth: 18, 50, 101 or 152.
+_C.RESNET.DEPTH = 50
+# Per stage and pathway: how many leading blocks use the stage's temporal kernel (the rest use 1).
+_C.RESNET.NUM_BLOCK_TEMP_KERNEL = [[3], [4], [6], [3]]
+# Per stage and pathway: spatial stride of the stage's first block.
+_C.RESNET.SPATIAL_STRIDES = [[1], [2], [2], [2]]
+# Per stage and pathway: spatial dilation of the stage's 3x3 convolutions.
+_C.RESNET.SPATIAL_DILATIONS = [[1], [1], [1], [1]]
+
+_C.NONLOCAL = CN()
+# Per stage and pathway: indices of the blocks followed by a non-local block.
+_C.NONLOCAL.LOCATION = [[[]], [[]], [[]], [[]]]
+# Per stage and pathway: number of temporal groups a non-local block attends within.
+_C.NONLOCAL.GROUP = [[1], [1], [1], [1]]
+# Non-local affinity normalization: "dot_product" (divide by positions) or "softmax".
+_C.NONLOCAL.INSTANTIATION = "dot_product"
+# Per stage and pathway: max-pool kernel [T, H, W] applied to the key/value inputs of a non-local block.
+_C.NONLOCAL.POOL = [
+    [[1, 2, 2], [1, 2, 2]],
+    [[1, 2, 2], [1, 2, 2]],
+    [[1, 2, 2], [1, 2, 2]],
+    [[1, 2, 2], [1, 2, 2]],
+]
+
+_C.SLOWFAST = CN()
+# Channel ratio Slow/Fast (the Fast pathway is BETA_INV times narrower).
+_C.SLOWFAST.BETA_INV = 8
+# Frame-rate ratio Fast/Slow (the Slow pathway sees NUM_FRAMES / ALPHA frames).
+_C.SLOWFAST.ALPHA = 8
+# Output/input channel ratio of the Fast-to-Slow fusion convolution.
+_C.SLOWFAST.FUSION_CONV_CHANNEL_RATIO = 2
+# Temporal kernel size (frames) of the Fast-to-Slow fusion convolution.
+_C.SLOWFAST.FUSION_KERNEL_SZ = 5
+
+# ---------------------------------------------------------------------------
+# Vision Transformer backbone (VideoMAE / VideoMAEv2)
+# ---------------------------------------------------------------------------
+_C.ViT = CN()
+# Frames per patch-embedding tubelet.
+_C.ViT.TUBELET_SIZE = 2
+# Patch side in pixels.
+_C.ViT.PATCH_SIZE = 16
+# Input image channels.
+_C.ViT.IN_CHANS = 3
+# Token width (768 for ViT-B, 1024 for ViT-L).
+_C.ViT.EMBED_DIM = 768
+# Image side (pixels) the position table was made for; it is resized to other input sizes.
+_C.ViT.PRETRAIN_IMG_SIZE = 224
+# Learnable position embedding (True) instead of the fixed sine-cosine table (False).
+_C.ViT.USE_LEARNABLE_POS_EMB = False
+# Dropout probability after the position embedding and in the MLPs.
+_C.ViT.DROP_RATE = 0.0
+# Dropout probability on the attention weights.
+_C.ViT.ATTN_DROP_RATE = 0.0
+# Largest stochastic-depth rate (the last block's); rates grow linearly from 0 over the blocks.
+_C.ViT.DROP_PATH_RATE = 0.2
+# Number of transformer blocks.
+_C.ViT.DEPTH = 12
+# Attention heads per block.
+_C.ViT.NUM_HEADS = 12
+# MLP hidden width as a multiple of EMBED_DIM.
+_C.ViT.MLP_RATIO = 4
+# Learn query and value biases in the attention input projection (no key bias).
+_C.ViT.QKV_BIAS = True
+# Attention logit scale; None means head_dim ** -0.5.
+_C.ViT.QK_SCALE = None
+# Initial value of the per-channel layer scale; 0 disables layer scale.
+_C.ViT.INIT_VALUES = 0.0
+# Recompute each block's activations in the backward pass (activation checkpointing; saves memory).
+_C.ViT.USE_CHECKPOINT = True
+# Layer-wise learning-rate decay per block from the top (1.0 = no decay).
+_C.ViT.LAYER_DECAY = 0.75
+# Weight decay of the ViT backbone parameters that are decayed.
+_C.ViT.WEIGHT_DECAY = 0.05
+# Backbone parameter names (or name suffixes) that get no weight decay.
+_C.ViT.NO_WEIGHT_DECAY = ["pos_embed"]
+
+# ---------------------------------------------------------------------------
+# STMixer decoder and set loss
+# ---------------------------------------------------------------------------
+_C.MODEL.STM = CN()
+# Number of learned queries (candidate detections) per clip.
+_C.MODEL.STM.NUM_QUERIES = 100
+# Query and feature-pyramid channel width.
+_C.MODEL.STM.HIDDEN_DIM = 256
+# Number of decoder stages (each refines the boxes once).
+_C.MODEL.STM.NUM_STAGES = 6
+# Number of action classes of the action head (80 for AVA).
+_C.MODEL.STM.ACTION_CLASSES = 80
+# Number of object classes (1: person); the objectness head adds a no-object class.
+_C.MODEL.STM.OBJECT_CLASSES = 1
+# Attention heads of the query self-attention.
+_C.MODEL.STM.NUM_HEADS = 8
+# Dropout probability in the decoder attention and FFNs.
+_C.MODEL.STM.DROPOUT = 0.0
+# Hidden width of the decoder FFNs.
+_C.MODEL.STM.DIM_FEEDFORWARD = 2048
+# Linear layers of each decoder FFN.
+_C.MODEL.STM.NUM_FCS = 2
+# Activation of the decoder FFNs and heads (a torch.nn class name, e.g. "ReLU").
+_C.MODEL.STM.ACTIVATION = "ReLU"
+# Sampling points per channel group in the spatial branch.
+_C.MODEL.STM.SPATIAL_POINTS = 32
+# Frames sampled in the temporal branch; must equal the temporal length of the features.
+_C.MODEL.STM.TEMPORAL_POINTS = 4
+# Output points of adaptive mixing as a multiple of its input points.
+_C.MODEL.STM.OUT_MULTIPLIER = 4
+# Channel groups of adaptive sampling and mixing.
+_C.MODEL.STM.N_GROUPS = 4
+# Linear-LayerNorm-activation layers before the objectness classifier.
+_C.MODEL.STM.NUM_CLS = 1
+# Linear-LayerNorm-activation layers before the action classifier.
+_C.MODEL.STM.NUM_ACT = 1
+# Linear-LayerNorm-activation layers before the box regressor.
+_C.MODEL.STM.NUM_REG = 1
+# Weight of the objectness cross-entropy, in the loss and the matching cost.
+_C.MODEL.STM.OBJECT_WEIGHT = 2.0
+# Weight of the action binary cross-entropy loss.
+_C.MODEL.STM.ACTION_WEIGHT = 24.0
+# Weight of the GIoU loss and matching cost.
+_C.MODEL.STM.GIOU_WEIGHT = 2.0
+# Weight of the L1 box loss and matching cost (boxes normalized by the clip size).
+_C.MODEL.STM.L1_WEIGHT = 2.0
+# Cross-entropy weight of the no-object class.
+_C.MODEL.STM.BACKGROUND_WEIGHT = 0.1
+# Add the losses of every earlier decoder stage (auxiliary losses).
+_C.MODEL.STM.INTERMEDIATE_SUPERVISION = True
+# Person score above which a query is kept at inference (the top 3 are kept when none is).
+_C.MODEL.STM.PERSON_THRESHOLD = 0.6
+# Official long-term memory switch; only False is supported (the official models never use it).
+_C.MODEL.STM.MEM_ACTIVE = False
+
+# ---------------------------------------------------------------------------
+# Optimization
+# ---------------------------------------------------------------------------
+_C.SOLVER = CN()
+# Iterations that make one epoch (all schedule lengths below are counted in epochs).
+_C.SOLVER.ITER_PER_EPOCH = 11524
+# Training length in epochs.
+_C.SOLVER.MAX_EPOCH = 12
+# Learning rate after warm-up, for the whole batch of VIDEOS_PER_BATCH clips.
+_C.SOLVER.BASE_LR = 0.0002
+# AdamW (beta1, beta2).
+_C.SOLVER.BETAS = (0.9, 0.999)
+# Weight decay of the parameters that are decayed.
+_C.SOLVER.WEIGHT_DECAY = 0.0001
+# Weight decay of ResNet BatchNorm parameters.
+_C.SOLVER.WEIGHT_DECAY_BN = 0.0
+# Learning-rate schedule: "warmup_multi_step".
+_C.SOLVER.SCHEDULER = "warmup_multi_step"
+# Factor the learning rate is multiplied by at each of STEPS.
+_C.SOLVER.GAMMA = 0.1
+# Epochs at which the learning rate is multiplied by GAMMA.
+_C.SOLVER.STEPS = (5, 8)
+# Use a learning-rate warm-up at the start of training.
+_C.SOLVER.WARMUP_ON = True
+# Learning rate at iteration 0 as a fraction of BASE_LR.
+_C.SOLVER.WARMUP_FACTOR = 0.1
+# Length of the warm-up, in epochs (may be fractional).
+_C.SOLVER.WARMUP_EPOCH = 2
+# Warm-up shape: "linear" or "constant".
+_C.SOLVER.WARMUP_METHOD = "linear"
+# Save a checkpoint every this many epochs.
+_C.SOLVER.CHECKPOINT_PERIOD = 1
+# Evaluate on the test split every this many epochs (after EVAL_AFTER).
+_C.SOLVER.EVAL_PERIOD = 1
+# First epoch after which periodic evaluation runs.
+_C.SOLVER.EVAL_AFTER = 2
+# Training clips per iteration summed over all processes (each process takes an equal share).
+_C.SOLVER.VIDEOS_PER_BATCH = 16
+# Optimizer: "adamw".
+_C.SOLVER.OPTIMIZING_METHOD = "adamw"
+
+# ---------------------------------------------------------------------------
+# Testing
+# ---------------------------------------------------------------------------
+_C.TEST = CN()
+# Test clips per iteration summed over all processes.
+_C.TEST.VIDEOS_PER_BATCH = 16
+
+# ---------------------------------------------------------------------------
+# Misc
+# ---------------------------------------------------------------------------
+# Folder for logs, the merged config, checkpoints and inference results.
+_C.OUTPUT_DIR = "."

@@ -1,0 +1,1 @@
+"""Training and inference loops, their hooks, and the entry-point set-up."""

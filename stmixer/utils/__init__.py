@@ -1,0 +1,1 @@
+"""Small shared helpers: distributed communication, logging, environment, atomic I/O."""
