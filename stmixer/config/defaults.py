@@ -312,6 +312,8 @@ _C.SOLVER.EVAL_AFTER = 2
 _C.SOLVER.VIDEOS_PER_BATCH = 16
 # Optimizer: "adamw".
 _C.SOLVER.OPTIMIZING_METHOD = "adamw"
+# (stmixer) Decay neck/decoder norm scales and biases with WEIGHT_DECAY as the official code does (False: no decay on them).
+_C.SOLVER.DECAY_NORM_AND_BIAS = True
 
 # ---------------------------------------------------------------------------
 # Testing
