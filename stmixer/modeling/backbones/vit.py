@@ -259,6 +259,23 @@ class VisionTransformer3D(nn.Module):
         x = x.reshape(b, t, h, w, d).permute(0, 4, 1, 2, 3).contiguous()
         return [x, x, x, x]
 
+    def adapt_loaded_state(self, state_dict, prefix):
+        """Resize a learned position table ``[1, t0*s*s, D]`` stored for another spatial grid to this model's
+        (same temporal tokens assumed, as VideoMAE's fine-tuning code); called by the checkpoint loader.
+        Tables that cannot be interpreted are left as they are (and reported as a shape mismatch)."""
+        key = prefix + "pos_embed"
+        if self.pos_embed is None or key not in state_dict:
+            return
+        table = state_dict[key]
+        if table.shape == self.pos_embed.shape or table.dim() != 3 or table.shape[0] != 1 \
+                or table.shape[2] != self.pos_embed.shape[2]:
+            return
+        t0 = self.pos_grid[0]
+        side = math.isqrt(table.shape[1] // t0)
+        if t0 * side * side != table.shape[1]:
+            return
+        state_dict[key] = resize_position_table(table[0].float(), (t0, side, side), self.pos_grid).unsqueeze(0)
+
     @property
     def num_layers(self):
         """Number of layer-decay groups: patch embedding, each block, the rest (depth + 2)."""
