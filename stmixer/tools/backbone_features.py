@@ -38,6 +38,14 @@ class BackboneWithNeck(nn.Module):
         self.backbone = build_backbone(cfg)
         self.lateral_convs = build_neck(cfg, self.backbone.out_channels)
 
+    @classmethod
+    def from_config_file(cls, config_file, opts=()):
+        """Build from a config file merged onto the defaults, plus ``[KEY, VALUE, ...]`` overrides."""
+        cfg = get_cfg()
+        cfg.merge_from_file(config_file)
+        cfg.merge_from_list(list(opts))
+        return cls(cfg)
+
     def forward(self, videos):
         features = self.backbone(videos)
         return features, self.lateral_convs(features)
@@ -67,10 +75,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     setup_logger("", 0)
     try:
-        cfg = get_cfg()
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-        model = BackboneWithNeck(cfg)
+        model = BackboneWithNeck.from_config_file(args.config_file, args.opts)
         load_weights(model, args.weights)
         with np.load(args.inputs) as arrays:
             videos = pathway_inputs(dict(arrays), model.backbone.num_pathways, args.inputs)

@@ -219,7 +219,8 @@ class VisionTransformer3D(nn.Module):
             self._fixed_table = sinusoid_position_table(num_positions, embed_dim)
             self._table_cache = {}
         self.pos_drop = nn.Dropout(drop_rate)
-        rates = torch.linspace(0, drop_path_rate, depth, dtype=torch.float32).tolist()  # float32 as official
+        # float32 as the official code; on the CPU also when the model is built under another default device
+        rates = torch.linspace(0, drop_path_rate, depth, dtype=torch.float32, device="cpu").tolist()
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, rates[i],
                   init_values)
