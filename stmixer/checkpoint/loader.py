@@ -119,11 +119,11 @@ def match_state_dict(model, contents, no_head=False):
         else:
             report.loaded.append(key)
     for key in model_state:
-        if key in contents.state_dict:
-            continue
         part = key.split(".", 1)[0]
         if no_head and part in HEAD_PARTS:
             report.left_at_init.setdefault(head_skipped, []).append(key)
+        elif key in contents.state_dict:
+            continue
         elif part not in file_parts:
             report.left_at_init.setdefault(f"{part}.* (not in the file)", []).append(key)
         elif key.endswith(".num_batches_tracked") or key in contents.expected_missing:

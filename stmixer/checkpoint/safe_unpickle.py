@@ -36,6 +36,10 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _NUMERIC_KINDS = set("biufc")
 
 
+class _Refused(pickle.UnpicklingError):
+    """The pickle asked for something outside the allow-list (as opposed to being malformed)."""
+
+
 # ----------------------------------------------------------------------------- numpy tokens
 class _DtypeToken:
     """Stands for ``numpy.dtype(descr)``: records the descriptor and the byte order set by the pickle."""
@@ -43,15 +47,15 @@ class _DtypeToken:
     def __init__(self, descr, align=False, copy=True):
         del align, copy
         if not isinstance(descr, str):
-            raise pickle.UnpicklingError(f"numpy dtype descriptor must be a string, got {type(descr).__name__}")
+            raise _Refused(f"numpy dtype descriptor must be a string, got {type(descr).__name__}")
         self.descr = descr
         self.byteorder = "="
 
     def __setstate__(self, state):
         if not isinstance(state, tuple) or len(state) < 5 or any(s is not None for s in state[2:5]):
-            raise pickle.UnpicklingError("only plain numeric numpy dtypes are allowed (no sub-arrays or fields)")
+            raise _Refused("only plain numeric numpy dtypes are allowed (no sub-arrays or fields)")
         if state[1] not in ("<", ">", "=", "|"):
-            raise pickle.UnpicklingError(f"invalid numpy byte order {state[1]!r}")
+            raise _Refused(f"invalid numpy byte order {state[1]!r}")
         self.byteorder = state[1]
 
     def resolve(self):
@@ -59,9 +63,9 @@ class _DtypeToken:
         try:
             dtype = np.dtype(self.descr)
         except TypeError as e:
-            raise pickle.UnpicklingError(f"unknown numpy dtype {self.descr!r}") from e
+            raise _Refused(f"unknown numpy dtype {self.descr!r}") from e
         if dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None or dtype.subdtype is not None:
-            raise pickle.UnpicklingError(f"numpy dtype {self.descr!r} is not a plain numeric type")
+            raise _Refused(f"numpy dtype {self.descr!r} is not a plain numeric type")
         return dtype.newbyteorder(self.byteorder) if self.byteorder in "<>" else dtype
 
 
@@ -71,20 +75,20 @@ def _raw_bytes(data):
         return bytes(data)
     if isinstance(data, str):
         return data.encode("latin1")
-    raise pickle.UnpicklingError(f"numpy array data must be bytes, got {type(data).__name__}")
+    raise _Refused(f"numpy array data must be bytes, got {type(data).__name__}")
 
 
 def _array_from_bytes(dtype_token, shape, fortran, data):
     if not isinstance(dtype_token, _DtypeToken):
-        raise pickle.UnpicklingError("numpy array without a numpy dtype")
+        raise _Refused("numpy array without a numpy dtype")
     shape = tuple(shape)
     if not all(isinstance(s, int) and s >= 0 for s in shape):
-        raise pickle.UnpicklingError(f"invalid numpy array shape {shape!r}")
+        raise _Refused(f"invalid numpy array shape {shape!r}")
     dtype = dtype_token.resolve()
     raw = _raw_bytes(data)
     count = int(np.prod(shape, dtype=np.int64))
     if len(raw) != count * dtype.itemsize:
-        raise pickle.UnpicklingError(f"numpy array of shape {shape} and dtype {dtype} needs "
+        raise _Refused(f"numpy array of shape {shape} and dtype {dtype} needs "
                                      f"{count * dtype.itemsize} bytes, the file has {len(raw)}")
     # bytearray: a writable copy, so torch.from_numpy can share the array's memory later.
     array = np.frombuffer(bytearray(raw), dtype=dtype, count=count).reshape(shape, order="F" if fortran else "C")
@@ -100,7 +104,7 @@ class _ArrayToken:
 
     def __setstate__(self, state):
         if not isinstance(state, tuple) or len(state) != 5:
-            raise pickle.UnpicklingError("unexpected numpy array state")
+            raise _Refused("unexpected numpy array state")
         _, shape, dtype_token, fortran, data = state
         self.array = _array_from_bytes(dtype_token, shape, bool(fortran), data)
 
@@ -112,7 +116,7 @@ _NDARRAY = type("ndarray", (), {"__module__": "numpy", "__qualname__": "ndarray"
 def _reconstruct(subtype, shape, typecode):
     del shape, typecode
     if subtype is not _NDARRAY:
-        raise pickle.UnpicklingError("numpy _reconstruct is only allowed for plain numpy.ndarray")
+        raise _Refused("numpy _reconstruct is only allowed for plain numpy.ndarray")
     return _ArrayToken()
 
 
@@ -129,7 +133,7 @@ def _frombuffer(buffer, dtype_token, shape, order):
 def _encode(text, encoding="utf-8"):
     """``_codecs.encode`` as Python-3 pickles of bytes use it (latin-1 only)."""
     if not isinstance(text, str) or encoding.replace("-", "").lower() != "latin1":
-        raise pickle.UnpicklingError("only latin-1 encoding of a string is allowed (pickled bytes)")
+        raise _Refused("only latin-1 encoding of a string is allowed (pickled bytes)")
     return text.encode("latin1")
 
 
@@ -235,20 +239,20 @@ class _RestrictedUnpickler(pickle.Unpickler):
         try:
             return PICKLE_GLOBALS[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(
+            raise _Refused(
                 f"refusing to load global {module}.{name}: a pickled weight file may only contain dicts, "
                 "lists, tuples, strings, numbers and numpy arrays"
             ) from None
 
     def persistent_load(self, pid):
-        raise pickle.UnpicklingError("persistent ids are not allowed in a pickled weight file")
+        raise _Refused("persistent ids are not allowed in a pickled weight file")
 
 
 def _resolve_tokens(obj):
     """Replace numpy tokens by arrays throughout dicts / lists / tuples; refuse unexpected objects."""
     if isinstance(obj, _ArrayToken):
         if obj.array is None:
-            raise pickle.UnpicklingError("numpy array without data")
+            raise _Refused("numpy array without data")
         return obj.array
     if isinstance(obj, _DtypeToken):
         return obj.resolve()
@@ -288,9 +292,10 @@ def _guarded(path, read):
     """Run ``read()``, turning unpickling failures into checkpoint errors that name ``path``."""
     try:
         return read()
-    except pickle.UnpicklingError as e:
+    except _Refused as e:
         raise UnsafeCheckpointError(f"{path}: refused to unpickle: {e}") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as e:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError) as e:
         raise CheckpointFormatError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
 
 
