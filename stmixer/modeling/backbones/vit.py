@@ -14,6 +14,7 @@ model dtype.
 """
 
 import math
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -25,6 +26,8 @@ from ..build import BACKBONE_REGISTRY
 
 # Frames of the clips the VideoMAE checkpoints were pre-trained on (sets the position grid, 16 // tubelet).
 PRETRAIN_NUM_FRAMES = 16
+# Resized fixed position tables kept per (grid, dtype, device); multi-scale training sees a few grids.
+_TABLE_CACHE_SIZE = 8
 
 
 def sinusoid_position_table(num_positions, dim):
@@ -217,7 +220,7 @@ class VisionTransformer3D(nn.Module):
         else:
             self.pos_embed = None
             self._fixed_table = sinusoid_position_table(num_positions, embed_dim)
-            self._table_cache = {}
+            self._table_cache = OrderedDict()
         self.pos_drop = nn.Dropout(drop_rate)
         # float32 as the official code; on the CPU also when the model is built under another default device
         rates = torch.linspace(0, drop_path_rate, depth, dtype=torch.float32, device="cpu").tolist()
@@ -238,11 +241,16 @@ class VisionTransformer3D(nn.Module):
                 table = resize_position_table(table, self.pos_grid, grid)
             return table.unsqueeze(0).to(dtype)
         key = (tuple(grid), dtype, str(device))
-        if key not in self._table_cache:
+        if key in self._table_cache:
+            self._table_cache.move_to_end(key)
+        else:
+            # Resized on the CPU in float32 (as the official code), then cast and moved.
             table = self._fixed_table
             if tuple(grid) != self.pos_grid:
                 table = resize_position_table(table, self.pos_grid, grid)
             self._table_cache[key] = table.unsqueeze(0).to(device=device, dtype=dtype)
+            if len(self._table_cache) > _TABLE_CACHE_SIZE:
+                self._table_cache.popitem(last=False)
         return self._table_cache[key]
 
     def forward(self, videos):
