@@ -34,6 +34,7 @@ def convert(src, dst):
 
 
 def main(argv=None):
+    """Command-line entry point; returns the exit status (0 ok, 1 error)."""
     parser = argparse.ArgumentParser(
         prog="python -m stmixer.checkpoint.convert",
         description="Convert a weight file (stmixer, official STMixer, PySlowFast .pkl/.pyth, VideoMAE .pth) "

@@ -65,6 +65,7 @@ def pathway_inputs(arrays, num_pathways, source="inputs"):
 
 
 def main(argv=None):
+    """Command-line entry point; returns the exit status (0 ok, 1 error)."""
     parser = argparse.ArgumentParser(prog="python -m stmixer.tools.backbone_features", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", required=True, metavar="CFG", help="config file (e.g. an official one)")
     parser.add_argument("--weights", required=True, metavar="FILE", help="weight file, any supported format")

@@ -17,7 +17,8 @@ def make_fake(shared_dir):
 
 @pytest.fixture(scope="session")
 def fake_file(make_fake, tmp_path_factory):
-    """``fake_file(format, seed=0, **options)`` -> path of that fake, written once per session."""
+    """``fake_file(format, seed=0, **options)`` -> path of that fake, written once per session and
+    deleted at its end (fakes are 0.1-1 GB each)."""
     written = {}
 
     def write(fmt, seed=0, **options):
@@ -26,7 +27,9 @@ def fake_file(make_fake, tmp_path_factory):
             written[key] = make_fake.write_fake(fmt, tmp_path_factory.mktemp(fmt), seed=seed, **options)
         return written[key]
 
-    return write
+    yield write
+    for path in written.values():
+        path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")

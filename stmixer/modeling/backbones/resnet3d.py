@@ -67,6 +67,7 @@ class PathwayStageSpec:
 
     @property
     def num_blocks(self):
+        """Residual blocks in the stage."""
         return len(self.temporal_kernels)
 
 
