@@ -1,5 +1,7 @@
 """Backbones, neck, STMixer decoder, matcher, losses and the detector that joins them."""
 
+from . import backbones  # noqa: F401  (registers the backbones)
 from .build import BACKBONE_REGISTRY, DETECTOR_REGISTRY, build_backbone, build_detector
+from .necks import build_neck
 
-__all__ = ["BACKBONE_REGISTRY", "DETECTOR_REGISTRY", "build_backbone", "build_detector"]
+__all__ = ["BACKBONE_REGISTRY", "DETECTOR_REGISTRY", "build_backbone", "build_detector", "build_neck"]

@@ -1,0 +1,266 @@
+"""Every weight-file format users hold, mapped exactly into the detector's key space.
+
+The detector's keys are ``backbone.*``, ``lateral_convs.*`` and ``stm_head.*``
+(the official ``STMDetector.state_dict()`` keys). ``read_checkpoint`` returns
+the file's tensors under those keys, what it dropped and why, and the file's
+other top-level entries untouched. Formats (ids in ``FORMATS``):
+
+* ``stmixer`` — our own: ``{"format": "stmixer", "format_version": 1,
+  "model": detector state dict, ...trainer entries}``.
+* ``official_stmixer`` — official STMixer checkpoints ``{"model": ...,
+  "optimizer", "scheduler", "iteration", ["person_pool"]}`` (keys with or
+  without ``module.``), or a bare detector state dict.
+* ``pyslowfast_caffe2`` — PySlowFast Caffe2 pickles (``{"blobs": {...}}`` or
+  the bare blob dict, Python 2 or 3, Caffe2 or PyTorch names); ``lr``,
+  ``model_iter``, ``*_momentum`` and the classifier ``pred_*`` are dropped.
+* ``pyslowfast_pyth`` — PySlowFast ``{"model_state": ...}`` (classifier
+  ``head.*`` dropped), or any other file holding bare PySlowFast backbone keys.
+* ``videomae`` — VideoMAE fine-tuned / VideoMAEv2 distilled ViTs
+  (``"module"`` or ``"model"`` wrapper, or bare): ``fc_norm.*`` and
+  ``head.*`` dropped; ``norm`` is NOT filled from ``fc_norm`` (as the
+  official loader: the detector trains that LayerNorm from its init).
+* ``videomae_pretrain`` — VideoMAE pre-training ``{"model": {"encoder.*",
+  "decoder.*", ...}}``: ``encoder.`` keys kept without the prefix (including
+  ``norm``), ``decoder.*``, ``encoder_to_decoder.*`` and ``mask_token``
+  dropped. (The official loader silently loads nothing from these files.)
+
+For every format, a ``module.`` prefix carried by all keys is removed, and
+``_orig_mod.`` path components (``torch.compile``) are removed. Tensors keep
+the file's dtype; ``load_weights`` casts them to the model's.
+"""
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..utils.io import atomic_open
+from .caffe2 import caffe2_to_module_path
+from .errors import CheckpointError, CheckpointFormatError
+from .safe_unpickle import read_file
+
+# Top-level parts of the detector (the attribute names of STMDetector).
+DETECTOR_PARTS = ("backbone", "lateral_convs", "stm_head")
+# Parts that --no-head leaves at their initialization.
+HEAD_PARTS = ("stm_head",)
+# Version of the project format written by save_checkpoint.
+FORMAT_VERSION = 1
+
+FORMATS = {
+    "stmixer": "stmixer checkpoint",
+    "official_stmixer": "official STMixer checkpoint",
+    "pyslowfast_caffe2": "PySlowFast Caffe2 weights",
+    "pyslowfast_pyth": "PySlowFast checkpoint",
+    "videomae": "VideoMAE / VideoMAEv2 ViT (fine-tuned or distilled)",
+    "videomae_pretrain": "VideoMAE pre-training checkpoint (encoder + decoder)",
+}
+
+_CONTAINERS = {"zip": "torch zip file", "torch_legacy": "legacy torch file", "pickle": "pickle"}
+
+
+@dataclass
+class CheckpointContents:
+    """A weight file mapped into the detector's key space.
+
+    Attributes:
+        path: the file.
+        format: format id (a key of ``FORMATS``).
+        description: human-readable format and container, for logs.
+        state_dict: detector key -> CPU tensor (dtype as stored in the file).
+        extras: the file's other top-level entries (optimizer, scheduler, iteration, ...), untouched.
+        dropped: reason -> original keys the format's rules dropped (classifier heads, momentum, decoder, ...).
+        expected_missing: detector keys this format never stores (reported, not an error).
+    """
+
+    path: str
+    format: str
+    description: str
+    state_dict: dict
+    extras: dict = field(default_factory=dict)
+    dropped: dict = field(default_factory=dict)
+    expected_missing: frozenset = frozenset()
+
+
+def read_checkpoint(path):
+    """Read any supported weight file safely and map it to detector keys (see the module docstring).
+
+    Raises:
+        CheckpointError (or a subclass): unreadable, unsafe or unknown files, naming ``path``.
+    """
+    path = str(path)
+    try:
+        container, obj = read_file(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a directory, expected a weight file") from None
+    if not isinstance(obj, dict):
+        raise CheckpointFormatError(f"{path}: expected a dict at the top level, found {type(obj).__name__}")
+    if container == "pickle":
+        contents = _from_caffe2_pickle(path, obj)
+    else:
+        contents = _from_torch_object(path, obj)
+    contents.description = f"{FORMATS[contents.format]}, {_CONTAINERS[container]}"
+    return contents
+
+
+def save_checkpoint(path, model_state, **extras):
+    """Write a project-format checkpoint atomically.
+
+    Args:
+        path: destination file.
+        model_state: detector state dict (keys ``backbone.*`` / ``lateral_convs.*`` / ``stm_head.*``,
+            no ``module.``; pass ``model.module.state_dict()`` for a DDP-wrapped model).
+        extras: other entries (e.g. optimizer, scheduler, iteration, rng, sampler, config). They must load
+            with ``torch.load(weights_only=True)``: tensors, numbers, strings, None, numpy arrays and
+            lists / tuples / dicts of those.
+    """
+    bad = [k for k in model_state if k.split(".", 1)[0] not in DETECTOR_PARTS]
+    if bad:
+        raise ValueError(f"save_checkpoint: model_state keys must start with one of {DETECTOR_PARTS}; got {bad[:3]}")
+    reserved = {"format", "format_version", "model"} & set(extras)
+    if reserved:
+        raise ValueError(f"save_checkpoint: {sorted(reserved)} are reserved entry names")
+    payload = {"format": "stmixer", "format_version": FORMAT_VERSION, "model": OrderedDict(model_state), **extras}
+    with atomic_open(path, "wb") as f:
+        torch.save(payload, f)
+
+
+# ----------------------------------------------------------------------------- torch files
+def _from_torch_object(path, obj):
+    if obj.get("format") == "stmixer":
+        version = obj.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise CheckpointFormatError(
+                f"{path}: stmixer checkpoint format_version {version!r}; this stmixer reads versions up to "
+                f"{FORMAT_VERSION} (written by a newer stmixer?)"
+            )
+        extras = {k: v for k, v in obj.items() if k not in ("format", "format_version", "model")}
+        contents = _from_state_dict(path, _require_state_dict(path, obj.get("model"), "model"), extras)
+        contents.format = "stmixer"
+        return contents
+    for wrapper in ("model_state", "model", "module"):
+        if wrapper in obj:
+            extras = {k: v for k, v in obj.items() if k != wrapper}
+            return _from_state_dict(path, _require_state_dict(path, obj[wrapper], wrapper), extras,
+                                    wrapper=wrapper)
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return _from_state_dict(path, obj, {})
+    raise CheckpointFormatError(
+        f"{path}: no weights found: expected an entry 'model', 'module' or 'model_state', or a plain state "
+        f"dict of tensors; top-level entries: {_first(list(obj), 8)}"
+    )
+
+
+def _require_state_dict(path, value, entry):
+    if not isinstance(value, dict) or not all(isinstance(v, torch.Tensor) for v in value.values()):
+        raise CheckpointFormatError(f"{path}: entry {entry!r} is not a state dict of tensors")
+    return value
+
+
+# ----------------------------------------------------------------------------- Caffe2 pickles
+_CAFFE2_META = ("lr", "model_iter")
+
+
+def _from_caffe2_pickle(path, obj):
+    blobs, extras = (obj["blobs"], {k: v for k, v in obj.items() if k != "blobs"}) if "blobs" in obj else (obj, {})
+    if not isinstance(blobs, dict):
+        raise CheckpointFormatError(f"{path}: 'blobs' is a {type(blobs).__name__}, expected a dict of arrays")
+    dropped = {}
+    tensors = OrderedDict()
+    for name, value in blobs.items():
+        if not isinstance(name, str):
+            raise CheckpointFormatError(f"{path}: blob names must be strings, found {name!r}")
+        if name in _CAFFE2_META:
+            dropped.setdefault("training metadata", []).append(name)
+        elif name.endswith("_momentum"):
+            dropped.setdefault("SGD momentum", []).append(name)
+        elif name.startswith("pred_"):
+            dropped.setdefault("classifier head", []).append(name)
+        elif not isinstance(value, np.ndarray):
+            dropped.setdefault("not an array", []).append(name)
+        else:
+            tensors[caffe2_to_module_path(name) or name] = torch.from_numpy(value)
+    contents = _from_state_dict(path, tensors, extras)
+    for reason, names in dropped.items():
+        contents.dropped.setdefault(reason, []).extend(names)
+    contents.format = "pyslowfast_caffe2"
+    return contents
+
+
+# ----------------------------------------------------------------------------- key layouts
+def _normalize_keys(state_dict):
+    """Remove ``_orig_mod.`` path components everywhere and a ``module.`` prefix carried by every key."""
+    keys = [".".join(p for p in k.split(".") if p != "_orig_mod") for k in state_dict]
+    if len(set(keys)) != len(keys):
+        raise CheckpointFormatError("keys collide after removing '_orig_mod.' components")
+    if keys and all(k.startswith("module.") for k in keys):
+        keys = [k[len("module."):] for k in keys]
+    return OrderedDict(zip(keys, state_dict.values()))
+
+
+def _layout(keys):
+    """Which key space the (normalized) keys are in."""
+    roots = {k.split(".", 1)[0] for k in keys}
+    if roots & set(DETECTOR_PARTS):
+        return "detector"
+    if "encoder" in roots:
+        return "videomae_pretrain"
+    if roots & {"patch_embed", "blocks"}:
+        return "vit"
+    if "s1" in roots:
+        return "resnet"
+    return None
+
+
+def _from_state_dict(path, state_dict, extras, wrapper=None):
+    """Map a state dict in any known key space to detector keys."""
+    state_dict = _normalize_keys(state_dict)
+    layout = _layout(state_dict)
+    dropped = {}
+    mapped = OrderedDict()
+
+    def drop(reason, key):
+        dropped.setdefault(reason, []).append(key)
+
+    if layout == "detector":
+        mapped.update(state_dict)
+        fmt, expected_missing = "official_stmixer", frozenset()
+    elif layout == "videomae_pretrain":
+        for k, v in state_dict.items():
+            if k.startswith("encoder."):
+                mapped["backbone." + k[len("encoder."):]] = v
+            elif k.split(".", 1)[0] in ("decoder", "encoder_to_decoder", "mask_token"):
+                drop("VideoMAE decoder (pre-training only)", k)
+            else:
+                mapped[k] = v
+        fmt, expected_missing = "videomae_pretrain", frozenset({"backbone.pos_embed"})
+    elif layout in ("vit", "resnet"):
+        for k, v in state_dict.items():
+            root = k.split(".", 1)[0]
+            if root == "head":
+                drop("classifier head", k)
+            elif layout == "vit" and root == "fc_norm":
+                drop("fc_norm (not loaded into norm, as the official loader)", k)
+            else:
+                mapped["backbone." + k] = v
+        if layout == "vit":
+            fmt = "videomae"
+            expected_missing = frozenset({"backbone.norm.weight", "backbone.norm.bias", "backbone.pos_embed"})
+        else:
+            fmt, expected_missing = "pyslowfast_pyth", frozenset()
+    else:
+        where = f"entry {wrapper!r}" if wrapper else "the state dict"
+        raise CheckpointFormatError(
+            f"{path}: unrecognised key layout in {where}: expected detector keys (backbone.*, lateral_convs.*, "
+            f"stm_head.*), PySlowFast backbone keys (s1.*, s2.*, ...), VideoMAE keys (patch_embed.*, blocks.*) or "
+            f"VideoMAE pre-training keys (encoder.*); first keys: {_first(list(state_dict), 5)}"
+        )
+    return CheckpointContents(path, fmt, "", mapped, extras, dropped, expected_missing)
+
+
+def _first(items, n):
+    """The first ``n`` items as a short string."""
+    shown = ", ".join(str(i) for i in items[:n])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > n else "")
