@@ -7,9 +7,8 @@ iteration: the training sampler is a deterministic function of seed and
 iteration). Files are written to a temporary name and renamed, so a run killed
 at any moment leaves either the previous checkpoint or the complete new one.
 
-Project format (``format: "stmixer"``, ``format_version: 1``): a ``torch.save``
-dict that loads with ``torch.load(weights_only=True)``: only tensors and plain
-Python containers, numbers and strings.
+Files are in the project format of ``stmixer.checkpoint`` (``save_checkpoint``
+/ ``read_checkpoint``): they load with ``torch.load(weights_only=True)``.
 """
 
 import logging
@@ -19,14 +18,13 @@ import random
 import numpy as np
 import torch
 
+from ..checkpoint import read_checkpoint, save_checkpoint
 from ..utils import distributed as comm
 from ..utils.io import atomic_open
 
 logger = logging.getLogger(__name__)
 
 POINTER_FILE = "last_checkpoint"
-FORMAT_ID = "stmixer"
-FORMAT_VERSION = 1
 
 
 def unwrap_model(model):
@@ -102,13 +100,7 @@ class Checkpointer:
         rng_states = comm.all_gather_object(capture_rng_state())
         if not comm.is_main_process():
             return None
-        state = {
-            "format": FORMAT_ID,
-            "format_version": FORMAT_VERSION,
-            "model": unwrap_model(self.model).state_dict(),
-            "iteration": int(iteration),
-            "rng": rng_states,
-        }
+        state = {"iteration": int(iteration), "rng": rng_states}
         if self.optimizer is not None:
             state["optimizer"] = self.optimizer.state_dict()
         if self.scheduler is not None:
@@ -117,8 +109,7 @@ class Checkpointer:
             state["grad_scaler"] = self.grad_scaler.state_dict()
         state.update(extra)
         path = os.path.join(self.output_dir, f"{name}.pth")
-        with atomic_open(path, "wb") as f:
-            torch.save(state, f)
+        save_checkpoint(path, unwrap_model(self.model).state_dict(), **state)
         with atomic_open(os.path.join(self.output_dir, POINTER_FILE), "w") as f:
             f.write(f"{name}.pth\n")
         logger.info("Saved checkpoint %s (iteration %d)", path, iteration)
@@ -154,10 +145,11 @@ class Checkpointer:
         Returns:
             The checkpoint's iteration (number of finished iterations).
         """
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("format") != FORMAT_ID:
-            raise ValueError(f"{path} is not a stmixer training checkpoint (no format: {FORMAT_ID!r} entry)")
-        unwrap_model(self.model).load_state_dict(state["model"])
+        contents = read_checkpoint(path)
+        state = contents.extras
+        if contents.format != "stmixer" or "iteration" not in state:
+            raise ValueError(f"{path} is not a stmixer training checkpoint (format {contents.format}, no iteration)")
+        unwrap_model(self.model).load_state_dict(contents.state_dict)
         if self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:

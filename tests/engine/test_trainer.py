@@ -17,14 +17,14 @@ class ToyDetector(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.conv = nn.Conv3d(3, 4, 1)
-        self.head = nn.Linear(4, 2)
+        self.backbone = nn.Conv3d(3, 4, 1)
+        self.stm_head = nn.Linear(4, 2)
         self.drop = nn.Dropout(0.5)
         self.poison_at = None
 
     def forward(self, slow, fast, whwh, boxes, labels):
-        feat = self.drop(self.conv(slow).mean(dim=(2, 3, 4)))
-        out = self.head(feat)
+        feat = self.drop(self.backbone(slow).mean(dim=(2, 3, 4)))
+        out = self.stm_head(feat)
         loss_a = (out[:, 0] - whwh[:, 0] / 100).pow(2).mean()
         loss_b = (out[:, 1] - torch.stack([b.sum() for b in boxes])).abs().mean()
         if self.poison_at is not None and torch.is_grad_enabled() and self.poison_at == int(whwh[0, 1]):
