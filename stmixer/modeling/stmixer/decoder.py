@@ -18,7 +18,7 @@ from ...structures.boxes import clip_and_normalize, find_degenerate_boxes, xyxy_
 from ..losses import SetCriterion
 from ..matcher import HungarianMatcher
 from ..trace import record
-from .sampling import SAMPLER_IMPLS
+from .sampling import SAMPLER_IMPLS, PyramidSampler
 from .stage import DecoderStage
 
 # Strides (pixels of the padded canvas) of the four pyramid levels the decoder reads.
@@ -50,15 +50,20 @@ class STMDecoder(nn.Module):
         person_threshold: eval keeps the queries whose person score is at least this.
         criterion: the ``SetCriterion`` used in train mode (its ``empty_weight`` is part of the state dict).
         featmap_strides: strides of the feature levels in pixels.
+        sampler: feature-sampling implementation (``sampling.SAMPLER_IMPLS``; ``MODEL.STM.SAMPLER``).
         **stage_args: the remaining ``DecoderStage`` arguments (num_heads, ffn_dim, ...).
     """
 
     def __init__(self, num_queries, hidden_dim, num_stages, person_threshold, criterion,
-                 featmap_strides=FEATMAP_STRIDES, **stage_args):
+                 featmap_strides=FEATMAP_STRIDES, sampler="auto", **stage_args):
         super().__init__()
         self.num_queries = num_queries
         self.hidden_dim = hidden_dim
         self.temporal_points = stage_args["temporal_points"]
+        self.n_groups = stage_args["n_groups"]
+        if sampler not in SAMPLER_IMPLS:
+            raise ValueError(f"MODEL.STM.SAMPLER = {sampler!r}; expected one of {SAMPLER_IMPLS}")
+        self.sampler = sampler
         self.person_threshold = person_threshold
         self.featmap_strides = tuple(featmap_strides)
         self.init_spatial_queries = nn.Embedding(num_queries, hidden_dim)
@@ -108,9 +113,10 @@ class STMDecoder(nn.Module):
         record(trace, "init_xyzr", xyzr)
         record(trace, "init_q_s", q_s[0])
         record(trace, "init_q_t", q_t[0])
+        sampler = PyramidSampler(features, self.featmap_strides, self.n_groups, self.sampler)
         outputs = DecoderOutputs([], [], [])
         for stage in self.decoder_stages:
-            out = stage(features, xyzr, q_s, q_t, self.featmap_strides, trace)
+            out = stage(sampler, xyzr, q_s, q_t, trace)
             xyzr, q_s, q_t = out.xyzr, out.q_s, out.q_t
             outputs.cls_logits.append(out.cls_logits)
             outputs.action_logits.append(out.action_logits)
@@ -203,8 +209,6 @@ def build_stm_decoder(cfg):
     stm = cfg.MODEL.STM
     if stm.MEM_ACTIVE:
         raise ValueError("MODEL.STM.MEM_ACTIVE = True (long-term memory) is not supported; set it to False")
-    if stm.SAMPLER not in SAMPLER_IMPLS:
-        raise ValueError(f"MODEL.STM.SAMPLER = {stm.SAMPLER!r}; expected one of {SAMPLER_IMPLS}")
     D = stm.HIDDEN_DIM
     for key, divisor in (("NUM_HEADS", stm.NUM_HEADS), ("N_GROUPS", stm.N_GROUPS)):
         if D % divisor:

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..trace import record
-from .sampling import make_sample_points, sample_features
+from .sampling import make_sample_points
 
 
 class AdaptiveMixing(nn.Module):
@@ -74,15 +74,13 @@ class AdaptiveSTSamplingMixing(nn.Module):
         temporal_points: T', frames of the features.
         out_multiplier: M; the mixing outputs ``P * M`` (spatial) and ``T' * M`` (temporal) points.
         n_groups: G.
-        sampler: sampling implementation, see ``sampling.SAMPLER_IMPLS``.
     """
 
-    def __init__(self, query_dim, spatial_points, temporal_points, out_multiplier, n_groups, sampler="auto"):
+    def __init__(self, query_dim, spatial_points, temporal_points, out_multiplier, n_groups):
         super().__init__()
         self.spatial_points = spatial_points
         self.temporal_points = temporal_points
         self.n_groups = n_groups
-        self.sampler = sampler
         self.offset_generator = nn.Sequential(nn.Linear(query_dim, spatial_points * n_groups * 3))
         self.norm_s = nn.LayerNorm(query_dim)
         self.norm_t = nn.LayerNorm(query_dim)
@@ -107,14 +105,13 @@ class AdaptiveSTSamplingMixing(nn.Module):
         nn.init.zeros_(self.adaptive_mixing_s.parameter_generator[-1].weight)
         nn.init.zeros_(self.adaptive_mixing_t.parameter_generator[-1].weight)
 
-    def forward(self, features, xyzr, q_s, q_t, strides, trace=None):
+    def forward(self, sampler, xyzr, q_s, q_t, trace=None):
         """Update the queries from the features they sample.
 
         Args:
-            features: L maps ``[B, D, T', H_l, W_l]``.
+            sampler: the batch's ``sampling.PyramidSampler`` (maps ``[B, D, T', H_l, W_l]``).
             xyzr: ``[B, Q, 4]`` the stage's input proposals (x, y pixels, z, r).
             q_s, q_t: ``[B, Q, D]`` spatial and temporal queries (after self-attention).
-            strides: L strides of the maps in pixels.
             trace: optional dict receiving intermediate tensors (see ``modeling.trace``).
 
         Returns:
@@ -123,7 +120,7 @@ class AdaptiveSTSamplingMixing(nn.Module):
         G, P = self.n_groups, self.spatial_points
         offsets = self.offset_generator(q_s)
         points = make_sample_points(offsets, xyzr, G * P)
-        sampled = sample_features(features, points, strides, G, impl=self.sampler)  # [B, G, C/G, T, Q, P]
+        sampled = sampler(points)  # [B, G, C/G, T, Q, P]
         spatial_feats = sampled.mean(3).permute(0, 3, 1, 4, 2)  # [B, Q, G, P, C/G]
         temporal_feats = sampled.mean(5).permute(0, 4, 1, 3, 2)  # [B, Q, G, T, C/G]
         q_s_mixed = self.adaptive_mixing_s(spatial_feats, q_s)

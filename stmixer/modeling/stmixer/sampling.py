@@ -3,24 +3,29 @@
 A query owns ``G * P`` points ``(x, y, z)``: pixel coordinates on the padded
 canvas and a continuous pyramid level ``z``. Channel group ``g`` (channels
 ``g*C/G .. (g+1)*C/G - 1``) is read only at its own ``P`` points, on every
-frame of every level with bilinear interpolation, and the levels are blended
-with soft weights ``softmax_l(-(z - 3 - l)^2 / 2)``.
+frame of every level with bilinear interpolation (zeros outside the map), and
+the levels are blended with soft weights ``softmax_l(-(z - 3 - l)^2 / 2)``.
 
-Two exact implementations (same values, same gradients up to float rounding):
+``PyramidSampler`` holds one clip batch's pyramid and is called by every
+decoder stage. Two exact implementations (same values; same gradients up to
+float rounding):
 
-* ``"reference"``: the official order of work, one ``grid_sample`` per level
-  over ``T * B * G`` images with the points repeated for every frame, after a
-  frame-major copy of each feature map. Kept as the checked reference path.
-* ``"folded"``: the frames are folded into the channels of one
-  ``[B * G, C/G * T, H, W]`` image per level (a free view of the
-  ``[B, C, T, H, W]`` map), so each level is one ``grid_sample`` whose
-  interpolation weights are computed once per point instead of once per
-  frame, with no copy of the features, no repeated points and no repeated
-  level weights. Its backward recomputes each level's samples instead of
-  keeping them from the forward, so training keeps no sampled tensor per
-  level alive (the largest activations of the decoder).
+* ``"reference"``: the official order of work. Every call copies each level
+  frame-major (``[T * B * G, C/G, H, W]``), repeats the points and the level
+  weights for every frame, runs one ``grid_sample`` per level and keeps each
+  level's samples for the backward.
+* ``"folded"``: the frame-major copy of each level is made once per decoder
+  forward and shared by all stages; the level weights are broadcast over the
+  frames instead of repeated; the weighted sum over levels is one autograd
+  node that keeps only its inputs and recomputes each level's samples in the
+  backward, so no ``[T * B * G, C/G, Q, P]`` tensor per level and stage stays
+  alive until the backward (these are the decoder's largest activations).
+  The frames stay in the batch dimension (not folded into channels), which
+  keeps ``grid_sample``'s parallelism (one thread per sampled point and frame)
+  and is faster in its backward than a channel fold.
 
-``sample_features`` picks one by name; "auto" is the folded path.
+"auto" selects "folded"; "reference" is kept as the checked baseline (tests
+compare the two, values and gradients) and for debugging.
 """
 
 import torch
@@ -31,7 +36,7 @@ from ...structures.boxes import xyzr_to_wh
 
 SAMPLER_IMPLS = ("auto", "reference", "folded")
 
-# Level z maps to pyramid index z - LEVEL_OFFSET (z = log2 of the box scale; level 0 has stride 4).
+# Level z maps to pyramid index z - LEVEL_OFFSET (z = log2 of the box scale; index 0 has stride 4).
 LEVEL_OFFSET = 3.0
 # Temperature of the soft level weights: weight_l ~ exp(-(z - LEVEL_OFFSET - l)^2 / LEVEL_TAU).
 LEVEL_TAU = 2.0
@@ -67,125 +72,139 @@ def level_weights(levels, num_levels):
     return torch.softmax(distance, dim=-1)
 
 
-def _check_features(features, strides, n_groups):
-    if len(features) != len(strides):
-        raise ValueError(f"got {len(features)} feature levels but {len(strides)} strides {tuple(strides)}")
-    shapes = [tuple(f.shape) for f in features]
-    if any(len(s) != 5 for s in shapes) or len({s[:3] for s in shapes}) != 1:
-        raise ValueError(f"feature levels must be [B, C, T, H_l, W_l] with one B, C and T; got shapes {shapes}")
-    if shapes[0][1] % n_groups:
-        raise ValueError(f"feature channels {shapes[0][1]} are not divisible by N_GROUPS={n_groups}")
-
-
 def _normalized_grid(xy, feature, stride):
-    """Pixel coordinates ``[..., 2]`` -> grid_sample coordinates of a ``[.., H, W]`` map of the given stride."""
+    """Pixel coordinates ``[..., 2]`` -> grid_sample coordinates of a ``[..., H, W]`` map of the given stride.
+
+    Normalized by the map's extent on the padded canvas (``W * stride``, ``H * stride``).
+    """
     extent = feature.new_tensor([feature.size(-1), feature.size(-2)]) * stride
     return xy / extent * 2.0 - 1.0
 
 
-def _sample_reference(features, xy, weights, strides, n_groups):
-    """Official order of work; see the module docstring. Returns ``[B, G, C/G, T, Q, P]``."""
-    B, Q, N, _ = xy.shape
-    G = n_groups
-    P = N // G
-    out = None
-    for level, (feature, stride) in enumerate(zip(features, strides)):
-        _, C, T, H, W = feature.shape
-        grid = xy.view(B, Q, G, P, 2).permute(0, 2, 1, 3, 4).reshape(B * G, Q, P, 2)
-        grid = _normalized_grid(grid.repeat(T, 1, 1, 1), feature, stride)  # [T*B*G, Q, P, 2]
-        frames = feature.reshape(B * G, C // G, T, H, W).permute(2, 0, 1, 3, 4).flatten(0, 1)
-        sampled = F.grid_sample(frames, grid, **_GRID_SAMPLE_ARGS)  # [T*B*G, C/G, Q, P]
-        weight = weights[..., level].view(B, Q, G, P).permute(0, 2, 1, 3).reshape(B * G, 1, Q, P)
-        sampled = sampled * weight.repeat(T, 1, 1, 1)
-        sampled = sampled.view(T, B, G, C // G, Q, P).permute(1, 2, 3, 0, 4, 5)
-        out = sampled if out is None else out + sampled
-    return out
+def _frame_major(feature, n_groups):
+    """``[B, C, T, H, W]`` -> ``[T * B * G, C/G, H, W]`` (image index ``(t * B + b) * G + g``; a copy)."""
+    B, C, T, H, W = feature.shape
+    return feature.reshape(B * n_groups, C // n_groups, T, H, W).permute(2, 0, 1, 3, 4).reshape(-1, C // n_groups, H, W)
 
 
-class _FoldedLevelSampling(torch.autograd.Function):
-    """``sum_l weights[l] * grid_sample(values[l], grids[l])`` that recomputes the samples in backward.
+class _WeightedLevelSampling(torch.autograd.Function):
+    """``sum_l weights[l] * grid_sample(frames[l], grids[l])`` that recomputes the samples in backward.
 
-    Inputs: grids ``[L, N, Q, P, 2]``, weights ``[L, N, Q, P]``, values ``L x [N, K, H_l, W_l]``.
-    Output ``[N, K, Q, P]``. Saves only its inputs (the values are views of the
-    feature maps), so no ``[N, K, Q, P]`` tensor per level outlives the forward.
+    Inputs: grids ``[L, N, Q, P, 2]`` and weights ``[L, N, Q, P]`` for the
+    ``N = B * G`` (clip, group) pairs; frames ``L x [T * N, C/G, H_l, W_l]``
+    (frame-major). The grids and weights apply to every frame. Output
+    ``[T * N, C/G, Q, P]``. Only the inputs are saved for the backward.
     """
 
     @staticmethod
-    def forward(ctx, grids, weights, *values):
+    def forward(ctx, grids, weights, *frames):
+        num_frames = frames[0].size(0) // grids.size(1)
         out = None
-        for grid, weight, value in zip(grids, weights, values):
-            sampled = F.grid_sample(value, grid, **_GRID_SAMPLE_ARGS).mul_(weight.unsqueeze(1))
+        for grid, weight, frame in zip(grids, weights, frames):
+            sampled = F.grid_sample(frame, grid.repeat(num_frames, 1, 1, 1), **_GRID_SAMPLE_ARGS)
+            sampled = sampled.view(num_frames, *weight.shape[:1], -1, *weight.shape[1:]).mul_(weight.unsqueeze(1))
             out = sampled if out is None else out.add_(sampled)
-        ctx.save_for_backward(grids, weights, *values)
-        return out
+        ctx.save_for_backward(grids, weights, *frames)
+        return out.view(-1, *out.shape[2:])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        grids, weights, *values = ctx.saved_tensors
+        grids, weights, *frames = ctx.saved_tensors
         need_grids, need_weights = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        need_values = ctx.needs_input_grad[2:]
+        need_frames = ctx.needs_input_grad[2:]
+        num_frames = frames[0].size(0) // grids.size(1)
+        grad_out = grad_out.view(num_frames, grids.size(1), *grad_out.shape[1:])  # [T, N, C/G, Q, P]
         grad_grids = torch.zeros_like(grids) if need_grids else None
         grad_weights = torch.zeros_like(weights) if need_weights else None
-        grad_values = [None] * len(values)
-        for level, value in enumerate(values):
-            wanted = [(value, need_values[level]), (grids[level], need_grids)]
-            leaves = [t.detach().requires_grad_(need) for t, need in wanted]
+        grad_frames = [None] * len(frames)
+        for level, frame in enumerate(frames):
+            frame_leaf = frame.detach().requires_grad_(need_frames[level])
+            grid_leaf = grids[level].detach().repeat(num_frames, 1, 1, 1).requires_grad_(need_grids)
+            inputs = [leaf for leaf in (frame_leaf, grid_leaf) if leaf.requires_grad]
             with torch.enable_grad():
-                sampled = F.grid_sample(leaves[0], leaves[1], **_GRID_SAMPLE_ARGS)
+                sampled = F.grid_sample(frame_leaf, grid_leaf, **_GRID_SAMPLE_ARGS)
+            if inputs:
+                grad_sampled = (grad_out * weights[level].unsqueeze(1)).view(sampled.shape)
+                grads = iter(torch.autograd.grad(sampled, inputs, grad_sampled))
+                if need_frames[level]:
+                    grad_frames[level] = next(grads)
+                if need_grids:
+                    grad_grids[level] = next(grads).view(num_frames, *grids.shape[1:]).sum(0)
             if need_weights:
-                grad_weights[level] = (grad_out * sampled.detach()).sum(1)
-            inputs = [leaf for leaf, (_, need) in zip(leaves, wanted) if need]
-            if not inputs:
-                continue
-            grads = iter(torch.autograd.grad(sampled, inputs, grad_out * weights[level].unsqueeze(1)))
-            if need_values[level]:
-                grad_values[level] = next(grads)
-            if need_grids:
-                grad_grids[level] = next(grads)
-        return (grad_grids, grad_weights, *grad_values)
+                product = sampled.detach().view(grad_out.shape).mul_(grad_out)  # reuses the samples' memory
+                grad_weights[level] = product.sum(dim=(0, 2))
+        return (grad_grids, grad_weights, *grad_frames)
 
 
-def _sample_folded(features, xy, weights, strides, n_groups):
-    """Frames folded into channels; see the module docstring. Returns ``[B, G, C/G, T, Q, P]``."""
-    B, Q, N, _ = xy.shape
-    G = n_groups
-    P = N // G
-    L = len(features)
-    _, C, T, _, _ = features[0].shape
-    xy = xy.view(B, Q, G, P, 2).permute(0, 2, 1, 3, 4)
-    grids = torch.stack(
-        [_normalized_grid(xy, f, s).reshape(B * G, Q, P, 2) for f, s in zip(features, strides)]
-    )
-    weights = weights.view(B, Q, G, P, L).permute(4, 0, 2, 1, 3).reshape(L, B * G, Q, P)
-    values = [f.reshape(B * G, (C // G) * T, f.size(3), f.size(4)) for f in features]
-    out = _FoldedLevelSampling.apply(grids, weights, *values)  # [B*G, C/G*T, Q, P]
-    return out.view(B, G, C // G, T, Q, P)
+class PyramidSampler:
+    """Bilinear, level-weighted sampling of one batch's feature pyramid at query points.
 
-
-_IMPLS = {"reference": _sample_reference, "folded": _sample_folded, "auto": _sample_folded}
-
-
-def sample_features(features, points, strides, n_groups, impl="auto"):
-    """Level-weighted bilinear samples of every frame at every query's points.
+    Build it once per decoder forward and call it from every stage.
 
     Args:
-        features: list of L maps ``[B, C, T, H_l, W_l]`` (stride ``strides[l]`` of the padded canvas).
-        points: ``[B, Q, G * P, 3]`` from ``make_sample_points``: x, y in pixels
-            of the padded canvas (normalized by ``W_l * stride`` and
-            ``H_l * stride``, not by the clip size), continuous level z.
+        features: L maps ``[B, C, T, H_l, W_l]``; map l has stride ``strides[l]`` of the padded canvas.
         strides: L strides in pixels (4, 8, 16, 32).
-        n_groups: G; group g uses channels ``g*C/G .. (g+1)*C/G - 1`` and points ``g*P .. g*P + P - 1``.
-        impl: one of ``SAMPLER_IMPLS`` ("auto" = "folded").
-
-    Returns:
-        ``[B, G, C/G, T, Q, P]``: ``sum_l weight_l(z) * bilinear(feature_l[t], x, y)``,
-        zero outside the map.
+        n_groups: G; group g uses channels ``g*C/G .. (g+1)*C/G - 1``.
+        impl: one of ``SAMPLER_IMPLS`` ("auto" = "folded"); see the module docstring.
     """
-    if impl not in _IMPLS:
-        raise ValueError(f"unknown sampler {impl!r}; expected one of {SAMPLER_IMPLS}")
-    _check_features(features, strides, n_groups)
-    if points.size(2) % n_groups:
-        raise ValueError(f"{points.size(2)} sampling points per query are not divisible by N_GROUPS={n_groups}")
-    weights = level_weights(points[..., 2], len(features))
-    return _IMPLS[impl](features, points[..., 0:2], weights, strides, n_groups)
+
+    def __init__(self, features, strides, n_groups, impl="auto"):
+        if impl not in SAMPLER_IMPLS:
+            raise ValueError(f"unknown sampler {impl!r}; expected one of {SAMPLER_IMPLS}")
+        if len(features) != len(strides):
+            raise ValueError(f"got {len(features)} feature levels but {len(strides)} strides {tuple(strides)}")
+        shapes = [tuple(f.shape) for f in features]
+        if any(len(s) != 5 for s in shapes) or len({s[:3] for s in shapes}) != 1:
+            raise ValueError(f"feature levels must be [B, C, T, H_l, W_l] with one B, C and T; got shapes {shapes}")
+        if shapes[0][1] % n_groups:
+            raise ValueError(f"feature channels {shapes[0][1]} are not divisible by N_GROUPS={n_groups}")
+        self.features = list(features)
+        self.strides = tuple(strides)
+        self.n_groups = n_groups
+        self.impl = "folded" if impl == "auto" else impl
+        self.batch, self.channels, self.frames = shapes[0][:3]
+        if self.impl == "folded":
+            self._frames = [_frame_major(f, n_groups) for f in self.features]
+
+    def __call__(self, points):
+        """Samples ``[B, G, C/G, T, Q, P]`` at ``points`` ``[B, Q, G * P, 3]``.
+
+        ``points`` come from ``make_sample_points``: x, y in pixels of the padded
+        canvas, continuous level z. Value: ``sum_l weight_l(z) * bilinear(map_l[t], x, y)``.
+        """
+        B, Q, N, _ = points.shape
+        if B != self.batch or N % self.n_groups:
+            raise ValueError(
+                f"points {list(points.shape)} do not fit a batch of {self.batch} clips and {self.n_groups} groups"
+            )
+        weights = level_weights(points[..., 2], len(self.features))  # [B, Q, G*P, L]
+        sample = self._sample_folded if self.impl == "folded" else self._sample_reference
+        return sample(points[..., 0:2], weights)
+
+    def _sample_reference(self, xy, weights):
+        B, Q, N, _ = xy.shape
+        G, T = self.n_groups, self.frames
+        P = N // G
+        out = None
+        for level, (feature, stride) in enumerate(zip(self.features, self.strides)):
+            grid = xy.view(B, Q, G, P, 2).permute(0, 2, 1, 3, 4).reshape(B * G, Q, P, 2)
+            grid = _normalized_grid(grid.repeat(T, 1, 1, 1), feature, stride)  # [T*B*G, Q, P, 2]
+            sampled = F.grid_sample(_frame_major(feature, G), grid, **_GRID_SAMPLE_ARGS)  # [T*B*G, C/G, Q, P]
+            weight = weights[..., level].view(B, Q, G, P).permute(0, 2, 1, 3).reshape(B * G, 1, Q, P)
+            sampled = sampled * weight.repeat(T, 1, 1, 1)
+            sampled = sampled.view(T, B, G, -1, Q, P).permute(1, 2, 3, 0, 4, 5)
+            out = sampled if out is None else out + sampled
+        return out
+
+    def _sample_folded(self, xy, weights):
+        B, Q, N, _ = xy.shape
+        G, T, L = self.n_groups, self.frames, len(self.features)
+        P = N // G
+        xy = xy.view(B, Q, G, P, 2).permute(0, 2, 1, 3, 4)
+        grids = torch.stack(
+            [_normalized_grid(xy, f, s).reshape(B * G, Q, P, 2) for f, s in zip(self.features, self.strides)]
+        )
+        weights = weights.view(B, Q, G, P, L).permute(4, 0, 2, 1, 3).reshape(L, B * G, Q, P)
+        out = _WeightedLevelSampling.apply(grids, weights, *self._frames)  # [T*B*G, C/G, Q, P]
+        return out.view(T, B, G, -1, Q, P).permute(1, 2, 3, 0, 4, 5)

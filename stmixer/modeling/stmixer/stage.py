@@ -135,12 +135,11 @@ class DecoderStage(nn.Module):
         spatial_points, temporal_points, out_multiplier, n_groups: see ``AdaptiveSTSamplingMixing``.
         num_cls_fcs, num_reg_fcs, num_action_fcs: trunk depths of the three heads.
         object_classes: K (the objectness head has K + 1 outputs). action_classes: A.
-        sampler: sampling implementation name.
     """
 
     def __init__(self, query_dim, num_heads, ffn_dim, num_ffn_fcs, dropout, activation, spatial_points,
                  temporal_points, out_multiplier, n_groups, num_cls_fcs, num_reg_fcs, num_action_fcs,
-                 object_classes, action_classes, sampler="auto"):
+                 object_classes, action_classes):
         super().__init__()
         self.num_heads = num_heads
         self.attention_s = QueryAttention(query_dim, num_heads, dropout)
@@ -154,7 +153,7 @@ class DecoderStage(nn.Module):
         self.ffn_t = FFN(query_dim, ffn_dim, num_ffn_fcs, activation)
         self.ffn_norm_t = nn.LayerNorm(query_dim)
         self.samplingmixing = AdaptiveSTSamplingMixing(
-            query_dim, spatial_points, temporal_points, out_multiplier, n_groups, sampler
+            query_dim, spatial_points, temporal_points, out_multiplier, n_groups
         )
         self.human_cls_fcs = head_trunk(query_dim, num_cls_fcs, activation)
         self.human_fc_cls = nn.Linear(query_dim, object_classes + 1)
@@ -176,14 +175,13 @@ class DecoderStage(nn.Module):
         nn.init.uniform_(self.iof_tau, 0.0, 4.0)
         self.samplingmixing.reset_parameters()
 
-    def forward(self, features, xyzr, q_s, q_t, strides, trace=None):
+    def forward(self, sampler, xyzr, q_s, q_t, trace=None):
         """Run the stage.
 
         Args:
-            features: L maps ``[B, D, T', H_l, W_l]``.
+            sampler: the batch's ``sampling.PyramidSampler`` (maps ``[B, D, T', H_l, W_l]``).
             xyzr: ``[B, Q, 4]`` input proposals (x, y pixels of the padded canvas, z, r).
             q_s, q_t: ``[B, Q, D]`` spatial and temporal queries.
-            strides: L strides in pixels.
             trace: optional dict receiving intermediate tensors (see ``modeling.trace``).
 
         Returns:
@@ -206,7 +204,7 @@ class DecoderStage(nn.Module):
         record(trace, "detail/q_s_attn", q_s)
         record(trace, "detail/q_t_attn", q_t)
 
-        q_s, q_t = self.samplingmixing(features, xyzr, q_s, q_t, strides, trace)
+        q_s, q_t = self.samplingmixing(sampler, xyzr, q_s, q_t, trace)
         q_s = self.ffn_norm_s(self.ffn_s(q_s))
         q_t = self.ffn_norm_t(self.ffn_t(q_t))
 
