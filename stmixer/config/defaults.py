@@ -273,7 +273,7 @@ _C.MODEL.STM.PERSON_THRESHOLD = 0.6
 _C.MODEL.STM.MEM_ACTIVE = False
 # (stmixer) Scalar backpropagated from the loss dict: "mean" of the terms (official trainer, sum / 4S) or "sum".
 _C.MODEL.STM.LOSS_REDUCTION = "mean"
-# (stmixer) Feature sampler: "auto" (= "folded": frames folded into channels, one grid_sample per level) or "reference" (official order).
+# (stmixer) Feature sampler: "auto" (= "folded", the memory-saving path) or "reference" (the official order of work).
 _C.MODEL.STM.SAMPLER = "auto"
 
 # ---------------------------------------------------------------------------

@@ -72,5 +72,6 @@ class HungarianMatcher:
                     f"clip {i} of the batch: the matching cost is not finite (the predictions contain NaN or inf)"
                 )
             src, tgt = linear_sum_assignment(cost.numpy())
-            matches.append(Match(torch.as_tensor(src, dtype=torch.int64), torch.as_tensor(tgt, dtype=torch.int64), cost))
+            src, tgt = (torch.as_tensor(index, dtype=torch.int64) for index in (src, tgt))
+            matches.append(Match(src, tgt, cost))
         return matches

@@ -65,7 +65,7 @@ def _load_recipe(fixture):
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
             return module
-    raise FixtureError(f"{fixture}: weights.json asks for recipe weights but no recipe.py at {[str(c) for c in candidates]}")
+    raise FixtureError(f"{fixture}: weights.json asks for recipe weights but there is no {candidates[0]} (nor in the kit)")
 
 
 def load_weights(fixture):

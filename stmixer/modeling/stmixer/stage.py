@@ -100,7 +100,7 @@ class FFN(nn.Module):
 
 
 def head_trunk(dim, num_layers, activation):
-    """``num_layers`` x (Linear(dim, dim), LayerNorm, activation), keys ``0, 1, 3, 4, ...`` as the official ModuleList."""
+    """``num_layers`` x (Linear(dim, dim), LayerNorm, activation); keys ``0, 1, 3, 4, ...`` as the official list."""
     layers = []
     for _ in range(num_layers):
         layers += [nn.Linear(dim, dim), nn.LayerNorm(dim), make_activation(activation)]
