@@ -57,7 +57,7 @@ def collect(detections, eval_trace, losses, train_trace):
 
 
 @pytest.fixture(scope="module")
-def reference_run(request):
+def reference_run():
     """Cache of (dtype, sampler) -> collected outputs, so each configuration runs once."""
     return {}
 
