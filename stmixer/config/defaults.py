@@ -233,7 +233,7 @@ _C.MODEL.STM.ACTION_CLASSES = 80
 _C.MODEL.STM.OBJECT_CLASSES = 1
 # Attention heads of the query self-attention.
 _C.MODEL.STM.NUM_HEADS = 8
-# Dropout probability in the decoder attention and FFNs.
+# Dropout probability on the decoder self-attention weights (the official FFNs and heads ignore it).
 _C.MODEL.STM.DROPOUT = 0.0
 # Hidden width of the decoder FFNs.
 _C.MODEL.STM.DIM_FEEDFORWARD = 2048
@@ -271,6 +271,10 @@ _C.MODEL.STM.INTERMEDIATE_SUPERVISION = True
 _C.MODEL.STM.PERSON_THRESHOLD = 0.6
 # Official long-term memory switch; only False is supported (the official models never use it).
 _C.MODEL.STM.MEM_ACTIVE = False
+# (stmixer) Scalar backpropagated from the loss dict: "mean" of the terms (official trainer, sum / 4S) or "sum".
+_C.MODEL.STM.LOSS_REDUCTION = "mean"
+# (stmixer) Feature sampler: "auto" (= "folded", the memory-saving path) or "reference" (the official order of work).
+_C.MODEL.STM.SAMPLER = "auto"
 
 # ---------------------------------------------------------------------------
 # Optimization

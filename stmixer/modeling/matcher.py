@@ -1,0 +1,77 @@
+"""Hungarian matching of one stage's predictions to the ground truth of each clip."""
+
+import dataclasses
+
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from ..structures.boxes import generalized_box_iou
+
+
+@dataclasses.dataclass
+class Match:
+    """The assignment for one clip: query ``src[k]`` is matched to ground truth ``tgt[k]``.
+
+    src, tgt: int64 ``[n]`` on the CPU (src ascending); cost: ``[Q, n_gt]`` the
+    cost matrix that was assigned (CPU, the predictions' dtype).
+    """
+
+    src: torch.Tensor
+    tgt: torch.Tensor
+    cost: torch.Tensor
+
+
+class HungarianMatcher:
+    """One-to-one assignment minimizing a weighted objectness + L1 + GIoU cost (scipy ``linear_sum_assignment``).
+
+    ``cost[q, j] = l1_weight * sum|box_q / whwh - gt_j / whwh| - class_weight * p_person(q)
+    - giou_weight * GIoU(box_q, gt_j)``, with ``p_person`` the softmax of the
+    objectness logits at column 0, L1 on clip-normalized xyxy and GIoU on pixels.
+    Action logits do not enter the cost.
+    """
+
+    def __init__(self, class_weight=1.0, l1_weight=1.0, giou_weight=1.0):
+        if class_weight == 0 and l1_weight == 0 and giou_weight == 0:
+            raise ValueError("HungarianMatcher: the class, L1 and GIoU cost weights cannot all be 0")
+        self.class_weight = class_weight
+        self.l1_weight = l1_weight
+        self.giou_weight = giou_weight
+
+    @torch.no_grad()
+    def cost_matrix(self, cls_logits, boxes, gt_boxes, whwh):
+        """Cost ``[Q, n]`` of assigning each query of one clip to each of its ground-truth boxes.
+
+        Args:
+            cls_logits: ``[Q, K + 1]`` objectness logits (column 0 person).
+            boxes: ``[Q, 4]`` predicted absolute xyxy pixels.
+            gt_boxes: ``[n, 4]`` ground-truth absolute xyxy pixels.
+            whwh: ``[4]`` clip size (w, h, w, h).
+        """
+        person = cls_logits.softmax(-1)[:, 0:1]
+        cost_class = -person.expand(-1, gt_boxes.size(0))
+        cost_l1 = torch.cdist(boxes / whwh, gt_boxes / whwh, p=1)
+        cost_giou = -generalized_box_iou(boxes[:, None], gt_boxes[None])
+        return self.l1_weight * cost_l1 + self.class_weight * cost_class + self.giou_weight * cost_giou
+
+    @torch.no_grad()
+    def __call__(self, cls_logits, boxes, targets):
+        """Match every clip of a batch.
+
+        Args:
+            cls_logits: ``[B, Q, K + 1]``; boxes: ``[B, Q, 4]`` absolute xyxy pixels.
+            targets: B dicts with "boxes" ``[n_i, 4]`` (absolute xyxy) and "whwh" ``[4]``.
+
+        Returns:
+            list of B ``Match``.
+        """
+        matches = []
+        for i, target in enumerate(targets):
+            cost = self.cost_matrix(cls_logits[i], boxes[i], target["boxes"], target["whwh"]).cpu()
+            if not torch.isfinite(cost).all():
+                raise FloatingPointError(
+                    f"clip {i} of the batch: the matching cost is not finite (the predictions contain NaN or inf)"
+                )
+            src, tgt = linear_sum_assignment(cost.numpy())
+            src, tgt = (torch.as_tensor(index, dtype=torch.int64) for index in (src, tgt))
+            matches.append(Match(src, tgt, cost))
+        return matches

@@ -1,0 +1,1 @@
+"""Plain-tensor helpers for the data structures that travel through the model (boxes)."""

@@ -1,0 +1,61 @@
+"""Hungarian matching: hand-computed costs, optimality, edge cases."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from stmixer.modeling.matcher import HungarianMatcher
+
+
+def t(values):
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def target(boxes, whwh=(100.0, 100.0, 100.0, 100.0)):
+    return {"boxes": t(boxes).reshape(-1, 4), "whwh": t(whwh)}
+
+
+def test_one_ground_truth_cost_by_hand():
+    gt = [10.0, 10.0, 50.0, 50.0]
+    boxes = t([[[10, 10, 50, 50], [60, 60, 90, 90], [12, 8, 48, 52]]])
+    logits = t([[[0.0, 0.0], [2.0, 0.0], [-1.0, 1.0]]])
+    match = HungarianMatcher(class_weight=2.0, l1_weight=2.0, giou_weight=2.0)(logits, boxes, [target([gt])])[0]
+    p = [0.5, 1 / (1 + math.exp(-2)), 1 / (1 + math.exp(2))]
+    l1 = [0.0, (50 + 50 + 40 + 40) / 100, (2 + 2 + 2 + 2) / 100]
+    giou = [1.0, 0 - (6400 - 2500) / 6400, 1440 / 1744 - (1760 - 1744) / 1760]
+    expected = [2 * l1[q] - 2 * p[q] - 2 * giou[q] for q in range(3)]
+    torch.testing.assert_close(match.cost, t(expected)[:, None], rtol=0, atol=1e-14)
+    assert match.src.tolist() == [0] and match.tgt.tolist() == [0]
+    assert match.src.dtype == torch.int64
+
+
+def test_assignment_is_optimal_and_sorted_by_query():
+    gen = torch.Generator().manual_seed(0)
+    xy = torch.rand(1, 6, 2, generator=gen, dtype=torch.float64) * 60
+    boxes = torch.cat([xy, xy + 10 + torch.rand(1, 6, 2, generator=gen, dtype=torch.float64) * 30], -1)
+    logits = torch.randn(1, 6, 2, generator=gen, dtype=torch.float64)
+    gt = [[5, 5, 40, 40], [30, 20, 70, 90], [50, 50, 60, 60]]
+    match = HungarianMatcher(2.0, 2.0, 2.0)(logits, boxes, [target(gt)])[0]
+    best = min(
+        sum(match.cost[q, j].item() for j, q in enumerate(perm)) for perm in itertools.permutations(range(6), 3)
+    )
+    assert math.isclose(match.cost[match.src, match.tgt].sum().item(), best, abs_tol=1e-12)
+    assert match.src.tolist() == sorted(match.src.tolist())
+    assert sorted(match.tgt.tolist()) == [0, 1, 2]
+
+
+def test_clip_without_ground_truth_and_non_finite_predictions():
+    boxes = t([[[0, 0, 10, 10], [5, 5, 20, 20]]])
+    logits = torch.zeros(1, 2, 2, dtype=torch.float64)
+    match = HungarianMatcher()(logits, boxes, [target([])])[0]
+    assert match.src.numel() == 0 and match.tgt.numel() == 0 and match.cost.shape == (2, 0)
+    boxes[0, 1, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="clip 0 of the batch"):
+        HungarianMatcher()(logits, boxes, [target([[0, 0, 5, 5]])])
+
+
+def test_all_zero_weights_rejected():
+    with pytest.raises(ValueError, match="cannot all be 0"):
+        HungarianMatcher(0, 0, 0)
