@@ -123,6 +123,8 @@ _C.MODEL.BACKBONE.FROZEN_BN = False
 _C.MODEL.BACKBONE.BN_MOMENTUM = 0.1
 # Epsilon of the backbone BatchNorm layers.
 _C.MODEL.BACKBONE.BN_EPSILON = 1e-05
+# (stmixer) Convert BatchNorm to SyncBatchNorm when training on several processes (the official multi-GPU training does).
+_C.MODEL.BACKBONE.SYNC_BN = True
 
 # ---------------------------------------------------------------------------
 # ResNet-3D backbones (PySlowFast form)
@@ -316,6 +318,16 @@ _C.SOLVER.EVAL_AFTER = 2
 _C.SOLVER.VIDEOS_PER_BATCH = 16
 # Optimizer: "adamw".
 _C.SOLVER.OPTIMIZING_METHOD = "adamw"
+# (stmixer) Mixed precision of training and testing: "off" (float32), "bf16" or "fp16" (with a gradient scaler).
+_C.SOLVER.AMP = "off"
+# (stmixer) Clip the total gradient norm to this value before each step; 0 disables clipping.
+_C.SOLVER.CLIP_GRAD_NORM = 0.0
+# (stmixer) On a NaN/infinite loss term: "error" stops naming the term and iteration, "skip" skips that step.
+_C.SOLVER.NONFINITE_LOSS = "error"
+# (stmixer) Periodic checkpoints kept in OUTPUT_DIR (older ones are deleted; 0 keeps all; model_final is always kept).
+_C.SOLVER.CHECKPOINTS_KEPT = 3
+# (stmixer) Iterations between metric log lines, metrics.json entries and TensorBoard points.
+_C.SOLVER.LOG_PERIOD = 20
 # (stmixer) Decay neck/decoder norm scales and biases with WEIGHT_DECAY as the official code does (False: no decay on them).
 _C.SOLVER.DECAY_NORM_AND_BIAS = True
 
@@ -325,6 +337,8 @@ _C.SOLVER.DECAY_NORM_AND_BIAS = True
 _C.TEST = CN()
 # Test clips per iteration summed over all processes.
 _C.TEST.VIDEOS_PER_BATCH = 16
+# (stmixer) Frame-mAP protocol: "stmixer" (the evaluator copy of the official STMixer/PySlowFast) or "activitynet" (2019 challenge code).
+_C.TEST.EVAL_PROTOCOL = "stmixer"
 
 # ---------------------------------------------------------------------------
 # Misc

@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from ..modeling.losses import reduce_losses
 from ..utils import distributed as comm
 from .events import MetricHistory
 
@@ -101,8 +102,6 @@ class Trainer:
         clip_grad_norm=0.0,
         nonfinite_loss="error",
     ):
-        if loss_reduction not in ("mean", "sum"):
-            raise ValueError(f"loss reduction must be 'mean' or 'sum', got {loss_reduction!r}")
         if nonfinite_loss not in ("error", "skip"):
             raise ValueError(f"SOLVER.NONFINITE_LOSS must be 'error' or 'skip', got {nonfinite_loss!r}")
         self.model = model
@@ -161,9 +160,7 @@ class Trainer:
         averaged = comm.all_reduce_mean(torch.stack([loss_dict[n].detach().float() for n in names]))
         loss_values = dict(zip(names, averaged.tolist()))
         bad = [name for name, value in loss_values.items() if not math.isfinite(value)]
-        total = sum(loss_dict.values())
-        if self.loss_reduction == "mean":
-            total = total / len(loss_dict)
+        total = reduce_losses(loss_dict, self.loss_reduction)
         self.optimizer.zero_grad(set_to_none=True)
         if bad:
             message = (

@@ -1,0 +1,171 @@
+"""What ``train_net.py`` and ``test_net.py`` run: build the parts from the config and join them.
+
+Training resumes by itself: when ``OUTPUT_DIR`` holds a checkpoint (the
+``last_checkpoint`` pointer), the run continues from it exactly (model,
+optimizer, scheduler, iteration, random states; the data sampler is a
+function of the iteration), whatever ``MODEL.WEIGHT`` says. Otherwise
+``MODEL.WEIGHT`` is loaded: with ``--transfer`` its weights only; without it, a
+stmixer training checkpoint also restores optimizer, scheduler and iteration.
+"""
+
+import logging
+import os
+
+import torch
+
+from ..checkpoint import load_weights, read_checkpoint
+from ..data.build import build_data_loader, build_dataset, dataset_path
+from ..evaluation.evaluator import AVAEvaluator
+from ..modeling import build_detector
+from ..solver import build_lr_scheduler, build_optimizer
+from ..utils import distributed as comm
+from .checkpointer import Checkpointer, unwrap_model
+from .hooks import EvalHook, LRSchedulerHook, MetricsWriterHook, PeriodicCheckpointHook, ProgressBarHook
+from .inference import gather_predictions, predict
+from .trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+
+class Evaluation:
+    """Runs the detector over the test split and computes AVA frame-mAP (all processes call ``run``).
+
+    The test dataset is built once and reused by every periodic evaluation.
+    """
+
+    def __init__(self, cfg, device):
+        self.cfg = cfg
+        self.device = device
+        self.dataset = build_dataset(cfg, is_train=False, defer_pixels=True)
+        self.dataset_name = cfg.DATA.DATASETS[0]
+
+    def output_folder(self):
+        """``OUTPUT_DIR/inference/<dataset>``: detections CSV and metrics JSON."""
+        return os.path.join(self.cfg.OUTPUT_DIR, "inference", self.dataset_name)
+
+    def run(self, model):
+        """Evaluate ``model`` (unwrapped detector); returns the metrics dict on rank 0, {} elsewhere."""
+        cfg = self.cfg
+        loader = build_data_loader(cfg, is_train=False, dataset=self.dataset)
+        records = predict(model, loader, self.device, amp=cfg.SOLVER.AMP)
+        ordered = gather_predictions(records, len(self.dataset))
+        annotations = "AVA.ANNOTATION_DIR"
+        evaluator = AVAEvaluator(
+            groundtruth=dataset_path(cfg, annotations, cfg.AVA.GROUNDTRUTH_FILE, "AVA.GROUNDTRUTH_FILE"),
+            labelmap=dataset_path(cfg, annotations, cfg.AVA.LABEL_MAP_FILE, "AVA.LABEL_MAP_FILE"),
+            exclusions=(
+                dataset_path(cfg, annotations, cfg.AVA.EXCLUSION_FILE, "AVA.EXCLUSION_FILE")
+                if cfg.AVA.EXCLUSION_FILE else None
+            ),
+            protocol=cfg.TEST.EVAL_PROTOCOL,
+            output_folder=self.output_folder() if comm.is_main_process() else None,
+        )
+        if ordered is not None:
+            evaluator.process(
+                [r["video_id"] for r in ordered],
+                [r["timestamp"] for r in ordered],
+                [r["boxes"] for r in ordered],
+                [r["scores"] for r in ordered],
+                indices=list(range(len(ordered))),
+            )
+        metrics = evaluator.evaluate()
+        if metrics:
+            logger.info("%s frame-mAP (%s protocol): %.4f; results in %s",
+                        self.dataset_name, metrics["protocol"], metrics["mAP"], self.output_folder())
+        comm.synchronize()
+        return metrics
+
+
+def build_model(cfg, device):
+    """The detector of ``MODEL.META_ARCHITECTURE`` on ``device``."""
+    return build_detector(cfg).to(device)
+
+
+def _wrap_distributed(cfg, model, device):
+    if comm.get_world_size() == 1:
+        return model
+    if cfg.MODEL.BACKBONE.SYNC_BN:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.train()  # re-applies MODEL.BACKBONE.FROZEN_BN to the converted layers
+    device_ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def _start_state(cfg, args, model, checkpointer):
+    """Resume from OUTPUT_DIR, or load MODEL.WEIGHT; returns the first iteration to run."""
+    last = checkpointer.last_checkpoint()
+    if last is not None:
+        if cfg.MODEL.WEIGHT:
+            logger.info("OUTPUT_DIR holds a checkpoint: resuming from it, not from MODEL.WEIGHT %s", cfg.MODEL.WEIGHT)
+        return checkpointer.resume(last)
+    if not cfg.MODEL.WEIGHT:
+        logger.info("No MODEL.WEIGHT: every weight starts from its initialization")
+        return 0
+    contents = read_checkpoint(cfg.MODEL.WEIGHT)
+    if not args.transfer and contents.format == "stmixer" and "iteration" in contents.extras:
+        logger.info("Continuing the training run of %s (use --transfer for its weights only)", cfg.MODEL.WEIGHT)
+        return checkpointer.resume(cfg.MODEL.WEIGHT)
+    load_weights(unwrap_model(model), contents, no_head=args.no_head)
+    if not args.transfer and contents.extras.get("optimizer") is not None:
+        logger.warning("%s (%s) holds optimizer state in another layout; only its weights were loaded",
+                       cfg.MODEL.WEIGHT, contents.description)
+    return 0
+
+
+def train(cfg, args, dist_info):
+    """Train as configured; returns the unwrapped model (final weights)."""
+    device = comm.resolve_device(cfg.MODEL.DEVICE, dist_info.local_rank)
+    model = build_model(cfg, device)
+    vit_layer_id = getattr(model.backbone, "layer_id", None)
+    optimizer = build_optimizer(cfg, model, vit_layer_id=vit_layer_id)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    grad_scaler = torch.amp.GradScaler(device.type, enabled=cfg.SOLVER.AMP == "fp16")
+    checkpointer = Checkpointer(cfg.OUTPUT_DIR, model, optimizer, scheduler, grad_scaler,
+                                keep_last=cfg.SOLVER.CHECKPOINTS_KEPT)
+    start_iter = _start_state(cfg, args, model, checkpointer)
+    model = _wrap_distributed(cfg, model, device)
+    checkpointer.model = model
+
+    per_epoch = cfg.SOLVER.ITER_PER_EPOCH
+    max_iter = per_epoch * cfg.SOLVER.MAX_EPOCH
+    evaluation = None if args.skip_val and args.skip_test else Evaluation(cfg, device)
+    if start_iter < max_iter:
+        loader = build_data_loader(cfg, is_train=True, start_iter=start_iter, max_iter=max_iter, seed=args.seed,
+                                   pin_memory=device.type == "cuda")
+        trainer = Trainer(model, loader, optimizer, device, amp=cfg.SOLVER.AMP, grad_scaler=grad_scaler,
+                          loss_reduction=cfg.MODEL.STM.LOSS_REDUCTION, clip_grad_norm=cfg.SOLVER.CLIP_GRAD_NORM,
+                          nonfinite_loss=cfg.SOLVER.NONFINITE_LOSS)
+        trainer.register_hooks([
+            LRSchedulerHook(scheduler),
+            PeriodicCheckpointHook(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD * per_epoch),
+            None if args.skip_val else EvalHook(
+                cfg.SOLVER.EVAL_PERIOD * per_epoch, cfg.SOLVER.EVAL_AFTER * per_epoch,
+                lambda: _scalar_metrics(evaluation.run(unwrap_model(model))),
+            ),
+            MetricsWriterHook(cfg.OUTPUT_DIR, cfg.SOLVER.LOG_PERIOD, args.use_tfboard, device),
+            ProgressBarHook(),
+        ])
+        trainer.train(start_iter, max_iter)
+    else:
+        logger.info("Training already finished (iteration %d of %d)", start_iter, max_iter)
+    if not args.skip_test:
+        evaluation.run(unwrap_model(model))
+    return unwrap_model(model)
+
+
+def _scalar_metrics(metrics):
+    return {"mAP": metrics["mAP"]} if metrics else {}
+
+
+def test(cfg, dist_info):
+    """Evaluate ``MODEL.WEIGHT`` (or the last checkpoint in OUTPUT_DIR); returns the metrics on rank 0."""
+    device = comm.resolve_device(cfg.MODEL.DEVICE, dist_info.local_rank)
+    model = build_model(cfg, device)
+    weight = cfg.MODEL.WEIGHT or Checkpointer(cfg.OUTPUT_DIR, model).last_checkpoint()
+    if not weight:
+        raise FileNotFoundError(
+            "test_net.py needs weights: give MODEL.WEIGHT path/to/checkpoint.pth "
+            f"(OUTPUT_DIR {cfg.OUTPUT_DIR} holds no last_checkpoint either)"
+        )
+    load_weights(model, weight)
+    return Evaluation(cfg, device).run(model)
