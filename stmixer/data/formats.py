@@ -151,11 +151,58 @@ class BoxRows:
         return len(self.videos)
 
 
+def box_csv_columns(has_score):
+    """Column names of a box CSV (ground truth, or predicted boxes with a score)."""
+    return "video_id,timestamp,x1,y1,x2,y2,action_id," + ("score" if has_score else "person_id")
+
+
+def parse_box_row(text, has_score=False):
+    """Parse one box-CSV line.
+
+    Returns:
+        (video_id, second, [x1, y1, x2, y2], box_key, action_id or -1, score or NaN).
+
+    Raises:
+        ValueError saying what was expected: fewer than 7 fields (8 with ``has_score``), a
+        non-integer timestamp or action id, non-numeric or non-finite coordinates, an
+        inverted box (x2 < x1 or y2 < y1), a non-numeric score. Boxes outside [0, 1] pass
+        (they are clipped to the frame; the data checker reports them).
+    """
+    row = text.strip().split(",")
+    needed = 8 if has_score else 7
+    if len(row) < needed:
+        raise ValueError(f"expected {needed} comma-separated fields ({box_csv_columns(has_score)})")
+    try:
+        second = int(row[1])
+    except ValueError:
+        raise ValueError(f"timestamp {row[1]!r} is not an integer number of seconds") from None
+    try:
+        box = [float(v) for v in row[2:6]]
+    except ValueError:
+        raise ValueError("box coordinates x1,y1,x2,y2 must be numbers") from None
+    if not all(math.isfinite(v) for v in box):
+        raise ValueError("box coordinates must be finite")
+    if box[2] < box[0] or box[3] < box[1]:
+        raise ValueError("inverted box: expected x1 <= x2 and y1 <= y2")
+    action = row[6].strip()
+    try:
+        action = -1 if action == "" else int(action)
+    except ValueError:
+        raise ValueError(f"action_id {row[6]!r} is not an integer (empty means no label)") from None
+    score = float("nan")
+    if has_score:
+        try:
+            score = float(row[7])
+        except ValueError:
+            raise ValueError(f"score {row[7]!r} is not a number") from None
+    return row[0], second, box, ",".join(row[2:6]), action, score
+
+
 def read_box_csv(path, has_score=False, min_score=None):
-    """Read one box CSV.
+    """Read one box CSV (no header; see ``parse_box_row``).
 
     Args:
-        path: the CSV file (no header).
+        path: the CSV file.
         has_score: the 8th column is a detection score (predicted-box files).
         min_score: with ``has_score``, rows whose score is below it are left out.
 
@@ -163,52 +210,23 @@ def read_box_csv(path, has_score=False, min_score=None):
         BoxRows.
 
     Raises:
-        DataFormatError naming file:line and the row when a row has fewer than 7 fields
-        (8 with ``has_score``), a non-integer timestamp or action id, non-numeric or
-        non-finite coordinates, or an inverted box (x2 < x1 or y2 < y1). Boxes outside
-        [0, 1] are accepted here (they are clipped to the frame later; the data checker
-        reports them).
+        DataFormatError naming file:line and the row for a row ``parse_box_row`` rejects.
     """
     videos, seconds, boxes, keys, actions, scores, sources = [], [], [], [], [], [], []
-    needed = 8 if has_score else 7
     with open(path, "r") as f:
         for line_no, line in enumerate(f, 1):
-            text = line.strip()
-            if not text:
+            if not line.strip():
                 continue
-            row = text.split(",")
-            if len(row) < needed:
-                columns = "video_id,timestamp,x1,y1,x2,y2,action_id," + ("score" if has_score else "person_id")
-                raise row_error(path, line_no, f"expected {needed} comma-separated fields ({columns})", line)
             try:
-                second = int(row[1])
-            except ValueError:
-                raise row_error(path, line_no, f"timestamp {row[1]!r} is not an integer number of seconds", line) from None
-            try:
-                box = [float(v) for v in row[2:6]]
-            except ValueError:
-                raise row_error(path, line_no, "box coordinates x1,y1,x2,y2 must be numbers", line) from None
-            if not all(math.isfinite(v) for v in box):
-                raise row_error(path, line_no, "box coordinates must be finite", line)
-            if box[2] < box[0] or box[3] < box[1]:
-                raise row_error(path, line_no, "inverted box: expected x1 <= x2 and y1 <= y2", line)
-            action = row[6].strip()
-            try:
-                action = -1 if action == "" else int(action)
-            except ValueError:
-                raise row_error(path, line_no, f"action_id {row[6]!r} is not an integer", line) from None
-            score = float("nan")
-            if has_score:
-                try:
-                    score = float(row[7])
-                except ValueError:
-                    raise row_error(path, line_no, f"score {row[7]!r} is not a number", line) from None
-                if min_score is not None and score < min_score:
-                    continue
-            videos.append(row[0])
+                video, second, box, key, action, score = parse_box_row(line, has_score)
+            except ValueError as e:
+                raise row_error(path, line_no, str(e), line) from None
+            if has_score and min_score is not None and score < min_score:
+                continue
+            videos.append(video)
             seconds.append(second)
             boxes.append(box)
-            keys.append(",".join(row[2:6]))
+            keys.append(key)
             actions.append(action)
             scores.append(score)
             sources.append(f"{path}:{line_no}")
