@@ -25,7 +25,7 @@ from .formats import (
     second_to_frame_index,
 )
 from .frames import read_frame, read_frames
-from .transforms import pack_pathways
+from .transforms import pathway_frame_indices
 
 logger = logging.getLogger("stmixer.data.ava")
 
@@ -190,6 +190,9 @@ class AvaDataset(torch.utils.data.Dataset):
         num_classes: width of the multi-hot labels (``MODEL.STM.ACTION_CLASSES``).
         num_pathways: 1, or 2 for SlowFast.
         alpha: SlowFast frame-rate ratio (``SLOWFAST.ALPHA``).
+        defer_pixels: leave the float conversion to the batch collator: "videos" then holds
+            ClipPixels instead of tensors, which BatchCollator writes straight into the
+            padded batch (one write per pixel; the training and test loaders use this).
 
     Items are looked up by dataset index, or by ``(index, entropy)`` where ``entropy`` (a
     tuple of ints) seeds every random choice of that sample: the training sampler passes
@@ -197,7 +200,8 @@ class AvaDataset(torch.utils.data.Dataset):
     Without it, training randomness comes from NumPy's global generator.
 
     A sample is a dict:
-        "videos": list of float32 ``[3, T_p, H, W]`` (normalized; Slow first for SlowFast),
+        "videos": list of float32 ``[3, T_p, H, W]`` (normalized; Slow first for SlowFast), or
+            of ClipPixels with ``defer_pixels``,
         "whwh": float32 ``[4]`` = (W, H, W, H) of the resized clip,
         "boxes": float32 ``[n, 4]`` absolute x1, y1, x2, y2 pixels of the resized clip,
         "labels": float32 ``[n, num_classes]`` multi-hot (column c = action id c + 1),
@@ -206,7 +210,7 @@ class AvaDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, frame_dir, videos, keyframes, num_frames, sampling_rate, transform, num_classes,
-                 num_pathways=1, alpha=4):
+                 num_pathways=1, alpha=4, defer_pixels=False):
         self.frame_dir = frame_dir
         self.videos = videos
         self.keyframes = keyframes
@@ -214,8 +218,8 @@ class AvaDataset(torch.utils.data.Dataset):
         self.sampling_rate = int(sampling_rate)
         self.transform = transform
         self.num_classes = int(num_classes)
-        self.num_pathways = int(num_pathways)
-        self.alpha = int(alpha)
+        self.pathway_frames = pathway_frame_indices(self.num_frames, int(num_pathways), int(alpha))
+        self.defer_pixels = defer_pixels
         self._frame_sizes = {}
 
     def __len__(self):
@@ -255,11 +259,12 @@ class AvaDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng(entropy)
         frames = read_frames(self.clip_frame_paths(index))
         orig_size = tuple(frames[0].shape[:2])
-        clip, boxes = self.transform(frames, self.keyframes.boxes_of(index), rng)
-        height, width = clip.shape[-2:]
+        pixels, boxes = self.transform(frames, self.keyframes.boxes_of(index), rng)
+        height, width = pixels.shape[-2:]
+        pathways = [pixels.select(indices) for indices in self.pathway_frames]
         info = self.keyframe_info(index)
         return {
-            "videos": pack_pathways(clip, self.num_pathways, self.alpha),
+            "videos": pathways if self.defer_pixels else [p.to_tensor() for p in pathways],
             "whwh": torch.tensor([width, height, width, height], dtype=torch.float32),
             "boxes": torch.from_numpy(boxes),
             "labels": torch.from_numpy(self.keyframes.multi_hot(index, self.num_classes)),

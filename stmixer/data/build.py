@@ -122,7 +122,7 @@ def read_split_annotations(cfg, is_train):
 
 
 @DATASET_REGISTRY.register("ava_v2.2", "ava_v2.1", "ava")
-def build_ava_dataset(cfg, is_train, reference=False):
+def build_ava_dataset(cfg, is_train, reference=False, defer_pixels=False):
     """AvaDataset of the training (``is_train``) or test split described by ``cfg``."""
     videos, keyframes, skipped = read_split_annotations(cfg, is_train)
     dataset = AvaDataset(
@@ -135,22 +135,25 @@ def build_ava_dataset(cfg, is_train, reference=False):
         num_classes=cfg.MODEL.STM.ACTION_CLASSES,
         num_pathways=num_pathways(cfg),
         alpha=cfg.SLOWFAST.ALPHA,
+        defer_pixels=defer_pixels,
     )
     log_summary("train" if is_train else "test", dataset, skipped)
     return dataset
 
 
-def build_dataset(cfg, is_train, reference=False):
+def build_dataset(cfg, is_train, reference=False, defer_pixels=False):
     """The dataset named by ``DATA.DATASETS`` (exactly one name) for the training or test split.
 
     Args:
         cfg: the config.
         is_train: training split (``AVA.TRAIN_*`` files, random augmentation) or test split.
         reference: use the plain-PyTorch pixel conversion (slower; for checks).
+        defer_pixels: samples carry ClipPixels for the collator to write into the batch
+            (what ``build_data_loader`` uses); False gives float tensors.
     """
     if len(cfg.DATA.DATASETS) != 1:
         raise DatasetConfigError(f"DATA.DATASETS must name exactly one dataset, got {list(cfg.DATA.DATASETS)}")
-    return DATASET_REGISTRY.get(cfg.DATA.DATASETS[0])(cfg, is_train, reference=reference)
+    return DATASET_REGISTRY.get(cfg.DATA.DATASETS[0])(cfg, is_train, reference=reference, defer_pixels=defer_pixels)
 
 
 def per_process_batch_size(total, world_size, key):
@@ -184,7 +187,7 @@ def build_data_loader(cfg, is_train, start_iter=0, max_iter=None, seed=0, datase
         max_iter: training only: stop before this iteration; default
             ``SOLVER.MAX_EPOCH * SOLVER.ITER_PER_EPOCH`` (the official run length).
         seed: non-negative run seed, the same on every process.
-        dataset: a prebuilt dataset (default: ``build_dataset(cfg, is_train)``).
+        dataset: a prebuilt dataset (default: ``build_dataset(cfg, is_train, defer_pixels=True)``).
         rank, world_size: default from the process group.
         pin_memory: passed to the DataLoader.
 
@@ -197,7 +200,7 @@ def build_data_loader(cfg, is_train, start_iter=0, max_iter=None, seed=0, datase
     rank = comm.get_rank() if rank is None else rank
     world_size = comm.get_world_size() if world_size is None else world_size
     if dataset is None:
-        dataset = build_dataset(cfg, is_train)
+        dataset = build_dataset(cfg, is_train, defer_pixels=True)
     if is_train:
         batch_size = per_process_batch_size(cfg.SOLVER.VIDEOS_PER_BATCH, world_size, "SOLVER.VIDEOS_PER_BATCH")
         if max_iter is None:

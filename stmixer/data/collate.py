@@ -1,6 +1,8 @@
 """Batching of clip samples: zero padding to a common size and the batch dict the engine consumes."""
 
 import math
+import mmap
+import warnings
 
 import torch
 
@@ -15,21 +17,48 @@ def padded_size(sizes, size_divisibility):
     return height, width
 
 
+# Batches at least this large (bytes) are backed by transparent huge pages where the system allows it.
+_HUGE_PAGE_MIN_BYTES = 8 << 20
+
+
+def _huge_page_tensor(shape, dtype):
+    """An uninitialized tensor in anonymous memory advised for 2 MB pages (Linux), or None.
+
+    Filling a fresh batch of 4 KB pages costs one page fault per 4 KB (about half the time of
+    padding a 32-frame batch on some virtual machines); huge pages make that 512 times fewer.
+    """
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    nbytes = math.prod(shape) * itemsize
+    if nbytes < _HUGE_PAGE_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return None
+    try:
+        buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        buffer.madvise(mmap.MADV_HUGEPAGE)
+    except (OSError, ValueError):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # frombuffer keeps the mmap alive as long as the tensor
+        return torch.frombuffer(buffer, dtype=dtype).view(shape)
+
+
 def _new_tensor(shape, dtype):
-    """An uninitialized tensor; in a DataLoader worker it lives in shared memory already,
-    so handing the batch to the main process costs no copy."""
-    if torch.utils.data.get_worker_info() is None:
-        return torch.empty(shape, dtype=dtype)
-    numel = math.prod(shape)
-    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel)
-    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
+    """An uninitialized tensor for a batch: in a DataLoader worker it lives in shared memory
+    already (handing it to the main process costs no copy); in the main process it uses huge
+    pages when it is large."""
+    if torch.utils.data.get_worker_info() is not None:
+        numel = math.prod(shape)
+        storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel)
+        return torch.empty(0, dtype=dtype).set_(storage).view(shape)
+    tensor = _huge_page_tensor(shape, dtype)
+    return tensor if tensor is not None else torch.empty(shape, dtype=dtype)
 
 
 def pad_clips(clips, size_divisibility):
     """Stack clips of different spatial sizes into one zero-padded tensor.
 
     Args:
-        clips: list of B float32 ``[C, T, H_i, W_i]`` (same C and T).
+        clips: list of B float32 ``[C, T, H_i, W_i]`` tensors (same C and T), or of ClipPixels
+            (written straight into the batch).
         size_divisibility: padded H and W are rounded up to a multiple of it (0: none).
 
     Returns:
@@ -43,10 +72,13 @@ def pad_clips(clips, size_divisibility):
                 f"clips of one batch must share channels and frames; got {tuple(clips[0].shape)} and {tuple(clip.shape)}"
             )
     height, width = padded_size([tuple(c.shape[-2:]) for c in clips], size_divisibility)
-    out = _new_tensor((len(clips), channels, frames, height, width), clips[0].dtype)
+    out = _new_tensor((len(clips), channels, frames, height, width), torch.float32)
     for b, clip in enumerate(clips):
         h, w = clip.shape[-2:]
-        out[b, :, :, :h, :w].copy_(clip)
+        if isinstance(clip, torch.Tensor):
+            out[b, :, :, :h, :w].copy_(clip)
+        else:
+            clip.to_tensor(out=out[b, :, :, :h, :w])
         out[b, :, :, h:, :].zero_()
         out[b, :, :, :h, w:].zero_()
     return out

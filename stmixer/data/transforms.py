@@ -147,27 +147,74 @@ def normalization_lut(mean, std, shift=(0.0, 0.0, 0.0)):
     return np.ascontiguousarray((values + shift - mean) / std, dtype=np.float32)
 
 
-def frames_to_tensor(frames, channel_order, lut):
+def frames_to_tensor(frames, channel_order, lut, out=None):
     """Fast path: uint8 frames -> float32 ``[3, T, H, W]`` through a per-channel lookup table.
 
     Args:
         frames: list of T uint8 ``[H, W, 3]`` arrays (BGR as decoded).
         channel_order: source channel of each output channel (``RGB_FROM_BGR`` or ``BGR_FROM_BGR``).
         lut: float32 ``[3, 256]`` from ``normalization_lut`` (rows in output channel order).
+        out: optional float32 tensor ``[3, T, H, W]`` to write into (it may be a view into a
+            padded batch); a new tensor otherwise.
 
-    Every output plane is written once, in place, by ``cv2.LUT``.
+    Every output plane is written once, in place, by ``cv2.LUT``. Returns ``out``.
     """
     height, width = frames[0].shape[:2]
-    out = np.empty((3, len(frames), height, width), dtype=np.float32)
+    if out is None:
+        out = torch.empty((3, len(frames), height, width), dtype=torch.float32)
+    target = out.numpy()
     tables = [np.ascontiguousarray(lut[c]).reshape(1, 256) for c in range(3)]
     for t, frame in enumerate(frames):
         planes = cv2.split(frame)
         for c, source in enumerate(channel_order):
-            target = out[c, t]
-            result = cv2.LUT(planes[source], tables[c], dst=target)
-            if result is not target and not np.shares_memory(result, target):
-                target[...] = result
-    return torch.from_numpy(out)
+            plane = target[c, t]
+            result = cv2.LUT(planes[source], tables[c], dst=plane)
+            if not np.shares_memory(result, plane):  # OpenCV could not write in place
+                plane[...] = result
+    return out
+
+
+class ClipPixels:
+    """A transformed clip before its float conversion, so that each pixel is written once,
+    straight where it is needed (e.g. into the padded batch).
+
+    Holds either uint8 BGR frames plus the lookup table that normalizes them (the fast path), or
+    the finished float32 clip (reference path, colour jitter).
+
+    Args:
+        frames: list of T uint8 ``[H, W, 3]`` BGR arrays, with ``channel_order`` and ``lut``
+            (see ``frames_to_tensor``); or
+        tensor: float32 ``[3, T, H, W]``.
+    """
+
+    def __init__(self, frames=None, channel_order=None, lut=None, tensor=None):
+        if (frames is None) == (tensor is None):
+            raise ValueError("ClipPixels holds either frames (with channel_order and lut) or a tensor")
+        self.frames, self.channel_order, self.lut, self.tensor = frames, channel_order, lut, tensor
+
+    @property
+    def shape(self):
+        """(3, T, H, W) of the float clip."""
+        if self.tensor is not None:
+            return tuple(self.tensor.shape)
+        height, width = self.frames[0].shape[:2]
+        return 3, len(self.frames), height, width
+
+    def select(self, indices):
+        """The clip at frame ``indices`` (all frames for None), e.g. a SlowFast Slow pathway."""
+        if indices is None:
+            return self
+        if self.tensor is not None:
+            return ClipPixels(tensor=self.tensor.index_select(1, torch.as_tensor(indices)))
+        return ClipPixels([self.frames[i] for i in indices], self.channel_order, self.lut)
+
+    def to_tensor(self, out=None):
+        """The normalized float32 ``[3, T, H, W]`` clip, written into ``out`` when given."""
+        if self.tensor is None:
+            return frames_to_tensor(self.frames, self.channel_order, self.lut, out)
+        if out is None:
+            return self.tensor
+        return out.copy_(self.tensor)
 
 
 def frames_to_tensor_reference(frames, channel_order, mean, std, shift=(0.0, 0.0, 0.0)):
@@ -203,17 +250,13 @@ def slow_pathway_indices(num_frames, alpha):
     return torch.linspace(0, num_frames - 1, count).long()
 
 
-def pack_pathways(clip, num_pathways, alpha):
-    """Split a ``[3, T, H, W]`` clip into the backbone's input pathways.
-
-    Returns:
-        ``[clip]`` for one pathway; ``[slow, fast]`` for two, where fast is the clip and
-        slow is ``[3, T // alpha, H, W]`` at ``slow_pathway_indices``.
-    """
+def pathway_frame_indices(num_frames, num_pathways, alpha):
+    """Frames of each backbone pathway: ``[None]`` (all frames) for one pathway; for SlowFast
+    ``[slow_pathway_indices(num_frames, alpha), None]`` (Slow first, Fast = the whole clip)."""
     if num_pathways == 1:
-        return [clip]
+        return [None]
     if num_pathways == 2:
-        return [clip.index_select(1, slow_pathway_indices(clip.shape[1], alpha)), clip]
+        return [slow_pathway_indices(num_frames, alpha).tolist(), None]
     raise ValueError(f"MODEL.BACKBONE.PATHWAYS must be 1 or 2, got {num_pathways}")
 
 
@@ -253,7 +296,6 @@ class ClipTransform:
         self.pca_lighting = pca_lighting if train else None
         self.channel_order = BGR_FROM_BGR if output_bgr else RGB_FROM_BGR
         self.reference = reference
-        self._plain_lut = normalization_lut(self.mean, self.std)
         choose_short_side(self.short_sides, scale_mode, np.random.default_rng(0))  # validates the mode
 
     def __call__(self, frames, boxes, rng):
@@ -265,8 +307,8 @@ class ClipTransform:
             rng: numpy Generator (all random choices of this clip).
 
         Returns:
-            (clip float32 ``[3, T, H', W']``, boxes float32 ``[n, 4]`` absolute pixels of the
-            resized clip, clipped to it).
+            (ClipPixels of the float32 ``[3, T, H', W']`` clip, boxes float32 ``[n, 4]``
+            absolute pixels of the resized clip, clipped to it).
         """
         height, width = frames[0].shape[:2]
         boxes = boxes_to_pixels(boxes, height, width)
@@ -283,25 +325,20 @@ class ClipTransform:
         if flip:
             frames = flip_frames(frames)
             boxes = flip_boxes(boxes, new_width)
-        clip = self._to_tensor(frames, rng)
-        return clip, clip_boxes(boxes, new_height, new_width)
+        return self._pixels(frames, rng), clip_boxes(boxes, new_height, new_width)
 
-    def _to_tensor(self, frames, rng):
-        if not (self.color_jitter or self.pca_lighting):
-            if self.reference:
-                return frames_to_tensor_reference(frames, self.channel_order, self.mean, self.std)
-            return frames_to_tensor(frames, self.channel_order, self._plain_lut)
-        # Colour augmentation: jitter on RGB in [0, 1], then lighting, then normalization
-        # (the official order), in the output channel order at the end.
+    def _pixels(self, frames, rng):
         if self.color_jitter:
-            clip = self._convert(frames, RGB_FROM_BGR, (0.0,) * 3, (1.0,) * 3, (0.0,) * 3)
+            # Jitter on RGB in [0, 1], then lighting, then normalization (the official order),
+            # in the output channel order at the end.
+            clip = self._convert(frames, RGB_FROM_BGR, (0.0,) * 3, (1.0,) * 3, (0.0,) * 3).to_tensor()
             color_jitter(clip, rng)
             shift = self._lighting(rng)
             if self.channel_order != RGB_FROM_BGR:
                 clip, shift = clip.flip(0), shift[::-1]
             mean = torch.tensor(self.mean).view(3, 1, 1, 1)
             std = torch.tensor(self.std).view(3, 1, 1, 1)
-            return clip.add_(torch.tensor(shift.copy()).view(3, 1, 1, 1)).sub_(mean).div_(std)
+            return ClipPixels(tensor=clip.add_(torch.tensor(shift.copy()).view(3, 1, 1, 1)).sub_(mean).div_(std))
         shift = self._lighting(rng)
         if self.channel_order != RGB_FROM_BGR:
             shift = shift[::-1]
@@ -315,5 +352,5 @@ class ClipTransform:
 
     def _convert(self, frames, channel_order, mean, std, shift):
         if self.reference:
-            return frames_to_tensor_reference(frames, channel_order, mean, std, shift)
-        return frames_to_tensor(frames, channel_order, normalization_lut(mean, std, shift))
+            return ClipPixels(tensor=frames_to_tensor_reference(frames, channel_order, mean, std, shift))
+        return ClipPixels(frames, channel_order, normalization_lut(mean, std, shift))

@@ -3,6 +3,8 @@ import torch
 
 from stmixer.data import build_data_loader, build_dataset
 from stmixer.data.build import DatasetConfigError
+from stmixer.data.collate import BatchCollator
+from stmixer.data.samplers import TrainingBatchSampler
 from stmixer.data.transforms import slow_pathway_indices
 
 
@@ -59,6 +61,21 @@ def test_slowfast_pathways_in_batches(tiny_cfg):
     slow, fast = batch["videos"]
     assert slow.shape == (2, 3, 2, 64, 96) and fast.shape == (2, 3, 8, 64, 96)
     assert torch.equal(slow, fast[:, :, slow_pathway_indices(8, 4)])
+
+
+@pytest.mark.parametrize("opts", [[], ["AVA.TRAIN_USE_COLOR_AUGMENTATION", True, "AVA.TRAIN_PCA_JITTER_ONLY", False]])
+def test_deferred_pixels_batch_equals_the_reference_path(tiny_cfg, opts):
+    """Loader batches (pixels written into the batch by lookup tables) against float tensors of the
+    plain-PyTorch reference path, padded by the same collator."""
+    tiny_cfg.merge_from_list(opts + ["MODEL.BACKBONE.PATHWAYS", 2, "DATA.INPUT_CHANNEL_NUM", [3, 3],
+                                     "SLOWFAST.ALPHA", 4, "DATA.TRAIN_MIN_SCALES", [40, 56]])
+    batch = next(iter(build_data_loader(tiny_cfg, True, max_iter=1, seed=9)))
+    reference = build_dataset(tiny_cfg, True, reference=True)
+    keys = next(iter(TrainingBatchSampler(len(reference), 2, seed=9, num_iters=1)))
+    expected = BatchCollator(32)([reference[key] for key in keys])
+    for got, want in zip(batch["videos"], expected["videos"]):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(batch["boxes"], expected["boxes"]))
 
 
 @pytest.mark.parametrize(

@@ -53,3 +53,15 @@ def test_batch_collator_contract_two_pathways():
     assert [label.shape for label in batch["labels"]] == [(2, 9), (1, 9)]
     assert batch["indices"].dtype == torch.int64 and batch["indices"].tolist() == [4, 7]
     assert batch["metadata"][1] == {"video_id": "v7", "timestamp": 909, "orig_size": (33, 10)}
+
+
+def test_large_batches_are_padded_correctly():
+    """Batches over 8 MB take the huge-page allocation path (where the system offers it)."""
+    a = torch.rand(3, 4, 250, 300)
+    b = torch.rand(3, 4, 256, 320)
+    out = pad_clips([a, b], 32)
+    assert out.shape == (2, 3, 4, 256, 320) and out.is_contiguous()
+    assert torch.equal(out[0, :, :, :250, :300], a) and torch.equal(out[1], b)
+    assert torch.count_nonzero(out[0, :, :, 250:]) == 0 and torch.count_nonzero(out[0, ..., 300:]) == 0
+    moved = out * 1  # an ordinary tensor computed from it
+    assert torch.equal(moved, out)

@@ -5,6 +5,7 @@ import torch
 from stmixer.data.transforms import (
     BGR_FROM_BGR,
     RGB_FROM_BGR,
+    ClipPixels,
     ClipTransform,
     boxes_to_pixels,
     choose_short_side,
@@ -14,7 +15,7 @@ from stmixer.data.transforms import (
     frames_to_tensor,
     frames_to_tensor_reference,
     normalization_lut,
-    pack_pathways,
+    pathway_frame_indices,
     pca_lighting_shift,
     resized_size,
     slow_pathway_indices,
@@ -51,8 +52,8 @@ def test_training_clip_sizes_stay_within_jitter_bounds(mode, allowed):
     transform = ClipTransform([256, 320], 1333, [0.45] * 3, [0.225] * 3, train=True, scale_mode=mode, flip_prob=0.5)
     rng = np.random.default_rng(1)
     for _ in range(20):
-        clip, boxes = transform(frames, np.array([[0.0, 0.0, 1.0, 1.0]], np.float32), rng)
-        height, width = clip.shape[-2:]
+        pixels, boxes = transform(frames, np.array([[0.0, 0.0, 1.0, 1.0]], np.float32), rng)
+        height, width = pixels.shape[-2:]
         assert height in allowed and width == int(640 / 360 * height + 0.5)
         # The official box scale (short-side ratio on both axes) is within half a pixel of the image's.
         np.testing.assert_allclose(boxes[0], [0, 0, width - 1, height - 1], atol=0.5)
@@ -74,7 +75,8 @@ def test_test_time_scale_and_forced_flip_hand_computed():
     frame = np.zeros((2, 4, 3), np.uint8)
     frame[:, :, 0] = [[10, 20, 30, 40]] * 2  # blue columns
     transform = ClipTransform([2], 1333, [0.0] * 3, [1.0] * 3, train=False, flip_prob=1.0)
-    clip, boxes = transform([frame], np.array([[0.0, 0.0, 0.5, 1.0]], np.float32), np.random.default_rng(0))
+    pixels, boxes = transform([frame], np.array([[0.0, 0.0, 0.5, 1.0]], np.float32), np.random.default_rng(0))
+    clip = pixels.to_tensor()
     # (0, 0, 2, 2) in pixels, clipped to (0, 0, 2, 1), flipped in a 4-wide frame: x -> 3 - x.
     np.testing.assert_allclose(boxes, [[1.0, 0.0, 3.0, 1.0]])
     np.testing.assert_allclose(clip[2, 0, 0].numpy() * 255, [40, 30, 20, 10], rtol=1e-6)
@@ -83,8 +85,8 @@ def test_test_time_scale_and_forced_flip_hand_computed():
 def test_boxes_follow_short_side_scaling():
     frames = [np.zeros((360, 640, 3), np.uint8)]
     transform = ClipTransform([256], 1333, [0.45] * 3, [0.225] * 3, train=False)
-    clip, boxes = transform(frames, np.array([[0.5, 0.5, 1.0, 1.0]], np.float32), np.random.default_rng(0))
-    assert tuple(clip.shape) == (3, 1, 256, 455)
+    pixels, boxes = transform(frames, np.array([[0.5, 0.5, 1.0, 1.0]], np.float32), np.random.default_rng(0))
+    assert tuple(pixels.shape) == (3, 1, 256, 455)
     scale = 256 / 360  # the official factor on both axes
     np.testing.assert_allclose(boxes, [[320 * scale, 180 * scale, 454.0, 255.0]], rtol=1e-6)
 
@@ -123,7 +125,8 @@ def test_clip_transform_fast_and_reference_agree(options):
     for reference in (False, True):
         transform = ClipTransform([8, 10], 100, [0.45] * 3, [0.225] * 3, train=True, flip_prob=0.5,
                                   reference=reference, **options)
-        outputs.append(transform(frames, boxes, np.random.default_rng(7)))
+        pixels, out_boxes = transform(frames, boxes, np.random.default_rng(7))
+        outputs.append((pixels.to_tensor(), out_boxes))
     torch.testing.assert_close(outputs[0][0], outputs[1][0], rtol=0, atol=1e-5)
     np.testing.assert_array_equal(outputs[0][1], outputs[1][1])
 
@@ -143,16 +146,31 @@ def test_color_jitter_on_gray_only_changes_brightness_within_bounds():
         assert 0.5 * 0.6 - 1e-6 <= out[0, 0, 0, 0].item() <= 0.5 * 1.4 + 1e-6
 
 
-def test_slow_pathway_indices_and_packing():
+def test_slow_pathway_indices_and_pathway_frames():
     assert slow_pathway_indices(32, 4).tolist() == [0, 4, 8, 13, 17, 22, 26, 31]
     assert slow_pathway_indices(8, 4).tolist() == [0, 7]
     with pytest.raises(ValueError, match="no Slow frames"):
         slow_pathway_indices(4, 8)
-    clip = torch.arange(32, dtype=torch.float32).view(1, 32, 1, 1).expand(3, 32, 2, 2).contiguous()
-    (single,) = pack_pathways(clip, 1, 4)
-    assert single is clip
-    slow, fast = pack_pathways(clip, 2, 4)
-    assert fast is clip and slow.shape == (3, 8, 2, 2)
-    assert slow[0, :, 0, 0].tolist() == [0, 4, 8, 13, 17, 22, 26, 31]
+    assert pathway_frame_indices(16, 1, 4) == [None]
+    assert pathway_frame_indices(32, 2, 4) == [[0, 4, 8, 13, 17, 22, 26, 31], None]
     with pytest.raises(ValueError, match="PATHWAYS must be 1 or 2"):
-        pack_pathways(clip, 3, 4)
+        pathway_frame_indices(32, 3, 4)
+
+
+def test_clip_pixels_select_and_write_into_a_view():
+    frames = random_frames(count=6, height=3, width=4)
+    lut = normalization_lut([0.45] * 3, [0.225] * 3)
+    pixels = ClipPixels(frames, RGB_FROM_BGR, lut)
+    full = pixels.to_tensor()
+    assert pixels.shape == (3, 6, 3, 4) and pixels.select(None) is pixels
+    slow = pixels.select([0, 5])
+    assert slow.shape == (3, 2, 3, 4)
+    torch.testing.assert_close(slow.to_tensor(), full[:, [0, 5]], rtol=0, atol=0)
+    canvas = torch.zeros(3, 2, 5, 7)
+    slow.to_tensor(out=canvas[:, :, :3, :4])  # a strided view, as inside a padded batch
+    torch.testing.assert_close(canvas[:, :, :3, :4], full[:, [0, 5]], rtol=0, atol=0)
+    assert torch.count_nonzero(canvas[:, :, 3:]) == 0 and torch.count_nonzero(canvas[..., 4:]) == 0
+    as_tensor = ClipPixels(tensor=full)
+    torch.testing.assert_close(as_tensor.select([0, 5]).to_tensor(), full[:, [0, 5]])
+    with pytest.raises(ValueError, match="either frames"):
+        ClipPixels()
