@@ -1,15 +1,15 @@
 """Clip transforms of the official AVA recipe: short-side scaling, flip, colour jitter, normalization, pathways.
 
 Frames come in as a list of uint8 ``[H, W, 3]`` BGR arrays (as decoded by OpenCV) and
-boxes as normalized ``[n, 4]`` x1, y1, x2, y2. A clip goes out as a float32 tensor
-``[3, T, H', W']`` (normalized, channels in the model's order) with its boxes in
-absolute pixels x1, y1, x2, y2 of the resized clip, clipped to ``[0, W' - 1]`` and
-``[0, H' - 1]``.
+boxes as normalized ``[n, 4]`` x1, y1, x2, y2. A clip goes out as ClipPixels, which
+becomes a float32 tensor ``[3, T, H', W']`` (normalized, channels in the model's order)
+where it is needed, with its boxes in absolute pixels x1, y1, x2, y2 of the resized
+clip, clipped to ``[0, W' - 1]`` and ``[0, H' - 1]``.
 
 Two interchangeable paths turn uint8 frames into the normalized tensor: the fast one
 (``frames_to_tensor``: one OpenCV lookup table per channel, written straight into the
-output) and the reference one (``frames_to_tensor_reference``: plain PyTorch float32
-arithmetic, frame by frame). They agree to float32 rounding (tested).
+output, e.g. the padded batch) and the reference one (``frames_to_tensor_reference``:
+plain PyTorch float32 arithmetic, frame by frame). They agree to float32 rounding (tested).
 """
 
 import cv2

@@ -132,3 +132,19 @@ def test_command_line(tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--videos", "1"]) == 2
     with pytest.raises(ValueError, match="too small"):
         plan_dataset(2, 1, 16, 16, seed=0)
+
+
+def test_frame_list_tool_rebuilds_the_generated_list(tiny_dataset, tmp_path):
+    from stmixer.data.frame_lists import main as frame_lists_main
+
+    root, _ = tiny_dataset
+    videos = tmp_path / "videos.txt"
+    videos.write_text("syn_train_0000\nsyn_train_0001\nsyn_train_0002\n")
+    out = tmp_path / "train.csv"
+    assert frame_lists_main(["--frame-dir", str(root / "frames"), "--out", str(out), "--videos", str(videos)]) == 0
+    assert out.read_text() == (root / "frame_lists" / "train.csv").read_text()
+    gap = tmp_path / "frames" / "v"
+    gap.mkdir(parents=True)
+    for number in (1, 2, 4):
+        (gap / f"v_{number:06d}.jpg").write_bytes(b"")
+    assert frame_lists_main(["--frame-dir", str(tmp_path / "frames"), "--out", str(tmp_path / "x.csv")]) == 1
