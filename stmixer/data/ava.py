@@ -110,7 +110,7 @@ def build_keyframes(videos, box_rows, num_classes, excluded=frozenset()):
             video, second, action = rows.videos[i], int(rows.seconds[i]), int(rows.actions[i])
             if action != -1 and not 1 <= action <= num_classes:
                 raise DataFormatError(
-                    f"{rows.sources[i]}: action_id {action} is outside 1..{num_classes} "
+                    f"{rows.source(i)}: action_id {action} is outside 1..{num_classes} "
                     "(MODEL.STM.ACTION_CLASSES); empty means 'no label'"
                 )
             if not AVA_FIRST_KEYFRAME_SECOND <= second <= AVA_LAST_KEYFRAME_SECOND:
@@ -126,7 +126,7 @@ def build_keyframes(videos, box_rows, num_classes, excluded=frozenset()):
             entry = boxes.get(rows.box_keys[i])
             if entry is None:
                 entry = boxes[rows.box_keys[i]] = [rows.boxes[i], []]
-                first_source.setdefault((video, second), rows.sources[i])
+                first_source.setdefault((video, second), rows.source(i))
             if action != -1:
                 entry[1].append(action)
     skipped.excluded_keyframes = len(excluded_seen)

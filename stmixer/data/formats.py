@@ -15,6 +15,7 @@ Files (all plain text):
 import dataclasses
 import math
 import re
+import sys
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -136,7 +137,8 @@ class BoxRows:
             at one keyframe share it; the official code merges labels by this text).
         actions: int64 [N] action ids; -1 where the field is empty.
         scores: float32 [N] detection scores (predicted-box files), NaN for ground truth.
-        sources: ``file:line`` of every row, for error messages.
+        path: the file read.
+        line_numbers: int64 [N] 1-based line of every row in ``path``.
     """
 
     videos: List[str]
@@ -145,10 +147,15 @@ class BoxRows:
     box_keys: List[str]
     actions: np.ndarray
     scores: np.ndarray
-    sources: List[str]
+    path: str
+    line_numbers: np.ndarray
 
     def __len__(self):
         return len(self.videos)
+
+    def source(self, i):
+        """``file:line`` of row ``i``, for error messages."""
+        return f"{self.path}:{self.line_numbers[i]}"
 
 
 def box_csv_columns(has_score):
@@ -212,7 +219,7 @@ def read_box_csv(path, has_score=False, min_score=None):
     Raises:
         DataFormatError naming file:line and the row for a row ``parse_box_row`` rejects.
     """
-    videos, seconds, boxes, keys, actions, scores, sources = [], [], [], [], [], [], []
+    videos, seconds, boxes, keys, actions, scores, line_numbers = [], [], [], [], [], [], []
     with open(path, "r") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
@@ -223,13 +230,13 @@ def read_box_csv(path, has_score=False, min_score=None):
                 raise row_error(path, line_no, str(e), line) from None
             if has_score and min_score is not None and score < min_score:
                 continue
-            videos.append(video)
+            videos.append(sys.intern(video))
             seconds.append(second)
             boxes.append(box)
             keys.append(key)
             actions.append(action)
             scores.append(score)
-            sources.append(f"{path}:{line_no}")
+            line_numbers.append(line_no)
     return BoxRows(
         videos=videos,
         seconds=np.asarray(seconds, dtype=np.int64),
@@ -237,7 +244,8 @@ def read_box_csv(path, has_score=False, min_score=None):
         box_keys=keys,
         actions=np.asarray(actions, dtype=np.int64),
         scores=np.asarray(scores, dtype=np.float32),
-        sources=sources,
+        path=str(path),
+        line_numbers=np.asarray(line_numbers, dtype=np.int64),
     )
 
 

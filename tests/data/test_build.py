@@ -116,3 +116,18 @@ def test_unknown_dataset_name(tiny_cfg):
 def test_aspect_ratio_grouping_builds(tiny_cfg):
     tiny_cfg.merge_from_list(["DATALOADER.ASPECT_RATIO_GROUPING", True])
     assert len(list(build_data_loader(tiny_cfg, True, max_iter=2))) == 2
+
+
+def test_worker_seeding_is_deterministic_per_rank_and_worker():
+    import random
+
+    import numpy as np
+
+    from stmixer.data.build import seed_worker
+
+    draws = []
+    for rank, worker in ((0, 0), (0, 0), (0, 1), (1, 0)):
+        seed_worker(worker, seed=5, rank=rank)
+        draws.append((random.random(), float(np.random.rand()), float(torch.rand(1))))
+    assert draws[0] == draws[1]
+    assert len({draws[0], draws[2], draws[3]}) == 3

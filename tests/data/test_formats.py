@@ -73,7 +73,7 @@ def test_box_csv_parses_rows_and_empty_actions(tmp_path):
     np.testing.assert_allclose(rows.boxes[0], [0.1, 0.2, 0.5, 0.6])
     np.testing.assert_array_equal(rows.actions, [12, -1])
     assert rows.box_keys == ["0.1,0.2,0.5,0.6"] * 2
-    assert rows.sources == [f"{path}:1", f"{path}:2"]
+    assert [rows.source(0), rows.source(1)] == [f"{path}:1", f"{path}:2"]
 
 
 def test_predicted_box_csv_reads_and_thresholds_scores(tmp_path):
