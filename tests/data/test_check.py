@@ -80,3 +80,13 @@ def test_checker_reports_short_videos_and_missing_files(dataset_copy, make_cfg):
     report = check(make_cfg(root, ["AVA.TRAIN_LISTS", ["missing.csv"]]))
     assert report.counts["error"]["missing file"] == 1 and "AVA.TRAIN_LISTS" in report.render()
     assert report.counts["error"]["keyframe beyond the video"] + report.counts["warning"]["clip clamped at the video's ends"] >= 1
+
+
+def test_decode_all_reaches_frames_outside_the_clips(dataset_copy, make_cfg):
+    corrupt = dataset_copy / "frames" / "syn_train_0002" / "syn_train_0002_000001.jpg"  # read by no clip
+    corrupt.write_bytes(b"\xff\xd8garbage\xff\xd9")
+    cfg = make_cfg(dataset_copy)
+    assert check(cfg).num_errors == 0
+    report = run_checks(cfg, ("train",), decode="all", workers=2)  # > 256 frames: a process pool
+    assert report.counts["error"] == {"unreadable frame": 1}
+    assert str(corrupt) in report.examples["error"]["unreadable frame"][0]
