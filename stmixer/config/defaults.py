@@ -24,13 +24,15 @@ _C.DATA.NUM_FRAMES = 4
 _C.DATA.SAMPLING_RATE = 16
 # Input channels per pathway: [3] for single-pathway backbones, [3, 3] for SlowFast.
 _C.DATA.INPUT_CHANNEL_NUM = [3]
-# Per-channel mean subtracted from pixels scaled to [0, 1], in the channel order fed to the model.
+# Per-channel mean subtracted from pixels scaled to [0, 1], in the channel order fed to the model (official: disk BGR order; equal values make no difference).
 _C.DATA.MEAN = [0.45, 0.45, 0.45]
 # Per-channel standard deviation dividing pixels scaled to [0, 1].
 _C.DATA.STD = [0.225, 0.225, 0.225]
-# Training short-side sizes in pixels; each clip draws one uniformly from [min, max] of this list.
+# Training short-side sizes in pixels; each clip takes one entry (official), or see TRAIN_SCALE_SAMPLING.
 _C.DATA.TRAIN_MIN_SCALES = [256, 320]
-# Largest allowed long side during training, in pixels (the scale is reduced to respect it).
+# (stmixer) How a training clip's short side is drawn: "choice" = one entry of TRAIN_MIN_SCALES (official), "range" = a uniform integer in [min, max] of it.
+_C.DATA.TRAIN_SCALE_SAMPLING = "choice"
+# Largest allowed long side during training, in pixels (the scale is reduced to respect it; the official code ignores it).
 _C.DATA.TRAIN_MAX_SCALE = 1333
 # Test-time short-side size(s) in pixels; the first entry is used.
 _C.DATA.TEST_MIN_SCALES = [256]
@@ -65,6 +67,8 @@ _C.AVA.TEST_LISTS = ["val.csv"]
 _C.AVA.TRAIN_GT_BOX_LISTS = ["ava_train_v2.2.csv"]
 # Box CSV file names (in ANNOTATION_DIR) read for testing.
 _C.AVA.TEST_GT_BOX_LISTS = ["ava_val_v2.2.csv"]
+# (stmixer) Rows of box files named "*predicted_boxes*" with a score (last column) below this are ignored.
+_C.AVA.DETECTION_SCORE_THRESH = 0.9
 # Frames on disk are read in BGR order and kept so (the model then expects BGR input).
 _C.AVA.BGR = False
 # Apply colour jitter / PCA lighting augmentation to training clips.
@@ -85,7 +89,7 @@ _C.AVA.TEST_FORCE_FLIP = False
 _C.AVA.STRICT_EVAL = True
 # Label map (.pbtxt, in ANNOTATION_DIR): the classes that are evaluated.
 _C.AVA.LABEL_MAP_FILE = "ava_action_list_v2.2_for_activitynet_2019.pbtxt"
-# Excluded-timestamps CSV (in ANNOTATION_DIR): keyframes dropped from evaluation.
+# Excluded-timestamps CSV (in ANNOTATION_DIR): keyframes dropped from evaluation and from both data splits ("" for none).
 _C.AVA.EXCLUSION_FILE = "ava_val_excluded_timestamps_v2.2.csv"
 # Ground-truth CSV (in ANNOTATION_DIR) the evaluation compares against.
 _C.AVA.GROUNDTRUTH_FILE = "ava_val_v2.2.csv"

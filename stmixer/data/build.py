@@ -1,0 +1,226 @@
+"""Builders from the config: the dataset of a split, its clip transform, and the DataLoader.
+
+Resuming: the training loader's batch k (k = global iteration, from 0) depends only on
+the seed, k, the rank and the world size. ``build_data_loader(cfg, True, start_iter=k,
+seed=s)`` therefore yields exactly the batches, augmentations included, that an
+uninterrupted run with seed ``s`` yields from iteration k on, with any number of workers.
+"""
+
+import functools
+import os
+import random
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader
+
+from ..utils import distributed as comm
+from ..utils.registry import Registry
+from .ava import AvaDataset, build_keyframes, log_summary
+from .collate import BatchCollator
+from .formats import read_box_csv, read_exclusions, read_frame_lists
+from .samplers import InferenceSampler, TrainingBatchSampler
+from .transforms import ClipTransform
+
+DATASET_REGISTRY = Registry("dataset", config_key="DATA.DATASETS")
+
+
+class DatasetConfigError(ValueError):
+    """A config whose data keys do not fit together or point at missing files (names the key)."""
+
+
+def dataset_path(cfg, folder_key, name, key):
+    """``DATA.PATH_TO_DATA_DIR / AVA.<folder_key> / name``; an error naming ``key`` if the file is missing."""
+    if not cfg.DATA.PATH_TO_DATA_DIR:
+        raise DatasetConfigError("DATA.PATH_TO_DATA_DIR is empty: set it to the dataset root (see data/README.md)")
+    folder = cfg.AVA[folder_key]
+    path = os.path.join(cfg.DATA.PATH_TO_DATA_DIR, folder, name)
+    if not os.path.exists(path):
+        raise DatasetConfigError(
+            f"{path} does not exist ({key} = {name!r} in AVA.{folder_key} = {folder!r} under "
+            f"DATA.PATH_TO_DATA_DIR = {cfg.DATA.PATH_TO_DATA_DIR!r})"
+        )
+    return path
+
+
+def num_pathways(cfg):
+    """Input pathways of the backbone (``MODEL.BACKBONE.PATHWAYS``), checked against ``DATA.INPUT_CHANNEL_NUM``."""
+    pathways = cfg.MODEL.BACKBONE.PATHWAYS
+    if pathways not in (1, 2) or len(cfg.DATA.INPUT_CHANNEL_NUM) != pathways:
+        raise DatasetConfigError(
+            f"MODEL.BACKBONE.PATHWAYS = {pathways} and DATA.INPUT_CHANNEL_NUM = {cfg.DATA.INPUT_CHANNEL_NUM} "
+            "disagree: use 1 and [3] (SlowOnly, ViT) or 2 and [3, 3] (SlowFast)"
+        )
+    if pathways == 2 and cfg.DATA.NUM_FRAMES // cfg.SLOWFAST.ALPHA < 1:
+        raise DatasetConfigError(
+            f"DATA.NUM_FRAMES = {cfg.DATA.NUM_FRAMES} leaves no Slow frames at SLOWFAST.ALPHA = {cfg.SLOWFAST.ALPHA}"
+        )
+    return pathways
+
+
+def build_transform(cfg, is_train, reference=False):
+    """The ClipTransform of a split (``reference``: plain-PyTorch tensor conversion)."""
+    for key in ("TRAIN_MIN_SCALES",) if is_train else ("TEST_MIN_SCALES",):
+        sizes = cfg.DATA[key]
+        if not sizes or any(not isinstance(s, int) or s <= 0 for s in sizes):
+            raise DatasetConfigError(f"DATA.{key} must be a non-empty list of positive integers (pixels), got {sizes}")
+    if cfg.DATA.TRAIN_SCALE_SAMPLING not in ("choice", "range"):
+        raise DatasetConfigError(
+            f"DATA.TRAIN_SCALE_SAMPLING = {cfg.DATA.TRAIN_SCALE_SAMPLING!r}; expected 'choice' or 'range'"
+        )
+    common = dict(
+        mean=cfg.DATA.MEAN,
+        std=cfg.DATA.STD,
+        output_bgr=cfg.AVA.BGR != cfg.DATA.REVERSE_INPUT_CHANNEL,
+        reference=reference,
+    )
+    if is_train:
+        color = cfg.AVA.TRAIN_USE_COLOR_AUGMENTATION
+        return ClipTransform(
+            cfg.DATA.TRAIN_MIN_SCALES,
+            cfg.DATA.TRAIN_MAX_SCALE,
+            train=True,
+            scale_mode=cfg.DATA.TRAIN_SCALE_SAMPLING,
+            flip_prob=0.5 if cfg.DATA.RANDOM_FLIP else 0.0,
+            color_jitter=color and not cfg.AVA.TRAIN_PCA_JITTER_ONLY,
+            pca_lighting=(cfg.AVA.TRAIN_PCA_EIGVAL, cfg.AVA.TRAIN_PCA_EIGVEC) if color else None,
+            **common,
+        )
+    return ClipTransform(
+        cfg.DATA.TEST_MIN_SCALES,
+        cfg.DATA.TEST_MAX_SCALE,
+        train=False,
+        flip_prob=1.0 if cfg.AVA.TEST_FORCE_FLIP else 0.0,
+        **common,
+    )
+
+
+def read_split_annotations(cfg, is_train):
+    """(videos, KeyframeTable, SkippedRows) of a split, read from the files the config names."""
+    lists, boxes = ("TRAIN_LISTS", "TRAIN_GT_BOX_LISTS") if is_train else ("TEST_LISTS", "TEST_GT_BOX_LISTS")
+    videos = read_frame_lists(
+        [dataset_path(cfg, "FRAME_LIST_DIR", name, f"AVA.{lists}") for name in cfg.AVA[lists]]
+    )
+    box_rows = []
+    for name in cfg.AVA[boxes]:
+        path = dataset_path(cfg, "ANNOTATION_DIR", name, f"AVA.{boxes}")
+        if "predicted_boxes" in name:
+            box_rows.append(read_box_csv(path, has_score=True, min_score=cfg.AVA.DETECTION_SCORE_THRESH))
+        else:
+            box_rows.append(read_box_csv(path))
+    excluded = frozenset()
+    if cfg.AVA.EXCLUSION_FILE:
+        excluded = read_exclusions(dataset_path(cfg, "ANNOTATION_DIR", cfg.AVA.EXCLUSION_FILE, "AVA.EXCLUSION_FILE"))
+    keyframes, skipped = build_keyframes(videos, box_rows, cfg.MODEL.STM.ACTION_CLASSES, excluded)
+    if len(keyframes) == 0:
+        raise DatasetConfigError(
+            f"no annotated keyframe of AVA.{boxes} {list(cfg.AVA[boxes])} belongs to a video of AVA.{lists} "
+            f"{list(cfg.AVA[lists])} at seconds 902..1798 (run python -m stmixer.data.check)"
+        )
+    return videos, keyframes, skipped
+
+
+@DATASET_REGISTRY.register("ava_v2.2", "ava_v2.1", "ava")
+def build_ava_dataset(cfg, is_train, reference=False, defer_pixels=False):
+    """AvaDataset of the training (``is_train``) or test split described by ``cfg``."""
+    videos, keyframes, skipped = read_split_annotations(cfg, is_train)
+    dataset = AvaDataset(
+        frame_dir=os.path.join(cfg.DATA.PATH_TO_DATA_DIR, cfg.AVA.FRAME_DIR),
+        videos=videos,
+        keyframes=keyframes,
+        num_frames=cfg.DATA.NUM_FRAMES,
+        sampling_rate=cfg.DATA.SAMPLING_RATE,
+        transform=build_transform(cfg, is_train, reference=reference),
+        num_classes=cfg.MODEL.STM.ACTION_CLASSES,
+        num_pathways=num_pathways(cfg),
+        alpha=cfg.SLOWFAST.ALPHA,
+        defer_pixels=defer_pixels,
+    )
+    log_summary("train" if is_train else "test", dataset, skipped)
+    return dataset
+
+
+def build_dataset(cfg, is_train, reference=False, defer_pixels=False):
+    """The dataset named by ``DATA.DATASETS`` (exactly one name) for the training or test split.
+
+    Args:
+        cfg: the config.
+        is_train: training split (``AVA.TRAIN_*`` files, random augmentation) or test split.
+        reference: use the plain-PyTorch pixel conversion (slower; for checks).
+        defer_pixels: samples carry ClipPixels for the collator to write into the batch
+            (what ``build_data_loader`` uses); False gives float tensors.
+    """
+    if len(cfg.DATA.DATASETS) != 1:
+        raise DatasetConfigError(f"DATA.DATASETS must name exactly one dataset, got {list(cfg.DATA.DATASETS)}")
+    return DATASET_REGISTRY.get(cfg.DATA.DATASETS[0])(cfg, is_train, reference=reference, defer_pixels=defer_pixels)
+
+
+def per_process_batch_size(total, world_size, key):
+    """``total / world_size``; an error naming ``key`` when it does not divide evenly."""
+    if total < 1 or total % world_size:
+        raise DatasetConfigError(
+            f"{key} = {total} must be a positive multiple of the number of processes ({world_size}): "
+            "every process takes an equal share of each batch"
+        )
+    return total // world_size
+
+
+def seed_worker(worker_id, seed, rank):
+    """DataLoader ``worker_init_fn``: seed Python, NumPy and PyTorch from (seed, rank, worker) and
+    keep OpenCV single-threaded (the workers already run in parallel)."""
+    state = np.random.SeedSequence([seed, rank, worker_id]).generate_state(2, dtype=np.uint32)
+    random.seed(int(state[0]))
+    np.random.seed(int(state[0]))
+    torch.manual_seed(int(state[0]) << 31 ^ int(state[1]))
+    cv2.setNumThreads(1)
+
+
+def build_data_loader(cfg, is_train, start_iter=0, max_iter=None, seed=0, dataset=None, rank=None, world_size=None,
+                      pin_memory=False):
+    """The DataLoader of the training or test split; it yields batch dicts (see BatchCollator).
+
+    Args:
+        cfg: the config.
+        is_train: training (iteration-based stream) or testing (every keyframe once).
+        start_iter: training only: the global iteration of the first batch (resume).
+        max_iter: training only: stop before this iteration; default
+            ``SOLVER.MAX_EPOCH * SOLVER.ITER_PER_EPOCH`` (the official run length).
+        seed: non-negative run seed, the same on every process.
+        dataset: a prebuilt dataset (default: ``build_dataset(cfg, is_train, defer_pixels=True)``).
+        rank, world_size: default from the process group.
+        pin_memory: passed to the DataLoader.
+
+    Per process, a batch has ``SOLVER.VIDEOS_PER_BATCH`` (training) or
+    ``TEST.VIDEOS_PER_BATCH`` (testing) divided by the world size clips. Training batches
+    of batch k are identical for any ``start_iter <= k`` (see the module docstring); the
+    test loader shards the keyframes in contiguous blocks padded with repeats, and
+    ``batch["indices"]`` tells the engine which keyframe each clip is.
+    """
+    rank = comm.get_rank() if rank is None else rank
+    world_size = comm.get_world_size() if world_size is None else world_size
+    if dataset is None:
+        dataset = build_dataset(cfg, is_train, defer_pixels=True)
+    if is_train:
+        batch_size = per_process_batch_size(cfg.SOLVER.VIDEOS_PER_BATCH, world_size, "SOLVER.VIDEOS_PER_BATCH")
+        if max_iter is None:
+            max_iter = cfg.SOLVER.MAX_EPOCH * cfg.SOLVER.ITER_PER_EPOCH
+        group_ids = dataset.aspect_groups() if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
+        batch_sampler = TrainingBatchSampler(
+            len(dataset), batch_size, seed=seed, rank=rank, world_size=world_size,
+            start_iter=start_iter, num_iters=max_iter, group_ids=group_ids,
+        )
+    else:
+        batch_size = per_process_batch_size(cfg.TEST.VIDEOS_PER_BATCH, world_size, "TEST.VIDEOS_PER_BATCH")
+        batch_sampler = BatchSampler(InferenceSampler(len(dataset), rank, world_size), batch_size, drop_last=False)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        collate_fn=BatchCollator(cfg.DATALOADER.SIZE_DIVISIBILITY),
+        worker_init_fn=functools.partial(seed_worker, seed=seed, rank=rank),
+        generator=generator,
+        pin_memory=pin_memory,
+    )

@@ -1,0 +1,502 @@
+"""A small, learnable action-detection dataset in the AVA on-disk layout.
+
+``python -m stmixer.data.synthetic --out DIR [--videos N] [--seconds S] [--size H W] [--seed K]``
+
+Every video shows 2-4 "actors" (outlined shapes) on a textured background that pans
+steadily. Each actor keeps its classes for the whole video and carries 1-3 actions:
+
+* exactly one shape class: disc, square, triangle, cross (appearance);
+* optionally one marking class: striped, spot (appearance);
+* optionally one motion class: sway (horizontal oscillation), bob (vertical
+  oscillation), circle (circular motion). Actors without a motion class stand still.
+
+Motion classes are defined by movement over time alone: shape, size, colour and
+marking are drawn independently of the motion, the oscillation phase is random, and the
+anchors of still and moving actors come from the same range, so one frame says nothing
+about them. Periods (1.2-1.8 s) and amplitudes (7-10 % of the short side) make the
+motion plain within 8 frames at rate 4 (about 1 s) and within 4 frames at rate 16.
+
+Files (defaults of the config, so only ``DATA.PATH_TO_DATA_DIR`` needs setting):
+``frames/<video>/<video>_%06d.jpg`` (30 fps, frame 1 = second 900),
+``frame_lists/{train,val}.csv``, ``annotations_v2.2/ava_{train,val}_v2.2.csv``,
+``annotations_v2.2/ava_action_list_v2.2_for_activitynet_2019.pbtxt``,
+``annotations_v2.2/ava_val_excluded_timestamps_v2.2.csv``,
+``annotations_v2.2/ava_{train,val}_predicted_boxes.csv`` and ``synthetic_dataset.json``
+(what was generated, with the class definitions).
+"""
+
+import argparse
+import concurrent.futures
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import List, Optional, Tuple
+
+import cv2
+import numpy as np
+
+from ..utils.io import atomic_open
+from .formats import (
+    AVA_FIRST_KEYFRAME_SECOND,
+    AVA_FPS,
+    FRAME_LIST_HEADER,
+    ava_frame_name,
+    second_to_frame_index,
+    write_label_map,
+)
+
+SHAPES = ("disc", "square", "triangle", "cross")
+MARKINGS = ("striped", "spot")
+MOTIONS = ("sway", "bob", "circle")
+CLASS_DEFINITIONS = {
+    "disc": "appearance: the actor is an ellipse",
+    "square": "appearance: the actor is a rectangle",
+    "triangle": "appearance: the actor is a triangle pointing up",
+    "cross": "appearance: the actor is a plus-shaped cross",
+    "striped": "appearance: diagonal dark stripes on the actor",
+    "spot": "appearance: a white spot in the middle of the actor",
+    "sway": "motion only: the actor oscillates left-right",
+    "bob": "motion only: the actor oscillates up-down",
+    "circle": "motion only: the actor moves on a circle",
+}
+CLASS_NAMES = SHAPES + MARKINGS + MOTIONS
+ACTION_ID = {name: i + 1 for i, name in enumerate(CLASS_NAMES)}
+
+# Half the largest clip span of the official configs (32 frames at rate 2, 4 at rate 16): frames
+# after the last keyframe that a clip may read.
+_CLIP_HALF_SPAN = 32
+_OUTLINE_PX = 2
+_MIN_SIZE = (32, 48)
+
+
+@dataclasses.dataclass
+class Actor:
+    """One actor of a video; pixel units of the frame, time in seconds from second 900."""
+
+    shape: str
+    marking: Optional[str]
+    motion: Optional[str]
+    width: int
+    height: int
+    anchor: Tuple[float, float]  # top-left corner (x, y) at zero displacement
+    amplitude: float
+    period: float
+    phase: float
+    clockwise: bool
+    color: Tuple[int, int, int]  # BGR
+    stripe_period: int
+
+    @property
+    def actions(self):
+        """Sorted action ids of the actor."""
+        return sorted(ACTION_ID[n] for n in (self.shape, self.marking, self.motion) if n is not None)
+
+
+@dataclasses.dataclass
+class VideoSpec:
+    """Everything needed to render one video and annotate its keyframes."""
+
+    name: str
+    split: str
+    height: int
+    width: int
+    num_frames: int
+    keyframe_seconds: List[int]
+    excluded_seconds: List[int]
+    texture_seed: int
+    pan_velocity: Tuple[float, float]  # px per second (x, y)
+    pan_origin: Tuple[float, float]
+    actors: List[Actor]
+
+
+def displacement(actor, t):
+    """(dx, dy) pixels of ``actor`` at time ``t`` seconds (0 for still actors)."""
+    if actor.motion is None:
+        return 0.0, 0.0
+    angle = 2.0 * math.pi * t / actor.period + actor.phase
+    if actor.motion == "sway":
+        return actor.amplitude * math.sin(angle), 0.0
+    if actor.motion == "bob":
+        return 0.0, actor.amplitude * math.sin(angle)
+    sign = 1.0 if actor.clockwise else -1.0
+    return actor.amplitude * math.cos(angle), sign * actor.amplitude * math.sin(angle)
+
+
+def top_left(actor, frame_index):
+    """Integer (x, y) of the actor's sprite corner in frame ``frame_index`` (0-based, 30 fps)."""
+    dx, dy = displacement(actor, frame_index / AVA_FPS)
+    return int(round(actor.anchor[0] + dx)), int(round(actor.anchor[1] + dy))
+
+
+def render_sprite(actor):
+    """The actor's look: (BGR uint8 ``[h, w, 3]``, bool mask ``[h, w]``) with a dark outline."""
+    h, w = actor.height, actor.width
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+    cx, cy = w / 2.0, h / 2.0
+    if actor.shape == "disc":
+        mask = ((xx - cx) / cx) ** 2 + ((yy - cy) / cy) ** 2 <= 1.0
+    elif actor.shape == "square":
+        mask = np.ones((h, w), dtype=bool)
+    elif actor.shape == "triangle":
+        mask = np.abs(xx - cx) <= yy / h * cx + 0.5
+        cy = h * 2.0 / 3.0
+    elif actor.shape == "cross":
+        mask = (np.abs(xx - cx) <= w / 6.0) | (np.abs(yy - cy) <= h / 6.0)
+    else:
+        raise ValueError(f"unknown shape {actor.shape!r}")
+    kernel = np.ones((2 * _OUTLINE_PX + 1, 2 * _OUTLINE_PX + 1), np.uint8)
+    inner = cv2.erode(mask.astype(np.uint8), kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+    image = np.zeros((h, w, 3), dtype=np.uint8)
+    image[:] = actor.color
+    if actor.marking == "striped":
+        stripes = ((xx + yy) // actor.stripe_period).astype(np.int64) % 2 == 1
+        image[stripes] = (np.asarray(actor.color) * 0.35).astype(np.uint8)
+    elif actor.marking == "spot":
+        radius = 0.17 * min(w, h)
+        image[(xx - cx) ** 2 + (yy - cy) ** 2 <= radius**2] = 245
+    image[mask & ~inner] = 20
+    return image, mask
+
+
+def sprite_extent(mask):
+    """Tight (x1, y1, x2, y2) of a mask's pixels, x2 and y2 exclusive."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def make_texture(rng, height, width):
+    """A seamless (periodic) background texture, uint8 BGR, at least ``height x width``.
+
+    Smooth luminance blobs (1/f^2.2 noise) with a little colour noise and a soft grating,
+    around a muted random base colour.
+    """
+    tex_h, tex_w = 2 ** math.ceil(math.log2(height)), 2 ** math.ceil(math.log2(width))
+    fy, fx = np.fft.fftfreq(tex_h)[:, None], np.fft.fftfreq(tex_w)[None, :]
+    spectrum = 1.0 / (np.sqrt(fx**2 + fy**2) + 1.0 / 64) ** 2.2
+
+    def noise():
+        field = np.real(np.fft.ifft2(np.fft.fft2(rng.standard_normal((tex_h, tex_w))) * spectrum))
+        return (field - field.mean()) / field.std()
+
+    yy, xx = np.mgrid[0:tex_h, 0:tex_w]
+    k = rng.integers(2, 6, size=4)
+    grating = np.sin(2 * np.pi * (xx * k[0] / tex_w + yy * k[1] / tex_h)) * np.sin(
+        2 * np.pi * (xx * k[2] / tex_w - yy * k[3] / tex_h)
+    )
+    base = rng.uniform(0.3, 0.65, size=3)
+    luminance = 0.16 * noise() + 0.05 * grating
+    texture = base[None, None, :] + luminance[..., None] + 0.05 * np.stack([noise() for _ in range(3)], axis=-1)
+    return (np.clip(texture, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _random_color(rng):
+    hsv = np.array([[[rng.integers(0, 180), rng.integers(150, 256), rng.integers(150, 256)]]], dtype=np.uint8)
+    return tuple(int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
+
+
+def _balanced(rng, options, count):
+    """``count`` entries cycling through ``options``, shuffled (equal frequencies up to one)."""
+    return [options[i] for i in rng.permutation(np.arange(count) % len(options))]
+
+
+def _gap(a, b):
+    """Separation in pixels between boxes (x, y, w, h) along the axis where they are farther apart
+    (negative: they overlap)."""
+    (ax, ay, aw, ah), (bx, by, bw, bh) = a, b
+    return max(bx - (ax + aw), ax - (bx + bw), by - (ay + ah), ay - (by + bh))
+
+
+def _place(rng, sizes, amplitude, height, width, overlap_prob=0.12):
+    """Anchors (top-left x, y) for actors of ``sizes`` [(w, h)], each kept inside the frame for
+    any displacement up to ``amplitude``.
+
+    Most actors are placed so that they never touch while moving (the best of 100 random
+    positions); with ``overlap_prob`` an actor is put partly over an earlier one instead
+    (centres 0.6-0.8 of its size apart beyond the motion, so at most about 40 % hidden).
+    """
+    anchors = []
+    margin = amplitude + 1
+    for i, (w, h) in enumerate(sizes):
+        x_range = (margin, width - w - margin)
+        y_range = (margin, height - h - margin)
+        if i and rng.random() < overlap_prob:
+            j = int(rng.integers(i))
+            angle = rng.uniform(0, 2 * np.pi)
+            reach = rng.uniform(0.6, 0.8) * max(w, h) + 2 * amplitude
+            x = float(np.clip(anchors[j][0] + reach * np.cos(angle), *x_range))
+            y = float(np.clip(anchors[j][1] + reach * np.sin(angle), *y_range))
+        else:
+            best, best_gap = None, -np.inf
+            for _ in range(100):
+                x, y = rng.uniform(*x_range), rng.uniform(*y_range)
+                gap = min(
+                    (_gap((x, y, w, h), (ax, ay, aw, ah)) - 2 * margin for (ax, ay), (aw, ah) in zip(anchors, sizes)),
+                    default=0.0,
+                )
+                if gap > best_gap:
+                    best, best_gap = (x, y), gap
+                if gap >= 0:
+                    break
+            x, y = best
+        anchors.append((x, y))
+    return anchors
+
+
+def plan_dataset(num_videos, seconds, height, width, seed, val_fraction=0.2):
+    """The VideoSpecs of a dataset (deterministic for the arguments).
+
+    Args:
+        num_videos: total videos; ``round(num_videos * val_fraction)`` (at least 1) go to val.
+        seconds: annotated keyframes per video, at seconds 902, 903, ...
+        height, width: frame size in pixels.
+        seed: random seed.
+        val_fraction: share of validation videos.
+    """
+    if num_videos < 2:
+        raise ValueError("--videos must be at least 2 (one train and one val video)")
+    if seconds < 1:
+        raise ValueError("--seconds must be at least 1")
+    if min(height, width) < _MIN_SIZE[0] or max(height, width) < _MIN_SIZE[1]:
+        raise ValueError(f"frames of {height}x{width} are too small for the actors; use at least 32x48")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
+    num_val = min(num_videos - 1, max(1, int(round(num_videos * val_fraction))))
+    splits = ["train"] * (num_videos - num_val) + ["val"] * num_val
+    keyframe_seconds = list(range(AVA_FIRST_KEYFRAME_SECOND, AVA_FIRST_KEYFRAME_SECOND + seconds))
+    num_frames = second_to_frame_index(keyframe_seconds[-1]) + _CLIP_HALF_SPAN
+    counts = rng.choice([2, 3, 4], size=num_videos, p=[0.35, 0.45, 0.2])
+    short = min(height, width)
+    specs = []
+    for split in ("train", "val"):
+        members = [v for v in range(num_videos) if splits[v] == split]
+        total = int(sum(counts[v] for v in members))
+        shapes = _balanced(rng, SHAPES, total)
+        markings = _balanced(rng, (None, None) + MARKINGS, total)
+        motions = _balanced(rng, (None,) + MOTIONS, total)
+        used = 0
+        for number, v in enumerate(members):
+            n = int(counts[v])
+            sizes = []
+            for _ in range(n):
+                side = rng.uniform(0.26, 0.36) * short
+                aspect = rng.uniform(0.8, 1.25)
+                sizes.append((int(round(side / math.sqrt(aspect))), int(round(side * math.sqrt(aspect)))))
+            amplitudes = rng.uniform(0.07, 0.10, size=n) * short
+            anchors = _place(rng, sizes, float(amplitudes.max()), height, width)
+            actors = [
+                Actor(
+                    shape=shapes[used + a],
+                    marking=markings[used + a],
+                    motion=motions[used + a],
+                    width=sizes[a][0],
+                    height=sizes[a][1],
+                    anchor=anchors[a],
+                    amplitude=float(amplitudes[a]),
+                    period=float(rng.uniform(1.2, 1.8)),
+                    phase=float(rng.uniform(0, 2 * np.pi)),
+                    clockwise=bool(rng.random() < 0.5),
+                    color=_random_color(rng),
+                    stripe_period=int(rng.integers(5, 8)),
+                )
+                for a in range(n)
+            ]
+            used += n
+            speed, direction = rng.uniform(6.0, 24.0), rng.uniform(0, 2 * np.pi)
+            excluded = []
+            if split == "val" and seconds > 1 and rng.random() < 0.15:
+                excluded = [int(rng.choice(keyframe_seconds))]
+            specs.append(
+                VideoSpec(
+                    name=f"syn_{split}_{number:04d}",
+                    split=split,
+                    height=height,
+                    width=width,
+                    num_frames=num_frames,
+                    keyframe_seconds=keyframe_seconds,
+                    excluded_seconds=excluded,
+                    texture_seed=int(rng.integers(2**62)),
+                    pan_velocity=(speed * math.cos(direction), speed * math.sin(direction)),
+                    pan_origin=(float(rng.uniform(0, 512)), float(rng.uniform(0, 512))),
+                    actors=actors,
+                )
+            )
+    return specs
+
+
+def render_video(spec, frame_root, quality=90):
+    """Write every frame of ``spec`` as JPEG under ``frame_root/<name>/``; returns the frame count."""
+    texture = make_texture(np.random.default_rng(spec.texture_seed), spec.height, spec.width)
+    tex_h, tex_w = texture.shape[:2]
+    tiled = np.tile(texture, (2, 2, 1))
+    sprites = [render_sprite(actor) for actor in spec.actors]
+    folder = os.path.join(frame_root, spec.name)
+    os.makedirs(folder, exist_ok=True)
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    for f in range(spec.num_frames):
+        t = f / AVA_FPS
+        ox = int(round(spec.pan_origin[0] + spec.pan_velocity[0] * t)) % tex_w
+        oy = int(round(spec.pan_origin[1] + spec.pan_velocity[1] * t)) % tex_h
+        frame = tiled[oy:oy + spec.height, ox:ox + spec.width].copy()
+        for actor, (image, mask) in zip(spec.actors, sprites):
+            x, y = top_left(actor, f)
+            region = frame[y:y + actor.height, x:x + actor.width]
+            region[mask] = image[mask]
+        path = os.path.join(frame_root, ava_frame_name(spec.name, f))
+        if not cv2.imwrite(path, frame, params):
+            raise OSError(f"cannot write frame {path}")
+    return spec.num_frames
+
+
+def keyframe_boxes(spec):
+    """Per keyframe second (excluded ones left out): list of (person id, normalized box, action ids)."""
+    extents = [sprite_extent(render_sprite(actor)[1]) for actor in spec.actors]
+    out = {}
+    for second in spec.keyframe_seconds:
+        if second in spec.excluded_seconds:
+            continue
+        rows = []
+        for person, (actor, (ex1, ey1, ex2, ey2)) in enumerate(zip(spec.actors, extents)):
+            x, y = top_left(actor, second_to_frame_index(second))
+            box = ((x + ex1) / spec.width, (y + ey1) / spec.height, (x + ex2) / spec.width, (y + ey2) / spec.height)
+            rows.append((person, box, actor.actions))
+        out[second] = rows
+    return out
+
+
+def _fmt_box(box):
+    return ",".join(f"{v:.3f}" for v in box)
+
+
+def predicted_box_rows(spec, boxes, rng):
+    """Rows ``video,second,x1,y1,x2,y2,,score`` of a fake person detector: every ground-truth
+    box jittered (score 0.8-1.0) plus about one false positive every two keyframes (score < 0.6)."""
+    rows = []
+    for second, persons in boxes.items():
+        for _, box, _ in persons:
+            w, h = box[2] - box[0], box[3] - box[1]
+            jitter = rng.normal(0.0, 0.03, size=4) * np.array([w, h, w, h])
+            x1, y1, x2, y2 = np.clip(np.asarray(box) + jitter, 0.0, 1.0)
+            if x2 - x1 > 0.01 and y2 - y1 > 0.01:
+                rows.append(f"{spec.name},{second},{_fmt_box((x1, y1, x2, y2))},,{rng.uniform(0.8, 1.0):.4f}")
+        for _ in range(rng.poisson(0.5)):
+            w, h = rng.uniform(0.15, 0.35, size=2)
+            x1, y1 = rng.uniform(0, 1 - w), rng.uniform(0, 1 - h)
+            rows.append(f"{spec.name},{second},{_fmt_box((x1, y1, x1 + w, y1 + h))},,{rng.uniform(0.02, 0.6):.4f}")
+    return rows
+
+
+def write_annotations(specs, out_dir, seed, annotation_dir="annotations_v2.2"):
+    """Write frame lists, box CSVs, label map, exclusions and predicted boxes; returns per-split counts."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
+    ann = os.path.join(out_dir, annotation_dir)
+    counts = {}
+    for split in ("train", "val"):
+        members = [s for s in specs if s.split == split]
+        frame_rows, gt_rows, predicted_rows = [], [], []
+        class_counts = {name: 0 for name in CLASS_NAMES}
+        keyframes = boxes_total = 0
+        for video_idx, spec in enumerate(members):
+            frame_rows.extend(
+                f'{spec.name} {video_idx} {f} {ava_frame_name(spec.name, f)} ""' for f in range(spec.num_frames)
+            )
+            boxes = keyframe_boxes(spec)
+            for second, persons in boxes.items():
+                keyframes += 1
+                for person, box, actions in persons:
+                    boxes_total += 1
+                    for action in actions:
+                        class_counts[CLASS_NAMES[action - 1]] += 1
+                        gt_rows.append(f"{spec.name},{second},{_fmt_box(box)},{action},{person}")
+            predicted_rows.extend(predicted_box_rows(spec, boxes, rng))
+        _write_lines(os.path.join(out_dir, "frame_lists", f"{split}.csv"), [FRAME_LIST_HEADER] + frame_rows)
+        _write_lines(os.path.join(ann, f"ava_{split}_v2.2.csv"), gt_rows)
+        _write_lines(os.path.join(ann, f"ava_{split}_predicted_boxes.csv"), predicted_rows)
+        counts[split] = {
+            "videos": len(members),
+            "frames": sum(s.num_frames for s in members),
+            "keyframes": keyframes,
+            "boxes": boxes_total,
+            "labels_per_class": class_counts,
+        }
+    excluded = [f"{s.name},{second}" for s in specs for second in s.excluded_seconds]
+    _write_lines(os.path.join(ann, "ava_val_excluded_timestamps_v2.2.csv"), excluded)
+    with atomic_open(os.path.join(ann, "ava_action_list_v2.2_for_activitynet_2019.pbtxt"), "w") as f:
+        write_label_map(f, CLASS_NAMES)
+    return counts
+
+
+def _write_lines(path, lines):
+    with atomic_open(path, "w") as f:
+        f.writelines(line + "\n" for line in lines)
+
+
+def generate_dataset(out_dir, num_videos=160, seconds=4, size=(128, 160), seed=0, val_fraction=0.2, workers=None,
+                     quality=90):
+    """Generate the dataset under ``out_dir``; returns the summary also written to ``synthetic_dataset.json``.
+
+    Frames are written first and the lists and annotations last, so an interrupted run
+    leaves no frame lists (the loader then fails clearly instead of reading half a dataset).
+    """
+    start = time.time()
+    height, width = size
+    specs = plan_dataset(num_videos, seconds, height, width, seed, val_fraction)
+    frame_root = os.path.join(out_dir, "frames")
+    workers = workers or len(os.sched_getaffinity(0))
+    if workers > 1:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(render_video, specs, [frame_root] * len(specs), [quality] * len(specs)))
+    else:
+        for spec in specs:
+            render_video(spec, frame_root, quality)
+    counts = write_annotations(specs, out_dir, seed)
+    summary = {
+        "generator": "python -m stmixer.data.synthetic",
+        "arguments": {"videos": num_videos, "seconds": seconds, "size": [height, width], "seed": seed,
+                      "val_fraction": val_fraction, "quality": quality},
+        "fps": AVA_FPS,
+        "frames_per_video": specs[0].num_frames,
+        "keyframe_seconds": specs[0].keyframe_seconds,
+        "action_classes": len(CLASS_NAMES),
+        "classes": [
+            {"id": ACTION_ID[name], "name": name, "definition": CLASS_DEFINITIONS[name]} for name in CLASS_NAMES
+        ],
+        "splits": counts,
+        "generation_seconds": round(time.time() - start, 1),
+    }
+    with atomic_open(os.path.join(out_dir, "synthetic_dataset.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m stmixer.data.synthetic",
+        description="Write a small, learnable action-detection dataset in the AVA layout (see data/README.md).",
+    )
+    parser.add_argument("--out", required=True, help="output folder (the dataset root, DATA.PATH_TO_DATA_DIR)")
+    parser.add_argument("--videos", type=int, default=160, help="number of videos, train and val together (default 160)")
+    parser.add_argument("--seconds", type=int, default=4, help="annotated keyframes per video, one per second from 902 (default 4)")
+    parser.add_argument("--size", type=int, nargs=2, default=(128, 160), metavar=("H", "W"), help="frame size (default 128 160)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="share of validation videos (default 0.2)")
+    parser.add_argument("--workers", type=int, default=None, help="processes rendering frames (default: all CPUs)")
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    args = parser.parse_args(argv)
+    try:
+        summary = generate_dataset(args.out, args.videos, args.seconds, tuple(args.size), args.seed,
+                                   args.val_fraction, args.workers, args.quality)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for split, c in summary["splits"].items():
+        print(f"{split}: {c['videos']} videos, {c['frames']} frames, {c['keyframes']} keyframes, {c['boxes']} boxes")
+    print(f"{summary['action_classes']} action classes; set MODEL.STM.ACTION_CLASSES {summary['action_classes']} "
+          f"and DATA.PATH_TO_DATA_DIR {args.out}")
+    print(f"written to {args.out} in {summary['generation_seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

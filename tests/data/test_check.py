@@ -1,0 +1,92 @@
+import shutil
+
+import pytest
+
+from stmixer.data.check import main, run_checks
+from stmixer.data.formats import second_to_frame_index
+
+
+@pytest.fixture
+def dataset_copy(tiny_dataset, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset[0], root)
+    return root
+
+
+def check(cfg, **kwargs):
+    return run_checks(cfg, ("train", "test"), **kwargs)
+
+
+def test_clean_dataset_has_no_errors(tiny_cfg, tiny_dataset, capsys):
+    report = check(tiny_cfg)
+    assert report.num_errors == 0 and not report.categories("warning")
+    root = str(tiny_dataset[0])
+    assert main(["--workers", "1", "DATA.PATH_TO_DATA_DIR", root, "MODEL.STM.ACTION_CLASSES", "9"]) == 0
+    out = capsys.readouterr().out
+    assert "0 errors, 0 warnings" in out and "train: 3 videos" in out
+
+
+def test_checker_finds_each_planted_fault(dataset_copy, make_cfg, capsys):
+    root = dataset_copy
+    center = second_to_frame_index(902)
+    # Missing frame and truncated JPEG, both read by the clip of keyframe 902 (8 frames at rate 4).
+    missing = root / "frames" / "syn_train_0000" / f"syn_train_0000_{center - 16 + 1:06d}.jpg"
+    missing.unlink()
+    truncated = root / "frames" / "syn_train_0001" / f"syn_train_0001_{center + 4 + 1:06d}.jpg"
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    gt = root / "annotations_v2.2" / "ava_train_v2.2.csv"
+    lines = gt.read_text().splitlines()
+    video = lines[0].split(",")[0]
+    lines += [
+        f"{video},902,0.1,0.2,1.3,0.6,1,7",  # outside [0, 1]
+        f"{video},902,0.4,0.2,0.4,0.6,1,8",  # zero width
+        f"{video},902,0.1,0.2,0.3,0.6,42,9",  # unknown label
+        f"{video},902,0.1,0.2",  # malformed
+    ]
+    gt.write_text("\n".join(lines) + "\n")
+    n = len(lines)
+    report = check(make_cfg(root))
+    errors = report.counts["error"]
+    assert errors["missing frame"] == 1 and str(missing) in report.examples["error"]["missing frame"][0]
+    assert errors["unreadable frame"] == 1 and str(truncated) in report.examples["error"]["unreadable frame"][0]
+    assert errors["box outside [0, 1]"] == 1 and f"ava_train_v2.2.csv:{n - 3}" in report.render()
+    assert errors["degenerate box"] == 1 and f"ava_train_v2.2.csv:{n - 2}" in report.render()
+    assert errors["unknown label"] == 1 and f"ava_train_v2.2.csv:{n - 1}: action_id 42" in report.render()
+    assert errors["malformed row"] == 1 and f"ava_train_v2.2.csv:{n}: expected 7 comma-separated" in report.render()
+    assert main(["--workers", "1", "DATA.PATH_TO_DATA_DIR", str(root), "MODEL.STM.ACTION_CLASSES", "9"]) == 1
+    assert "ERROR missing frame: 1" in capsys.readouterr().out
+
+
+def test_checker_warnings_and_frame_counts(dataset_copy, make_cfg):
+    root = dataset_copy
+    gt = root / "annotations_v2.2" / "ava_train_v2.2.csv"
+    gt.write_text(gt.read_text() + "syn_train_0000,900,0.1,0.2,0.3,0.6,1,0\nghost,902,0.1,0.2,0.3,0.6,1,0\n"
+                  "syn_train_0000,902,0.1,0.2,0.3,0.6,8,5\n")
+    report = check(make_cfg(root, ["MODEL.STM.ACTION_CLASSES", 10]), frames_per_video=999)
+    assert report.counts["warning"]["keyframe outside 902..1798 s"] == 1
+    assert report.counts["warning"]["keyframe of a video without frames"] == 1
+    assert report.counts["error"]["frame count"] == 4  # every video: 122 frames, not 999
+    label_map = root / "annotations_v2.2" / "ava_action_list_v2.2_for_activitynet_2019.pbtxt"
+    label_map.write_text(label_map.read_text().replace("id: 8\n", "id: 10\n"))
+    report = check(make_cfg(root, ["MODEL.STM.ACTION_CLASSES", 10]))
+    assert report.counts["warning"]["label not in label map"] >= 1
+
+
+def test_checker_reports_short_videos_and_missing_files(dataset_copy, make_cfg):
+    root = dataset_copy
+    frame_list = root / "frame_lists" / "val.csv"
+    lines = frame_list.read_text().splitlines()
+    frame_list.write_text("\n".join(lines[:70]) + "\n")  # val video cut after 69 frames
+    report = check(make_cfg(root, ["AVA.TRAIN_LISTS", ["missing.csv"]]))
+    assert report.counts["error"]["missing file"] == 1 and "AVA.TRAIN_LISTS" in report.render()
+    assert report.counts["error"]["keyframe beyond the video"] + report.counts["warning"]["clip clamped at the video's ends"] >= 1
+
+
+def test_decode_all_reaches_frames_outside_the_clips(dataset_copy, make_cfg):
+    corrupt = dataset_copy / "frames" / "syn_train_0002" / "syn_train_0002_000001.jpg"  # read by no clip
+    corrupt.write_bytes(b"\xff\xd8garbage\xff\xd9")
+    cfg = make_cfg(dataset_copy)
+    assert check(cfg).num_errors == 0
+    report = run_checks(cfg, ("train",), decode="all", workers=2)  # > 256 frames: a process pool
+    assert report.counts["error"] == {"unreadable frame": 1}
+    assert str(corrupt) in report.examples["error"]["unreadable frame"][0]
