@@ -1,0 +1,476 @@
+"""AVA CSV files: fast reading into columns, and writing detections in the official format.
+
+Row format (no header)::
+
+    video_id,timestamp,x1,y1,x2,y2,action_id[,score]
+
+Boxes are normalized ``[0, 1]`` x1,y1,x2,y2 (as AVA stores them). The 8th
+column is the detection score, or the person id in ground-truth files; a row
+without it has score 1.0 (as the official reader does). A keyframe is
+``(video_id as written, int(timestamp))``: "902" and "0902" are the same one.
+
+Reading uses pandas' C parser in chunks; a file it cannot parse (7 and 8
+column rows mixed, a bad number, ...) is re-read row by row with the ``csv``
+module and Python's ``float``/``int`` (what the official reader does), which
+either gives the same columns or names the file and line at fault.
+"""
+
+import csv
+import dataclasses
+import math
+
+import numpy as np
+import pandas as pd
+
+_CHUNK_ROWS = 2_000_000
+_TIMESTAMP_LIMIT = 2**31 - 1
+_COLUMN_NAMES = ("video_id", "timestamp", "x1", "y1", "x2", "y2", "action_id", "score")
+_PANDAS_OLD_FLOATS = tuple(int(p) for p in pd.__version__.split(".")[:2]) < (3, 1)
+
+
+class AVAFormatError(ValueError):
+    """A malformed AVA CSV file; the message names the file and line."""
+
+
+@dataclasses.dataclass
+class AVATable:
+    """Rows of one AVA CSV file (or of in-memory detections), in file order.
+
+    Attributes:
+        videos: video names as written; ``video`` holds indices into it.
+        video: int32 ``[N]`` video of each row.
+        timestamp: int32 ``[N]`` integer timestamp (seconds) of each row.
+        boxes: float64 ``[B, 4]`` normalized x1, y1, x2, y2; rows of one detected
+            box share one entry (B <= N).
+        box_index: int32 ``[N]`` row -> ``boxes`` entry.
+        action: int32 ``[N]`` AVA action id.
+        score: float64 ``[N]``: the score (detections) or the 8th column (person id in
+            ground truth; the ``activitynet`` protocol orders ground truth by it); 1.0
+            for rows without an 8th column.
+        data_row: int64 ``[N]`` index of the row among the file's non-blank rows
+            (to name the line in error messages), or None.
+        source: the file name (or a description) for messages.
+    """
+
+    videos: list
+    video: np.ndarray
+    timestamp: np.ndarray
+    boxes: np.ndarray
+    box_index: np.ndarray
+    action: np.ndarray
+    score: np.ndarray
+    data_row: np.ndarray = None
+    source: str = "<memory>"
+
+    def __len__(self):
+        return len(self.action)
+
+    def row_boxes(self, rows=None):
+        """float64 ``[n, 4]`` x1, y1, x2, y2 of the given rows (all rows when None)."""
+        return self.boxes[self.box_index if rows is None else self.box_index[rows]]
+
+    def select(self, mask_or_rows):
+        """A table of a subset of rows (boxes are shared, not copied)."""
+        pick = mask_or_rows
+        return AVATable(
+            videos=self.videos,
+            video=self.video[pick],
+            timestamp=self.timestamp[pick],
+            boxes=self.boxes,
+            box_index=self.box_index[pick],
+            action=self.action[pick],
+            score=self.score[pick],
+            data_row=None if self.data_row is None else self.data_row[pick],
+            source=self.source,
+        )
+
+
+def _action_filter(keep_actions):
+    """Lookup table for ``np.take``-style filtering: allowed[id] is True for kept ids."""
+    if keep_actions is None:
+        return None
+    top = max(keep_actions)
+    allowed = np.zeros(top + 2, dtype=bool)
+    allowed[list(keep_actions)] = True
+    return allowed
+
+
+def _keep_mask(action, allowed):
+    if allowed is None:
+        return np.ones(len(action), dtype=bool)
+    clipped = np.clip(action, -1, len(allowed) - 1)
+    return allowed[clipped] & (action >= 0)
+
+
+def _first_row_width(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.reader(f):
+            if row and any(field.strip() for field in row):
+                return len(row)
+    return 0
+
+
+def _check_finite(path, values, what, data_rows):
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise AVAFormatError(
+            f"{path}:{line_of_data_row(path, int(data_rows[np.argmax(bad)]))}: {what} is not a finite number"
+        )
+
+
+def _check_timestamps(path, ts, data_rows):
+    bad = np.abs(ts) > _TIMESTAMP_LIMIT
+    if bad.any():
+        line = line_of_data_row(path, int(data_rows[np.argmax(bad)]))
+        raise AVAFormatError(f"{path}:{line}: timestamp {ts[np.argmax(bad)]} is out of range")
+
+
+def line_of_data_row(path, data_row):
+    """1-based line number of the ``data_row``-th non-blank CSV row of ``path``."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        count = -1
+        for row in reader:
+            if row and any(field.strip() for field in row):
+                count += 1
+                if count == data_row:
+                    return reader.line_num
+    raise IndexError(f"{path} has no data row {data_row}")
+
+
+class _Columns:
+    """Accumulates parsed chunks into compact columns (shared video vocabulary, deduplicated boxes)."""
+
+    def __init__(self, allowed, keep_data_rows):
+        self.allowed = allowed
+        self.keep_data_rows = keep_data_rows
+        self.vocab = {}
+        self.parts = []
+        self.num_boxes = 0
+
+    def add(self, names, codes, ts, boxes, action, score, data_rows):
+        """Add one chunk: ``names[codes]`` video names, float timestamps, [n, 4] boxes, ids, scores."""
+        lookup = np.array([self.vocab.setdefault(name, len(self.vocab)) for name in names], dtype=np.int32)
+        keep = _keep_mask(action, self.allowed)
+        if not keep.all():
+            codes, ts, boxes, action, score, data_rows = (
+                a[keep] for a in (codes, ts, boxes, action, score, data_rows)
+            )
+        video = lookup[codes] if len(codes) else np.zeros(0, np.int32)
+        timestamp = np.trunc(ts)
+        # Rows of one box (same keyframe, same coordinates) follow each other in detection files.
+        new_box = np.ones(len(video), dtype=bool)
+        if len(video) > 1:
+            new_box[1:] = (
+                (video[1:] != video[:-1]) | (timestamp[1:] != timestamp[:-1]) | (boxes[1:] != boxes[:-1]).any(axis=1)
+            )
+        box_index = np.cumsum(new_box, dtype=np.int64) - 1 + self.num_boxes
+        self.num_boxes += int(new_box.sum())
+        self.parts.append(
+            (
+                video.astype(np.int32),
+                timestamp.astype(np.int32),
+                np.ascontiguousarray(boxes[new_box], dtype=np.float64),
+                box_index.astype(np.int32),
+                action.astype(np.int32),
+                score.astype(np.float64),
+                data_rows.astype(np.int64) if self.keep_data_rows else None,
+            )
+        )
+
+    def table(self, source):
+        videos = list(self.vocab)
+        if not self.parts:
+            empty_i = np.zeros(0, np.int32)
+            return AVATable(
+                videos, empty_i, empty_i, np.zeros((0, 4)), empty_i, empty_i, np.zeros(0),
+                np.zeros(0, np.int64) if self.keep_data_rows else None, source,
+            )
+        cols = list(zip(*self.parts))
+        self.parts = []
+        return AVATable(
+            videos=videos,
+            video=np.concatenate(cols[0]),
+            timestamp=np.concatenate(cols[1]),
+            boxes=np.concatenate(cols[2]),
+            box_index=np.concatenate(cols[3]),
+            action=np.concatenate(cols[4]),
+            score=np.concatenate(cols[5]),
+            data_row=np.concatenate(cols[6]) if self.keep_data_rows else None,
+            source=source,
+        )
+
+
+def _read_fast(path, width, columns):
+    dtypes = {"video_id": "category", "action_id": np.int64}
+    for name in _COLUMN_NAMES[1:width]:
+        dtypes.setdefault(name, np.float64)
+    kwargs = dict(
+        header=None,
+        names=list(_COLUMN_NAMES[:width]),
+        dtype=dtypes,
+        na_filter=False,
+        engine="c",
+        chunksize=_CHUNK_ROWS,
+        skip_blank_lines=True,
+        encoding="utf-8",
+    )
+    if _PANDAS_OLD_FLOATS:
+        kwargs["float_precision"] = "round_trip"  # correctly rounded, like Python's float()
+    start = 0
+    with pd.read_csv(path, **kwargs) as reader:
+        for chunk in reader:
+            n = len(chunk)
+            data_rows = np.arange(start, start + n, dtype=np.int64)
+            start += n
+            ts = chunk["timestamp"].to_numpy(np.float64)
+            boxes = chunk[["x1", "y1", "x2", "y2"]].to_numpy(np.float64)
+            score = chunk["score"].to_numpy(np.float64) if width == 8 else np.ones(n)
+            _check_finite(path, ts, "timestamp", data_rows)
+            _check_finite(path, boxes.min(axis=1) + boxes.max(axis=1), "a box coordinate", data_rows)
+            _check_finite(path, score, "the 8th column (score)", data_rows)
+            _check_timestamps(path, np.trunc(ts), data_rows)
+            video = chunk["video_id"]
+            columns.add(
+                [str(c) for c in video.cat.categories],
+                video.cat.codes.to_numpy(),
+                ts,
+                boxes,
+                chunk["action_id"].to_numpy(np.int64),
+                score,
+                data_rows,
+            )
+
+
+def _parse_number(path, line, field, what, convert):
+    try:
+        value = convert(field)
+    except (ValueError, OverflowError):
+        raise AVAFormatError(f"{path}:{line}: {what} {field!r} is not a number") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise AVAFormatError(f"{path}:{line}: {what} {field!r} is not a finite number")
+    return value
+
+
+def _read_slow(path, columns):
+    names, codes, ts, boxes, action, score, data_rows = {}, [], [], [], [], [], []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        data_row = -1
+        for row in reader:
+            if not row or not any(field.strip() for field in row):
+                continue
+            data_row += 1
+            line = reader.line_num
+            if len(row) not in (7, 8):
+                raise AVAFormatError(
+                    f"{path}:{line}: expected 7 or 8 comma-separated fields "
+                    f"(video_id,timestamp,x1,y1,x2,y2,action_id[,score]), found {len(row)}: {','.join(row)[:200]!r}"
+                )
+            t = _parse_number(path, line, row[1], "timestamp", float)
+            if abs(math.trunc(t)) > _TIMESTAMP_LIMIT:
+                raise AVAFormatError(f"{path}:{line}: timestamp {row[1]!r} is out of range")
+            box = [_parse_number(path, line, v, "box coordinate", float) for v in row[2:6]]
+            a = _parse_number(path, line, row[6], "action_id", int)
+            s = _parse_number(path, line, row[7], "score", float) if len(row) == 8 else 1.0
+            codes.append(names.setdefault(row[0], len(names)))
+            ts.append(t)
+            boxes.append(box)
+            action.append(a)
+            score.append(s)
+            data_rows.append(data_row)
+    if not codes:
+        return
+    try:
+        action_arr = np.array(action, dtype=np.int64)
+    except OverflowError:
+        raise AVAFormatError(f"{path}: an action_id does not fit in 64 bits") from None
+    columns.add(
+        list(names),
+        np.array(codes, dtype=np.int64),
+        np.array(ts, dtype=np.float64),
+        np.array(boxes, dtype=np.float64).reshape(-1, 4),
+        action_arr,
+        np.array(score, dtype=np.float64),
+        np.array(data_rows, dtype=np.int64),
+    )
+
+
+def read_ava_csv(path, keep_actions=None, keep_data_rows=False):
+    """Read an AVA CSV file (ground truth or detections).
+
+    Args:
+        path: the CSV file.
+        keep_actions: iterable of action ids to keep (the label map's); rows of other
+            ids are dropped while reading. None keeps every row.
+        keep_data_rows: also record each row's index among the non-blank rows
+            (``AVATable.data_row``), for error messages.
+
+    Returns:
+        AVATable with the kept rows in file order.
+
+    Raises:
+        AVAFormatError: a row with a wrong number of fields, a field that is not a
+            number, a non-finite number or an out-of-range timestamp, naming the
+            file and line.
+    """
+    path = str(path)
+    allowed = _action_filter(None if keep_actions is None else sorted(set(keep_actions)))
+    width = _first_row_width(path)
+    columns = _Columns(allowed, keep_data_rows)
+    if width in (7, 8):
+        try:
+            _read_fast(path, width, columns)
+            return columns.table(path)
+        except AVAFormatError:
+            raise
+        except (ValueError, OverflowError, pd.errors.ParserError):
+            columns = _Columns(allowed, keep_data_rows)
+    if width != 0:
+        _read_slow(path, columns)
+    return columns.table(path)
+
+
+def read_exclusions(path):
+    """Read a CSV of excluded keyframes (``video_id,timestamp`` rows).
+
+    Returns:
+        set of ``(video_id, int timestamp)``; empty when ``path`` is None.
+    """
+    excluded = set()
+    if path is None:
+        return excluded
+    path = str(path)
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        for row in reader:
+            if not row or not any(field.strip() for field in row):
+                continue
+            if len(row) != 2:
+                raise AVAFormatError(
+                    f"{path}:{reader.line_num}: expected 2 fields (video_id,timestamp), found {len(row)}"
+                )
+            t = _parse_number(path, reader.line_num, row[1], "timestamp", float)
+            excluded.add((row[0], math.trunc(t)))
+    return excluded
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing: the official STMixer detection file, byte for byte.
+# The official writer formats every value with '{:.5f}' (correctly rounded, ties to even on the
+# exact binary value), the timestamp with '%04d', and ends rows with '\r\n' (csv.writer's default).
+
+_SCALE = 100000
+_FAST_LIMIT = 1e6
+_HUGE = 1e10  # above this q no longer fits a float64 exactly
+
+
+def round5(values):
+    """What ``float('{:.5f}'.format(v))`` gives for each value, without formatting them all.
+
+    Args:
+        values: float array (any shape; float32 is widened exactly, as the official
+            writer's ``format`` does).
+
+    Returns:
+        float64 array of the same shape: the values as they read back from the
+        5-decimal text (the sign is kept: -0.000001 gives -0.0, as "-0.00000" does).
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(x).all():
+        raise ValueError("cannot write non-finite values to an AVA CSV")
+    mag = np.abs(x)
+    scaled = mag * _SCALE
+    q = np.floor(scaled + 0.5)
+    frac = scaled - np.floor(scaled)
+    # Near a half-way point (or for large values) the float64 product may round the wrong
+    # way: those few values are formatted exactly.
+    unsure = (np.abs(frac - 0.5) < 1e-4) | (mag >= _FAST_LIMIT)
+    if unsure.any():
+        q[unsure] = [int(format(v, ".5f").replace(".", "")) for v in mag[unsure].tolist()]
+    rounded = np.copysign(q / _SCALE, x)  # exact division of integers below 2**53: float(text)
+    huge = mag >= _HUGE
+    if huge.any():
+        rounded[huge] = np.copysign([float(format(v, ".5f")) for v in mag[huge].tolist()], x[huge])
+    return rounded
+
+
+def _fixed_width(texts):
+    """uint8 ``[n, w]`` of byte strings, left-aligned and padded with zero bytes."""
+    width = max(len(t) for t in texts)
+    return np.frombuffer(np.array(texts, dtype=f"S{width}").tobytes(), dtype=np.uint8).reshape(len(texts), width)
+
+
+def _decimal_bytes(values):
+    """uint8 ``[n, w]`` of the '{:.5f}' text of 5-decimal values (left-aligned, zero-padded).
+
+    Args:
+        values: float64 ``[n]`` as returned by :func:`round5`.
+    """
+    n = len(values)
+    fast = (values >= 0) & (values < 10) & ~np.signbit(values)
+    out = np.zeros((n, 7), dtype=np.uint8)
+    if fast.any():
+        q = np.rint(values[fast] * _SCALE).astype(np.int64)
+        digits = out[fast]
+        digits[:, 0] = q // _SCALE + 48
+        digits[:, 1] = ord(".")
+        for k, power in enumerate((10000, 1000, 100, 10, 1)):
+            digits[:, 2 + k] = (q // power) % 10 + 48
+        out[fast] = digits
+    if not fast.all():
+        idx = np.flatnonzero(~fast)
+        slow = _fixed_width([format(v, ".5f").encode() for v in values[idx].tolist()])
+        if slow.shape[1] > out.shape[1]:
+            out = np.concatenate([out, np.zeros((n, slow.shape[1] - out.shape[1]), np.uint8)], axis=1)
+        out[idx, : slow.shape[1]] = slow
+    return out
+
+
+def _csv_field(text):
+    """One field as csv.writer (excel dialect, minimal quoting) writes it."""
+    if any(c in text for c in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def write_detections_csv(f, videos, box_video, box_timestamp, boxes, box_index, action, score):
+    """Write detection rows in the official STMixer format to a binary file object.
+
+    Every row is ``video_id,timestamp,x1,y1,x2,y2,action_id,score\\r\\n``: the
+    timestamp as ``%04d``, the box and score as ``{:.5f}`` text, exactly what the
+    official ``write_csv`` produces.
+
+    Args:
+        f: binary file object.
+        videos: list of video names; ``box_video`` indexes it.
+        box_video, box_timestamp: int ``[B]`` video and integer timestamp of each box.
+        boxes: float64 ``[B, 4]`` normalized x1, y1, x2, y2, already rounded by :func:`round5`.
+        box_index: int ``[N]`` row -> box, rows in the order to write.
+        action: int ``[N]`` action ids.
+        score: float64 ``[N]`` scores, already rounded by :func:`round5`.
+    """
+    n = len(action)
+    if n == 0:
+        return
+    prefix = _fixed_width(
+        [f"{_csv_field(videos[v])},{t:04d},".encode() for v, t in zip(box_video.tolist(), box_timestamp.tolist())]
+    )
+    comma = np.full((len(box_video), 1), ord(","), dtype=np.uint8)
+    box_text = np.concatenate([prefix] + [part for k in range(4) for part in (_decimal_bytes(boxes[:, k]), comma)], 1)
+    action_values = np.unique(action)
+    action_text = _fixed_width([f"{a},".encode() for a in action_values.tolist()])
+    newline = np.frombuffer(b"\r\n", dtype=np.uint8)
+    chunk = max(1, 4_000_000 // (box_text.shape[1] + action_text.shape[1] + 9))
+    for start in range(0, n, chunk):
+        rows = slice(start, min(n, start + chunk))
+        block = np.concatenate(
+            [
+                box_text[box_index[rows]],
+                action_text[np.searchsorted(action_values, action[rows])],
+                _decimal_bytes(score[rows]),
+                np.broadcast_to(newline, (rows.stop - rows.start, 2)),
+            ],
+            axis=1,
+        )
+        f.write(block[block != 0].tobytes())
