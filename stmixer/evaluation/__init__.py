@@ -5,10 +5,12 @@
 """
 
 from .ava_csv import AVAFormatError, AVATable, read_ava_csv, read_exclusions
+from .evaluator import AVAEvaluator, evaluate_files
 from .frame_map import PROTOCOLS, EvaluationError, FrameMAP, evaluate_frame_map
 from .labelmap import LabelMap, LabelMapError, parse_labelmap, read_labelmap
 
 __all__ = [
+    "AVAEvaluator",
     "AVAFormatError",
     "AVATable",
     "EvaluationError",
@@ -16,6 +18,7 @@ __all__ = [
     "LabelMap",
     "LabelMapError",
     "PROTOCOLS",
+    "evaluate_files",
     "evaluate_frame_map",
     "parse_labelmap",
     "read_ava_csv",

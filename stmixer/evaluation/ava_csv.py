@@ -22,7 +22,7 @@ import math
 import numpy as np
 import pandas as pd
 
-_CHUNK_ROWS = 2_000_000
+_CHUNK_ROWS = 500_000
 _TIMESTAMP_LIMIT = 2**31 - 1
 _COLUMN_NAMES = ("video_id", "timestamp", "x1", "y1", "x2", "y2", "action_id", "score")
 _PANDAS_OLD_FLOATS = tuple(int(p) for p in pd.__version__.split(".")[:2]) < (3, 1)
@@ -36,13 +36,16 @@ class AVAFormatError(ValueError):
 class AVATable:
     """Rows of one AVA CSV file (or of in-memory detections), in file order.
 
+    Boxes are stored once per detected box (a detection file repeats each box on one
+    row per class): consecutive rows with the same keyframe and coordinates share an
+    entry, and ``box_index`` never decreases.
+
     Attributes:
-        videos: video names as written; ``video`` holds indices into it.
-        video: int32 ``[N]`` video of each row.
-        timestamp: int32 ``[N]`` integer timestamp (seconds) of each row.
-        boxes: float64 ``[B, 4]`` normalized x1, y1, x2, y2; rows of one detected
-            box share one entry (B <= N).
-        box_index: int32 ``[N]`` row -> ``boxes`` entry.
+        videos: video names as written; ``box_video`` indexes it.
+        box_video: int32 ``[B]`` video of each box.
+        box_timestamp: int32 ``[B]`` integer timestamp (seconds) of each box.
+        boxes: float64 ``[B, 4]`` normalized x1, y1, x2, y2.
+        box_index: int32 ``[N]`` row -> box (non-decreasing).
         action: int32 ``[N]`` AVA action id.
         score: float64 ``[N]``: the score (detections) or the 8th column (person id in
             ground truth; the ``activitynet`` protocol orders ground truth by it); 1.0
@@ -53,8 +56,8 @@ class AVATable:
     """
 
     videos: list
-    video: np.ndarray
-    timestamp: np.ndarray
+    box_video: np.ndarray
+    box_timestamp: np.ndarray
     boxes: np.ndarray
     box_index: np.ndarray
     action: np.ndarray
@@ -65,24 +68,14 @@ class AVATable:
     def __len__(self):
         return len(self.action)
 
-    def row_boxes(self, rows=None):
-        """float64 ``[n, 4]`` x1, y1, x2, y2 of the given rows (all rows when None)."""
-        return self.boxes[self.box_index if rows is None else self.box_index[rows]]
+    def row_boxes(self, rows):
+        """float64 ``[n, 4]`` x1, y1, x2, y2 of the given rows."""
+        return self.boxes[self.box_index[rows]]
 
-    def select(self, mask_or_rows):
-        """A table of a subset of rows (boxes are shared, not copied)."""
-        pick = mask_or_rows
-        return AVATable(
-            videos=self.videos,
-            video=self.video[pick],
-            timestamp=self.timestamp[pick],
-            boxes=self.boxes,
-            box_index=self.box_index[pick],
-            action=self.action[pick],
-            score=self.score[pick],
-            data_row=None if self.data_row is None else self.data_row[pick],
-            source=self.source,
-        )
+    def row_keyframe(self, row):
+        """``(video_id, timestamp)`` of one row."""
+        box = self.box_index[row]
+        return self.videos[self.box_video[box]], int(self.box_timestamp[box])
 
 
 def _action_filter(keep_actions):
@@ -139,38 +132,40 @@ def line_of_data_row(path, data_row):
 
 
 class _Columns:
-    """Accumulates parsed chunks into compact columns (shared video vocabulary, deduplicated boxes)."""
+    """Accumulates parsed chunks into compact columns (shared video vocabulary, one entry per box)."""
 
     def __init__(self, allowed, keep_data_rows):
         self.allowed = allowed
         self.keep_data_rows = keep_data_rows
         self.vocab = {}
-        self.parts = []
+        self.box_parts = []
+        self.row_parts = []
         self.num_boxes = 0
+        self.last_box = None
 
     def add(self, names, codes, ts, boxes, action, score, data_rows):
         """Add one chunk: ``names[codes]`` video names, float timestamps, [n, 4] boxes, ids, scores."""
-        lookup = np.array([self.vocab.setdefault(name, len(self.vocab)) for name in names], dtype=np.int32)
+        lookup = np.array([self.vocab.setdefault(name, len(self.vocab)) for name in names] or [0], dtype=np.int32)
         keep = _keep_mask(action, self.allowed)
         if not keep.all():
-            codes, ts, boxes, action, score, data_rows = (
-                a[keep] for a in (codes, ts, boxes, action, score, data_rows)
-            )
-        video = lookup[codes] if len(codes) else np.zeros(0, np.int32)
-        timestamp = np.trunc(ts)
+            codes, ts, boxes, action, score, data_rows = (a[keep] for a in (codes, ts, boxes, action, score, data_rows))
+        if len(codes) == 0:
+            return
+        video = lookup[codes]
+        timestamp = np.trunc(ts).astype(np.int32)
         # Rows of one box (same keyframe, same coordinates) follow each other in detection files.
         new_box = np.ones(len(video), dtype=bool)
-        if len(video) > 1:
-            new_box[1:] = (
-                (video[1:] != video[:-1]) | (timestamp[1:] != timestamp[:-1]) | (boxes[1:] != boxes[:-1]).any(axis=1)
-            )
+        new_box[1:] = (video[1:] != video[:-1]) | (timestamp[1:] != timestamp[:-1]) | (boxes[1:] != boxes[:-1]).any(1)
+        first = (int(video[0]), int(timestamp[0]), *boxes[0].tolist())
+        if first == self.last_box:
+            new_box[0] = False
+            self.num_boxes -= 1
+        self.last_box = (int(video[-1]), int(timestamp[-1]), *boxes[-1].tolist())
         box_index = np.cumsum(new_box, dtype=np.int64) - 1 + self.num_boxes
-        self.num_boxes += int(new_box.sum())
-        self.parts.append(
+        self.num_boxes = int(box_index[-1]) + 1
+        self.box_parts.append((video[new_box], timestamp[new_box], np.asarray(boxes[new_box], dtype=np.float64)))
+        self.row_parts.append(
             (
-                video.astype(np.int32),
-                timestamp.astype(np.int32),
-                np.ascontiguousarray(boxes[new_box], dtype=np.float64),
                 box_index.astype(np.int32),
                 action.astype(np.int32),
                 score.astype(np.float64),
@@ -178,25 +173,26 @@ class _Columns:
             )
         )
 
+    def _column(self, parts, k, dtype, shape=(0,)):
+        """Concatenate column ``k`` of the parts, releasing the pieces as it goes."""
+        pieces = [part[k] for part in parts]
+        for i, part in enumerate(parts):
+            parts[i] = part[:k] + (None,) + part[k + 1 :]
+        return np.concatenate(pieces) if pieces else np.zeros(shape, dtype)
+
     def table(self, source):
-        videos = list(self.vocab)
-        if not self.parts:
-            empty_i = np.zeros(0, np.int32)
-            return AVATable(
-                videos, empty_i, empty_i, np.zeros((0, 4)), empty_i, empty_i, np.zeros(0),
-                np.zeros(0, np.int64) if self.keep_data_rows else None, source,
-            )
-        cols = list(zip(*self.parts))
-        self.parts = []
+        """The accumulated AVATable (the chunks are released)."""
+        box_parts, row_parts = self.box_parts, self.row_parts
+        self.box_parts, self.row_parts = [], []
         return AVATable(
-            videos=videos,
-            video=np.concatenate(cols[0]),
-            timestamp=np.concatenate(cols[1]),
-            boxes=np.concatenate(cols[2]),
-            box_index=np.concatenate(cols[3]),
-            action=np.concatenate(cols[4]),
-            score=np.concatenate(cols[5]),
-            data_row=np.concatenate(cols[6]) if self.keep_data_rows else None,
+            videos=list(self.vocab),
+            box_video=self._column(box_parts, 0, np.int32),
+            box_timestamp=self._column(box_parts, 1, np.int32),
+            boxes=self._column(box_parts, 2, np.float64, (0, 4)),
+            box_index=self._column(row_parts, 0, np.int32),
+            action=self._column(row_parts, 1, np.int32),
+            score=self._column(row_parts, 2, np.float64),
+            data_row=self._column(row_parts, 3, np.int64) if self.keep_data_rows else None,
             source=source,
         )
 
@@ -434,7 +430,7 @@ def _csv_field(text):
     return text
 
 
-def write_detections_csv(f, videos, box_video, box_timestamp, boxes, box_index, action, score):
+def write_detections_csv(f, table):
     """Write detection rows in the official STMixer format to a binary file object.
 
     Every row is ``video_id,timestamp,x1,y1,x2,y2,action_id,score\\r\\n``: the
@@ -443,22 +439,21 @@ def write_detections_csv(f, videos, box_video, box_timestamp, boxes, box_index, 
 
     Args:
         f: binary file object.
-        videos: list of video names; ``box_video`` indexes it.
-        box_video, box_timestamp: int ``[B]`` video and integer timestamp of each box.
-        boxes: float64 ``[B, 4]`` normalized x1, y1, x2, y2, already rounded by :func:`round5`.
-        box_index: int ``[N]`` row -> box, rows in the order to write.
-        action: int ``[N]`` action ids.
-        score: float64 ``[N]`` scores, already rounded by :func:`round5`.
+        table: AVATable of the rows to write, in order; boxes and scores already
+            rounded by :func:`round5`.
     """
-    n = len(action)
+    n = len(table)
     if n == 0:
         return
     prefix = _fixed_width(
-        [f"{_csv_field(videos[v])},{t:04d},".encode() for v, t in zip(box_video.tolist(), box_timestamp.tolist())]
+        [
+            f"{_csv_field(table.videos[v])},{t:04d},".encode()
+            for v, t in zip(table.box_video.tolist(), table.box_timestamp.tolist())
+        ]
     )
-    comma = np.full((len(box_video), 1), ord(","), dtype=np.uint8)
-    box_text = np.concatenate([prefix] + [part for k in range(4) for part in (_decimal_bytes(boxes[:, k]), comma)], 1)
-    action_values = np.unique(action)
+    comma = np.full((len(prefix), 1), ord(","), dtype=np.uint8)
+    box_text = np.concatenate([prefix] + [part for k in range(4) for part in (_decimal_bytes(table.boxes[:, k]), comma)], 1)
+    action_values = np.unique(table.action)
     action_text = _fixed_width([f"{a},".encode() for a in action_values.tolist()])
     newline = np.frombuffer(b"\r\n", dtype=np.uint8)
     chunk = max(1, 4_000_000 // (box_text.shape[1] + action_text.shape[1] + 9))
@@ -466,9 +461,9 @@ def write_detections_csv(f, videos, box_video, box_timestamp, boxes, box_index, 
         rows = slice(start, min(n, start + chunk))
         block = np.concatenate(
             [
-                box_text[box_index[rows]],
-                action_text[np.searchsorted(action_values, action[rows])],
-                _decimal_bytes(score[rows]),
+                box_text[table.box_index[rows]],
+                action_text[np.searchsorted(action_values, table.action[rows])],
+                _decimal_bytes(table.score[rows]),
                 np.broadcast_to(newline, (rows.stop - rows.start, 2)),
             ],
             axis=1,

@@ -76,35 +76,35 @@ class FrameMAP:
     num_replayed: int = 0
 
 
+def _index_dtype(n):
+    return np.int32 if n < 2**31 - 1 else np.int64
+
+
 def _keyframe_ids(gt, det, excluded):
-    """Compact keyframe ids shared by ground truth and detections.
+    """Compact keyframe ids shared by ground truth and detections, per box.
 
     Returns:
-        gt_kf: int64 ``[len(gt)]``; det_kf: int64 ``[len(det)]``; is_excluded: bool
-        ``[num keyframes]``.
+        gt_box_kf: int32 ``[B_gt]``; det_box_kf: int32 ``[B_det]``; is_excluded: bool ``[K]``.
     """
     vocab = {}
     for table in (gt, det):
         for name in table.videos:
             vocab.setdefault(name, len(vocab))
 
-    def keys(table, rows=None):
+    def keys(table):
         lookup = np.array([vocab[name] for name in table.videos] or [0], dtype=np.int64)
-        video = table.video if rows is None else table.video[rows]
-        timestamp = table.timestamp if rows is None else table.timestamp[rows]
-        return (lookup[video] << 32) | (timestamp.astype(np.int64) + 2**31)
+        return (lookup[table.box_video] << 32) | (table.box_timestamp.astype(np.int64) + 2**31)
 
-    # Detection files hold each keyframe's rows together: work on runs of equal keyframes.
-    change = np.ones(len(det), dtype=bool)
-    change[1:] = (det.video[1:] != det.video[:-1]) | (det.timestamp[1:] != det.timestamp[:-1])
-    run_keys = keys(det, np.flatnonzero(change))
-    gt_keys = keys(gt)
-    all_keys = np.unique(np.concatenate([gt_keys, run_keys]))
+    gt_keys, det_keys = keys(gt), keys(det)
+    all_keys = np.unique(np.concatenate([gt_keys, det_keys]))
     excluded_keys = [(vocab[v] << 32) | (int(t) + 2**31) for v, t in excluded if v in vocab and abs(int(t)) < 2**31]
     is_excluded = np.isin(all_keys, np.array(excluded_keys, dtype=np.int64))
-    gt_kf = np.searchsorted(all_keys, gt_keys)
-    det_kf = np.searchsorted(all_keys, run_keys)[np.cumsum(change) - 1]
-    return gt_kf, det_kf, is_excluded
+    kf_dtype = _index_dtype(len(all_keys))
+    return (
+        np.searchsorted(all_keys, gt_keys).astype(kf_dtype),
+        np.searchsorted(all_keys, det_keys).astype(kf_dtype),
+        is_excluded,
+    )
 
 
 def _allowed_mask(action, labelmap):
@@ -136,7 +136,7 @@ def heap_order(scores, actions, boxes, capacity):
     """The official 2019 reader's per-keyframe selection and order (a min-heap of tuples).
 
     Rows are pushed in the given order as ``(score, action, y1, x1, y2, x2)``; with
-    ``capacity > 0`` a full heap keeps the row only if its score is strictly higher
+    ``capacity > 0`` a full heap keeps a row only if its score is strictly higher
     than the smallest tuple's score, which it replaces. The survivors are sorted by
     descending score, ties in heap-array order.
 
@@ -167,46 +167,55 @@ def heap_order(scores, actions, boxes, capacity):
 
 
 def _segments(sorted_keys):
-    """Start index and length of each run of equal values in a sorted int array."""
+    """Start index and length of each run of equal values in a sorted array."""
     if len(sorted_keys) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     starts = np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
     return starts, np.diff(np.append(starts, len(sorted_keys)))
 
 
-def _rank_in_segment(sorted_keys):
-    """0-based position of each element within its run of equal keys (keys sorted)."""
-    starts, lengths = _segments(sorted_keys)
-    return np.arange(len(sorted_keys)) - np.repeat(starts, lengths)
+def _rank_in_segment(starts, lengths, n):
+    """0-based position of each element within its run (runs given by starts / lengths)."""
+    dtype = _index_dtype(n)
+    return np.arange(n, dtype=dtype) - np.repeat(starts.astype(dtype), lengths)
+
+
+def _ranges(starts, lengths):
+    """Concatenation of ``arange(s, s + l)`` for each (s, l), as int64."""
+    offsets = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(starts.astype(np.int64), lengths) + offsets
 
 
 class _GroundTruth:
-    """Ground truth sorted by (keyframe, class, official order), with group lookup."""
+    """Ground truth grouped by (keyframe, class), each group in the official order."""
 
-    def __init__(self, table, kf_of_row, keep, protocol, num_classes):
+    def __init__(self, table, kf, keep, protocol, num_classes):
         rows = np.flatnonzero(keep)
         boxes = table.row_boxes(rows)
         bad = (boxes[:, 0] > boxes[:, 2]) | (boxes[:, 1] > boxes[:, 3])
         if bad.any():
             self._raise_bad_box(table, rows[np.argmax(bad)], boxes[np.argmax(bad)])
         action = table.action[rows].astype(np.int64)
-        kf = kf_of_row[rows]
+        kf = kf[rows].astype(np.int64)
         if protocol == "activitynet":
             position = self._heap_positions(kf, table.score[rows], action, boxes)
         else:
             position = np.arange(len(rows))
         group = kf * num_classes + action
         order = np.lexsort((position, group))
-        self.group_keys, self.group_starts = np.unique(group[order], return_index=True)
+        keys, self.group_starts = np.unique(group[order], return_index=True)
+        self.group_keys = keys
+        self.group_kf, self.group_action = keys // num_classes, keys % num_classes
         self.group_sizes = np.diff(np.append(self.group_starts, len(order)))
         self.boxes = boxes[order]
+        self.num_classes = num_classes
         self.num_gt = np.bincount(action, minlength=num_classes)
 
     @staticmethod
     def _raise_bad_box(table, row, box):
         from .ava_csv import line_of_data_row
 
-        if table.data_row is not None and table.source and not table.source.startswith("<"):
+        if table.data_row is not None and not table.source.startswith("<"):
             where = f"{table.source}:{line_of_data_row(table.source, int(table.data_row[row]))}"
         else:
             where = f"{table.source}: ground-truth row {row}"
@@ -217,107 +226,130 @@ class _GroundTruth:
 
     @staticmethod
     def _heap_positions(kf, score, action, boxes):
-        """Global position of each row when keyframes are read through the official heap."""
-        by_kf = np.argsort(kf, kind="stable")
-        starts, lengths = _segments(kf[by_kf])
+        """Position of each row in its keyframe when read through the official heap (no cap).
+
+        The heap sorts each keyframe by descending 8th column, ties in heap order; only
+        ties within one class can change a result, so only keyframes with such ties are
+        replayed, the others are sorted directly.
+        """
+        order = np.lexsort((-score, kf))
         position = np.empty(len(kf), dtype=np.int64)
-        for start, length in zip(starts.tolist(), lengths.tolist()):
-            rows = by_kf[start : start + length]
-            position[rows[heap_order(score[rows], action[rows], boxes[rows], 0)]] = np.arange(start, start + length)
+        position[order] = np.arange(len(kf))
+        by_class = np.lexsort((score, action, kf))
+        same = (kf[by_class][1:] == kf[by_class][:-1]) & (action[by_class][1:] == action[by_class][:-1])
+        same &= score[by_class][1:] == score[by_class][:-1]
+        for frame in np.unique(kf[by_class][1:][same]).tolist():
+            rows = np.flatnonzero(kf == frame)
+            position[rows[heap_order(score[rows], action[rows], boxes[rows], 0)]] = position[rows].min() + np.arange(len(rows))
         return position
 
-    def lookup(self, group):
-        """(start, size) into ``self.boxes`` of each group key (size 0 when absent)."""
-        idx = np.searchsorted(self.group_keys, group)
-        idx = np.minimum(idx, max(len(self.group_keys) - 1, 0))
-        if len(self.group_keys) == 0:
-            return np.zeros(len(group), np.int64), np.zeros(len(group), np.int64)
-        found = self.group_keys[idx] == group
-        return np.where(found, self.group_starts[idx], 0), np.where(found, self.group_sizes[idx], 0)
+    def has(self, kf, action):
+        """bool per (keyframe, class) pair: does that group have ground truth?"""
+        group = kf.astype(np.int64) * self.num_classes + action
+        idx = np.minimum(np.searchsorted(self.group_keys, group), max(len(self.group_keys) - 1, 0))
+        return (self.group_keys[idx] == group) if len(self.group_keys) else np.zeros(len(group), bool)
 
 
-def _first_appearance_rank(keys):
-    """Rank of each row's keyframe in order of first appearance (rows in file order)."""
-    if len(keys) == 0:
-        return np.zeros(0, np.int64)
-    change = np.concatenate(([True], keys[1:] != keys[:-1]))
-    run_keys = keys[change]
-    uniq, first_run, inverse = np.unique(run_keys, return_index=True, return_inverse=True)
-    rank_of_uniq = np.empty(len(uniq), dtype=np.int64)
-    rank_of_uniq[np.argsort(first_run)] = np.arange(len(uniq))
-    return rank_of_uniq[inverse][np.cumsum(change) - 1]
+def _box_image_rank(det, allowed, box_kf, is_excluded):
+    """Per box: rank of its keyframe in order of first appearance among label-map rows (-1: not evaluated).
+
+    Keyframes are ranked by their first label-map row (boxes are in row order); boxes
+    without label-map rows and boxes of excluded keyframes get -1.
+    """
+    has_rows = np.zeros(len(box_kf), dtype=bool)
+    has_rows[det.box_index[allowed]] = True
+    boxes = np.flatnonzero(has_rows)
+    kf = box_kf[boxes]
+    _, first = np.unique(kf, return_index=True)
+    rank_of_kf = np.full(len(is_excluded), -1, dtype=np.int64)
+    rank_of_kf[kf[np.sort(first)]] = np.arange(len(first))
+    rank_of_kf[is_excluded] = -1
+    rank = np.full(len(box_kf), -1, dtype=_index_dtype(len(first) + 1))
+    rank[boxes] = rank_of_kf[kf]
+    return rank, rank_of_kf
 
 
 def _valid_boxes(boxes):
+    """bool ``[B]``: the official evaluators drop detections with x2 <= x1 or y2 <= y1."""
     return (boxes[:, 1] < boxes[:, 3]) & (boxes[:, 0] < boxes[:, 2])
 
 
-def _order_stmixer(det, rows, kf, image, gt, num_classes):
-    """Rows in (image, class, official in-class order), capped; returns (rows, number replayed)."""
+def _order_stmixer(det, rows, box_image, box_kf, gt, num_classes):
+    """Rows ordered by (image, class, official in-class order), capped; returns (rows, number replayed)."""
     score = det.score[rows]
-    action = det.action[rows].astype(np.int64)
-    keep = _valid_boxes(det.row_boxes(rows)) & (score > STMIXER_MIN_SCORE)
-    rows, score, action, kf, image = rows[keep], score[keep], action[keep], kf[keep], image[keep]
-    group = image * num_classes + action
-    order = np.lexsort((-score, group))
+    keep = _valid_boxes(det.boxes)[det.box_index[rows]] & (score > STMIXER_MIN_SCORE)
+    rows, score = rows[keep], score[keep]
+    del keep
+    image = box_image[det.box_index[rows]]
+    wide = int(image.max(initial=0) + 1) * num_classes >= 2**31
+    group = image.astype(np.int64 if wide else np.int32) * num_classes + det.action[rows]
+    del image
+    order = np.lexsort((-score, group)).astype(_index_dtype(len(rows)))
     sorted_group = group[order]
+    del group
+    starts, lengths = _segments(sorted_group)
     sorted_score = score[order]
     tie = np.flatnonzero((sorted_group[1:] == sorted_group[:-1]) & (sorted_score[1:] == sorted_score[:-1]))
+    del sorted_group, sorted_score
     replayed = 0
     if len(tie):
-        starts, lengths = _segments(sorted_group)
         tied_segments = np.unique(np.searchsorted(starts, tie, side="right") - 1)
-        first = order[starts[tied_segments]]
-        _, has_gt = gt.lookup(kf[first] * num_classes + action[first])
-        for seg in tied_segments[has_gt > 0].tolist():
+        first = rows[order[starts[tied_segments]]]
+        with_gt = gt.has(box_kf[det.box_index[first]], det.action[first])
+        for seg in tied_segments[with_gt].tolist():
             span = slice(starts[seg], starts[seg] + lengths[seg])
             members = np.sort(order[span])  # file order, as the official per-class arrays
             order[span] = members[np.argsort(score[members])[::-1]]
             replayed += 1
-    order = order[_rank_in_segment(sorted_group) < STMIXER_PER_CLASS_CAP]
+    if lengths.max(initial=0) > STMIXER_PER_CLASS_CAP:
+        order = order[_rank_in_segment(starts, lengths, len(order)) < STMIXER_PER_CLASS_CAP]
     return rows[order], replayed
 
 
-def _order_activitynet(det, rows, kf, image, gt, num_classes):
-    """Rows in (image, official in-keyframe order) after the 50-cap and invalid-box removal."""
+def _order_activitynet(det, rows, box_image, box_kf, gt, num_classes):
+    """Rows ordered by (image, official in-keyframe order) after the 50-cap and invalid-box removal."""
     score = det.score[rows]
-    action = det.action[rows].astype(np.int64)
-    order = np.lexsort((-score, image))
-    sorted_image = image[order]
-    sorted_score = score[order]
-    rank = _rank_in_segment(sorted_image)
-    starts, lengths = _segments(sorted_image)
-    # A tie across the cap makes the kept set depend on the heap's history.
-    over = lengths > ACTIVITYNET_CAP
-    boundary = starts[over] + ACTIVITYNET_CAP
+    image = box_image[det.box_index[rows]]
+    num_images = int(image.max(initial=0)) + 1
+    order = np.lexsort((-score, image)).astype(_index_dtype(len(rows)))
+    starts, lengths = _segments(image[order])
+    segment_image = image[order[starts]]
+    keep_count = np.minimum(lengths, ACTIVITYNET_CAP)
+    kept = order[_rank_in_segment(starts, lengths, len(order)) < ACTIVITYNET_CAP]
+    # A tie across the cap makes the kept set depend on the heap's history: replay those keyframes.
     exact = np.zeros(len(starts), dtype=bool)
-    exact[np.flatnonzero(over)[sorted_score[boundary - 1] == sorted_score[boundary]]] = True
-    # Tied scores of one class where that class has ground truth: order is the heap's.
-    kept = order[rank < ACTIVITYNET_CAP]
-    by_class = kept[np.lexsort((score[kept], action[kept], image[kept]))]
-    same = (
-        (image[by_class][1:] == image[by_class][:-1])
-        & (action[by_class][1:] == action[by_class][:-1])
-        & (score[by_class][1:] == score[by_class][:-1])
-    )
-    tied = by_class[1:][same]
+    over = np.flatnonzero(lengths > ACTIVITYNET_CAP)
+    boundary = starts[over] + ACTIVITYNET_CAP
+    exact[over[score[order[boundary - 1]] == score[order[boundary]]]] = True
+    del order
+    # So do tied scores of one class that has ground truth in the keyframe (heap order decides).
+    kept_group = image[kept].astype(np.int64) * num_classes + det.action[rows[kept]]
+    by_group = np.lexsort((score[kept], kept_group))
+    k, kept_group = kept[by_group], kept_group[by_group]
+    same = (kept_group[1:] == kept_group[:-1]) & (score[k[1:]] == score[k[:-1]])
+    tied = k[1:][same]
+    del kept_group, by_group, k, same
     if len(tied):
-        _, has_gt = gt.lookup(kf[tied] * num_classes + action[tied])
-        exact[np.searchsorted(sorted_image[starts], image[tied[has_gt > 0]])] = True
-    sequence = [order[rank < ACTIVITYNET_CAP]]
-    keep_fast = np.repeat(~exact, lengths)[rank < ACTIVITYNET_CAP] if len(lengths) else np.zeros(0, bool)
-    sequence = [sequence[0][keep_fast]]
-    sequence_image = [image[sequence[0]]]
-    boxes = det.row_boxes(rows)
-    for seg in np.flatnonzero(exact).tolist():
-        members = np.sort(order[starts[seg] : starts[seg] + lengths[seg]])  # file order
-        chosen = members[heap_order(score[members], action[members], boxes[members], ACTIVITYNET_CAP)]
-        sequence.append(chosen)
-        sequence_image.append(image[chosen])
-    sequence = np.concatenate(sequence)
-    sequence = sequence[np.argsort(np.concatenate(sequence_image), kind="stable")]
-    sequence = sequence[_valid_boxes(boxes[sequence])]
-    return rows[sequence], int(exact.sum())
+        tied_rows = rows[tied]
+        with_gt = gt.has(box_kf[det.box_index[tied_rows]], det.action[tied_rows])
+        exact[np.searchsorted(segment_image, image[tied[with_gt]])] = True
+    pieces = [kept[~np.repeat(exact, keep_count)]]
+    if exact.any():
+        replay = np.zeros(num_images, dtype=bool)
+        replay[segment_image[exact]] = True
+        members = np.flatnonzero(replay[image])  # file order
+        members = members[np.argsort(image[members], kind="stable")]
+        boxes = det.row_boxes(rows[members])
+        actions = det.action[rows[members]]
+        m_starts, m_lengths = _segments(image[members])
+        for start, length in zip(m_starts.tolist(), m_lengths.tolist()):
+            span = slice(start, start + length)
+            chosen = heap_order(score[members[span]], actions[span], boxes[span], ACTIVITYNET_CAP)
+            pieces.append(members[span][chosen])
+    sequence = np.concatenate(pieces)
+    sequence = rows[sequence[np.argsort(image[sequence], kind="stable")]]
+    sequence = sequence[_valid_boxes(det.boxes)[det.box_index[sequence]]]
+    return sequence, int(exact.sum())
 
 
 def _average_precision(scores, tp, num_gt):
@@ -337,29 +369,39 @@ def _average_precision(scores, tp, num_gt):
     return float(np.sum((recall[indices] - recall[indices - 1]) * precision[indices]))
 
 
-def _true_positives(det, sequence, kf, gt, num_classes):
-    """bool ``[len(sequence)]``: greedy official matching, detections in sequence order."""
-    action = det.action[sequence].astype(np.int64)
-    start, size = gt.lookup(kf * num_classes + action)
+def _true_positives(det, sequence, seq_image, class_starts, rank_of_kf, gt):
+    """bool ``[len(sequence)]``: the official greedy matching.
+
+    ``sequence`` holds detection rows sorted by (class, image, official order), so the
+    detections of one (keyframe, class) group are a contiguous span found by binary search.
+    """
     tp = np.zeros(len(sequence), dtype=bool)
-    cand = np.flatnonzero(size > 0)
+    image = rank_of_kf[gt.group_kf]
+    lo = np.zeros(len(image), dtype=np.int64)
+    hi = np.zeros(len(image), dtype=np.int64)
+    for c in np.unique(gt.group_action).tolist():
+        groups = np.flatnonzero(gt.group_action == c)
+        span = seq_image[class_starts[c] : class_starts[c + 1]]
+        lo[groups] = class_starts[c] + np.searchsorted(span, image[groups], side="left")
+        hi[groups] = class_starts[c] + np.searchsorted(span, image[groups], side="right")
+    lo[image < 0] = hi[image < 0] = 0
+    n_det = hi - lo
+    cand_group = np.repeat(np.arange(len(n_det)), n_det)
+    cand = _ranges(lo, n_det)  # positions in sequence, grouped, each group in order
     if len(cand) == 0:
         return tp
-    pair_det = np.repeat(cand, size[cand])
-    seg_start = np.concatenate(([0], np.cumsum(size[cand])[:-1]))
-    offset = np.arange(len(pair_det)) - np.repeat(seg_start, size[cand])
-    pair_gt = np.repeat(start[cand], size[cand]) + offset
-    iou = _iou(det.row_boxes(sequence[pair_det]), gt.boxes[pair_gt])
+    n_gt = gt.group_sizes[cand_group]
+    pair_gt = _ranges(gt.group_starts[cand_group], n_gt)
+    pair_box = det.box_index[sequence[np.repeat(cand, n_gt)]]
+    iou = _iou(det.boxes[pair_box], gt.boxes[pair_gt])
+    seg_start = np.cumsum(n_gt) - n_gt
     key = np.where(np.isnan(iou), np.inf, iou)  # numpy's argmax picks the first NaN
-    seg_max = np.maximum.reduceat(key, seg_start)
-    is_max = np.flatnonzero(key == np.repeat(seg_max, size[cand]))
-    seg_of = np.repeat(np.arange(len(cand)), size[cand])
-    _, first = np.unique(seg_of[is_max], return_index=True)
+    is_max = np.flatnonzero(key == np.repeat(np.maximum.reduceat(key, seg_start), n_gt))
+    _, first = np.unique(np.repeat(np.arange(len(cand)), n_gt)[is_max], return_index=True)
     best = is_max[first]
-    qualifies = iou[best] >= IOU_THRESHOLD
-    claimed_gt = pair_gt[best][qualifies]
-    _, first_claim = np.unique(claimed_gt, return_index=True)
-    tp[cand[np.flatnonzero(qualifies)[first_claim]]] = True
+    qualifies = np.flatnonzero(iou[best] >= IOU_THRESHOLD)
+    _, first_claim = np.unique(pair_gt[best[qualifies]], return_index=True)
+    tp[cand[qualifies[first_claim]]] = True
     return tp
 
 
@@ -383,40 +425,46 @@ def evaluate_frame_map(gt, det, labelmap, excluded=(), protocol="stmixer"):
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    for table in (gt, det):
+        if len(table) > 1 and (np.diff(table.box_index) < 0).any():
+            raise ValueError(f"{table.source}: box_index must be non-decreasing (rows of a box together)")
     num_classes = labelmap.max_id + 1
-    gt_kf, det_kf, is_excluded = _keyframe_ids(gt, det, excluded)
+    gt_box_kf, det_box_kf, is_excluded = _keyframe_ids(gt, det, excluded)
 
-    gt_keep = _allowed_mask(gt.action, labelmap) & ~is_excluded[gt_kf]
-    ground_truth = _GroundTruth(gt, gt_kf, gt_keep, protocol, num_classes)
+    gt_kf = gt_box_kf[gt.box_index]
+    ground_truth = _GroundTruth(gt, gt_kf, _allowed_mask(gt.action, labelmap) & ~is_excluded[gt_kf], protocol, num_classes)
     if ground_truth.num_gt.sum() == 0:
         raise EvaluationError(
             f"{gt.source}: no ground-truth box of a label-map class is left after exclusions; nothing to evaluate"
         )
 
-    det_rows = np.flatnonzero(_allowed_mask(det.action, labelmap))
-    image = _first_appearance_rank(det_kf[det_rows])
-    keep = ~is_excluded[det_kf[det_rows]]
-    det_rows, image = det_rows[keep], image[keep]
+    allowed = _allowed_mask(det.action, labelmap)
+    box_image, rank_of_kf = _box_image_rank(det, allowed, det_box_kf, is_excluded)
+    rows = np.flatnonzero(allowed & (box_image[det.box_index] >= 0)).astype(_index_dtype(len(det)))
+    del allowed
     order_fn = _order_activitynet if protocol == "activitynet" else _order_stmixer
-    sequence, replayed = order_fn(det, det_rows, det_kf[det_rows], image, ground_truth, num_classes)
-    del det_rows, image
-    sequence = sequence[np.argsort(det.action[sequence], kind="stable")]
-    tp = _true_positives(det, sequence, det_kf[sequence], ground_truth, num_classes)
-
-    action = det.action[sequence]
+    sequence, replayed = order_fn(det, rows, box_image, det_box_kf, ground_truth, num_classes)
+    del rows
+    action = det.action[sequence].astype(np.int16 if num_classes < 2**15 else np.int32)
+    by_class = np.argsort(action, kind="stable")
+    sequence, action = sequence[by_class], action[by_class]
+    del by_class
     class_starts = np.searchsorted(action, np.arange(num_classes + 1))
+    del action
+    seq_image = box_image[det.box_index[sequence]]
+    tp = _true_positives(det, sequence, seq_image, class_starts, rank_of_kf, ground_truth)
+    del seq_image
+
     ap_by_index = np.full(labelmap.max_id, np.nan)
     num_detections = {}
     for class_id in range(1, num_classes):
         span = slice(class_starts[class_id], class_starts[class_id + 1])
-        num_detections[class_id] = span.stop - span.start
+        num_detections[class_id] = int(span.stop - span.start)
         if ground_truth.num_gt[class_id] > 0:
             scores = det.score[sequence[span]]
             ap_by_index[class_id - 1] = _average_precision(scores, tp[span], ground_truth.num_gt[class_id])
     mean_ap = float(np.nanmean(ap_by_index))
-    ap = {
-        c: (None if ground_truth.num_gt[c] == 0 else float(ap_by_index[c - 1])) for c in labelmap.ids
-    }
+    ap = {c: (None if ground_truth.num_gt[c] == 0 else float(ap_by_index[c - 1])) for c in labelmap.ids}
     return FrameMAP(
         mean_ap=mean_ap,
         ap=ap,

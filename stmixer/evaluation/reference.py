@@ -27,7 +27,7 @@ def _rows_by_keyframe(table, allowed):
     grouped = collections.OrderedDict()
     for row in range(len(table)):
         if int(table.action[row]) in allowed:
-            key = (table.videos[table.video[row]], int(table.timestamp[row]))
+            key = table.row_keyframe(row)
             grouped.setdefault(key, []).append(row)
     return grouped
 
