@@ -221,7 +221,7 @@ class _GroundTruth:
             where = f"{table.source}: ground-truth row {row}"
         raise EvaluationError(
             f"{where}: ground-truth box has x1 > x2 or y1 > y2 "
-            f"(x1={box[0]!r}, y1={box[1]!r}, x2={box[2]!r}, y2={box[3]!r}); expected x1 <= x2 and y1 <= y2"
+            "(x1={!r}, y1={!r}, x2={!r}, y2={!r}); expected x1 <= x2 and y1 <= y2".format(*box.tolist())
         )
 
     @staticmethod

@@ -83,6 +83,30 @@ def _unquote(token, path, line):
     return "".join(out)
 
 
+class _Cursor:
+    """Walks the token list; every failure names the file and line."""
+
+    def __init__(self, tokens, path):
+        self.tokens, self.path, self.i = tokens, path, 0
+
+    def done(self):
+        return self.i >= len(self.tokens)
+
+    def peek(self):
+        return None if self.done() else self.tokens[self.i][1]
+
+    def take(self, kind=None, value=None):
+        """Next token as (kind, value, line); checks its kind / value when given."""
+        if self.done():
+            line = self.tokens[-1][2] if self.tokens else 1
+            raise LabelMapError(f"{self.path}:{line}: unexpected end of file, expected {value or kind or 'a value'}")
+        token = self.tokens[self.i]
+        if (kind is not None and token[0] != kind) or (value is not None and token[1] != value):
+            raise LabelMapError(f"{self.path}:{token[2]}: expected {value or kind}, found {token[1]!r}")
+        self.i += 1
+        return token
+
+
 def parse_labelmap(text, path="<labelmap>"):
     """Parse the text of a label map (see the module docstring for the accepted forms).
 
@@ -94,56 +118,37 @@ def parse_labelmap(text, path="<labelmap>"):
         LabelMap.
 
     Raises:
-        LabelMapError: malformed text, a block without name or id, a duplicate or
-            non-positive id, or no block at all.
+        LabelMapError: malformed text, a block without name or id, a duplicate id or
+            name, a non-positive id, or no block at all.
     """
-    tokens = list(_tokens(text, path))
-    ids, names, id_lines = [], {}, {}
-    i = 0
-
-    def expect(kind, value=None):
-        nonlocal i
-        if i >= len(tokens):
-            last = tokens[-1][2] if tokens else 1
-            raise LabelMapError(f"{path}:{last}: unexpected end of file, expected {value or kind}")
-        tok_kind, tok_value, tok_line = tokens[i]
-        if tok_kind != kind or (value is not None and tok_value != value):
-            raise LabelMapError(f"{path}:{tok_line}: expected {value or kind!s}, found {tok_value!r}")
-        i += 1
-        return tok_value, tok_line
-
-    while i < len(tokens):
-        block, block_line = expect("word")
+    cursor = _Cursor(list(_tokens(text, path)), path)
+    names, id_lines, name_lines = {}, {}, {}
+    while not cursor.done():
+        _, block, block_line = cursor.take("word")
         if block not in _BLOCK_NAMES:
             raise LabelMapError(f"{path}:{block_line}: expected 'item {{' or 'label {{', found {block!r}")
-        expect("punct", "{")
+        cursor.take("punct", "{")
         name = class_id = None
-        while True:
-            if i < len(tokens) and tokens[i][1] == "}":
-                i += 1
-                break
-            field, field_line = expect("word")
-            expect("punct", ":")
-            if i >= len(tokens):
-                expect("word")
-            kind, value, value_line = tokens[i]
-            i += 1
+        while cursor.peek() != "}":
+            _, field, field_line = cursor.take("word")
+            cursor.take("punct", ":")
+            kind, value, line = cursor.take()
             if field == "name":
                 if kind != "string":
-                    raise LabelMapError(f"{path}:{value_line}: name must be a quoted string, found {value!r}")
-                name = _unquote(value, path, value_line)
+                    raise LabelMapError(f"{path}:{line}: name must be a quoted string, found {value!r}")
+                name = _unquote(value, path, line)
             elif field in _ID_FIELDS:
                 if kind != "word" or not re.fullmatch(r"[+-]?\d+", value):
-                    raise LabelMapError(f"{path}:{value_line}: {field} must be an integer, found {value!r}")
-                class_id = int(value)
-                id_line = value_line
+                    raise LabelMapError(f"{path}:{line}: {field} must be an integer, found {value!r}")
+                class_id, id_line = int(value), line
             elif field in _IGNORED_FIELDS:
                 if kind not in ("word", "string"):
-                    raise LabelMapError(f"{path}:{value_line}: {field} needs a value, found {value!r}")
+                    raise LabelMapError(f"{path}:{line}: {field} needs a value, found {value!r}")
             else:
                 raise LabelMapError(
                     f"{path}:{field_line}: unknown field {field!r} (expected name, id, label_id, label_type)"
                 )
+        cursor.take("punct", "}")
         if name is None or class_id is None:
             missing = "name" if name is None else "id (or label_id)"
             raise LabelMapError(f"{path}:{block_line}: {block} block without {missing}")
@@ -151,12 +156,12 @@ def parse_labelmap(text, path="<labelmap>"):
             raise LabelMapError(f"{path}:{id_line}: class ids must be >= 1, found {class_id}")
         if class_id in names:
             raise LabelMapError(f"{path}:{id_line}: duplicate id {class_id} (first at line {id_lines[class_id]})")
-        ids.append(class_id)
-        names[class_id] = name
-        id_lines[class_id] = id_line
-    if not ids:
+        if name in name_lines:
+            raise LabelMapError(f"{path}:{block_line}: duplicate name {name!r} (first at line {name_lines[name]})")
+        names[class_id], id_lines[class_id], name_lines[name] = name, id_line, block_line
+    if not names:
         raise LabelMapError(f"{path}: no 'item {{ ... }}' or 'label {{ ... }}' block found")
-    return LabelMap(ids=tuple(ids), names=names)
+    return LabelMap(ids=tuple(names), names=names)
 
 
 def read_labelmap(path):
