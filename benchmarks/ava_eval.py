@@ -29,7 +29,7 @@ import numpy as np
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from stmixer.evaluation.ava_csv import round5, write_detections_csv  # noqa: E402
+from stmixer.evaluation.ava_csv import AVATable, round5, write_detections_csv  # noqa: E402
 
 NUM_VIDEOS = 64
 KEYFRAMES = range(902, 1799)  # 897 per video
@@ -49,7 +49,7 @@ def _boxes(rng, n):
     return np.stack([x1, y1, x1 + w, y1 + h], axis=1)
 
 
-def generate_case(folder, seed=0):
+def generate_case(folder, seed=0, num_videos=NUM_VIDEOS):
     """Write labelmap.pbtxt, groundtruth.csv, exclusions.csv and detections.csv into ``folder``.
 
     Returns:
@@ -57,7 +57,7 @@ def generate_case(folder, seed=0):
     """
     rng = np.random.default_rng(seed)
     alphabet = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
-    videos = ["".join(rng.choice(alphabet, 11)) for _ in range(NUM_VIDEOS)]
+    videos = ["".join(rng.choice(alphabet, 11)) for _ in range(num_videos)]
     evaluated = np.sort(rng.choice(np.arange(1, NUM_ACTIONS + 1), NUM_EVALUATED, replace=False))
     with open(os.path.join(folder, "labelmap.pbtxt"), "w") as f:
         for action in evaluated.tolist():
@@ -65,7 +65,7 @@ def generate_case(folder, seed=0):
 
     frequency = 1.0 / np.arange(1, NUM_ACTIONS + 1) ** 1.1  # long-tailed classes, as in AVA
     frequency = rng.permutation(frequency / frequency.sum())
-    keyframes = [(v, t) for v in range(NUM_VIDEOS) for t in KEYFRAMES]
+    keyframes = [(v, t) for v in range(num_videos) for t in KEYFRAMES]
     persons = rng.poisson(PERSONS_PER_KEYFRAME, len(keyframes))
     gt_lines, det_video, det_time, det_boxes, det_logits = [], [], [], [], []
     num_gt_boxes = 0
@@ -88,23 +88,28 @@ def generate_case(folder, seed=0):
         det_logits.append(logits)
     with open(os.path.join(folder, "groundtruth.csv"), "w") as f:
         f.writelines(gt_lines)
-    excluded = rng.choice(len(keyframes), NUM_EXCLUDED, replace=False)
+    excluded = rng.choice(len(keyframes), NUM_EXCLUDED * num_videos // NUM_VIDEOS, replace=False)
     with open(os.path.join(folder, "exclusions.csv"), "w") as f:
         f.writelines(f"{videos[keyframes[k][0]]},{keyframes[k][1]:04d}\n" for k in sorted(excluded.tolist()))
 
-    boxes = round5(np.concatenate(det_boxes).astype(np.float32))
     scores = (1 / (1 + np.exp(-np.concatenate(det_logits)))).astype(np.float32)
     box_index, column = np.nonzero(scores >= 0)
+    detections = AVATable(
+        videos=videos,
+        box_video=np.concatenate(det_video),
+        box_timestamp=np.concatenate(det_time),
+        boxes=round5(np.concatenate(det_boxes).astype(np.float32)),
+        box_index=box_index.astype(np.int32),
+        action=(column + 1).astype(np.int32),
+        score=round5(scores[box_index, column]),
+    )
     with open(os.path.join(folder, "detections.csv"), "wb") as f:
-        write_detections_csv(
-            f, videos, np.concatenate(det_video), np.concatenate(det_time), boxes,
-            box_index, column + 1, round5(scores[box_index, column]),
-        )
+        write_detections_csv(f, detections)
     return {
         "keyframes": len(keyframes),
         "gt_boxes": num_gt_boxes,
         "gt_rows": len(gt_lines),
-        "detected_boxes": len(boxes),
+        "detected_boxes": len(detections.boxes),
         "detection_rows": len(box_index),
     }
 
@@ -172,6 +177,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", help="generate (or reuse) the case here instead of a temporary folder")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--videos", type=int, default=NUM_VIDEOS, help="number of videos (64: AVA-val size)")
     parser.add_argument("--repeat", type=int, default=1, help="time our evaluator this many times per protocol")
     parser.add_argument("--official-dir", help="an ActivityNet checkout (2018 or 2019 revision) to compare with")
     args = parser.parse_args()
@@ -181,7 +187,7 @@ def main():
         os.makedirs(folder, exist_ok=True)
         if not os.path.exists(os.path.join(folder, "detections.csv")):
             start = time.perf_counter()
-            counts = generate_case(folder, args.seed)
+            counts = generate_case(folder, args.seed, args.videos)
             print(f"generated case in {time.perf_counter() - start:.1f} s: {counts}")
         size = os.path.getsize(os.path.join(folder, "detections.csv")) / 2**20
         print(f"case: {folder} (detections.csv {size:.0f} MiB); load average {os.getloadavg()[0]:.2f}; "

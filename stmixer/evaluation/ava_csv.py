@@ -103,19 +103,10 @@ def _first_row_width(path):
     return 0
 
 
-def _check_finite(path, values, what, data_rows):
-    bad = ~np.isfinite(values)
+def _check_rows(path, bad, data_rows, message):
+    """Raise ``path:line: message`` for the first row where ``bad`` is True."""
     if bad.any():
-        raise AVAFormatError(
-            f"{path}:{line_of_data_row(path, int(data_rows[np.argmax(bad)]))}: {what} is not a finite number"
-        )
-
-
-def _check_timestamps(path, ts, data_rows):
-    bad = np.abs(ts) > _TIMESTAMP_LIMIT
-    if bad.any():
-        line = line_of_data_row(path, int(data_rows[np.argmax(bad)]))
-        raise AVAFormatError(f"{path}:{line}: timestamp {ts[np.argmax(bad)]} is out of range")
+        raise AVAFormatError(f"{path}:{line_of_data_row(path, int(data_rows[np.argmax(bad)]))}: {message}")
 
 
 def line_of_data_row(path, data_row):
@@ -222,10 +213,10 @@ def _read_fast(path, width, columns):
             ts = chunk["timestamp"].to_numpy(np.float64)
             boxes = chunk[["x1", "y1", "x2", "y2"]].to_numpy(np.float64)
             score = chunk["score"].to_numpy(np.float64) if width == 8 else np.ones(n)
-            _check_finite(path, ts, "timestamp", data_rows)
-            _check_finite(path, boxes.min(axis=1) + boxes.max(axis=1), "a box coordinate", data_rows)
-            _check_finite(path, score, "the 8th column (score)", data_rows)
-            _check_timestamps(path, np.trunc(ts), data_rows)
+            _check_rows(path, ~np.isfinite(ts), data_rows, "timestamp is not a finite number")
+            _check_rows(path, ~np.isfinite(boxes).all(axis=1), data_rows, "a box coordinate is not a finite number")
+            _check_rows(path, ~np.isfinite(score), data_rows, "the 8th column (score) is not a finite number")
+            _check_rows(path, np.abs(np.trunc(ts)) > _TIMESTAMP_LIMIT, data_rows, "timestamp is out of range")
             video = chunk["video_id"]
             columns.add(
                 [str(c) for c in video.cat.categories],
@@ -312,19 +303,22 @@ def read_ava_csv(path, keep_actions=None, keep_data_rows=False):
     """
     path = str(path)
     allowed = _action_filter(None if keep_actions is None else sorted(set(keep_actions)))
-    width = _first_row_width(path)
-    columns = _Columns(allowed, keep_data_rows)
-    if width in (7, 8):
-        try:
-            _read_fast(path, width, columns)
-            return columns.table(path)
-        except AVAFormatError:
-            raise
-        except (ValueError, OverflowError, pd.errors.ParserError):
-            columns = _Columns(allowed, keep_data_rows)
-    if width != 0:
-        _read_slow(path, columns)
-    return columns.table(path)
+    try:
+        width = _first_row_width(path)
+        columns = _Columns(allowed, keep_data_rows)
+        if width in (7, 8):
+            try:
+                _read_fast(path, width, columns)
+                return columns.table(path)
+            except (AVAFormatError, UnicodeDecodeError):
+                raise
+            except (ValueError, OverflowError, pd.errors.ParserError):
+                columns = _Columns(allowed, keep_data_rows)
+        if width != 0:
+            _read_slow(path, columns)
+        return columns.table(path)
+    except UnicodeDecodeError as e:
+        raise AVAFormatError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
 
 
 def read_exclusions(path):
@@ -337,17 +331,20 @@ def read_exclusions(path):
     if path is None:
         return excluded
     path = str(path)
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        for row in reader:
-            if not row or not any(field.strip() for field in row):
-                continue
-            if len(row) != 2:
-                raise AVAFormatError(
-                    f"{path}:{reader.line_num}: expected 2 fields (video_id,timestamp), found {len(row)}"
-                )
-            t = _parse_number(path, reader.line_num, row[1], "timestamp", float)
-            excluded.add((row[0], math.trunc(t)))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            for row in reader:
+                if not row or not any(field.strip() for field in row):
+                    continue
+                if len(row) != 2:
+                    raise AVAFormatError(
+                        f"{path}:{reader.line_num}: expected 2 fields (video_id,timestamp), found {len(row)}"
+                    )
+                t = _parse_number(path, reader.line_num, row[1], "timestamp", float)
+                excluded.add((row[0], math.trunc(t)))
+    except UnicodeDecodeError as e:
+        raise AVAFormatError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
     return excluded
 
 

@@ -42,6 +42,8 @@ import heapq
 
 import numpy as np
 
+from .ava_csv import line_of_data_row
+
 PROTOCOLS = ("stmixer", "activitynet")
 IOU_THRESHOLD = 0.5
 ACTIVITYNET_CAP = 50
@@ -213,8 +215,6 @@ class _GroundTruth:
 
     @staticmethod
     def _raise_bad_box(table, row, box):
-        from .ava_csv import line_of_data_row
-
         if table.data_row is not None and not table.source.startswith("<"):
             where = f"{table.source}:{line_of_data_row(table.source, int(table.data_row[row]))}"
         else:

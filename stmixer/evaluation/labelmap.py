@@ -166,5 +166,9 @@ def parse_labelmap(text, path="<labelmap>"):
 
 def read_labelmap(path):
     """Read a label map file (``.pbtxt``); see :func:`parse_labelmap`."""
-    with open(path, encoding="utf-8") as f:
-        return parse_labelmap(f.read(), str(path))
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise LabelMapError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    return parse_labelmap(text, str(path))

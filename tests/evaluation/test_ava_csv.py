@@ -54,12 +54,21 @@ def test_numbers_parse_exactly_like_python_float(tmp_path, monkeypatch):
         ("v,902,0.1,0.2,0.3,0.4,1.5,0.5\n", r"f.csv:1: action_id '1.5' is not a number"),
         ("v,902,0.1,0.2,0.3,0.4,1,nan\n", r"f.csv:1: score 'nan' is not a finite number"),
         ("v,902,0.1,0.2,0.3,0.4,1,0.5\nv,902,0.1,inf,0.3,0.4,1,0.5\n", r"f.csv:2: a box coordinate is not a finite number"),
-        ("v,1e12,0.1,0.2,0.3,0.4,1,0.5\n", r"f.csv:1: timestamp .* is out of range"),
+        ("v,1e12,0.1,0.2,0.3,0.4,1,0.5\n", r"f.csv:1: timestamp (.* )?is out of range"),
     ],
 )
 def test_malformed_rows_name_file_and_line(tmp_path, text, message):
     with pytest.raises(AVAFormatError, match=message):
         read_text(tmp_path, text)
+
+
+def test_binary_file_is_reported(tmp_path):
+    path = tmp_path / "f.csv"
+    path.write_bytes(b"v,902,0.1,0.2,0.3,0.4,1,0.5\n\xff\xfe,1\n")
+    with pytest.raises(AVAFormatError, match=r"f.csv: not a UTF-8 text file"):
+        read_ava_csv(path)
+    with pytest.raises(AVAFormatError, match=r"f.csv: not a UTF-8 text file"):
+        read_exclusions(path)
 
 
 def test_exclusions(tmp_path):
