@@ -171,15 +171,25 @@ class AVAEvaluator:
         sizes = [r[3].shape[0] for r in records]
         boxes = np.concatenate([r[3] for r in records]) if records else np.zeros((0, 4))
         score_matrix = np.concatenate([r[4] for r in records]) if records else np.zeros((0, 1))
-        box_index, column = np.nonzero(score_matrix >= 0)  # the official keeps scores >= 0, box-major
+        num_boxes, num_actions = score_matrix.shape
+        keep = score_matrix >= 0  # the official writer keeps scores >= 0, box-major
+        if keep.all():
+            box_index = np.repeat(np.arange(num_boxes, dtype=np.int32), num_actions)
+            action = np.tile(np.arange(1, num_actions + 1, dtype=np.int32), num_boxes)
+            score = round5(score_matrix)
+        else:
+            box_index, column = (a.astype(np.int32) for a in np.nonzero(keep))
+            action = column + 1
+            score = round5(score_matrix[keep])
+        del keep
         return AVATable(
             videos=videos,
             box_video=np.repeat(np.array([code[r[1]] for r in records], dtype=np.int32), sizes),
             box_timestamp=np.repeat(np.array([r[2] for r in records], dtype=np.int32), sizes),
             boxes=round5(boxes),
-            box_index=box_index.astype(np.int32),
-            action=(column + 1).astype(np.int32),
-            score=round5(score_matrix[box_index, column]),
+            box_index=box_index,
+            action=action,
+            score=score.reshape(-1),
             source="<detections>",
         )
 
