@@ -356,6 +356,7 @@ def read_exclusions(path):
 _SCALE = 100000
 _FAST_LIMIT = 1e6
 _HUGE = 1e10  # above this q no longer fits a float64 exactly
+_ROUND_BLOCK = 1 << 20
 
 
 def round5(values):
@@ -369,7 +370,16 @@ def round5(values):
         float64 array of the same shape: the values as they read back from the
         5-decimal text (the sign is kept: -0.000001 gives -0.0, as "-0.00000" does).
     """
-    x = np.asarray(values, dtype=np.float64)
+    x = np.asarray(values)
+    out = np.empty(x.shape, dtype=np.float64)
+    flat_in, flat_out = x.reshape(-1), out.reshape(-1)
+    for start in range(0, flat_in.size, _ROUND_BLOCK):  # blocks keep the temporaries small
+        block = slice(start, start + _ROUND_BLOCK)
+        flat_out[block] = _round5_block(flat_in[block].astype(np.float64))
+    return out
+
+
+def _round5_block(x):
     if not np.isfinite(x).all():
         raise ValueError("cannot write non-finite values to an AVA CSV")
     mag = np.abs(x)

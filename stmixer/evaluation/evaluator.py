@@ -53,15 +53,19 @@ def evaluate_files(groundtruth, detections, labelmap, exclusions=None, protocol=
     return compute(gt, det, label_map, excluded, protocol), label_map
 
 
-def _as_numpy(x, name, ndim):
+def _as_numpy(x, name, width=None):
+    """A ``[n, width]`` float numpy array from an array or tensor (``[0, ...]`` empties allowed)."""
     if hasattr(x, "detach"):  # torch.Tensor, without importing torch here
         x = x.detach().cpu()
         if x.is_floating_point() and x.element_size() < 4:
             x = x.float()  # float16 / bfloat16 widen exactly
         x = x.numpy()
     x = np.asarray(x)
-    if x.ndim != ndim or not np.issubdtype(x.dtype, np.floating) and x.size:
-        raise ValueError(f"{name} must be a {ndim}-d float array, got shape {x.shape} and dtype {x.dtype}")
+    if x.size == 0:
+        return np.zeros((0, width or (x.shape[-1] if x.ndim == 2 else 0)), dtype=np.float32)
+    if x.ndim != 2 or (width is not None and x.shape[1] != width) or not np.issubdtype(x.dtype, np.floating):
+        expected = f"[n, {width}]" if width else "[n, A]"
+        raise ValueError(f"{name} must be a float {expected} array, got shape {tuple(x.shape)} and dtype {x.dtype}")
     return x
 
 
@@ -128,8 +132,8 @@ class AVAEvaluator:
             if timestamp != int(timestamp):
                 raise ValueError(f"timestamps[{i}] = {timestamps[i]} is not an integer number of seconds")
             timestamp = int(timestamp)
-            box = _as_numpy(boxes[i], f"boxes[{i}]", 2).reshape(-1, 4) if np.size(boxes[i]) else np.zeros((0, 4))
-            score = _as_numpy(scores[i], f"scores[{i}]", 2)
+            box = _as_numpy(boxes[i], f"boxes[{i}]", 4)
+            score = _as_numpy(scores[i], f"scores[{i}]")
             if score.shape[0] != box.shape[0]:
                 raise ValueError(f"keyframe {video},{timestamp:04d}: {box.shape[0]} boxes but {score.shape[0]} score rows")
             key = (video, timestamp)
@@ -171,15 +175,25 @@ class AVAEvaluator:
         sizes = [r[3].shape[0] for r in records]
         boxes = np.concatenate([r[3] for r in records]) if records else np.zeros((0, 4))
         score_matrix = np.concatenate([r[4] for r in records]) if records else np.zeros((0, 1))
-        box_index, column = np.nonzero(score_matrix >= 0)  # the official keeps scores >= 0, box-major
+        num_boxes, num_actions = score_matrix.shape
+        keep = score_matrix >= 0  # the official writer keeps scores >= 0, box-major
+        if keep.all():
+            box_index = np.repeat(np.arange(num_boxes, dtype=np.int32), num_actions)
+            action = np.tile(np.arange(1, num_actions + 1, dtype=np.int32), num_boxes)
+            score = round5(score_matrix)
+        else:
+            box_index, column = (a.astype(np.int32) for a in np.nonzero(keep))
+            action = column + 1
+            score = round5(score_matrix[keep])
+        del keep
         return AVATable(
             videos=videos,
             box_video=np.repeat(np.array([code[r[1]] for r in records], dtype=np.int32), sizes),
             box_timestamp=np.repeat(np.array([r[2] for r in records], dtype=np.int32), sizes),
             boxes=round5(boxes),
-            box_index=box_index.astype(np.int32),
-            action=(column + 1).astype(np.int32),
-            score=round5(score_matrix[box_index, column]),
+            box_index=box_index,
+            action=action,
+            score=score.reshape(-1),
             source="<detections>",
         )
 

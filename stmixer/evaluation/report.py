@@ -68,6 +68,7 @@ def plot_ap(result, labelmap, path):
     ax.barh(range(len(ids)), [result.ap[c] for c in ids], color="#4878a8")
     ax.set_yticks(range(len(ids)))
     ax.set_yticklabels([labelmap.names[c] for c in ids], fontsize=7)
+    ax.set_ylim(-0.6, len(ids) - 0.4)
     if not math.isnan(result.mean_ap):
         ax.axvline(result.mean_ap, color="#c44e52", linestyle="--", label=f"mAP {result.mean_ap:.4f}")
         ax.legend(loc="lower right")

@@ -96,6 +96,9 @@ def test_bad_process_arguments(files):
         evaluator.process(["v1"], [902.5], [boxes], [scores])
     with pytest.raises(ValueError, match="1 boxes but 2 score rows"):
         evaluator.process(["v1"], [902], [boxes], [np.zeros((2, 5))])
+    with pytest.raises(ValueError, match=r"boxes\[0\] must be a float \[n, 4\] array, got shape \(4,\)"):
+        evaluator.process(["v1"], [902], [np.zeros(4)], [scores])
+    evaluator.process(["v1"], [902], [torch.zeros(0, 4)], [torch.zeros(0)])  # a keyframe without detections
 
 
 def test_gathers_across_processes_onto_rank_0(files, tmp_path, monkeypatch):
