@@ -1,14 +1,15 @@
 #!/usr/bin/env python
-"""Evaluate a checkpoint: ``test_net.py --config-file F MODEL.WEIGHT ckpt [KEY VALUE ...]``."""
+"""Evaluate a checkpoint: ``test_net.py --config-file F MODEL.WEIGHT ckpt [KEY VALUE ...]``.
 
-from stmixer.engine.launch import setup
-from stmixer.utils import distributed as comm
+Writes the detections CSV and a metrics JSON to OUTPUT_DIR/inference/<dataset>/.
+"""
+
+from stmixer.engine import runner
+from stmixer.engine.launch import run_entry_point
 
 
 def main(argv=None):
-    args, cfg, dist_info, logger = setup("test", argv)
-    logger.info("Set-up finished; the inference engine is not part of this version yet, stopping here.")
-    comm.cleanup_distributed()
+    run_entry_point("test", lambda args, cfg, dist_info: runner.test(cfg, dist_info), argv)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
 #!/usr/bin/env python
-"""Train an STMixer detector: ``train_net.py --config-file F [options] [KEY VALUE ...]``."""
+"""Train an STMixer detector: ``train_net.py --config-file F [options] [KEY VALUE ...]``.
 
-from stmixer.engine.launch import setup
-from stmixer.utils import distributed as comm
+Resumes automatically when OUTPUT_DIR holds a checkpoint; see ``--help``.
+"""
+
+from stmixer.engine import runner
+from stmixer.engine.launch import run_entry_point
 
 
 def main(argv=None):
-    args, cfg, dist_info, logger = setup("train", argv)
-    logger.info("Set-up finished; the training engine is not part of this version yet, stopping here.")
-    comm.cleanup_distributed()
+    run_entry_point("train", lambda args, cfg, dist_info: runner.train(cfg, args, dist_info), argv)
 
 
 if __name__ == "__main__":

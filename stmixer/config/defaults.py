@@ -127,7 +127,7 @@ _C.MODEL.BACKBONE.FROZEN_BN = False
 _C.MODEL.BACKBONE.BN_MOMENTUM = 0.1
 # Epsilon of the backbone BatchNorm layers.
 _C.MODEL.BACKBONE.BN_EPSILON = 1e-05
-# (stmixer) Convert BatchNorm to SyncBatchNorm when training on several processes (the official multi-GPU training does).
+# (stmixer) Convert BatchNorm to SyncBatchNorm when training on several CUDA processes (the official multi-GPU training does).
 _C.MODEL.BACKBONE.SYNC_BN = True
 
 # ---------------------------------------------------------------------------

@@ -245,7 +245,7 @@ def _place(rng, sizes, amplitude, height, width, overlap_prob=0.12):
     return anchors
 
 
-def plan_dataset(num_videos, seconds, height, width, seed, val_fraction=0.2):
+def plan_dataset(num_videos, seconds, height, width, seed, val_fraction=0.2, motion_amplitude=(0.07, 0.10)):
     """The VideoSpecs of a dataset (deterministic for the arguments).
 
     Args:
@@ -254,6 +254,8 @@ def plan_dataset(num_videos, seconds, height, width, seed, val_fraction=0.2):
         height, width: frame size in pixels.
         seed: random seed.
         val_fraction: share of validation videos.
+        motion_amplitude: (low, high) range of the motion classes' amplitude, as a fraction
+            of the frame's short side.
     """
     if num_videos < 2:
         raise ValueError("--videos must be at least 2 (one train and one val video)")
@@ -283,7 +285,7 @@ def plan_dataset(num_videos, seconds, height, width, seed, val_fraction=0.2):
                 side = rng.uniform(0.26, 0.36) * short
                 aspect = rng.uniform(0.8, 1.25)
                 sizes.append((int(round(side / math.sqrt(aspect))), int(round(side * math.sqrt(aspect)))))
-            amplitudes = rng.uniform(0.07, 0.10, size=n) * short
+            amplitudes = rng.uniform(*motion_amplitude, size=n) * short
             anchors = _place(rng, sizes, float(amplitudes.max()), height, width)
             actors = [
                 Actor(
@@ -433,7 +435,7 @@ def _write_lines(path, lines):
 
 
 def generate_dataset(out_dir, num_videos=160, seconds=4, size=(128, 160), seed=0, val_fraction=0.2, workers=None,
-                     quality=90):
+                     quality=90, motion_amplitude=(0.07, 0.10)):
     """Generate the dataset under ``out_dir``; returns the summary also written to ``synthetic_dataset.json``.
 
     Frames are written first and the lists and annotations last, so an interrupted run
@@ -441,7 +443,7 @@ def generate_dataset(out_dir, num_videos=160, seconds=4, size=(128, 160), seed=0
     """
     start = time.time()
     height, width = size
-    specs = plan_dataset(num_videos, seconds, height, width, seed, val_fraction)
+    specs = plan_dataset(num_videos, seconds, height, width, seed, val_fraction, motion_amplitude)
     frame_root = os.path.join(out_dir, "frames")
     workers = workers or len(os.sched_getaffinity(0))
     if workers > 1:
@@ -454,7 +456,7 @@ def generate_dataset(out_dir, num_videos=160, seconds=4, size=(128, 160), seed=0
     summary = {
         "generator": "python -m stmixer.data.synthetic",
         "arguments": {"videos": num_videos, "seconds": seconds, "size": [height, width], "seed": seed,
-                      "val_fraction": val_fraction, "quality": quality},
+                      "val_fraction": val_fraction, "quality": quality, "motion_amplitude": list(motion_amplitude)},
         "fps": AVA_FPS,
         "frames_per_video": specs[0].num_frames,
         "keyframe_seconds": specs[0].keyframe_seconds,
@@ -483,10 +485,12 @@ def main(argv=None):
     parser.add_argument("--val-fraction", type=float, default=0.2, help="share of validation videos (default 0.2)")
     parser.add_argument("--workers", type=int, default=None, help="processes rendering frames (default: all CPUs)")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    parser.add_argument("--motion-amplitude", type=float, nargs=2, default=(0.07, 0.10), metavar=("LOW", "HIGH"),
+                        help="amplitude range of sway/bob/circle, fraction of the short side (default 0.07 0.10)")
     args = parser.parse_args(argv)
     try:
         summary = generate_dataset(args.out, args.videos, args.seconds, tuple(args.size), args.seed,
-                                   args.val_fraction, args.workers, args.quality)
+                                   args.val_fraction, args.workers, args.quality, tuple(args.motion_amplitude))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

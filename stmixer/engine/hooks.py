@@ -98,23 +98,23 @@ class MetricsWriterHook(HookBase):
         metrics = self.trainer.metrics
         if "time" not in metrics:
             return
-        values = {name: metrics.median(name) for name in metrics.names() if not name.startswith("eval/")}
-        values.update({name: metrics.latest(name) for name in metrics.names() if name.startswith("eval/")})
-        values["lr"] = metrics.latest("lr")
+        # The log line shows medians of the recent window; metrics.json and TensorBoard get this iteration's values.
+        latest = {name: metrics.latest(name) for name in metrics.names()}
+        smooth = {name: metrics.median(name) for name in metrics.names() if not name.startswith("eval/")}
         if self.device.type == "cuda":
-            values["max_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
-        remaining = (self.trainer.max_iter - done) * metrics.median("time")
-        losses = "  ".join(f"{k}: {v:.4f}" for k, v in values.items() if k.startswith("loss") or k == "total_loss")
+            latest["max_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        remaining = (self.trainer.max_iter - done) * smooth["time"]
+        losses = "  ".join(f"{k}: {v:.4f}" for k, v in smooth.items() if k.startswith("loss") or k == "total_loss")
         logger.info(
             "eta: %s  iter: %d/%d  %s  time: %.3f  data_time: %.3f  lr: %.3g%s",
             datetime.timedelta(seconds=int(remaining)), done, self.trainer.max_iter, losses,
-            values["time"], values["data_time"], values["lr"],
-            f"  max_mem: {values['max_mem_mb']:.0f}M" if "max_mem_mb" in values else "",
+            smooth["time"], smooth["data_time"], latest["lr"],
+            f"  max_mem: {latest['max_mem_mb']:.0f}M" if "max_mem_mb" in latest else "",
         )
         with open(os.path.join(self.output_dir, "metrics.json"), "a") as f:
-            f.write(json.dumps({"iteration": done, **values}) + "\n")
+            f.write(json.dumps({"iteration": done, **latest}) + "\n")
         if self._tb is not None:
-            for name, value in values.items():
+            for name, value in latest.items():
                 self._tb.add_scalar(name, value, done)
             self._tb.flush()
 

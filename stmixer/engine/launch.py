@@ -65,8 +65,41 @@ def build_parser(kind):
         parser.add_argument("--seed", type=int, default=2, help="random seed (default 2, as the official code)")
     # torch.distributed.launch passes --local-rank=K (torch >= 2.0) or --local_rank K (older).
     parser.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
+    parser.add_argument("opts", nargs="*", metavar="KEY VALUE", help="config overrides (options may come before or after them)")
     return parser
+
+
+def user_errors():
+    """Exception types that mean bad input (a file, key or setting), reported without a traceback."""
+    from ..checkpoint import CheckpointError
+    from ..data.build import DatasetConfigError
+    from ..data.formats import DataFormatError
+    from ..data.frames import FrameReadError
+    from ..evaluation.ava_csv import AVAFormatError
+    from ..evaluation.frame_map import EvaluationError
+    from ..evaluation.labelmap import LabelMapError
+    from .trainer import NonFiniteLossError
+
+    return (ConfigError, CheckpointError, DatasetConfigError, DataFormatError, FrameReadError, AVAFormatError,
+            EvaluationError, LabelMapError, NonFiniteLossError, FileNotFoundError)
+
+
+def run_entry_point(kind, body, argv=None):
+    """Set up (see ``setup``), run ``body(args, cfg, dist_info)``, leave the process group.
+
+    Bad input (``user_errors()``) ends the process with status 1 and one ``error:`` line
+    naming the file, line or key; the traceback goes to the log file only.
+    """
+    args, cfg, dist_info, logger = setup(kind, argv)
+    try:
+        body(args, cfg, dist_info)
+    except user_errors() as e:
+        logger.debug("Traceback of the error below", exc_info=True)
+        logger.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    finally:
+        comm.cleanup_distributed()
 
 
 def load_config(config_file, opts):
@@ -89,7 +122,7 @@ def setup(kind, argv=None):
         (args, cfg, dist_info, logger). Bad configs exit with status 2 and a one-line
         error naming the file, line and key (no traceback).
     """
-    args = build_parser(kind).parse_args(argv)
+    args = build_parser(kind).parse_intermixed_args(argv)
     try:
         cfg = load_config(args.config_file, args.opts)
     except ConfigError as e:
@@ -130,4 +163,4 @@ def _log_run_header(logger, args, cfg, dist_info):
     logger.info("Environment:\n%s", collect_env_info())
     with open(args.config_file, "r") as f:
         logger.debug("Contents of %s:\n%s", args.config_file, f.read())
-    logger.info("Running with config:\n%s", cfg.dump())
+    logger.debug("Running with config:\n%s", cfg.dump())

@@ -49,7 +49,7 @@ class Evaluation:
         loader = build_data_loader(cfg, is_train=False, dataset=self.dataset)
         records = predict(model, loader, self.device, amp=cfg.SOLVER.AMP)
         ordered = gather_predictions(records, len(self.dataset))
-        annotations = "AVA.ANNOTATION_DIR"
+        annotations = "ANNOTATION_DIR"
         evaluator = AVAEvaluator(
             groundtruth=dataset_path(cfg, annotations, cfg.AVA.GROUNDTRUTH_FILE, "AVA.GROUNDTRUTH_FILE"),
             labelmap=dataset_path(cfg, annotations, cfg.AVA.LABEL_MAP_FILE, "AVA.LABEL_MAP_FILE"),
@@ -84,8 +84,11 @@ def build_model(cfg, device):
 def _wrap_distributed(cfg, model, device):
     if comm.get_world_size() == 1:
         return model
-    if cfg.MODEL.BACKBONE.SYNC_BN:
+    if cfg.MODEL.BACKBONE.SYNC_BN and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif cfg.MODEL.BACKBONE.SYNC_BN:
+        logger.info("MODEL.BACKBONE.SYNC_BN: SyncBatchNorm needs CUDA; on %s each process keeps its own BatchNorm",
+                    device.type)
     model.train()  # re-applies MODEL.BACKBONE.FROZEN_BN to the converted layers
     device_ids = [device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)

@@ -165,7 +165,10 @@ class PyramidSampler:
         self.impl = "folded" if impl == "auto" else impl
         self.batch, self.channels, self.frames = shapes[0][:3]
         if self.impl == "folded":
-            self._frames = [_frame_major(f, n_groups) for f in self.features]
+            # Sampling runs in at least float32, as autocast runs grid_sample in the reference path;
+            # the custom backward then sees the dtypes of its forward.
+            self._dtype = torch.promote_types(features[0].dtype, torch.float32)
+            self._frames = [_frame_major(f, n_groups).to(self._dtype) for f in self.features]
 
     def __call__(self, points):
         """Samples ``[B, G, C/G, T, Q, P]`` at ``points`` ``[B, Q, G * P, 3]``.
@@ -206,5 +209,5 @@ class PyramidSampler:
             [_normalized_grid(xy, f, s).reshape(B * G, Q, P, 2) for f, s in zip(self.features, self.strides)]
         )
         weights = weights.view(B, Q, G, P, L).permute(4, 0, 2, 1, 3).reshape(L, B * G, Q, P)
-        out = _WeightedLevelSampling.apply(grids, weights, *self._frames)  # [T*B*G, C/G, Q, P]
+        out = _WeightedLevelSampling.apply(grids.to(self._dtype), weights.to(self._dtype), *self._frames)  # [T*B*G, C/G, Q, P]
         return out.view(T, B, G, -1, Q, P).permute(1, 2, 3, 0, 4, 5)
