@@ -9,8 +9,10 @@ else
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 endif
 PYTEST_ARGS ?=
+SYNTHETIC ?= data/synthetic
+QUICKSTART_OUT ?= data/output/tiny-slowonly
 
-.PHONY: install test
+.PHONY: install test quickstart
 
 $(VENV)/.installed: setup.py
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -23,3 +25,9 @@ install: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS) tests
+
+# The main job end to end on the built-in synthetic data: set-up, dataset, training, evaluation.
+quickstart: $(VENV)/.installed
+	test -f $(SYNTHETIC)/synthetic_dataset.json || $(PYTHON) -m stmixer.data.synthetic --out $(SYNTHETIC) --size 96 128
+	$(PYTHON) train_net.py --config-file config_files/synthetic/tiny-slowonly.yaml \
+		DATA.PATH_TO_DATA_DIR $(SYNTHETIC) OUTPUT_DIR $(QUICKSTART_OUT)
