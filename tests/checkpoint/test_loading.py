@@ -15,13 +15,13 @@ from stmixer.checkpoint import (
     save_checkpoint,
 )
 from stmixer.checkpoint.convert import main as convert_main
-from stmixer.tools.backbone_features import BackboneWithNeck
+from stmixer.tools.backbone_features import build_model
 
 TINY_VIT = ["ViT.EMBED_DIM", 32, "ViT.DEPTH", 2, "ViT.NUM_HEADS", 4, "MODEL.STM.HIDDEN_DIM", 16]
 
 
 def official_model(repo_root, name, *opts):
-    return BackboneWithNeck.from_config_file(repo_root / "config_files" / f"{name}.yaml", opts)
+    return build_model(repo_root / "config_files" / f"{name}.yaml", opts)
 
 
 class ToyDetector(nn.Module):
