@@ -50,6 +50,7 @@ from torch import nn
 from ..checkpoint import CheckpointError, checkpoint_from_object, load_weights
 from ..config import get_cfg
 from ..modeling.losses import reduce_losses
+from ..modeling.trace import Trace
 from ..utils.env import find_shared_dir
 from ..utils.io import atomic_open
 
@@ -162,8 +163,11 @@ class FixtureKind:
     ``load(model, state_dict, fixture)`` copies the fixture's weights into it (all must fit);
     ``batch(arrays, dtype, device)`` -> the inputs from ``inputs.npz``;
     ``forward(model, batch, train, trace)`` -> detections (eval) or the loss dict (train);
-    ``eval_outputs`` / ``train_outputs`` turn results and traces into the fixture's arrays.
+    ``eval_outputs`` / ``train_outputs`` turn results and traces into the fixture's arrays;
+    ``trace_skip``: prefixes of trace entries not needed (not kept in memory).
     """
+
+    trace_skip = ()
 
     def eval_outputs(self, detections, trace, dtype):
         out = detection_arrays(detections, dtype)
@@ -236,6 +240,8 @@ class DetectorFixture(FixtureKind):
     Train mode is ``model.train()``: with ``MODEL.BACKBONE.FROZEN_BN`` the backbone keeps its
     BatchNorms in eval mode (as the official trainer), otherwise they use batch statistics.
     """
+
+    trace_skip = ("detail/",)
 
     def build(self, cfg):
         from ..modeling import build_detector
@@ -319,6 +325,19 @@ def detect_kind(fixture, arrays):
     raise FixtureError(f"{fixture}/inputs.npz has neither features_l0 (decoder) nor slow_video_u8 (detector)")
 
 
+def build_uninitialized(kind, cfg, device, dtype):
+    """``kind.build(cfg)`` in ``dtype`` on ``device`` without initializing it (built on the meta device,
+    then given empty storage): the fixture's weights overwrite every state entry, so initialization
+    would be wasted time and memory. Modules holding tensors outside their state dict are refused."""
+    with torch.device("meta"):
+        model = kind.build(cfg)
+    persistent = set(model.state_dict())
+    transient = [name for name, _ in model.named_buffers() if name not in persistent]
+    if transient:
+        raise FixtureError(f"the model holds buffers outside its state dict, which no weights set: {transient[:5]}")
+    return model.to(dtype=dtype).to_empty(device=device)
+
+
 def run_fixture(fixture, precision="f64", device="cpu", state_dict=None):
     """All outputs of our model on ``fixture`` as ``{"<precision>/eval/...": array, ...}``.
 
@@ -342,17 +361,18 @@ def run_fixture(fixture, precision="f64", device="cpu", state_dict=None):
         batch = kind.batch(arrays, dtype, torch.device(device))
     if state_dict is None:
         state_dict = fixture_state_dict(fixture)
-    model = kind.build(cfg).to(device=device, dtype=dtype)  # cast before loading: the copy casts exactly
-    kind.load(model, state_dict, fixture)
+    model = build_uninitialized(kind, cfg, device, dtype)
+    kind.load(model, state_dict, fixture)  # every state entry is loaded (checked), casting exactly
+    del state_dict
 
     out = {}
     with torch.no_grad():
         model.eval()
-        trace = {}
+        trace = Trace(kind.trace_skip)
         detections = kind.forward(model, batch, train=False, trace=trace)
         out.update(kind.eval_outputs(detections, trace, dtype))
         model.train()  # a FROZEN_BN backbone keeps its BatchNorms in eval mode (official trainer)
-        trace = {}
+        trace = Trace(kind.trace_skip)
         losses = kind.forward(model, batch, train=True, trace=trace)
         out.update(kind.train_outputs(losses, trace, dtype, model))
     return {f"{precision}/{name}": value for name, value in out.items()}
