@@ -156,6 +156,21 @@ def feature_arrays(trace, dtype, mode):
     return out
 
 
+def _tensor(arrays, name, dtype, device):
+    return torch.from_numpy(arrays[name]).to(device=device, dtype=dtype)
+
+
+def clip_sizes_and_targets(arrays, dtype, device):
+    """``whwh`` ``[B, 4]`` and the per-clip ``gt_boxes`` ``[n_i, 4]`` / ``gt_labels`` ``[n_i, A]`` of
+    ``inputs.npz``, B = ``batch_size``, all in ``dtype`` (the kit's float64 runs use float64 targets)."""
+    batch_size = int(arrays["batch_size"])
+    return {
+        "whwh": _tensor(arrays, "whwh", dtype, device),
+        "gt_boxes": [_tensor(arrays, f"gt_boxes_b{i}", dtype, device) for i in range(batch_size)],
+        "gt_labels": [_tensor(arrays, f"gt_labels_b{i}", dtype, device) for i in range(batch_size)],
+    }
+
+
 class FixtureKind:
     """How to build, load, feed and run the model of one kind of fixture, and what to write.
 
@@ -211,17 +226,8 @@ class DecoderFixture(FixtureKind):
 
     def batch(self, arrays, dtype, device):
         num_levels = sum(1 for name in arrays.files if name.startswith("features_l"))
-        batch_size = int(arrays["batch_size"])
-
-        def tensor(name):
-            return torch.from_numpy(arrays[name]).to(device=device, dtype=dtype)
-
-        return {
-            "features": [tensor(f"features_l{i}") for i in range(num_levels)],
-            "whwh": tensor("whwh"),
-            "gt_boxes": [tensor(f"gt_boxes_b{i}") for i in range(batch_size)],
-            "gt_labels": [tensor(f"gt_labels_b{i}") for i in range(batch_size)],
-        }
+        features = [_tensor(arrays, f"features_l{i}", dtype, device) for i in range(num_levels)]
+        return {"features": features, **clip_sizes_and_targets(arrays, dtype, device)}
 
     def forward(self, model, batch, train, trace):
         if train:
@@ -264,7 +270,8 @@ class DetectorFixture(FixtureKind):
             )
 
     def batch(self, arrays, dtype, device):
-        batch_size = int(arrays["batch_size"])
+        """Videos decoded as ``(code - video_offset) / video_scale`` in float32, then cast (exact for the
+        kit's 128 and 64); ``fast_video`` is None without ``fast_video_u8`` (single-pathway backbones)."""
         offset = torch.from_numpy(np.asarray(arrays["video_offset"], dtype=np.float32))
         scale = torch.from_numpy(np.asarray(arrays["video_scale"], dtype=np.float32))
 
@@ -274,16 +281,8 @@ class DetectorFixture(FixtureKind):
             codes = torch.from_numpy(arrays[name]).to(torch.float32)
             return ((codes - offset) / scale).to(device=device, dtype=dtype)
 
-        def tensor(name):
-            return torch.from_numpy(arrays[name]).to(device=device, dtype=dtype)
-
-        return {
-            "slow_video": video("slow_video_u8"),
-            "fast_video": video("fast_video_u8"),
-            "whwh": tensor("whwh"),
-            "gt_boxes": [tensor(f"gt_boxes_b{i}") for i in range(batch_size)],
-            "gt_labels": [tensor(f"gt_labels_b{i}") for i in range(batch_size)],
-        }
+        return {"slow_video": video("slow_video_u8"), "fast_video": video("fast_video_u8"),
+                **clip_sizes_and_targets(arrays, dtype, device)}
 
     def forward(self, model, batch, train, trace):
         videos = batch["slow_video"], batch["fast_video"], batch["whwh"]
