@@ -86,7 +86,9 @@ def load_recipe(fixture):
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
             return module
-    raise FixtureError(f"{fixture}: weights.json asks for recipe weights but there is no {candidates[0]} (nor in the kit)")
+    raise FixtureError(
+        f"{fixture}: weights.json asks for recipe weights but there is no {candidates[0]} (nor in the kit)"
+    )
 
 
 def fixture_state_dict(fixture):

@@ -1,6 +1,5 @@
 """The whole detector: official state-dict layout, gradient coverage, recorded features."""
 
-import importlib.util
 import json
 
 import pytest
@@ -10,6 +9,7 @@ from torch import nn
 from stmixer.config import get_cfg
 from stmixer.modeling import STMDetector, build_detector
 from stmixer.modeling.losses import reduce_losses
+from stmixer.tools.reference_parity import load_recipe
 
 OFFICIAL_CONFIGS = [
     "PySlowonly-R50-K400-4x16",
@@ -43,7 +43,8 @@ def test_state_dict_maps_one_to_one_onto_reference_manifest(repo_root, shared_di
     reference = {k: (shape, dtype) for k, shape, dtype in manifest}
     only_ours = sorted(set(ours) - set(reference))
     only_reference = sorted(set(reference) - set(ours))
-    differ = sorted(f"{k}: ours {ours[k]} vs {reference[k]}" for k in set(ours) & set(reference) if ours[k] != reference[k])
+    differ = sorted(f"{k}: ours {ours[k]} vs {reference[k]}"
+                    for k in set(ours) & set(reference) if ours[k] != reference[k])
     assert not (only_ours or only_reference or differ), (
         f"in our model only {only_ours[:5]} ({len(only_ours)}); in the manifest only {only_reference[:5]} "
         f"({len(only_reference)}); shape or dtype differs {differ[:5]} ({len(differ)})"
@@ -82,10 +83,7 @@ ZERO_GRADIENT_BATCH_STATISTICS = {
 def recipe(shared_dir):
     """The kit's weight recipe: deterministic, well-scaled values for any state dict (no zero-initialized
     layers, which would block gradients for reasons of initialization only)."""
-    spec = importlib.util.spec_from_file_location("reference_recipe", shared_dir / "reference" / "recipe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe(shared_dir / "reference" / "decoder")
 
 
 @pytest.mark.parametrize("kind", sorted(SMALL_DETECTORS))
