@@ -10,7 +10,8 @@ with the salt of ``weights.json``), and ``inputs.npz``. The tool builds the
 model, runs it in eval and in train mode as the fixture README describes, and
 writes every output under the names ``expected.npz`` uses, prefixed with the
 precision (``f64/eval/...``, ``f32/train/...``; same shapes and dtypes). It
-never reads ``expected.npz``; comparing is the caller's job.
+never reads ``expected.npz``; comparing is the caller's job
+(``python -m stmixer.tools.parity_check --fixture DIR --outputs OUT.npz``).
 
 Fixture kinds are told apart by their inputs:
 
