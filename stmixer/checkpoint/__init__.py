@@ -6,6 +6,7 @@ API::
     from stmixer.checkpoint import read_checkpoint, load_weights, save_checkpoint
 
     contents = read_checkpoint(path)        # CheckpointContents
+    contents = checkpoint_from_object({"model": state_dict}, "name")   # the same for an object in memory
     contents.format                         # "stmixer", "official_stmixer", "pyslowfast_caffe2", ...
     contents.state_dict                     # detector keys (backbone.*, lateral_convs.*, stm_head.*) -> tensors
     contents.extras                         # other top-level entries, untouched (optimizer, scheduler, ...)
@@ -32,7 +33,15 @@ API::
 """
 
 from .errors import CheckpointError, CheckpointFormatError, CheckpointMismatchError, UnsafeCheckpointError
-from .formats import DETECTOR_PARTS, FORMAT_VERSION, FORMATS, CheckpointContents, read_checkpoint, save_checkpoint
+from .formats import (
+    DETECTOR_PARTS,
+    FORMAT_VERSION,
+    FORMATS,
+    CheckpointContents,
+    checkpoint_from_object,
+    read_checkpoint,
+    save_checkpoint,
+)
 from .loader import LoadReport, load_weights, match_state_dict
 
 __all__ = [
@@ -45,6 +54,7 @@ __all__ = [
     "CheckpointMismatchError",
     "LoadReport",
     "UnsafeCheckpointError",
+    "checkpoint_from_object",
     "load_weights",
     "match_state_dict",
     "read_checkpoint",

@@ -105,6 +105,26 @@ def read_checkpoint(path):
     return contents
 
 
+def checkpoint_from_object(obj, source):
+    """Map a checkpoint already in memory (what ``torch.load`` of a weight file returns: e.g. an
+    official ``{"model": state_dict}``, a project-format dict or a bare state dict) exactly as
+    ``read_checkpoint`` maps a torch file holding it.
+
+    Args:
+        obj: the loaded object (a dict).
+        source: a name for it in the load table and in errors (e.g. where the weights came from).
+
+    Returns:
+        ``CheckpointContents`` for ``load_weights``.
+    """
+    source = str(source)
+    if not isinstance(obj, dict):
+        raise CheckpointFormatError(f"{source}: expected a dict at the top level, found {type(obj).__name__}")
+    contents = _from_torch_object(source, obj)
+    contents.description = f"{FORMATS[contents.format]}, in memory"
+    return contents
+
+
 def save_checkpoint(path, model_state, **extras):
     """Write a project-format checkpoint atomically.
 

@@ -9,6 +9,7 @@ from torch import nn
 from .build import DETECTOR_REGISTRY, build_backbone
 from .necks import build_neck
 from .stmixer import build_stm_decoder
+from .trace import record
 
 
 class STMDetector(nn.Module):
@@ -50,13 +51,17 @@ class STMDetector(nn.Module):
             whwh: ``[B, 4]`` unpadded clip sizes (w, h, w, h) in pixels.
             gt_boxes: train mode: list of B tensors ``[n_i, 4]``, absolute xyxy pixels of the resized clip.
             gt_labels: train mode: list of B tensors ``[n_i, A]`` multi-hot actions.
-            trace: optional dict collecting the decoder's intermediate tensors.
+            trace: optional dict collecting intermediate tensors (``modeling.trace``): backbone level
+                ``backbone_l{i}`` and neck output ``mapped_l{i}`` for i = 0..3, then the decoder's.
 
         Returns:
             eval: per clip ``{"scores": [n, A], "boxes": [n, 4] normalized xyxy, "query_indices": [n]}``;
             train: ordered dict of loss terms.
         """
-        _, mapped = self.features(slow_video, fast_video)
+        backbone_maps, mapped = self.features(slow_video, fast_video)
+        for i, (level, out) in enumerate(zip(backbone_maps, mapped)):
+            record(trace, f"backbone_l{i}", level)
+            record(trace, f"mapped_l{i}", out)
         return self.stm_head(mapped, whwh, gt_boxes, gt_labels, trace=trace)
 
 

@@ -3,11 +3,13 @@
     python -m stmixer.tools.backbone_features --config-file CFG --weights FILE \\
         --inputs INPUTS.npz --out OUT.npz [--device cpu] [KEY VALUE ...]
 
-Builds the backbone and neck from CFG (an official config file, plus optional
-KEY VALUE overrides), loads FILE with ``stmixer.checkpoint.load_weights`` (the
-code path of ``train_net.py --transfer``; any supported format, the load table
-is printed), runs both in eval mode on the arrays of INPUTS.npz (``slow`` [+
-``fast``] or ``video``, each ``[B, 3, T, H, W]``) and writes ``feat0``..``feat3``
+Builds the detector from CFG (an official config file, plus optional KEY
+VALUE overrides), loads FILE with ``stmixer.checkpoint.load_weights`` (the code
+path of ``train_net.py --transfer``; any supported format; the load table is
+printed, and the parts the file lacks — e.g. neck and decoder for a pretrained
+backbone — are reported as "left at init"), runs its backbone and neck
+(``STMDetector.features``) in eval mode on the arrays of INPUTS.npz (``slow``
+[+ ``fast``] or ``video``, each ``[B, 3, T, H, W]``) and writes ``feat0``..``feat3``
 (backbone levels, strides 4..32) and ``lateral0``..``lateral3`` (neck outputs,
 ``MODEL.STM.HIDDEN_DIM`` channels) as float32 to OUT.npz (atomically).
 """
@@ -17,42 +19,23 @@ import sys
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..checkpoint import CheckpointError, load_weights
-from ..config import ConfigError, get_cfg
-from ..modeling import build_backbone, build_neck
+from ..config import ConfigError
+from ..engine.launch import load_config
+from ..modeling import build_detector
 from ..utils.io import atomic_open
 from ..utils.logging import setup_logger
 
 
-class BackboneWithNeck(nn.Module):
-    """The feature part of the detector under the detector's attribute names (``backbone``,
-    ``lateral_convs``), so checkpoints map with the detector's keys.
-
-    ``forward(videos)`` -> (4 backbone maps ``[B, C_l, T, H_l, W_l]``, 4 neck maps ``[B, D, T, H_l, W_l]``).
-    """
-
-    def __init__(self, cfg):
-        super().__init__()
-        self.backbone = build_backbone(cfg)
-        self.lateral_convs = build_neck(cfg, self.backbone.out_channels)
-
-    @classmethod
-    def from_config_file(cls, config_file, opts=()):
-        """Build from a config file merged onto the defaults, plus ``[KEY, VALUE, ...]`` overrides."""
-        cfg = get_cfg()
-        cfg.merge_from_file(config_file)
-        cfg.merge_from_list(list(opts))
-        return cls(cfg)
-
-    def forward(self, videos):
-        features = self.backbone(videos)
-        return features, self.lateral_convs(features)
+def build_model(config_file, opts=()):
+    """The detector of ``config_file`` merged onto the defaults, plus ``[KEY, VALUE, ...]`` overrides."""
+    return build_detector(load_config(str(config_file), list(opts)))
 
 
 def pathway_inputs(arrays, num_pathways, source="inputs"):
-    """The backbone's input list from named arrays: ``[video or slow]`` or ``[slow, fast]``."""
+    """The clip tensors from named arrays, as ``STMDetector.features`` takes them: ``[video or slow]``
+    (one pathway) or ``[slow, fast]`` (two), each ``[B, 3, T, H, W]`` float32."""
     if num_pathways == 2:
         names = ["slow", "fast"]
     else:
@@ -76,7 +59,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     setup_logger("", 0)
     try:
-        model = BackboneWithNeck.from_config_file(args.config_file, args.opts)
+        model = build_model(args.config_file, args.opts)
         load_weights(model, args.weights)
         with np.load(args.inputs) as arrays:
             videos = pathway_inputs(dict(arrays), model.backbone.num_pathways, args.inputs)
@@ -86,7 +69,7 @@ def main(argv=None):
     device = torch.device(args.device)
     model.to(device).eval()
     with torch.inference_mode():
-        features, laterals = model([v.to(device) for v in videos])
+        features, laterals = model.features(*[v.to(device) for v in videos])
     out = {f"feat{i}": f.float().cpu().numpy() for i, f in enumerate(features)}
     out.update({f"lateral{i}": f.float().cpu().numpy() for i, f in enumerate(laterals)})
     with atomic_open(args.out, "wb") as f:

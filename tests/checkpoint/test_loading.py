@@ -10,18 +10,19 @@ from stmixer.checkpoint import (
     CheckpointError,
     CheckpointFormatError,
     CheckpointMismatchError,
+    checkpoint_from_object,
     load_weights,
     read_checkpoint,
     save_checkpoint,
 )
 from stmixer.checkpoint.convert import main as convert_main
-from stmixer.tools.backbone_features import BackboneWithNeck
+from stmixer.tools.backbone_features import build_model
 
 TINY_VIT = ["ViT.EMBED_DIM", 32, "ViT.DEPTH", 2, "ViT.NUM_HEADS", 4, "MODEL.STM.HIDDEN_DIM", 16]
 
 
 def official_model(repo_root, name, *opts):
-    return BackboneWithNeck.from_config_file(repo_root / "config_files" / f"{name}.yaml", opts)
+    return build_model(repo_root / "config_files" / f"{name}.yaml", opts)
 
 
 class ToyDetector(nn.Module):
@@ -93,6 +94,22 @@ def test_project_format_round_trip_and_no_head(repo_root, tmp_path):
 
     load_weights(target, contents)
     assert torch.equal(target.stm_head.weight, state["stm_head.weight"])
+
+
+def test_checkpoint_in_memory_maps_like_the_same_file(repo_root, tmp_path):
+    model = ToyDetector(repo_root)
+    state = perturbed_state(model)
+    obj = {"model": {f"module.{k}": v for k, v in state.items()}, "iteration": 3}
+    torch.save(obj, tmp_path / "c.pth")
+    from_file = read_checkpoint(tmp_path / "c.pth")
+    in_memory = checkpoint_from_object(obj, "recipe weights")
+    assert in_memory.format == from_file.format == "official_stmixer"
+    assert list(in_memory.state_dict) == list(from_file.state_dict) == list(state)
+    assert in_memory.extras == {"iteration": 3} and in_memory.description.endswith("in memory")
+    report = load_weights(model, in_memory)
+    assert report.ok and len(report.loaded) == len(state) and report.source == "recipe weights"
+    with pytest.raises(CheckpointFormatError, match="recipe weights: expected a dict"):
+        checkpoint_from_object([state], "recipe weights")
 
 
 def test_module_and_orig_mod_prefixes_are_removed(tmp_path, repo_root):

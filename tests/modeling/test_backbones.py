@@ -1,6 +1,5 @@
-"""Backbones and necks: official key layout, shapes and strides, config-driven widths, frozen BN, ViT details."""
+"""Backbones and necks: shapes and strides, config-driven widths, frozen BN, ViT details."""
 
-import json
 import math
 
 import pytest
@@ -9,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stmixer.config import get_cfg
-from stmixer.modeling import DETECTOR_REGISTRY, build_backbone, build_neck
+from stmixer.modeling import build_backbone, build_detector, build_neck
 from stmixer.modeling.backbones.resnet3d import NonLocalBlock, BatchNormSpec, _grouped_nonlocal
 from stmixer.modeling.backbones.vit import (
     Attention,
@@ -18,15 +17,6 @@ from stmixer.modeling.backbones.vit import (
     sinusoid_position_table,
 )
 from stmixer.modeling.necks import ChannelLayerNorm
-from stmixer.tools.backbone_features import BackboneWithNeck
-
-OFFICIAL_CONFIGS = [
-    "PySlowonly-R50-K400-4x16",
-    "PySlowfast-R50-K400-8x8",
-    "PySlowfast-R101-NL-K600-8x8",
-    "VMAE-ViTB-16x4",
-    "VMAEv2-ViTB-16x4",
-]
 
 
 def official_cfg(repo_root, name, *opts):
@@ -39,29 +29,6 @@ def official_cfg(repo_root, name, *opts):
 def tiny_vit_opts(*extra):
     return ("ViT.EMBED_DIM", 32, "ViT.DEPTH", 2, "ViT.NUM_HEADS", 4, "ViT.DROP_PATH_RATE", 0.0,
             "MODEL.STM.HIDDEN_DIM", 16, *extra)
-
-
-# ----------------------------------------------------------------------------- official keys
-@pytest.mark.parametrize("name", OFFICIAL_CONFIGS)
-def test_state_dict_maps_one_to_one_onto_reference_manifest(repo_root, shared_dir, name):
-    manifest = json.loads((shared_dir / "reference" / "manifests" / f"{name}.json").read_text())
-    cfg = official_cfg(repo_root, name)
-    # The full detector once it is registered; until then the parts this branch builds.
-    builder = DETECTOR_REGISTRY.get("STMDetector") if "STMDetector" in DETECTOR_REGISTRY else BackboneWithNeck
-    with torch.device("meta"):  # shapes only
-        model = builder(cfg)
-    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
-    held = {k.split(".", 1)[0] for k in ours}
-    assert {"backbone", "lateral_convs"} <= held
-    reference = {k: list(shape) for k, shape, _ in manifest["keys"] if k.split(".", 1)[0] in held}
-    only_ours = sorted(set(ours) - set(reference))
-    only_reference = sorted(set(reference) - set(ours))
-    shapes = sorted(k for k in set(ours) & set(reference) if ours[k] != reference[k])
-    assert not (only_ours or only_reference or shapes), (
-        f"parts {sorted(held)}: in our model only {only_ours[:5]} ({len(only_ours)}); "
-        f"in the manifest only {only_reference[:5]} ({len(only_reference)}); shape differs {shapes[:5]}"
-    )
-    assert list(ours) == list(reference), "state_dict order differs from the official one"
 
 
 # ----------------------------------------------------------------------------- ResNets
@@ -148,9 +115,9 @@ def test_grouped_nonlocal_equals_the_block_on_each_temporal_chunk():
 # ----------------------------------------------------------------------------- ViT
 def test_vit_returns_one_map_four_times_and_pyramid_strides(repo_root):
     cfg = official_cfg(repo_root, "VMAE-ViTB-16x4", *tiny_vit_opts())
-    model = BackboneWithNeck(cfg).eval()
+    model = build_detector(cfg).eval()
     with torch.no_grad():
-        levels, mapped = model([torch.randn(1, 3, 16, 64, 96)])
+        levels, mapped = model.features(torch.randn(1, 3, 16, 64, 96))
     assert model.backbone.out_channels == [32] * 4
     assert all(level is levels[0] for level in levels) and levels[0].shape == (1, 32, 8, 4, 6)
     assert [tuple(m.shape) for m in mapped] == [(1, 16, 8, 64 // s, 96 // s) for s in (4, 8, 16, 32)]

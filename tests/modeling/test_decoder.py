@@ -1,5 +1,7 @@
 """Decoder behaviour beyond the fixture: gradients, switches, official defects fixed, input errors."""
 
+import math
+
 import pytest
 import torch
 
@@ -85,6 +87,26 @@ def test_perfect_square_points_build_a_grid_and_run(points):
     assert all(torch.isfinite(v) for v in losses.values())
     detections = decoder.eval()(features, whwh)
     assert [d["boxes"].shape[1] for d in detections] == [4, 4]
+
+
+def test_official_initialization():
+    """Xavier matrices, zero box head and mixing generators, 1% action prior, PyTorch-default biases."""
+    torch.manual_seed(0)
+    stage = build_stm_decoder(small_cfg()).decoder_stages[1]
+    mixing = stage.samplingmixing.adaptive_mixing_s
+    for linear, zero_weight in ((mixing.parameter_generator[0], True), (mixing.out_proj, False),
+                                (stage.samplingmixing.adaptive_mixing_t.parameter_generator[0], True)):
+        fan_out, fan_in = linear.weight.shape
+        if zero_weight:
+            assert (linear.weight == 0).all()
+        else:
+            assert 0.5 < linear.weight.abs().max() / (6 / (fan_in + fan_out)) ** 0.5 <= 1
+        assert 0.5 < linear.bias.abs().max() * fan_in**0.5 <= 1  # uniform in +-1/sqrt(fan_in)
+    ffn = stage.ffn_s.layers[0][0].weight
+    assert 0.5 < ffn.abs().max() / (6 / sum(ffn.shape)) ** 0.5 <= 1
+    assert (stage.fc_reg.weight == 0).all() and (stage.fc_reg.bias == 0).all()
+    torch.testing.assert_close(stage.fc_action.bias, torch.full((5,), -math.log(99.0)))
+    assert ((stage.iof_tau >= 0) & (stage.iof_tau < 4)).all()
 
 
 def test_non_square_offsets_start_uniform_in_the_box():

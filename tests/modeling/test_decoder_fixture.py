@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from stmixer.config import get_cfg
 from stmixer.modeling.losses import reduce_losses
 from stmixer.modeling.stmixer import build_stm_decoder
 
@@ -80,18 +79,6 @@ def test_state_dict_matches_manifest_in_order(decoder_fixture_dir, decoder_cfg):
     state = build_stm_decoder(decoder_cfg).state_dict()
     ours = [[k, list(v.shape), str(v.dtype).replace("torch.", "")] for k, v in state.items()]
     assert ours == manifest
-
-
-@pytest.mark.parametrize("config", ["PySlowonly-R50-K400-4x16", "PySlowfast-R101-NL-K600-8x8", "VMAE-ViTB-16x4"])
-def test_state_dict_matches_detector_manifests(config, shared_dir):
-    """Our decoder at the official sizes has the official ``stm_head.`` keys, shapes and order."""
-    manifest = json.loads((shared_dir / "reference" / "manifests" / f"{config}.json").read_text())["keys"]
-    expected = [[k[len("stm_head."):], shape] for k, shape, _ in manifest if k.startswith("stm_head.")]
-    cfg = get_cfg()
-    cfg.merge_from_file(str(shared_dir / "reference" / "official_configs" / f"{config}.yaml"))
-    with torch.device("meta"):  # shapes only, no memory or init time
-        state = build_stm_decoder(cfg).state_dict()
-    assert [[k, list(v.shape)] for k, v in state.items()] == expected
 
 
 def compare(ours, expected, prefix, rel_tol):

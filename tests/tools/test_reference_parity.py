@@ -8,33 +8,19 @@ import sys
 import numpy as np
 import pytest
 
+from stmixer.tools import parity_check
 from stmixer.tools.reference_parity import FixtureError, run_fixture
 
-# Per-tensor tolerance on max|ours - official f64| as a multiple of max|official f64| (shared/reference/README.md).
-TOLERANCE = {"f64": 1e-9, "f32": 2e-4}
 
-
-def check_against_expected(ours, expected, precision):
-    """Same keys, shapes and dtypes as expected.npz for ``precision``; values within tolerance of f64/."""
-    prefix = f"{precision}/"
-    wanted = {k for k in expected if k.startswith(prefix)}
-    assert set(ours) == wanted
-    for key in sorted(wanted):
-        got, want = ours[key], expected[key]
-        assert got.shape == want.shape and got.dtype == want.dtype, key
-        if want.dtype.kind in "iuU":
-            np.testing.assert_array_equal(got, want, err_msg=key)
-            continue
-        reference = expected["f64/" + key[len(prefix):]]
-        if reference.size:
-            err = np.abs(got.astype(np.float64) - reference).max()
-            assert err <= TOLERANCE[precision] * np.abs(reference).max(), f"{key}: max error {err:.3e}"
+def check_against_expected(ours, expected):
+    """Same keys, shapes and dtypes as expected.npz for the run's precision; values within tolerance of f64/."""
+    result = parity_check.compare(ours, expected)
+    assert result.ok, "\n".join(result.problems)
 
 
 @pytest.fixture(scope="module")
-def expected(shared_dir):
-    with np.load(shared_dir / "reference" / "decoder" / "expected.npz") as data:
-        return dict(data)
+def expected(expected_answers):
+    return expected_answers("decoder")
 
 
 @pytest.mark.parametrize("precision", ["f64", "f32"])
@@ -47,7 +33,7 @@ def test_command_line_on_the_decoder_fixture(precision, shared_dir, expected, re
     )
     assert result.returncode == 0, result.stderr
     with np.load(out) as data:
-        check_against_expected(dict(data), expected, precision)
+        check_against_expected(dict(data), expected)
 
 
 def recipe_fixture(shared_dir, tmp_path, salt):
@@ -64,7 +50,7 @@ def recipe_fixture(shared_dir, tmp_path, salt):
 
 def test_recipe_weights_and_salt_come_from_the_fixture(shared_dir, expected, tmp_path):
     """weights.pth is the recipe over the manifest, so the recipe route gives the same answers; a salt changes them."""
-    check_against_expected(run_fixture(recipe_fixture(shared_dir, tmp_path / "plain", ""), "f64"), expected, "f64")
+    check_against_expected(run_fixture(recipe_fixture(shared_dir, tmp_path / "plain", ""), "f64"), expected)
     salted = run_fixture(recipe_fixture(shared_dir, tmp_path / "salted", "other-"), "f64")
     assert not np.allclose(salted["f64/eval/cls_logits"], expected["f64/eval/cls_logits"])
 

@@ -8,12 +8,37 @@ query from the frame-averaged samples and the temporal query from the
 point-averaged samples.
 """
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..trace import record
 from .sampling import make_sample_points
+
+
+class MixingLinear(nn.Linear):
+    """A linear layer of adaptive mixing, initialized once, as the official stage leaves it: weight
+    xavier-uniform, or zeros with ``zero_weight`` (the parameter generators: their bias alone decides the
+    initial mixing); bias uniform in +-1/sqrt(in_features) (PyTorch's default, kept by the official code).
+
+    These layers hold ~23M of the ~26M weights of a full-size stage; drawing their values once, instead of
+    PyTorch's default followed by the stage's, makes building a full-size decoder several times faster.
+    """
+
+    def __init__(self, in_features, out_features, zero_weight=False):
+        self.zero_weight = zero_weight
+        super().__init__(in_features, out_features)
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        if self.zero_weight:
+            nn.init.zeros_(self.weight)
+        else:
+            nn.init.xavier_uniform_(self.weight)
+        bound = 1 / math.sqrt(self.in_features) if self.in_features else 0.0
+        nn.init.uniform_(self.bias, -bound, bound)
 
 
 class AdaptiveMixing(nn.Module):
@@ -36,9 +61,9 @@ class AdaptiveMixing(nn.Module):
         self.channel_params = self.group_channels * self.group_channels
         self.point_params = in_points * out_points
         self.parameter_generator = nn.Sequential(
-            nn.Linear(query_dim, n_groups * (self.channel_params + self.point_params))
+            MixingLinear(query_dim, n_groups * (self.channel_params + self.point_params), zero_weight=True)
         )
-        self.out_proj = nn.Linear(self.group_channels * out_points * n_groups, query_dim)
+        self.out_proj = MixingLinear(self.group_channels * out_points * n_groups, query_dim)
 
     def forward(self, x, query):
         """Mix ``x`` ``[B, Q, G, n_in, C/G]`` under ``query`` ``[B, Q, D]``; returns ``query + update`` ``[B, Q, D]``.
@@ -92,18 +117,12 @@ class AdaptiveSTSamplingMixing(nn.Module):
         )
 
     @torch.no_grad()
-    def reset_parameters(self):
-        """Official initialization of the generators (run after the stage's xavier init).
-
-        Offsets start at ``initial_offset_bias`` (zero weight); the
-        mixing-parameter generators start with zero weight, so their bias alone
-        decides the initial mixing.
-        """
+    def init_offset_generator(self):
+        """Official initialization of the offset generator: zero weight, bias ``initial_offset_bias``
+        (the mixing layers initialize themselves, see ``MixingLinear``)."""
         generator = self.offset_generator[-1]
         nn.init.zeros_(generator.weight)
         generator.bias.copy_(initial_offset_bias(self.n_groups, self.spatial_points))
-        nn.init.zeros_(self.adaptive_mixing_s.parameter_generator[-1].weight)
-        nn.init.zeros_(self.adaptive_mixing_t.parameter_generator[-1].weight)
 
     def forward(self, sampler, xyzr, q_s, q_t, trace=None):
         """Update the queries from the features they sample.

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from ...structures.boxes import box_iof, xyzr_to_xyxy
 from ..trace import record
-from .mixing import AdaptiveSTSamplingMixing
+from .mixing import AdaptiveSTSamplingMixing, MixingLinear
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -161,19 +161,21 @@ class DecoderStage(nn.Module):
         self.fc_reg = nn.Linear(query_dim, 4)
         self.action_cls_fcs = head_trunk(2 * query_dim, num_action_fcs, activation)
         self.fc_action = nn.Linear(2 * query_dim, action_classes)
-        self.reset_parameters()
+        self._init_weights()
 
     @torch.no_grad()
-    def reset_parameters(self):
-        """Official initialization: xavier-uniform matrices, action bias for a 1% prior, zero box head."""
+    def _init_weights(self):
+        """Official initialization: xavier-uniform matrices, action bias for a 1% prior, zero box head,
+        offsets of ``initial_offset_bias``; the mixing layers were initialized when built (``MixingLinear``)."""
+        mixing = {id(p) for m in self.modules() if isinstance(m, MixingLinear) for p in m.parameters()}
         for p in self.parameters():
-            if p.dim() > 1:
+            if p.dim() > 1 and id(p) not in mixing:
                 nn.init.xavier_uniform_(p)
         nn.init.constant_(self.fc_action.bias, -math.log((1 - 0.01) / 0.01))
         nn.init.zeros_(self.fc_reg.weight)
         nn.init.zeros_(self.fc_reg.bias)
         nn.init.uniform_(self.iof_tau, 0.0, 4.0)
-        self.samplingmixing.reset_parameters()
+        self.samplingmixing.init_offset_generator()
 
     def forward(self, sampler, xyzr, q_s, q_t, trace=None):
         """Run the stage.
