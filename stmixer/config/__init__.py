@@ -9,4 +9,18 @@ def get_cfg():
     return _C.clone()
 
 
-__all__ = ["CfgNode", "ConfigError", "get_cfg"]
+def load_config(config_file="", opts=(), freeze=True):
+    """Defaults + ``config_file`` (if given) + ``[KEY, VALUE, ...]`` overrides; frozen unless ``freeze=False``.
+
+    Raises ConfigError naming the file and line (or the command line) and the key at fault.
+    """
+    cfg = get_cfg()
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts or ()))
+    if freeze:
+        cfg.freeze()
+    return cfg
+
+
+__all__ = ["CfgNode", "ConfigError", "get_cfg", "load_config"]

@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from . import ConfigError, get_cfg
+from . import ConfigError, get_cfg, load_config
 from .reference import reference_markdown
 
 
@@ -16,14 +16,11 @@ def main(argv=None):
     parser.add_argument("--config-file", default="", help="merge this YAML file and print the result")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parser.parse_args(argv)
-    cfg = get_cfg()
     if not args.config_file and not args.opts:
-        print(reference_markdown(cfg))
+        print(reference_markdown(get_cfg()))
         return
     try:
-        if args.config_file:
-            cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
+        cfg = load_config(args.config_file, args.opts, freeze=False)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -17,7 +17,7 @@ import concurrent.futures
 import os
 import sys
 
-from ..config import ConfigError, get_cfg
+from ..config import ConfigError, load_config
 from .ava import clip_frame_indices
 from .formats import (
     AVA_FIRST_KEYFRAME_SECOND,
@@ -303,11 +303,8 @@ def run_checks(cfg, splits, decode="clips", workers=1, frames_per_video=None, ma
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    cfg = get_cfg()
     try:
-        if args.config_file:
-            cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
+        cfg = load_config(args.config_file, args.opts, freeze=False)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

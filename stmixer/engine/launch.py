@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from ..config import ConfigError, get_cfg
+from ..config import ConfigError, load_config
 from ..utils import distributed as comm
 from ..utils.env import collect_env_info, seed_all
 from ..utils.io import atomic_open
@@ -100,15 +100,6 @@ def run_entry_point(kind, body, argv=None):
         raise SystemExit(1) from None
     finally:
         comm.cleanup_distributed()
-
-
-def load_config(config_file, opts):
-    """Defaults + ``config_file`` + command-line ``opts``; returns the frozen config."""
-    cfg = get_cfg()
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
-    cfg.freeze()
-    return cfg
 
 
 def setup(kind, argv=None):

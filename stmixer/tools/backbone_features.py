@@ -22,7 +22,7 @@ import torch
 
 from ..checkpoint import CheckpointError, load_weights
 from ..config import ConfigError
-from ..engine.launch import load_config
+from ..config import load_config
 from ..modeling import build_detector
 from ..utils.io import atomic_open
 from ..utils.logging import setup_logger

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import CheckpointError, checkpoint_from_object, load_weights
-from ..config import get_cfg
+from ..config import load_config
 from ..modeling.losses import reduce_losses
 from ..modeling.trace import Trace
 from ..utils.env import find_shared_dir
@@ -68,11 +68,9 @@ class FixtureError(RuntimeError):
     """A fixture folder that is incomplete or does not fit the model."""
 
 
-def load_config(fixture):
+def fixture_config(fixture):
     """Our default config with ``fixture/config.yaml`` merged on top."""
-    cfg = get_cfg()
-    cfg.merge_from_file(str(fixture / "config.yaml"))
-    return cfg
+    return load_config(str(fixture / "config.yaml"), freeze=False)
 
 
 def load_recipe(fixture):
@@ -357,7 +355,7 @@ def run_fixture(fixture, precision="f64", device="cpu", state_dict=None):
     for name in ("config.yaml", "inputs.npz"):
         if not (fixture / name).is_file():
             raise FixtureError(f"{fixture}: missing {name}")
-    cfg = load_config(fixture)
+    cfg = fixture_config(fixture)
     with np.load(fixture / "inputs.npz") as arrays:
         kind = detect_kind(fixture, arrays)
         batch = kind.batch(arrays, dtype, torch.device(device))
