@@ -112,3 +112,17 @@ def test_test_net_without_weights_says_what_to_do(repo_root, micro_dataset, tmp_
                         repo_root, check=False)
     assert result.returncode != 0
     assert "MODEL.WEIGHT" in result.stderr
+
+
+def test_transfer_periodic_evaluation_and_tensorboard(repo_root, micro_dataset, single_run, tmp_path):
+    """--transfer loads weights only and starts at iteration 0; evaluation runs every epoch; TensorBoard is written."""
+    run_python(["train_net.py", "--config-file", TINY_CONFIG, "--transfer", "--use-tfboard", "--skip-final-test",
+                *micro_opts(micro_dataset, tmp_path), "MODEL.WEIGHT", str(single_run / "model_final.pth"),
+                "SOLVER.MAX_EPOCH", "2", "SOLVER.EVAL_PERIOD", "1", "SOLVER.EVAL_AFTER", "0"], repo_root)
+    log = (tmp_path / "log.txt").read_text()
+    assert "Weights from" in log and "Starting training from iteration 0 of 4" in log
+    assert log.count("frame-mAP@0.5IoU") == 1  # after epoch 1 (iteration 2); the final test is skipped
+    entries = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
+    assert any("eval/mAP" in entry for entry in entries)
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert (tmp_path / "inference" / "ava_v2.2" / "frame_map.json").exists()
