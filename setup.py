@@ -19,14 +19,14 @@ setup(
         "iopath",
         "timm",
         "opencv-python-headless",
+        "av",
         "tensorboardX",
         "scipy",
         "pandas",
         "tqdm",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-xdist", "matplotlib", "av"],
+        "dev": ["pytest", "pytest-xdist", "matplotlib"],
         "plot": ["matplotlib"],
-        "video": ["av"],
     },
 )

@@ -1,6 +1,8 @@
 """A small, learnable action-detection dataset in the AVA on-disk layout.
 
-``python -m stmixer.data.synthetic --out DIR [--videos N] [--seconds S] [--size H W] [--seed K]``
+``python -m stmixer.data.synthetic --out DIR [--videos N] [--seconds S] [--size H W] [--seed K]`` writes
+the dataset; ``--video FILE [--seconds S] [--size H W] [--fps F]`` writes one video file of the
+same kind (with its ground truth) to try ``demo.py`` on.
 
 Every video shows 2-4 "actors" (outlined shapes) on a textured background that pans
 steadily. Each actor keeps its classes for the whole video and carries 1-3 actions:
@@ -125,9 +127,9 @@ def displacement(actor, t):
     return actor.amplitude * math.cos(angle), sign * actor.amplitude * math.sin(angle)
 
 
-def top_left(actor, frame_index):
-    """Integer (x, y) of the actor's sprite corner in frame ``frame_index`` (0-based, 30 fps)."""
-    dx, dy = displacement(actor, frame_index / AVA_FPS)
+def top_left(actor, t):
+    """Integer (x, y) of the actor's sprite corner at time ``t`` seconds (frame f of the dataset: ``f / AVA_FPS``)."""
+    dx, dy = displacement(actor, t)
     return int(round(actor.anchor[0] + dx)), int(round(actor.anchor[1] + dy))
 
 
@@ -327,43 +329,59 @@ def plan_dataset(num_videos, seconds, height, width, seed, val_fraction=0.2, mot
     return specs
 
 
-def render_video(spec, frame_root, quality=90):
-    """Write every frame of ``spec`` as JPEG under ``frame_root/<name>/``; returns the frame count."""
+def render_frames(spec, fps=AVA_FPS, num_frames=None):
+    """Yield the frames of ``spec``: uint8 ``[H, W, 3]`` BGR, frame f at time ``f / fps`` seconds.
+
+    Args:
+        spec: VideoSpec.
+        fps: frame rate (frames per second); the dataset uses 30.
+        num_frames: frames to render (default ``spec.num_frames``).
+    """
     texture = make_texture(np.random.default_rng(spec.texture_seed), spec.height, spec.width)
     tex_h, tex_w = texture.shape[:2]
     tiled = np.tile(texture, (2, 2, 1))
     sprites = [render_sprite(actor) for actor in spec.actors]
-    folder = os.path.join(frame_root, spec.name)
-    os.makedirs(folder, exist_ok=True)
-    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
-    for f in range(spec.num_frames):
-        t = f / AVA_FPS
+    for f in range(spec.num_frames if num_frames is None else num_frames):
+        t = f / fps
         ox = int(round(spec.pan_origin[0] + spec.pan_velocity[0] * t)) % tex_w
         oy = int(round(spec.pan_origin[1] + spec.pan_velocity[1] * t)) % tex_h
         frame = tiled[oy:oy + spec.height, ox:ox + spec.width].copy()
         for actor, (image, mask) in zip(spec.actors, sprites):
-            x, y = top_left(actor, f)
+            x, y = top_left(actor, t)
             region = frame[y:y + actor.height, x:x + actor.width]
             region[mask] = image[mask]
+        yield frame
+
+
+def render_video(spec, frame_root, quality=90):
+    """Write every frame of ``spec`` as JPEG under ``frame_root/<name>/``; returns the frame count."""
+    os.makedirs(os.path.join(frame_root, spec.name), exist_ok=True)
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    for f, frame in enumerate(render_frames(spec)):
         path = os.path.join(frame_root, ava_frame_name(spec.name, f))
         if not cv2.imwrite(path, frame, params):
             raise OSError(f"cannot write frame {path}")
     return spec.num_frames
 
 
+def actor_boxes(spec, t):
+    """Normalized ``(x1, y1, x2, y2)`` of every actor's visible extent at time ``t`` seconds, in actor order."""
+    boxes = []
+    for actor in spec.actors:
+        ex1, ey1, ex2, ey2 = sprite_extent(render_sprite(actor)[1])
+        x, y = top_left(actor, t)
+        boxes.append(((x + ex1) / spec.width, (y + ey1) / spec.height, (x + ex2) / spec.width, (y + ey2) / spec.height))
+    return boxes
+
+
 def keyframe_boxes(spec):
     """Per keyframe second (excluded ones left out): list of (person id, normalized box, action ids)."""
-    extents = [sprite_extent(render_sprite(actor)[1]) for actor in spec.actors]
     out = {}
     for second in spec.keyframe_seconds:
         if second in spec.excluded_seconds:
             continue
-        rows = []
-        for person, (actor, (ex1, ey1, ex2, ey2)) in enumerate(zip(spec.actors, extents)):
-            x, y = top_left(actor, second_to_frame_index(second))
-            box = ((x + ex1) / spec.width, (y + ey1) / spec.height, (x + ex2) / spec.width, (y + ey2) / spec.height)
-            rows.append((person, box, actor.actions))
-        out[second] = rows
+        boxes = actor_boxes(spec, second_to_frame_index(second) / AVA_FPS)
+        out[second] = [(person, box, actor.actions) for person, (actor, box) in enumerate(zip(spec.actors, boxes))]
     return out
 
 
@@ -472,15 +490,73 @@ def generate_dataset(out_dir, num_videos=160, seconds=4, size=(128, 160), seed=0
     return summary
 
 
+def ground_truth_path(video_path):
+    """Where ``write_synthetic_video`` puts the ground truth of ``video_path``: ``<stem>.ground_truth.jsonl``."""
+    return os.path.splitext(video_path)[0] + ".ground_truth.jsonl"
+
+
+def write_synthetic_video(path, seconds=6.0, size=(128, 160), fps=30.0, seed=0, motion_amplitude=(0.07, 0.10),
+                          render_short_side=None):
+    """Write one synthetic video file (e.g. to try ``demo.py``) and its per-frame ground truth.
+
+    The video shows the actors of one dataset video (same classes and look) for ``seconds``
+    at ``fps`` frames per second and any size (odd sizes too). Outlines, stripes and
+    background grain have fixed sizes in pixels, so a video drawn at a much larger size than
+    a model's training frames looks finer-grained to it than its training data;
+    ``render_short_side`` draws the scene at that short side instead (same aspect ratio) and
+    scales each frame up to ``size``, to match a dataset generated at that size. Beside it,
+    ``ground_truth_path(path)`` holds one JSON line per frame in the layout of ``demo.py
+    --json``: ``{"time": s, "frame": f, "persons": [{"box": [x1, y1, x2, y2] normalized,
+    "actions": [{"id": k, "name": n}, ...]}, ...]}``.
+
+    Returns:
+        the number of frames written.
+    """
+    from .video import VideoWriter
+
+    height, width = size
+    draw_height, draw_width = size
+    if render_short_side:
+        scale = render_short_side / min(height, width)
+        draw_height, draw_width = int(round(height * scale)), int(round(width * scale))
+    spec = plan_dataset(2, 1, draw_height, draw_width, seed, val_fraction=0.5, motion_amplitude=motion_amplitude)[0]
+    num_frames = max(1, int(round(seconds * fps)))
+    with VideoWriter(path, fps, height, width) as writer:
+        for frame in render_frames(spec, fps, num_frames):
+            if frame.shape[:2] != (height, width):
+                frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_LINEAR)
+            writer.write(frame)
+    with atomic_open(ground_truth_path(path), "w") as f:
+        for index in range(num_frames):
+            t = index / fps
+            persons = [
+                {"box": [round(v, 5) for v in box],
+                 "actions": [{"id": a, "name": CLASS_NAMES[a - 1]} for a in actor.actions]}
+                for actor, box in zip(spec.actors, actor_boxes(spec, t))
+            ]
+            f.write(json.dumps({"time": round(t, 6), "frame": index, "persons": persons}) + "\n")
+    return num_frames
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m stmixer.data.synthetic",
-        description="Write a small, learnable action-detection dataset in the AVA layout (see data/README.md).",
+        description="Write a small, learnable action-detection dataset in the AVA layout (see data/README.md), "
+                    "or one synthetic video file (--video) to try demo.py on.",
     )
-    parser.add_argument("--out", required=True, help="output folder (the dataset root, DATA.PATH_TO_DATA_DIR)")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", help="output folder (the dataset root, DATA.PATH_TO_DATA_DIR)")
+    target.add_argument("--video", metavar="FILE",
+                        help="write one video file instead (e.g. demo.mp4) and FILE's stem + .ground_truth.jsonl")
     parser.add_argument("--videos", type=int, default=160, help="number of videos, train and val together (default 160)")
-    parser.add_argument("--seconds", type=int, default=4, help="annotated keyframes per video, one per second from 902 (default 4)")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="dataset: annotated keyframes per video, one per second from 902 (default 4); "
+                             "--video: duration in seconds (default 6)")
     parser.add_argument("--size", type=int, nargs=2, default=(128, 160), metavar=("H", "W"), help="frame size (default 128 160)")
+    parser.add_argument("--fps", type=float, default=AVA_FPS, help="--video only: frame rate (default 30)")
+    parser.add_argument("--render-short-side", type=int, default=None, metavar="S",
+                        help="--video only: draw at short side S and scale up to --size, to look like a dataset "
+                             "generated at that size (default: draw at --size)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="share of validation videos (default 0.2)")
     parser.add_argument("--workers", type=int, default=None, help="processes rendering frames (default: all CPUs)")
@@ -488,8 +564,13 @@ def main(argv=None):
     parser.add_argument("--motion-amplitude", type=float, nargs=2, default=(0.07, 0.10), metavar=("LOW", "HIGH"),
                         help="amplitude range of sway/bob/circle, fraction of the short side (default 0.07 0.10)")
     args = parser.parse_args(argv)
+    if args.video:
+        return _video_main(args)
+    seconds = 4 if args.seconds is None else args.seconds
+    if seconds != int(seconds):
+        parser.error(f"--seconds counts keyframes of a dataset video and must be whole, got {seconds}")
     try:
-        summary = generate_dataset(args.out, args.videos, args.seconds, tuple(args.size), args.seed,
+        summary = generate_dataset(args.out, args.videos, int(seconds), tuple(args.size), args.seed,
                                    args.val_fraction, args.workers, args.quality, tuple(args.motion_amplitude))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -499,6 +580,22 @@ def main(argv=None):
     print(f"{summary['action_classes']} action classes; set MODEL.STM.ACTION_CLASSES {summary['action_classes']} "
           f"and DATA.PATH_TO_DATA_DIR {args.out}")
     print(f"written to {args.out} in {summary['generation_seconds']} s")
+    return 0
+
+
+def _video_main(args):
+    seconds = 6.0 if args.seconds is None else args.seconds
+    if seconds <= 0 or args.fps <= 0:
+        print(f"error: --seconds and --fps must be positive, got {seconds} and {args.fps}", file=sys.stderr)
+        return 2
+    try:
+        frames = write_synthetic_video(args.video, seconds, tuple(args.size), args.fps, args.seed,
+                                       tuple(args.motion_amplitude), args.render_short_side)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.video}: {frames} frames of {args.size[1]}x{args.size[0]} at {args.fps:g} fps; "
+          f"ground truth in {ground_truth_path(args.video)}")
     return 0
 
 
