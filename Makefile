@@ -11,8 +11,9 @@ endif
 PYTEST_ARGS ?=
 SYNTHETIC ?= data/synthetic
 QUICKSTART_OUT ?= data/output/tiny-slowonly
+DEMO_DIR ?= data/demo
 
-.PHONY: install test quickstart
+.PHONY: install test quickstart demo
 
 $(VENV)/.installed: setup.py
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -31,3 +32,12 @@ quickstart: $(VENV)/.installed
 	test -f $(SYNTHETIC)/synthetic_dataset.json || $(PYTHON) -m stmixer.data.synthetic --out $(SYNTHETIC) --size 96 128
 	$(PYTHON) train_net.py --config-file config_files/synthetic/tiny-slowonly.yaml \
 		DATA.PATH_TO_DATA_DIR $(SYNTHETIC) OUTPUT_DIR $(QUICKSTART_OUT)
+
+# demo.py on a synthetic 640x360 video with the quickstart model (trained first if absent).
+demo: $(VENV)/.installed
+	test -f $(QUICKSTART_OUT)/model_final.pth || $(MAKE) quickstart
+	test -f $(DEMO_DIR)/synthetic.mp4 || $(PYTHON) -m stmixer.data.synthetic --video $(DEMO_DIR)/synthetic.mp4 \
+		--size 360 640 --fps 25 --seconds 8 --render-short-side 96
+	$(PYTHON) demo.py --config-file config_files/synthetic/tiny-slowonly.yaml --input $(DEMO_DIR)/synthetic.mp4 \
+		--output $(DEMO_DIR)/labelled.mp4 --json $(DEMO_DIR)/labelled.jsonl \
+		DATA.PATH_TO_DATA_DIR $(SYNTHETIC) MODEL.WEIGHT $(QUICKSTART_OUT)/model_final.pth

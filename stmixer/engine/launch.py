@@ -75,13 +75,15 @@ def user_errors():
     from ..data.build import DatasetConfigError
     from ..data.formats import DataFormatError
     from ..data.frames import FrameReadError
+    from ..data.keyframe_clips import ClipTooShortError
+    from ..data.video import VideoReadError
     from ..evaluation.ava_csv import AVAFormatError
     from ..evaluation.frame_map import EvaluationError
     from ..evaluation.labelmap import LabelMapError
     from .trainer import NonFiniteLossError
 
     return (ConfigError, CheckpointError, DatasetConfigError, DataFormatError, FrameReadError, AVAFormatError,
-            EvaluationError, LabelMapError, NonFiniteLossError, FileNotFoundError)
+            EvaluationError, LabelMapError, NonFiniteLossError, FileNotFoundError, VideoReadError, ClipTooShortError)
 
 
 def run_entry_point(kind, body, argv=None):

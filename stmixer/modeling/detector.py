@@ -55,7 +55,8 @@ class STMDetector(nn.Module):
                 ``backbone_l{i}`` and neck output ``mapped_l{i}`` for i = 0..3, then the decoder's.
 
         Returns:
-            eval: per clip ``{"scores": [n, A], "boxes": [n, 4] normalized xyxy, "query_indices": [n]}``;
+            eval: per clip ``{"scores": [n, A], "boxes": [n, 4] normalized xyxy, "query_indices": [n],
+            "person_scores": [n]}`` (see ``STMDecoder.forward``);
             train: ordered dict of loss terms.
         """
         backbone_maps, mapped = self.features(slow_video, fast_video)

@@ -136,7 +136,8 @@ class STMDecoder(nn.Module):
 
         Returns:
             eval: list of B dicts ``{"scores": [n, A] action probabilities, "boxes": [n, 4]
-            normalized xyxy (clipped to the clip, divided by its size), "query_indices": [n]}``.
+            normalized xyxy (clipped to the clip, divided by its size), "query_indices": [n],
+            "person_scores": [n] person probabilities of the kept queries}``.
             train: ordered dict of weighted loss terms (``losses.SetCriterion``).
         """
         whwh = torch.as_tensor(whwh).to(features[0])
@@ -169,6 +170,7 @@ class STMDecoder(nn.Module):
                 "scores": actions[i, keep],
                 "boxes": clip_and_normalize(boxes[i, keep], whwh[i]),
                 "query_indices": keep,
+                "person_scores": person[i, keep],
             })
         return results
 
