@@ -10,8 +10,9 @@ state-dict keys are the official ``lateral_convs.<i>...`` ones.
 """
 
 import torch
-from fvcore.nn.weight_init import c2_xavier_fill
 from torch import nn
+
+from .weight_init import c2_xavier_fill
 
 
 class ChannelLayerNorm(nn.Module):

@@ -14,10 +14,10 @@ have spatial strides 4, 8, 16, 32 (reference quirks B1, B2).
 from dataclasses import dataclass, field
 
 import torch
-from fvcore.nn.weight_init import c2_msra_fill
 from torch import nn
 
 from ..build import BACKBONE_REGISTRY
+from ..weight_init import c2_msra_fill
 
 # Residual blocks of res2..res5 per ResNet depth.
 STAGE_DEPTHS = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
