@@ -24,6 +24,7 @@ import os
 import sys
 
 import torch
+from tqdm import tqdm
 
 from ..checkpoint import load_weights
 from ..config import ConfigError, load_config
@@ -184,8 +185,6 @@ def render(source, records, keyframe_rate, output, progress=True):
     Returns:
         number of frames written.
     """
-    from tqdm import tqdm
-
     frames = tqdm(source.frames(), total=source.num_frames or None, desc="render", unit="frame",
                   disable=not progress, dynamic_ncols=True)
     with VideoWriter(output, source.fps, source.height, source.width) as writer:
@@ -213,8 +212,6 @@ def run_demo(cfg, args):
         args.keyframe_rate,
         source_name=args.input,
     )
-    from tqdm import tqdm
-
     estimate = resampled_length(max(source.num_frames - 1, 0) / source.fps, fps) if source.num_frames else None
     resampled = tqdm(resample(source.frames(), fps), total=estimate, desc="detect", unit="frame",
                      disable=args.no_progress, dynamic_ncols=True)
