@@ -16,8 +16,6 @@ setup(
         "pyyaml",
         "yacs",
         "fvcore",
-        "iopath",
-        "timm",
         "opencv-python-headless",
         "av",
         "tensorboardX",

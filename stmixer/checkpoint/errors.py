@@ -1,7 +1,10 @@
 """Errors raised while reading or loading checkpoints; each message names the file and what was expected."""
 
+from ..errors import UserError
 
-class CheckpointError(Exception):
+
+
+class CheckpointError(UserError):
     """Base class: a weight file that cannot be read or does not fit the model."""
 
 

@@ -12,9 +12,13 @@ import difflib
 import yaml
 from yacs.config import CfgNode as _YacsCfgNode
 
+from ..errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration file or override that does not fit the config tree."""
+
+    exit_status = 2
 
 
 def _decode_value(value):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader
 
+from ..errors import UserError
 from ..utils import distributed as comm
 from ..utils.registry import Registry
 from .ava import AvaDataset, build_keyframes, log_summary
@@ -26,7 +27,7 @@ from .transforms import ClipTransform
 DATASET_REGISTRY = Registry("dataset", config_key="DATA.DATASETS")
 
 
-class DatasetConfigError(ValueError):
+class DatasetConfigError(UserError, ValueError):
     """A config whose data keys do not fit together or point at missing files (names the key)."""
 
 

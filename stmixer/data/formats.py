@@ -20,6 +20,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from ..errors import UserError
+
 # Frame index 0 of every video is the frame at this second (AVA segments start at 900 s).
 AVA_START_SECOND = 900
 # Frames per second of the extracted frames.
@@ -31,7 +33,7 @@ AVA_LAST_KEYFRAME_SECOND = 1798
 FRAME_LIST_HEADER = "original_vido_id video_idx frame_idx path labels"
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserError, ValueError):
     """A dataset file whose content does not have the expected form (the message names file:line)."""
 
 

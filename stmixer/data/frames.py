@@ -5,13 +5,15 @@ import time
 import cv2
 import numpy as np
 
+from ..errors import UserError
+
 # A JPEG file ends with the EOI marker; some encoders append a few padding bytes after it.
 _JPEG_START = b"\xff\xd8"
 _JPEG_END = b"\xff\xd9"
 _JPEG_TAIL_SEARCH = 32
 
 
-class FrameReadError(OSError):
+class FrameReadError(UserError, OSError):
     """A frame that is missing, unreadable, truncated or not a decodable image (names the path)."""
 
 

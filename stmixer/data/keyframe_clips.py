@@ -18,13 +18,14 @@ import math
 import numpy as np
 import torch
 
+from ..errors import UserError
 from .ava import clip_frame_indices
 from .transforms import resize_frames, resized_size
 
 _NO_BOXES = np.zeros((0, 4), dtype=np.float32)
 
 
-class ClipTooShortError(ValueError):
+class ClipTooShortError(UserError, ValueError):
     """The stream ends before it holds the frames of one clip."""
 
 

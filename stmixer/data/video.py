@@ -19,6 +19,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from ..errors import UserError
 from ..utils.io import temporary_sibling
 from .frames import read_frame
 
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
-class VideoReadError(OSError):
+class VideoReadError(UserError, OSError):
     """A video or frame folder that is missing, empty or cannot be decoded (names the path)."""
 
 

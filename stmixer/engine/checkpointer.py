@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import read_checkpoint, save_checkpoint
+from ..errors import UserFileNotFoundError
 from ..utils import distributed as comm
 from ..utils.io import atomic_open
 
@@ -136,7 +137,7 @@ class Checkpointer:
             name = f.read().strip()
         path = os.path.join(self.output_dir, name)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{pointer} names {name}, which does not exist in {self.output_dir}")
+            raise UserFileNotFoundError(f"{pointer} names {name}, which does not exist in {self.output_dir}")
         return path
 
     def resume(self, path):

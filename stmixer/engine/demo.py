@@ -21,13 +21,13 @@ import json
 import logging
 import math
 import os
-import sys
 
 import torch
 from tqdm import tqdm
 
 from ..checkpoint import load_weights
-from ..config import ConfigError, load_config
+from ..config import load_config
+from ..errors import UserFileNotFoundError, exit_on_user_error
 from ..data.build import build_transform, num_pathways
 from ..data.collate import BatchCollator
 from ..data.keyframe_clips import KeyframeClips
@@ -39,7 +39,6 @@ from ..utils import distributed as comm
 from ..utils.io import atomic_open
 from ..utils.logging import setup_logger
 from ..utils.visualizer import draw_detections
-from .launch import user_errors
 from .trainer import autocast_context, detector_inputs, move_batch
 
 logger = logging.getLogger(__name__)
@@ -94,7 +93,7 @@ def action_names(cfg, labelmap_path=None):
 def load_detector(cfg, device):
     """The detector of the config with ``MODEL.WEIGHT`` loaded (exact key match), in eval mode on ``device``."""
     if not cfg.MODEL.WEIGHT:
-        raise FileNotFoundError("demo.py needs weights: add MODEL.WEIGHT path/to/checkpoint.pth to the command")
+        raise UserFileNotFoundError("demo.py needs weights: add MODEL.WEIGHT path/to/checkpoint.pth to the command")
     model = build_detector(cfg).to(device)
     load_weights(model, cfg.MODEL.WEIGHT)
     return model.eval()
@@ -244,15 +243,8 @@ def main(argv=None):
         parser.error("--keyframe-rate must be positive, --topk at least 1 and --threshold in [0, 1]")
     if (args.input_fps is not None and args.input_fps <= 0) or (args.batch_size is not None and args.batch_size < 1):
         parser.error("--input-fps must be positive and --batch-size at least 1")
-    try:
+    with exit_on_user_error():
         cfg = load_config(args.config_file, args.opts)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
     setup_logger("", 0)
-    try:
+    with exit_on_user_error(logger):
         run_demo(cfg, args)
-    except user_errors() as e:
-        logger.debug("Traceback of the error below", exc_info=True)
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None

@@ -8,7 +8,8 @@ import argparse
 import os
 import sys
 
-from ..config import ConfigError, load_config
+from ..config import load_config
+from ..errors import exit_on_user_error
 from ..utils import distributed as comm
 from ..utils.env import collect_env_info, seed_all
 from ..utils.io import atomic_open
@@ -69,37 +70,17 @@ def build_parser(kind):
     return parser
 
 
-def user_errors():
-    """Exception types that mean bad input (a file, key or setting), reported without a traceback."""
-    from ..checkpoint import CheckpointError
-    from ..data.build import DatasetConfigError
-    from ..data.formats import DataFormatError
-    from ..data.frames import FrameReadError
-    from ..data.keyframe_clips import ClipTooShortError
-    from ..data.video import VideoReadError
-    from ..evaluation.ava_csv import AVAFormatError
-    from ..evaluation.frame_map import EvaluationError
-    from ..evaluation.labelmap import LabelMapError
-    from .trainer import NonFiniteLossError
-
-    return (ConfigError, CheckpointError, DatasetConfigError, DataFormatError, FrameReadError, AVAFormatError,
-            EvaluationError, LabelMapError, NonFiniteLossError, FileNotFoundError, VideoReadError, ClipTooShortError)
-
-
 def run_entry_point(kind, body, argv=None):
     """Set up (see ``setup``), run ``body(args, cfg, dist_info)``, leave the process group.
 
-    Bad input (``user_errors()``) ends the process with status 1 and one ``error:`` line
-    naming the file, line or key; the traceback goes to the log file only.
+    Bad input (any ``stmixer.errors.UserError``) ends the process with status 1 (2 for a
+    config error) and one ``error:`` line naming the file, line or key; the traceback goes
+    to the log file only.
     """
     args, cfg, dist_info, logger = setup(kind, argv)
     try:
-        body(args, cfg, dist_info)
-    except user_errors() as e:
-        logger.debug("Traceback of the error below", exc_info=True)
-        logger.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+        with exit_on_user_error(logger):
+            body(args, cfg, dist_info)
     finally:
         comm.cleanup_distributed()
 
@@ -116,11 +97,8 @@ def setup(kind, argv=None):
         error naming the file, line and key (no traceback).
     """
     args = build_parser(kind).parse_intermixed_args(argv)
-    try:
+    with exit_on_user_error():
         cfg = load_config(args.config_file, args.opts)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
     dist_info = comm.init_distributed(args.local_rank)
     logger = setup_logger(cfg.OUTPUT_DIR, dist_info.rank)
     _log_run_header(logger, args, cfg, dist_info)

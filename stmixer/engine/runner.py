@@ -18,6 +18,7 @@ from ..data.build import build_data_loader, build_dataset, dataset_path
 from ..evaluation.evaluator import AVAEvaluator
 from ..modeling import build_detector
 from ..solver import build_lr_scheduler, build_optimizer
+from ..errors import UserFileNotFoundError
 from ..utils import distributed as comm
 from .checkpointer import Checkpointer, unwrap_model
 from .hooks import EvalHook, LRSchedulerHook, MetricsWriterHook, PeriodicCheckpointHook, ProgressBarHook
@@ -166,7 +167,7 @@ def test(cfg, dist_info):
     model = build_model(cfg, device)
     weight = cfg.MODEL.WEIGHT or Checkpointer(cfg.OUTPUT_DIR, model).last_checkpoint()
     if not weight:
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             "test_net.py needs weights: give MODEL.WEIGHT path/to/checkpoint.pth "
             f"(OUTPUT_DIR {cfg.OUTPUT_DIR} holds no last_checkpoint either)"
         )

@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from ..errors import UserError
 from ..modeling.losses import reduce_losses
 from ..utils import distributed as comm
 from .events import MetricHistory
@@ -22,7 +23,7 @@ logger = logging.getLogger(__name__)
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """A loss term became NaN or infinite."""
 
 

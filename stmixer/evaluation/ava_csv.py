@@ -22,13 +22,15 @@ import math
 import numpy as np
 import pandas as pd
 
+from ..errors import UserError
+
 _CHUNK_ROWS = 500_000
 _TIMESTAMP_LIMIT = 2**31 - 1
 _COLUMN_NAMES = ("video_id", "timestamp", "x1", "y1", "x2", "y2", "action_id", "score")
 _PANDAS_OLD_FLOATS = tuple(int(p) for p in pd.__version__.split(".")[:2]) < (3, 1)
 
 
-class AVAFormatError(ValueError):
+class AVAFormatError(UserError, ValueError):
     """A malformed AVA CSV file; the message names the file and line."""
 
 

@@ -42,6 +42,7 @@ import heapq
 
 import numpy as np
 
+from ..errors import UserError
 from .ava_csv import line_of_data_row
 
 PROTOCOLS = ("stmixer", "activitynet")
@@ -51,7 +52,7 @@ STMIXER_PER_CLASS_CAP = 10000
 STMIXER_MIN_SCORE = -10.0
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UserError, ValueError):
     """Inputs that the metric cannot be computed on; the message says which file/row and why."""
 
 

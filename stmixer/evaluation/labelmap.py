@@ -12,6 +12,8 @@ starts a comment. Anything else is an error naming the file and line.
 import dataclasses
 import re
 
+from ..errors import UserError
+
 _TOKEN = re.compile(
     r"""
     (?P<space>[ \t\r\f\v]+) | (?P<newline>\n) | (?P<comment>\#[^\n]*)
@@ -27,7 +29,7 @@ _ID_FIELDS = ("id", "label_id")
 _IGNORED_FIELDS = ("label_type", "display_name")
 
 
-class LabelMapError(ValueError):
+class LabelMapError(UserError, ValueError):
     """A label map file that cannot be read; the message names the file and line."""
 
 
