@@ -25,7 +25,7 @@ class FrameReadError(UserError, OSError):
 
 
 class CorruptFrameError(FrameReadError):
-    """A JPEG frame whose decoder reported corrupt data: it decodes, but into partly garbage pixels."""
+    """A JPEG frame whose decoder reported corrupt data: it decodes, but its pixels may be partly garbage."""
 
 
 class CorruptFrameLog:
@@ -52,7 +52,7 @@ class CorruptFrameLog:
         self.paths.add(path)
         n = self.count
         self.logger.warning(
-            "corrupt JPEG data in %s: %s; its pixels are partly garbage and used as they are (%d corrupt frame "
+            "corrupt JPEG data in %s: %s; its pixels may be partly garbage and are used as they are (%d corrupt frame "
             "file%s so far in this process; python -m stmixer.data.check --all-frames lists them all)",
             path, message, n, "" if n == 1 else "s",
         )
@@ -88,9 +88,13 @@ def _decode_jpeg(data, path, on_corrupt):
     try:
         image = simplejpeg.decode_jpeg(data, colorspace="BGR", strict=False)
     except ValueError as e:
-        raise FrameReadError(f"frame file is corrupt or not an image: {path} ({_libjpeg_message(e)})") from None
+        message = _libjpeg_message(e)
+        # OpenCV's libjpeg build gets through a few of these (a file that decoded before still decodes).
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            raise FrameReadError(f"frame file is corrupt or not an image: {path} ({message})") from None
     if on_corrupt is None:
-        raise CorruptFrameError(f"corrupt JPEG data in {path}: {message} (its pixels are partly garbage)")
+        raise CorruptFrameError(f"corrupt JPEG data in {path}: {message} (its pixels may be partly garbage)")
     on_corrupt(path, message)
     return image
 

@@ -47,7 +47,7 @@ def write_corrupt_jpeg(corrupt_jpeg):
 
 def test_corrupt_middle_is_an_error_naming_the_file(tmp_path, write_corrupt_jpeg):
     path = write_corrupt_jpeg(tmp_path / "frame_000007.jpg")
-    with pytest.raises(CorruptFrameError, match=r"corrupt JPEG data in .*frame_000007\.jpg: \w.*partly garbage"):
+    with pytest.raises(CorruptFrameError, match=r"corrupt JPEG data in .*frame_000007\.jpg: \w.*may be partly garbage"):
         read_frame(str(path))
     assert issubclass(CorruptFrameError, FrameReadError)
 
@@ -72,3 +72,17 @@ def test_corrupt_frame_log_warns_once_per_file_with_a_count(tmp_path, write_corr
     assert str(bad[0]) in messages[0] and "1 corrupt frame file so far" in messages[0]
     assert str(bad[1]) in messages[1] and "2 corrupt frame files so far" in messages[1]
     assert log.count == 2
+
+
+def test_header_warning_that_opencv_decodes_is_corrupt_with_opencv_pixels(tmp_path):
+    data = bytearray(cv2.imencode(".jpg", smooth_image(48, 64))[1].tobytes())
+    assert data[6:11] == b"JFIF\0"
+    data[11] = 0  # JFIF major version 0: libjpeg warns while reading the header
+    path = tmp_path / "f.jpg"
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptFrameError, match=r"f\.jpg: Warning: unknown JFIF revision number 0"):
+        read_frame(str(path))
+    seen = []
+    image = read_frame(str(path), on_corrupt=lambda p, message: seen.append(p))
+    assert seen == [str(path)]
+    np.testing.assert_array_equal(image, cv2.imdecode(np.frombuffer(bytes(data), np.uint8), cv2.IMREAD_COLOR))
