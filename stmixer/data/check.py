@@ -387,10 +387,10 @@ def build_parser():
         help="frames to decode: those the keyframe clips read (default), every listed frame, or none",
     )
     parser.add_argument("--all-frames", dest="decode", action="store_const", const="all",
-                        help="decode every listed frame (same as --decode all; AVA: 8 M frames, use --workers)")
+                        help="decode every listed frame, in --workers processes, with a progress bar (same as --decode all)")
     parser.add_argument("--frames-per-video", type=int, default=None, metavar="N",
                         help="expected frames per video (27030 for AVA); default: only AVA-like counts are checked")
-    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="decoding processes")
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), metavar="N", help="decoding processes (default: the CPUs this process may use)")
     parser.add_argument("--max-examples", type=int, default=10, help="messages shown per problem category")
     parser.add_argument("opts", nargs="*", metavar="KEY VALUE",
                         help="config overrides (options may come before or after them)")
