@@ -390,7 +390,8 @@ def build_parser():
                         help="decode every listed frame, in --workers processes, with a progress bar (same as --decode all)")
     parser.add_argument("--frames-per-video", type=int, default=None, metavar="N",
                         help="expected frames per video (27030 for AVA); default: only AVA-like counts are checked")
-    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), metavar="N", help="decoding processes (default: the CPUs this process may use)")
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), metavar="N",
+                        help="decoding processes (default: the CPUs this process may use)")
     parser.add_argument("--max-examples", type=int, default=10, help="messages shown per problem category")
     parser.add_argument("opts", nargs="*", metavar="KEY VALUE",
                         help="config overrides (options may come before or after them)")
