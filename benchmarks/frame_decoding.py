@@ -38,7 +38,9 @@ def candidates(data):
     return {
         "cv2.imdecode": lambda: cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR),
         "stmixer decode_frame": lambda: decode_frame(data, "frame.jpg"),
-        "Pillow + RGB->BGR": lambda: np.ascontiguousarray(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))[..., ::-1]),
+        "Pillow + RGB->BGR": lambda: np.ascontiguousarray(
+            np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))[..., ::-1]
+        ),
     }
 
 

@@ -387,7 +387,8 @@ def build_parser():
         help="frames to decode: those the keyframe clips read (default), every listed frame, or none",
     )
     parser.add_argument("--all-frames", dest="decode", action="store_const", const="all",
-                        help="decode every listed frame, in --workers processes, with a progress bar (same as --decode all)")
+                        help="decode every listed frame in --workers processes, with a progress bar "
+                        "(same as --decode all)")
     parser.add_argument("--frames-per-video", type=int, default=None, metavar="N",
                         help="expected frames per video (27030 for AVA); default: only AVA-like counts are checked")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), metavar="N",
