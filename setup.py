@@ -17,6 +17,7 @@ setup(
         "yacs",
         "fvcore",
         "opencv-python-headless",
+        "simplejpeg",
         "av",
         "tensorboardX",
         "scipy",

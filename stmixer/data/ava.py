@@ -24,7 +24,7 @@ from .formats import (
     DataFormatError,
     second_to_frame_index,
 )
-from .frames import read_frame, read_frames
+from .frames import CorruptFrameLog, read_frame, read_frames
 from .transforms import pathway_frame_indices
 
 logger = logging.getLogger("stmixer.data.ava")
@@ -221,6 +221,8 @@ class AvaDataset(torch.utils.data.Dataset):
         self.pathway_frames = pathway_frame_indices(self.num_frames, int(num_pathways), int(alpha))
         self.defer_pixels = defer_pixels
         self._frame_sizes = {}
+        # Corrupt JPEGs are used as decoded, with one warning per file (per process).
+        self.corrupt_frames = CorruptFrameLog(logger)
 
     def __len__(self):
         return len(self.keyframes)
@@ -241,7 +243,9 @@ class AvaDataset(torch.utils.data.Dataset):
         """(height, width) of a video's frames, from its first frame (cached)."""
         if video_index not in self._frame_sizes:
             video = self.videos[video_index]
-            self._frame_sizes[video_index] = read_frame(os.path.join(self.frame_dir, video.path(0))).shape[:2]
+            self._frame_sizes[video_index] = read_frame(
+                os.path.join(self.frame_dir, video.path(0)), on_corrupt=self.corrupt_frames
+            ).shape[:2]
         return self._frame_sizes[video_index]
 
     def aspect_groups(self):
@@ -257,7 +261,7 @@ class AvaDataset(torch.utils.data.Dataset):
         if entropy is None:
             entropy = int(np.random.randint(0, 2**63 - 1, dtype=np.int64))
         rng = np.random.default_rng(entropy)
-        frames = read_frames(self.clip_frame_paths(index))
+        frames = read_frames(self.clip_frame_paths(index), on_corrupt=self.corrupt_frames)
         orig_size = tuple(frames[0].shape[:2])
         pixels, boxes = self.transform(frames, self.keyframes.boxes_of(index), rng)
         height, width = pixels.shape[-2:]

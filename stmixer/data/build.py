@@ -31,10 +31,27 @@ class DatasetConfigError(UserError, ValueError):
     """A config whose data keys do not fit together or point at missing files (names the key)."""
 
 
+class DataRootError(DatasetConfigError):
+    """``DATA.PATH_TO_DATA_DIR`` is empty or not a folder (a config error: exit status 2)."""
+
+    exit_status = 2
+
+
+def data_root(cfg):
+    """``DATA.PATH_TO_DATA_DIR``, checked to be a folder (DataRootError naming the key and path if not)."""
+    root = cfg.DATA.PATH_TO_DATA_DIR
+    if not root:
+        raise DataRootError("DATA.PATH_TO_DATA_DIR is empty: set it to the dataset root (see data/README.md)")
+    if not os.path.isdir(root):
+        what = "is not a folder" if os.path.exists(root) else "does not exist"
+        raise DataRootError(f"DATA.PATH_TO_DATA_DIR = {root!r} {what}: set it to the dataset root (see data/README.md)")
+    return root
+
+
 def dataset_path(cfg, folder_key, name, key):
-    """``DATA.PATH_TO_DATA_DIR / AVA.<folder_key> / name``; an error naming ``key`` if the file is missing."""
-    if not cfg.DATA.PATH_TO_DATA_DIR:
-        raise DatasetConfigError("DATA.PATH_TO_DATA_DIR is empty: set it to the dataset root (see data/README.md)")
+    """``DATA.PATH_TO_DATA_DIR / AVA.<folder_key> / name``; an error naming ``key`` if the file is missing
+    (naming ``DATA.PATH_TO_DATA_DIR`` if the root itself is)."""
+    data_root(cfg)
     folder = cfg.AVA[folder_key]
     path = os.path.join(cfg.DATA.PATH_TO_DATA_DIR, folder, name)
     if not os.path.exists(path):

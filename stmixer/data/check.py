@@ -6,9 +6,16 @@ missing config files; malformed rows of frame lists, box CSVs, label map and exc
 map or outside ``1..MODEL.STM.ACTION_CLASSES``; keyframes outside seconds 902..1798 or
 of videos without frames; frame counts that disagree with 30 fps (a 15-minute AVA
 segment, 900-1801 s, has 27,030 frames); missing frames; keyframes whose frame or clip
-frames lie beyond the video; frames that do not decode (truncated or corrupt JPEGs) or
-change size within a video. Prints a summary; the exit status is 1 when there are
-errors, 2 for a bad command line or config, 0 otherwise.
+frames lie beyond the video; frames that do not decode (truncated JPEGs), whose JPEG
+decoder reports corrupt data, or that change size within a video; empty frame lists or
+box CSVs, and splits without a usable keyframe.
+
+By default only the frames that the keyframe clips of the given config read are decoded
+(the summary says how many of the listed frames that is); ``--all-frames`` decodes every
+listed frame in ``--workers`` processes, with a progress bar on stderr. Prints a summary;
+the exit status is 1 when there are errors, 2 for a bad command line or config (a missing
+``DATA.PATH_TO_DATA_DIR`` included), 0 otherwise. Options and ``KEY VALUE`` overrides may
+come in either order.
 """
 
 import argparse
@@ -17,7 +24,10 @@ import concurrent.futures
 import os
 import sys
 
-from ..config import ConfigError, load_config
+from tqdm import tqdm
+
+from ..config import load_config
+from ..errors import exit_on_user_error
 from .ava import clip_frame_indices
 from .formats import (
     AVA_FIRST_KEYFRAME_SECOND,
@@ -31,12 +41,17 @@ from .formats import (
     read_label_map,
     second_to_frame_index,
 )
-from .frames import FrameReadError, read_frame
+from .build import data_root
+from .frames import CorruptFrameError, FrameReadError, read_frame
 
 # Frames of a full AVA segment: seconds 900 to 1801 at 30 fps.
 AVA_SEGMENT_FRAMES = 27030
 # Frame counts in this range look like AVA segments extracted at the wrong rate or cut wrongly.
 _AVA_LIKE_RANGE = (26000, 28000)
+# Decoding: frames per task of a worker process, tasks in flight per worker, fewest frames worth a process pool.
+_CHUNK_FRAMES = 64
+_CHUNKS_IN_FLIGHT = 4
+_MIN_POOL_FRAMES = 256
 
 
 class Report:
@@ -96,6 +111,17 @@ def _existing(report, cfg, folder_key, name, key):
     return path
 
 
+def _empty_file(report, path, key, expected):
+    report.error("empty file", f"{path} ({key}) has no rows; expected {expected}")
+
+
+def _has_rows_after_header(path):
+    """Whether the text file ``path`` has a non-blank line after its first (header) line."""
+    with open(path, "rb") as f:
+        f.readline()
+        return any(line.strip() for line in f)
+
+
 def check_label_map(cfg, report):
     """The label map ``{id: name}`` (empty when missing or malformed, which is reported)."""
     path = _existing(report, cfg, "ANNOTATION_DIR", cfg.AVA.LABEL_MAP_FILE, "AVA.LABEL_MAP_FILE")
@@ -124,13 +150,16 @@ def check_exclusions(cfg, report):
         return set()
 
 
-def check_box_file(path, has_score, label_map, num_classes, report):
-    """Every row of one box CSV; returns the keyframes it annotates: {(video, second): source}."""
+def check_box_file(path, key, has_score, label_map, num_classes, report):
+    """Every row of one box CSV (``key``: its config key); returns the keyframes it annotates:
+    {(video, second): source}."""
     keyframes = {}
+    rows = 0
     with open(path, "r") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            rows += 1
             where = f"{path}:{line_no}"
             try:
                 video, second, box, _, action, _ = parse_box_row(line, has_score)
@@ -152,6 +181,8 @@ def check_box_file(path, has_score, label_map, num_classes, report):
                 report.warning("keyframe outside 902..1798 s", f"{where}: second {second} (ignored by the loader)")
                 continue
             keyframes.setdefault((video, second), where)
+    if not rows:
+        _empty_file(report, path, key, "rows video_id,second,x1,y1,x2,y2,action_id,person_id")
     return keyframes
 
 
@@ -188,39 +219,91 @@ def check_frames_exist(frame_dir, videos, report):
     return total
 
 
-def _decode_one(path):
-    try:
-        return path, read_frame(path, retries=0).shape[:2], None
-    except FrameReadError as e:
-        return path, None, str(e)
+def _decode_chunk(paths):
+    """Decode frames; per path ``(size or None, category or None, message)``; "missing" frames are
+    already reported by ``check_frames_exist``."""
+    results = []
+    for path in paths:
+        try:
+            results.append((read_frame(path, retries=0).shape[:2], None, None))
+        except CorruptFrameError as e:
+            results.append((None, "corrupt frame", str(e)))
+        except FrameReadError as e:
+            category = "missing" if not os.path.exists(path) else "unreadable frame"
+            results.append((None, category, str(e)))
+    return results
 
 
-def check_decoding(paths_by_video, workers, report):
-    """Decode frames (in ``workers`` processes); report corrupt ones and size changes within a video."""
-    jobs = [(video, path) for video, paths in paths_by_video.items() for path in paths if os.path.exists(path)]
+def _chunks(paths_by_video):
+    for video, paths in paths_by_video:
+        for i in range(0, len(paths), _CHUNK_FRAMES):
+            yield video, paths[i:i + _CHUNK_FRAMES]
+
+
+def _decoded_chunks(paths_by_video, workers):
+    """Yield ``(video, paths, results of _decode_chunk)`` in order; with ``workers`` > 1, decoded in
+    that many processes, at most ``_CHUNKS_IN_FLIGHT`` chunks per process queued at a time."""
+    chunks = _chunks(paths_by_video)
+    if workers <= 1:
+        for video, paths in chunks:
+            yield video, paths, _decode_chunk(paths)
+        return
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+        pending = collections.deque()
+        for video, paths in chunks:
+            pending.append((video, paths, pool.submit(_decode_chunk, paths)))
+            if len(pending) >= workers * _CHUNKS_IN_FLIGHT:
+                video, paths, future = pending.popleft()
+                yield video, paths, future.result()
+        while pending:
+            video, paths, future = pending.popleft()
+            yield video, paths, future.result()
+
+
+def check_decoding(paths_by_video, total, workers, report, progress=None):
+    """Decode frames; report corrupt ones and size changes within a video.
+
+    Args:
+        paths_by_video: iterable of ``(video name, [frame paths])`` (may be a generator).
+        total: number of paths in it (for the progress bar; a pool is used above 256).
+        workers: decoding processes.
+        report: the Report.
+        progress: None, or the description of a progress bar (tqdm, with ETA) on stderr.
+
+    Returns:
+        the number of frames decoded (listed frames that exist).
+    """
     sizes = {}
-    results = map(_decode_one, (p for _, p in jobs))
-    pool = None
-    if workers > 1 and len(jobs) > 256:
-        pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers)
-        results = pool.map(_decode_one, (p for _, p in jobs), chunksize=64)
+    decoded = 0
+    bar = tqdm(total=total, desc=progress, unit="frame", file=sys.stderr, disable=progress is None)
     try:
-        for (video, _), (path, size, problem) in zip(jobs, results):
-            if problem:
-                report.error("unreadable frame", problem)
-            elif sizes.setdefault(video, (size, path))[0] != size:
-                first_size, first_path = sizes[video]
-                report.error("frame size", f"{path} is {size[1]}x{size[0]}, {first_path} is {first_size[1]}x{first_size[0]}")
+        for video, paths, results in _decoded_chunks(paths_by_video, workers if total > _MIN_POOL_FRAMES else 1):
+            for path, (size, category, message) in zip(paths, results):
+                if category == "missing":
+                    continue
+                decoded += 1
+                if category:
+                    report.error(category, message)
+                elif sizes.setdefault(video, (size, path))[0] != size:
+                    first_size, first_path = sizes[video]
+                    report.error("frame size", f"{path} is {size[1]}x{size[0]}, {first_path} is "
+                                 f"{first_size[1]}x{first_size[0]}")
+            bar.update(len(paths))
     finally:
-        if pool is not None:
-            pool.shutdown()
-    return len(jobs)
+        bar.close()
+    return decoded
 
 
-def check_split(cfg, split, label_map, excluded, report, decode="clips", workers=1, frames_per_video=None):
-    """Check one split ("train" or "test") of the dataset ``cfg`` describes."""
+def check_split(cfg, split, label_map, excluded, report, decode="clips", workers=1, frames_per_video=None,
+                progress=False):
+    """Check one split ("train" or "test") of the dataset ``cfg`` describes (``progress``: a bar on stderr
+    while decoding)."""
     lists, boxes = ("TRAIN_LISTS", "TRAIN_GT_BOX_LISTS") if split == "train" else ("TEST_LISTS", "TEST_GT_BOX_LISTS")
     list_paths = [_existing(report, cfg, "FRAME_LIST_DIR", name, f"AVA.{lists}") for name in cfg.AVA[lists]]
+    for path in list_paths:
+        if path and not _has_rows_after_header(path):
+            _empty_file(report, path, f"AVA.{lists}", "a header line, then rows "
+                        "'original_vido_id video_idx frame_idx path labels'")
     try:
         videos = read_frame_lists([p for p in list_paths if p])
     except DataFormatError as e:
@@ -230,7 +313,7 @@ def check_split(cfg, split, label_map, excluded, report, decode="clips", workers
     for name in cfg.AVA[boxes]:
         path = _existing(report, cfg, "ANNOTATION_DIR", name, f"AVA.{boxes}")
         if path:
-            keyframes.update(check_box_file(path, "predicted_boxes" in name, label_map,
+            keyframes.update(check_box_file(path, f"AVA.{boxes}", "predicted_boxes" in name, label_map,
                                             cfg.MODEL.STM.ACTION_CLASSES, report))
     frame_dir = os.path.join(cfg.DATA.PATH_TO_DATA_DIR, cfg.AVA.FRAME_DIR)
     check_frame_counts(videos, frames_per_video, report)
@@ -260,15 +343,36 @@ def check_split(cfg, split, label_map, excluded, report, decode="clips", workers
         if decode == "clips":
             indices = clip_frame_indices(center, cfg.DATA.NUM_FRAMES, cfg.DATA.SAMPLING_RATE, video.num_frames)
             to_decode[name].update(os.path.join(frame_dir, video.path(i)) for i in indices)
-    if decode == "all":
-        for video in videos:
-            to_decode[video.name] = {os.path.join(frame_dir, video.path(i)) for i in range(video.num_frames)}
-    decoded = check_decoding({k: sorted(v) for k, v in to_decode.items()}, workers, report) if decode != "none" else 0
+    if not used:
+        report.error("no usable keyframe", f"{split}: no annotated keyframe of AVA.{boxes} {list(cfg.AVA[boxes])} "
+                     f"belongs to a video of AVA.{lists} {list(cfg.AVA[lists])} at seconds "
+                     f"{AVA_FIRST_KEYFRAME_SECOND}..{AVA_LAST_KEYFRAME_SECOND} (training and testing need one)")
     report.note(
         f"{split}: {len(videos)} videos, {num_frames} frames listed, {used} annotated keyframes "
         f"(seconds {AVA_FIRST_KEYFRAME_SECOND}..{AVA_LAST_KEYFRAME_SECOND}, frame index = (second - "
-        f"{AVA_START_SECOND}) * {AVA_FPS}), {decoded} frames decoded"
+        f"{AVA_START_SECOND}) * {AVA_FPS})"
     )
+    if decode == "none":
+        report.note(f"{split}: decoded no frames (--decode none)")
+        return
+    if decode == "all":
+        paths_by_video = (
+            (video.name, [os.path.join(frame_dir, video.path(i)) for i in range(video.num_frames)]) for video in videos
+        )
+        total = num_frames
+    else:
+        paths_by_video = [(name, sorted(paths)) for name, paths in to_decode.items()]
+        total = sum(len(paths) for _, paths in paths_by_video)
+    decoded = check_decoding(paths_by_video, total, workers, report, f"decoding {split} frames" if progress else None)
+    if decode == "all":
+        missing = f" ({num_frames - decoded} are missing)" if decoded < num_frames else ""
+        report.note(f"{split}: decoded all {num_frames} listed frames{missing}")
+    else:
+        report.note(
+            f"{split}: decoded {decoded} of {num_frames} listed frames: those the {used} keyframe clips read "
+            f"(DATA.NUM_FRAMES {cfg.DATA.NUM_FRAMES} at DATA.SAMPLING_RATE {cfg.DATA.SAMPLING_RATE}); frames that "
+            "no clip of this config reads were not decoded (--all-frames decodes every listed frame)"
+        )
 
 
 def build_parser():
@@ -282,37 +386,42 @@ def build_parser():
         "--decode", choices=("clips", "all", "none"), default="clips",
         help="frames to decode: those the keyframe clips read (default), every listed frame, or none",
     )
+    parser.add_argument("--all-frames", dest="decode", action="store_const", const="all",
+                        help="decode every listed frame in --workers processes, with a progress bar "
+                        "(same as --decode all)")
     parser.add_argument("--frames-per-video", type=int, default=None, metavar="N",
                         help="expected frames per video (27030 for AVA); default: only AVA-like counts are checked")
-    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="decoding processes")
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), metavar="N",
+                        help="decoding processes (default: the CPUs this process may use)")
     parser.add_argument("--max-examples", type=int, default=10, help="messages shown per problem category")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
+    parser.add_argument("opts", nargs="*", metavar="KEY VALUE",
+                        help="config overrides (options may come before or after them)")
     return parser
 
 
-def run_checks(cfg, splits, decode="clips", workers=1, frames_per_video=None, max_examples=10):
-    """Check the splits of the dataset ``cfg`` describes; returns the Report."""
+def run_checks(cfg, splits, decode="clips", workers=1, frames_per_video=None, max_examples=10, progress=False):
+    """Check the splits of the dataset ``cfg`` describes; returns the Report.
+
+    Raises:
+        DataRootError when ``DATA.PATH_TO_DATA_DIR`` is empty or not a folder.
+    """
     report = Report(max_examples)
-    report.note(f"dataset root: {cfg.DATA.PATH_TO_DATA_DIR}")
+    report.note(f"dataset root: {data_root(cfg)}")
     label_map = check_label_map(cfg, report)
     excluded = check_exclusions(cfg, report)
     for split in splits:
-        check_split(cfg, split, label_map, excluded, report, decode, workers, frames_per_video)
+        check_split(cfg, split, label_map, excluded, report, decode, workers, frames_per_video, progress)
     return report
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
+    """The command line; returns the exit status (a bad config or data root exits with 2 and one line)."""
+    args = build_parser().parse_intermixed_args(argv)
+    with exit_on_user_error():
         cfg = load_config(args.config_file, args.opts, freeze=False)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not cfg.DATA.PATH_TO_DATA_DIR or not os.path.isdir(cfg.DATA.PATH_TO_DATA_DIR):
-        print(f"error: DATA.PATH_TO_DATA_DIR = {cfg.DATA.PATH_TO_DATA_DIR!r} is not a folder", file=sys.stderr)
-        return 2
-    splits = ("train", "test") if args.split == "both" else (args.split,)
-    report = run_checks(cfg, splits, args.decode, args.workers, args.frames_per_video, args.max_examples)
+        splits = ("train", "test") if args.split == "both" else (args.split,)
+        report = run_checks(cfg, splits, args.decode, max(1, args.workers), args.frames_per_video, args.max_examples,
+                            progress=True)
     print(report.render())
     return 1 if report.num_errors else 0
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..utils.io import temporary_sibling
-from .frames import read_frame
+from .frames import CorruptFrameLog, read_frame
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ class VideoSource:
                 raise VideoReadError(f"{path}: the frame rate of a frame folder must be positive, got {folder_fps}")
             self.fps = float(folder_fps)
             self.num_frames = len(self._files)
-            self.height, self.width = read_frame(self._files[0]).shape[:2]
+            self._corrupt = CorruptFrameLog(logger)  # corrupt JPEGs: shown as decoded, one warning per file
+            self.height, self.width = read_frame(self._files[0], on_corrupt=self._corrupt).shape[:2]
             return
         try:
             with av.open(path) as container:
@@ -91,7 +92,7 @@ class VideoSource:
         """
         if self.is_folder:
             for i, file in enumerate(self._files):
-                frame = read_frame(file)
+                frame = read_frame(file, on_corrupt=self._corrupt)
                 if frame.shape[:2] != (self.height, self.width):
                     raise VideoReadError(
                         f"{file} is {frame.shape[1]}x{frame.shape[0]} but the folder's first frame is "

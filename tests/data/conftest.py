@@ -77,3 +77,21 @@ def make_layout(root, num_frames=125, height=6, width=10, gt="v,902,0.1,0.2,0.5,
 def layout(tmp_path):
     """``layout(**kwargs)``: a hand-made one-video dataset in ``tmp_path`` (see ``make_layout``)."""
     return lambda **kwargs: make_layout(tmp_path, **kwargs)
+
+
+def corrupt_jpeg_middle(path, seed=0):
+    """Overwrite the middle third of the JPEG file ``path`` with random bytes, keeping its start
+    (SOI, headers) and its end-of-image marker: OpenCV still decodes it, into partly garbage pixels."""
+    data = bytearray(path.read_bytes())
+    assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9"
+    start, stop = len(data) // 3, 2 * len(data) // 3
+    data[start:stop] = np.random.default_rng(seed).integers(0, 256, stop - start, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    assert cv2.imread(str(path)) is not None  # the silent case
+    return path
+
+
+@pytest.fixture
+def corrupt_jpeg():
+    """``corrupt_jpeg(path)``: see ``corrupt_jpeg_middle``."""
+    return corrupt_jpeg_middle

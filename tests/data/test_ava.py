@@ -1,4 +1,7 @@
+import logging
 import os
+import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -139,3 +142,23 @@ def test_loader_names_file_line_of_malformed_row(layout, make_cfg):
     root = layout(gt="v,902,0.1,0.2,0.5,1.0,3,0\nv,903,0.1,0.2\n")
     with pytest.raises(DataFormatError, match=r"ava_val_v2.2.csv:2: expected 7 comma-separated fields"):
         build_dataset(make_cfg(root), False)
+
+
+def test_dataset_warns_once_naming_a_corrupt_frame(tiny_dataset, make_cfg, tmp_path, corrupt_jpeg):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset[0], root)
+    dataset = build_dataset(make_cfg(root), True)
+    corrupt = corrupt_jpeg(pathlib.Path(dataset.clip_frame_paths(0)[3]))
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("stmixer.data.ava")
+    logger.addHandler(handler)
+    try:
+        for _ in range(3):  # the same clip again: no new warning
+            sample = dataset[0]
+    finally:
+        logger.removeHandler(handler)
+    assert sample["videos"][0].shape[1] == 8  # the clip is still read
+    messages = [r.getMessage() for r in records]
+    assert len(messages) == 1 and str(corrupt) in messages[0] and "1 corrupt frame file so far" in messages[0]

@@ -86,6 +86,7 @@ def test_deferred_pixels_batch_equals_the_reference_path(tiny_cfg, opts):
         (["AVA.LABEL_MAP_FILE", "x"], None),
         (["AVA.EXCLUSION_FILE", "gone.csv"], "AVA.EXCLUSION_FILE"),
         (["DATA.PATH_TO_DATA_DIR", ""], "DATA.PATH_TO_DATA_DIR is empty"),
+        (["DATA.PATH_TO_DATA_DIR", "/no/such/root"], "^DATA.PATH_TO_DATA_DIR = '/no/such/root' does not exist: "),
         (["DATA.TRAIN_SCALE_SAMPLING", "uniform"], "DATA.TRAIN_SCALE_SAMPLING"),
         (["DATA.TRAIN_MIN_SCALES", []], "DATA.TRAIN_MIN_SCALES"),
         (["SOLVER.VIDEOS_PER_BATCH", 3], None),

@@ -90,3 +90,61 @@ def test_decode_all_reaches_frames_outside_the_clips(dataset_copy, make_cfg):
     report = run_checks(cfg, ("train",), decode="all", workers=2)  # > 256 frames: a process pool
     assert report.counts["error"] == {"unreadable frame": 1}
     assert str(corrupt) in report.examples["error"]["unreadable frame"][0]
+
+
+def cli_args(root, *options):
+    """Command line of the checker on ``root``: overrides first, options after them (either order is valid)."""
+    return ["DATA.PATH_TO_DATA_DIR", str(root), "MODEL.STM.ACTION_CLASSES", "9", *options]
+
+
+def test_corrupt_middle_of_a_clip_frame_is_an_error_naming_it(dataset_copy, make_cfg, corrupt_jpeg):
+    frame = dataset_copy / "frames" / "syn_train_0000" / f"syn_train_0000_{second_to_frame_index(902) + 1:06d}.jpg"
+    corrupt_jpeg(frame)  # the keyframe itself: read by the clip of second 902
+    report = check(make_cfg(dataset_copy))
+    assert report.counts["error"] == {"corrupt frame": 1}
+    assert f"corrupt JPEG data in {frame}: " in report.examples["error"]["corrupt frame"][0]
+
+
+def test_default_run_names_the_frames_it_decoded_all_frames_decodes_the_rest(dataset_copy, capsys, corrupt_jpeg):
+    unused = corrupt_jpeg(dataset_copy / "frames" / "syn_train_0001" / "syn_train_0001_000002.jpg")  # no clip reads it
+    assert main(cli_args(dataset_copy, "--workers", "1")) == 0
+    captured = capsys.readouterr()
+    assert "train: decoded 24 of 366 listed frames: those the 6 keyframe clips read" in captured.out
+    assert "--all-frames decodes every listed frame" in captured.out
+    assert main(cli_args(dataset_copy, "--all-frames", "--split", "train", "--workers", "2")) == 1
+    captured = capsys.readouterr()
+    assert "train: decoded all 366 listed frames" in captured.out
+    assert "ERROR corrupt frame: 1" in captured.out and str(unused) in captured.out
+    progress = captured.err.replace("\r", "\n").splitlines()
+    assert any("train frames" in line and "366/366" in line for line in progress)
+
+
+@pytest.mark.parametrize("empty, key", [
+    ("annotations_v2.2/ava_train_v2.2.csv", "AVA.TRAIN_GT_BOX_LISTS"),
+    ("frame_lists/val.csv", "AVA.TEST_LISTS"),  # the header line only
+])
+def test_empty_annotation_or_frame_list_is_an_error(dataset_copy, make_cfg, empty, key):
+    path = dataset_copy / empty
+    path.write_text(path.read_text().splitlines()[0] + "\n" if empty.startswith("frame_lists") else "")
+    report = check(make_cfg(dataset_copy))
+    assert report.counts["error"]["empty file"] == 1
+    assert f"{path} ({key}) has no rows" in report.examples["error"]["empty file"][0]
+    split = "train" if "TRAIN" in key else "test"
+    assert report.counts["error"]["no usable keyframe"] == 1
+    assert f"{split}: no annotated keyframe" in report.examples["error"]["no usable keyframe"][0]
+
+
+def test_options_may_follow_config_overrides(tiny_dataset, capsys):
+    assert main(cli_args(tiny_dataset[0], "--split", "test", "--workers", "1")) == 0
+    out = capsys.readouterr().out
+    assert "test: 1 videos" in out and "train:" not in out
+
+
+def test_wrong_data_root_is_one_line_naming_the_key(tmp_path, capsys):
+    missing = tmp_path / "no_such_root"
+    with pytest.raises(SystemExit) as exit_info:
+        main(cli_args(missing, "--workers", "1"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"error: DATA.PATH_TO_DATA_DIR = {str(missing)!r} does not exist: set it to the dataset root " \
+                  "(see data/README.md)\n"
