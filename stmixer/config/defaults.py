@@ -117,8 +117,8 @@ _C.MODEL.META_ARCHITECTURE = "STMDetector"
 _C.MODEL.DEVICE = ""
 
 _C.MODEL.BACKBONE = CN()
-# Backbone name: "PySlowonly", "PySlowfast-R50", "PySlowfast-R101", "MAE-ViT-B" or "MAE-ViT-L".
-_C.MODEL.BACKBONE.CONV_BODY = "Slowfast-Resnet50"
+# Backbone name: "PySlowonly", "PySlowfast-R50", "PySlowfast-R101", "MAE-ViT-B" or "MAE-ViT-L" (default: the SlowOnly R50 the other defaults describe; official "Slowfast-Resnet50" was no registered name).
+_C.MODEL.BACKBONE.CONV_BODY = "PySlowonly"
 # Number of input pathways: 1 (SlowOnly, ViT) or 2 (SlowFast).
 _C.MODEL.BACKBONE.PATHWAYS = 1
 # Keep every backbone BatchNorm in eval mode during training (running statistics frozen).
