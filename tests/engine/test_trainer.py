@@ -8,7 +8,8 @@ from torch import nn
 
 from stmixer.engine.checkpointer import Checkpointer
 from stmixer.engine.hooks import LRSchedulerHook, MetricsWriterHook, PeriodicCheckpointHook
-from stmixer.engine.trainer import NonFiniteLossError, Trainer
+from stmixer.engine.trainer import HookBase, NonFiniteLossError, Trainer
+from stmixer.modeling.matcher import HungarianMatcher
 from stmixer.solver.lr_scheduler import ParamSchedulerLR, WarmupMultiStepMultiplier
 
 
@@ -32,6 +33,18 @@ class ToyDetector(nn.Module):
         return {"loss_a": loss_a, "loss_b": loss_b}
 
 
+class ToyMatchingDetector(ToyDetector):
+    """Matches its predictions like the set loss; at iteration ``poison_at`` they are NaN."""
+
+    def forward(self, slow, fast, whwh, boxes, labels):
+        losses = super().forward(slow, fast, whwh, boxes, labels)
+        if self.poison_at is not None and torch.is_grad_enabled() and self.poison_at == int(whwh[0, 1]):
+            predicted = torch.full((2, 3, 4), float("nan"))
+            targets = [{"boxes": torch.tensor([[0.0, 0.0, 1.0, 1.0]]), "whwh": torch.ones(4)}] * 2
+            HungarianMatcher()(torch.zeros(2, 3, 2), predicted, targets)
+        return losses
+
+
 class ToyLoader:
     """Batch i is a deterministic function of i; iteration starts at ``start``."""
 
@@ -53,9 +66,9 @@ class ToyLoader:
             i += 1
 
 
-def _make(output_dir, start=0, keep_last=3):
+def _make(output_dir, start=0, keep_last=3, model_class=ToyDetector):
     torch.manual_seed(0)
-    model = ToyDetector()
+    model = model_class()
     opt = torch.optim.AdamW(model.parameters(), lr=0.01)
     sched = ParamSchedulerLR(opt, WarmupMultiStepMultiplier(10, [6], 0.1, 3, 0.1, "linear"), 10)
     trainer = Trainer(model, ToyLoader(start), opt, torch.device("cpu"))
@@ -116,3 +129,28 @@ def test_bf16_autocast_on_cpu_trains(tmp_path):
     trainer.amp = "bf16"
     trainer.train(0, 3)
     assert torch.isfinite(torch.tensor(trainer.metrics.latest("total_loss")))
+
+
+def test_nonfinite_matching_cost_names_the_iteration(tmp_path):
+    model, trainer, _ = _make(tmp_path, model_class=ToyMatchingDetector)
+    model.poison_at = 3
+    with pytest.raises(NonFiniteLossError, match=r"^non-finite matching cost at iteration 4: clip 0 of the batch: "
+                                                 r"the predicted boxes hold 12 NaN/inf values.*NONFINITE_LOSS skip"):
+        trainer.train(0, 10)
+
+
+def test_nonfinite_matching_cost_skip_skips_the_step_and_goes_on(tmp_path):
+    model, trainer, _ = _make(tmp_path, model_class=ToyMatchingDetector)
+    model.poison_at = 1
+    trainer.nonfinite_loss = "skip"
+    snapshots = []
+
+    class Snapshot(HookBase):
+        def after_step(self):
+            snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+
+    trainer.register_hooks([Snapshot()])
+    trainer.train(0, 3)
+    same = [all(torch.equal(a[k], b[k]) for k in a) for a, b in zip(snapshots, snapshots[1:])]
+    assert same == [True, False]  # iteration 2 (poisoned) left the parameters, iteration 3 trained again
+    assert trainer.metrics.latest("skipped_steps") == 1.0 and trainer.metrics.global_mean("skipped_steps") == 1.0
