@@ -326,7 +326,7 @@ _C.SOLVER.OPTIMIZING_METHOD = "adamw"
 _C.SOLVER.AMP = "off"
 # (stmixer) Clip the total gradient norm to this value before each step; 0 disables clipping.
 _C.SOLVER.CLIP_GRAD_NORM = 0.0
-# (stmixer) On a NaN/infinite loss term: "error" stops naming the term and iteration, "skip" skips that step.
+# (stmixer) On a NaN/infinite loss term or matching cost: "error" stops naming it and the iteration, "skip" skips that step.
 _C.SOLVER.NONFINITE_LOSS = "error"
 # (stmixer) Periodic checkpoints kept in OUTPUT_DIR (older ones are deleted; 0 keeps all; model_final is always kept).
 _C.SOLVER.CHECKPOINTS_KEPT = 3
