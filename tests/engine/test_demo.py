@@ -220,3 +220,24 @@ def test_unwritable_output_folder_fails_before_any_work(tmp_path, capsys, monkey
     _refused(capsys, monkeypatch, ["--input", str(video), "--output", str(tmp_path / "ok.mp4"),
                                    "--json", str(blocker / "sub" / "out.jsonl")],
              f"cannot write --json {blocker / 'sub' / 'out.jsonl'}: {blocker} is not a folder")
+
+
+def test_truncated_video_is_used_with_a_visible_warning_and_exit_0(tmp_path, capsys):
+    from stmixer.config import load_config
+    from stmixer.modeling import build_detector
+
+    opts = micro_opts(tmp_path / "data", tmp_path / "run")
+    torch.manual_seed(0)
+    weights = tmp_path / "random.pth"
+    torch.save({"model": build_detector(load_config(TINY_CONFIG, opts)).state_dict()}, weights)
+    video = tmp_path / "cut.ts"
+    write_synthetic_video(str(video), seconds=3, size=(64, 112), fps=30, seed=1)
+    data = video.read_bytes()
+    video.write_bytes(data[: int(len(data) * 0.6)])
+    out = tmp_path / "dets.jsonl"
+    demo_main(["--config-file", TINY_CONFIG, "--input", str(video), "--json", str(out), "--no-progress",
+               *opts, "MODEL.WEIGHT", str(weights)])
+    printed = capsys.readouterr()
+    warnings = [line for line in printed.out.splitlines() + printed.err.splitlines() if "looks truncated" in line]
+    assert len(warnings) == 1 and f"{video}: the video looks truncated or damaged (" in warnings[0], warnings
+    assert out.exists() and len(out.read_text().splitlines()) >= 1
