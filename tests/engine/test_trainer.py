@@ -154,3 +154,49 @@ def test_nonfinite_matching_cost_skip_skips_the_step_and_goes_on(tmp_path):
     same = [all(torch.equal(a[k], b[k]) for k in a) for a, b in zip(snapshots, snapshots[1:])]
     assert same == [True, False]  # iteration 2 (poisoned) left the parameters, iteration 3 trained again
     assert trainer.metrics.latest("skipped_steps") == 1.0 and trainer.metrics.global_mean("skipped_steps") == 1.0
+
+
+def _two_process_worker(rank, init_file, results_dir):
+    """One of 2 gloo processes training a DDP toy model; only rank 0's predictions turn NaN (iteration 2)."""
+    import datetime
+    import json
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    # The timeout only turns a bug (one process skipping alone) into an error instead of a hang.
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(minutes=5))
+    try:
+        for mode in ("skip", "error"):
+            torch.manual_seed(0)
+            model = ToyMatchingDetector()
+            model.poison_at = 1 if rank == 0 else None
+            ddp = nn.parallel.DistributedDataParallel(model)
+            trainer = Trainer(ddp, ToyLoader(), torch.optim.AdamW(ddp.parameters(), lr=0.01), torch.device("cpu"),
+                              nonfinite_loss=mode)
+            outcome = {"error": None}
+            try:
+                trainer.train(0, 3)
+                outcome["skipped"] = trainer.metrics.global_mean("skipped_steps")
+            except NonFiniteLossError as e:
+                outcome["error"] = str(e)
+            outcome["weights"] = [p.detach().sum().item() for p in model.parameters()]
+            (results_dir / f"{mode}{rank}.json").write_text(json.dumps(outcome))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_nonfinite_matching_cost_on_one_process_all_processes_agree(tmp_path):
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(_two_process_worker, args=(str(tmp_path / "init"), tmp_path), nprocs=2)
+    zero, one = (json.loads((tmp_path / f"skip{r}.json").read_text()) for r in range(2))
+    assert zero["error"] is None and one["error"] is None
+    assert zero["skipped"] == one["skipped"] == 1.0
+    assert zero["weights"] == pytest.approx(one["weights"])  # the same steps were taken everywhere
+    zero, one = (json.loads((tmp_path / f"error{r}.json").read_text()) for r in range(2))
+    assert zero["error"].startswith("non-finite matching cost at iteration 2: clip 0 of the batch: ")
+    assert one["error"].startswith("non-finite matching cost at iteration 2: on another process")
