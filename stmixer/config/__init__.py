@@ -2,6 +2,7 @@
 
 from .config import CfgNode, ConfigError
 from .defaults import _C
+from .validate import validate_config
 
 
 def get_cfg():
@@ -12,15 +13,17 @@ def get_cfg():
 def load_config(config_file="", opts=(), freeze=True):
     """Defaults + ``config_file`` (if given) + ``[KEY, VALUE, ...]`` overrides; frozen unless ``freeze=False``.
 
-    Raises ConfigError naming the file and line (or the command line) and the key at fault.
+    Raises ConfigError naming the file and line (or the command line) and the key at fault;
+    after merging, ``validate_config`` reports every impossible value at once.
     """
     cfg = get_cfg()
     if config_file:
         cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts or ()))
+    validate_config(cfg)
     if freeze:
         cfg.freeze()
     return cfg
 
 
-__all__ = ["CfgNode", "ConfigError", "get_cfg", "load_config"]
+__all__ = ["CfgNode", "ConfigError", "get_cfg", "load_config", "validate_config"]

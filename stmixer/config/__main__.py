@@ -1,9 +1,9 @@
 """``python -m stmixer.config [--config-file F] [KEY VALUE ...]``: print the config reference or a merged config."""
 
 import argparse
-import sys
 
-from . import ConfigError, get_cfg, load_config
+from ..errors import exit_on_user_error
+from . import get_cfg, load_config
 from .reference import reference_markdown
 
 
@@ -19,11 +19,8 @@ def main(argv=None):
     if not args.config_file and not args.opts:
         print(reference_markdown(get_cfg()))
         return
-    try:
+    with exit_on_user_error():
         cfg = load_config(args.config_file, args.opts, freeze=False)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
     print(cfg.dump(), end="")
 
 

@@ -12,7 +12,7 @@ import difflib
 import yaml
 from yacs.config import CfgNode as _YacsCfgNode
 
-from ..errors import UserError
+from ..errors import UserError, decode_text
 
 
 class ConfigError(UserError, ValueError):
@@ -39,10 +39,20 @@ def _decode_value(value):
     return value
 
 
-def _coerce(value, default, full_key, source):
-    """Return ``value`` converted to the type of ``default`` or raise ConfigError."""
+def _coerce(value, default, full_key, source, raw=None):
+    """Return ``value`` converted to the type of ``default`` or raise ConfigError.
+
+    ``raw`` is the value as written in a YAML file, to name it when YAML read a word as a boolean.
+    """
     if type(value) is type(default) or value is None or default is None:
         return value
+    if isinstance(default, str) and isinstance(value, bool):
+        written = raw if raw is not None else str(value)
+        leaf = full_key.rsplit(".", 1)[-1]
+        raise ConfigError(
+            f"{source}: config key {full_key} expects a string, but YAML reads the unquoted {written} as the "
+            f"boolean {value}; quote it: {leaf}: \"{written}\""
+        )
     if isinstance(default, tuple) and isinstance(value, list):
         return tuple(value)
     if isinstance(default, list) and isinstance(value, tuple):
@@ -56,21 +66,26 @@ def _coerce(value, default, full_key, source):
 
 
 def _yaml_key_lines(text):
-    """Map the dotted path of every mapping key in a YAML text to its 1-based line."""
-    lines = {}
+    """Map the dotted path of every mapping key in a YAML text to its 1-based line.
+
+    Also returns the scalar values as written (``{"SOLVER.AMP": "off"}``) for error messages.
+    """
+    lines, written = {}, {}
 
     def walk(node, prefix):
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 full = f"{prefix}{key_node.value}"
                 lines[full] = key_node.start_mark.line + 1
+                if isinstance(value_node, yaml.ScalarNode):
+                    written[full] = value_node.value
                 walk(value_node, full + ".")
 
     try:
         walk(yaml.compose(text), "")
     except yaml.YAMLError:
         pass
-    return lines
+    return lines, written
 
 
 class CfgNode(_YacsCfgNode):
@@ -108,7 +123,9 @@ class CfgNode(_YacsCfgNode):
         hint_text = f" Did you mean: {', '.join(hint)}?" if hint else ""
         return ConfigError(f"{source}: unknown config key {full_key}.{hint_text}")
 
-    def _merge_dict(self, loaded, source, prefix, key_lines, root):
+    def _merge_dict(self, loaded, source, prefix, key_lines, root, written=None):
+        written = written or {}
+        origins = root.__dict__.setdefault("_key_origins", {})
         for name, value in loaded.items():
             full_key = f"{prefix}{name}"
             where = f"{source}:{key_lines[full_key]}" if full_key in key_lines else source
@@ -118,17 +135,18 @@ class CfgNode(_YacsCfgNode):
             if isinstance(current, _YacsCfgNode):
                 if not isinstance(value, dict):
                     raise ConfigError(f"{where}: config key {full_key} is a section; expected a mapping, got {value!r}")
-                current._merge_dict(value, source, f"{full_key}.", key_lines, root)
+                current._merge_dict(value, source, f"{full_key}.", key_lines, root, written)
                 continue
             if isinstance(value, dict):
                 raise ConfigError(f"{where}: config key {full_key} is a value, not a section")
-            self[name] = _coerce(_decode_value(value), current, full_key, where)
+            self[name] = _coerce(_decode_value(value), current, full_key, where, written.get(full_key))
+            origins[full_key] = where
 
     def merge_from_file(self, cfg_filename):
         """Merge a YAML file; unknown keys or wrong types raise ConfigError naming file, line and key."""
         try:
-            with open(cfg_filename, "r") as f:
-                text = f.read()
+            with open(cfg_filename, "rb") as f:
+                text = decode_text(f.read(), cfg_filename)
         except OSError as e:
             raise ConfigError(f"cannot read config file {cfg_filename}: {e.strerror}") from e
         try:
@@ -139,7 +157,7 @@ class CfgNode(_YacsCfgNode):
             return
         if not isinstance(loaded, dict):
             raise ConfigError(f"{cfg_filename}: expected a mapping of config keys at the top level")
-        self._merge_tree(loaded, str(cfg_filename), _yaml_key_lines(text))
+        self._merge_tree(loaded, str(cfg_filename), *_yaml_key_lines(text))
 
     def merge_from_other_cfg(self, cfg_other):
         """Merge another CfgNode (or dict) with the same strict checks."""
@@ -163,10 +181,12 @@ class CfgNode(_YacsCfgNode):
             node[parts[-1]] = value
         self._merge_tree(nested, "command line", {})
 
-    def _merge_tree(self, loaded, source, key_lines):
+    def _merge_tree(self, loaded, source, key_lines, written=None):
         if self.is_frozen():
             raise ConfigError(f"{source}: cannot merge into a frozen config (call cfg.defrost() first)")
         # Merge into a copy first so that a failing merge leaves this config untouched.
         staged = self.clone()
-        staged._merge_dict(loaded, source, "", key_lines, staged)
+        staged._merge_dict(loaded, source, "", key_lines, staged, written)
         self.update(staged)
+        # Where each key was last set (file:line or "command line"), for validate_config's messages.
+        self.__dict__["_key_origins"] = staged.__dict__.get("_key_origins", {})

@@ -117,8 +117,8 @@ _C.MODEL.META_ARCHITECTURE = "STMDetector"
 _C.MODEL.DEVICE = ""
 
 _C.MODEL.BACKBONE = CN()
-# Backbone name: "PySlowonly", "PySlowfast-R50", "PySlowfast-R101", "MAE-ViT-B" or "MAE-ViT-L".
-_C.MODEL.BACKBONE.CONV_BODY = "Slowfast-Resnet50"
+# Backbone name: "PySlowonly", "PySlowfast-R50", "PySlowfast-R101", "MAE-ViT-B" or "MAE-ViT-L" (default: the SlowOnly R50 the other defaults describe; official "Slowfast-Resnet50" was no registered name).
+_C.MODEL.BACKBONE.CONV_BODY = "PySlowonly"
 # Number of input pathways: 1 (SlowOnly, ViT) or 2 (SlowFast).
 _C.MODEL.BACKBONE.PATHWAYS = 1
 # Keep every backbone BatchNorm in eval mode during training (running statistics frozen).
@@ -326,7 +326,7 @@ _C.SOLVER.OPTIMIZING_METHOD = "adamw"
 _C.SOLVER.AMP = "off"
 # (stmixer) Clip the total gradient norm to this value before each step; 0 disables clipping.
 _C.SOLVER.CLIP_GRAD_NORM = 0.0
-# (stmixer) On a NaN/infinite loss term: "error" stops naming the term and iteration, "skip" skips that step.
+# (stmixer) On a NaN/infinite loss term or matching cost: "error" stops naming it and the iteration, "skip" skips that step.
 _C.SOLVER.NONFINITE_LOSS = "error"
 # (stmixer) Periodic checkpoints kept in OUTPUT_DIR (older ones are deleted; 0 keeps all; model_final is always kept).
 _C.SOLVER.CHECKPOINTS_KEPT = 3

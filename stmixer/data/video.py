@@ -26,6 +26,8 @@ from .frames import CorruptFrameLog, read_frame
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+# Packet sizes of MPEG transport streams (plain TS, and M2TS/Blu-ray with a 4-byte timestamp).
+TS_PACKET_SIZES = (188, 192)
 
 
 class VideoReadError(UserError, OSError):
@@ -56,6 +58,7 @@ class VideoSource:
         if not os.path.exists(path):
             raise VideoReadError(f"input not found: {path}")
         self.path = path
+        self._checked_whole = False  # the truncation warning is given once, on the first full decode
         self.is_folder = os.path.isdir(path)
         if self.is_folder:
             self._files = frame_folder_files(path)
@@ -77,6 +80,7 @@ class VideoSource:
                 self.num_frames = int(stream.frames or 0)
                 if not self.num_frames and stream.duration and stream.time_base and self.fps:
                     self.num_frames = int(round(float(stream.duration * stream.time_base) * self.fps))
+                self._is_transport_stream = "mpegts" in container.format.name.split(",")
         except av.error.FFmpegError as e:
             raise VideoReadError(f"cannot decode {path}: {e}") from None
         if not self.fps or not self.height or not self.width:
@@ -103,7 +107,7 @@ class VideoSource:
         yield from self._decode()
 
     def _decode(self):
-        count, first_time, warned_rotation = 0, None, False
+        count, first_time, warned_rotation, damaged = 0, None, False, []
         try:
             with av.open(self.path) as container:
                 stream = container.streams.video[0]
@@ -119,6 +123,8 @@ class VideoSource:
                         logger.warning("%s asks players to rotate it by %d degrees; frames are used as stored",
                                        self.path, rotation)
                         warned_rotation = True
+                    if frame.is_corrupt:
+                        damaged.append(count)
                     image = frame.to_ndarray(format="bgr24")
                     if image.shape[:2] != (self.height, self.width):
                         raise VideoReadError(
@@ -131,6 +137,26 @@ class VideoSource:
             raise VideoReadError(f"cannot decode {self.path} (after {count} frames): {e}") from None
         if count == 0:
             raise VideoReadError(f"{self.path} holds no decodable video frame")
+        if not self._checked_whole:
+            self._checked_whole = True
+            self._warn_if_truncated(count, damaged)
+
+    def _warn_if_truncated(self, count, damaged):
+        """One warning naming the file and the frames decoded when the video looks cut short or damaged.
+
+        Signs: fewer frames than the container declares (by more than its rounding), frames the
+        decoder flags as damaged (a cut inside a frame), a transport stream ending inside a packet.
+        """
+        reasons = []
+        if self.num_frames and count < self.num_frames - 1:
+            reasons.append(f"{count} frames decoded, but its container declares {self.num_frames}")
+        if damaged:
+            reasons.append(f"{len(damaged)} damaged frame{'s' if len(damaged) > 1 else ''} from frame {damaged[0]} on")
+        if self._is_transport_stream and all(os.path.getsize(self.path) % n for n in TS_PACKET_SIZES):
+            reasons.append("the file ends inside a 188-byte transport-stream packet")
+        if reasons:
+            logger.warning("%s: the video looks truncated or damaged (%s); using the %d frames decoded",
+                           self.path, "; ".join(reasons), count)
 
 
 def frame_folder_files(folder):

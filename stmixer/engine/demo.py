@@ -10,6 +10,10 @@ Two passes over the input, so memory stays small for any video length:
    detections of the latest keyframe at or before it (held until the next one), and the
    annotated video is written.
 
+Before any work, outputs that resolve to the input (or into an input frame folder, or to each
+other) are refused and their folders are created and checked writable. A video that looks
+truncated or damaged is used as far as it decodes, with one warning naming it.
+
 Outputs (each written atomically, after the detection pass has succeeded): the annotated
 video and, with ``--json``, one JSON line per keyframe:
 ``{"time": s, "frame": f, "persons": [{"box": [x1, y1, x2, y2] normalized, "score": person
@@ -21,13 +25,14 @@ import json
 import logging
 import math
 import os
+import tempfile
 
 import torch
 from tqdm import tqdm
 
 from ..checkpoint import load_weights
 from ..config import load_config
-from ..errors import UserFileNotFoundError, exit_on_user_error
+from ..errors import UserError, UserFileNotFoundError, exit_on_user_error
 from ..data.build import build_transform, num_pathways
 from ..data.collate import BatchCollator
 from ..data.keyframe_clips import KeyframeClips
@@ -233,6 +238,39 @@ def run_demo(cfg, args):
     return records
 
 
+def _check_outputs_are_not_inputs(args):
+    """Refuse an --output/--json that resolves (symlinks followed) to the input, into an input frame
+    folder, or to the other output: writing it would destroy the input or the other result."""
+    source = os.path.realpath(args.input)
+    outputs = [(option, path) for option, path in (("--output", args.output), ("--json", args.json)) if path]
+    for option, path in outputs:
+        real = os.path.realpath(path)
+        if real == source:
+            raise UserError(f"{option} {path} is the input {args.input}; writing it would destroy the input")
+        if os.path.isdir(source) and os.path.commonpath([source, real]) == source:
+            raise UserError(f"{option} {path} is inside the input frame folder {args.input}; write it elsewhere")
+    if len(outputs) == 2 and os.path.realpath(args.output) == os.path.realpath(args.json):
+        raise UserError(f"--json {args.json} is also the --output video; give two different files")
+
+
+def _check_writable_outputs(args):
+    """Create the folders of --output/--json and make sure files can be written there, before any work."""
+    for option, path in (("--output", args.output), ("--json", args.json)):
+        if not path:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        existing = folder
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise UserError(f"cannot write {option} {path}: {existing} is not a folder")
+        try:
+            os.makedirs(folder, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as e:
+            raise UserError(f"cannot write {option} {path}: folder {folder}: {e.strerror}") from None
+
+
 def main(argv=None):
     """``demo.py`` entry point: bad input ends with status 1 (2 for a bad config) and one ``error:`` line."""
     parser = build_parser()
@@ -244,6 +282,8 @@ def main(argv=None):
     if (args.input_fps is not None and args.input_fps <= 0) or (args.batch_size is not None and args.batch_size < 1):
         parser.error("--input-fps must be positive and --batch-size at least 1")
     with exit_on_user_error():
+        _check_outputs_are_not_inputs(args)
+        _check_writable_outputs(args)
         cfg = load_config(args.config_file, args.opts)
     setup_logger("", 0)
     with exit_on_user_error(logger):

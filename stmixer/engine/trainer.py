@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from ..errors import UserError
+from ..modeling.errors import NonFiniteCostError, NonFiniteLossError
 from ..modeling.losses import reduce_losses
 from ..utils import distributed as comm
 from .events import MetricHistory
@@ -21,10 +21,6 @@ from .events import MetricHistory
 logger = logging.getLogger(__name__)
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class NonFiniteLossError(UserError, FloatingPointError):
-    """A loss term became NaN or infinite."""
 
 
 def autocast_context(device, amp):
@@ -154,8 +150,20 @@ class Trainer:
         batch = next(self._data_iter)
         data_time = time.perf_counter() - start
         batch = move_batch(batch, self.device)
-        with autocast_context(self.device, self.amp):
-            loss_dict = self.model(*detector_inputs(batch), batch["boxes"], batch["labels"])
+        cost_error = None
+        try:
+            with autocast_context(self.device, self.amp):
+                loss_dict = self.model(*detector_inputs(batch), batch["boxes"], batch["labels"])
+        except NonFiniteCostError as e:  # diverged before any loss term exists
+            loss_dict, cost_error = {}, e
+        # Every process must agree (one flag averaged over processes) before the loss all-reduce below.
+        if comm.all_reduce_mean(torch.tensor([float(cost_error is not None)], device=self.device)).item() > 0:
+            detail = str(cost_error) if cost_error is not None else "on another process"
+            self._nonfinite(f"non-finite matching cost at iteration {self.iter + 1}: {detail}")
+            self.metrics.iteration = self.iter + 1
+            self.metrics.put(data_time=data_time, time=time.perf_counter() - start,
+                             lr=self.optimizer.param_groups[0]["lr"])
+            return
         # Averaged over processes: for logging, and so that all processes agree on non-finite terms.
         names = list(loss_dict)
         averaged = comm.all_reduce_mean(torch.stack([loss_dict[n].detach().float() for n in names]))
@@ -164,14 +172,10 @@ class Trainer:
         total = reduce_losses(loss_dict, self.loss_reduction)
         self.optimizer.zero_grad(set_to_none=True)
         if bad:
-            message = (
+            self._nonfinite(
                 f"non-finite loss at iteration {self.iter + 1}: "
                 + ", ".join(f"{name}={loss_values[name]}" for name in bad)
             )
-            if self.nonfinite_loss == "error":
-                raise NonFiniteLossError(message + " (set SOLVER.NONFINITE_LOSS skip to skip such steps)")
-            logger.warning("%s; step skipped", message)
-            self.metrics.put(skipped_steps=1.0)
         else:
             self._backward_and_step(total)
         self.metrics.iteration = self.iter + 1
@@ -183,6 +187,13 @@ class Trainer:
             lr=self.optimizer.param_groups[0]["lr"],
             **{name: value for name, value in loss_values.items() if name not in bad},
         )
+
+    def _nonfinite(self, message):
+        """``SOLVER.NONFINITE_LOSS``: raise NonFiniteLossError ("error") or log and count a skipped step ("skip")."""
+        if self.nonfinite_loss == "error":
+            raise NonFiniteLossError(message + " (set SOLVER.NONFINITE_LOSS skip to skip such steps)")
+        logger.warning("%s; step skipped", message)
+        self.metrics.put(skipped_steps=1.0)
 
     def _backward_and_step(self, total):
         scaler = self.grad_scaler

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..structures.boxes import generalized_box_iou
 from ..utils.distributed import all_reduce_mean
+from .errors import NonFiniteCostError
 from .trace import record
 
 LOSS_REDUCTIONS = ("mean", "sum")
@@ -98,7 +99,10 @@ class SetCriterion(nn.Module):
         losses = {}
         for k in stages:
             cls_logits, boxes, action_logits = outputs.cls_logits[k], outputs.boxes[k], outputs.action_logits[k]
-            matches = self.matcher(cls_logits, boxes, targets)
+            try:
+                matches = self.matcher(cls_logits, boxes, targets)
+            except NonFiniteCostError as e:
+                raise NonFiniteCostError(f"decoder stage {k} of {num_stages}: {e}") from None
             record(trace, f"match/stage{k}", matches)
             terms = self.stage_losses(cls_logits, boxes, action_logits, targets, matches, num_boxes)
             suffix, order = ("", FINAL_STAGE_ORDER) if k == final else (f"_{k}", EARLIER_STAGE_ORDER)

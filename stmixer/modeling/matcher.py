@@ -6,6 +6,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from ..structures.boxes import generalized_box_iou
+from .errors import NonFiniteCostError
 
 
 @dataclasses.dataclass
@@ -68,10 +69,17 @@ class HungarianMatcher:
         for i, target in enumerate(targets):
             cost = self.cost_matrix(cls_logits[i], boxes[i], target["boxes"], target["whwh"]).cpu()
             if not torch.isfinite(cost).all():
-                raise FloatingPointError(
-                    f"clip {i} of the batch: the matching cost is not finite (the predictions contain NaN or inf)"
-                )
+                raise NonFiniteCostError(f"clip {i} of the batch: {_nonfinite_culprit(cls_logits[i], boxes[i])}")
             src, tgt = linear_sum_assignment(cost.numpy())
             src, tgt = (torch.as_tensor(index, dtype=torch.int64) for index in (src, tgt))
             matches.append(Match(src, tgt, cost))
         return matches
+
+
+def _nonfinite_culprit(cls_logits, boxes):
+    """What made a clip's matching cost non-finite, e.g. "the predicted boxes hold 3 NaN/inf values"."""
+    for what, tensor in (("the predicted boxes", boxes), ("the objectness logits", cls_logits)):
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            return f"{what} hold {bad} NaN/inf value{'s' if bad > 1 else ''}, so the matching cost is not finite"
+    return "the matching cost is not finite (its terms overflow)"

@@ -137,3 +137,66 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _write_noise_video(path, frames=90, codec="libx264", size=(120, 160), fps=30):
+    """A video of random frames (every frame large, so a cut lands inside one)."""
+    import av
+
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.height, stream.width = size
+        stream.pix_fmt = "yuv420p"
+        for _ in range(frames):
+            image = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _truncate(path, fraction):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+
+
+def test_truncated_mpeg_ts_warns_naming_file_and_frames(tmp_path, caplog):
+    path = tmp_path / "cut.ts"
+    _write_noise_video(path)
+    whole = len(list(VideoSource(str(path)).frames()))
+    assert whole == 90 and not [r for r in caplog.records if r.levelname == "WARNING"]
+    _truncate(path, 0.57)
+    with caplog.at_level("WARNING", logger="stmixer.data.video"):
+        frames = list(VideoSource(str(path)).frames())
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"{path}: the video looks truncated or damaged (")
+    assert f"damaged frame from frame {len(frames) - 1} on" in warnings[0]
+    assert "the file ends inside a 188-byte transport-stream packet" in warnings[0]
+    assert warnings[0].endswith(f"); using the {len(frames)} frames decoded")
+
+
+def test_cut_between_packets_of_a_transport_stream_still_warns(tmp_path, caplog):
+    path = tmp_path / "cut.ts"
+    _write_noise_video(path, frames=30, codec="mpeg4", size=(48, 64))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2 // 188 * 188 + 100])
+    with caplog.at_level("WARNING", logger="stmixer.data.video"):
+        list(VideoSource(str(path)).frames())
+    assert "ends inside a 188-byte transport-stream packet" in caplog.text
+
+
+def test_fewer_frames_than_the_container_declares_warns(tmp_path, caplog):
+    path = tmp_path / "cut.avi"
+    _write_noise_video(path, frames=60, codec="mpeg4", size=(48, 64))
+    _truncate(path, 0.5)
+    source = VideoSource(str(path))
+    assert source.num_frames == 60  # the AVI header keeps the whole frame count
+    with caplog.at_level("WARNING", logger="stmixer.data.video"):
+        frames = list(source.frames())
+    assert f"{len(frames)} frames decoded, but its container declares 60" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="stmixer.data.video"):
+        list(source.frames())  # a second pass (demo.py renders after detecting) does not repeat it
+    assert "truncated" not in caplog.text

@@ -165,3 +165,79 @@ def test_drawing_marks_the_box_and_label_inside_the_frame():
     label_area = frame[1:12, 1:60]  # label drawn inside the box: no room above it
     assert (label_area != 128).all(axis=2).mean() > 0.5
     assert (frame[100:119, 0:100] == 128).all()
+
+
+# Output checks: they run before the config is loaded or any frame decoded, so no model is needed.
+
+
+def _refused(capsys, monkeypatch, argv, *fragments):
+    """demo.py refuses ``argv`` with one error line holding ``fragments``, without opening the input."""
+    import stmixer.engine.demo as demo
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the input was opened before the outputs were checked")
+
+    monkeypatch.setattr(demo, "VideoSource", no_decoding)
+    with pytest.raises(SystemExit) as exit_info:
+        demo_main(["--config-file", TINY_CONFIG, "--no-progress", *argv])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def test_outputs_that_resolve_to_the_input_are_refused(tmp_path, capsys, monkeypatch):
+    video = tmp_path / "in.mp4"
+    video.write_bytes(b"precious")
+    link = tmp_path / "link.mp4"
+    link.symlink_to(video)
+    _refused(capsys, monkeypatch, ["--input", str(video), "--output", str(video)],
+             f"--output {video} is the input {video}")
+    _refused(capsys, monkeypatch, ["--input", str(video), "--json", str(link)],
+             f"--json {link} is the input {video}")
+    _refused(capsys, monkeypatch, ["--input", str(tmp_path / "." / "in.mp4"), "--output", str(video)],
+             "is the input")
+    out = tmp_path / "out.mp4"
+    _refused(capsys, monkeypatch, ["--input", str(video), "--output", str(out), "--json", str(out)],
+             f"--json {out} is also the --output")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    _refused(capsys, monkeypatch, ["--input", str(frames), "--json", str(frames / "dets.jsonl")],
+             f"--json {frames / 'dets.jsonl'} is inside the input frame folder {frames}")
+    assert video.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames", "in.mp4", "link.mp4"]
+
+
+def test_unwritable_output_folder_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    video = tmp_path / "in.mp4"
+    video.write_bytes(b"x")
+    blocker = tmp_path / "afile"
+    blocker.write_text("a regular file, not a folder")
+    _refused(capsys, monkeypatch, ["--input", str(video), "--output", str(blocker / "out.mp4")],
+             f"cannot write --output {blocker / 'out.mp4'}: {blocker} is not a folder")
+    _refused(capsys, monkeypatch, ["--input", str(video), "--output", str(tmp_path / "ok.mp4"),
+                                   "--json", str(blocker / "sub" / "out.jsonl")],
+             f"cannot write --json {blocker / 'sub' / 'out.jsonl'}: {blocker} is not a folder")
+
+
+def test_truncated_video_is_used_with_a_visible_warning_and_exit_0(tmp_path, capsys):
+    from stmixer.config import load_config
+    from stmixer.modeling import build_detector
+
+    opts = micro_opts(tmp_path / "data", tmp_path / "run")
+    torch.manual_seed(0)
+    weights = tmp_path / "random.pth"
+    torch.save({"model": build_detector(load_config(TINY_CONFIG, opts)).state_dict()}, weights)
+    video = tmp_path / "cut.ts"
+    write_synthetic_video(str(video), seconds=3, size=(64, 112), fps=30, seed=1)
+    data = video.read_bytes()
+    video.write_bytes(data[: int(len(data) * 0.6)])
+    out = tmp_path / "dets.jsonl"
+    demo_main(["--config-file", TINY_CONFIG, "--input", str(video), "--json", str(out), "--no-progress",
+               *opts, "MODEL.WEIGHT", str(weights)])
+    printed = capsys.readouterr()
+    warnings = [line for line in printed.out.splitlines() + printed.err.splitlines() if "looks truncated" in line]
+    assert len(warnings) == 1 and f"{video}: the video looks truncated or damaged (" in warnings[0], warnings
+    assert out.exists() and len(out.read_text().splitlines()) >= 1

@@ -8,7 +8,8 @@ from torch import nn
 
 from stmixer.engine.checkpointer import Checkpointer
 from stmixer.engine.hooks import LRSchedulerHook, MetricsWriterHook, PeriodicCheckpointHook
-from stmixer.engine.trainer import NonFiniteLossError, Trainer
+from stmixer.engine.trainer import HookBase, NonFiniteLossError, Trainer
+from stmixer.modeling.matcher import HungarianMatcher
 from stmixer.solver.lr_scheduler import ParamSchedulerLR, WarmupMultiStepMultiplier
 
 
@@ -32,6 +33,18 @@ class ToyDetector(nn.Module):
         return {"loss_a": loss_a, "loss_b": loss_b}
 
 
+class ToyMatchingDetector(ToyDetector):
+    """Matches its predictions like the set loss; at iteration ``poison_at`` they are NaN."""
+
+    def forward(self, slow, fast, whwh, boxes, labels):
+        losses = super().forward(slow, fast, whwh, boxes, labels)
+        if self.poison_at is not None and torch.is_grad_enabled() and self.poison_at == int(whwh[0, 1]):
+            predicted = torch.full((2, 3, 4), float("nan"))
+            targets = [{"boxes": torch.tensor([[0.0, 0.0, 1.0, 1.0]]), "whwh": torch.ones(4)}] * 2
+            HungarianMatcher()(torch.zeros(2, 3, 2), predicted, targets)
+        return losses
+
+
 class ToyLoader:
     """Batch i is a deterministic function of i; iteration starts at ``start``."""
 
@@ -53,9 +66,9 @@ class ToyLoader:
             i += 1
 
 
-def _make(output_dir, start=0, keep_last=3):
+def _make(output_dir, start=0, keep_last=3, model_class=ToyDetector):
     torch.manual_seed(0)
-    model = ToyDetector()
+    model = model_class()
     opt = torch.optim.AdamW(model.parameters(), lr=0.01)
     sched = ParamSchedulerLR(opt, WarmupMultiStepMultiplier(10, [6], 0.1, 3, 0.1, "linear"), 10)
     trainer = Trainer(model, ToyLoader(start), opt, torch.device("cpu"))
@@ -116,3 +129,74 @@ def test_bf16_autocast_on_cpu_trains(tmp_path):
     trainer.amp = "bf16"
     trainer.train(0, 3)
     assert torch.isfinite(torch.tensor(trainer.metrics.latest("total_loss")))
+
+
+def test_nonfinite_matching_cost_names_the_iteration(tmp_path):
+    model, trainer, _ = _make(tmp_path, model_class=ToyMatchingDetector)
+    model.poison_at = 3
+    with pytest.raises(NonFiniteLossError, match=r"^non-finite matching cost at iteration 4: clip 0 of the batch: "
+                                                 r"the predicted boxes hold 12 NaN/inf values.*NONFINITE_LOSS skip"):
+        trainer.train(0, 10)
+
+
+def test_nonfinite_matching_cost_skip_skips_the_step_and_goes_on(tmp_path):
+    model, trainer, _ = _make(tmp_path, model_class=ToyMatchingDetector)
+    model.poison_at = 1
+    trainer.nonfinite_loss = "skip"
+    snapshots = []
+
+    class Snapshot(HookBase):
+        def after_step(self):
+            snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+
+    trainer.register_hooks([Snapshot()])
+    trainer.train(0, 3)
+    same = [all(torch.equal(a[k], b[k]) for k in a) for a, b in zip(snapshots, snapshots[1:])]
+    assert same == [True, False]  # iteration 2 (poisoned) left the parameters, iteration 3 trained again
+    assert trainer.metrics.latest("skipped_steps") == 1.0 and trainer.metrics.global_mean("skipped_steps") == 1.0
+
+
+def _two_process_worker(rank, init_file, results_dir):
+    """One of 2 gloo processes training a DDP toy model; only rank 0's predictions turn NaN (iteration 2)."""
+    import datetime
+    import json
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    # The timeout only turns a bug (one process skipping alone) into an error instead of a hang.
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(minutes=5))
+    try:
+        for mode in ("skip", "error"):
+            torch.manual_seed(0)
+            model = ToyMatchingDetector()
+            model.poison_at = 1 if rank == 0 else None
+            ddp = nn.parallel.DistributedDataParallel(model)
+            trainer = Trainer(ddp, ToyLoader(), torch.optim.AdamW(ddp.parameters(), lr=0.01), torch.device("cpu"),
+                              nonfinite_loss=mode)
+            outcome = {"error": None}
+            try:
+                trainer.train(0, 3)
+                outcome["skipped"] = trainer.metrics.global_mean("skipped_steps")
+            except NonFiniteLossError as e:
+                outcome["error"] = str(e)
+            outcome["weights"] = [p.detach().sum().item() for p in model.parameters()]
+            (results_dir / f"{mode}{rank}.json").write_text(json.dumps(outcome))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_nonfinite_matching_cost_on_one_process_all_processes_agree(tmp_path):
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(_two_process_worker, args=(str(tmp_path / "init"), tmp_path), nprocs=2)
+    zero, one = (json.loads((tmp_path / f"skip{r}.json").read_text()) for r in range(2))
+    assert zero["error"] is None and one["error"] is None
+    assert zero["skipped"] == one["skipped"] == 1.0
+    assert zero["weights"] == pytest.approx(one["weights"])  # the same steps were taken everywhere
+    zero, one = (json.loads((tmp_path / f"error{r}.json").read_text()) for r in range(2))
+    assert zero["error"].startswith("non-finite matching cost at iteration 2: clip 0 of the batch: ")
+    assert one["error"].startswith("non-finite matching cost at iteration 2: on another process")

@@ -59,3 +59,37 @@ def test_clip_without_ground_truth_and_non_finite_predictions():
 def test_all_zero_weights_rejected():
     with pytest.raises(ValueError, match="cannot all be 0"):
         HungarianMatcher(0, 0, 0)
+
+
+def test_nonfinite_predictions_raise_a_nonfinite_loss_error_naming_clip_and_tensor():
+    from stmixer.engine.trainer import NonFiniteLossError
+    from stmixer.modeling.matcher import NonFiniteCostError
+
+    boxes = t([[[10, 10, 50, 50], [60, 60, 90, 90]], [[10, 10, 50, 50], [60, 60, 90, 90]]])
+    boxes[1, 0, 2] = float("nan")
+    logits = torch.zeros(2, 2, 2, dtype=torch.float64)
+    gts = [target([[10.0, 10.0, 50.0, 50.0]]), target([[10.0, 10.0, 50.0, 50.0]])]
+    with pytest.raises(NonFiniteCostError, match=r"clip 1 of the batch: the predicted boxes hold 1 NaN/inf value"):
+        HungarianMatcher()(logits, boxes, gts)
+    assert issubclass(NonFiniteCostError, NonFiniteLossError)
+    boxes[1, 0, 2] = 40.0
+    logits[0, 1, 0] = float("inf")
+    with pytest.raises(NonFiniteCostError, match=r"clip 0 of the batch: the objectness logits hold 1 NaN/inf"):
+        HungarianMatcher()(logits, boxes, gts)
+
+
+def test_set_criterion_names_the_decoder_stage_of_a_nonfinite_cost():
+    from stmixer.modeling.losses import SetCriterion
+    from stmixer.modeling.matcher import NonFiniteCostError
+    from stmixer.modeling.stmixer.decoder import DecoderOutputs
+
+    boxes = t([[[10, 10, 50, 50], [60, 60, 90, 90]]])
+    bad = boxes.clone()
+    bad[0, 1, 0] = float("nan")
+    logits, actions = torch.zeros(1, 2, 2, dtype=torch.float64), torch.zeros(1, 2, 3, dtype=torch.float64)
+    outputs = DecoderOutputs([logits, logits], [actions, actions], [bad, boxes])
+    gts = [dict(target([[10.0, 10.0, 50.0, 50.0]]), actions=torch.ones(1, 3, dtype=torch.float64))]
+    weights = {"loss_ce": 1.0, "loss_bbox": 1.0, "loss_giou": 1.0, "loss_bce": 1.0}
+    criterion = SetCriterion(HungarianMatcher(), 1, weights, 0.1).double()
+    with pytest.raises(NonFiniteCostError, match=r"^decoder stage 0 of 2: clip 0 of the batch: the predicted boxes"):
+        criterion(outputs, gts)

@@ -1,0 +1,187 @@
+"""``validate_config(cfg)``: every impossible value of a merged config, reported at once.
+
+``load_config`` runs it after the file and the overrides are merged, so a run
+never starts on ``SOLVER.ITER_PER_EPOCH 0`` or a ``MODEL.STM.HIDDEN_DIM`` the
+decoder cannot split. All bad keys are collected into one ``ConfigError``: a
+first line counting them, then one line per key (``KEY = value: expected ...``,
+with the file:line or "command line" that set it when known).
+
+The backbone name (``MODEL.BACKBONE.CONV_BODY``) is checked by the builder,
+which sees the registry; this module imports nothing from the model.
+"""
+
+import numbers
+
+from .config import ConfigError
+
+# Values of the string keys that the code accepts (lower-cased where the code ignores case).
+CHOICES = {
+    "DATA.TRAIN_SCALE_SAMPLING": ("choice", "range"),
+    "DATA.DECODING_BACKEND": ("pyav", "torchvision"),
+    "RESNET.TRANS_FUNC": ("bottleneck_transform", "basic_transform"),
+    "RESNET.DEPTH": (18, 50, 101, 152),
+    "NONLOCAL.INSTANTIATION": ("dot_product", "softmax"),
+    "MODEL.BACKBONE.PATHWAYS": (1, 2),
+    "MODEL.STM.LOSS_REDUCTION": ("mean", "sum"),
+    "MODEL.STM.SAMPLER": ("auto", "reference", "folded"),
+    "MODEL.STM.MEM_ACTIVE": (False,),
+    "SOLVER.SCHEDULER": ("warmup_multi_step",),
+    "SOLVER.WARMUP_METHOD": ("linear", "constant"),
+    "SOLVER.AMP": ("off", "bf16", "fp16"),
+    "SOLVER.NONFINITE_LOSS": ("error", "skip"),
+    "TEST.EVAL_PROTOCOL": ("stmixer", "activitynet"),
+}
+# String keys compared without case.
+CASELESS_CHOICES = {
+    "MODEL.STM.ACTIVATION": ("relu", "gelu"),
+    "SOLVER.OPTIMIZING_METHOD": ("adamw",),
+}
+POSITIVE = [
+    "DATA.NUM_FRAMES", "DATA.SAMPLING_RATE", "DATA.TARGET_FPS", "DATA.TRAIN_MAX_SCALE", "DATA.TEST_MAX_SCALE",
+    "DATALOADER.SIZE_DIVISIBILITY", "MODEL.BACKBONE.BN_EPSILON",
+    "RESNET.NUM_GROUPS", "RESNET.WIDTH_PER_GROUP",
+    "SLOWFAST.BETA_INV", "SLOWFAST.ALPHA", "SLOWFAST.FUSION_CONV_CHANNEL_RATIO", "SLOWFAST.FUSION_KERNEL_SZ",
+    "ViT.TUBELET_SIZE", "ViT.PATCH_SIZE", "ViT.IN_CHANS", "ViT.EMBED_DIM", "ViT.PRETRAIN_IMG_SIZE", "ViT.DEPTH",
+    "ViT.NUM_HEADS", "ViT.MLP_RATIO",
+    "MODEL.STM.NUM_QUERIES", "MODEL.STM.HIDDEN_DIM", "MODEL.STM.NUM_STAGES", "MODEL.STM.ACTION_CLASSES",
+    "MODEL.STM.OBJECT_CLASSES", "MODEL.STM.NUM_HEADS", "MODEL.STM.DIM_FEEDFORWARD", "MODEL.STM.NUM_FCS",
+    "MODEL.STM.SPATIAL_POINTS", "MODEL.STM.TEMPORAL_POINTS", "MODEL.STM.OUT_MULTIPLIER", "MODEL.STM.N_GROUPS",
+    "SOLVER.ITER_PER_EPOCH", "SOLVER.MAX_EPOCH", "SOLVER.BASE_LR", "SOLVER.GAMMA", "SOLVER.CHECKPOINT_PERIOD",
+    "SOLVER.EVAL_PERIOD", "SOLVER.VIDEOS_PER_BATCH", "SOLVER.LOG_PERIOD", "TEST.VIDEOS_PER_BATCH",
+]
+NON_NEGATIVE = [
+    "DATALOADER.NUM_WORKERS", "ViT.INIT_VALUES", "ViT.WEIGHT_DECAY",
+    "MODEL.STM.NUM_CLS", "MODEL.STM.NUM_ACT", "MODEL.STM.NUM_REG", "MODEL.STM.OBJECT_WEIGHT",
+    "MODEL.STM.ACTION_WEIGHT", "MODEL.STM.GIOU_WEIGHT", "MODEL.STM.L1_WEIGHT", "MODEL.STM.BACKGROUND_WEIGHT",
+    "SOLVER.WEIGHT_DECAY", "SOLVER.WEIGHT_DECAY_BN", "SOLVER.WARMUP_FACTOR", "SOLVER.WARMUP_EPOCH",
+    "SOLVER.EVAL_AFTER", "SOLVER.CLIP_GRAD_NORM", "SOLVER.CHECKPOINTS_KEPT",
+]
+# Probabilities and fractions: values in [0, 1].
+UNIT_INTERVAL = [
+    "AVA.DETECTION_SCORE_THRESH", "MODEL.BACKBONE.BN_MOMENTUM", "ViT.DROP_RATE", "ViT.ATTN_DROP_RATE",
+    "ViT.DROP_PATH_RATE", "ViT.LAYER_DECAY", "MODEL.STM.DROPOUT", "MODEL.STM.PERSON_THRESHOLD",
+]
+# Per-stage lists of the ResNet backbones: 4 stages, one entry per pathway.
+RESNET_STAGE_LISTS = [
+    "RESNET.NUM_BLOCK_TEMP_KERNEL", "RESNET.SPATIAL_STRIDES", "RESNET.SPATIAL_DILATIONS",
+    "NONLOCAL.LOCATION", "NONLOCAL.GROUP",
+]
+
+
+def _get(cfg, key):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _value_problems(cfg):
+    """(key, expectation) for every key whose value alone is impossible."""
+    for key in POSITIVE:
+        value = _get(cfg, key)
+        if not _is_number(value) or value <= 0:
+            yield key, "expected a number > 0"
+    for key in NON_NEGATIVE:
+        value = _get(cfg, key)
+        if not _is_number(value) or value < 0:
+            yield key, "expected a number >= 0"
+    for key in UNIT_INTERVAL:
+        value = _get(cfg, key)
+        if not _is_number(value) or not 0 <= value <= 1:
+            yield key, "expected a number in [0, 1]"
+    for key, choices in CHOICES.items():
+        if _get(cfg, key) not in choices:
+            yield key, "expected one of " + ", ".join(repr(c) for c in choices)
+    for key, choices in CASELESS_CHOICES.items():
+        value = _get(cfg, key)
+        if not isinstance(value, str) or value.lower() not in choices:
+            yield key, "expected one of " + ", ".join(repr(c) for c in choices) + " (any case)"
+    for key in ("DATA.TRAIN_MIN_SCALES", "DATA.TEST_MIN_SCALES"):
+        sizes = _get(cfg, key)
+        if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
+            yield key, "expected a non-empty list of positive integers (pixels)"
+    for key in ("DATA.MEAN", "DATA.STD"):
+        values = _get(cfg, key)
+        if len(values) != 3 or not all(_is_number(v) for v in values):
+            yield key, "expected 3 numbers (one per colour channel)"
+    if all(_is_number(v) for v in cfg.DATA.STD) and any(v <= 0 for v in cfg.DATA.STD):
+        yield "DATA.STD", "expected standard deviations > 0"
+    betas = cfg.SOLVER.BETAS
+    if len(betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in betas):
+        yield "SOLVER.BETAS", "expected (beta1, beta2), each in [0, 1)"
+    steps = list(cfg.SOLVER.STEPS)
+    if not all(_is_number(s) and s >= 0 for s in steps) or steps != sorted(steps):
+        yield "SOLVER.STEPS", "expected non-decreasing epochs >= 0"
+
+
+def _model_problems(cfg):
+    """(key, expectation) for keys that do not fit the others (what the model and the clip sampler need)."""
+    stm, body = cfg.MODEL.STM, cfg.MODEL.BACKBONE.CONV_BODY
+    D = stm.HIDDEN_DIM
+    if _is_number(D) and D > 0:
+        for key in ("NUM_HEADS", "N_GROUPS"):
+            divisor = stm[key]
+            if _is_number(divisor) and divisor > 0 and D % divisor:
+                yield "MODEL.STM.HIDDEN_DIM", f"expected a multiple of MODEL.STM.{key} = {divisor}"
+        if D % 8:
+            yield "MODEL.STM.HIDDEN_DIM", "expected a multiple of 8 (box positional embedding)"
+    vit = cfg.ViT
+    if "vit" in str(body).lower():
+        if _is_number(vit.NUM_HEADS) and vit.NUM_HEADS > 0 and vit.EMBED_DIM % vit.NUM_HEADS:
+            yield "ViT.EMBED_DIM", f"expected a multiple of ViT.NUM_HEADS = {vit.NUM_HEADS}"
+        frames = _frames_after(cfg.DATA.NUM_FRAMES, vit.TUBELET_SIZE, "DATA.NUM_FRAMES", exact=True)
+    else:
+        yield from _pathway_problems(cfg)
+        frames = cfg.DATA.NUM_FRAMES
+        if cfg.MODEL.BACKBONE.PATHWAYS == 2:
+            frames = _frames_after(cfg.DATA.NUM_FRAMES, cfg.SLOWFAST.ALPHA, "DATA.NUM_FRAMES")
+    if isinstance(frames, tuple):
+        yield frames
+    elif _is_number(frames) and frames > 0 and frames != stm.TEMPORAL_POINTS:
+        yield "MODEL.STM.TEMPORAL_POINTS", f"expected {frames}, the frames of the backbone features for this clip"
+
+
+def _frames_after(num_frames, divisor, key, exact=False):
+    """Frames after a temporal division, or a (key, expectation) problem."""
+    if not (_is_number(num_frames) and num_frames > 0 and _is_number(divisor) and divisor > 0):
+        return num_frames
+    if exact and num_frames % divisor:
+        return key, f"expected a multiple of ViT.TUBELET_SIZE = {divisor}"
+    if num_frames // divisor < 1:
+        return key, f"expected at least SLOWFAST.ALPHA = {divisor} frames (the Slow pathway needs one)"
+    return num_frames // divisor
+
+
+def _pathway_problems(cfg):
+    pathways = cfg.MODEL.BACKBONE.PATHWAYS
+    if pathways not in (1, 2):
+        return
+    if len(cfg.DATA.INPUT_CHANNEL_NUM) != pathways:
+        yield "DATA.INPUT_CHANNEL_NUM", f"expected {pathways} entries (MODEL.BACKBONE.PATHWAYS = {pathways})"
+    for key in RESNET_STAGE_LISTS:
+        stages = _get(cfg, key)
+        if len(stages) != 4 or any(not isinstance(s, (list, tuple)) or len(s) != pathways for s in stages):
+            yield key, f"expected 4 stages of {pathways} entries each (MODEL.BACKBONE.PATHWAYS = {pathways})"
+
+
+def validate_config(cfg):
+    """Raise one ConfigError listing every impossible value of ``cfg`` (a merged config tree).
+
+    Each line names the key, its value, what was expected and, when known, the
+    file:line or the command line that set it.
+    """
+    origins = cfg.__dict__.get("_key_origins", {})
+    problems = []
+    for key, expected in list(_value_problems(cfg)) + list(_model_problems(cfg)):
+        entry = f"{key} = {_get(cfg, key)!r}: {expected}"
+        if key in origins:
+            entry += " (set on the command line)" if origins[key] == "command line" else f" (set at {origins[key]})"
+        if entry not in problems:
+            problems.append(entry)
+    if problems:
+        count = f"{len(problems)} invalid config value" + ("s" if len(problems) > 1 else "")
+        raise ConfigError(count + ":\n  " + "\n  ".join(problems))
