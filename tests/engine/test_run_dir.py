@@ -16,7 +16,7 @@ from stmixer.utils.run_dir import (
     ensure_writable_dir,
 )
 
-from .conftest import TINY_CONFIG
+from .conftest import TINY_CONFIG, free_port, run_python
 
 
 @pytest.fixture
@@ -171,3 +171,16 @@ def test_allow_config_change_resumes_and_keeps_the_old_config(repo_root, tmp_pat
     assert "BASE_LR: 0.25" in (tmp_path / "config.yaml").read_text()
     backups = list(tmp_path.glob("config.before-*.yaml"))
     assert len(backups) == 1 and backups[0].read_text() == saved
+
+
+def test_every_process_of_a_group_ends_with_the_same_line(repo_root, tmp_path):
+    """torchrun, 2 processes (gloo): rank 0 finds OUTPUT_DIR locked; rank 1 learns it and ends too (no hang)."""
+    with RunDirLock(str(tmp_path)):
+        result = run_python(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+                             "train_net.py", "--config-file", TINY_CONFIG, "OUTPUT_DIR", str(tmp_path)],
+                            repo_root, check=False)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 2 and lines[0] == lines[1], result.stderr[-3000:]
+    assert f"is in use by another run: pid {os.getpid()}" in lines[0]
+    assert sorted(os.listdir(tmp_path)) == []
