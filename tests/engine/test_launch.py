@@ -37,6 +37,11 @@ def test_bad_key_exits_with_clear_message(repo_root, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.fixture(autouse=True)
+def _logger(isolated_logger):
+    return isolated_logger
+
+
 def _train_in_process(repo_root, opts):
     """train_net.main in this process; returns its exit status."""
     import train_net

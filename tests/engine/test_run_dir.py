@@ -94,6 +94,11 @@ def test_config_changes_ignore_harmless_keys():
 # --- the entry points (run_entry_point with a body that records its call; no model, no data) ---
 
 
+@pytest.fixture(autouse=True)
+def _logger(isolated_logger):
+    return isolated_logger
+
+
 def _run(kind, repo_root, output_dir, *extra):
     calls = []
     argv = ["--config-file", str(repo_root / TINY_CONFIG), "OUTPUT_DIR", str(output_dir), *extra]
