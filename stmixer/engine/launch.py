@@ -146,7 +146,10 @@ def check_resumed_config(cfg, folder, allow_change=False):
     try:
         changes = config_changes(saved, cfg.dump())
     except yaml.YAMLError as e:
-        raise UserError(f"{saved_path}: not a readable config ({e}); move it away to resume without the check") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"{saved_path}:{mark.line + 1}" if mark is not None else saved_path
+        reason = getattr(e, "problem", None) or type(e).__name__
+        raise UserError(f"{where}: not a readable config ({reason}); move it away to resume without the check") from None
     if not changes:
         return []
     listed = format_changes(changes)

@@ -189,3 +189,12 @@ def test_every_process_of_a_group_ends_with_the_same_line(repo_root, tmp_path):
     assert len(lines) == 2 and lines[0] == lines[1], result.stderr[-3000:]
     assert f"is in use by another run: pid {os.getpid()}" in lines[0]
     assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_unreadable_saved_config_is_named(repo_root, tmp_path, capsys):
+    _resumable(repo_root, tmp_path)
+    (tmp_path / "config.yaml").write_text("SOLVER: [unclosed\n")
+    capsys.readouterr()
+    line = _fails("train", repo_root, tmp_path, capsys)
+    assert line.startswith(f"error: {tmp_path / 'config.yaml'}:2: not a readable config (expected ',' or ']'")
+    assert not (tmp_path / LOCK_FILE).exists()
