@@ -9,7 +9,7 @@ from stmixer.engine.launch import run_entry_point
 
 
 def main(argv=None):
-    run_entry_point("test", lambda args, cfg, dist_info: runner.test(cfg, dist_info), argv)
+    run_entry_point("test", lambda args, cfg, dist_info: runner.test(cfg, dist_info=dist_info), argv)
 
 
 if __name__ == "__main__":

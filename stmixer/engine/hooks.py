@@ -1,13 +1,13 @@
 """The trainer's side-jobs: LR stepping, checkpoints, evaluation, metric writers, progress bar."""
 
 import datetime
-import json
 import logging
 import os
 
 import torch
 
 from ..utils import distributed as comm
+from .events import MetricsFile
 from .trainer import HookBase
 
 logger = logging.getLogger(__name__)
@@ -64,11 +64,16 @@ class EvalHook(HookBase):
 
 
 class MetricsWriterHook(HookBase):
-    """Every ``period`` iterations (and at the end): one log line, ``metrics.json`` lines, TensorBoard scalars.
+    """Writes the run's history: log lines, ``metrics.json`` records, TensorBoard scalars (rank 0).
+
+    Every ``period`` iterations (and at the last): one log line and a training record with
+    this iteration's values only. After an evaluation (``eval/*`` scalars put during the
+    iteration, by ``EvalHook``, registered before this hook): an evaluation record, whatever
+    the period. See ``stmixer.engine.events`` for the file format.
 
     Args:
         output_dir: folder of ``metrics.json`` (and ``tb/`` for TensorBoard).
-        period: iterations between writes.
+        period: iterations between training records.
         use_tensorboard: also write TensorBoard event files (tensorboardX).
         device: training device (for the peak-memory figure on CUDA).
     """
@@ -78,6 +83,7 @@ class MetricsWriterHook(HookBase):
         self.period = period
         self.use_tensorboard = use_tensorboard
         self.device = device
+        self.file = MetricsFile(output_dir)
         self._tb = None
 
     def before_train(self):
@@ -90,32 +96,44 @@ class MetricsWriterHook(HookBase):
         done = self.trainer.iter + 1
         if done % self.period == 0 or done == self.trainer.max_iter:
             self.write(done)
+        self.write_evaluation(done)
 
     def write(self, done):
-        """Log and store the current metrics at iteration ``done`` (rank 0 only)."""
+        """Log and store this iteration's training metrics at iteration ``done`` (rank 0 only)."""
         if not comm.is_main_process():
             return
         metrics = self.trainer.metrics
-        if "time" not in metrics:
+        current = {k: v for k, v in metrics.current().items() if not k.startswith("eval/")}
+        if "time" not in current:
             return
         # The log line shows medians of the recent window; metrics.json and TensorBoard get this iteration's values.
-        latest = {name: metrics.latest(name) for name in metrics.names()}
         smooth = {name: metrics.median(name) for name in metrics.names() if not name.startswith("eval/")}
         if self.device.type == "cuda":
-            latest["max_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+            current["max_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         remaining = (self.trainer.max_iter - done) * smooth["time"]
         losses = "  ".join(f"{k}: {v:.4f}" for k, v in smooth.items() if k.startswith("loss") or k == "total_loss")
         logger.info(
             "eta: %s  iter: %d/%d  %s  time: %.3f  data_time: %.3f  lr: %.3g%s",
             datetime.timedelta(seconds=int(remaining)), done, self.trainer.max_iter, losses,
-            smooth["time"], smooth["data_time"], latest["lr"],
-            f"  max_mem: {latest['max_mem_mb']:.0f}M" if "max_mem_mb" in latest else "",
+            smooth["time"], smooth["data_time"], current["lr"],
+            f"  max_mem: {current['max_mem_mb']:.0f}M" if "max_mem_mb" in current else "",
         )
-        with open(os.path.join(self.output_dir, "metrics.json"), "a") as f:
-            f.write(json.dumps({"iteration": done, **latest}) + "\n")
+        self.file.append({"iteration": done, **current})
+        self._add_scalars(current, done)
+
+    def write_evaluation(self, done):
+        """Store the evaluation results put during iteration ``done``, if any (rank 0 only)."""
+        if not comm.is_main_process():
+            return
+        results = {k: v for k, v in self.trainer.metrics.current().items() if k.startswith("eval/")}
+        if results:
+            self.file.add_evaluation(done, results)
+            self._add_scalars(results, done)
+
+    def _add_scalars(self, scalars, step):
         if self._tb is not None:
-            for name, value in latest.items():
-                self._tb.add_scalar(name, value, done)
+            for name, value in scalars.items():
+                self._tb.add_scalar(name, value, step)
             self._tb.flush()
 
     def after_train(self):

@@ -1,19 +1,26 @@
 """What every command-line entry point does before the real work: arguments, config, processes, logs.
 
-``train_net.py`` and ``test_net.py`` stay thin: they call ``parse_args`` and
-``setup`` from here, then hand the frozen config to the engine.
+``train_net.py`` and ``test_net.py`` stay thin: they call ``run_entry_point``,
+which parses the arguments, checks and locks OUTPUT_DIR (one run at a time; a
+resumed training must keep its config), starts logging and hands the frozen
+config to the engine.
 """
 
 import argparse
 import os
 import sys
+import time
+
+import yaml
 
 from ..config import load_config
-from ..errors import exit_on_user_error
+from ..errors import UserError, exit_on_user_error, read_text
 from ..utils import distributed as comm
 from ..utils.env import collect_env_info, seed_all
 from ..utils.io import atomic_open
 from ..utils.logging import setup_logger
+from ..utils.run_dir import ConfigChangedError, RunDirLock, config_changes, ensure_writable_dir, format_changes
+from .checkpointer import POINTER_FILE
 
 _EPILOG = """\
 Config overrides follow the options as KEY VALUE pairs, e.g.
@@ -64,6 +71,11 @@ def build_parser(kind):
             help="do not evaluate the final model after training",
         )
         parser.add_argument("--seed", type=int, default=2, help="random seed (default 2, as the official code)")
+        parser.add_argument(
+            "--allow-config-change",
+            action="store_true",
+            help="resume a run in OUTPUT_DIR even if the config changes the model, optimizer or inputs",
+        )
     # torch.distributed.launch passes --local-rank=K (torch >= 2.0) or --local_rank K (older).
     parser.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("opts", nargs="*", metavar="KEY VALUE", help="config overrides (options may come before or after them)")
@@ -71,45 +83,135 @@ def build_parser(kind):
 
 
 def run_entry_point(kind, body, argv=None):
-    """Set up (see ``setup``), run ``body(args, cfg, dist_info)``, leave the process group.
+    """Set up (see ``setup``), run ``body(args, cfg, dist_info)``, release the output folder, leave the group.
 
     Bad input (any ``stmixer.errors.UserError``) ends the process with status 1 (2 for a
     config error) and one ``error:`` line naming the file, line or key; the traceback goes
-    to the log file only.
-    """
-    args, cfg, dist_info, logger = setup(kind, argv)
-    try:
-        with exit_on_user_error(logger):
-            body(args, cfg, dist_info)
-    finally:
-        comm.cleanup_distributed()
-
-
-def setup(kind, argv=None):
-    """Parse arguments, join the process group, build the config, start logging.
-
-    Args:
-        kind: "train" or "test".
-        argv: argument list (default ``sys.argv[1:]``).
-
-    Returns:
-        (args, cfg, dist_info, logger). Bad configs exit with status 2 and a one-line
-        error naming the file, line and key (no traceback).
+    to the log file only. Every process of a group ends with the same line.
     """
     args = build_parser(kind).parse_intermixed_args(argv)
     with exit_on_user_error():
         cfg = load_config(args.config_file, args.opts)
     dist_info = comm.init_distributed(args.local_rank)
+    lock = None
+    try:
+        with exit_on_user_error():
+            lock, notes = _on_all_ranks(lambda: open_output_dir(kind, cfg, args, dist_info.rank),
+                                        undo=lambda opened: opened[0] and opened[0].release())
+        logger = setup(kind, args, cfg, dist_info, notes)
+        with exit_on_user_error(logger):
+            body(args, cfg, dist_info)
+    finally:
+        if lock is not None:
+            lock.release()
+        comm.cleanup_distributed()
+
+
+def open_output_dir(kind, cfg, args, rank):
+    """Check that OUTPUT_DIR is writable; on rank 0 also lock it and (training) check a resumed run's config.
+
+    Returns:
+        (``RunDirLock`` held by rank 0 or None, list of warnings to log).
+    """
+    if not cfg.OUTPUT_DIR:
+        return None, []
+    folder = ensure_writable_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    if rank != 0:
+        return None, []
+    lock = RunDirLock(folder)
+    notes = lock.acquire()
+    try:
+        if kind == "train":
+            notes += check_resumed_config(cfg, folder, allow_change=args.allow_config_change)
+    except BaseException:
+        lock.release()
+        raise
+    return lock, notes
+
+
+def check_resumed_config(cfg, folder, allow_change=False):
+    """When ``folder`` holds a run to resume, compare ``cfg`` with the run's saved ``config.yaml``.
+
+    Keys outside ``run_dir.HARMLESS_KEYS`` must be unchanged: otherwise a ``ConfigChangedError``
+    lists them as ``KEY: saved -> now``. With ``allow_change`` they are returned as a warning
+    and the saved config is kept as ``config.before-<time>.yaml`` (the new one is then saved).
+
+    Returns:
+        A list of warnings.
+    """
+    saved_path = os.path.join(folder, "config.yaml")
+    if not (os.path.exists(os.path.join(folder, POINTER_FILE)) and os.path.exists(saved_path)):
+        return []
+    saved = read_text(saved_path)
+    try:
+        changes = config_changes(saved, cfg.dump())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{saved_path}:{mark.line + 1}" if mark is not None else saved_path
+        reason = getattr(e, "problem", None) or type(e).__name__
+        raise UserError(f"{where}: not a readable config ({reason}); move it away to resume without the check") from None
+    if not changes:
+        return []
+    listed = format_changes(changes)
+    if not allow_change:
+        raise ConfigChangedError(
+            f"OUTPUT_DIR {folder} holds a run to resume whose config.yaml differs in keys that change the model, "
+            f"optimizer or inputs: {listed} (restore them, choose another OUTPUT_DIR, or pass --allow-config-change)"
+        )
+    backup = os.path.join(folder, f"config.before-{time.strftime('%Y%m%d-%H%M%S')}.yaml")
+    with atomic_open(backup, "w") as f:
+        f.write(saved)
+    return [f"--allow-config-change: resuming with config changes {listed}; the previous config is kept in {backup}"]
+
+
+def _on_all_ranks(work, undo=None):
+    """Run ``work()`` on every process; if it raises a ``UserError`` on any, every process raises it.
+
+    The first failing rank's message wins, so all processes end with the same line and none
+    waits forever on a peer that stopped; ``undo(result)`` reverts a process's own success
+    then. Returns ``work()``'s result.
+    """
+    result, failure, error = None, None, None
+    try:
+        result = work()
+    except UserError as e:
+        error, failure = e, (str(e), getattr(e, "exit_status", 1))
+    failures = comm.all_gather_object(failure)
+    first = next((f for f in failures if f is not None), None)
+    if first is None:
+        return result
+    if error is None and undo is not None:
+        undo(result)
+    if error is not None and failure == first:
+        raise error
+    peer = UserError(first[0])
+    peer.exit_status = first[1]
+    raise peer
+
+
+def setup(kind, args, cfg, dist_info, notes=()):
+    """Start logging (OUTPUT_DIR/log.txt), log the run header and ``notes``, save the merged config, seed.
+
+    Training saves ``OUTPUT_DIR/config.yaml``; test_net saves ``OUTPUT_DIR/test_config.yaml``, so it
+    never replaces the config of the training run kept in the same folder. Called once the
+    output folder is checked and locked (``open_output_dir``).
+
+    Returns:
+        The package logger.
+    """
     logger = setup_logger(cfg.OUTPUT_DIR, dist_info.rank)
     _log_run_header(logger, args, cfg, dist_info)
+    for note in notes:
+        logger.warning("%s", note)
     if dist_info.rank == 0 and cfg.OUTPUT_DIR:
-        save_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
-        logger.info("Merged config saved to %s", os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
+        path = os.path.join(cfg.OUTPUT_DIR, "config.yaml" if kind == "train" else "test_config.yaml")
+        save_config(cfg, path)
+        logger.info("Merged config saved to %s", path)
     if kind == "train":
         # Each rank gets its own stream of augmentation randomness; model init is
         # broadcast from rank 0 by DDP.
         seed_all(args.seed + dist_info.rank)
-    return args, cfg, dist_info, logger
+    return logger
 
 
 def save_config(cfg, path):

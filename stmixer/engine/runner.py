@@ -21,6 +21,7 @@ from ..solver import build_lr_scheduler, build_optimizer
 from ..errors import UserFileNotFoundError
 from ..utils import distributed as comm
 from .checkpointer import Checkpointer, unwrap_model
+from .events import MetricsFile
 from .hooks import EvalHook, LRSchedulerHook, MetricsWriterHook, PeriodicCheckpointHook, ProgressBarHook
 from .inference import gather_predictions, predict
 from .trainer import Trainer
@@ -95,7 +96,7 @@ def _wrap_distributed(cfg, model, device):
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
-def _start_state(cfg, args, model, checkpointer):
+def _start_state(cfg, model, checkpointer, transfer=False, no_head=False):
     """Resume from OUTPUT_DIR, or load MODEL.WEIGHT; returns the first iteration to run."""
     last = checkpointer.last_checkpoint()
     if last is not None:
@@ -106,19 +107,32 @@ def _start_state(cfg, args, model, checkpointer):
         logger.info("No MODEL.WEIGHT: every weight starts from its initialization")
         return 0
     contents = read_checkpoint(cfg.MODEL.WEIGHT)
-    if not args.transfer and contents.format == "stmixer" and "iteration" in contents.extras:
+    if not transfer and contents.format == "stmixer" and "iteration" in contents.extras:
         logger.info("Continuing the training run of %s (use --transfer for its weights only)", cfg.MODEL.WEIGHT)
         return checkpointer.resume(cfg.MODEL.WEIGHT)
-    load_weights(unwrap_model(model), contents, no_head=args.no_head)
-    if not args.transfer and contents.extras.get("optimizer") is not None:
+    load_weights(unwrap_model(model), contents, no_head=no_head)
+    if not transfer and contents.extras.get("optimizer") is not None:
         logger.warning("%s (%s) holds optimizer state in another layout; only its weights were loaded",
                        cfg.MODEL.WEIGHT, contents.description)
     return 0
 
 
-def train(cfg, args, dist_info):
-    """Train as configured; returns the unwrapped model (final weights)."""
-    device = comm.resolve_device(cfg.MODEL.DEVICE, dist_info.local_rank)
+def train(cfg, *, transfer=False, no_head=False, seed=2, skip_val=False, skip_test=False, use_tensorboard=False,
+          dist_info=None):
+    """Train as configured; returns the unwrapped model (final weights).
+
+    Args:
+        cfg: the frozen config.
+        transfer: take only the weights of MODEL.WEIGHT (iteration, optimizer, scheduler start fresh).
+        no_head: leave the decoder and classifiers at their initialization when loading MODEL.WEIGHT.
+        seed: seed of the training sampler (the process's random state is seeded by the caller).
+        skip_val: no periodic evaluation.
+        skip_test: no evaluation of the final model.
+        use_tensorboard: also write TensorBoard scalars to OUTPUT_DIR/tb.
+        dist_info: ``comm.DistInfo`` of this process (default: read from the process group).
+    """
+    local_rank = dist_info.local_rank if dist_info is not None else comm.get_local_rank()
+    device = comm.resolve_device(cfg.MODEL.DEVICE, local_rank)
     model = build_model(cfg, device)
     vit_layer_id = getattr(model.backbone, "layer_id", None)
     optimizer = build_optimizer(cfg, model, vit_layer_id=vit_layer_id)
@@ -126,15 +140,18 @@ def train(cfg, args, dist_info):
     grad_scaler = torch.amp.GradScaler(device.type, enabled=cfg.SOLVER.AMP == "fp16")
     checkpointer = Checkpointer(cfg.OUTPUT_DIR, model, optimizer, scheduler, grad_scaler,
                                 keep_last=cfg.SOLVER.CHECKPOINTS_KEPT)
-    start_iter = _start_state(cfg, args, model, checkpointer)
+    start_iter = _start_state(cfg, model, checkpointer, transfer=transfer, no_head=no_head)
     model = _wrap_distributed(cfg, model, device)
     checkpointer.model = model
 
     per_epoch = cfg.SOLVER.ITER_PER_EPOCH
     max_iter = per_epoch * cfg.SOLVER.MAX_EPOCH
-    evaluation = None if args.skip_val and args.skip_test else Evaluation(cfg, device)
+    metrics_file = MetricsFile(cfg.OUTPUT_DIR) if comm.is_main_process() else None
+    if metrics_file is not None:
+        metrics_file.trim(start_iter)  # records of iterations the run will replay go
+    evaluation = None if skip_val and skip_test else Evaluation(cfg, device)
     if start_iter < max_iter:
-        loader = build_data_loader(cfg, is_train=True, start_iter=start_iter, max_iter=max_iter, seed=args.seed,
+        loader = build_data_loader(cfg, is_train=True, start_iter=start_iter, max_iter=max_iter, seed=seed,
                                    pin_memory=device.type == "cuda")
         trainer = Trainer(model, loader, optimizer, device, amp=cfg.SOLVER.AMP, grad_scaler=grad_scaler,
                           loss_reduction=cfg.MODEL.STM.LOSS_REDUCTION, clip_grad_norm=cfg.SOLVER.CLIP_GRAD_NORM,
@@ -142,18 +159,20 @@ def train(cfg, args, dist_info):
         trainer.register_hooks([
             LRSchedulerHook(scheduler),
             PeriodicCheckpointHook(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD * per_epoch),
-            None if args.skip_val else EvalHook(
+            None if skip_val else EvalHook(
                 cfg.SOLVER.EVAL_PERIOD * per_epoch, cfg.SOLVER.EVAL_AFTER * per_epoch,
                 lambda: _scalar_metrics(evaluation.run(unwrap_model(model))),
             ),
-            MetricsWriterHook(cfg.OUTPUT_DIR, cfg.SOLVER.LOG_PERIOD, args.use_tfboard, device),
+            MetricsWriterHook(cfg.OUTPUT_DIR, cfg.SOLVER.LOG_PERIOD, use_tensorboard, device),
             ProgressBarHook(),
         ])
         trainer.train(start_iter, max_iter)
     else:
         logger.info("Training already finished (iteration %d of %d)", start_iter, max_iter)
-    if not args.skip_test:
-        evaluation.run(unwrap_model(model))
+    if not skip_test:
+        results = _scalar_metrics(evaluation.run(unwrap_model(model)))
+        if metrics_file is not None and results:
+            metrics_file.add_evaluation(max_iter, {f"eval/{k}": v for k, v in results.items()})
     return unwrap_model(model)
 
 
@@ -161,9 +180,10 @@ def _scalar_metrics(metrics):
     return {"mAP": metrics["mAP"]} if metrics else {}
 
 
-def test(cfg, dist_info):
+def test(cfg, *, dist_info=None):
     """Evaluate ``MODEL.WEIGHT`` (or the last checkpoint in OUTPUT_DIR); returns the metrics on rank 0."""
-    device = comm.resolve_device(cfg.MODEL.DEVICE, dist_info.local_rank)
+    local_rank = dist_info.local_rank if dist_info is not None else comm.get_local_rank()
+    device = comm.resolve_device(cfg.MODEL.DEVICE, local_rank)
     model = build_model(cfg, device)
     weight = cfg.MODEL.WEIGHT or Checkpointer(cfg.OUTPUT_DIR, model).last_checkpoint()
     if not weight:

@@ -147,6 +147,7 @@ class Trainer:
     def run_step(self):
         """One iteration: batch -> losses -> checks -> backward -> optimizer step; records metrics."""
         start = time.perf_counter()
+        self.metrics.iteration = self.iter + 1
         batch = next(self._data_iter)
         data_time = time.perf_counter() - start
         batch = move_batch(batch, self.device)
@@ -178,7 +179,6 @@ class Trainer:
             )
         else:
             self._backward_and_step(total)
-        self.metrics.iteration = self.iter + 1
         good = [value for name, value in loss_values.items() if name not in bad]
         self.metrics.put(
             total_loss=(sum(good) / len(good) if self.loss_reduction == "mean" else sum(good)) if good else float("nan"),

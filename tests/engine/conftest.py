@@ -72,3 +72,23 @@ def run_python(args, cwd, timeout=300, check=True):
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
+
+
+@pytest.fixture
+def isolated_logger():
+    """Entry points run in-process re-configure the package logger; give back its handlers afterwards."""
+    import logging
+
+    from stmixer.utils.logging import LOGGER_NAME
+
+    logger = logging.getLogger(LOGGER_NAME)
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield logger
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        if handler not in saved[0]:
+            handler.close()
+    for handler in saved[0]:
+        logger.addHandler(handler)
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]

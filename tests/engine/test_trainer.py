@@ -1,5 +1,6 @@
 """Trainer loop, hooks and checkpoint/resume on a toy model (the real model is tested end to end elsewhere)."""
 
+import json
 import os
 
 import pytest
@@ -7,7 +8,8 @@ import torch
 from torch import nn
 
 from stmixer.engine.checkpointer import Checkpointer
-from stmixer.engine.hooks import LRSchedulerHook, MetricsWriterHook, PeriodicCheckpointHook
+from stmixer.engine.events import MetricsFile
+from stmixer.engine.hooks import EvalHook, LRSchedulerHook, MetricsWriterHook, PeriodicCheckpointHook
 from stmixer.engine.trainer import HookBase, NonFiniteLossError, Trainer
 from stmixer.modeling.matcher import HungarianMatcher
 from stmixer.solver.lr_scheduler import ParamSchedulerLR, WarmupMultiStepMultiplier
@@ -66,14 +68,14 @@ class ToyLoader:
             i += 1
 
 
-def _make(output_dir, start=0, keep_last=3, model_class=ToyDetector):
+def _make(output_dir, start=0, keep_last=3, model_class=ToyDetector, eval_hook=None):
     torch.manual_seed(0)
     model = model_class()
     opt = torch.optim.AdamW(model.parameters(), lr=0.01)
     sched = ParamSchedulerLR(opt, WarmupMultiStepMultiplier(10, [6], 0.1, 3, 0.1, "linear"), 10)
     trainer = Trainer(model, ToyLoader(start), opt, torch.device("cpu"))
     ckpt = Checkpointer(str(output_dir), model, opt, sched, keep_last=keep_last)
-    trainer.register_hooks([LRSchedulerHook(sched), PeriodicCheckpointHook(ckpt, 2),
+    trainer.register_hooks([LRSchedulerHook(sched), PeriodicCheckpointHook(ckpt, 2), eval_hook,
                             MetricsWriterHook(str(output_dir), 2, False, torch.device("cpu"))])
     return model, trainer, ckpt
 
@@ -200,3 +202,53 @@ def test_nonfinite_matching_cost_on_one_process_all_processes_agree(tmp_path):
     zero, one = (json.loads((tmp_path / f"error{r}.json").read_text()) for r in range(2))
     assert zero["error"].startswith("non-finite matching cost at iteration 2: clip 0 of the batch: ")
     assert one["error"].startswith("non-finite matching cost at iteration 2: on another process")
+
+
+def _records(folder):
+    return [json.loads(line) for line in (folder / "metrics.json").read_text().splitlines()]
+
+
+def test_metrics_json_holds_each_iteration_once_and_evaluations_as_own_records(tmp_path):
+    """Training records carry their iteration's values only; an evaluation is a record of its own."""
+    trainer = None
+    evaluated = []
+
+    def evaluate():
+        evaluated.append(trainer.iter + 1)
+        return {"mAP": 0.1 * len(evaluated)}
+
+    model, trainer, _ = _make(tmp_path, eval_hook=EvalHook(3, 0, evaluate))
+    trainer.train(0, 10)
+    records = _records(tmp_path)
+    training = [r for r in records if r.get("type") != "eval"]
+    assert [r["iteration"] for r in training] == [2, 4, 6, 8, 10]
+    assert not any(k.startswith("eval/") for r in training for k in r)
+    assert [r for r in records if r.get("type") == "eval"] == [
+        {"iteration": 3, "type": "eval", "eval/mAP": pytest.approx(0.1)},
+        {"iteration": 6, "type": "eval", "eval/mAP": pytest.approx(0.2)},
+        {"iteration": 9, "type": "eval", "eval/mAP": pytest.approx(0.3)},
+    ]
+    assert [r["iteration"] for r in records] == sorted(r["iteration"] for r in records)
+
+
+def test_metrics_json_records_no_stale_value_of_an_earlier_iteration(tmp_path):
+    """A scalar put only now and then (grad_norm, skipped_steps) appears in the records of its iterations only."""
+    model, trainer, _ = _make(tmp_path)
+    model.poison_at = 1
+    trainer.nonfinite_loss = "skip"
+    trainer.train(0, 4)
+    records = _records(tmp_path)
+    assert [r["iteration"] for r in records] == [2, 4]
+    assert records[0]["skipped_steps"] == 1.0 and "skipped_steps" not in records[1]
+
+
+def test_metrics_file_trim_keeps_iterations_up_to_the_resume_point(tmp_path):
+    lines = [{"iteration": i, "total_loss": float(i)} for i in (1, 2, 3, 4, 5, 6)]
+    lines.insert(4, {"iteration": 4, "type": "eval", "eval/mAP": 0.5})
+    text = "".join(json.dumps(r) + "\n" for r in lines) + '{"iteration": 7, "total_lo'  # cut by a kill
+    (tmp_path / "metrics.json").write_text(text)
+    metrics_file = MetricsFile(str(tmp_path))
+    metrics_file.trim(4)
+    assert _records(tmp_path) == lines[:5]
+    metrics_file.add_evaluation(4, {"eval/mAP": 0.75})  # an evaluation run again replaces the earlier record
+    assert _records(tmp_path) == lines[:4] + [{"iteration": 4, "type": "eval", "eval/mAP": 0.75}]
