@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 
 import torch
 from tqdm import tqdm
@@ -43,6 +42,7 @@ from ..modeling import build_detector
 from ..utils import distributed as comm
 from ..utils.io import atomic_open
 from ..utils.logging import setup_logger
+from ..utils.run_dir import ensure_writable_dir
 from ..utils.visualizer import draw_detections
 from .trainer import autocast_context, detector_inputs, move_batch
 
@@ -256,19 +256,8 @@ def _check_outputs_are_not_inputs(args):
 def _check_writable_outputs(args):
     """Create the folders of --output/--json and make sure files can be written there, before any work."""
     for option, path in (("--output", args.output), ("--json", args.json)):
-        if not path:
-            continue
-        folder = os.path.dirname(os.path.abspath(path))
-        existing = folder
-        while not os.path.exists(existing):
-            existing = os.path.dirname(existing)
-        if not os.path.isdir(existing):
-            raise UserError(f"cannot write {option} {path}: {existing} is not a folder")
-        try:
-            os.makedirs(folder, exist_ok=True)
-            tempfile.TemporaryFile(dir=folder).close()
-        except OSError as e:
-            raise UserError(f"cannot write {option} {path}: folder {folder}: {e.strerror}") from None
+        if path:
+            ensure_writable_dir(os.path.dirname(os.path.abspath(path)), f"{option} {path}: folder")
 
 
 def main(argv=None):

@@ -216,10 +216,10 @@ def test_unwritable_output_folder_fails_before_any_work(tmp_path, capsys, monkey
     blocker = tmp_path / "afile"
     blocker.write_text("a regular file, not a folder")
     _refused(capsys, monkeypatch, ["--input", str(video), "--output", str(blocker / "out.mp4")],
-             f"cannot write --output {blocker / 'out.mp4'}: {blocker} is not a folder")
+             f"--output {blocker / 'out.mp4'}: folder {blocker}: not writable")
     _refused(capsys, monkeypatch, ["--input", str(video), "--output", str(tmp_path / "ok.mp4"),
                                    "--json", str(blocker / "sub" / "out.jsonl")],
-             f"cannot write --json {blocker / 'sub' / 'out.jsonl'}: {blocker} is not a folder")
+             f"--json {blocker / 'sub' / 'out.jsonl'}: folder {blocker / 'sub'}: not writable")
 
 
 def test_truncated_video_is_used_with_a_visible_warning_and_exit_0(tmp_path, capsys):
