@@ -10,6 +10,7 @@ from stmixer.engine.checkpointer import Checkpointer
 from stmixer.engine.hooks import LRSchedulerHook, MetricsWriterHook, PeriodicCheckpointHook
 from stmixer.engine.trainer import NonFiniteLossError, Trainer
 from stmixer.solver.lr_scheduler import ParamSchedulerLR, WarmupMultiStepMultiplier
+from stmixer.utils.io import is_temporary_name
 
 
 class ToyDetector(nn.Module):
@@ -87,7 +88,7 @@ def test_checkpoint_files_pointer_and_pruning(tmp_path):
     files = sorted(f for f in os.listdir(tmp_path) if f.endswith(".pth"))
     assert files == ["model_0000006.pth", "model_0000008.pth", "model_final.pth"]
     assert ckpt.last_checkpoint().endswith("model_final.pth")
-    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+    assert not [f for f in os.listdir(tmp_path) if is_temporary_name(f)]
     state = torch.load(tmp_path / "model_final.pth", weights_only=True)
     assert state["format"] == "stmixer" and state["iteration"] == 10
     lines = (tmp_path / "metrics.json").read_text().splitlines()
