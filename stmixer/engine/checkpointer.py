@@ -332,7 +332,12 @@ class Checkpointer:
 
     def _check_fits(self, contents):
         """``CheckpointMismatchError`` with the loader's table unless every model tensor is in the file."""
+        stored = {k: tuple(v.shape) for k, v in contents.state_dict.items()}
         report = match_state_dict(self.model, contents)
+        # Resuming is exact: a tensor the model had to adapt (e.g. a resized position table) does not fit.
+        adapted = [k for k in report.loaded if k in stored and stored[k] != tuple(contents.state_dict[k].shape)]
+        report.loaded = [k for k in report.loaded if k not in adapted]
+        report.mismatched += [(k, stored[k], tuple(contents.state_dict[k].shape)) for k in adapted]
         if report.ok and not (report.left_at_init or report.skipped or report.not_stored):
             return
         in_folder = os.path.dirname(os.path.abspath(contents.path)) == os.path.abspath(self.output_dir)

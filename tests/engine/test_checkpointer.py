@@ -259,3 +259,19 @@ def test_a_longer_schedule_killed_midway_resumes_past_the_old_final_file(tmp_pat
     assert ckpt.resume_latest(max_iter=10) == 4
     ckpt.save("model_0000006", 6)  # the longer run's next checkpoint; then it is killed
     assert _fresh(tmp_path)[2].resume_latest(max_iter=10) == 6
+
+
+class _AdaptingHead(nn.Linear):
+    """Cuts a stored weight to its own size on load, as the ViT resizes a position table."""
+
+    def adapt_loaded_state(self, state_dict, prefix):
+        for name in ("weight", "bias"):
+            state_dict[prefix + name] = state_dict[prefix + name][: self.out_features]
+
+
+def test_resume_refuses_tensors_the_model_would_adapt(tmp_path):
+    _train(tmp_path, 4)
+    model = ToyDetector()
+    model.stm_head = _AdaptingHead(4, 1)
+    with pytest.raises(CheckpointMismatchError, match=r"stm_head.weight \(file \[2, 4\] vs model \[1, 4\]\)"):
+        _fresh(tmp_path, model)[2].resume_latest(max_iter=10)
