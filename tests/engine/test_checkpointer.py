@@ -275,3 +275,12 @@ def test_resume_refuses_tensors_the_model_would_adapt(tmp_path):
     model.stm_head = _AdaptingHead(4, 1)
     with pytest.raises(CheckpointMismatchError, match=r"stm_head.weight \(file \[2, 4\] vs model \[1, 4\]\)"):
         _fresh(tmp_path, model)[2].resume_latest(max_iter=10)
+
+
+def test_a_run_start_removes_stale_partial_files(tmp_path):
+    stale = tmp_path / ".model_0000002.pth.0123abcd.partial"
+    stale.write_bytes(b"x")
+    os.utime(stale, (time.time() - 60, time.time() - 60))
+    model, _, ckpt = _fresh(tmp_path)
+    assert _start_state(*_run_args(), model, ckpt, max_iter=10) == 0
+    assert not stale.exists()
