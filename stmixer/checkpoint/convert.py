@@ -7,14 +7,17 @@ dict>, "converted_from": {"file", "format", "dropped"}}``. Only the weights are
 kept (in the file's dtype): optimizer / scheduler / iteration entries of other
 formats describe other training set-ups and are not carried over. DST is
 written atomically. Exit status 1 with a one-line error for unreadable,
-unsafe or unknown files.
+unsafe or unknown files and for a full disk (DST is then not written).
+
+An old ``model_final.pth`` that still carries the optimizer (stmixer before
+the weights-only final file) is stripped to its weights the same way.
 """
 
 import argparse
 import os
 import sys
 
-from .errors import CheckpointError
+from ..errors import exit_on_user_error
 from .formats import read_checkpoint, save_checkpoint
 
 
@@ -34,7 +37,7 @@ def convert(src, dst):
 
 
 def main(argv=None):
-    """Command-line entry point; returns the exit status (0 ok, 1 error)."""
+    """Command-line entry point; returns 0, or exits with status 1 and one ``error:`` line."""
     parser = argparse.ArgumentParser(
         prog="python -m stmixer.checkpoint.convert",
         description="Convert a weight file (stmixer, official STMixer, PySlowFast .pkl/.pyth, VideoMAE .pth) "
@@ -43,11 +46,8 @@ def main(argv=None):
     parser.add_argument("src", help="weight file to read (format detected from its content)")
     parser.add_argument("dst", help="stmixer checkpoint to write")
     args = parser.parse_args(argv)
-    try:
+    with exit_on_user_error(status=1):
         contents = convert(args.src, args.dst)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     dropped = ", ".join(f"{len(v)} {r}" for r, v in contents.dropped.items()) or "nothing"
     print(f"{args.src}: {contents.description}; {len(contents.state_dict)} tensors written to {args.dst} "
           f"(dropped: {dropped})")

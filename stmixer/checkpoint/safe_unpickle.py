@@ -248,26 +248,50 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise _Refused("persistent ids are not allowed in a pickled weight file")
 
 
-def _resolve_tokens(obj):
-    """Replace numpy tokens by arrays throughout dicts / lists / tuples; refuse unexpected objects."""
+# Containers nested deeper than this are refused: checkpoints nest a few levels (optimizer state:
+# 4), and the walk below must stay far from Python's recursion limit.
+MAX_NESTING = 100
+
+
+class _Malformed(pickle.UnpicklingError):
+    """The pickle is well-formed but not plain data a weight file holds (too deep, self-referencing)."""
+
+
+def _resolve_tokens(obj, depth=0, open_containers=None):
+    """Replace numpy tokens by arrays throughout dicts / lists / tuples; refuse unexpected objects.
+
+    Containers nested deeper than ``MAX_NESTING`` or containing themselves raise ``_Malformed``.
+    """
     if isinstance(obj, _ArrayToken):
         if obj.array is None:
             raise _Refused("numpy array without data")
         return obj.array
     if isinstance(obj, _DtypeToken):
         return obj.resolve()
+    if not isinstance(obj, (dict, list, tuple, PickledObjectPlaceholder)):
+        return obj
+    if depth >= MAX_NESTING:
+        raise _Malformed(f"its data is nested deeper than {MAX_NESTING} levels (a weight file holds a few)")
+    open_containers = set() if open_containers is None else open_containers
+    container_id = id(obj)
+    if container_id in open_containers:
+        raise _Malformed(f"a {type(obj).__name__} in it contains itself (a weight file holds plain data)")
+    open_containers.add(container_id)
+
+    def resolve(value):
+        return _resolve_tokens(value, depth + 1, open_containers)
+
     if isinstance(obj, dict):
         for key in list(obj):
-            obj[key] = _resolve_tokens(obj[key])
-        return obj
-    if isinstance(obj, list):
-        obj[:] = [_resolve_tokens(v) for v in obj]
-        return obj
-    if isinstance(obj, tuple):
-        return tuple(_resolve_tokens(v) for v in obj)
-    if isinstance(obj, PickledObjectPlaceholder):
-        obj.args = _resolve_tokens(obj.args)
-        obj.state = _resolve_tokens(obj.state)
+            obj[key] = resolve(obj[key])
+    elif isinstance(obj, list):
+        obj[:] = [resolve(v) for v in obj]
+    elif isinstance(obj, tuple):
+        obj = tuple(resolve(v) for v in obj)
+    else:
+        obj.args = resolve(obj.args)
+        obj.state = resolve(obj.state)
+    open_containers.discard(container_id)
     return obj
 
 
@@ -294,6 +318,10 @@ def _guarded(path, read):
         return read()
     except _Refused as e:
         raise UnsafeCheckpointError(f"{path}: refused to unpickle: {e}") from None
+    except _Malformed as e:
+        raise CheckpointFormatError(f"{path}: not a weight file: {e}") from None
+    except RecursionError:
+        raise CheckpointFormatError(f"{path}: not a weight file: its data is nested too deeply") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             MemoryError) as e:
         raise CheckpointFormatError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None

@@ -24,7 +24,8 @@ class LRSchedulerHook(HookBase):
 
 
 class PeriodicCheckpointHook(HookBase):
-    """Saves ``model_<iteration>.pth`` every ``period`` iterations and ``model_final.pth`` at the end.
+    """Saves ``model_<iteration>.pth`` every ``period`` iterations and, at the end, the full state
+    as ``model_<max_iter>.pth`` and the weights as ``model_final.pth`` (``Checkpointer.save_final``).
 
     Args:
         checkpointer: ``stmixer.engine.checkpointer.Checkpointer``.
@@ -38,7 +39,7 @@ class PeriodicCheckpointHook(HookBase):
     def after_step(self):
         done = self.trainer.iter + 1
         if done == self.trainer.max_iter:
-            self.checkpointer.save("model_final", done)
+            self.checkpointer.save_final(done)
         elif self.period > 0 and done % self.period == 0:
             self.checkpointer.save(f"model_{done:07d}", done)
 

@@ -1,11 +1,13 @@
 """What ``train_net.py`` and ``test_net.py`` run: build the parts from the config and join them.
 
 Training resumes by itself: when ``OUTPUT_DIR`` holds a checkpoint (the
-``last_checkpoint`` pointer), the run continues from it exactly (model,
-optimizer, scheduler, iteration, random states; the data sampler is a
-function of the iteration), whatever ``MODEL.WEIGHT`` says. Otherwise
-``MODEL.WEIGHT`` is loaded: with ``--transfer`` its weights only; without it, a
-stmixer training checkpoint also restores optimizer, scheduler and iteration.
+newest intact one, see ``Checkpointer.resume_latest``), the run continues from
+it exactly (model, optimizer, scheduler, iteration, random states; the data
+sampler is a function of the iteration), whatever ``MODEL.WEIGHT`` says.
+Otherwise ``MODEL.WEIGHT`` is loaded: with ``--transfer`` its weights only;
+without it, a stmixer training checkpoint with optimizer state also restores
+optimizer, scheduler and iteration (a weights-only ``model_final.pth`` gives its
+weights).
 """
 
 import logging
@@ -96,20 +98,26 @@ def _wrap_distributed(cfg, model, device):
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
-def _start_state(cfg, model, checkpointer, transfer=False, no_head=False):
-    """Resume from OUTPUT_DIR, or load MODEL.WEIGHT; returns the first iteration to run."""
-    last = checkpointer.last_checkpoint()
-    if last is not None:
+def _start_state(cfg, model, checkpointer, max_iter, transfer=False, no_head=False):
+    """Resume from OUTPUT_DIR, or load MODEL.WEIGHT; returns the first iteration to run.
+
+    Files left in OUTPUT_DIR by interrupted writes are removed first (main process).
+    """
+    if comm.is_main_process():
+        checkpointer.remove_stale_temporaries()
+    start = checkpointer.resume_latest(max_iter)
+    if start is not None:
         if cfg.MODEL.WEIGHT:
             logger.info("OUTPUT_DIR holds a checkpoint: resuming from it, not from MODEL.WEIGHT %s", cfg.MODEL.WEIGHT)
-        return checkpointer.resume(last)
+        return start
     if not cfg.MODEL.WEIGHT:
         logger.info("No MODEL.WEIGHT: every weight starts from its initialization")
         return 0
     contents = read_checkpoint(cfg.MODEL.WEIGHT)
-    if not transfer and contents.format == "stmixer" and "iteration" in contents.extras:
+    resumable = contents.format == "stmixer" and "iteration" in contents.extras and "optimizer" in contents.extras
+    if not transfer and resumable:
         logger.info("Continuing the training run of %s (use --transfer for its weights only)", cfg.MODEL.WEIGHT)
-        return checkpointer.resume(cfg.MODEL.WEIGHT)
+        return checkpointer.resume(contents, max_iter)
     load_weights(unwrap_model(model), contents, no_head=no_head)
     if not transfer and contents.extras.get("optimizer") is not None:
         logger.warning("%s (%s) holds optimizer state in another layout; only its weights were loaded",
@@ -140,12 +148,12 @@ def train(cfg, *, transfer=False, no_head=False, seed=2, skip_val=False, skip_te
     grad_scaler = torch.amp.GradScaler(device.type, enabled=cfg.SOLVER.AMP == "fp16")
     checkpointer = Checkpointer(cfg.OUTPUT_DIR, model, optimizer, scheduler, grad_scaler,
                                 keep_last=cfg.SOLVER.CHECKPOINTS_KEPT)
-    start_iter = _start_state(cfg, model, checkpointer, transfer=transfer, no_head=no_head)
+    per_epoch = cfg.SOLVER.ITER_PER_EPOCH
+    max_iter = per_epoch * cfg.SOLVER.MAX_EPOCH
+    start_iter = _start_state(cfg, model, checkpointer, max_iter, transfer=transfer, no_head=no_head)
     model = _wrap_distributed(cfg, model, device)
     checkpointer.model = model
 
-    per_epoch = cfg.SOLVER.ITER_PER_EPOCH
-    max_iter = per_epoch * cfg.SOLVER.MAX_EPOCH
     metrics_file = MetricsFile(cfg.OUTPUT_DIR) if comm.is_main_process() else None
     if metrics_file is not None:
         metrics_file.trim(start_iter)  # records of iterations the run will replay go

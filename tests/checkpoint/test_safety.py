@@ -67,3 +67,38 @@ def test_numpy_state_survives_a_torch_file(tmp_path):
     back = read_checkpoint(tmp_path / "c.pth").extras["rng"]
     assert back["numpy"][0] == "MT19937" and np.array_equal(back["numpy"][1], rng[1])
     assert back["numpy"][1].dtype == np.uint32 and back["scale"] == np.float32(2)
+
+
+def _torch_zip_holding(path, pickle_bytes):
+    """A torch zip file whose data.pkl is ``pickle_bytes`` (crafted: ``torch.save`` cannot write these)."""
+    import zipfile
+
+    source = path.with_suffix(".src")
+    torch.save({"x": 1}, source)
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, pickle_bytes if info.filename.endswith("/data.pkl") else zin.read(info))
+    source.unlink()
+    return path
+
+
+# {"m": [[[...]]]} nested 100000 lists deep, and {"m": L} with L a list that contains itself.
+_DEEP = b"\x80\x02}q\x00X\x01\x00\x00\x00mq\x01" + b"]" * 100000 + b"a" * 99999 + b"s."
+_SELF = b"\x80\x02}q\x00X\x01\x00\x00\x00mq\x01]q\x02h\x02as."
+
+
+@pytest.mark.parametrize("container", ["pickle", "torch_zip"])
+@pytest.mark.parametrize("payload, problem", [(_DEEP, "nested deeper than"), (_SELF, "contains itself")],
+                         ids=["deep", "self-referencing"])
+def test_deep_or_self_referencing_pickle_is_one_clear_error(tmp_path, container, payload, problem):
+    from stmixer.checkpoint import CheckpointFormatError
+
+    path = tmp_path / "weights.pth"
+    if container == "pickle":
+        path.write_bytes(payload)
+    else:
+        _torch_zip_holding(path, payload)
+    with pytest.raises(CheckpointFormatError, match=problem) as info:
+        read_checkpoint(path)
+    assert str(info.value).startswith(f"{path}: ")
+    assert len(str(info.value).splitlines()) == 1

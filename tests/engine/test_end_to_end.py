@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -71,14 +70,21 @@ def test_killed_run_resumes_to_the_same_weights(repo_root, micro_dataset, single
             *micro_opts(micro_dataset, tmp_path)]
     env = os.environ.copy()
     env.update(PYTHONPATH=str(repo_root), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    process = subprocess.Popen(args, cwd=repo_root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not (tmp_path / "model_0000002.pth").exists():
-        assert process.poll() is None, "training ended before its first checkpoint"
-        assert time.time() < deadline, "no checkpoint within 240 s"
-        time.sleep(0.05)
+    process = subprocess.Popen(args, cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    # The run logs "Saved checkpoint" once the file and the last_checkpoint pointer are both written.
+    output = []
+    for line in process.stdout:
+        output.append(line)
+        if "Saved checkpoint" in line and "model_0000002.pth" in line:
+            break
+    else:
+        pytest.fail(f"training ended (status {process.wait()}) before its iteration-2 checkpoint:\n"
+                    + "".join(output[-30:]))
     process.send_signal(signal.SIGKILL)
     process.wait()
+    process.stdout.close()
+    assert (tmp_path / "last_checkpoint").read_text().strip().startswith("model_")
     assert not (tmp_path / "model_final.pth").exists(), "the run finished before it could be killed"
 
     _train(repo_root, micro_dataset, tmp_path)

@@ -13,6 +13,7 @@ from stmixer.engine.hooks import EvalHook, LRSchedulerHook, MetricsWriterHook, P
 from stmixer.engine.trainer import HookBase, NonFiniteLossError, Trainer
 from stmixer.modeling.matcher import HungarianMatcher
 from stmixer.solver.lr_scheduler import ParamSchedulerLR, WarmupMultiStepMultiplier
+from stmixer.utils.io import is_temporary_name
 
 
 class ToyDetector(nn.Module):
@@ -88,7 +89,7 @@ def test_resume_continues_exactly(tmp_path):
     trainer.train(0, 4)  # stops after the iteration-4 checkpoint, like a killed run
     torch.manual_seed(123)  # a new process would start with other random states
     resumed, trainer, ckpt = _make(tmp_path / "b", start=4)
-    start = ckpt.resume(ckpt.last_checkpoint())
+    start = ckpt.resume_latest(max_iter=10)  # model_final.pth (weights) -> model_0000004.pth (full state)
     assert start == 4
     trainer.data_loader = ToyLoader(start)
     trainer.train(start, 10)
@@ -100,11 +101,11 @@ def test_checkpoint_files_pointer_and_pruning(tmp_path):
     _, trainer, ckpt = _make(tmp_path, keep_last=2)
     trainer.train(0, 10)
     files = sorted(f for f in os.listdir(tmp_path) if f.endswith(".pth"))
-    assert files == ["model_0000006.pth", "model_0000008.pth", "model_final.pth"]
+    assert files == ["model_0000008.pth", "model_0000010.pth", "model_final.pth"]
     assert ckpt.last_checkpoint().endswith("model_final.pth")
-    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+    assert not [f for f in os.listdir(tmp_path) if is_temporary_name(f)]
     state = torch.load(tmp_path / "model_final.pth", weights_only=True)
-    assert state["format"] == "stmixer" and state["iteration"] == 10
+    assert state["format"] == "stmixer" and state["iteration"] == 10 and "optimizer" not in state
     lines = (tmp_path / "metrics.json").read_text().splitlines()
     assert len(lines) == 5 and '"loss_a"' in lines[0]
 
