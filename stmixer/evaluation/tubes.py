@@ -342,6 +342,17 @@ def _group_starts(keys):
     return np.concatenate(([0], change, [keys.size])).astype(np.int64)
 
 
+def _run_starts(*columns):
+    """Start index of each run of equal rows of the (sorted) int columns, and the end."""
+    n = columns[0].size
+    if n == 0:
+        return np.zeros(1, dtype=np.int64)
+    change = np.zeros(n - 1, dtype=bool)
+    for col in columns:
+        change |= col[1:] != col[:-1]
+    return np.concatenate(([0], np.flatnonzero(change) + 1, [n])).astype(np.int64)
+
+
 def _descending_order(score, starts):
     """Per group ``[starts[g], starts[g+1])``: the group's rows in ``np.argsort(score_g)[::-1]`` order
     (as global indices). Groups without tied scores are sorted at once; tied groups replay argsort."""
@@ -655,9 +666,7 @@ def evaluate(gt, det, return_tubes=False):
     num_classes = len(gt.labels)
     vid, frame, label, boxes, score = _prepare(gt, det)
     # soft-NMS per (video, frame, class)
-    gkey = np.stack([vid, frame, label]) if vid.size else np.zeros((3, 0), np.int64)
-    change = np.flatnonzero((gkey[:, 1:] != gkey[:, :-1]).any(axis=0)) + 1
-    starts = np.concatenate(([0], change, [vid.size])).astype(np.int64)
+    starts = _run_starts(vid, frame, label)
     new_score, order = _soft_nms(boxes, score, starts)
     frame_ap = _frame_ap(gt, vid, frame, label, boxes, new_score, num_classes)
 
@@ -668,9 +677,7 @@ def evaluate(gt, det, return_tubes=False):
     top = np.flatnonzero(rank < LINK_TOP_K)
     top = top[np.lexsort((rank[top], frame[top], label[top], vid[top]))]
     lv, lf, ll, lb, ls = vid[top], frame[top], label[top], boxes[top], new_score[top]
-    lkey = np.stack([lv, ll, lf]) if lv.size else np.zeros((3, 0), np.int64)
-    lchange = np.flatnonzero((lkey[:, 1:] != lkey[:, :-1]).any(axis=0)) + 1
-    lstarts = np.concatenate(([0], lchange, [lv.size])).astype(np.int64)
+    lstarts = _run_starts(lv, ll, lf)
     nframes_of = [gt.nframes[v] for v in gt.videos]
     linked = _link(lv, lf, ll, lb, ls, lstarts, nframes_of)
 

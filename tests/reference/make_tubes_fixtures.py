@@ -2,8 +2,9 @@
 
     python tests/reference/make_tubes_fixtures.py --act /path/to/MOC-Detector --out tests/evaluation/fixtures/tubes
 
-Each case is written as ``<name>.json``: the ground truth (the pickle's dict, arrays as lists), the
-detection rows ``video,frame,x1,y1,x2,y2,label,score`` and the reference's numbers (fractions).
+Each case is written as ``<name>.json``: the ground truth (the pickle's dict, tube arrays as lists), the
+detections (columns of the rows ``video,frame,x1,y1,x2,y2,label,score``, ``x1y1x2y2`` flattened) and
+the reference's numbers (fractions, per class too).
 The reference runs through ``act_harness`` (see its docstring for the shims).
 """
 
@@ -31,7 +32,7 @@ def _walk(rng, n, w=320, h=240):
     return np.round(np.array(out), 1)
 
 
-def random_case(seed, n_videos=5, n_labels=4, frames=(20, 70), max_tubes=3, p_det=0.85, p_dup=0.5,
+def random_case(seed, n_videos=4, n_labels=4, frames=(20, 50), max_tubes=3, p_det=0.85, p_dup=0.5,
                 p_wrong=0.2, fp_per_frame=1.5, score_decimals=4, long_tubes=True):
     """Videos with 1..max_tubes ground-truth tubes (some start/end mid-video) and detector-like
     detections: jittered true boxes (missed frames), near-duplicates, wrong classes, false positives."""
@@ -46,8 +47,8 @@ def random_case(seed, n_videos=5, n_labels=4, frames=(20, 70), max_tubes=3, p_de
         gt["nframes"][v], gt["resolution"][v] = n, (240, 320)
         cls = iv % n_labels
         tubes = {}
-        for _ in range(int(rng.integers(1, max_tubes + 1))):
-            c = cls if rng.random() < 0.8 else int(rng.integers(n_labels))
+        for k in range(int(rng.integers(1, max_tubes + 1))):
+            c = cls if k == 0 or rng.random() < 0.8 else int(rng.integers(n_labels))
             if long_tubes and rng.random() < 0.5:
                 s, e = 1, n
             else:
@@ -127,10 +128,12 @@ def hand_case():
 CASES = {
     "perfect": perfect_case,
     "hand": hand_case,
-    "random_small": lambda: random_case(1),
-    "random_ties": lambda: random_case(2, n_videos=6, score_decimals=1, p_dup=0.8),
-    "random_multi": lambda: random_case(3, n_videos=8, n_labels=5, max_tubes=4, p_det=0.7, long_tubes=False),
-    "random_dense": lambda: random_case(4, n_videos=4, n_labels=3, frames=(30, 50), fp_per_frame=4, p_dup=0.9),
+    "random_small": lambda: random_case(1, p_det=0.97),
+    "random_ties": lambda: random_case(2, n_videos=6, score_decimals=1, p_dup=0.8, p_det=0.97),
+    "random_multi": lambda: random_case(3, n_videos=6, n_labels=5, max_tubes=4, p_det=0.93, long_tubes=False),
+    "random_dense": lambda: random_case(4, n_videos=4, n_labels=3, frames=(30, 50), fp_per_frame=4, p_dup=0.9,
+                                        p_det=0.99),
+    "random_missed": lambda: random_case(5, n_videos=6, p_det=0.8, p_wrong=0.4),
 }
 
 
@@ -141,7 +144,11 @@ def to_json(gt, rows, expected):
     g = dict(gt)
     g["gttubes"] = {v: tubes(t) for v, t in gt["gttubes"].items()}
     g["resolution"] = {v: list(r) for v, r in gt["resolution"].items()}
-    return {"groundtruth": g, "detections": [list(r) for r in rows], "expected": expected}
+    names = sorted({r[0] for r in rows})
+    index = {v: i for i, v in enumerate(names)}
+    det = {"videos": names, "video": [index[r[0]] for r in rows], "frame": [r[1] for r in rows],
+           "x1y1x2y2": [x for r in rows for x in r[2:6]], "label": [r[6] for r in rows], "score": [r[7] for r in rows]}
+    return {"groundtruth": g, "detections": det, "expected": expected}
 
 
 def from_json(data):
@@ -150,7 +157,11 @@ def from_json(data):
     g["gttubes"] = {v: {int(c): [np.array(a, dtype=np.float32) for a in lst] for c, lst in t.items()}
                     for v, t in g["gttubes"].items()}
     g["resolution"] = {v: tuple(r) for v, r in g["resolution"].items()}
-    return g, [tuple(r) for r in data["detections"]], data["expected"]
+    d = data["detections"]
+    b = d["x1y1x2y2"]
+    rows = [(d["videos"][v], f, *b[4 * i : 4 * i + 4], c, s)
+            for i, (v, f, c, s) in enumerate(zip(d["video"], d["frame"], d["label"], d["score"]))]
+    return g, rows, data["expected"]
 
 
 def main(argv=None):
