@@ -45,6 +45,7 @@ import pickle
 import sys
 
 import numpy as np
+import pandas as pd
 
 from ..errors import UserError, exit_on_user_error
 
@@ -358,7 +359,8 @@ def _descending_order(score, starts):
     (as global indices). Groups without tied scores are sorted at once; tied groups replay argsort."""
     n_groups = starts.size - 1
     gid = np.repeat(np.arange(n_groups), np.diff(starts))
-    order = np.lexsort((-score.astype(np.float64), gid))
+    by_score = np.argsort(-score, kind="stable")
+    order = by_score[np.argsort(gid[by_score], kind="stable")]
     s = score[order]
     tie = (s[1:] == s[:-1]) & (gid[1:] == gid[:-1])
     for g in np.unique(gid[1:][tie]):
@@ -485,7 +487,7 @@ def _prepare(gt, det):
     if n == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty, np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
-    names, codes = np.unique(det.video.astype(str), return_inverse=True)
+    codes, names = pd.factorize(det.video)
     known = np.array([vindex.get(v, -1) for v in names], dtype=np.int64)
     vid = known[codes]
     if gt.known_videos:
@@ -505,7 +507,9 @@ def _prepare(gt, det):
         raise TubeFormatError(f"{det.where(i)}: frame {int(det.frame[i])} is outside 1..{nframes[vid[i]]} "
                               f"(video '{det.video[i]}' has {nframes[vid[i]]} frames)")
     rows = np.flatnonzero(keep)
-    order = rows[np.lexsort((det.label[rows], det.frame[rows], vid[rows]))]
+    n_frames = int(nframes.max()) + 1
+    key = (vid[rows] * n_frames + det.frame[rows]) * len(gt.labels) + det.label[rows]
+    order = rows[np.argsort(key, kind="stable")]
     return (vid[order], det.frame[order], det.label[order], det.boxes[order].astype(np.float32),
             det.score[order].astype(np.float32))
 
@@ -595,6 +599,13 @@ def _link(vid, frame, label, boxes, score, starts, nframes_of):
     def sort_tubes(cur):
         if len(cur) < 2:
             return cur
+        if len(cur) == 2:
+            t0, t1 = cur
+            m0, m1 = tube_sum[t0] / len(tube_rows[t0]), tube_sum[t1] / len(tube_rows[t1])
+            if m0 - m1 > 1e-5 * abs(m0) + 1e-30:
+                return cur
+            if m1 - m0 > 1e-5 * abs(m1) + 1e-30:
+                return [t1, t0]
         means = [tube_sum[t] / len(tube_rows[t]) for t in cur]
         order = sorted(range(len(cur)), key=lambda i: -means[i])
         ok = all(means[order[i]] - means[order[i + 1]] > 1e-5 * abs(means[order[i]]) + 1e-30
@@ -675,9 +686,25 @@ def evaluate(gt, det, return_tubes=False):
     rank = np.empty(vid.size, dtype=np.int64)
     rank[lorder] = np.arange(vid.size) - np.repeat(starts[:-1], np.diff(starts))
     top = np.flatnonzero(rank < LINK_TOP_K)
-    top = top[np.lexsort((rank[top], frame[top], label[top], vid[top]))]
+    fmax = int(frame.max(initial=0)) + 1
+    key = ((vid[top] * num_classes + label[top]) * fmax + frame[top]) * LINK_TOP_K + rank[top]
+    top = top[np.argsort(key, kind="stable")]
     lv, lf, ll, lb, ls = vid[top], frame[top], label[top], boxes[top], new_score[top]
     lstarts = _run_starts(lv, ll, lf)
+    # runs of consecutive frames with boxes (same video and class) shorter than 15 frames cannot
+    # give a tube of 15 frames (every tube ends at a frame without boxes): they are skipped
+    gv, gl, gf = lv[lstarts[:-1]], ll[lstarts[:-1]], lf[lstarts[:-1]]
+    run_start = np.ones(gv.size, dtype=bool)
+    run_start[1:] = (gv[1:] != gv[:-1]) | (gl[1:] != gl[:-1]) | (gf[1:] != gf[:-1] + 1)
+    run_id = np.cumsum(run_start) - 1
+    run_len = np.bincount(run_id)
+    long_group = run_len[run_id] >= MIN_TUBE_LENGTH
+    if not long_group.all():
+        sizes = np.diff(lstarts)[long_group]
+        rows = np.repeat(lstarts[:-1][long_group], sizes) + (np.arange(sizes.sum())
+                                                             - np.repeat(np.cumsum(sizes) - sizes, sizes))
+        lv, lf, ll, lb, ls = lv[rows], lf[rows], ll[rows], lb[rows], ls[rows]
+        lstarts = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
     nframes_of = [gt.nframes[v] for v in gt.videos]
     linked = _link(lv, lf, ll, lb, ls, lstarts, nframes_of)
 
