@@ -64,6 +64,7 @@ VIDEO_THRESHOLDS = {
     "0.5:0.95": tuple(0.5 + 0.05 * i for i in range(10)),
 }
 _F32 = np.float32
+_PANDAS_OLD_FLOATS = tuple(int(p) for p in pd.__version__.split(".")[:2]) < (3, 1)
 
 
 class TubeFormatError(UserError, ValueError):
@@ -154,7 +155,9 @@ def _split_videos(data, path, split, fold):
         lists = [lists]  # one split given as a flat list
     if not isinstance(lists, (list, tuple)) or not all(isinstance(x, (list, tuple)) for x in lists):
         raise TubeFormatError(f"{path}: '{key}' must be a list of lists of video names")
-    if not 1 <= fold <= len(lists):
+    if not 1 <= fold <= len(lists) or not lists[fold - 1]:
+        if 1 <= fold <= len(lists):
+            raise TubeFormatError(f"{path}: '{key}'[{fold - 1}] has no videos")
         raise TubeFormatError(f"{path}: '{key}' has {len(lists)} split(s), no split {fold}")
     videos = list(lists[fold - 1])
     for v in videos:
@@ -220,8 +223,9 @@ def _check_tube(tube, where, nframes):
     if not np.isfinite(arr).all():
         raise TubeFormatError(f"{where}: holds a value that is not a finite number")
     frames = arr[:, 0]
-    if not (frames == np.round(frames)).all() or frames[0] < 1 or frames[-1] > nframes:
-        raise TubeFormatError(f"{where}: frame numbers must be integers in 1..{nframes} (the video's nframes)")
+    # (frames past nframes are accepted, as by the reference: they can only be missed)
+    if not (frames == np.round(frames)).all() or frames[0] < 1:
+        raise TubeFormatError(f"{where}: frame numbers must be integers >= 1")
     if arr.shape[0] > 1 and not (np.diff(frames) == 1).all():
         raise TubeFormatError(f"{where}: frame numbers must be consecutive and increasing (the reference's "
                               "spatio-temporal IoU needs that)")
@@ -240,13 +244,69 @@ def read_detections(path, labels=None):
     """Read ``video,frame,x1,y1,x2,y2,label,score`` rows (an optional header line is skipped).
 
     ``label`` is a class index (0-based, as in ``gttubes``) or, when ``labels`` is given, a class name.
-    Errors name the file and line.
+    Errors name the file and line. Well-formed files are parsed by pandas' C parser; a file it cannot
+    parse cleanly is re-read row by row, which names the line at fault.
     """
-    import csv
-
     from ..errors import read_text
 
     text = read_text(path)
+    fast = _read_detections_fast(text, path, labels)
+    return fast if fast is not None else _read_detections_rows(text, path, labels)
+
+
+def _line_numbers(text):
+    """1-based numbers of the non-blank lines of ``text``."""
+    return np.array([i for i, line in enumerate(text.split("\n"), 1) if line.strip()], dtype=np.int64)
+
+
+def _read_detections_fast(text, path, labels):
+    """The columns via pandas, or None when the text needs the row-by-row reader (for its messages)."""
+    import io
+
+    lines = _line_numbers(text)
+    header = lines.size > 0 and lines[0] == 1 and text.lstrip("\ufeff").split(",", 1)[0].strip().lower() == "video"
+    if header:
+        lines = lines[1:]
+    if lines.size == 0:
+        return _read_detections_rows(text, path, labels)
+    kwargs = {}
+    if _PANDAS_OLD_FLOATS:  # pandas >= 3.1 parses floats correctly rounded by default (like float())
+        kwargs["float_precision"] = "round_trip"
+    try:
+        df = pd.read_csv(io.StringIO(text), header=None, names=_DET_COLUMNS, skiprows=1 if header else 0,
+                         dtype={"video": str, "label": str}, engine="c", skip_blank_lines=True,
+                         keep_default_na=False, na_values=[""], **kwargs)
+    except (ValueError, pd.errors.ParserError):
+        return None
+    if len(df) != lines.size or df["frame"].dtype.kind != "i" or df["video"].isna().any() \
+            or df["label"].isna().any():
+        return None
+    nums = df[["x1", "y1", "x2", "y2", "score"]]
+    if not all(k == "f" or k == "i" for k in nums.dtypes.map(lambda d: d.kind)):
+        return None
+    nums = nums.to_numpy(dtype=np.float64)
+    if not np.isfinite(nums).all():
+        return None
+    names = {name: i for i, name in enumerate(labels)} if labels is not None else {}
+    codes, uniques = pd.factorize(df["label"].str.strip())
+    mapped = np.empty(len(uniques), dtype=np.int64)
+    for k, lab in enumerate(uniques):
+        if lab in names:
+            mapped[k] = names[lab]
+        else:
+            try:
+                mapped[k] = int(lab)
+            except ValueError:
+                i = int(np.argmax(codes == k))
+                raise TubeFormatError(f"{path}:{lines[i]}: label '{lab}' is neither a class index nor a class "
+                                      "name") from None
+    return Detections(df["video"].to_numpy(dtype=object), df["frame"].to_numpy(dtype=np.int64), nums[:, :4],
+                      mapped[codes], nums[:, 4], lines, str(path))
+
+
+def _read_detections_rows(text, path, labels):
+    import csv
+
     n_cols = len(_DET_COLUMNS)
     names = {name: i for i, name in enumerate(labels)} if labels is not None else {}
     video, frame, boxes, label, score, line = [], [], [], [], [], []
@@ -517,7 +577,8 @@ def _prepare(gt, det):
 def _frame_ap(gt, vid, frame, label, boxes, score, num_classes):
     """frame-AP@0.5 per class (the reference's ``frameAP``)."""
     aps = []
-    fmax = max(gt.nframes.values()) + 1
+    last_gt_frame = [int(t[-1, 0]) for v in gt.videos for ts in gt.tubes[v].values() for t in ts]
+    fmax = max([*gt.nframes.values(), *last_gt_frame]) + 1
     for c in range(num_classes):
         m = label == c
         s = score[m]

@@ -27,7 +27,8 @@ def load_fixture(name):
                     for v, t in g["gttubes"].items()}
     d = data["detections"]
     videos = [d["videos"][i] for i in d["video"]]
-    det = T.Detections.from_arrays(videos, d["frame"], np.array(d["x1y1x2y2"]).reshape(-1, 4), d["label"], d["score"])
+    boxes = np.array(d["x1y1x2y2"]).reshape(-1, 4)
+    det = T.Detections.from_arrays(videos, d["frame"], boxes, d["label"], d["score"])
     return g, det, data["expected"]
 
 
@@ -64,8 +65,8 @@ def test_iou_with_inclusive_areas():
 
 
 def test_spatio_temporal_iou():
-    tubes = T._TubeSet(np.array([1, 6]), np.array([10, 10]), np.array([0, 10]),
-                       np.concatenate([tube(range(1, 11), (0, 0, 9, 9))[:, 1:], tube(range(6, 16), (5, 0, 14, 9))[:, 1:]]))
+    boxes = np.concatenate([tube(range(1, 11), (0, 0, 9, 9))[:, 1:], tube(range(6, 16), (5, 0, 14, 9))[:, 1:]])
+    tubes = T._TubeSet(np.array([1, 6]), np.array([10, 10]), np.array([0, 10]), boxes)
     iou, zero, dtype = T._tube_pair_iou(tubes, np.array([0, 0]), tubes, np.array([1, 0]))
     assert iou[0] == pytest.approx((50 / 150) * (5 / 15))  # spatial 1/3 on frames 6-10, temporal 5/15
     assert iou[1] == 1.0 and not zero.any() and dtype == np.float32
@@ -83,7 +84,8 @@ def test_ap_is_the_trapezoid_from_precision_one():
 def test_perfect_detections_score_one():
     gt = gt_dict({"v1": {0: [tube(range(3, 33), (10, 20, 60, 90))]}, "v2": {1: [tube(range(1, 21), (5, 5, 50, 50))]}},
                  {"v1": 40, "v2": 20})
-    rows = [("v1", f, 10, 20, 60, 90, 0, 0.9) for f in range(3, 33)] + [("v2", f, 5, 5, 50, 50, 1, 0.8) for f in range(1, 21)]
+    rows = [("v1", f, 10, 20, 60, 90, 0, 0.9) for f in range(3, 33)]
+    rows += [("v2", f, 5, 5, 50, 50, 1, 0.8) for f in range(1, 21)]
     det = T.Detections.from_arrays([r[0] for r in rows], [r[1] for r in rows], [r[2:6] for r in rows],
                                    [r[6] for r in rows], [r[7] for r in rows])
     res = T.evaluate(T.groundtruth_from_dict(gt), det, return_tubes=True)
@@ -114,8 +116,8 @@ def write_case(tmp_path, gt, rows, header=True):
 
 
 def small_case():
-    gt = gt_dict({"a/1": {0: [tube(range(1, 21), (10, 10, 60, 80))]}, "b/1": {1: [tube(range(5, 25), (100, 50, 150, 120))]}},
-                 {"a/1": 20, "b/1": 30})
+    gt = gt_dict({"a/1": {0: [tube(range(1, 21), (10, 10, 60, 80))]},
+                  "b/1": {1: [tube(range(5, 25), (100, 50, 150, 120))]}}, {"a/1": 20, "b/1": 30})
     gt["train_videos"] = [["c/1"]]
     gt["nframes"]["c/1"] = 5
     gt["gttubes"]["c/1"] = {}
@@ -152,7 +154,9 @@ def test_cli_end_to_end(tmp_path, repo_root):
     (lambda g, r: g.pop("test_videos"), "key 'test_videos' missing"),
     (lambda g, r: g["nframes"].update({"a/1": 0}), "'nframes'['a/1']"),
     (lambda g, r: g["gttubes"]["a/1"].update({0: [tube([1, 2, 4], (0, 0, 5, 5))]}), "consecutive"),
-    (lambda g, r: g["gttubes"]["a/1"].update({0: [tube([19, 20, 21], (0, 0, 5, 5))]}), "integers in 1..20"),
+    (lambda g, r: g["gttubes"]["a/1"].update({0: [tube([0, 1, 2], (0, 0, 5, 5))]}), "integers >= 1"),
+    (lambda g, r: g["gttubes"]["a/1"].update({0: [tube([1.5, 2.5], (0, 0, 5, 5))]}), "integers >= 1"),
+    (lambda g, r: g.update(test_videos=[[]]), "'test_videos'[0] has no videos"),
     (lambda g, r: g["gttubes"]["a/1"].update({7: []}), "'gttubes'['a/1'][7]"),
     (lambda g, r: g["gttubes"]["a/1"].update({0: [np.zeros((3, 4))]}), "shape (n >= 1, 5)"),
 ])
@@ -188,7 +192,8 @@ def test_cli_bad_input_is_one_error_line(tmp_path, capsys):
     gt_path.write_bytes(b"not a pickle")
     (tmp_path / "det.csv").write_text("")
     with pytest.raises(SystemExit) as e:
-        T.main(["--groundtruth", str(gt_path), "--detections", str(tmp_path / "det.csv"), "--json", str(tmp_path / "o.json")])
+        T.main(["--groundtruth", str(gt_path), "--detections", str(tmp_path / "det.csv"),
+                "--json", str(tmp_path / "o.json")])
     assert e.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {gt_path}: not a readable ground-truth pickle")
@@ -209,3 +214,19 @@ def test_empty_detections():
     det = T.Detections.from_arrays([], [], np.zeros((0, 4)), [], [])
     res = T.evaluate(T.groundtruth_from_dict(gt), det)
     assert res.frame_map == 0.0 and res.video_map["0.5"] == 0.0
+
+
+def test_csv_readers_agree(tmp_path):
+    text = ("video,frame,x1,y1,x2,y2,label,score\n"
+            "a/1,1,10.1,10,60,80,a,0.9\n\n"
+            "b/1,5,0.30000000000000004,50,150,120,1,0.7\r\n"
+            "NA,2, 1,2,3,4 ,0,1e-3\n")
+    path = tmp_path / "det.csv"
+    path.write_text(text)
+    fast = T._read_detections_fast(text, path, ["a", "b"])
+    rows = T._read_detections_rows(text, path, ["a", "b"])
+    assert fast is not None
+    for name in ("video", "frame", "boxes", "label", "score", "line"):
+        assert np.array_equal(getattr(fast, name), getattr(rows, name)), name
+    assert fast.line.tolist() == [2, 4, 5] and fast.label.tolist() == [0, 1, 0]
+    assert fast.boxes[1, 0] == 0.30000000000000004

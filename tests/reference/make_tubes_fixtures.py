@@ -77,8 +77,8 @@ def random_case(seed, n_videos=4, n_labels=4, frames=(20, 50), max_tubes=3, p_de
                              int(rng.integers(n_labels)), rng.uniform(0.0, 0.5)))
     order = rng.permutation(len(rows))
     rows = [rows[i] for i in order]
-    rows = [(v, int(f), float(x1), float(y1), float(x2), float(y2), int(c), round(float(np.clip(s, 0, 1)), score_decimals))
-            for v, f, x1, y1, x2, y2, c, s in rows]
+    rows = [(v, int(f), float(x1), float(y1), float(x2), float(y2), int(c),
+             round(float(np.clip(s, 0, 1)), score_decimals)) for v, f, x1, y1, x2, y2, c, s in rows]
     return gt, rows
 
 
