@@ -17,6 +17,7 @@ Detections are written as the reference's per-frame files ``<video>/<frame:05d>.
 frame and every label (the reference needs them all), rows in input order.
 """
 
+import atexit
 import copy
 import importlib
 import os
@@ -57,6 +58,7 @@ def load_reference(path, workdir=None):
     """Import the reference (with the shims) from ``path``; returns (ACT module, ACT_build, datasets shim)."""
     src = find_act_source(path)
     root = tempfile.mkdtemp(prefix="act_ref_", dir=workdir)
+    atexit.register(shutil.rmtree, root, True)
     shutil.copy(os.path.join(src, "ACT.py"), root)
     os.makedirs(os.path.join(root, "ACT_utils"))
     for name in ("ACT_utils.py", "ACT_build.py"):
