@@ -24,7 +24,8 @@ import pandas as pd
 
 from ..errors import UserError
 
-_CHUNK_ROWS = 500_000
+# Rows per chunk of the fast reader (read_ava_csv's chunk_rows overrides it).
+CHUNK_ROWS = 500_000
 _TIMESTAMP_LIMIT = 2**31 - 1
 _COLUMN_NAMES = ("video_id", "timestamp", "x1", "y1", "x2", "y2", "action_id", "score")
 _PANDAS_OLD_FLOATS = tuple(int(p) for p in pd.__version__.split(".")[:2]) < (3, 1)
@@ -150,9 +151,8 @@ class _Columns:
         new_box = np.ones(len(video), dtype=bool)
         new_box[1:] = (video[1:] != video[:-1]) | (timestamp[1:] != timestamp[:-1]) | (boxes[1:] != boxes[:-1]).any(1)
         first = (int(video[0]), int(timestamp[0]), *boxes[0].tolist())
-        if first == self.last_box:
+        if first == self.last_box:  # the previous chunk ended inside this box
             new_box[0] = False
-            self.num_boxes -= 1
         self.last_box = (int(video[-1]), int(timestamp[-1]), *boxes[-1].tolist())
         box_index = np.cumsum(new_box, dtype=np.int64) - 1 + self.num_boxes
         self.num_boxes = int(box_index[-1]) + 1
@@ -190,7 +190,7 @@ class _Columns:
         )
 
 
-def _read_fast(path, width, columns):
+def _read_fast(path, width, columns, chunk_rows):
     dtypes = {"video_id": "category", "action_id": np.int64}
     for name in _COLUMN_NAMES[1:width]:
         dtypes.setdefault(name, np.float64)
@@ -200,7 +200,7 @@ def _read_fast(path, width, columns):
         dtype=dtypes,
         na_filter=False,
         engine="c",
-        chunksize=_CHUNK_ROWS,
+        chunksize=chunk_rows,
         skip_blank_lines=True,
         encoding="utf-8",
     )
@@ -285,7 +285,7 @@ def _read_slow(path, columns):
     )
 
 
-def read_ava_csv(path, keep_actions=None, keep_data_rows=False):
+def read_ava_csv(path, keep_actions=None, keep_data_rows=False, chunk_rows=None):
     """Read an AVA CSV file (ground truth or detections).
 
     Args:
@@ -294,6 +294,8 @@ def read_ava_csv(path, keep_actions=None, keep_data_rows=False):
             ids are dropped while reading. None keeps every row.
         keep_data_rows: also record each row's index among the non-blank rows
             (``AVATable.data_row``), for error messages.
+        chunk_rows: rows parsed per chunk by the fast reader (default ``CHUNK_ROWS``);
+            the result does not depend on it.
 
     Returns:
         AVATable with the kept rows in file order.
@@ -310,7 +312,7 @@ def read_ava_csv(path, keep_actions=None, keep_data_rows=False):
         columns = _Columns(allowed, keep_data_rows)
         if width in (7, 8):
             try:
-                _read_fast(path, width, columns)
+                _read_fast(path, width, columns, chunk_rows or CHUNK_ROWS)
                 return columns.table(path)
             except (AVAFormatError, UnicodeDecodeError):
                 raise

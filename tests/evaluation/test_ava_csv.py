@@ -125,3 +125,27 @@ def test_writer_is_byte_identical_to_the_official_format(tmp_path):
     back = read_ava_csv(path)
     assert np.array_equal(back.score, table.score)
     assert np.array_equal(back.boxes[back.box_index], table.boxes[table.box_index])
+
+
+def _assert_same_table(a, b):
+    assert a.videos == b.videos
+    for name in ("box_video", "box_timestamp", "boxes", "box_index", "action", "score", "data_row"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
+@pytest.mark.parametrize("rows_per_box", [79, 3, 1])
+@pytest.mark.parametrize("chunk_rows", [1, 2, 7, 13, 80, 101])
+def test_chunk_boundaries_inside_a_box_give_the_one_chunk_result(tmp_path, rows_per_box, chunk_rows):
+    rng = np.random.default_rng(rows_per_box)
+    lines = []
+    for k in range(7):
+        video, second = f"v{k % 2}", 902 + k // 2
+        box = ",".join(format(v, ".5f") for v in np.sort(rng.random(4).reshape(2, 2), axis=0).T.reshape(-1))
+        lines += [f"{video},{second:04d},{box},{a},{rng.random():.5f}" for a in range(1, rows_per_box + 1)]
+    path = tmp_path / "det.csv"
+    path.write_text("\n".join(lines) + "\n")
+    whole = read_ava_csv(path, keep_data_rows=True, chunk_rows=len(lines))
+    assert whole.box_index.tolist() == np.repeat(np.arange(7), rows_per_box).tolist()
+    _assert_same_table(read_ava_csv(path, keep_data_rows=True, chunk_rows=chunk_rows), whole)
+    kept = read_ava_csv(path, keep_actions=[2, 3], keep_data_rows=True, chunk_rows=len(lines))
+    _assert_same_table(read_ava_csv(path, keep_actions=[2, 3], keep_data_rows=True, chunk_rows=chunk_rows), kept)
