@@ -11,7 +11,7 @@ import re
 import sys
 
 from ..utils.io import atomic_open
-from .formats import FRAME_LIST_HEADER, ava_frame_name
+from ..ava_files import FRAME_LIST_HEADER, ava_frame_name
 
 
 def count_frames(frame_dir, video):

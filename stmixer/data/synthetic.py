@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 
 from ..utils.io import atomic_open
-from .formats import (
+from ..ava_files import (
     AVA_FIRST_KEYFRAME_SECOND,
     AVA_FPS,
     FRAME_LIST_HEADER,

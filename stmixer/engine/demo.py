@@ -33,7 +33,7 @@ from ..data.collate import BatchCollator
 from ..data.keyframe_clips import KeyframeClips
 from ..data.transforms import pathway_frame_indices
 from ..data.video import VideoSource, VideoWriter, resample, resampled_length
-from ..evaluation.labelmap import read_labelmap
+from ..ava_files import read_labelmap
 from ..modeling import build_detector
 from ..utils import distributed as comm
 from ..utils.io import atomic_open

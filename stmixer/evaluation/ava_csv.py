@@ -7,7 +7,8 @@ Row format (no header)::
 Boxes are normalized ``[0, 1]`` x1,y1,x2,y2 (as AVA stores them). The 8th
 column is the detection score, or the person id in ground-truth files; a row
 without it has score 1.0 (as the official reader does). A keyframe is
-``(video_id as written, int(timestamp))``: "902" and "0902" are the same one.
+``(video_id as written, timestamp)``: "902" and "0902" are the same one; a timestamp
+must be an integer (the one field rule of ``stmixer.ava_files.parse_timestamp``).
 
 Reading uses pandas' C parser in chunks; a file it cannot parse (7 and 8
 column rows mixed, a bad number, ...) is re-read row by row with the ``csv``
@@ -22,17 +23,14 @@ import math
 import numpy as np
 import pandas as pd
 
-from ..errors import UserError
+from ..ava_files import AVAFormatError, check_utf8, parse_action_id, parse_timestamp
+from ..ava_files import read_exclusions  # noqa: F401  (re-exported: the evaluator's import path)
 
 # Rows per chunk of the fast reader (read_ava_csv's chunk_rows overrides it).
 CHUNK_ROWS = 500_000
 _TIMESTAMP_LIMIT = 2**31 - 1
 _COLUMN_NAMES = ("video_id", "timestamp", "x1", "y1", "x2", "y2", "action_id", "score")
 _PANDAS_OLD_FLOATS = tuple(int(p) for p in pd.__version__.split(".")[:2]) < (3, 1)
-
-
-class AVAFormatError(UserError, ValueError):
-    """A malformed AVA CSV file; the message names the file and line."""
 
 
 @dataclasses.dataclass
@@ -138,7 +136,7 @@ class _Columns:
         self.last_box = None
 
     def add(self, names, codes, ts, boxes, action, score, data_rows):
-        """Add one chunk: ``names[codes]`` video names, float timestamps, [n, 4] boxes, ids, scores."""
+        """Add one chunk: ``names[codes]`` video names, integer timestamps, [n, 4] boxes, ids, scores."""
         lookup = np.array([self.vocab.setdefault(name, len(self.vocab)) for name in names] or [0], dtype=np.int32)
         keep = _keep_mask(action, self.allowed)
         if not keep.all():
@@ -146,7 +144,7 @@ class _Columns:
         if len(codes) == 0:
             return
         video = lookup[codes]
-        timestamp = np.trunc(ts).astype(np.int32)
+        timestamp = ts.astype(np.int32)
         # Rows of one box (same keyframe, same coordinates) follow each other in detection files.
         new_box = np.ones(len(video), dtype=bool)
         new_box[1:] = (video[1:] != video[:-1]) | (timestamp[1:] != timestamp[:-1]) | (boxes[1:] != boxes[:-1]).any(1)
@@ -191,7 +189,8 @@ class _Columns:
 
 
 def _read_fast(path, width, columns, chunk_rows):
-    dtypes = {"video_id": "category", "action_id": np.int64}
+    # Timestamps as categories (a few hundred per file): the C parser's int64 would take "902.0" and "1e3".
+    dtypes = {"video_id": "category", "timestamp": "category", "action_id": np.int64}
     for name in _COLUMN_NAMES[1:width]:
         dtypes.setdefault(name, np.float64)
     kwargs = dict(
@@ -212,13 +211,11 @@ def _read_fast(path, width, columns, chunk_rows):
             n = len(chunk)
             data_rows = np.arange(start, start + n, dtype=np.int64)
             start += n
-            ts = chunk["timestamp"].to_numpy(np.float64)
+            ts = _timestamps(path, chunk["timestamp"], data_rows)
             boxes = chunk[["x1", "y1", "x2", "y2"]].to_numpy(np.float64)
             score = chunk["score"].to_numpy(np.float64) if width == 8 else np.ones(n)
-            _check_rows(path, ~np.isfinite(ts), data_rows, "timestamp is not a finite number")
             _check_rows(path, ~np.isfinite(boxes).all(axis=1), data_rows, "a box coordinate is not a finite number")
             _check_rows(path, ~np.isfinite(score), data_rows, "the 8th column (score) is not a finite number")
-            _check_rows(path, np.abs(np.trunc(ts)) > _TIMESTAMP_LIMIT, data_rows, "timestamp is out of range")
             video = chunk["video_id"]
             columns.add(
                 [str(c) for c in video.cat.categories],
@@ -229,6 +226,25 @@ def _read_fast(path, width, columns, chunk_rows):
                 score,
                 data_rows,
             )
+
+
+def _timestamps(path, column, data_rows):
+    """int64 ``[n]`` seconds of a categorical timestamp column.
+
+    pandas turns the categories into integers only when every text of the chunk is an
+    integer; anything else ("902.0", "1e3", "x") raises ValueError, and the file is
+    re-read by the slow path, whose ``parse_timestamp`` names the line.
+    """
+    categories = column.cat.categories
+    if categories.dtype.kind not in "iu":
+        raise ValueError("a timestamp that is not an integer")
+    values = categories.to_numpy()
+    out_of_range = np.abs(values.astype(np.float64)) > _TIMESTAMP_LIMIT
+    codes = column.cat.codes.to_numpy()
+    if out_of_range.any():
+        bad = out_of_range[codes]
+        _check_rows(path, bad, data_rows, f"timestamp {str(values[codes[np.argmax(bad)]])!r} is out of range")
+    return values.astype(np.int64)[codes]
 
 
 def _parse_number(path, line, field, what, convert):
@@ -256,11 +272,14 @@ def _read_slow(path, columns):
                     f"{path}:{line}: expected 7 or 8 comma-separated fields "
                     f"(video_id,timestamp,x1,y1,x2,y2,action_id[,score]), found {len(row)}: {','.join(row)[:200]!r}"
                 )
-            t = _parse_number(path, line, row[1], "timestamp", float)
-            if abs(math.trunc(t)) > _TIMESTAMP_LIMIT:
+            try:
+                t = parse_timestamp(row[1])
+                a = parse_action_id(row[6])
+            except ValueError as e:
+                raise AVAFormatError(f"{path}:{line}: {e}") from None
+            if abs(t) > _TIMESTAMP_LIMIT:
                 raise AVAFormatError(f"{path}:{line}: timestamp {row[1]!r} is out of range")
             box = [_parse_number(path, line, v, "box coordinate", float) for v in row[2:6]]
-            a = _parse_number(path, line, row[6], "action_id", int)
             s = _parse_number(path, line, row[7], "score", float) if len(row) == 8 else 1.0
             codes.append(names.setdefault(row[0], len(names)))
             ts.append(t)
@@ -277,7 +296,7 @@ def _read_slow(path, columns):
     columns.add(
         list(names),
         np.array(codes, dtype=np.int64),
-        np.array(ts, dtype=np.float64),
+        np.array(ts, dtype=np.int64),
         np.array(boxes, dtype=np.float64).reshape(-1, 4),
         action_arr,
         np.array(score, dtype=np.float64),
@@ -302,8 +321,9 @@ def read_ava_csv(path, keep_actions=None, keep_data_rows=False, chunk_rows=None)
 
     Raises:
         AVAFormatError: a row with a wrong number of fields, a field that is not a
-            number, a non-finite number or an out-of-range timestamp, naming the
-            file and line.
+            number, a non-finite number, a timestamp or action id that is not an integer,
+            an out-of-range timestamp, naming the file and line.
+        UserEncodingError: a byte that is not UTF-8, naming the file and line.
     """
     path = str(path)
     allowed = _action_filter(None if keep_actions is None else sorted(set(keep_actions)))
@@ -322,34 +342,8 @@ def read_ava_csv(path, keep_actions=None, keep_data_rows=False, chunk_rows=None)
             _read_slow(path, columns)
         return columns.table(path)
     except UnicodeDecodeError as e:
-        raise AVAFormatError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
-
-
-def read_exclusions(path):
-    """Read a CSV of excluded keyframes (``video_id,timestamp`` rows).
-
-    Returns:
-        set of ``(video_id, int timestamp)``; empty when ``path`` is None.
-    """
-    excluded = set()
-    if path is None:
-        return excluded
-    path = str(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            for row in reader:
-                if not row or not any(field.strip() for field in row):
-                    continue
-                if len(row) != 2:
-                    raise AVAFormatError(
-                        f"{path}:{reader.line_num}: expected 2 fields (video_id,timestamp), found {len(row)}"
-                    )
-                t = _parse_number(path, reader.line_num, row[1], "timestamp", float)
-                excluded.add((row[0], math.trunc(t)))
-    except UnicodeDecodeError as e:
-        raise AVAFormatError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
-    return excluded
+        check_utf8(path)  # raises the error naming file:line
+        raise AVAFormatError(f"{path}: not a UTF-8 text file ({e.reason})") from None
 
 
 # ----------------------------------------------------------------------------------------------

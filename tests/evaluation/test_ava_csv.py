@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from stmixer.evaluation import AVAFormatError, read_ava_csv, read_exclusions
+from stmixer.errors import UserEncodingError
 from stmixer.evaluation import ava_csv
 from stmixer.evaluation.ava_csv import round5, write_detections_csv
 
@@ -50,11 +51,14 @@ def test_numbers_parse_exactly_like_python_float(tmp_path, monkeypatch):
     [
         ("v,902,0.1,0.2,0.3,0.4,1,0.5\nv,902,0.1,0.2,0.3\n", r"f.csv:2: expected 7 or 8 comma-separated fields"),
         ("v,902,0.1,0.2,0.3,0.4,1,0.5\n\nv,902,0.1,x,0.3,0.4,1,0.5\n", r"f.csv:3: box coordinate 'x' is not a number"),
-        ("video_id,timestamp,x1,y1,x2,y2,action_id,score\n", r"f.csv:1: timestamp 'timestamp' is not a number"),
-        ("v,902,0.1,0.2,0.3,0.4,1.5,0.5\n", r"f.csv:1: action_id '1.5' is not a number"),
+        ("video_id,timestamp,x1,y1,x2,y2,action_id,score\n", r"f.csv:1: timestamp 'timestamp' is not an integer number of seconds"),
+        ("v,902,0.1,0.2,0.3,0.4,1.5,0.5\n", r"f.csv:1: action_id '1.5' is not an integer"),
         ("v,902,0.1,0.2,0.3,0.4,1,nan\n", r"f.csv:1: score 'nan' is not a finite number"),
         ("v,902,0.1,0.2,0.3,0.4,1,0.5\nv,902,0.1,inf,0.3,0.4,1,0.5\n", r"f.csv:2: a box coordinate is not a finite number"),
-        ("v,1e12,0.1,0.2,0.3,0.4,1,0.5\n", r"f.csv:1: timestamp (.* )?is out of range"),
+        ("v,902,0,0,1,1,1,0.5\nv,99999999999,0.1,0.2,0.3,0.4,1,0.5\n", r"f.csv:2: timestamp '99999999999' is out of range"),
+        ("v,902,0,0,1,1,1,0.5\nv,0902.5,0,0,1,1,1,0.5\n", r"f.csv:2: timestamp '0902.5' is not an integer number of seconds"),
+        ("v,1e3,0,0,1,1,1,0.5\n", r"f.csv:1: timestamp '1e3' is not an integer number of seconds"),
+        ("v,902.0,0,0,1,1,1,0.5\n", r"f.csv:1: timestamp '902.0' is not an integer number of seconds"),
     ],
 )
 def test_malformed_rows_name_file_and_line(tmp_path, text, message):
@@ -65,9 +69,10 @@ def test_malformed_rows_name_file_and_line(tmp_path, text, message):
 def test_binary_file_is_reported(tmp_path):
     path = tmp_path / "f.csv"
     path.write_bytes(b"v,902,0.1,0.2,0.3,0.4,1,0.5\n\xff\xfe,1\n")
-    with pytest.raises(AVAFormatError, match=r"f.csv: not a UTF-8 text file"):
+    with pytest.raises(UserEncodingError, match=r"f.csv:2: not UTF-8 text \(byte 0xff at offset 28\)"):
         read_ava_csv(path)
-    with pytest.raises(AVAFormatError, match=r"f.csv: not a UTF-8 text file"):
+    path.write_bytes(b"v,0902\n\nv,0903\xe9\n")
+    with pytest.raises(UserEncodingError, match=r"f.csv:3: not UTF-8 text \(byte 0xe9 at offset 14\)"):
         read_exclusions(path)
 
 
