@@ -304,6 +304,27 @@ def _read_slow(path, columns):
     )
 
 
+def select_actions(table, keep_actions):
+    """The rows of ``table`` whose action id is in ``keep_actions``: the AVATable that
+    ``read_ava_csv(..., keep_actions=keep_actions)`` gives for the same file."""
+    columns = _Columns(_action_filter(sorted(set(keep_actions))), table.data_row is not None)
+    if len(table):
+        box = table.box_index
+        columns.add(
+            table.videos,
+            table.box_video[box],
+            table.box_timestamp[box].astype(np.int64),
+            table.boxes[box],
+            table.action.astype(np.int64),
+            table.score,
+            table.data_row if table.data_row is not None else np.zeros(len(table), np.int64),
+        )
+    selected = columns.table(table.source)
+    if not selected.videos:
+        selected.videos = list(table.videos)
+    return selected
+
+
 def read_ava_csv(path, keep_actions=None, keep_data_rows=False, chunk_rows=None):
     """Read an AVA CSV file (ground truth or detections).
 
