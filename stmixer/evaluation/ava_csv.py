@@ -19,6 +19,7 @@ either gives the same columns or names the file and line at fault.
 import csv
 import dataclasses
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -51,7 +52,7 @@ class AVATable:
         score: float64 ``[N]``: the score (detections) or the 8th column (person id in
             ground truth; the ``activitynet`` protocol orders ground truth by it); 1.0
             for rows without an 8th column.
-        data_row: int64 ``[N]`` index of the row among the file's non-blank rows
+        data_row: int32 (int64 past 2**31 rows) ``[N]`` index of the row among the file's non-blank rows
             (to name the line in error messages), or None.
         source: the file name (or a description) for messages.
     """
@@ -110,8 +111,51 @@ def _check_rows(path, bad, data_rows, message):
         raise AVAFormatError(f"{path}:{line_of_data_row(path, int(data_rows[np.argmax(bad)]))}: {message}")
 
 
+_LINE_BLOCK = 1 << 24
+# A line of only these bytes makes no CSV row (csv gives only blank fields); it is skipped.
+_BLANK_LINE = re.compile(rb"[ \t\r\f\v,]*(?:\n|\Z)")
+_BLANK_LINE_START = re.compile(rb"\n(?=[\n \t\r\f\v,])")  # a newline, then a line that may be blank (rare)
+_LONE_CR = re.compile(rb"\r(?!\n)")
+
+
+def _blank_lines(block):
+    """Ascending 0-based indices of the blank lines of ``block`` (bytes ending with a newline or the file)."""
+    starts = [0] + [m.start() + 1 for m in _BLANK_LINE_START.finditer(block)]
+    return [block.count(b"\n", 0, start) for start in starts if start < len(block) and _BLANK_LINE.match(block, start)]
+
+
 def line_of_data_row(path, data_row):
-    """1-based line number of the ``data_row``-th non-blank CSV row of ``path``."""
+    """1-based line number of the ``data_row``-th non-blank CSV row of ``path``.
+
+    Counts newlines in blocks of bytes (a row deep in a detection file is found in a
+    fraction of a second); a file with quotes or lone carriage returns (where a row may
+    span lines) is walked with the ``csv`` module instead.
+    """
+    lines_before = rows_before = 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(_LINE_BLOCK)
+            if not block:
+                break
+            if not block.endswith(b"\n"):
+                block += f.readline()
+            if b'"' in block or _LONE_CR.search(block):
+                return _line_of_data_row_csv(path, data_row)
+            num_lines = block.count(b"\n") + (not block.endswith(b"\n"))
+            blank = _blank_lines(block)
+            if rows_before + num_lines - len(blank) > data_row:
+                line = data_row - rows_before
+                for b in blank:  # ascending: step over the blank lines up to the row
+                    if b > line:
+                        break
+                    line += 1
+                return lines_before + line + 1
+            rows_before += num_lines - len(blank)
+            lines_before += num_lines
+    raise IndexError(f"{path} has no data row {data_row}")
+
+
+def _line_of_data_row_csv(path, data_row):
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         count = -1
@@ -160,7 +204,8 @@ class _Columns:
                 box_index.astype(np.int32),
                 action.astype(np.int32),
                 score.astype(np.float64),
-                data_rows.astype(np.int64) if self.keep_data_rows else None,
+                data_rows.astype(np.int32 if len(data_rows) and data_rows[-1] < 2**31 else np.int64)
+                if self.keep_data_rows else None,
             )
         )
 

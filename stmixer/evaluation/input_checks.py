@@ -78,22 +78,24 @@ def _inverted_boxes(det):
 def duplicate_rows(table):
     """bool ``[N]``: rows equal to an earlier row in video, timestamp, box and action.
 
-    Linear when every box's rows are together with increasing action ids (the official
-    writer's order); otherwise one sort of the rows.
+    Linear when every box appears once with its rows together in increasing action
+    order (the official writer's order); otherwise one sort of the rows.
     """
     n = len(table)
     if n < 2:
         return np.zeros(n, dtype=bool)
-    action = table.action.astype(np.int64)
-    low = int(action.min())
-    span = int(action.max()) - low + 1
-    key = table.box_index.astype(np.int64) * span + (action - low)
     keys = np.empty((len(table.boxes), 6), dtype=np.float64)
     keys[:, 0], keys[:, 1], keys[:, 2:] = table.box_video, table.box_timestamp, table.boxes
-    distinct, canonical = np.unique(keys, axis=0, return_inverse=True)
-    if len(distinct) == len(keys) and (np.diff(key) > 0).all():
+    order = np.lexsort(keys.T[::-1])
+    new_box = np.ones(len(keys), dtype=bool)
+    new_box[1:] = (keys[order[1:]] != keys[order[:-1]]).any(axis=1)
+    box, action = table.box_index, table.action
+    if new_box.all() and ((box[1:] != box[:-1]) | (action[1:] > action[:-1])).all():
         return np.zeros(n, dtype=bool)
-    key = canonical.reshape(-1).astype(np.int64)[table.box_index] * span + (action - low)
+    canonical = np.empty(len(keys), dtype=np.int64)
+    canonical[order] = np.cumsum(new_box) - 1  # equal boxes share an id
+    low = int(action.min())
+    key = canonical[box] * (int(action.max()) - low + 1) + (action.astype(np.int64) - low)
     _, first = np.unique(key, return_index=True)
     repeated = np.ones(n, dtype=bool)
     repeated[first] = False

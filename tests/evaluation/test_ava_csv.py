@@ -154,3 +154,18 @@ def test_chunk_boundaries_inside_a_box_give_the_one_chunk_result(tmp_path, rows_
     _assert_same_table(read_ava_csv(path, keep_data_rows=True, chunk_rows=chunk_rows), whole)
     kept = read_ava_csv(path, keep_actions=[2, 3], keep_data_rows=True, chunk_rows=len(lines))
     _assert_same_table(read_ava_csv(path, keep_actions=[2, 3], keep_data_rows=True, chunk_rows=chunk_rows), kept)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_line_of_data_row_counts_like_the_csv_module(tmp_path, monkeypatch, seed):
+    rng = np.random.default_rng(seed)
+    pieces = ["v,902,0,0,1,1,1,0.5", "", "   ", " , ,", "w,903,0,0,1,1,2"]
+    lines = [pieces[i] for i in rng.integers(0, len(pieces), 400)]
+    path = tmp_path / "f.csv"
+    path.write_text("\n".join(lines) + ("\n" if seed % 2 else ""))
+    monkeypatch.setattr(ava_csv, "_LINE_BLOCK", 64)  # many blocks, lines cut at block ends
+    rows = sum(1 for line in lines if line.replace(",", "").strip())
+    for data_row in range(rows):
+        assert ava_csv.line_of_data_row(path, data_row) == ava_csv._line_of_data_row_csv(path, data_row)
+    with pytest.raises(IndexError):
+        ava_csv.line_of_data_row(path, rows)
