@@ -23,10 +23,10 @@ def test_every_consumer_uses_the_one_module():
     from stmixer import ava_files
     from stmixer.data import build, check, formats
     from stmixer.engine import demo
-    from stmixer.evaluation import ava_csv, labelmap
+    from stmixer.evaluation import evaluator, labelmap
 
     assert check.read_label_map is formats.read_label_map is ava_files.read_label_map
-    assert check.read_exclusions is build.read_exclusions is ava_csv.read_exclusions is ava_files.read_exclusions
+    assert check.read_exclusions is build.read_exclusions is evaluator.read_exclusions is ava_files.read_exclusions
     assert check.parse_box_row is ava_files.parse_box_row and build.read_box_csv is ava_files.read_box_csv
     assert labelmap.read_labelmap is demo.read_labelmap is ava_files.read_labelmap
 

@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 
 from ..ava_files import AVAFormatError, check_utf8, parse_action_id, parse_timestamp
-from ..ava_files import read_exclusions  # noqa: F401  (re-exported: the evaluator's import path)
 
 # Rows per chunk of the fast reader (read_ava_csv's chunk_rows overrides it).
 CHUNK_ROWS = 500_000

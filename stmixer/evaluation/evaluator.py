@@ -8,7 +8,8 @@ import warnings
 import numpy as np
 
 from ..utils.io import atomic_open
-from .ava_csv import AVATable, read_ava_csv, read_exclusions, round5, select_actions, write_detections_csv
+from ..ava_files import read_exclusions
+from .ava_csv import AVATable, read_ava_csv, round5, select_actions, write_detections_csv
 from .frame_map import PROTOCOLS, EvaluationError, evaluate_frame_map
 from .input_checks import find_input_problems
 from .labelmap import read_labelmap

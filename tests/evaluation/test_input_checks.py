@@ -10,7 +10,7 @@ from stmixer.evaluation import AVAEvaluator, EvaluationError
 from stmixer.evaluation.ava import main
 from stmixer.evaluation.input_checks import duplicate_rows
 
-from evaluation_cases import FULL, csv_text, make_table
+from evaluation_cases import FULL, make_table
 
 GT = [("v", 902, (0.1, 0.1, 0.5, 0.5), 1, 0), ("v", 903, (0.2, 0.2, 0.6, 0.6), 2, 0)]
 DET = [("v", 902, (0.1, 0.1, 0.5, 0.5), 1, 0.9), ("v", 903, (0.2, 0.2, 0.6, 0.6), 2, 0.8)]
