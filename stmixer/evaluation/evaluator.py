@@ -36,10 +36,11 @@ def read_groundtruth(groundtruth, label_map):
 
 
 def report_input_problems(problems, strict, warn):
-    """Pass each problem's message to ``warn``; with ``strict``, raise them as one EvaluationError instead."""
-    if strict and problems:
+    """Pass each problem's message to ``warn``; with ``strict``, raise those it refuses as one EvaluationError."""
+    refused = [p for p in problems if p.strict] if strict else []
+    if refused:
         raise EvaluationError(
-            "; ".join(p.message for p in problems) + " (strict evaluation: fix the inputs, or evaluate without strict)"
+            "; ".join(p.message for p in refused) + " (strict evaluation: fix the inputs, or evaluate without strict)"
         )
     for problem in problems:
         warn(problem.message)
