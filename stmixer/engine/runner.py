@@ -54,6 +54,8 @@ class Evaluation:
             num_keyframes=len(self.dataset),
             strict=cfg.TEST.STRICT_EVAL,
         )
+        if comm.is_main_process():
+            self.evaluator.annotations()  # a malformed annotation file stops the run now, not after inference
 
     def output_folder(self):
         """``OUTPUT_DIR/inference/<dataset>``: detections CSV and metrics JSON."""
