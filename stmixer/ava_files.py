@@ -14,9 +14,10 @@ Files (all UTF-8 text; a non-UTF-8 byte is reported as ``file:line``):
   blocks, in any line layout (a one-line label map is valid text format).
 * excluded timestamps CSV: ``video_id,timestamp`` rows.
 
-One rule per field, everywhere: a timestamp is an integer number of seconds (``0902`` and
-``902`` are the same keyframe; ``0902.5`` is an error naming ``file:line``, as the official
-AVA reader's ``int(timestamp)`` refuses it too).
+One rule per field, everywhere: a timestamp is a whole number of seconds (``0902``, ``902``
+and ``902.0`` are the same keyframe; ``0902.5`` is an error naming ``file:line``: it is no
+AVA keyframe, and truncating it, as the official STMixer reader does, would silently give it
+to another frame).
 
 This module imports neither torch nor anything of stmixer that does.
 """
@@ -95,11 +96,17 @@ def check_utf8(path):
 
 
 def parse_timestamp(field):
-    """A timestamp field as an int (seconds); ``ValueError`` unless it is an integer (``0902`` is 902)."""
+    """A timestamp field as an int (seconds): a decimal number with a whole value.
+
+    ``0902``, ``902``, ``902.0`` and ``9.02e2`` are 902 (what the official STMixer reader's
+    ``int(float(t))`` gives); ``902.5`` raises ``ValueError`` (the official reader would
+    truncate it into another frame's keyframe), as do ``nan`` and non-numbers.
+    """
     text = field.strip()
-    if not _INTEGER.fullmatch(text):
+    value = float(text) if _DECIMAL.fullmatch(text) else math.nan
+    if not value.is_integer():
         raise ValueError(f"timestamp {field!r} is not an integer number of seconds")
-    return int(text)
+    return int(value)
 
 
 def parse_action_id(field, allow_empty=False):
@@ -113,6 +120,7 @@ def parse_action_id(field, allow_empty=False):
 
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def row_error(path, line_no, expected, row_text):

@@ -41,7 +41,7 @@ def test_one_line_label_map_is_accepted_by_data_checker_and_evaluator(tmp_path):
     assert read_labelmap(path).names == {12: "stand", 11: "sit"}
 
 
-@pytest.mark.parametrize("timestamp", ["0902.5", "902.0", "1e3", "x", ""])
+@pytest.mark.parametrize("timestamp", ["0902.5", "9.025e2", "nan", "inf", "1_000", "x", ""])
 def test_a_fractional_timestamp_is_refused_with_file_and_line_by_every_reader(tmp_path, timestamp):
     from stmixer.data.check import read_exclusions as data_exclusions
     from stmixer.data.formats import read_box_csv
@@ -62,17 +62,18 @@ def test_a_fractional_timestamp_is_refused_with_file_and_line_by_every_reader(tm
             read(boxes)
 
 
-def test_integer_timestamps_read_the_same_everywhere(tmp_path):
+def test_whole_number_timestamps_read_the_same_everywhere(tmp_path):
     from stmixer.data.formats import read_box_csv, read_exclusions
     from stmixer.evaluation import read_ava_csv
 
     path = tmp_path / "gt.csv"
-    path.write_text("vid,0902,0,0,1,1,1,0\nvid, 903,0,0,1,1,1,0\nvid,+904,0,0,1,1,1,0\n")
-    assert read_box_csv(path).seconds.tolist() == [902, 903, 904]
+    path.write_text("vid,0902,0,0,1,1,1,0\nvid, 903,0,0,1,1,1,0\nvid,+904,0,0,1,1,1,0\nvid,905.0,0,0,1,1,1,0\n"
+                    "vid,9.06e2,0,0,1,1,1,0\n")
+    assert read_box_csv(path).seconds.tolist() == [902, 903, 904, 905, 906]
     table = read_ava_csv(path)
-    assert table.box_timestamp[table.box_index].tolist() == [902, 903, 904]
-    path.write_text("vid,0902\nvid, 903\n")
-    assert read_exclusions(path) == {("vid", 902), ("vid", 903)}
+    assert table.box_timestamp[table.box_index].tolist() == [902, 903, 904, 905, 906]
+    path.write_text("vid,0902\nvid, 903\nvid,904.0\n")
+    assert read_exclusions(path) == {("vid", 902), ("vid", 903), ("vid", 904)}
 
 
 def _bad_bytes(tmp_path, name, text_before, line):

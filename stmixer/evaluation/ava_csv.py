@@ -233,8 +233,7 @@ class _Columns:
 
 
 def _read_fast(path, width, columns, chunk_rows):
-    # Timestamps as categories (a few hundred per file): the C parser's int64 would take "902.0" and "1e3".
-    dtypes = {"video_id": "category", "timestamp": "category", "action_id": np.int64}
+    dtypes = {"video_id": "category", "action_id": np.int64}
     for name in _COLUMN_NAMES[1:width]:
         dtypes.setdefault(name, np.float64)
     kwargs = dict(
@@ -255,7 +254,9 @@ def _read_fast(path, width, columns, chunk_rows):
             n = len(chunk)
             data_rows = np.arange(start, start + n, dtype=np.int64)
             start += n
-            ts = _timestamps(path, chunk["timestamp"], data_rows)
+            ts = chunk["timestamp"].to_numpy(np.float64)
+            if not (np.isfinite(ts) & (ts == np.trunc(ts)) & (np.abs(ts) <= _TIMESTAMP_LIMIT)).all():
+                raise ValueError("a timestamp the slow path names")  # with the field's text and line
             boxes = chunk[["x1", "y1", "x2", "y2"]].to_numpy(np.float64)
             score = chunk["score"].to_numpy(np.float64) if width == 8 else np.ones(n)
             _check_rows(path, ~np.isfinite(boxes).all(axis=1), data_rows, "a box coordinate is not a finite number")
@@ -270,25 +271,6 @@ def _read_fast(path, width, columns, chunk_rows):
                 score,
                 data_rows,
             )
-
-
-def _timestamps(path, column, data_rows):
-    """int64 ``[n]`` seconds of a categorical timestamp column.
-
-    pandas turns the categories into integers only when every text of the chunk is an
-    integer; anything else ("902.0", "1e3", "x") raises ValueError, and the file is
-    re-read by the slow path, whose ``parse_timestamp`` names the line.
-    """
-    categories = column.cat.categories
-    if categories.dtype.kind not in "iu":
-        raise ValueError("a timestamp that is not an integer")
-    values = categories.to_numpy()
-    out_of_range = np.abs(values.astype(np.float64)) > _TIMESTAMP_LIMIT
-    codes = column.cat.codes.to_numpy()
-    if out_of_range.any():
-        bad = out_of_range[codes]
-        _check_rows(path, bad, data_rows, f"timestamp {str(values[codes[np.argmax(bad)]])!r} is out of range")
-    return values.astype(np.int64)[codes]
 
 
 def _parse_number(path, line, field, what, convert):

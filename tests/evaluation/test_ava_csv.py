@@ -57,8 +57,8 @@ def test_numbers_parse_exactly_like_python_float(tmp_path, monkeypatch):
         ("v,902,0.1,0.2,0.3,0.4,1,0.5\nv,902,0.1,inf,0.3,0.4,1,0.5\n", r"f.csv:2: a box coordinate is not a finite number"),
         ("v,902,0,0,1,1,1,0.5\nv,99999999999,0.1,0.2,0.3,0.4,1,0.5\n", r"f.csv:2: timestamp '99999999999' is out of range"),
         ("v,902,0,0,1,1,1,0.5\nv,0902.5,0,0,1,1,1,0.5\n", r"f.csv:2: timestamp '0902.5' is not an integer number of seconds"),
-        ("v,1e3,0,0,1,1,1,0.5\n", r"f.csv:1: timestamp '1e3' is not an integer number of seconds"),
-        ("v,902.0,0,0,1,1,1,0.5\n", r"f.csv:1: timestamp '902.0' is not an integer number of seconds"),
+        ("v,902,0,0,1,1,1,0.5\nv,nan,0,0,1,1,1,0.5\n", r"f.csv:2: timestamp 'nan' is not an integer number of seconds"),
+        ("v,902,0,0,1,1,1,0.5\nv,9.025e2,0,0,1,1,1,0.5\n", r"f.csv:2: timestamp '9.025e2' is not an integer"),
     ],
 )
 def test_malformed_rows_name_file_and_line(tmp_path, text, message):
