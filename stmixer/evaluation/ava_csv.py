@@ -54,6 +54,9 @@ class AVATable:
         data_row: int32 (int64 past 2**31 rows) ``[N]`` index of the row among the file's non-blank rows
             (to name the line in error messages), or None.
         source: the file name (or a description) for messages.
+        kept: bool ``[R]`` over the file's non-blank rows: True for the rows in the table
+            (the same information as ``data_row`` in one byte per file row; tables read
+            from a file have it), or None.
     """
 
     videos: list
@@ -65,6 +68,7 @@ class AVATable:
     score: np.ndarray
     data_row: np.ndarray = None
     source: str = "<memory>"
+    kept: np.ndarray = None
 
     def __len__(self):
         return len(self.action)
@@ -72,6 +76,21 @@ class AVATable:
     def row_boxes(self, rows):
         """float64 ``[n, 4]`` x1, y1, x2, y2 of the given rows."""
         return self.boxes[self.box_index[rows]]
+
+    def data_row_of(self, row):
+        """Index among the file's non-blank rows of table row ``row``; None when not known."""
+        if self.data_row is not None:
+            return int(self.data_row[row])
+        if self.kept is None:
+            return None
+        seen = 0
+        for start in range(0, len(self.kept), _ROUND_BLOCK):  # blocks: no [R] temporaries
+            block = self.kept[start : start + _ROUND_BLOCK]
+            n = int(np.count_nonzero(block))
+            if seen + n > row:
+                return start + int(np.flatnonzero(block)[row - seen])
+            seen += n
+        raise IndexError(f"{self.source}: the table has no row {row}")
 
     def row_keyframe(self, row):
         """``(video_id, timestamp)`` of one row."""
@@ -177,11 +196,13 @@ class _Columns:
         self.row_parts = []
         self.num_boxes = 0
         self.last_box = None
+        self.kept_parts = []
 
     def add(self, names, codes, ts, boxes, action, score, data_rows):
         """Add one chunk: ``names[codes]`` video names, integer timestamps, [n, 4] boxes, ids, scores."""
         lookup = np.array([self.vocab.setdefault(name, len(self.vocab)) for name in names] or [0], dtype=np.int32)
         keep = _keep_mask(action, self.allowed)
+        self.kept_parts.append(keep)
         if not keep.all():
             codes, ts, boxes, action, score, data_rows = (a[keep] for a in (codes, ts, boxes, action, score, data_rows))
         if len(codes) == 0:
@@ -229,6 +250,7 @@ class _Columns:
             score=self._column(row_parts, 2, np.float64),
             data_row=self._column(row_parts, 3, np.int64) if self.keep_data_rows else None,
             source=source,
+            kept=np.concatenate(self.kept_parts) if self.kept_parts else np.zeros(0, dtype=bool),
         )
 
 
@@ -332,8 +354,11 @@ def _read_slow(path, columns):
 
 def select_actions(table, keep_actions):
     """The rows of ``table`` whose action id is in ``keep_actions``: the AVATable that
-    ``read_ava_csv(..., keep_actions=keep_actions)`` gives for the same file."""
-    columns = _Columns(_action_filter(sorted(set(keep_actions))), table.data_row is not None)
+    ``read_ava_csv(..., keep_actions=keep_actions, keep_data_rows=True)`` gives for the same
+    file (``table`` must have been read with ``keep_data_rows``)."""
+    if table.data_row is None:
+        raise ValueError(f"{table.source}: select_actions needs a table read with keep_data_rows=True")
+    columns = _Columns(_action_filter(sorted(set(keep_actions))), True)
     if len(table):
         box = table.box_index
         columns.add(
@@ -343,9 +368,10 @@ def select_actions(table, keep_actions):
             table.boxes[box],
             table.action.astype(np.int64),
             table.score,
-            table.data_row if table.data_row is not None else np.zeros(len(table), np.int64),
+            table.data_row,
         )
     selected = columns.table(table.source)
+    selected.kept = None  # (its mask is over the table's rows; data_row says where they are)
     if not selected.videos:
         selected.videos = list(table.videos)
     return selected

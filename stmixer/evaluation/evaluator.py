@@ -68,7 +68,7 @@ def evaluate_files(groundtruth, detections, labelmap, exclusions=None, protocol=
     label_map = read_labelmap(labelmap)
     excluded = read_exclusions(exclusions)
     gt, gt_all = read_groundtruth(groundtruth, label_map)
-    det = read_ava_csv(detections, keep_actions=label_map.ids, keep_data_rows=True)
+    det = read_ava_csv(detections, keep_actions=label_map.ids)
     problems = find_input_problems(gt, det, label_map, gt_all, labelmap_source=str(labelmap))
     del gt_all
     report_input_problems(problems, strict, lambda message: warnings.warn(message, stacklevel=3))

@@ -45,12 +45,13 @@ class InputProblem:
 def row_location(table, row):
     """``file:line`` of ``row`` of an AVATable.
 
-    Tables read from a file with ``keep_data_rows`` give the file's line; tables without
-    data rows are taken to be one row per line in order (what the evaluator writes).
+    Tables read from a file give the file's line; tables built in memory are taken to be
+    one row per line in order (what the evaluator writes).
     """
-    if table.data_row is not None:
-        return f"{table.source}:{line_of_data_row(table.source, int(table.data_row[row]))}"
-    return f"{table.source}:{row + 1}"
+    data_row = table.data_row_of(row)
+    if data_row is None:
+        return f"{table.source}:{row + 1}"
+    return f"{table.source}:{line_of_data_row(table.source, data_row)}"
 
 
 def _first(mask):

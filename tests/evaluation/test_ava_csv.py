@@ -169,3 +169,16 @@ def test_line_of_data_row_counts_like_the_csv_module(tmp_path, monkeypatch, seed
         assert ava_csv.line_of_data_row(path, data_row) == ava_csv._line_of_data_row_csv(path, data_row)
     with pytest.raises(IndexError):
         ava_csv.line_of_data_row(path, rows)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, 1000])
+def test_kept_mask_locates_rows_like_data_rows(tmp_path, chunk_rows):
+    lines = [f"v,{902 + i % 3},0,0,1,1,{1 + i % 4},0.5" if i % 5 else "" for i in range(60)]
+    path = tmp_path / "det.csv"
+    path.write_text("\n".join(lines) + "\n")
+    with_rows = read_ava_csv(path, keep_actions=[2, 4], keep_data_rows=True, chunk_rows=chunk_rows)
+    masked = read_ava_csv(path, keep_actions=[2, 4], chunk_rows=chunk_rows)
+    assert masked.data_row is None and len(masked) == len(with_rows) > 0
+    assert [masked.data_row_of(r) for r in range(len(masked))] == with_rows.data_row.tolist()
+    with pytest.raises(IndexError):
+        masked.data_row_of(len(masked))
