@@ -43,6 +43,9 @@ AVA_LAST_KEYFRAME_SECOND = 1798
 
 FRAME_LIST_HEADER = "original_vido_id video_idx frame_idx path labels"
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
 
 class DataFormatError(UserError, ValueError):
     """A dataset file whose content does not have the expected form (the message names file:line)."""
@@ -102,25 +105,36 @@ def parse_timestamp(field):
     ``int(float(t))`` gives); ``902.5`` raises ``ValueError`` (the official reader would
     truncate it into another frame's keyframe), as do ``nan`` and non-numbers.
     """
-    text = field.strip()
-    value = float(text) if _DECIMAL.fullmatch(text) else math.nan
-    if not value.is_integer():
+    value = _whole_number(field)
+    if value is None:
         raise ValueError(f"timestamp {field!r} is not an integer number of seconds")
-    return int(value)
+    return value
 
 
 def parse_action_id(field, allow_empty=False):
-    """An action-id field as an int; ``ValueError`` unless it is an integer (empty gives -1 if allowed)."""
-    text = field.strip()
-    if allow_empty and text == "":
+    """An action-id field as an int: a decimal number with a whole value (``12``, ``12.0``).
+
+    Empty gives -1 when ``allow_empty``; anything else raises ``ValueError``.
+    """
+    if allow_empty and field.strip() == "":
         return -1
-    if not _INTEGER.fullmatch(text):
+    value = _whole_number(field)
+    if value is None:
         raise ValueError(f"action_id {field!r} is not an integer" + (" (empty means no label)" if allow_empty else ""))
-    return int(text)
+    return value
 
 
-_INTEGER = re.compile(r"[+-]?[0-9]+")
-_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+def _whole_number(field):
+    """The int value of a decimal number with a whole value (``902``, ``0902``, ``902.0``, ``9.02e2``), else None.
+
+    The rule the evaluator's fast reader applies too (pandas parses such fields as numbers).
+    """
+    text = field.strip()
+    if _INTEGER.fullmatch(text):
+        return int(text)
+    value = float(text) if _DECIMAL.fullmatch(text) else math.nan
+    return int(value) if value.is_integer() else None
+
 
 
 def row_error(path, line_no, expected, row_text):

@@ -97,3 +97,20 @@ def test_non_utf8_bytes_name_file_and_line_in_every_reader(tmp_path):
     for read, (path, message), as_list in cases:
         with pytest.raises(UserEncodingError, match=message):
             read([path] if as_list else path)
+
+
+@pytest.mark.parametrize("field, value", [("12", 12), ("012", 12), ("12.0", 12), ("1.2e1", 12), (" +12 ", 12),
+                                          ("12.5", None), ("x", None), ("nan", None), ("1_2", None)])
+def test_action_ids_follow_one_rule_in_the_data_and_evaluator_readers(tmp_path, field, value):
+    from stmixer.data.formats import read_box_csv
+    from stmixer.evaluation import read_ava_csv
+
+    path = tmp_path / "gt.csv"
+    path.write_text(f"v,902,0,0,1,1,1,0\nv,902,0,0,1,1,{field},0\n")
+    if value is None:
+        for read in (read_box_csv, read_ava_csv):
+            with pytest.raises(UserError, match=rf"gt.csv:2: action_id {field!r} is not an integer"):
+                read(path)
+    else:
+        assert read_box_csv(path).actions.tolist() == [1, value]
+        assert read_ava_csv(path).action.tolist() == [1, value]
