@@ -90,3 +90,15 @@ def test_decode_all_reaches_frames_outside_the_clips(dataset_copy, make_cfg):
     report = run_checks(cfg, ("train",), decode="all", workers=2)  # > 256 frames: a process pool
     assert report.counts["error"] == {"unreadable frame": 1}
     assert str(corrupt) in report.examples["error"]["unreadable frame"][0]
+
+
+def test_checker_accepts_a_one_line_label_map_as_the_evaluator_does(dataset_copy, make_cfg):
+    from stmixer.evaluation import read_labelmap
+
+    cfg = make_cfg(dataset_copy, ["MODEL.STM.ACTION_CLASSES", 9])
+    path = dataset_copy / cfg.AVA.ANNOTATION_DIR / cfg.AVA.LABEL_MAP_FILE
+    names = read_labelmap(path).names
+    path.write_text(" ".join(f'item {{ name: "{name}" id: {i} }}' for i, name in names.items()) + "\n")
+    report = check(cfg)
+    assert report.num_errors == 0, report.categories("error")
+    assert read_labelmap(path).names == names

@@ -182,3 +182,18 @@ def test_kept_mask_locates_rows_like_data_rows(tmp_path, chunk_rows):
     assert [masked.data_row_of(r) for r in range(len(masked))] == with_rows.data_row.tolist()
     with pytest.raises(IndexError):
         masked.data_row_of(len(masked))
+
+
+def test_frame_map_does_not_depend_on_the_chunk_size(write_files, monkeypatch):
+    from stmixer.evaluation import evaluate_files
+
+    rng = np.random.default_rng(5)
+    gt = [("v", 902 + k, (0.1, 0.1, 0.5, 0.5), 1 + k % 3, 0) for k in range(6)]
+    det = [("v", 902 + k, tuple(np.round([0.1, 0.1, 0.5 + 0.1 * b, 0.5], 3)), a, float(np.round(rng.random(), 4)))
+           for k in range(6) for b in range(2) for a in (1, 2, 3)]
+    paths = write_files(gt, det, ids=(1, 2, 3))
+    expected = evaluate_files(paths["groundtruth"], paths["detections"], paths["labelmap"])[0]
+    for chunk_rows in (1, 2, 5, 7):  # 3 rows per box: boxes straddle the chunk boundaries
+        monkeypatch.setattr(ava_csv, "CHUNK_ROWS", chunk_rows)
+        result = evaluate_files(paths["groundtruth"], paths["detections"], paths["labelmap"])[0]
+        assert result.mean_ap == expected.mean_ap and result.ap == expected.ap
