@@ -31,7 +31,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .errors import UserEncodingError, UserError, decode_text
+from .errors import UserEncodingError, UserError
 
 # Frame index 0 of every video is the frame at this second (AVA segments start at 900 s).
 AVA_START_SECOND = 900
@@ -59,8 +59,11 @@ class LabelMapError(DataFormatError):
     """A label map file that cannot be read; the message names the file and line."""
 
 
-class LineEncodingError(UserEncodingError):
-    """A non-UTF-8 byte found while reading a file line by line (same message as ``UserEncodingError``)."""
+class LineEncodingError(UserEncodingError, DataFormatError):
+    """A byte that is not UTF-8 in an AVA file (the message of ``UserEncodingError``: file, line, byte, offset).
+
+    Also a DataFormatError, so that the dataset checker reports it like any malformed row.
+    """
 
     def __init__(self, path, line, offset, byte):  # pylint: disable=super-init-not-called
         self.path, self.line = str(path), line
@@ -503,7 +506,11 @@ def read_labelmap(path):
     """Read a label map file (``.pbtxt``) into a LabelMap; see :func:`parse_labelmap`."""
     with open(path, "rb") as f:
         data = f.read()
-    return parse_labelmap(decode_text(data, path), str(path))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise LineEncodingError(path, data[: e.start].count(b"\n") + 1, e.start, data[e.start]) from None
+    return parse_labelmap(text[1:] if text.startswith("\ufeff") else text, str(path))
 
 
 def read_label_map(path):
