@@ -18,7 +18,7 @@ import json
 import sys
 import warnings
 
-from ..errors import exit_on_user_error
+from ..errors import UserError, exit_on_user_error
 from ..utils.io import atomic_open
 from .frame_map import PROTOCOLS
 from .report import format_table, metrics_dict, plot_ap
@@ -64,10 +64,15 @@ def main(argv=None):
 
     with exit_on_user_error(status=2), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result, labelmap = evaluate_files(
-            args.groundtruth, args.detections, args.labelmap, args.exclusions, args.protocol, args.reference,
-            strict=args.strict,
-        )
+        try:
+            result, labelmap = evaluate_files(
+                args.groundtruth, args.detections, args.labelmap, args.exclusions, args.protocol, args.reference,
+                strict=args.strict,
+            )
+        except OSError as e:  # a folder, no permission, ...: the path the user gave, in one line
+            if isinstance(e, FileNotFoundError):
+                raise  # exit_on_user_error reports it
+            raise UserError(f"{e.filename}: {e.strerror}" if e.filename else str(e)) from None
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     with atomic_open(args.json, "w") as f:

@@ -93,3 +93,13 @@ def test_bad_input_exits_2_naming_file_and_line(write_files, tmp_path, capsys, g
     err = capsys.readouterr().err
     assert err.startswith("error: ") and re.search(message, err), err
     assert not (tmp_path / "m.json").exists()
+
+
+def test_a_folder_or_unreadable_path_is_one_error_line(write_files, tmp_path, capsys):
+    paths = write_files(GT, DET, ids=(1, 2))
+    paths["detections"] = str(tmp_path)  # a folder
+    with pytest.raises(SystemExit) as exit_info:
+        main(args(paths, tmp_path / "m.json"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and str(tmp_path) in err[0]
