@@ -14,11 +14,10 @@ errors, 2 for a bad command line or config, 0 otherwise.
 import argparse
 import collections
 import concurrent.futures
+import contextlib
 import os
 import sys
 
-from ..config import ConfigError, load_config
-from .ava import clip_frame_indices
 from ..ava_files import (
     AVA_FIRST_KEYFRAME_SECOND,
     AVA_FPS,
@@ -32,6 +31,8 @@ from ..ava_files import (
     read_label_map,
     second_to_frame_index,
 )
+from ..config import ConfigError, load_config
+from .ava import clip_frame_indices
 from .frames import FrameReadError, read_frame
 
 # Frames of a full AVA segment: seconds 900 to 1801 at 30 fps.
@@ -128,30 +129,31 @@ def check_exclusions(cfg, report):
 def check_box_file(path, has_score, label_map, num_classes, report):
     """Every row of one box CSV; returns the keyframes it annotates: {(video, second): source}."""
     keyframes = {}
-    for line_no, line in iter_lines(path):
-        if not line.strip():
-            continue
-        where = f"{path}:{line_no}"
-        try:
-            video, second, box, _, action, _ = parse_box_row(line, has_score)
-        except ValueError as e:
-            category = "degenerate box" if "inverted" in str(e) else "malformed row"
-            report.error(category, f"{where}: {e}; row: {line.strip()!r}")
-            continue
-        if any(v < 0.0 or v > 1.0 for v in box):
-            report.error("box outside [0, 1]", f"{where}: {line.strip()!r}")
-        elif box[2] <= box[0] or box[3] <= box[1]:
-            report.error("degenerate box", f"{where}: zero width or height: {line.strip()!r}")
-        if action != -1 and action not in label_map:
-            if not 1 <= action <= num_classes:
-                report.error("unknown label", f"{where}: action_id {action} is not in the label map and "
-                             f"outside 1..{num_classes} (MODEL.STM.ACTION_CLASSES)")
-            else:
-                report.warning("label not in label map", f"{where}: action_id {action} (trained, never evaluated)")
-        if not AVA_FIRST_KEYFRAME_SECOND <= second <= AVA_LAST_KEYFRAME_SECOND:
-            report.warning("keyframe outside 902..1798 s", f"{where}: second {second} (ignored by the loader)")
-            continue
-        keyframes.setdefault((video, second), where)
+    with contextlib.closing(iter_lines(path)) as lines:  # UTF-8, a bad byte named by file:line
+        for line_no, line in lines:
+            if not line.strip():
+                continue
+            where = f"{path}:{line_no}"
+            try:
+                video, second, box, _, action, _ = parse_box_row(line, has_score)
+            except ValueError as e:
+                category = "degenerate box" if "inverted" in str(e) else "malformed row"
+                report.error(category, f"{where}: {e}; row: {line.strip()!r}")
+                continue
+            if any(v < 0.0 or v > 1.0 for v in box):
+                report.error("box outside [0, 1]", f"{where}: {line.strip()!r}")
+            elif box[2] <= box[0] or box[3] <= box[1]:
+                report.error("degenerate box", f"{where}: zero width or height: {line.strip()!r}")
+            if action != -1 and action not in label_map:
+                if not 1 <= action <= num_classes:
+                    report.error("unknown label", f"{where}: action_id {action} is not in the label map and "
+                                 f"outside 1..{num_classes} (MODEL.STM.ACTION_CLASSES)")
+                else:
+                    report.warning("label not in label map", f"{where}: action_id {action} (trained, never evaluated)")
+            if not AVA_FIRST_KEYFRAME_SECOND <= second <= AVA_LAST_KEYFRAME_SECOND:
+                report.warning("keyframe outside 902..1798 s", f"{where}: second {second} (ignored by the loader)")
+                continue
+            keyframes.setdefault((video, second), where)
     return keyframes
 
 
