@@ -343,6 +343,8 @@ _C.TEST = CN()
 _C.TEST.VIDEOS_PER_BATCH = 16
 # (stmixer) Frame-mAP protocol: "stmixer" (the evaluator copy of the official STMixer/PySlowFast) or "activitynet" (2019 challenge code).
 _C.TEST.EVAL_PROTOCOL = "stmixer"
+# (stmixer) Refuse suspicious evaluation inputs (boxes outside [0, 1] or inverted, repeated detection rows, videos unknown to the ground truth) instead of logging a warning summary.
+_C.TEST.STRICT_EVAL = False
 
 # ---------------------------------------------------------------------------
 # Misc

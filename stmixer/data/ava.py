@@ -18,7 +18,7 @@ from typing import Dict
 import numpy as np
 import torch
 
-from .formats import (
+from ..ava_files import (
     AVA_FIRST_KEYFRAME_SECOND,
     AVA_LAST_KEYFRAME_SECOND,
     DataFormatError,

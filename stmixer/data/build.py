@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader
 
+from ..ava_files import read_box_csv, read_exclusions, read_frame_lists
 from ..errors import UserError
 from ..utils import distributed as comm
 from ..utils.registry import Registry
 from .ava import AvaDataset, build_keyframes, log_summary
 from .collate import BatchCollator
-from .formats import read_box_csv, read_exclusions, read_frame_lists
 from .samplers import InferenceSampler, TrainingBatchSampler
 from .transforms import ClipTransform
 

@@ -21,26 +21,28 @@ come in either order.
 import argparse
 import collections
 import concurrent.futures
+import contextlib
 import os
 import sys
 
 from tqdm import tqdm
 
-from ..config import load_config
-from ..errors import exit_on_user_error
-from .ava import clip_frame_indices
-from .formats import (
+from ..ava_files import (
     AVA_FIRST_KEYFRAME_SECOND,
     AVA_FPS,
     AVA_LAST_KEYFRAME_SECOND,
     AVA_START_SECOND,
     DataFormatError,
+    iter_lines,
     parse_box_row,
     read_exclusions,
     read_frame_lists,
     read_label_map,
     second_to_frame_index,
 )
+from ..config import load_config
+from ..errors import exit_on_user_error
+from .ava import clip_frame_indices
 from .build import data_root
 from .frames import CorruptFrameError, FrameReadError, read_frame
 
@@ -155,8 +157,8 @@ def check_box_file(path, key, has_score, label_map, num_classes, report):
     {(video, second): source}."""
     keyframes = {}
     rows = 0
-    with open(path, "r") as f:
-        for line_no, line in enumerate(f, 1):
+    with contextlib.closing(iter_lines(path)) as lines:  # UTF-8, a bad byte named by file:line
+        for line_no, line in lines:
             if not line.strip():
                 continue
             rows += 1

@@ -10,8 +10,8 @@ import os
 import re
 import sys
 
+from ..ava_files import FRAME_LIST_HEADER, ava_frame_name
 from ..utils.io import atomic_open
-from .formats import FRAME_LIST_HEADER, ava_frame_name
 
 
 def count_frames(frame_dir, video):

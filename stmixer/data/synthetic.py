@@ -40,8 +40,7 @@ from typing import List, Optional, Tuple
 import cv2
 import numpy as np
 
-from ..utils.io import atomic_open
-from .formats import (
+from ..ava_files import (
     AVA_FIRST_KEYFRAME_SECOND,
     AVA_FPS,
     FRAME_LIST_HEADER,
@@ -49,6 +48,7 @@ from .formats import (
     second_to_frame_index,
     write_label_map,
 )
+from ..utils.io import atomic_open
 
 SHAPES = ("disc", "square", "triangle", "cross")
 MARKINGS = ("striped", "spot")

@@ -29,6 +29,7 @@ import os
 import torch
 from tqdm import tqdm
 
+from ..ava_files import read_labelmap
 from ..checkpoint import load_weights
 from ..config import load_config
 from ..errors import UserError, UserFileNotFoundError, exit_on_user_error
@@ -37,7 +38,6 @@ from ..data.collate import BatchCollator
 from ..data.keyframe_clips import KeyframeClips
 from ..data.transforms import pathway_frame_indices
 from ..data.video import VideoSource, VideoWriter, resample, resampled_length
-from ..evaluation.labelmap import read_labelmap
 from ..modeling import build_detector
 from ..utils import distributed as comm
 from ..utils.io import atomic_open

@@ -1,8 +1,8 @@
-"""Distributed inference: every process runs its shard, rank 0 gets every clip exactly once.
+"""Distributed inference: every process runs its shard and keeps its predictions by dataset index.
 
 Test samplers may pad their shards (the same clip on two processes) to equal
-lengths; predictions carry their dataset index, so rank 0 keeps one copy of
-each and checks that no clip is missing before evaluating.
+lengths; the evaluator (``AVAEvaluator.evaluate``) gathers the shards on rank 0,
+keeps one copy of each dataset index and checks that no clip is missing.
 """
 
 import logging
@@ -53,40 +53,3 @@ def predict(model, data_loader, device, amp="off", progress=True):
                 }
     logger.info("Inference over %d clips took %.1f s on this process", len(records), time.perf_counter() - start)
     return records
-
-
-def gather_predictions(records, num_clips):
-    """Collect every process's predictions on rank 0, one per dataset index.
-
-    Args:
-        records: this process's ``predict`` output.
-        num_clips: dataset length; every index in ``range(num_clips)`` must be present.
-
-    Returns:
-        On rank 0 the list of records ordered by dataset index; ``None`` elsewhere.
-
-    Raises:
-        RuntimeError on rank 0 if a clip is missing (a sharding bug would otherwise lower the mAP silently).
-    """
-    shards = comm.all_gather_object(records)
-    if not comm.is_main_process():
-        return None
-    merged = {}
-    duplicates = 0
-    for shard in shards:
-        for index, record in shard.items():
-            if index in merged:
-                duplicates += 1
-                continue
-            merged[index] = record
-    missing = sorted(set(range(num_clips)) - set(merged))
-    if missing:
-        raise RuntimeError(
-            f"inference lost {len(missing)} of {num_clips} clips (first missing dataset indices: {missing[:10]})"
-        )
-    extra = sorted(set(merged) - set(range(num_clips)))
-    if extra:
-        raise RuntimeError(f"inference returned unknown dataset indices {extra[:10]} (dataset has {num_clips} clips)")
-    if duplicates:
-        logger.info("Dropped %d duplicate predictions from sampler padding", duplicates)
-    return [merged[i] for i in range(num_clips)]

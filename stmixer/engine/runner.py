@@ -25,7 +25,7 @@ from ..utils import distributed as comm
 from .checkpointer import Checkpointer, unwrap_model
 from .events import MetricsFile
 from .hooks import EvalHook, LRSchedulerHook, MetricsWriterHook, PeriodicCheckpointHook, ProgressBarHook
-from .inference import gather_predictions, predict
+from .inference import predict
 from .trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,9 @@ logger = logging.getLogger(__name__)
 class Evaluation:
     """Runs the detector over the test split and computes AVA frame-mAP (all processes call ``run``).
 
-    The test dataset is built once and reused by every periodic evaluation.
+    The test dataset and the evaluator are built once and reused by every periodic
+    evaluation; each process hands the evaluator its own shard with dataset indices, and
+    the evaluator gathers them (only rank 0 reads the ground truth).
     """
 
     def __init__(self, cfg, device):
@@ -42,6 +44,21 @@ class Evaluation:
         self.device = device
         self.dataset = build_dataset(cfg, is_train=False, defer_pixels=True)
         self.dataset_name = cfg.DATA.DATASETS[0]
+        annotations = "ANNOTATION_DIR"
+        self.evaluator = AVAEvaluator(
+            groundtruth=dataset_path(cfg, annotations, cfg.AVA.GROUNDTRUTH_FILE, "AVA.GROUNDTRUTH_FILE"),
+            labelmap=dataset_path(cfg, annotations, cfg.AVA.LABEL_MAP_FILE, "AVA.LABEL_MAP_FILE"),
+            exclusions=(
+                dataset_path(cfg, annotations, cfg.AVA.EXCLUSION_FILE, "AVA.EXCLUSION_FILE")
+                if cfg.AVA.EXCLUSION_FILE else None
+            ),
+            protocol=cfg.TEST.EVAL_PROTOCOL,
+            output_folder=self.output_folder() if comm.is_main_process() else None,
+            num_keyframes=len(self.dataset),
+            strict=cfg.TEST.STRICT_EVAL,
+        )
+        if comm.is_main_process():
+            self.evaluator.annotations()  # a malformed annotation file stops the run now, not after inference
 
     def output_folder(self):
         """``OUTPUT_DIR/inference/<dataset>``: detections CSV and metrics JSON."""
@@ -52,26 +69,17 @@ class Evaluation:
         cfg = self.cfg
         loader = build_data_loader(cfg, is_train=False, dataset=self.dataset)
         records = predict(model, loader, self.device, amp=cfg.SOLVER.AMP)
-        ordered = gather_predictions(records, len(self.dataset))
-        annotations = "ANNOTATION_DIR"
-        evaluator = AVAEvaluator(
-            groundtruth=dataset_path(cfg, annotations, cfg.AVA.GROUNDTRUTH_FILE, "AVA.GROUNDTRUTH_FILE"),
-            labelmap=dataset_path(cfg, annotations, cfg.AVA.LABEL_MAP_FILE, "AVA.LABEL_MAP_FILE"),
-            exclusions=(
-                dataset_path(cfg, annotations, cfg.AVA.EXCLUSION_FILE, "AVA.EXCLUSION_FILE")
-                if cfg.AVA.EXCLUSION_FILE else None
-            ),
-            protocol=cfg.TEST.EVAL_PROTOCOL,
-            output_folder=self.output_folder() if comm.is_main_process() else None,
+        evaluator = self.evaluator
+        evaluator.reset()
+        indices = sorted(records)
+        evaluator.process(
+            [records[i]["video_id"] for i in indices],
+            [records[i]["timestamp"] for i in indices],
+            [records[i]["boxes"] for i in indices],
+            [records[i]["scores"] for i in indices],
+            indices=indices,
         )
-        if ordered is not None:
-            evaluator.process(
-                [r["video_id"] for r in ordered],
-                [r["timestamp"] for r in ordered],
-                [r["boxes"] for r in ordered],
-                [r["scores"] for r in ordered],
-                indices=list(range(len(ordered))),
-            )
+        del records
         metrics = evaluator.evaluate()
         if metrics:
             logger.info("%s frame-mAP (%s protocol): %.4f; results in %s",

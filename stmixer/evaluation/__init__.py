@@ -4,7 +4,8 @@
 * :func:`evaluate_files` -- the metric from CSV files (also ``python -m stmixer.evaluation.ava``).
 """
 
-from .ava_csv import AVAFormatError, AVATable, read_ava_csv, read_exclusions
+from ..ava_files import AVAFormatError, read_exclusions
+from .ava_csv import AVATable, read_ava_csv
 from .evaluator import AVAEvaluator, evaluate_files
 from .frame_map import PROTOCOLS, EvaluationError, FrameMAP, evaluate_frame_map
 from .labelmap import LabelMap, LabelMapError, parse_labelmap, read_labelmap

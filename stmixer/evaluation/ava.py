@@ -2,11 +2,15 @@
 
     python -m stmixer.evaluation.ava --groundtruth GT.csv --detections DET.csv \\
         --labelmap LABELMAP.pbtxt --exclusions EXCL.csv --json OUT.json \\
-        [--protocol stmixer|activitynet] [--plot AP.png]
+        [--protocol stmixer|activitynet] [--plot AP.png] [--strict]
 
 Writes ``{"mAP": float, "per_class": {"<class name>": float or null}, "protocol": "..."}``
 to ``--json`` and prints a per-class table (class, AP, #GT, #detections) sorted by AP.
-Exit status: 0 on success, 2 on bad input (the message names the file and line).
+Suspicious inputs that the protocol scores anyway (boxes outside [0, 1] or inverted,
+repeated rows, videos unknown to the ground truth, ground-truth classes missing from
+the label map) are summarized as ``warning:`` lines; ``--strict`` makes them errors
+(all but the last: the label map selects the evaluated classes by design).
+Exit status: 0 on success, 2 on bad input (one ``error:`` line naming the file and line).
 """
 
 import argparse
@@ -14,10 +18,9 @@ import json
 import sys
 import warnings
 
+from ..errors import UserError, exit_on_user_error
 from ..utils.io import atomic_open
-from .ava_csv import AVAFormatError
-from .frame_map import PROTOCOLS, EvaluationError
-from .labelmap import LabelMapError
+from .frame_map import PROTOCOLS
 from .report import format_table, metrics_dict, plot_ap
 
 
@@ -45,25 +48,33 @@ def build_parser():
         action="store_true",
         help="compute with the slow plain-loop reference implementation (a cross-check of the fast path)",
     )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse suspicious inputs (boxes outside [0, 1] or inverted, repeated rows, videos unknown to the "
+        "ground truth) instead of warning about them",
+    )
     return parser
 
 
 def main(argv=None):
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status (bad input: one ``error:`` line and SystemExit(2))."""
     args = build_parser().parse_args(argv)
     from .evaluator import evaluate_files
 
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+    with exit_on_user_error(status=2), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
             result, labelmap = evaluate_files(
-                args.groundtruth, args.detections, args.labelmap, args.exclusions, args.protocol, args.reference
+                args.groundtruth, args.detections, args.labelmap, args.exclusions, args.protocol, args.reference,
+                strict=args.strict,
             )
-        for w in caught:
-            print(f"warning: {w.message}", file=sys.stderr)
-    except (AVAFormatError, LabelMapError, EvaluationError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        except OSError as e:  # a folder, no permission, ...: the path the user gave, in one line
+            if isinstance(e, FileNotFoundError):
+                raise  # exit_on_user_error reports it
+            raise UserError(f"{e.filename}: {e.strerror}" if e.filename else str(e)) from None
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
     with atomic_open(args.json, "w") as f:
         json.dump(metrics_dict(result, labelmap), f, indent=2)
     print(format_table(result, labelmap))

@@ -7,7 +7,8 @@ Row format (no header)::
 Boxes are normalized ``[0, 1]`` x1,y1,x2,y2 (as AVA stores them). The 8th
 column is the detection score, or the person id in ground-truth files; a row
 without it has score 1.0 (as the official reader does). A keyframe is
-``(video_id as written, int(timestamp))``: "902" and "0902" are the same one.
+``(video_id as written, timestamp)``: "902" and "0902" are the same one; a timestamp
+must be an integer (the one field rule of ``stmixer.ava_files.parse_timestamp``).
 
 Reading uses pandas' C parser in chunks; a file it cannot parse (7 and 8
 column rows mixed, a bad number, ...) is re-read row by row with the ``csv``
@@ -18,20 +19,18 @@ either gives the same columns or names the file and line at fault.
 import csv
 import dataclasses
 import math
+import re
 
 import numpy as np
 import pandas as pd
 
-from ..errors import UserError
+from ..ava_files import AVAFormatError, check_utf8, parse_action_id, parse_timestamp
 
-_CHUNK_ROWS = 500_000
+# Rows per chunk of the fast reader (read_ava_csv's chunk_rows overrides it).
+CHUNK_ROWS = 500_000
 _TIMESTAMP_LIMIT = 2**31 - 1
 _COLUMN_NAMES = ("video_id", "timestamp", "x1", "y1", "x2", "y2", "action_id", "score")
 _PANDAS_OLD_FLOATS = tuple(int(p) for p in pd.__version__.split(".")[:2]) < (3, 1)
-
-
-class AVAFormatError(UserError, ValueError):
-    """A malformed AVA CSV file; the message names the file and line."""
 
 
 @dataclasses.dataclass
@@ -52,9 +51,12 @@ class AVATable:
         score: float64 ``[N]``: the score (detections) or the 8th column (person id in
             ground truth; the ``activitynet`` protocol orders ground truth by it); 1.0
             for rows without an 8th column.
-        data_row: int64 ``[N]`` index of the row among the file's non-blank rows
+        data_row: int32 (int64 past 2**31 rows) ``[N]`` index of the row among the file's non-blank rows
             (to name the line in error messages), or None.
         source: the file name (or a description) for messages.
+        kept: bool ``[R]`` over the file's non-blank rows: True for the rows in the table
+            (the same information as ``data_row`` in one byte per file row; tables read
+            from a file have it), or None.
     """
 
     videos: list
@@ -66,6 +68,7 @@ class AVATable:
     score: np.ndarray
     data_row: np.ndarray = None
     source: str = "<memory>"
+    kept: np.ndarray = None
 
     def __len__(self):
         return len(self.action)
@@ -73,6 +76,21 @@ class AVATable:
     def row_boxes(self, rows):
         """float64 ``[n, 4]`` x1, y1, x2, y2 of the given rows."""
         return self.boxes[self.box_index[rows]]
+
+    def data_row_of(self, row):
+        """Index among the file's non-blank rows of table row ``row``; None when not known."""
+        if self.data_row is not None:
+            return int(self.data_row[row])
+        if self.kept is None:
+            return None
+        seen = 0
+        for start in range(0, len(self.kept), _ROUND_BLOCK):  # blocks: no [R] temporaries
+            block = self.kept[start : start + _ROUND_BLOCK]
+            n = int(np.count_nonzero(block))
+            if seen + n > row:
+                return start + int(np.flatnonzero(block)[row - seen])
+            seen += n
+        raise IndexError(f"{self.source}: the table has no row {row}")
 
     def row_keyframe(self, row):
         """``(video_id, timestamp)`` of one row."""
@@ -111,8 +129,51 @@ def _check_rows(path, bad, data_rows, message):
         raise AVAFormatError(f"{path}:{line_of_data_row(path, int(data_rows[np.argmax(bad)]))}: {message}")
 
 
+_LINE_BLOCK = 1 << 24
+# A line of only these bytes makes no CSV row (csv gives only blank fields); it is skipped.
+_BLANK_LINE = re.compile(rb"[ \t\r\f\v,]*(?:\n|\Z)")
+_BLANK_LINE_START = re.compile(rb"\n(?=[\n \t\r\f\v,])")  # a newline, then a line that may be blank (rare)
+_LONE_CR = re.compile(rb"\r(?!\n)")
+
+
+def _blank_lines(block):
+    """Ascending 0-based indices of the blank lines of ``block`` (bytes ending with a newline or the file)."""
+    starts = [0] + [m.start() + 1 for m in _BLANK_LINE_START.finditer(block)]
+    return [block.count(b"\n", 0, start) for start in starts if start < len(block) and _BLANK_LINE.match(block, start)]
+
+
 def line_of_data_row(path, data_row):
-    """1-based line number of the ``data_row``-th non-blank CSV row of ``path``."""
+    """1-based line number of the ``data_row``-th non-blank CSV row of ``path``.
+
+    Counts newlines in blocks of bytes (a row deep in a detection file is found in a
+    fraction of a second); a file with quotes or lone carriage returns (where a row may
+    span lines) is walked with the ``csv`` module instead.
+    """
+    lines_before = rows_before = 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(_LINE_BLOCK)
+            if not block:
+                break
+            if not block.endswith(b"\n"):
+                block += f.readline()
+            if b'"' in block or _LONE_CR.search(block):
+                return _line_of_data_row_csv(path, data_row)
+            num_lines = block.count(b"\n") + (not block.endswith(b"\n"))
+            blank = _blank_lines(block)
+            if rows_before + num_lines - len(blank) > data_row:
+                line = data_row - rows_before
+                for b in blank:  # ascending: step over the blank lines up to the row
+                    if b > line:
+                        break
+                    line += 1
+                return lines_before + line + 1
+            rows_before += num_lines - len(blank)
+            lines_before += num_lines
+    raise IndexError(f"{path} has no data row {data_row}")
+
+
+def _line_of_data_row_csv(path, data_row):
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         count = -1
@@ -135,24 +196,25 @@ class _Columns:
         self.row_parts = []
         self.num_boxes = 0
         self.last_box = None
+        self.kept_parts = []
 
     def add(self, names, codes, ts, boxes, action, score, data_rows):
-        """Add one chunk: ``names[codes]`` video names, float timestamps, [n, 4] boxes, ids, scores."""
+        """Add one chunk: ``names[codes]`` video names, integer timestamps, [n, 4] boxes, ids, scores."""
         lookup = np.array([self.vocab.setdefault(name, len(self.vocab)) for name in names] or [0], dtype=np.int32)
         keep = _keep_mask(action, self.allowed)
+        self.kept_parts.append(keep)
         if not keep.all():
             codes, ts, boxes, action, score, data_rows = (a[keep] for a in (codes, ts, boxes, action, score, data_rows))
         if len(codes) == 0:
             return
         video = lookup[codes]
-        timestamp = np.trunc(ts).astype(np.int32)
+        timestamp = ts.astype(np.int32)
         # Rows of one box (same keyframe, same coordinates) follow each other in detection files.
         new_box = np.ones(len(video), dtype=bool)
         new_box[1:] = (video[1:] != video[:-1]) | (timestamp[1:] != timestamp[:-1]) | (boxes[1:] != boxes[:-1]).any(1)
         first = (int(video[0]), int(timestamp[0]), *boxes[0].tolist())
-        if first == self.last_box:
+        if first == self.last_box:  # the previous chunk ended inside this box
             new_box[0] = False
-            self.num_boxes -= 1
         self.last_box = (int(video[-1]), int(timestamp[-1]), *boxes[-1].tolist())
         box_index = np.cumsum(new_box, dtype=np.int64) - 1 + self.num_boxes
         self.num_boxes = int(box_index[-1]) + 1
@@ -162,7 +224,8 @@ class _Columns:
                 box_index.astype(np.int32),
                 action.astype(np.int32),
                 score.astype(np.float64),
-                data_rows.astype(np.int64) if self.keep_data_rows else None,
+                data_rows.astype(np.int32 if len(data_rows) and data_rows[-1] < 2**31 else np.int64)
+                if self.keep_data_rows else None,
             )
         )
 
@@ -187,10 +250,11 @@ class _Columns:
             score=self._column(row_parts, 2, np.float64),
             data_row=self._column(row_parts, 3, np.int64) if self.keep_data_rows else None,
             source=source,
+            kept=np.concatenate(self.kept_parts) if self.kept_parts else np.zeros(0, dtype=bool),
         )
 
 
-def _read_fast(path, width, columns):
+def _read_fast(path, width, columns, chunk_rows):
     dtypes = {"video_id": "category", "action_id": np.int64}
     for name in _COLUMN_NAMES[1:width]:
         dtypes.setdefault(name, np.float64)
@@ -200,7 +264,7 @@ def _read_fast(path, width, columns):
         dtype=dtypes,
         na_filter=False,
         engine="c",
-        chunksize=_CHUNK_ROWS,
+        chunksize=chunk_rows,
         skip_blank_lines=True,
         encoding="utf-8",
     )
@@ -213,12 +277,12 @@ def _read_fast(path, width, columns):
             data_rows = np.arange(start, start + n, dtype=np.int64)
             start += n
             ts = chunk["timestamp"].to_numpy(np.float64)
+            if not (np.isfinite(ts) & (ts == np.trunc(ts)) & (np.abs(ts) <= _TIMESTAMP_LIMIT)).all():
+                raise ValueError("a timestamp the slow path names")  # with the field's text and line
             boxes = chunk[["x1", "y1", "x2", "y2"]].to_numpy(np.float64)
             score = chunk["score"].to_numpy(np.float64) if width == 8 else np.ones(n)
-            _check_rows(path, ~np.isfinite(ts), data_rows, "timestamp is not a finite number")
             _check_rows(path, ~np.isfinite(boxes).all(axis=1), data_rows, "a box coordinate is not a finite number")
             _check_rows(path, ~np.isfinite(score), data_rows, "the 8th column (score) is not a finite number")
-            _check_rows(path, np.abs(np.trunc(ts)) > _TIMESTAMP_LIMIT, data_rows, "timestamp is out of range")
             video = chunk["video_id"]
             columns.add(
                 [str(c) for c in video.cat.categories],
@@ -256,11 +320,14 @@ def _read_slow(path, columns):
                     f"{path}:{line}: expected 7 or 8 comma-separated fields "
                     f"(video_id,timestamp,x1,y1,x2,y2,action_id[,score]), found {len(row)}: {','.join(row)[:200]!r}"
                 )
-            t = _parse_number(path, line, row[1], "timestamp", float)
-            if abs(math.trunc(t)) > _TIMESTAMP_LIMIT:
+            try:
+                t = parse_timestamp(row[1])
+                a = parse_action_id(row[6])
+            except ValueError as e:
+                raise AVAFormatError(f"{path}:{line}: {e}") from None
+            if abs(t) > _TIMESTAMP_LIMIT:
                 raise AVAFormatError(f"{path}:{line}: timestamp {row[1]!r} is out of range")
             box = [_parse_number(path, line, v, "box coordinate", float) for v in row[2:6]]
-            a = _parse_number(path, line, row[6], "action_id", int)
             s = _parse_number(path, line, row[7], "score", float) if len(row) == 8 else 1.0
             codes.append(names.setdefault(row[0], len(names)))
             ts.append(t)
@@ -277,7 +344,7 @@ def _read_slow(path, columns):
     columns.add(
         list(names),
         np.array(codes, dtype=np.int64),
-        np.array(ts, dtype=np.float64),
+        np.array(ts, dtype=np.int64),
         np.array(boxes, dtype=np.float64).reshape(-1, 4),
         action_arr,
         np.array(score, dtype=np.float64),
@@ -285,7 +352,32 @@ def _read_slow(path, columns):
     )
 
 
-def read_ava_csv(path, keep_actions=None, keep_data_rows=False):
+def select_actions(table, keep_actions):
+    """The rows of ``table`` whose action id is in ``keep_actions``: the AVATable that
+    ``read_ava_csv(..., keep_actions=keep_actions, keep_data_rows=True)`` gives for the same
+    file (``table`` must have been read with ``keep_data_rows``)."""
+    if table.data_row is None:
+        raise ValueError(f"{table.source}: select_actions needs a table read with keep_data_rows=True")
+    columns = _Columns(_action_filter(sorted(set(keep_actions))), True)
+    if len(table):
+        box = table.box_index
+        columns.add(
+            table.videos,
+            table.box_video[box],
+            table.box_timestamp[box].astype(np.int64),
+            table.boxes[box],
+            table.action.astype(np.int64),
+            table.score,
+            table.data_row,
+        )
+    selected = columns.table(table.source)
+    selected.kept = None  # (its mask is over the table's rows; data_row says where they are)
+    if not selected.videos:
+        selected.videos = list(table.videos)
+    return selected
+
+
+def read_ava_csv(path, keep_actions=None, keep_data_rows=False, chunk_rows=None):
     """Read an AVA CSV file (ground truth or detections).
 
     Args:
@@ -294,14 +386,17 @@ def read_ava_csv(path, keep_actions=None, keep_data_rows=False):
             ids are dropped while reading. None keeps every row.
         keep_data_rows: also record each row's index among the non-blank rows
             (``AVATable.data_row``), for error messages.
+        chunk_rows: rows parsed per chunk by the fast reader (default ``CHUNK_ROWS``);
+            the result does not depend on it.
 
     Returns:
         AVATable with the kept rows in file order.
 
     Raises:
         AVAFormatError: a row with a wrong number of fields, a field that is not a
-            number, a non-finite number or an out-of-range timestamp, naming the
-            file and line.
+            number, a non-finite number, a timestamp or action id that is not an integer,
+            an out-of-range timestamp, naming the file and line.
+        UserEncodingError: a byte that is not UTF-8, naming the file and line.
     """
     path = str(path)
     allowed = _action_filter(None if keep_actions is None else sorted(set(keep_actions)))
@@ -310,7 +405,7 @@ def read_ava_csv(path, keep_actions=None, keep_data_rows=False):
         columns = _Columns(allowed, keep_data_rows)
         if width in (7, 8):
             try:
-                _read_fast(path, width, columns)
+                _read_fast(path, width, columns, chunk_rows or CHUNK_ROWS)
                 return columns.table(path)
             except (AVAFormatError, UnicodeDecodeError):
                 raise
@@ -320,34 +415,8 @@ def read_ava_csv(path, keep_actions=None, keep_data_rows=False):
             _read_slow(path, columns)
         return columns.table(path)
     except UnicodeDecodeError as e:
-        raise AVAFormatError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
-
-
-def read_exclusions(path):
-    """Read a CSV of excluded keyframes (``video_id,timestamp`` rows).
-
-    Returns:
-        set of ``(video_id, int timestamp)``; empty when ``path`` is None.
-    """
-    excluded = set()
-    if path is None:
-        return excluded
-    path = str(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            for row in reader:
-                if not row or not any(field.strip() for field in row):
-                    continue
-                if len(row) != 2:
-                    raise AVAFormatError(
-                        f"{path}:{reader.line_num}: expected 2 fields (video_id,timestamp), found {len(row)}"
-                    )
-                t = _parse_number(path, reader.line_num, row[1], "timestamp", float)
-                excluded.add((row[0], math.trunc(t)))
-    except UnicodeDecodeError as e:
-        raise AVAFormatError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
-    return excluded
+        check_utf8(path)  # raises the error naming file:line
+        raise AVAFormatError(f"{path}: not a UTF-8 text file ({e.reason})") from None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,8 +8,10 @@ import warnings
 import numpy as np
 
 from ..utils.io import atomic_open
-from .ava_csv import AVATable, read_ava_csv, read_exclusions, round5, write_detections_csv
-from .frame_map import PROTOCOLS, evaluate_frame_map
+from ..ava_files import read_exclusions
+from .ava_csv import AVATable, read_ava_csv, round5, select_actions, write_detections_csv
+from .frame_map import PROTOCOLS, EvaluationError, evaluate_frame_map
+from .input_checks import find_input_problems
 from .labelmap import read_labelmap
 from .reference import reference_frame_map
 from .report import format_table, metrics_dict
@@ -27,7 +29,25 @@ def _empty_detections_warning(source, labelmap):
     )
 
 
-def evaluate_files(groundtruth, detections, labelmap, exclusions=None, protocol="stmixer", reference=False):
+def read_groundtruth(groundtruth, label_map):
+    """(evaluated ground truth, every ground-truth row): AVATables with data rows, read once."""
+    gt_all = read_ava_csv(groundtruth, keep_data_rows=True)
+    return select_actions(gt_all, label_map.ids), gt_all
+
+
+def report_input_problems(problems, strict, warn):
+    """Pass each problem's message to ``warn``; with ``strict``, raise those it refuses as one EvaluationError."""
+    refused = [p for p in problems if p.strict] if strict else []
+    if refused:
+        raise EvaluationError(
+            "; ".join(p.message for p in refused) + " (strict evaluation: fix the inputs, or evaluate without strict)"
+        )
+    for problem in problems:
+        warn(problem.message)
+
+
+def evaluate_files(groundtruth, detections, labelmap, exclusions=None, protocol="stmixer", reference=False,
+                   strict=False):
     """Frame-mAP of an AVA detection CSV against a ground-truth CSV.
 
     Args:
@@ -37,6 +57,8 @@ def evaluate_files(groundtruth, detections, labelmap, exclusions=None, protocol=
         exclusions: CSV of excluded ``video_id,timestamp`` keyframes, or None.
         protocol: "stmixer" (default) or "activitynet".
         reference: compute with the slow plain-loop reference implementation instead.
+        strict: raise EvaluationError for suspicious inputs (``input_checks``) instead of a
+            ``UserWarning`` per kind.
 
     Returns:
         (FrameMAP, LabelMap).
@@ -45,8 +67,11 @@ def evaluate_files(groundtruth, detections, labelmap, exclusions=None, protocol=
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
     label_map = read_labelmap(labelmap)
     excluded = read_exclusions(exclusions)
-    gt = read_ava_csv(groundtruth, keep_actions=label_map.ids, keep_data_rows=True)
+    gt, gt_all = read_groundtruth(groundtruth, label_map)
     det = read_ava_csv(detections, keep_actions=label_map.ids)
+    problems = find_input_problems(gt, det, label_map, gt_all, labelmap_source=str(labelmap))
+    del gt_all
+    report_input_problems(problems, strict, lambda message: warnings.warn(message, stacklevel=3))
     if len(det) == 0:
         _empty_detections_warning(detections, label_map)
     compute = reference_frame_map if reference else evaluate_frame_map
@@ -72,12 +97,15 @@ def _as_numpy(x, name, width=None):
 class AVAEvaluator:
     """Accumulates per-keyframe detections and computes the AVA frame-mAP.
 
-    ``process`` may be called on every process of a distributed run; ``evaluate``
-    gathers everything onto rank 0, writes the official-format detection CSV and a
-    metrics JSON into ``output_folder`` (atomically) and returns the metrics there
-    (``{}`` on other ranks). The metric is computed in memory, on exactly the numbers
-    the CSV holds (5-decimal boxes and scores), so ``python -m stmixer.evaluation.ava``
-    on the written CSV gives the same mAP.
+    The one place where a distributed evaluation comes together: every process
+    ``process``-es the keyframes of its own shard (with their dataset indices), and
+    ``evaluate`` gathers them onto rank 0, drops sampler-padding copies by index, checks
+    that no index is missing, writes the official-format detection CSV and a metrics JSON
+    into ``output_folder`` (atomically) and returns the metrics there (``{}`` on other
+    ranks). Only rank 0 reads the ground truth, label map and exclusions (once, at its
+    first ``evaluate``). The metric is computed in memory, on exactly the numbers the CSV
+    holds (5-decimal boxes and scores), so ``python -m stmixer.evaluation.ava`` on the
+    written CSV gives the same mAP.
 
     Args:
         groundtruth: ground-truth CSV path.
@@ -85,22 +113,46 @@ class AVAEvaluator:
         exclusions: excluded-keyframes CSV path, or None.
         protocol: "stmixer" (default; official STMixer / PySlowFast numbers) or "activitynet".
         output_folder: where ``detections.csv`` and ``frame_map.json`` go (None: nothing written).
+        num_keyframes: dataset length; when given (with indices), ``evaluate`` checks that
+            every index in ``range(num_keyframes)`` was processed by some process.
+        strict: suspicious inputs (``input_checks``) raise EvaluationError instead of
+            being logged as warnings.
     """
 
-    def __init__(self, groundtruth, labelmap, exclusions=None, protocol="stmixer", output_folder=None):
+    def __init__(self, groundtruth, labelmap, exclusions=None, protocol="stmixer", output_folder=None,
+                 num_keyframes=None, strict=False):
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
         self.protocol = protocol
         self.output_folder = output_folder
-        self.labelmap = read_labelmap(labelmap)
-        self.excluded = read_exclusions(exclusions)
-        self.groundtruth = read_ava_csv(groundtruth, keep_actions=self.labelmap.ids, keep_data_rows=True)
+        self.paths = {"groundtruth": groundtruth, "labelmap": labelmap, "exclusions": exclusions}
+        self.num_keyframes = num_keyframes
+        self.strict = strict
+        self._annotations = None
         self.reset()
+
+    def annotations(self):
+        """(LabelMap, excluded keyframes, evaluated ground truth, every ground-truth row), read on first use."""
+        if self._annotations is None:
+            labelmap = read_labelmap(self.paths["labelmap"])
+            excluded = read_exclusions(self.paths["exclusions"])
+            gt, gt_all = read_groundtruth(self.paths["groundtruth"], labelmap)
+            self._annotations = (labelmap, excluded, gt, gt_all)
+        return self._annotations
+
+    @property
+    def labelmap(self):
+        return self.annotations()[0]
+
+    @property
+    def groundtruth(self):
+        return self.annotations()[2]
 
     def reset(self):
         """Forget every processed keyframe."""
         self._records = []
         self._seen = {}
+        self._seen_index = {}
 
     def process(self, video_ids, timestamps, boxes, scores, indices=None):
         """Add the detections of a batch of keyframes.
@@ -112,11 +164,13 @@ class AVAEvaluator:
             scores: list of ``[n_i, A]`` arrays or tensors; column k is AVA action id k + 1.
             indices: optional list[int], the keyframes' dataset indices; when given for
                 every keyframe, rows are written (and ties ranked) in that order, as the
-                official STMixer does. Otherwise keyframes are sorted by (video_id, timestamp).
+                official STMixer does, and a keyframe seen again with the same index (sampler
+                padding) is dropped. Otherwise keyframes are sorted by (video_id, timestamp).
 
         Raises:
-            ValueError: mismatched lengths or shapes, a non-integer timestamp, or a keyframe
-                processed twice (it would silently double its detections).
+            ValueError: mismatched lengths or shapes, a non-integer timestamp, a keyframe
+                processed twice without the same index (it would silently double its
+                detections), or one index given to two keyframes.
         """
         n = len(video_ids)
         if not (len(timestamps) == len(boxes) == len(scores) == n) or (indices is not None and len(indices) != n):
@@ -132,37 +186,73 @@ class AVAEvaluator:
             if timestamp != int(timestamp):
                 raise ValueError(f"timestamps[{i}] = {timestamps[i]} is not an integer number of seconds")
             timestamp = int(timestamp)
+            index = None if indices is None else int(indices[i])
+            key = (video, timestamp)
+            if index is not None and index in self._seen_index:
+                if self._seen_index[index] != key:
+                    raise ValueError(f"dataset index {index} was given to keyframes {self._seen_index[index]} and {key}")
+                continue  # sampler padding: the same dataset item again
             box = _as_numpy(boxes[i], f"boxes[{i}]", 4)
             score = _as_numpy(scores[i], f"scores[{i}]")
             if score.shape[0] != box.shape[0]:
                 raise ValueError(f"keyframe {video},{timestamp:04d}: {box.shape[0]} boxes but {score.shape[0]} score rows")
-            key = (video, timestamp)
             if key in self._seen:
                 raise ValueError(
                     f"keyframe {video},{timestamp:04d} was processed twice (calls {self._seen[key]} and "
                     f"{len(self._records)}); drop sampler padding duplicates before process()"
                 )
             self._seen[key] = len(self._records)
-            index = None if indices is None else int(indices[i])
+            if index is not None:
+                self._seen_index[index] = key
             self._records.append((index, video, timestamp, box, score))
 
     def _gathered_records(self):
+        """Every process's records on rank 0 (one per dataset index, in index order), ``None`` elsewhere."""
         from ..utils import distributed
 
-        records = [r for part in distributed.all_gather_object(self._records) for r in part]
-        seen = {}
-        for r in records:
+        parts = distributed.all_gather_object(self._records)
+        if distributed.get_rank() != 0:
+            return None
+        records, by_index, seen = [], {}, {}
+        for r in (r for part in parts for r in part):
             key = (r[1], r[2])
+            if r[0] is not None and r[0] in by_index:
+                if by_index[r[0]] != key:
+                    raise ValueError(f"dataset index {r[0]} was given to keyframes {by_index[r[0]]} and {key}")
+                continue  # the same item on two processes: sampler padding
             if key in seen:
                 raise ValueError(
                     f"keyframe {r[1]},{r[2]:04d} was processed by two processes; drop sampler padding duplicates"
                 )
             seen[key] = True
+            if r[0] is not None:
+                by_index[r[0]] = key
+            records.append(r)
+        dropped = sum(len(part) for part in parts) - len(records)
+        if dropped:
+            logger.info("Dropped %d duplicate keyframes from sampler padding", dropped)
+        if self.num_keyframes is not None:
+            self._check_complete(by_index, len(records))
         if records and all(r[0] is not None for r in records):
             records.sort(key=lambda r: r[0])
         else:
             records.sort(key=lambda r: (r[1], r[2]))
-        return records, distributed.get_rank()
+        return records
+
+    def _check_complete(self, by_index, num_records):
+        """RuntimeError unless the records are exactly the dataset indices ``range(num_keyframes)``."""
+        expected = self.num_keyframes
+        if len(by_index) != num_records:
+            raise RuntimeError(f"{num_records - len(by_index)} keyframes were processed without a dataset index; "
+                               "pass indices= to process() when num_keyframes is set")
+        missing = sorted(set(range(expected)) - set(by_index))
+        if missing:
+            raise RuntimeError(
+                f"evaluation lost {len(missing)} of {expected} keyframes (first missing dataset indices: {missing[:10]})"
+            )
+        extra = sorted(set(by_index) - set(range(expected)))
+        if extra:
+            raise RuntimeError(f"unknown dataset indices {extra[:10]} (the dataset has {expected} keyframes)")
 
     def _detection_table(self, records):
         """AVATable of the rows the official writer produces (boxes and scores rounded to 5 decimals)."""
@@ -198,29 +288,37 @@ class AVAEvaluator:
         )
 
     def evaluate(self):
-        """Gather, write the files, compute the metric.
+        """Gather onto rank 0, write the files, compute the metric.
 
         Returns:
             on rank 0: ``{"mAP", "per_class": {name: AP or None}, "protocol", "num_gt",
             "num_detections", "num_keyframes", "detections_csv"}``; ``{}`` on other ranks.
+
+        Raises:
+            RuntimeError (rank 0): a dataset index missing (see ``num_keyframes``).
+            EvaluationError (rank 0): with ``strict``, suspicious inputs.
         """
-        records, rank = self._gathered_records()
-        if rank != 0:
+        records = self._gathered_records()
+        if records is None:
             return {}
+        labelmap, excluded, groundtruth, gt_all = self.annotations()
         det = self._detection_table(records)
         csv_path = None
         if self.output_folder:
             csv_path = os.path.join(self.output_folder, DETECTIONS_FILE)
             with atomic_open(csv_path, "wb") as f:
                 write_detections_csv(f, det)
-        if not np.isin(det.action, self.labelmap.ids).any():
-            _empty_detections_warning("the processed keyframes", self.labelmap)
-        result = evaluate_frame_map(self.groundtruth, det, self.labelmap, self.excluded, self.protocol)
-        metrics = metrics_dict(result, self.labelmap, counts=True)
+            det.source = csv_path  # its rows are the lines of the CSV, in order
+        problems = find_input_problems(groundtruth, det, labelmap, gt_all, labelmap_source=self.paths["labelmap"])
+        report_input_problems(problems, self.strict, logger.warning)
+        if not np.isin(det.action, labelmap.ids).any():
+            _empty_detections_warning("the processed keyframes", labelmap)
+        result = evaluate_frame_map(groundtruth, det, labelmap, excluded, self.protocol)
+        metrics = metrics_dict(result, labelmap, counts=True)
         metrics["num_keyframes"] = len(records)
         metrics["detections_csv"] = csv_path
         if self.output_folder:
             with atomic_open(os.path.join(self.output_folder, METRICS_FILE), "w") as f:
                 json.dump(metrics, f, indent=2)
-        logger.info("AVA frame-mAP over %d keyframes:\n%s", len(records), format_table(result, self.labelmap))
+        logger.info("AVA frame-mAP over %d keyframes:\n%s", len(records), format_table(result, labelmap))
         return metrics

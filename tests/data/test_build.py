@@ -132,3 +132,15 @@ def test_worker_seeding_is_deterministic_per_rank_and_worker():
         draws.append((random.random(), float(np.random.rand()), float(torch.rand(1))))
     assert draws[0] == draws[1]
     assert len({draws[0], draws[2], draws[3]}) == 3
+
+
+def test_test_split_evaluation_reads_a_malformed_label_map_at_setup(layout, make_cfg):
+    from stmixer.engine.runner import Evaluation
+    from stmixer.errors import UserError
+
+    root = layout()
+    cfg = make_cfg(root, ["MODEL.STM.ACTION_CLASSES", 3])
+    assert Evaluation(cfg, torch.device("cpu")).evaluator.annotations()[0].ids == (1,)
+    (root / "annotations_v2.2" / "ava_action_list_v2.2_for_activitynet_2019.pbtxt").write_text('item { name: "x" }\n')
+    with pytest.raises(UserError, match=r"pbtxt:1: item block without id"):
+        Evaluation(cfg, torch.device("cpu"))  # before any inference, not after it

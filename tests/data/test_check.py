@@ -148,3 +148,24 @@ def test_wrong_data_root_is_one_line_naming_the_key(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err == f"error: DATA.PATH_TO_DATA_DIR = {str(missing)!r} does not exist: set it to the dataset root " \
                   "(see data/README.md)\n"
+
+
+def test_checker_accepts_a_one_line_label_map_as_the_evaluator_does(dataset_copy, make_cfg):
+    from stmixer.evaluation import read_labelmap
+
+    cfg = make_cfg(dataset_copy, ["MODEL.STM.ACTION_CLASSES", 9])
+    path = dataset_copy / cfg.AVA.ANNOTATION_DIR / cfg.AVA.LABEL_MAP_FILE
+    names = read_labelmap(path).names
+    path.write_text(" ".join(f'item {{ name: "{name}" id: {i} }}' for i, name in names.items()) + "\n")
+    report = check(cfg)
+    assert report.num_errors == 0, report.categories("error")
+    assert read_labelmap(path).names == names
+
+
+@pytest.mark.parametrize("key", ["LABEL_MAP_FILE", "EXCLUSION_FILE"])
+def test_checker_reports_non_utf8_annotation_files_with_file_and_line(dataset_copy, make_cfg, key):
+    cfg = make_cfg(dataset_copy, ["MODEL.STM.ACTION_CLASSES", 9])
+    path = dataset_copy / cfg.AVA.ANNOTATION_DIR / cfg.AVA[key]
+    path.write_bytes(path.read_bytes() + b"# caf\xe9\n")
+    report = check(cfg)
+    assert any(f"{path}:" in line and "not UTF-8 text (byte 0xe9" in line for line in report.render().splitlines())

@@ -111,12 +111,12 @@ def test_label_map_both_pbtxt_forms(tmp_path):
 
 def test_label_map_errors(tmp_path):
     twice = write(tmp_path / "a.pbtxt", 'item {\n name: "a"\n id: 1\n}\nitem {\n name: "b"\n id: 1\n}\n')
-    with pytest.raises(DataFormatError, match=r"a.pbtxt:7: label id 1 appears twice"):
+    with pytest.raises(DataFormatError, match=r"a.pbtxt:7: duplicate id 1 \(first at line 3\)"):
         read_label_map(twice)
     nameless = write(tmp_path / "b.pbtxt", "item {\n id: 3\n}\n")
-    with pytest.raises(DataFormatError, match=r"b.pbtxt:2: label id without a name"):
+    with pytest.raises(DataFormatError, match=r"b.pbtxt:1: item block without name"):
         read_label_map(nameless)
-    with pytest.raises(DataFormatError, match="no labels"):
+    with pytest.raises(DataFormatError, match="no 'item"):
         read_label_map(write(tmp_path / "c.pbtxt", "\n"))
 
 

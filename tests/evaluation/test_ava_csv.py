@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from stmixer.evaluation import AVAFormatError, read_ava_csv, read_exclusions
+from stmixer.errors import UserEncodingError
 from stmixer.evaluation import ava_csv
 from stmixer.evaluation.ava_csv import round5, write_detections_csv
 
@@ -50,11 +51,14 @@ def test_numbers_parse_exactly_like_python_float(tmp_path, monkeypatch):
     [
         ("v,902,0.1,0.2,0.3,0.4,1,0.5\nv,902,0.1,0.2,0.3\n", r"f.csv:2: expected 7 or 8 comma-separated fields"),
         ("v,902,0.1,0.2,0.3,0.4,1,0.5\n\nv,902,0.1,x,0.3,0.4,1,0.5\n", r"f.csv:3: box coordinate 'x' is not a number"),
-        ("video_id,timestamp,x1,y1,x2,y2,action_id,score\n", r"f.csv:1: timestamp 'timestamp' is not a number"),
-        ("v,902,0.1,0.2,0.3,0.4,1.5,0.5\n", r"f.csv:1: action_id '1.5' is not a number"),
+        ("video_id,timestamp,x1,y1,x2,y2,action_id,score\n", r"f.csv:1: timestamp 'timestamp' is not an integer number of seconds"),
+        ("v,902,0.1,0.2,0.3,0.4,1.5,0.5\n", r"f.csv:1: action_id '1.5' is not an integer"),
         ("v,902,0.1,0.2,0.3,0.4,1,nan\n", r"f.csv:1: score 'nan' is not a finite number"),
         ("v,902,0.1,0.2,0.3,0.4,1,0.5\nv,902,0.1,inf,0.3,0.4,1,0.5\n", r"f.csv:2: a box coordinate is not a finite number"),
-        ("v,1e12,0.1,0.2,0.3,0.4,1,0.5\n", r"f.csv:1: timestamp (.* )?is out of range"),
+        ("v,902,0,0,1,1,1,0.5\nv,99999999999,0.1,0.2,0.3,0.4,1,0.5\n", r"f.csv:2: timestamp '99999999999' is out of range"),
+        ("v,902,0,0,1,1,1,0.5\nv,0902.5,0,0,1,1,1,0.5\n", r"f.csv:2: timestamp '0902.5' is not an integer number of seconds"),
+        ("v,902,0,0,1,1,1,0.5\nv,nan,0,0,1,1,1,0.5\n", r"f.csv:2: timestamp 'nan' is not an integer number of seconds"),
+        ("v,902,0,0,1,1,1,0.5\nv,9.025e2,0,0,1,1,1,0.5\n", r"f.csv:2: timestamp '9.025e2' is not an integer"),
     ],
 )
 def test_malformed_rows_name_file_and_line(tmp_path, text, message):
@@ -65,9 +69,10 @@ def test_malformed_rows_name_file_and_line(tmp_path, text, message):
 def test_binary_file_is_reported(tmp_path):
     path = tmp_path / "f.csv"
     path.write_bytes(b"v,902,0.1,0.2,0.3,0.4,1,0.5\n\xff\xfe,1\n")
-    with pytest.raises(AVAFormatError, match=r"f.csv: not a UTF-8 text file"):
+    with pytest.raises(UserEncodingError, match=r"f.csv:2: not UTF-8 text \(byte 0xff at offset 28\)"):
         read_ava_csv(path)
-    with pytest.raises(AVAFormatError, match=r"f.csv: not a UTF-8 text file"):
+    path.write_bytes(b"v,0902\n\nv,0903\xe9\n")
+    with pytest.raises(UserEncodingError, match=r"f.csv:3: not UTF-8 text \(byte 0xe9 at offset 14\)"):
         read_exclusions(path)
 
 
@@ -125,3 +130,70 @@ def test_writer_is_byte_identical_to_the_official_format(tmp_path):
     back = read_ava_csv(path)
     assert np.array_equal(back.score, table.score)
     assert np.array_equal(back.boxes[back.box_index], table.boxes[table.box_index])
+
+
+def _assert_same_table(a, b):
+    assert a.videos == b.videos
+    for name in ("box_video", "box_timestamp", "boxes", "box_index", "action", "score", "data_row"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
+@pytest.mark.parametrize("rows_per_box", [79, 3, 1])
+@pytest.mark.parametrize("chunk_rows", [1, 2, 7, 13, 80, 101])
+def test_chunk_boundaries_inside_a_box_give_the_one_chunk_result(tmp_path, rows_per_box, chunk_rows):
+    rng = np.random.default_rng(rows_per_box)
+    lines = []
+    for k in range(7):
+        video, second = f"v{k % 2}", 902 + k // 2
+        box = ",".join(format(v, ".5f") for v in np.sort(rng.random(4).reshape(2, 2), axis=0).T.reshape(-1))
+        lines += [f"{video},{second:04d},{box},{a},{rng.random():.5f}" for a in range(1, rows_per_box + 1)]
+    path = tmp_path / "det.csv"
+    path.write_text("\n".join(lines) + "\n")
+    whole = read_ava_csv(path, keep_data_rows=True, chunk_rows=len(lines))
+    assert whole.box_index.tolist() == np.repeat(np.arange(7), rows_per_box).tolist()
+    _assert_same_table(read_ava_csv(path, keep_data_rows=True, chunk_rows=chunk_rows), whole)
+    kept = read_ava_csv(path, keep_actions=[2, 3], keep_data_rows=True, chunk_rows=len(lines))
+    _assert_same_table(read_ava_csv(path, keep_actions=[2, 3], keep_data_rows=True, chunk_rows=chunk_rows), kept)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_line_of_data_row_counts_like_the_csv_module(tmp_path, monkeypatch, seed):
+    rng = np.random.default_rng(seed)
+    pieces = ["v,902,0,0,1,1,1,0.5", "", "   ", " , ,", "w,903,0,0,1,1,2"]
+    lines = [pieces[i] for i in rng.integers(0, len(pieces), 400)]
+    path = tmp_path / "f.csv"
+    path.write_text("\n".join(lines) + ("\n" if seed % 2 else ""))
+    monkeypatch.setattr(ava_csv, "_LINE_BLOCK", 64)  # many blocks, lines cut at block ends
+    rows = sum(1 for line in lines if line.replace(",", "").strip())
+    for data_row in range(rows):
+        assert ava_csv.line_of_data_row(path, data_row) == ava_csv._line_of_data_row_csv(path, data_row)
+    with pytest.raises(IndexError):
+        ava_csv.line_of_data_row(path, rows)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, 1000])
+def test_kept_mask_locates_rows_like_data_rows(tmp_path, chunk_rows):
+    lines = [f"v,{902 + i % 3},0,0,1,1,{1 + i % 4},0.5" if i % 5 else "" for i in range(60)]
+    path = tmp_path / "det.csv"
+    path.write_text("\n".join(lines) + "\n")
+    with_rows = read_ava_csv(path, keep_actions=[2, 4], keep_data_rows=True, chunk_rows=chunk_rows)
+    masked = read_ava_csv(path, keep_actions=[2, 4], chunk_rows=chunk_rows)
+    assert masked.data_row is None and len(masked) == len(with_rows) > 0
+    assert [masked.data_row_of(r) for r in range(len(masked))] == with_rows.data_row.tolist()
+    with pytest.raises(IndexError):
+        masked.data_row_of(len(masked))
+
+
+def test_frame_map_does_not_depend_on_the_chunk_size(write_files, monkeypatch):
+    from stmixer.evaluation import evaluate_files
+
+    rng = np.random.default_rng(5)
+    gt = [("v", 902 + k, (0.1, 0.1, 0.5, 0.5), 1 + k % 3, 0) for k in range(6)]
+    det = [("v", 902 + k, tuple(np.round([0.1, 0.1, 0.5 + 0.1 * b, 0.5], 3)), a, float(np.round(rng.random(), 4)))
+           for k in range(6) for b in range(2) for a in (1, 2, 3)]
+    paths = write_files(gt, det, ids=(1, 2, 3))
+    expected = evaluate_files(paths["groundtruth"], paths["detections"], paths["labelmap"])[0]
+    for chunk_rows in (1, 2, 5, 7):  # 3 rows per box: boxes straddle the chunk boundaries
+        monkeypatch.setattr(ava_csv, "CHUNK_ROWS", chunk_rows)
+        result = evaluate_files(paths["groundtruth"], paths["detections"], paths["labelmap"])[0]
+        assert result.mean_ap == expected.mean_ap and result.ap == expected.ap

@@ -87,7 +87,19 @@ def test_bad_input_exits_2_naming_file_and_line(write_files, tmp_path, capsys, g
     paths = write_files(gt, None, ids=(1, 2), det_text=det_text)
     if labelmap_text is not None:
         (tmp_path / "labelmap.pbtxt").write_text(labelmap_text)
-    assert main(args(paths, tmp_path / "m.json")) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(args(paths, tmp_path / "m.json"))
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and re.search(message, err), err
     assert not (tmp_path / "m.json").exists()
+
+
+def test_a_folder_or_unreadable_path_is_one_error_line(write_files, tmp_path, capsys):
+    paths = write_files(GT, DET, ids=(1, 2))
+    paths["detections"] = str(tmp_path)  # a folder
+    with pytest.raises(SystemExit) as exit_info:
+        main(args(paths, tmp_path / "m.json"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and str(tmp_path) in err[0]

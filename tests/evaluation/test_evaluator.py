@@ -172,3 +172,31 @@ def test_real_two_process_gather_with_gloo(files, tmp_path, repo_root):
         results[line["rank"]] = line["metrics"]
     assert results[1] == {}
     assert results[0]["mAP"] == expected["mAP"] and results[0]["num_keyframes"] == 5
+
+
+def test_evaluate_gathers_drops_padding_by_index_and_only_rank_0_reads_annotations(files, tmp_path, monkeypatch):
+    frames = keyframes()
+    single = AVAEvaluator(files["groundtruth"], files["labelmap"], files["exclusions"])
+    single.process(*[list(x) for x in zip(*frames)], indices=list(range(len(frames))))
+    expected = single.evaluate()
+
+    # Rank 1 never reads the annotations: paths that do not exist there are fine.
+    missing = {name: str(tmp_path / "not-on-this-host" / name) for name in ("gt.csv", "map.pbtxt", "excl.csv")}
+    rank1 = AVAEvaluator(missing["gt.csv"], missing["map.pbtxt"], missing["excl.csv"], num_keyframes=5)
+    rank0 = AVAEvaluator(files["groundtruth"], files["labelmap"], files["exclusions"], output_folder=tmp_path,
+                         num_keyframes=5)
+    # A padded interleaved sampler over 5 items and 2 processes: rank 0 gets 0, 2, 4; rank 1 gets 1, 3, 0.
+    for evaluator, shard in ((rank0, [0, 2, 4]), (rank1, [1, 3, 0])):
+        evaluator.process(*[list(x) for x in zip(*[frames[i] for i in shard])], indices=shard)
+    monkeypatch.setattr(distributed, "all_gather_object", lambda obj: [rank0._records, rank1._records])
+    monkeypatch.setattr(distributed, "get_rank", lambda: 1)
+    assert rank1.evaluate() == {}
+    monkeypatch.setattr(distributed, "get_rank", lambda: 0)
+    gathered = rank0.evaluate()
+    assert gathered["num_keyframes"] == 5
+    assert gathered["mAP"] == expected["mAP"] and gathered["per_class"] == expected["per_class"]
+
+    rank1.reset()
+    rank1.process(*[list(x) for x in zip(*[frames[i] for i in (1, 0)])], indices=[1, 0])  # index 3 lost
+    with pytest.raises(RuntimeError, match=r"lost 1 of 5 keyframes \(first missing dataset indices: \[3\]\)"):
+        rank0.evaluate()
