@@ -32,6 +32,7 @@ from .formats import (
     second_to_frame_index,
 )
 from .frames import FrameReadError, read_frame
+from ..utils.threads import single_thread_worker
 
 # Frames of a full AVA segment: seconds 900 to 1801 at 30 fps.
 AVA_SEGMENT_FRAMES = 27030
@@ -202,7 +203,7 @@ def check_decoding(paths_by_video, workers, report):
     results = map(_decode_one, (p for _, p in jobs))
     pool = None
     if workers > 1 and len(jobs) > 256:
-        pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers)
+        pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, initializer=single_thread_worker)
         results = pool.map(_decode_one, (p for _, p in jobs), chunksize=64)
     try:
         for (video, _), (path, size, problem) in zip(jobs, results):

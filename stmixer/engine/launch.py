@@ -14,6 +14,7 @@ from ..utils import distributed as comm
 from ..utils.env import collect_env_info, seed_all
 from ..utils.io import atomic_open
 from ..utils.logging import setup_logger
+from ..utils.threads import set_threads
 
 _EPILOG = """\
 Config overrides follow the options as KEY VALUE pairs, e.g.
@@ -102,6 +103,8 @@ def setup(kind, argv=None):
     dist_info = comm.init_distributed(args.local_rank)
     logger = setup_logger(cfg.OUTPUT_DIR, dist_info.rank)
     _log_run_header(logger, args, cfg, dist_info)
+    with exit_on_user_error(logger):
+        set_threads(cfg.DATALOADER.NUM_WORKERS, dist_info.world_size, cfg.NUM_THREADS, logger)
     if dist_info.rank == 0 and cfg.OUTPUT_DIR:
         save_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
         logger.info("Merged config saved to %s", os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
