@@ -33,7 +33,7 @@ def trained(repo_root, tmp_path_factory):
     make_synthetic(["--out", str(data), "--videos", "40", "--seconds", "4", "--size", *TRAIN_SIZE, "--workers", "2"])
     out = tmp_path_factory.mktemp("demo_model")
     run_python(["train_net.py", "--config-file", TINY_CONFIG, "--skip-val", "--skip-final-test",
-                *micro_opts(data, out), *TRAIN_OPTS], repo_root, timeout=900)
+                *micro_opts(data, out), *TRAIN_OPTS], repo_root)
     return out / "config.yaml", out / "model_final.pth"
 
 
