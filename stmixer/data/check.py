@@ -18,6 +18,7 @@ import os
 import sys
 
 from ..config import ConfigError, load_config
+from ..utils.threads import single_thread_worker
 from .ava import clip_frame_indices
 from .formats import (
     AVA_FIRST_KEYFRAME_SECOND,
@@ -32,7 +33,6 @@ from .formats import (
     second_to_frame_index,
 )
 from .frames import FrameReadError, read_frame
-from ..utils.threads import single_thread_worker
 
 # Frames of a full AVA segment: seconds 900 to 1801 at 30 fps.
 AVA_SEGMENT_FRAMES = 27030
