@@ -52,8 +52,8 @@ def main(argv=None):
                            cwd=ROOT, check=True)
         value = frame_map(run_dir)
         seconds = time.perf_counter() - start
-        print(f"seed {seed}: frame-mAP {'unfinished' if value is None else f'{value:.4f}'} ({seconds:.0f} s)",
-              flush=True)
+        timing = "" if args.summary_only else f" ({seconds:.0f} s)"
+        print(f"seed {seed}: frame-mAP {'unfinished' if value is None else f'{value:.4f}'}{timing}", flush=True)
         if value is not None:
             results.append(value)
     if results:
