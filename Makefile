@@ -12,8 +12,10 @@ PYTEST_ARGS ?=
 SYNTHETIC ?= data/synthetic
 QUICKSTART_OUT ?= data/output/tiny-slowonly
 DEMO_DIR ?= data/demo
+SEEDS ?= 1 2 3
+SEEDS_OUT ?= data/output/quickstart-seeds
 
-.PHONY: install test quickstart demo
+.PHONY: install test quickstart quickstart-seeds demo
 
 $(VENV)/.installed: setup.py
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -32,6 +34,10 @@ quickstart: $(VENV)/.installed
 	test -f $(SYNTHETIC)/synthetic_dataset.json || $(PYTHON) -m stmixer.data.synthetic --out $(SYNTHETIC) --size 96 128
 	$(PYTHON) train_net.py --config-file config_files/synthetic/tiny-slowonly.yaml \
 		DATA.PATH_TO_DATA_DIR $(SYNTHETIC) OUTPUT_DIR $(QUICKSTART_OUT)
+
+# The quickstart once per seed of SEEDS (one after another); prints each frame-mAP and mean ± std.
+quickstart-seeds: $(VENV)/.installed
+	$(PYTHON) benchmarks/quickstart_seeds.py --seeds $(SEEDS) --data $(SYNTHETIC) --out $(SEEDS_OUT)
 
 # demo.py on a synthetic 640x360 video with the quickstart model (trained first if absent).
 demo: $(VENV)/.installed

@@ -351,3 +351,5 @@ _C.TEST.STRICT_EVAL = False
 # ---------------------------------------------------------------------------
 # Folder for logs, the merged config, checkpoints and inference results.
 _C.OUTPUT_DIR = "."
+# (stmixer) Intra-op CPU threads per process; 0 = OMP_NUM_THREADS if set, else cores / processes on the node - DATALOADER.NUM_WORKERS (at least 1).
+_C.NUM_THREADS = 0

@@ -10,7 +10,6 @@ import functools
 import os
 import random
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader
@@ -19,6 +18,7 @@ from ..ava_files import read_box_csv, read_exclusions, read_frame_lists
 from ..errors import UserError
 from ..utils import distributed as comm
 from ..utils.registry import Registry
+from ..utils.threads import single_thread_worker
 from .ava import AvaDataset, build_keyframes, log_summary
 from .collate import BatchCollator
 from .samplers import InferenceSampler, TrainingBatchSampler
@@ -186,12 +186,16 @@ def per_process_batch_size(total, world_size, key):
 
 def seed_worker(worker_id, seed, rank):
     """DataLoader ``worker_init_fn``: seed Python, NumPy and PyTorch from (seed, rank, worker) and
-    keep OpenCV single-threaded (the workers already run in parallel)."""
+    keep PyTorch and OpenCV single-threaded (the workers already run in parallel).
+
+    Training augmentation does not use these generators: every sample is seeded by its
+    ``(seed, pass, position)`` (see TrainingBatchSampler), so batches do not depend on
+    which worker, or how many, loaded them."""
     state = np.random.SeedSequence([seed, rank, worker_id]).generate_state(2, dtype=np.uint32)
     random.seed(int(state[0]))
     np.random.seed(int(state[0]))
     torch.manual_seed(int(state[0]) << 31 ^ int(state[1]))
-    cv2.setNumThreads(1)
+    single_thread_worker()
 
 
 def build_data_loader(cfg, is_train, start_iter=0, max_iter=None, seed=0, dataset=None, rank=None, world_size=None,

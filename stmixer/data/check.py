@@ -42,6 +42,7 @@ from ..ava_files import (
 )
 from ..config import load_config
 from ..errors import exit_on_user_error
+from ..utils.threads import single_thread_worker
 from .ava import clip_frame_indices
 from .build import data_root
 from .frames import CorruptFrameError, FrameReadError, read_frame
@@ -250,7 +251,7 @@ def _decoded_chunks(paths_by_video, workers):
         for video, paths in chunks:
             yield video, paths, _decode_chunk(paths)
         return
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, initializer=single_thread_worker) as pool:
         pending = collections.deque()
         for video, paths in chunks:
             pending.append((video, paths, pool.submit(_decode_chunk, paths)))

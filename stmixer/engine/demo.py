@@ -43,6 +43,7 @@ from ..utils import distributed as comm
 from ..utils.io import atomic_open
 from ..utils.logging import setup_logger
 from ..utils.run_dir import ensure_writable_dir
+from ..utils.threads import set_threads
 from ..utils.visualizer import draw_detections
 from .trainer import autocast_context, detector_inputs, move_batch
 
@@ -276,4 +277,5 @@ def main(argv=None):
         cfg = load_config(args.config_file, args.opts)
     setup_logger("", 0)
     with exit_on_user_error(logger):
+        set_threads(0, 1, cfg.NUM_THREADS, logger)
         run_demo(cfg, args)

@@ -21,6 +21,7 @@ from ..utils.io import atomic_open
 from ..utils.logging import setup_logger
 from ..utils.run_dir import ConfigChangedError, RunDirLock, config_changes, ensure_writable_dir, format_changes
 from .checkpointer import POINTER_FILE
+from ..utils.threads import set_threads
 
 _EPILOG = """\
 Config overrides follow the options as KEY VALUE pairs, e.g.
@@ -203,6 +204,8 @@ def setup(kind, args, cfg, dist_info, notes=()):
     _log_run_header(logger, args, cfg, dist_info)
     for note in notes:
         logger.warning("%s", note)
+    with exit_on_user_error(logger):
+        set_threads(cfg.DATALOADER.NUM_WORKERS, dist_info.world_size, cfg.NUM_THREADS, logger)
     if dist_info.rank == 0 and cfg.OUTPUT_DIR:
         path = os.path.join(cfg.OUTPUT_DIR, "config.yaml" if kind == "train" else "test_config.yaml")
         save_config(cfg, path)

@@ -63,12 +63,16 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run_python(args, cwd, timeout=300, check=True):
-    """Run ``python args...`` in ``cwd`` with one thread per process and no inherited launcher variables."""
+def run_python(args, cwd, check=True):
+    """Run ``python args...`` in ``cwd`` with one thread per process and no inherited launcher variables.
+
+    No time limit: on a busy machine a run may take many times its idle time; a limit in
+    seconds would fail the test for the machine's load, not for a defect.
+    """
     env = dict(os.environ, PYTHONPATH=str(cwd), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    result = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True)
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result

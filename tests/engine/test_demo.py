@@ -16,10 +16,11 @@ from stmixer.utils.visualizer import PALETTE, draw_detections
 from .conftest import TINY_CONFIG, micro_opts, run_python
 
 # Training frames are 64 x 112 (about the 16:9 of the test video) and clips are scaled to a
-# short side of 64; 1,024 iterations take about 100 s on 2 CPU cores. On held-out videos of
-# the dataset this model finds 89 % of the actors with IoU > 0.5 (median IoU 0.67).
+# short side of 64. 384 iterations (about 65 s of CPU time; 1,024 iterations found 18 of the 20
+# actors, 256 found 15) give a model that finds 17 of the 20 actors of the test video with
+# IoU > 0.5. A bound on work, not on seconds: the tests hold however busy the machine is.
 TRAIN_SIZE = ("64", "112")
-TRAIN_OPTS = ["SOLVER.ITER_PER_EPOCH", "32", "SOLVER.MAX_EPOCH", "32", "SOLVER.STEPS", "(24,)",
+TRAIN_OPTS = ["SOLVER.ITER_PER_EPOCH", "32", "SOLVER.MAX_EPOCH", "12", "SOLVER.STEPS", "(9,)",
               "SOLVER.BASE_LR", "0.003", "SOLVER.VIDEOS_PER_BATCH", "8", "SOLVER.CHECKPOINT_PERIOD", "32",
               "SOLVER.LOG_PERIOD", "64",
               "MODEL.STM.NUM_QUERIES", "16", "MODEL.STM.DIM_FEEDFORWARD", "256", "MODEL.STM.SPATIAL_POINTS", "8",
@@ -33,7 +34,7 @@ def trained(repo_root, tmp_path_factory):
     make_synthetic(["--out", str(data), "--videos", "40", "--seconds", "4", "--size", *TRAIN_SIZE, "--workers", "2"])
     out = tmp_path_factory.mktemp("demo_model")
     run_python(["train_net.py", "--config-file", TINY_CONFIG, "--skip-val", "--skip-final-test",
-                *micro_opts(data, out), *TRAIN_OPTS], repo_root, timeout=900)
+                *micro_opts(data, out), *TRAIN_OPTS], repo_root)
     return out / "config.yaml", out / "model_final.pth"
 
 
@@ -74,7 +75,7 @@ def test_detections_overlap_the_ground_truth_actors(odd_video, demo_run):
             assert person["score"] >= 0.5
             assert all(a["name"] in CLASS_NAMES and a["score"] >= 0.5 for a in person["actions"])
             assert len(person["actions"]) <= 3
-    # Measured: 18 of 20 (IoUs of the matches 0.52-0.85).
+    # Measured: 17 of 20.
     assert found / total > 0.6, f"{found} of {total} actors found with IoU > 0.5"
 
 

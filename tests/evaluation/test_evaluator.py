@@ -2,9 +2,11 @@
 
 import json
 import os
+import queue
 import socket
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -146,6 +148,28 @@ dist.destroy_process_group()
 """
 
 
+def _communicate_all(procs):
+    """(stdout, stderr) of every process, awaited without a time limit; when one fails the others
+    are killed, since a rank left waiting in a collective would wait for its peer forever."""
+    finished, outputs = queue.Queue(), {}
+
+    def communicate(index):
+        outputs[index] = procs[index].communicate()
+        finished.put(index)
+
+    waiters = [threading.Thread(target=communicate, args=(i,)) for i in range(len(procs))]
+    for waiter in waiters:
+        waiter.start()
+    for _ in procs:
+        if procs[finished.get()].returncode != 0:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+    for waiter in waiters:
+        waiter.join()
+    return [outputs[i] for i in range(len(procs))]
+
+
 def test_real_two_process_gather_with_gloo(files, tmp_path, repo_root):
     frames = keyframes()
     expected = AVAEvaluator(files["groundtruth"], files["labelmap"])
@@ -165,8 +189,7 @@ def test_real_two_process_gather_with_gloo(files, tmp_path, repo_root):
         cmd = [sys.executable, "-c", _WORKER, files["groundtruth"], files["labelmap"], str(tmp_path / "out"), str(frames_file)]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = {}
-    for proc in procs:
-        stdout, stderr = proc.communicate(timeout=120)
+    for proc, (stdout, stderr) in zip(procs, _communicate_all(procs)):
         assert proc.returncode == 0, stderr
         line = json.loads(stdout.strip().splitlines()[-1])
         results[line["rank"]] = line["metrics"]

@@ -29,7 +29,7 @@ def test_command_line_on_the_decoder_fixture(precision, shared_dir, expected, re
     result = subprocess.run(
         [sys.executable, "-m", "stmixer.tools.reference_parity", "--fixture", str(shared_dir / "reference" / "decoder"),
          "--out", str(out), "--precision", precision],
-        cwd=repo_root, capture_output=True, text=True, timeout=300,
+        cwd=repo_root, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr
     with np.load(out) as data:
@@ -63,7 +63,7 @@ def test_incomplete_fixture_is_reported(shared_dir, tmp_path, repo_root):
     (fixture / "inputs.npz").unlink()
     result = subprocess.run(
         [sys.executable, "-m", "stmixer.tools.reference_parity", "--fixture", str(fixture), "--out",
-         str(tmp_path / "x.npz")], cwd=repo_root, capture_output=True, text=True, timeout=300,
+         str(tmp_path / "x.npz")], cwd=repo_root, capture_output=True, text=True,
     )
     assert result.returncode == 2 and "missing inputs.npz" in result.stderr
     assert not (tmp_path / "x.npz").exists()
