@@ -60,13 +60,18 @@ def test_set_threads_applies_and_logs_the_choice(caplog):
 
 
 def test_entry_point_setup_sets_and_logs_the_threads(tmp_path, repo_root):
-    from stmixer.engine.launch import setup
+    import logging
+
+    from stmixer.engine.launch import run_entry_point
 
     before = torch.get_num_threads()
+    seen = []
     try:
-        *_, logger = setup("test", ["--config-file", str(repo_root / "config_files/synthetic/tiny-slowonly.yaml"),
-                                    "OUTPUT_DIR", str(tmp_path), "NUM_THREADS", "3"])
-        assert torch.get_num_threads() == 3
+        run_entry_point("test", lambda args, cfg, dist_info: seen.append(torch.get_num_threads()),
+                        ["--config-file", str(repo_root / "config_files/synthetic/tiny-slowonly.yaml"),
+                         "OUTPUT_DIR", str(tmp_path), "NUM_THREADS", "3"])
+        assert seen == [3]
+        logger = logging.getLogger("stmixer")
         for handler in list(logger.handlers):
             handler.close()
             logger.removeHandler(handler)

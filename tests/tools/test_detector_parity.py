@@ -87,6 +87,7 @@ def tiny_fixture(folder, repo_root, reference_dir, config, salt, frames, batch=1
     cfg = get_cfg()
     cfg.merge_from_file(str(repo_root / "config_files" / f"{config}.yaml"))
     cfg.merge_from_list(TINY)
+    cfg.merge_from_list(["DATA.NUM_FRAMES", frames[-1]])  # the clip of inputs.npz (the fast pathway's, if any)
     (folder / "config.yaml").write_text(cfg.dump())
     with torch.device("meta"):
         state = build_detector(cfg).state_dict()
