@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from stmixer.errors import UserError
-from stmixer.modeling.roi_heads import BBoxHeadAVA, RoIExtractor3D, bbox_targets
+from stmixer.modeling.roi_heads import BBoxHeadAVA, RoIExtractor3D, bbox_targets, class_detections
 
 FIXTURES = Path(__file__).resolve().parents[1] / "reference" / "mmaction2" / "roi_head"
 F64_TOL = 1e-9
@@ -68,6 +68,10 @@ def _run(name, dtype):
                                      tuple(meta["img_shape"]), flip=meta["flip"],
                                      crop_quadruple=meta["crop_quadruple"])
         out[f"pred/boxes_b{b}"], out[f"pred/scores_b{b}"] = boxes, scores
+        for tag, thr in meta["det_thresholds"].items():
+            per_class = class_detections(boxes, scores, thr=thr)
+            out[f"det/{tag}_b{b}"] = torch.cat(
+                [torch.cat([torch.full((len(d), 1), c + 1.0, dtype=d.dtype), d], 1) for c, d in enumerate(per_class)])
         start += n
     out = {k: v.detach().double().numpy() for k, v in out.items()}
     return out, ref, {k: float(v.detach()) for k, v in losses.items()}, meta
@@ -212,6 +216,21 @@ def test_predict_flip_crop_and_no_mutation():
                               (199 - 10) / 200 * 0.5 + 0.1, 60 / 100 * 0.5 + 0.2]], dtype=torch.float64)
     assert torch.allclose(boxes, expected)
     assert torch.allclose(scores, torch.full((1, 3), 0.5, dtype=torch.float64))
+
+
+def test_class_detections_thresholds():
+    boxes = torch.arange(12, dtype=torch.float64).view(3, 4)
+    scores = torch.tensor([[0.9, 0.6, 0.1, 0.3], [0.1, 0.2, 0.7, 0.6], [0.5, 0.01, 0.001, 0.002]], dtype=torch.float64)
+    multi = class_detections(boxes, scores, thr=0.5)
+    assert len(multi) == 3 and [len(d) for d in multi] == [1, 1, 1]
+    assert multi[0].tolist() == [[0, 1, 2, 3, 0.6]] and multi[2].tolist() == [[4, 5, 6, 7, 0.6]]
+    assert [len(d) for d in class_detections(boxes, scores)] == [3, 2, 2]  # 0.002 is not > 0.002
+    single = class_detections(boxes, scores, thr=-1)  # arg-max of columns 1.. per box
+    assert [d[:, 0].tolist() for d in single] == [[0.0, 8.0], [4.0], []]
+    per_class = class_detections(boxes, scores, thr=[0.0, 0.1, 0.9, 0.5])
+    assert [len(d) for d in per_class] == [2, 0, 1]
+    with pytest.raises(UserError):
+        class_detections(boxes, scores, thr=[0.5, 0.5])
 
 
 @pytest.mark.parametrize("make", [

@@ -4,7 +4,8 @@
 
 ``--mmaction2`` is a checkout (or ``git archive``) of open-mmlab/mmaction2 1.x; only two of its files
 are executed, ``mmaction/models/roi_heads/roi_extractors/single_straight3d.py`` and
-``mmaction/models/roi_heads/bbox_heads/bbox_head.py`` (plus ``mmaction/structures/bbox/bbox_target.py``),
+``mmaction/models/roi_heads/bbox_heads/bbox_head.py`` (plus ``mmaction/structures/bbox/bbox_target.py`` and
+``transforms.py``'s ``bbox2result``),
 loaded by path. Nothing of mmcv / mmdet / mmengine is installed; the few names those files import
 are shimmed (see ``install_shims``):
 
@@ -96,10 +97,11 @@ def install_shims(root):
     _module("mmaction.utils", InstanceList=list)
     _module("mmaction.structures")
     target = _load("mmaction.structures.bbox.bbox_target", root / "mmaction/structures/bbox/bbox_target.py")
-    _module("mmaction.structures.bbox", bbox_target=target.bbox_target)
+    transforms = _load("mmaction.structures.bbox.transforms", root / "mmaction/structures/bbox/transforms.py")
+    _module("mmaction.structures.bbox", bbox_target=target.bbox_target, bbox2result=transforms.bbox2result)
     extractor = _load("mm_single_straight3d", root / "mmaction/models/roi_heads/roi_extractors/single_straight3d.py")
     head = _load("mm_bbox_head", root / "mmaction/models/roi_heads/bbox_heads/bbox_head.py")
-    return extractor.SingleRoIExtractor3D, head.BBoxHeadAVA, target.bbox_target
+    return extractor.SingleRoIExtractor3D, head.BBoxHeadAVA, transforms.bbox2result
 
 
 # --------------------------------------------------------------------------- cases
@@ -136,6 +138,8 @@ CASES = [
                    temporal_pool_type="max", spatial_pool_type="avg", multilabel=False, topk=3),
          pos_weight=-1.0, flip=False, crop_quadruple=[0.0, 0.2, 1.0, 0.6]),
 ]
+# thresholds of bbox2result: multi-label scalar, single-label (negative), per-class thresholds
+DET_THRESHOLDS = {"thr0.5": 0.5, "single": -1.0, "perclass": tuple(np.linspace(0.3, 0.7, NUM_CLASSES).tolist())}
 # per clip: number of positive and negative RoIs (clip 1 has no negatives: mmaction2's weight quirk)
 POS_NEG = [(2, 1), (2, 0)]
 
@@ -156,7 +160,7 @@ def make_inputs(case, gen):
     return feats, torch.cat(rois, 0), pos_labels
 
 
-def run_case(case, Extractor, Head, bbox_target, seed):
+def run_case(case, Extractor, Head, bbox2result, seed):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     extractor = Extractor(featmap_stride=16, **case["extractor"]).double()
@@ -210,9 +214,14 @@ def run_case(case, Extractor, Head, bbox_target, seed):
     for b, res in enumerate(pred):
         arrays[f"pred/boxes_b{b}"] = res.bboxes
         arrays[f"pred/scores_b{b}"] = res.scores
+        # the AVA metric's per-class detections: rows (class, x1, y1, x2, y2, score), classes in order
+        for tag, thr in DET_THRESHOLDS.items():
+            per_class = bbox2result(res.bboxes, res.scores, NUM_CLASSES, thr=thr)
+            arrays[f"det/{tag}_b{b}"] = torch.from_numpy(np.concatenate(
+                [np.concatenate([np.full((len(d), 1), c + 1.0), d], 1) for c, d in enumerate(per_class)], 0))
     arrays = {k: v.detach().numpy() for k, v in arrays.items()}
     meta = {k: case[k] for k in ("extractor", "head", "pos_weight", "flip", "crop_quadruple", "pathways")}
-    meta.update(featmap_stride=16, img_shape=list(IMG), pos_neg=POS_NEG, seed=seed,
+    meta.update(det_thresholds=DET_THRESHOLDS, featmap_stride=16, img_shape=list(IMG), pos_neg=POS_NEG, seed=seed,
                 losses={k: float(v.detach()) for k, v in losses.items()},
                 loss_dtypes={k: str(v.dtype).replace("torch.", "") for k, v in losses.items()})
     return arrays, meta
@@ -232,14 +241,14 @@ def main(argv=None):
                                              stderr=subprocess.DEVNULL).strip()
         except (OSError, subprocess.CalledProcessError):
             commit = "unknown"
-    Extractor, Head, bbox_target = install_shims(args.mmaction2)
+    Extractor, Head, bbox2result = install_shims(args.mmaction2)
     out = args.out / "roi_head"
     out.mkdir(parents=True, exist_ok=True)
     index = {"mmaction2_commit": commit, "torch": torch.__version__, "torchvision": torchvision.__version__,
              "shims": "mmcv.ops.RoIAlign -> torchvision.ops.roi_align; mmengine/mmdet names stubbed",
              "cases": {}}
     for i, case in enumerate(CASES):
-        arrays, meta = run_case(case, Extractor, Head, bbox_target, args.seed + i)
+        arrays, meta = run_case(case, Extractor, Head, bbox2result, args.seed + i)
         np.savez_compressed(out / f"{case['name']}.npz", **arrays)
         index["cases"][case["name"]] = meta
         print(case["name"], {k: round(v, 6) for k, v in meta["losses"].items()})

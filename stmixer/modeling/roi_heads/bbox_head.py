@@ -257,3 +257,41 @@ def bbox_targets(pos_labels: List[Tensor], num_neg: List[int], pos_weight: float
         weight[-n:] = 1.0
         weights.append(weight)
     return torch.cat(labels, 0), torch.cat(weights, 0)
+
+
+def class_detections(boxes: Tensor, scores: Tensor, thr: Union[float, Sequence[float]] = 0.002) -> List[Tensor]:
+    """Per-class detections of one clip, as mmaction2's ``bbox2result`` (its AVA metric's input).
+
+    Args:
+        boxes: ``[K, 4]`` boxes (any convention; mmaction2 passes the normalised ``[0, 1]`` xyxy
+            boxes of ``BBoxHeadAVA.predict``).
+        scores: ``[K, num_classes]`` probabilities, column 0 the background column.
+        thr: a number ``>= 0``: multi-label, class ``c`` keeps the boxes with ``scores[:, c] > thr``
+            (mmaction2's AVA metric uses ``action_thr=0.002``); a negative number: single-label, each
+            box goes to its arg-max class among columns 1.. (ties: the first); a sequence of
+            ``num_classes`` thresholds: multi-label with ``thr[c]`` for class ``c`` (``thr[0]`` unused).
+
+    Returns:
+        ``num_classes - 1`` tensors, one per class 1..num_classes-1, each ``[m, 5]`` rows
+        ``(x1, y1, x2, y2, score)`` in the input order and dtype.
+    """
+    if scores.dim() != 2 or scores.shape[1] < 2 or boxes.shape != (scores.shape[0], 4):
+        raise UserError(f"class_detections: expected boxes [K, 4] and scores [K, C>1], got "
+                        f"{tuple(boxes.shape)} and {tuple(scores.shape)}")
+    num_classes = scores.shape[1]
+    if isinstance(thr, (int, float)):
+        multilabel = thr >= 0
+        thr = (float(thr),) * num_classes
+    else:
+        multilabel = True
+        thr = tuple(float(t) for t in thr)
+        if len(thr) != num_classes:
+            raise UserError(f"class_detections: {len(thr)} thresholds for {num_classes} classes")
+    boxes = boxes.detach()
+    scores = scores.detach()
+    best = scores[:, 1:].argmax(dim=1) if not multilabel else None
+    out = []
+    for i in range(num_classes - 1):
+        keep = scores[:, i + 1] > thr[i + 1] if multilabel else best == i
+        out.append(torch.cat([boxes[keep], scores[keep, i + 1:i + 2]], dim=1))
+    return out
