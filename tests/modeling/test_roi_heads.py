@@ -41,7 +41,8 @@ def _run(name, dtype):
         ref = dict(data)
     weights = {k[len("weight/"):]: v for k, v in ref.items() if k.startswith("weight/")}
     extractor, head = _build(meta, weights, dtype)
-    feats = [torch.from_numpy(ref[f"input/feat{i}"]).to(dtype).requires_grad_() for i in range(len(meta["pathways"]))]
+    feats = [torch.from_numpy(ref[f"input/feat{i}"]).to(dtype).requires_grad_()
+             for i in range(len(meta["pathways"]))]
     rois = torch.from_numpy(ref["input/rois"]).to(dtype)
     roi_feats, global_feat = extractor(feats if len(feats) > 1 else feats[0], rois)
     roi_feats.retain_grad()
@@ -70,8 +71,8 @@ def _run(name, dtype):
         out[f"pred/boxes_b{b}"], out[f"pred/scores_b{b}"] = boxes, scores
         for tag, thr in meta["det_thresholds"].items():
             per_class = class_detections(boxes, scores, thr=thr)
-            out[f"det/{tag}_b{b}"] = torch.cat(
-                [torch.cat([torch.full((len(d), 1), c + 1.0, dtype=d.dtype), d], 1) for c, d in enumerate(per_class)])
+            out[f"det/{tag}_b{b}"] = torch.cat([torch.cat([torch.full((len(d), 1), c + 1.0, dtype=d.dtype), d], 1)
+                                                for c, d in enumerate(per_class)])
         start += n
     out = {k: v.detach().double().numpy() for k, v in out.items()}
     return out, ref, {k: float(v.detach()) for k, v in losses.items()}, meta
@@ -152,7 +153,8 @@ def test_extractor_constant_map_and_global_context():
 def test_slowfast_pathways_resized_nearest_and_concatenated_in_order():
     slow = torch.arange(2, dtype=torch.float64).view(1, 1, 2, 1, 1).expand(1, 1, 2, 4, 4).contiguous()
     fast = torch.full((1, 1, 8, 4, 4), 7.0, dtype=torch.float64)
-    feats, feat = RoIExtractor3D(1, 1, with_temporal_pool=False)([slow, fast], _rois([0, 0, 0, 4, 4], dtype=torch.float64))
+    rois = _rois([0, 0, 0, 4, 4], dtype=torch.float64)
+    feats, feat = RoIExtractor3D(1, 1, with_temporal_pool=False)([slow, fast], rois)
     assert feat.shape == (1, 2, 8, 4, 4)
     assert feats[0, 0, :, 0, 0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]  # slow repeated to T=8, first
     assert feats[0, 1, :, 0, 0].tolist() == [7.0] * 8
@@ -220,7 +222,8 @@ def test_predict_flip_crop_and_no_mutation():
 
 def test_class_detections_thresholds():
     boxes = torch.arange(12, dtype=torch.float64).view(3, 4)
-    scores = torch.tensor([[0.9, 0.6, 0.1, 0.3], [0.1, 0.2, 0.7, 0.6], [0.5, 0.01, 0.001, 0.002]], dtype=torch.float64)
+    scores = torch.tensor([[0.9, 0.6, 0.1, 0.3], [0.1, 0.2, 0.7, 0.6], [0.5, 0.01, 0.001, 0.002]],
+                          dtype=torch.float64)
     multi = class_detections(boxes, scores, thr=0.5)
     assert len(multi) == 3 and [len(d) for d in multi] == [1, 1, 1]
     assert multi[0].tolist() == [[0, 1, 2, 3, 0.6]] and multi[2].tolist() == [[4, 5, 6, 7, 0.6]]
