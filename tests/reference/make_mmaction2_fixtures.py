@@ -1,0 +1,259 @@
+"""Build the mmaction2 RoI-head fixtures by running mmaction2's own modules (float64, seeded).
+
+    python tests/reference/make_mmaction2_fixtures.py --mmaction2 /path/to/mmaction2 --out tests/reference/mmaction2
+
+``--mmaction2`` is a checkout (or ``git archive``) of open-mmlab/mmaction2 1.x; only two of its files
+are executed, ``mmaction/models/roi_heads/roi_extractors/single_straight3d.py`` and
+``mmaction/models/roi_heads/bbox_heads/bbox_head.py`` (plus ``mmaction/structures/bbox/bbox_target.py`` and
+``transforms.py``'s ``bbox2result``),
+loaded by path. Nothing of mmcv / mmdet / mmengine is installed; the few names those files import
+are shimmed (see ``install_shims``):
+
+* ``mmcv.ops.RoIAlign`` -> ``torchvision.ops.roi_align`` with the same output size, spatial scale,
+  sampling ratio and ``aligned`` (mmcv's compiled CPU roi_align equals torchvision's bit for bit,
+  forward and backward, float32 and float64 -- measured with mmcv 2.1, see issue #15);
+* ``mmengine.config.ConfigDict`` (attribute dict), ``mmengine.structures.InstanceData`` (attribute
+  bag), ``mmdet...SamplingResult`` and ``mmaction.utils.InstanceList`` (type hints only).
+
+Writes ``<out>/roi_head/<case>.npz`` (inputs, weights, outputs, gradients; float64) and
+``<out>/roi_head/cases.json`` (each case's module arguments, losses, metadata).
+"""
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+
+IMG = (128, 128)  # (h, w) of the network input; stride 16 -> 8x8 feature maps
+
+
+# --------------------------------------------------------------------------- shims
+class _RoIAlign(nn.Module):
+    """Stand-in for mmcv.ops.RoIAlign (avg pool mode) on top of torchvision."""
+
+    def __init__(self, output_size, spatial_scale=1.0, sampling_ratio=0, pool_mode="avg", aligned=True,
+                 use_torchvision=False):
+        super().__init__()
+        assert pool_mode == "avg", "torchvision's roi_align averages; max mode is not shimmed"
+        self.output_size = output_size if isinstance(output_size, tuple) else (output_size, output_size)
+        self.spatial_scale, self.sampling_ratio, self.aligned = float(spatial_scale), int(sampling_ratio), aligned
+
+    def forward(self, x, rois):
+        return torchvision.ops.roi_align(x, rois, self.output_size, self.spatial_scale, self.sampling_ratio,
+                                         self.aligned)
+
+
+class _RoIPool(nn.Module):
+    def __init__(self, output_size, spatial_scale=1.0):
+        super().__init__()
+        self.output_size, self.spatial_scale = output_size, spatial_scale
+
+    def forward(self, x, rois):
+        return torchvision.ops.roi_pool(x, rois, self.output_size, self.spatial_scale)
+
+
+class _AttrDict(dict):
+    __getattr__ = dict.__getitem__
+
+
+class _InstanceData:
+    pass
+
+
+def _module(name, **attrs):
+    mod = types.ModuleType(name)
+    mod.__dict__.update(attrs)
+    sys.modules[name] = mod
+    return mod
+
+
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def install_shims(root):
+    """Register the stand-in modules, then load the three official files from ``root``."""
+    _module("mmcv")
+    _module("mmcv.ops", RoIAlign=_RoIAlign, RoIPool=_RoIPool)
+    _module("mmengine", ConfigDict=_AttrDict)
+    _module("mmengine.config", ConfigDict=_AttrDict)
+    _module("mmengine.structures", InstanceData=_InstanceData)
+    for name in ("mmdet", "mmdet.models", "mmdet.models.task_modules"):
+        _module(name)
+    _module("mmdet.models.task_modules.samplers", SamplingResult=object)
+    _module("mmaction")
+    _module("mmaction.utils", InstanceList=list)
+    _module("mmaction.structures")
+    target = _load("mmaction.structures.bbox.bbox_target", root / "mmaction/structures/bbox/bbox_target.py")
+    transforms = _load("mmaction.structures.bbox.transforms", root / "mmaction/structures/bbox/transforms.py")
+    _module("mmaction.structures.bbox", bbox_target=target.bbox_target, bbox2result=transforms.bbox2result)
+    extractor = _load("mm_single_straight3d", root / "mmaction/models/roi_heads/roi_extractors/single_straight3d.py")
+    head = _load("mm_bbox_head", root / "mmaction/models/roi_heads/bbox_heads/bbox_head.py")
+    return extractor.SingleRoIExtractor3D, head.BBoxHeadAVA, transforms.bbox2result
+
+
+# --------------------------------------------------------------------------- cases
+NUM_CLASSES = 7
+C_SLOW, C_FAST = 12, 4
+CASES = [
+    # SlowOnly-R50 4x16 baseline: temporal avg, linear head, BCE
+    dict(name="slowonly_linear_avg", pathways=[(C_SLOW, 4)],
+         extractor=dict(output_size=4, with_temporal_pool=True, temporal_pool_mode="avg"),
+         head=dict(background_class=True, in_channels=C_SLOW, num_classes=NUM_CLASSES),
+         pos_weight=-1.0, flip=False, crop_quadruple=None),
+    # linear head, temporal max pooling in the extractor, non-default sampling ratio
+    dict(name="slowonly_linear_max", pathways=[(C_SLOW, 4)],
+         extractor=dict(output_size=4, sampling_ratio=2, with_temporal_pool=True, temporal_pool_mode="max"),
+         head=dict(background_class=True, in_channels=C_SLOW, num_classes=NUM_CLASSES, topk=(2, 4)),
+         pos_weight=2.0, flip=True, crop_quadruple=[0.1, 0.05, 0.8, 0.9]),
+    # SlowFast-R50 8x8 with context + temporal max + focal (alpha 3, gamma 1)
+    dict(name="slowfast_context_max_focal", pathways=[(C_SLOW, 4), (C_FAST, 16)],
+         extractor=dict(output_size=4, with_temporal_pool=True, temporal_pool_mode="max", with_global=True),
+         head=dict(background_class=True, in_channels=2 * (C_SLOW + C_FAST), num_classes=NUM_CLASSES,
+                   focal_alpha=3.0, focal_gamma=1.0),
+         pos_weight=-1.0, flip=False, crop_quadruple=None),
+    # the SlowOnly K700 row: context + temporal max + nonlinear (MLP) head + focal gamma 1
+    dict(name="slowonly_context_max_nlhead_focal", pathways=[(C_SLOW, 4)],
+         extractor=dict(output_size=4, with_temporal_pool=True, temporal_pool_mode="max", with_global=True),
+         head=dict(background_class=True, in_channels=2 * C_SLOW, num_classes=NUM_CLASSES, mlp_head=True,
+                   focal_gamma=1.0),
+         pos_weight=-1.0, flip=True, crop_quadruple=None),
+    # no temporal pooling in the extractor (the head pools T with max, space with avg), legacy
+    # aligned=False, single-label softmax head, SlowFast pathways
+    dict(name="slowfast_notpool_singlelabel", pathways=[(C_SLOW, 4), (C_FAST, 16)],
+         extractor=dict(output_size=(3, 5), aligned=False, with_temporal_pool=False),
+         head=dict(background_class=True, in_channels=C_SLOW + C_FAST, num_classes=NUM_CLASSES,
+                   temporal_pool_type="max", spatial_pool_type="avg", multilabel=False, topk=3),
+         pos_weight=-1.0, flip=False, crop_quadruple=[0.0, 0.2, 1.0, 0.6]),
+]
+# thresholds of bbox2result: multi-label scalar, single-label (negative), per-class thresholds
+DET_THRESHOLDS = {"thr0.5": 0.5, "single": -1.0, "perclass": tuple(np.linspace(0.3, 0.7, NUM_CLASSES).tolist())}
+# per clip: number of positive and negative RoIs (clip 1 has no negatives: mmaction2's weight quirk)
+POS_NEG = [(2, 1), (2, 0)]
+
+
+def make_inputs(case, gen):
+    """Feature maps, rois (positives first per clip) and positive labels, float64."""
+    feats = [torch.randn(2, c, t, 8, 8, generator=gen, dtype=torch.float64) for c, t in case["pathways"]]
+    rois, pos_labels = [], []
+    for b, (n_pos, n_neg) in enumerate(POS_NEG):
+        n = n_pos + n_neg
+        xy = torch.rand(n, 2, generator=gen, dtype=torch.float64) * torch.tensor([100.0, 90.0], dtype=torch.float64)
+        wh = 12 + torch.rand(n, 2, generator=gen, dtype=torch.float64) * 60
+        boxes = torch.cat([xy - 8, xy - 8 + wh], 1)  # some boxes start left of / above the image
+        rois.append(torch.cat([torch.full((n, 1), float(b), dtype=torch.float64), boxes], 1))
+        labels = (torch.rand(n_pos, NUM_CLASSES, generator=gen) < 0.35).double()
+        labels[torch.arange(n_pos), 1 + torch.randint(NUM_CLASSES - 1, (n_pos,), generator=gen)] = 1.0
+        pos_labels.append(labels)
+    return feats, torch.cat(rois, 0), pos_labels
+
+
+def run_case(case, Extractor, Head, bbox2result, seed):
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    extractor = Extractor(featmap_stride=16, **case["extractor"]).double()
+    head = Head(**case["head"])
+    head.init_weights()
+    with torch.no_grad():  # non-zero biases, so that a wrong bias would show
+        for name, p in head.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    head = head.double()
+    feats, rois, pos_labels = make_inputs(case, gen)
+    feats = [f.requires_grad_() for f in feats]
+
+    roi_feats, global_feat = extractor(tuple(feats) if len(feats) > 1 else feats[0], rois)
+    roi_feats.retain_grad()
+    cls_score = head(roi_feats)
+
+    # sampling results as mmdet's sampler returns them: positives then negatives per clip
+    sampling = []
+    start = 0
+    for (n_pos, n_neg), labels in zip(POS_NEG, pos_labels):
+        block = rois[start:start + n_pos + n_neg, 1:]
+        sampling.append(types.SimpleNamespace(pos_priors=block[:n_pos], neg_priors=block[n_pos:],
+                                              pos_gt_labels=labels))
+        start += n_pos + n_neg
+    cfg = types.SimpleNamespace(pos_weight=case["pos_weight"])
+    out = head.loss_and_target(cls_score, rois, sampling, cfg)
+    losses = out["loss_bbox"]
+    labels, label_weights = out["bbox_targets"]
+    losses["loss_action_cls"].backward()
+
+    img_meta = {"img_shape": IMG, "flip": case["flip"]}
+    if case["crop_quadruple"] is not None:
+        img_meta["crop_quadruple"] = np.array(case["crop_quadruple"])
+    n0 = sum(POS_NEG[0])
+    pred = head.predict_by_feat((rois[:n0].detach().clone(), rois[n0:].detach().clone()),
+                                (cls_score[:n0].detach(), cls_score[n0:].detach()), [img_meta, img_meta])
+
+    arrays = {f"input/feat{i}": f.detach() for i, f in enumerate(feats)}
+    arrays["input/rois"] = rois
+    arrays["input/labels"] = labels
+    arrays["out/label_weights"] = label_weights
+    arrays.update({f"weight/{k}": v for k, v in head.state_dict().items()})
+    arrays["out/roi_feats"] = roi_feats.detach()
+    arrays["out/global_feat"] = global_feat.detach()
+    arrays["out/cls_score"] = cls_score.detach()
+    for i, f in enumerate(feats):
+        arrays[f"grad/feat{i}"] = f.grad
+    arrays["grad/roi_feats"] = roi_feats.grad
+    arrays.update({f"grad/{k}": p.grad for k, p in head.named_parameters()})
+    for b, res in enumerate(pred):
+        arrays[f"pred/boxes_b{b}"] = res.bboxes
+        arrays[f"pred/scores_b{b}"] = res.scores
+        # the AVA metric's per-class detections: rows (class, x1, y1, x2, y2, score), classes in order
+        for tag, thr in DET_THRESHOLDS.items():
+            per_class = bbox2result(res.bboxes, res.scores, NUM_CLASSES, thr=thr)
+            arrays[f"det/{tag}_b{b}"] = torch.from_numpy(np.concatenate(
+                [np.concatenate([np.full((len(d), 1), c + 1.0), d], 1) for c, d in enumerate(per_class)], 0))
+    arrays = {k: v.detach().numpy() for k, v in arrays.items()}
+    meta = {k: case[k] for k in ("extractor", "head", "pos_weight", "flip", "crop_quadruple", "pathways")}
+    meta.update(det_thresholds=DET_THRESHOLDS, featmap_stride=16, img_shape=list(IMG), pos_neg=POS_NEG, seed=seed,
+                losses={k: float(v.detach()) for k, v in losses.items()},
+                loss_dtypes={k: str(v.dtype).replace("torch.", "") for k, v in losses.items()})
+    return arrays, meta
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mmaction2", required=True, type=Path, help="mmaction2 1.x checkout or archive")
+    parser.add_argument("--out", required=True, type=Path, help="fixture folder (roi_head/ is written in it)")
+    parser.add_argument("--commit", default=None, help="mmaction2 commit (read from the checkout when it is git)")
+    parser.add_argument("--seed", type=int, default=15)
+    args = parser.parse_args(argv)
+    commit = args.commit
+    if commit is None:
+        try:
+            commit = subprocess.check_output(["git", "-C", str(args.mmaction2), "rev-parse", "HEAD"], text=True,
+                                             stderr=subprocess.DEVNULL).strip()
+        except (OSError, subprocess.CalledProcessError):
+            commit = "unknown"
+    Extractor, Head, bbox2result = install_shims(args.mmaction2)
+    out = args.out / "roi_head"
+    out.mkdir(parents=True, exist_ok=True)
+    index = {"mmaction2_commit": commit, "torch": torch.__version__, "torchvision": torchvision.__version__,
+             "shims": "mmcv.ops.RoIAlign -> torchvision.ops.roi_align; mmengine/mmdet names stubbed",
+             "cases": {}}
+    for i, case in enumerate(CASES):
+        arrays, meta = run_case(case, Extractor, Head, bbox2result, args.seed + i)
+        np.savez_compressed(out / f"{case['name']}.npz", **arrays)
+        index["cases"][case["name"]] = meta
+        print(case["name"], {k: round(v, 6) for k, v in meta["losses"].items()})
+    (out / "cases.json").write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()
