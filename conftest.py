@@ -1,1 +1,7 @@
 # Puts the repository root first on sys.path so that tests import this checkout's package.
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "mmaction2: holds stmixer to reference fixtures made by running mmaction2's own code"
+    )
