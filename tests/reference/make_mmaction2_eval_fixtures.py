@@ -106,9 +106,11 @@ def hand_cases():
     eps = 2.0**-30
     cases["float32_ties_and_iou"] = dict(
         gt=[("vidD", 902, 0.0, 0.0, 0.5, 1.0, 1, 0), ("vidD", 903, 0.0, 0.0, 0.5, 1.0, 1, 0),
-            ("vidD", 903, 0.5, 0.0, 1.0, 1.0, 1, 1)],
+            ("vidD", 903, 0.5, 0.0, 1.0, 1.0, 1, 1), ("vidD", 904, 0.0, 0.0, 0.25, 1.0, 1, 0)],
         det=[("vidD", 902, 0.0, 0.0, 0.75 + 1e-9, 1.0, 1, 0.5 + eps), ("vidD", 903, 0.5, 0.0, 1.0, 1.0, 1, 0.5),
-             ("vidD", 903, 0.25, 0.0, 0.75, 1.0, 1, 0.5 - eps), ("vidD", 902, 0.0, 0.0, 0.25, 1.0, 1, 0.5)],
+             ("vidD", 903, 0.25, 0.0, 0.75, 1.0, 1, 0.5 - eps), ("vidD", 902, 0.0, 0.0, 0.25, 1.0, 1, 0.5),
+             # IoU 0.25 / (0.5 + 1e-9) < 0.5 in float64, exactly 0.5 in float32: a true positive there
+             ("vidD", 904, 0.0, 0.0, 0.5 + 1e-9, 1.0, 1, 0.3)],
         ids=[1],
     )
     # Zero-area boxes are kept (false positives); ground-truth person ids order the matching.
@@ -126,6 +128,14 @@ def hand_cases():
              ("vidF", 903, *a, 6, 0.9), ("vidF", 904, *b, 1, 0.9), ("vidF", 904, *b, 5, 0.9)],
         ids=[5, 80, 1],
         labelmap_form="label",
+    )
+    # The mAP sums the APs in the order the official code meets the classes (a Python set's
+    # order per keyframe: 80, 1, 5 here), which decides its last bit: APs 1, 1, 1/3.
+    cases["class_order_of_the_mean"] = dict(
+        gt=[("vidG", 902, *a, 1, 0), ("vidG", 902, *a, 5, 0), ("vidG", 902, *a, 80, 0)],
+        det=[("vidG", 902, *b, 80, 0.9), ("vidG", 902, *b, 80, 0.8), ("vidG", 902, *a, 80, 0.7),
+             ("vidG", 902, *a, 1, 0.6), ("vidG", 902, *a, 5, 0.5)],
+        ids=[1, 5, 80],
     )
     return cases
 
