@@ -9,13 +9,19 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
+import zlib
 
 from stmixer.config import get_cfg
 from stmixer.config.validate import validate_config
 from stmixer.evaluation import EvaluationError
 from stmixer.evaluation.ava import main
 from stmixer.evaluation.evaluator import evaluate_files
+from stmixer.evaluation.frame_map import evaluate_frame_map
+from stmixer.evaluation.reference import reference_frame_map
+
+from evaluation_cases import make_table, random_case
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "reference", "mmaction2", "eval")
 
@@ -124,3 +130,40 @@ def test_cli_and_config_accept_the_protocol(tmp_path):
     cfg = get_cfg()
     cfg.TEST.EVAL_PROTOCOL = "mmaction2"
     validate_config(cfg)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_loop_reference_equals_mmaction2_ava_eval(name):
+    gt, det, labelmap, excl = _files(name)
+    with _no_fail():
+        result = evaluate_files(gt, det, labelmap, excl, "mmaction2", reference=True)[0]
+    assert _hex(result.mean_ap) == EXPECTED[name]["overall"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"quantize": 4}, {"quantize": 20, "grid": True}, {"shuffle": True, "quantize": 10},
+     {"crowded": True, "grid": True, "quantize": 3}],
+    ids=["continuous", "quantized", "grid", "shuffled", "crowded-grid"],
+)
+def test_fast_path_equals_loop_reference_on_random_cases(options):
+    rng = np.random.default_rng(zlib.crc32(repr(sorted(options.items())).encode()))
+    compared = 0
+    for _ in range(12):
+        gt, det, lm, excluded = random_case(rng, **options)
+        # Inverted detection boxes stop both (the official code raises on them).
+        det = [r for r in det if r[2][0] <= r[2][2] and r[2][1] <= r[2][3]]
+        if not gt:
+            continue
+        try:
+            slow = reference_frame_map(make_table(gt), make_table(det), lm, excluded, "mmaction2")
+        except EvaluationError:
+            with pytest.raises(EvaluationError):
+                evaluate_frame_map(make_table(gt), make_table(det), lm, excluded, "mmaction2")
+            continue
+        fast = evaluate_frame_map(make_table(gt), make_table(det), lm, excluded, "mmaction2")
+        assert _hex(fast.mean_ap) == _hex(slow.mean_ap)
+        assert fast.ap == slow.ap
+        assert fast.num_detections == slow.num_detections and fast.num_gt == slow.num_gt
+        compared += 1
+    assert compared >= 6
