@@ -5,13 +5,15 @@ tests/reference/mmaction2/eval/ (tests/reference/make_mmaction2_eval_fixtures.py
 README says how). Every comparison is bit-exact (``float.hex``), not a tolerance.
 """
 
+import contextlib
 import json
 import math
 import os
+import warnings
+import zlib
 
 import numpy as np
 import pytest
-import zlib
 
 from stmixer.config import get_cfg
 from stmixer.config.validate import validate_config
@@ -42,22 +44,16 @@ def _hex(x):
 
 def _evaluate(name, protocol="mmaction2"):
     gt, det, labelmap, excl = _files(name)
-    with _no_fail():
+    with _quiet_inputs():
         return evaluate_files(gt, det, labelmap, excl, protocol)[0]
 
 
-class _no_fail:
+@contextlib.contextmanager
+def _quiet_inputs():
     """Input warnings (boxes outside [0, 1], repeated rows) are expected on these cases."""
-
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
+        yield
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -103,7 +99,7 @@ def test_inverted_detection_box_is_an_error_naming_the_line(write_files):
         [("v", 902, (0.1, 0.1, 0.5, 0.5), 1, 0.9), ("v", 902, (0.6, 0.1, 0.5, 0.5), 1, 0.8)],
         ids=(1,),
     )
-    with _no_fail(), pytest.raises(EvaluationError, match=r"det\.csv:2: detection box has x1 > x2"):
+    with _quiet_inputs(), pytest.raises(EvaluationError, match=r"det\.csv:2: detection box has x1 > x2"):
         evaluate_files(paths["groundtruth"], paths["detections"], paths["labelmap"], paths["exclusions"], "mmaction2")
     # On a keyframe without ground truth the official code never looks at it: no error.
     paths = write_files(
@@ -111,7 +107,7 @@ def test_inverted_detection_box_is_an_error_naming_the_line(write_files):
         [("v", 902, (0.1, 0.1, 0.5, 0.5), 1, 0.9), ("v", 903, (0.6, 0.1, 0.5, 0.5), 1, 0.8)],
         ids=(1,),
     )
-    with _no_fail():
+    with _quiet_inputs():
         result, _ = evaluate_files(
             paths["groundtruth"], paths["detections"], paths["labelmap"], paths["exclusions"], "mmaction2"
         )
@@ -135,7 +131,7 @@ def test_cli_and_config_accept_the_protocol(tmp_path):
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_loop_reference_equals_mmaction2_ava_eval(name):
     gt, det, labelmap, excl = _files(name)
-    with _no_fail():
+    with _quiet_inputs():
         result = evaluate_files(gt, det, labelmap, excl, "mmaction2", reference=True)[0]
     assert _hex(result.mean_ap) == EXPECTED[name]["overall"]
 
@@ -167,3 +163,30 @@ def test_fast_path_equals_loop_reference_on_random_cases(options):
         assert fast.num_detections == slow.num_detections and fast.num_gt == slow.num_gt
         compared += 1
     assert compared >= 6
+
+
+def test_engine_evaluator_with_the_mmaction2_protocol(write_files, tmp_path):
+    """TEST.EVAL_PROTOCOL mmaction2 reaches AVAEvaluator; its numbers equal the CLI's on the CSV it writes."""
+    from stmixer.evaluation import AVAEvaluator
+
+    rng = np.random.default_rng(0)
+    gt = [("v1", 902, (0.1, 0.1, 0.5, 0.5), 1, 0), ("v1", 902, (0.5, 0.1, 0.9, 0.5), 2, 1),
+          ("v1", 903, (0.2, 0.2, 0.6, 0.6), 3, 0), ("v2", 902, (0.0, 0.0, 0.5, 0.5), 1, 0)]
+    paths = write_files(gt, [], ids=(1, 2, 3, 4))
+    evaluator = AVAEvaluator(paths["groundtruth"], paths["labelmap"], paths["exclusions"], protocol="mmaction2",
+                             output_folder=tmp_path / "out")
+    for video, ts in [("v1", 902), ("v1", 903), ("v2", 902), ("v2", 905)]:
+        boxes = np.clip(np.tile([0.1, 0.1, 0.5, 0.5], (3, 1)) + rng.normal(0, 0.05, (3, 4)), 0, 1).astype(np.float32)
+        boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2])
+        evaluator.process([video], [ts], [boxes], [rng.random((3, 4)).astype(np.float32)])
+    with _quiet_inputs():
+        metrics = evaluator.evaluate()
+    assert metrics["protocol"] == "mmaction2"
+    with _quiet_inputs():
+        cli, _ = evaluate_files(paths["groundtruth"], metrics["detections_csv"], paths["labelmap"],
+                                paths["exclusions"], "mmaction2")
+    assert _hex(cli.mean_ap) == _hex(metrics["mAP"])
+    # Class 4 has detections but no ground truth: no AP (stmixer: also None); every class with
+    # ground truth has detections on a ground-truth keyframe here, so all three count.
+    assert metrics["per_class"][list(metrics["per_class"])[3]] is None
+    assert sum(ap is not None for ap in metrics["per_class"].values()) == 3
