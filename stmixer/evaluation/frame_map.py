@@ -67,7 +67,8 @@ class FrameMAP:
     """Result of a frame-mAP evaluation.
 
     Attributes:
-        mean_ap: mAP over classes with ground truth.
+        mean_ap: mAP over classes with ground truth (``mmaction2``: and a detection on a
+            ground-truth keyframe; NaN when there is no such class, as there).
         ap: ``{class id: AP or None}`` (None: the class does not count -- no ground truth;
             ``mmaction2``: also no detection on a ground-truth keyframe), label-map order.
         num_gt: ``{class id: ground-truth boxes}`` after exclusions (``mmaction2``: before).
