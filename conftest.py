@@ -4,4 +4,5 @@
 def pytest_configure(config):
     """Register the project's pytest markers."""
     config.addinivalue_line(
-        "markers", "mmaction2: holds a model of mmaction2's family to the official fixtures in tests/reference/mmaction2")
+        "markers", "mmaction2: holds stmixer to reference fixtures made by running mmaction2's own code "
+                   "(tests/reference/mmaction2)")

@@ -341,7 +341,7 @@ _C.SOLVER.DECAY_NORM_AND_BIAS = True
 _C.TEST = CN()
 # Test clips per iteration summed over all processes.
 _C.TEST.VIDEOS_PER_BATCH = 16
-# (stmixer) Frame-mAP protocol: "stmixer" (the evaluator copy of the official STMixer/PySlowFast) or "activitynet" (2019 challenge code).
+# (stmixer) Frame-mAP protocol: "stmixer" (the evaluator copy of the official STMixer/PySlowFast), "activitynet" (2019 challenge code) or "mmaction2" (mmaction2's ava_eval: float32, keyframes without ground truth ignored, mean over classes with detections).
 _C.TEST.EVAL_PROTOCOL = "stmixer"
 # (stmixer) Refuse suspicious evaluation inputs (boxes outside [0, 1] or inverted, repeated detection rows, videos unknown to the ground truth) instead of logging a warning summary.
 _C.TEST.STRICT_EVAL = False

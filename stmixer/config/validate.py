@@ -29,7 +29,7 @@ CHOICES = {
     "SOLVER.WARMUP_METHOD": ("linear", "constant"),
     "SOLVER.AMP": ("off", "bf16", "fp16"),
     "SOLVER.NONFINITE_LOSS": ("error", "skip"),
-    "TEST.EVAL_PROTOCOL": ("stmixer", "activitynet"),
+    "TEST.EVAL_PROTOCOL": ("stmixer", "activitynet", "mmaction2"),
 }
 # String keys compared without case.
 CASELESS_CHOICES = {

@@ -2,7 +2,7 @@
 
     python -m stmixer.evaluation.ava --groundtruth GT.csv --detections DET.csv \\
         --labelmap LABELMAP.pbtxt --exclusions EXCL.csv --json OUT.json \\
-        [--protocol stmixer|activitynet] [--plot AP.png] [--strict]
+        [--protocol stmixer|activitynet|mmaction2] [--plot AP.png] [--strict]
 
 Writes ``{"mAP": float, "per_class": {"<class name>": float or null}, "protocol": "..."}``
 to ``--json`` and prints a per-class table (class, AP, #GT, #detections) sorted by AP.
@@ -40,7 +40,9 @@ def build_parser():
         choices=PROTOCOLS,
         default="stmixer",
         help="stmixer: the evaluator of the official STMixer/PySlowFast (default); "
-        "activitynet: the ActivityNet 2019 evaluator (at most 50 detections per keyframe)",
+        "activitynet: the ActivityNet 2019 evaluator (at most 50 detections per keyframe); "
+        "mmaction2: mmaction2's ava_eval (float32, keyframes without ground truth ignored, "
+        "mean over the classes with detections)",
     )
     parser.add_argument("--plot", default=None, help="also save a per-class AP bar chart here (needs matplotlib)")
     parser.add_argument(

@@ -1,7 +1,7 @@
 """AVA frame-mAP, vectorized, giving exactly the numbers of the official evaluators.
 
-Two protocols (both PASCAL-style per-class AP at IoU 0.5, averaged over the
-classes that have ground truth):
+Three protocols (PASCAL-style per-class AP at IoU 0.5). The first two average over
+the classes that have ground truth:
 
 * ``stmixer`` -- the copy of ActivityNet's 2018 evaluator that the official
   STMixer (and PySlowFast) evaluate with. Per keyframe and class, detections are
@@ -13,7 +13,11 @@ classes that have ground truth):
   then ordered by descending score, ties in heap order. Ground truth goes
   through the same heap (no cap, keyed by its 8th column, the person id).
 
-Common rules, in the order they apply:
+The third, ``mmaction2`` (mmaction2 1.x ``ava_eval`` as its ``AVAMetric`` calls it,
+``ignore_empty_frames=True``), averages over the classes that have detections and
+differs in more places; see :func:`_evaluate_mmaction2` for its rules.
+
+Common rules of ``stmixer`` and ``activitynet``, in the order they apply:
 
 1. Only label-map classes count (other rows are dropped first); keyframes are
    ``(video_id, int(timestamp))``; excluded keyframes drop ground truth and detections.
@@ -39,13 +43,15 @@ replayed for that keyframe; elsewhere tied detections are interchangeable.
 
 import dataclasses
 import heapq
+import warnings
 
 import numpy as np
 
 from ..errors import UserError
 from .ava_csv import line_of_data_row
+from .input_checks import row_location
 
-PROTOCOLS = ("stmixer", "activitynet")
+PROTOCOLS = ("stmixer", "activitynet", "mmaction2")
 IOU_THRESHOLD = 0.5
 ACTIVITYNET_CAP = 50
 STMIXER_PER_CLASS_CAP = 10000
@@ -61,12 +67,14 @@ class FrameMAP:
     """Result of a frame-mAP evaluation.
 
     Attributes:
-        mean_ap: mAP over classes with ground truth.
-        ap: ``{class id: AP or None}`` (None: no ground truth), label-map order.
-        num_gt: ``{class id: ground-truth boxes}`` after exclusions.
+        mean_ap: mAP over classes with ground truth (``mmaction2``: and a detection on a
+            ground-truth keyframe; NaN when there is no such class, as there).
+        ap: ``{class id: AP or None}`` (None: the class does not count -- no ground truth;
+            ``mmaction2``: also no detection on a ground-truth keyframe), label-map order.
+        num_gt: ``{class id: ground-truth boxes}`` after exclusions (``mmaction2``: before).
         num_detections: ``{class id: detections evaluated}`` (after exclusions, the caps
             and invalid-box removal).
-        protocol: "stmixer" or "activitynet".
+        protocol: "stmixer", "activitynet" or "mmaction2".
         num_replayed: keyframes (activitynet) or keyframe-classes (stmixer) whose
             order was replayed exactly because of tied scores.
     """
@@ -202,6 +210,9 @@ class _GroundTruth:
         kf = kf[rows].astype(np.int64)
         if protocol == "activitynet":
             position = self._heap_positions(kf, table.score[rows], action, boxes)
+        elif protocol == "mmaction2":  # per keyframe a stable sort by descending 8th column
+            position = np.empty(len(rows), dtype=np.int64)
+            position[np.lexsort((np.arange(len(rows)), -table.score[rows]))] = np.arange(len(rows))
         else:
             position = np.arange(len(rows))
         group = kf * num_classes + action
@@ -370,8 +381,11 @@ def _average_precision(scores, tp, num_gt):
     return float(np.sum((recall[indices] - recall[indices - 1]) * precision[indices]))
 
 
-def _true_positives(det, sequence, seq_image, class_starts, rank_of_kf, gt):
+def _true_positives(det, sequence, seq_image, class_starts, rank_of_kf, gt, box_dtype=np.float64):
     """bool ``[len(sequence)]``: the official greedy matching.
+
+    ``box_dtype``: the coordinates are cast to it before the IoU (``mmaction2``: float32,
+    which makes the differences and areas float32 and the intersection float64, as there).
 
     ``sequence`` holds detection rows sorted by (class, image, official order), so the
     detections of one (keyframe, class) group are a contiguous span found by binary search.
@@ -394,7 +408,7 @@ def _true_positives(det, sequence, seq_image, class_starts, rank_of_kf, gt):
     n_gt = gt.group_sizes[cand_group]
     pair_gt = _ranges(gt.group_starts[cand_group], n_gt)
     pair_box = det.box_index[sequence[np.repeat(cand, n_gt)]]
-    iou = _iou(det.boxes[pair_box], gt.boxes[pair_gt])
+    iou = _iou(det.boxes[pair_box].astype(box_dtype, copy=False), gt.boxes[pair_gt].astype(box_dtype, copy=False))
     seg_start = np.cumsum(n_gt) - n_gt
     key = np.where(np.isnan(iou), np.inf, iou)  # numpy's argmax picks the first NaN
     is_max = np.flatnonzero(key == np.repeat(np.maximum.reduceat(key, seg_start), n_gt))
@@ -406,6 +420,103 @@ def _true_positives(det, sequence, seq_image, class_starts, rank_of_kf, gt):
     return tp
 
 
+def _first_seen_order(image, action):
+    """Class ids in the order mmaction2's ``ava_eval`` first meets them (that order sums the mAP).
+
+    It walks the keyframes in ground-truth order and, in each, iterates
+    ``list(set(labels))`` of the keyframe's label list; only the keyframes where a class
+    appears first can add one, so only those are replayed with the same Python set.
+
+    Args:
+        image: int ``[n]`` keyframe rank (non-decreasing); action: int ``[n]`` class id,
+            each keyframe's rows in the official in-keyframe order.
+    """
+    first_row = np.unique(action, return_index=True)[1]
+    order = []
+    for frame in np.unique(image[first_row]).tolist():
+        lo, hi = np.searchsorted(image, [frame, frame + 1])
+        order.extend(c for c in list(set(action[lo:hi].tolist())) if c not in order)
+    return order
+
+
+def _evaluate_mmaction2(gt, det, labelmap, gt_kf, det_box_kf, is_excluded, ground_truth, num_classes):
+    """Frame-mAP exactly as mmaction2 1.x ``ava_eval`` (``AVAMetric``: ``ignore_empty_frames=True``).
+
+    Rules (where they differ from the other two protocols):
+
+    1. Keyframes are those with ground truth of a label-map class, not excluded, in the
+       order they first appear in the ground-truth file. Detections on any other keyframe
+       are ignored (not false positives).
+    2. Per keyframe the label-map rows are ordered by descending score (float64, as
+       parsed), ties in file order (a stable sort); ground truth likewise by its 8th
+       column (1.0 when absent). No cap on the number of detections.
+    3. Boxes and scores are cast to float32 per keyframe and class: coordinate
+       differences and areas are float32, the intersection float64 (numpy's promotion in
+       the official ``np_box_ops.iou``). No box is dropped: zero-area boxes are false
+       positives; an inverted box (x1 > x2 or y1 > y2 in float32) makes the official
+       code raise, and here an EvaluationError naming the row.
+    4. Matching as in the other protocols (best-IoU ground truth, IoU >= 0.5, not taken).
+    5. Per class, the keyframes' float32 scores are concatenated in keyframe order and
+       ranked with ``numpy.argsort(scores)[::-1]``; the number of ground-truth boxes is
+       counted over the whole ground-truth file, excluded keyframes included.
+    6. Only classes with at least one detection on a keyframe of rule 1 get an AP (NaN,
+       i.e. None here, if the class has no ground truth); mAP is ``numpy.nanmean`` of
+       those APs in the order the official code meets the classes (it decides the last
+       bit). A class with ground truth but no such detection does not count (the other
+       protocols count it as 0). No counted class at all: mAP NaN, as there.
+    """
+    keep = _allowed_mask(gt.action, labelmap)
+    num_gt = np.bincount(gt.action[keep].astype(np.int64), minlength=num_classes)
+    kept_kf = gt_kf[keep & ~is_excluded[gt_kf]]
+    _, first = np.unique(kept_kf, return_index=True)
+    rank_of_kf = np.full(len(is_excluded), -1, dtype=np.int64)
+    rank_of_kf[kept_kf[np.sort(first)]] = np.arange(len(first))
+    del keep, kept_kf, first
+
+    box_image = rank_of_kf[det_box_kf]
+    rows = np.flatnonzero(_allowed_mask(det.action, labelmap) & (box_image[det.box_index] >= 0))
+    image = box_image[det.box_index[rows]]
+    frame_order = np.lexsort((-det.score[rows], image))  # stable: ties in file order
+    rows, image = rows[frame_order], image[frame_order]
+    action = det.action[rows].astype(np.int64)
+    boxes32 = det.boxes[det.box_index[rows]].astype(np.float32)
+    inverted = (boxes32[:, 0] > boxes32[:, 2]) | (boxes32[:, 1] > boxes32[:, 3])
+    if inverted.any():
+        row = int(rows[inverted].min())
+        raise EvaluationError(
+            f"{row_location(det, row)}: detection box has x1 > x2 or y1 > y2 "
+            "(x1={!r}, y1={!r}, x2={!r}, y2={!r}); the mmaction2 protocol cannot score it "
+            "(mmaction2's evaluator raises on it)".format(*det.row_boxes(np.array([row]))[0].tolist())
+        )
+    del boxes32, inverted
+    class_order = _first_seen_order(image, action)
+    by_class = np.argsort(action, kind="stable")
+    sequence, action = rows[by_class], action[by_class]
+    seq_image = image[by_class]
+    del by_class, rows, image
+    class_starts = np.searchsorted(action, np.arange(num_classes + 1))
+    tp = _true_positives(det, sequence, seq_image, class_starts, rank_of_kf, ground_truth, box_dtype=np.float32)
+
+    ap = {}
+    for class_id in class_order:
+        span = slice(class_starts[class_id], class_starts[class_id + 1])
+        if num_gt[class_id] == 0:
+            ap[class_id] = np.nan
+        else:
+            scores = det.score[sequence[span]].astype(np.float32)
+            ap[class_id] = _average_precision(scores, tp[span], int(num_gt[class_id]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # no class counted: NaN, as the official
+        mean_ap = float(np.nanmean(np.array([ap[c] for c in class_order], dtype=np.float64)))
+    return FrameMAP(
+        mean_ap=mean_ap,
+        ap={c: (None if c not in ap or np.isnan(ap[c]) else float(ap[c])) for c in labelmap.ids},
+        num_gt={c: int(num_gt[c]) for c in labelmap.ids},
+        num_detections={c: int(class_starts[c + 1] - class_starts[c]) for c in labelmap.ids},
+        protocol="mmaction2",
+    )
+
+
 def evaluate_frame_map(gt, det, labelmap, excluded=(), protocol="stmixer"):
     """Frame-mAP of detections against ground truth (see the module docstring for the rules).
 
@@ -414,8 +525,9 @@ def evaluate_frame_map(gt, det, labelmap, excluded=(), protocol="stmixer"):
         det: AVATable of detections in file order (boxes normalized x1, y1, x2, y2).
         labelmap: LabelMap of the evaluated classes.
         excluded: iterable of ``(video_id, int timestamp)`` keyframes to ignore.
-        protocol: "stmixer" (default; official STMixer / PySlowFast numbers) or
-            "activitynet" (ActivityNet 2019 evaluator, 50 detections per keyframe).
+        protocol: "stmixer" (default; official STMixer / PySlowFast numbers),
+            "activitynet" (ActivityNet 2019 evaluator, 50 detections per keyframe) or
+            "mmaction2" (mmaction2's ``ava_eval``; see :func:`_evaluate_mmaction2`).
 
     Returns:
         FrameMAP.
@@ -438,6 +550,8 @@ def evaluate_frame_map(gt, det, labelmap, excluded=(), protocol="stmixer"):
         raise EvaluationError(
             f"{gt.source}: no ground-truth box of a label-map class is left after exclusions; nothing to evaluate"
         )
+    if protocol == "mmaction2":
+        return _evaluate_mmaction2(gt, det, labelmap, gt_kf, det_box_kf, is_excluded, ground_truth, num_classes)
 
     allowed = _allowed_mask(det.action, labelmap)
     box_image, rank_of_kf = _box_image_rank(det, allowed, det_box_kf, is_excluded)

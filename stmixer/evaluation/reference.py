@@ -7,6 +7,7 @@ independent one on random and adversarial inputs (tests, ``--reference`` in the 
 """
 
 import collections
+import warnings
 
 import numpy as np
 
@@ -45,8 +46,74 @@ def _pairwise_iou(det_boxes, gt_boxes):
     return out
 
 
-def _average_precision(scores, tp, num_gt):
-    order = np.argsort(np.asarray(scores, dtype=np.float64))[::-1]
+def _pairwise_iou_float32(det_boxes, gt_boxes):
+    """``[n, m]`` IoU as mmaction2 computes it: float32 coordinates, differences and areas; float64 intersection."""
+    det_boxes, gt_boxes = np.asarray(det_boxes, np.float32), np.asarray(gt_boxes, np.float32)
+    out = np.empty((len(det_boxes), len(gt_boxes)))
+    for i, d in enumerate(det_boxes):
+        for j, g in enumerate(gt_boxes):
+            h = max(0.0, float(min(d[3], g[3]) - max(d[1], g[1])))
+            w = max(0.0, float(min(d[2], g[2]) - max(d[0], g[0])))
+            inter = h * w
+            union = float((d[3] - d[1]) * (d[2] - d[0]) + (g[3] - g[1]) * (g[2] - g[0])) - inter
+            out[i, j] = inter / union if union != 0 else float("nan")
+    return out
+
+
+def _reference_mmaction2(gt, det, labelmap, excluded):
+    """The ``mmaction2`` rules (see ``frame_map._evaluate_mmaction2``), keyframe by keyframe."""
+    allowed = set(labelmap.ids)
+    gt_rows = _rows_by_keyframe(gt, allowed)
+    num_gt = collections.Counter(int(gt.action[r]) for rows in gt_rows.values() for r in rows)
+    if not any(key not in excluded for key in gt_rows):
+        raise EvaluationError(f"{gt.source}: no ground-truth box left to evaluate")
+    for rows in gt_rows.values():
+        for row, box in zip(rows, gt.row_boxes(np.array(rows))):
+            if box[0] > box[2] or box[1] > box[3]:
+                raise EvaluationError(f"{gt.source}: ground-truth row {row}: box has x1 > x2 or y1 > y2")
+    det_rows = _rows_by_keyframe(det, allowed)
+    scores_per_class, tp_per_class = {}, {}
+    for key, rows in gt_rows.items():
+        if key in excluded:
+            continue
+        key_gt = sorted(rows, key=lambda r: -gt.score[r])
+        key_det = sorted(det_rows.get(key, []), key=lambda r: -det.score[r])
+        for class_id in list(set(int(det.action[r]) for r in key_det)):
+            mine = np.array([r for r in key_det if det.action[r] == class_id])
+            gts = [r for r in key_gt if gt.action[r] == class_id]
+            boxes = det.row_boxes(mine).astype(np.float32)
+            if ((boxes[:, 0] > boxes[:, 2]) | (boxes[:, 1] > boxes[:, 3])).any():
+                raise EvaluationError(f"{det.source}: detection box has x1 > x2 or y1 > y2")
+            tp = [False] * len(mine)
+            if gts:
+                iou = _pairwise_iou_float32(boxes, gt.row_boxes(np.array(gts)))
+                taken = [False] * len(gts)
+                for i in range(len(mine)):
+                    j = int(np.argmax(iou[i]))
+                    if iou[i, j] >= IOU_THRESHOLD and not taken[j]:
+                        tp[i] = taken[j] = True
+            scores_per_class.setdefault(class_id, []).extend(det.score[mine].tolist())
+            tp_per_class.setdefault(class_id, []).extend(tp)
+    ap = {}
+    for class_id, scores in scores_per_class.items():  # in the order the classes were met
+        if num_gt[class_id]:
+            ap[class_id] = _average_precision(scores, tp_per_class[class_id], num_gt[class_id], np.float32)
+        else:
+            ap[class_id] = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean_ap = float(np.nanmean(np.array(list(ap.values()), dtype=np.float64)))
+    return FrameMAP(
+        mean_ap=mean_ap,
+        ap={c: (ap[c] if c in ap and not np.isnan(ap[c]) else None) for c in labelmap.ids},
+        num_gt={c: num_gt[c] for c in labelmap.ids},
+        num_detections={c: len(scores_per_class.get(c, ())) for c in labelmap.ids},
+        protocol="mmaction2",
+    )
+
+
+def _average_precision(scores, tp, num_gt, dtype=np.float64):
+    order = np.argsort(np.asarray(scores, dtype=dtype))[::-1]
     tp_sorted = [int(tp[i]) for i in order]
     precision, recall, hits = [], [], 0
     for k, t in enumerate(tp_sorted, start=1):
@@ -67,8 +134,10 @@ def reference_frame_map(gt, det, labelmap, excluded=(), protocol="stmixer"):
     """Same contract as :func:`stmixer.evaluation.frame_map.evaluate_frame_map`, computed with loops."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}")
-    allowed = set(labelmap.ids)
     excluded = {(v, int(t)) for v, t in excluded}
+    if protocol == "mmaction2":
+        return _reference_mmaction2(gt, det, labelmap, excluded)
+    allowed = set(labelmap.ids)
     cap = ACTIVITYNET_CAP if protocol == "activitynet" else 0
 
     gt_rows = _rows_by_keyframe(gt, allowed)
