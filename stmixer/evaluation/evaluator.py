@@ -55,7 +55,7 @@ def evaluate_files(groundtruth, detections, labelmap, exclusions=None, protocol=
         detections: detection CSV (``video_id,timestamp,x1,y1,x2,y2,action_id,score``).
         labelmap: label map ``.pbtxt`` (v2.1 ``item {name id}`` or v2.2 ``label {name label_id}``).
         exclusions: CSV of excluded ``video_id,timestamp`` keyframes, or None.
-        protocol: "stmixer" (default) or "activitynet".
+        protocol: "stmixer" (default), "activitynet" or "mmaction2" (see ``frame_map``).
         reference: compute with the slow plain-loop reference implementation instead.
         strict: raise EvaluationError for suspicious inputs (``input_checks``) instead of a
             ``UserWarning`` per kind.
@@ -111,7 +111,8 @@ class AVAEvaluator:
         groundtruth: ground-truth CSV path.
         labelmap: label map ``.pbtxt`` path.
         exclusions: excluded-keyframes CSV path, or None.
-        protocol: "stmixer" (default; official STMixer / PySlowFast numbers) or "activitynet".
+        protocol: "stmixer" (default; official STMixer / PySlowFast numbers), "activitynet" (the 2019
+            challenge code) or "mmaction2" (mmaction2's ava_eval).
         output_folder: where ``detections.csv`` and ``frame_map.json`` go (None: nothing written).
         num_keyframes: dataset length; when given (with indices), ``evaluate`` checks that
             every index in ``range(num_keyframes)`` was processed by some process.

@@ -46,7 +46,8 @@ def format_table(result, labelmap):
             f"{rank:>4}  {c:>3}  {labelmap.names[c]:<{width}}  {ap:>7}  {result.num_gt[c]:>7}  {result.num_detections[c]:>11}"
         )
     evaluated = sum(1 for c in ids if result.ap[c] is not None)
-    lines.append(f"frame-mAP@0.5IoU ({result.protocol} protocol, {evaluated} classes with ground truth): {result.mean_ap:.6f}")
+    counted = "classes with ground truth and a detection" if result.protocol == "mmaction2" else "classes with ground truth"
+    lines.append(f"frame-mAP@0.5IoU ({result.protocol} protocol, {evaluated} {counted}): {result.mean_ap:.6f}")
     return "\n".join(lines)
 
 
