@@ -7,6 +7,7 @@ uninterrupted run with seed ``s`` yields from iteration k on, with any number of
 """
 
 import functools
+import math
 import os
 import random
 
@@ -21,8 +22,17 @@ from ..utils import distributed as comm
 from ..utils.registry import Registry
 from .ava import AvaDataset, build_keyframes, log_summary
 from .collate import BatchCollator
+from .descriptions import describe
 from .samplers import InferenceSampler, TrainingBatchSampler
 from .transforms import ClipTransform
+from .tube_dataset import (
+    TubeDataset,
+    TubeVideo,
+    build_tube_keyframes,
+    check_frame_template,
+    log_tube_summary,
+    read_tube_annotations,
+)
 
 DATASET_REGISTRY = Registry("dataset", config_key="DATA.DATASETS")
 
@@ -157,6 +167,66 @@ def build_ava_dataset(cfg, is_train, reference=False, defer_pixels=False):
     )
     log_summary("train" if is_train else "test", dataset, skipped)
     return dataset
+
+
+def tube_groundtruth_path(cfg):
+    """``DATA.PATH_TO_DATA_DIR / TUBES.GT_FILE``; an error naming the key if it is missing."""
+    path = os.path.join(data_root(cfg), cfg.TUBES.GT_FILE)
+    if not os.path.isfile(path):
+        raise DatasetConfigError(
+            f"{path} does not exist (TUBES.GT_FILE = {cfg.TUBES.GT_FILE!r} under DATA.PATH_TO_DATA_DIR = "
+            f"{cfg.DATA.PATH_TO_DATA_DIR!r}; see data/README.md)"
+        )
+    return path
+
+
+def read_tube_split(cfg, is_train):
+    """TubeAnnotations of the training or test split (``TUBES.SPLIT``) of the ground-truth pickle."""
+    return read_tube_annotations(tube_groundtruth_path(cfg), "train" if is_train else "test", cfg.TUBES.SPLIT)
+
+
+@DATASET_REGISTRY.register("ucf24", "ucf101_24", "jhmdb", "jhmdb21", "tubes")
+def build_tube_dataset(cfg, is_train, reference=False, defer_pixels=False):
+    """TubeDataset (UCF101-24 / JHMDB-21 layout) of the training (``is_train``) or test split."""
+    check_frame_template(cfg.TUBES.FRAME_TEMPLATE)
+    annotations = read_tube_split(cfg, is_train)
+    gt = annotations.groundtruth
+    keyframes = build_tube_keyframes(annotations, cfg.MODEL.STM.ACTION_CLASSES, every_frame=not is_train)
+    if len(keyframes) == 0:
+        raise DatasetConfigError(
+            f"{gt.source}: no annotated frame in the {'train' if is_train else 'test'} videos of split "
+            f"TUBES.SPLIT = {cfg.TUBES.SPLIT} (run python -m stmixer.data.check)"
+        )
+    dataset = TubeDataset(
+        frame_dir=os.path.join(cfg.DATA.PATH_TO_DATA_DIR, cfg.TUBES.FRAME_DIR),
+        videos=[TubeVideo(v, gt.nframes[v], cfg.TUBES.FRAME_TEMPLATE) for v in gt.videos],
+        keyframes=keyframes,
+        num_frames=cfg.DATA.NUM_FRAMES,
+        sampling_rate=cfg.DATA.SAMPLING_RATE,
+        transform=build_transform(cfg, is_train, reference=reference),
+        num_classes=cfg.MODEL.STM.ACTION_CLASSES,
+        num_pathways=num_pathways(cfg),
+        alpha=cfg.SLOWFAST.ALPHA,
+        defer_pixels=defer_pixels,
+        labels=gt.labels,
+    )
+    log_tube_summary(f"{describe(cfg).name} {'train' if is_train else 'test'}", dataset)
+    return dataset
+
+
+def resolve_epoch_length(cfg):
+    """``(cfg, train_dataset)``: with ``SOLVER.ITER_PER_EPOCH 0``, a copy of ``cfg`` whose epoch is the
+    training split's size, ``ceil(samples / SOLVER.VIDEOS_PER_BATCH)``, and the dataset it counted
+    (reuse it); otherwise ``(cfg, None)`` unchanged."""
+    if cfg.SOLVER.ITER_PER_EPOCH != 0:
+        return cfg, None
+    dataset = build_dataset(cfg, is_train=True, defer_pixels=True)
+    per_epoch = max(1, math.ceil(len(dataset) / cfg.SOLVER.VIDEOS_PER_BATCH))
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.SOLVER.ITER_PER_EPOCH = per_epoch
+    cfg.freeze()
+    return cfg, dataset
 
 
 def build_dataset(cfg, is_train, reference=False, defer_pixels=False):
