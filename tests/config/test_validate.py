@@ -133,6 +133,6 @@ def test_command_line_reports_one_line_per_bad_key(tmp_path):
     assert "Traceback" not in run.stderr
     assert run.stderr.splitlines() == [
         "error: 2 invalid config values:",
-        "  SOLVER.ITER_PER_EPOCH = -1: expected a number >= 0 (set on the command line)",
         "  SOLVER.MAX_EPOCH = -1: expected a number > 0 (set on the command line)",
+        "  SOLVER.ITER_PER_EPOCH = -1: expected a number >= 0 (set on the command line)",
     ]
