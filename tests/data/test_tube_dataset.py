@@ -191,3 +191,11 @@ def test_every_registered_name_has_a_description():
     ava = DESCRIPTIONS["ava_v2.2"]
     assert ava.evaluator == "ava" and ava.frame_index(902) == 60 and ava.frame_index(900) == 0
     assert DESCRIPTIONS["ucf24"].frame_index(1) == 0
+
+
+def test_demo_names_actions_from_the_pickle_labels(tube_dataset):
+    from stmixer.engine.demo import action_names
+
+    fmt, root = tube_dataset
+    names = action_names(tube_cfg(fmt, root, ["MODEL.STM.ACTION_CLASSES", 5]))
+    assert names == {1: "still", 2: "sway", 3: "bob", 4: "circle", 5: "action 5"}
