@@ -565,7 +565,7 @@ def tube_groundtruth(specs, fps, num_frames, splits):
             "test_videos": test_lists, "resolution": resolution}
 
 
-def generate_tube_dataset(out_dir, fmt, num_videos=40, seconds=3.0, size=(128, 160), seed=0, val_fraction=0.2,
+def generate_tube_dataset(out_dir, fmt, num_videos=160, seconds=2.0, size=(128, 160), seed=0, val_fraction=0.2,
                           workers=None, quality=90, motion_amplitude=(0.07, 0.10)):
     """Generate a dataset in the UCF101-24 (``fmt="ucf24"``) or JHMDB-21 (``"jhmdb"``) layout under ``out_dir``.
 
@@ -683,10 +683,10 @@ def main(argv=None):
     target.add_argument("--video", metavar="FILE",
                         help="write one video file instead (e.g. demo.mp4) and FILE's stem + .ground_truth.jsonl")
     parser.add_argument("--videos", type=int, default=None,
-                        help="number of videos, train and val together (default 160; ucf24/jhmdb: 60)")
+                        help="number of videos, train and val together (default 160)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="ava dataset: annotated keyframes per video, one per second from 902 (default 4); "
-                             "ucf24/jhmdb dataset: duration of a video in seconds (default 3); "
+                             "ucf24/jhmdb dataset: duration of a video in seconds (default 2); "
                              "--video: duration in seconds (default 6)")
     parser.add_argument("--size", type=int, nargs=2, default=(128, 160), metavar=("H", "W"), help="frame size (default 128 160)")
     parser.add_argument("--fps", type=float, default=AVA_FPS, help="--video only: frame rate (default 30)")
@@ -724,9 +724,9 @@ def main(argv=None):
 
 
 def _tube_main(args):
-    seconds = 3.0 if args.seconds is None else args.seconds
+    seconds = 2.0 if args.seconds is None else args.seconds
     try:
-        summary = generate_tube_dataset(args.out, args.format, 60 if args.videos is None else args.videos, seconds,
+        summary = generate_tube_dataset(args.out, args.format, 160 if args.videos is None else args.videos, seconds,
                                         tuple(args.size), args.seed, args.val_fraction, args.workers, args.quality,
                                         tuple(args.motion_amplitude))
     except ValueError as e:

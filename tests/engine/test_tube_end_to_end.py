@@ -54,3 +54,16 @@ def test_train_then_test_on_one_and_two_processes(repo_root, ucf_dataset, tmp_pa
     assert metrics_one["num_keyframes"] == metrics_two["num_keyframes"] == 2 * 25  # every frame of 2 test videos
     assert "ucf24 frame-mAP@0.5:" in (one / "log.txt").read_text()
     assert "Process group ready: world size 2" in (two / "log.txt").read_text()
+
+
+def test_train_on_jhmdb_style_split_2(repo_root, tmp_path):
+    """JHMDB-21 layout (PNG frames, 3 splits): train_net trains and evaluates split 2 in one process."""
+    data = tmp_path / "jhmdb"
+    assert make_synthetic(["--format", "jhmdb", "--out", str(data), "--videos", "4", "--seconds", "0.6",
+                           "--size", "64", "96", "--workers", "1", "--val-fraction", "0.25"]) == 0
+    out = tmp_path / "out"
+    run_python(["train_net.py", "--config-file", "config_files/synthetic/tiny-jhmdb.yaml", "--skip-val",
+                *micro_opts(data, out), "MODEL.STM.ACTION_CLASSES", "4", "TUBES.SPLIT", "2"], repo_root)
+    metrics = json.loads((out / "inference" / "jhmdb" / "tube_map.json").read_text())
+    assert metrics["num_keyframes"] == 18  # the one test video of split 2, every frame (0.6 s at 30 fps)
+    assert "jhmdb frame-mAP@0.5:" in (out / "log.txt").read_text()
