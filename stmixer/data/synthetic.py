@@ -1,9 +1,9 @@
-"""A small, learnable action-detection dataset in the AVA on-disk layout.
+"""A small, learnable action-detection dataset in the AVA on-disk layout (or the UCF101-24 / JHMDB-21 one).
 
 ``python -m stmixer.data.synthetic --out DIR [--format {ava,ucf24,jhmdb}] [--videos N] [--seconds S]
-[--size H W] [--seed K]`` writes the dataset (``--format ucf24`` / ``jhmdb``: the UCF101-24 / JHMDB-21
-layout, see "UCF101-24 / JHMDB-21 layout" below); ``--video FILE [--seconds S] [--size H W] [--fps F]`` writes one video file of the
-same kind (with its ground truth) to try ``demo.py`` on.
+[--size H W] [--seed K]`` writes the dataset (``--format ucf24`` / ``jhmdb``: see "UCF101-24 /
+JHMDB-21 layout" below); ``--video FILE [--seconds S] [--size H W] [--fps F]`` writes one video
+file of the same kind (with its ground truth) to try ``demo.py`` on.
 
 Every video shows 2-4 "actors" (outlined shapes) on a textured background that pans
 steadily. Each actor keeps its classes for the whole video and carries 1-3 actions:
@@ -612,7 +612,8 @@ def generate_tube_dataset(out_dir, fmt, num_videos=160, seconds=2.0, size=(128, 
         "frame_template": f"{form['frame_dir']}/<video>/%05d.{form['ext']}",
         "groundtruth": form["gt_file"],
         "action_classes": len(TUBE_CLASSES),
-        "classes": [{"index": i, "name": n, "definition": TUBE_CLASS_DEFINITIONS[n]} for i, n in enumerate(TUBE_CLASSES)],
+        "classes": [{"index": i, "name": n, "definition": TUBE_CLASS_DEFINITIONS[n]}
+                    for i, n in enumerate(TUBE_CLASSES)],
         "splits": splits,
         "generation_seconds": round(time.time() - start, 1),
     }

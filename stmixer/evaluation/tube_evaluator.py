@@ -18,7 +18,7 @@ import numpy as np
 
 from ..utils.io import atomic_open
 from .evaluator import KeyframeEvaluator
-from .tubes import Detections, _unpickle, evaluate, format_report, groundtruth_from_dict, read_detections
+from .tubes import Detections, evaluate, format_report, read_detections
 
 logger = logging.getLogger("stmixer.evaluation")
 
