@@ -273,7 +273,8 @@ def build_data_loader(cfg, is_train, start_iter=0, max_iter=None, seed=0, datase
         is_train: training (iteration-based stream) or testing (every keyframe once).
         start_iter: training only: the global iteration of the first batch (resume).
         max_iter: training only: stop before this iteration; default
-            ``SOLVER.MAX_EPOCH * SOLVER.ITER_PER_EPOCH`` (the official run length).
+            ``SOLVER.MAX_EPOCH * SOLVER.ITER_PER_EPOCH`` (the official run length; ITER_PER_EPOCH 0:
+            the split's size, as ``resolve_epoch_length``).
         seed: non-negative run seed, the same on every process.
         dataset: a prebuilt dataset (default: ``build_dataset(cfg, is_train, defer_pixels=True)``).
         rank, world_size: default from the process group.
@@ -292,7 +293,8 @@ def build_data_loader(cfg, is_train, start_iter=0, max_iter=None, seed=0, datase
     if is_train:
         batch_size = per_process_batch_size(cfg.SOLVER.VIDEOS_PER_BATCH, world_size, "SOLVER.VIDEOS_PER_BATCH")
         if max_iter is None:
-            max_iter = cfg.SOLVER.MAX_EPOCH * cfg.SOLVER.ITER_PER_EPOCH
+            per_epoch = cfg.SOLVER.ITER_PER_EPOCH or max(1, math.ceil(len(dataset) / cfg.SOLVER.VIDEOS_PER_BATCH))
+            max_iter = cfg.SOLVER.MAX_EPOCH * per_epoch
         group_ids = dataset.aspect_groups() if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
         batch_sampler = TrainingBatchSampler(
             len(dataset), batch_size, seed=seed, rank=rank, world_size=world_size,
