@@ -240,7 +240,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return PICKLE_GLOBALS[(module, name)]
         except KeyError:
             raise _Refused(
-                f"refusing to load global {module}.{name}: a pickled weight file may only contain dicts, "
+                f"refusing to load global {module}.{name}: a pickled weight or data file may only contain dicts, "
                 "lists, tuples, strings, numbers and numpy arrays"
             ) from None
 
@@ -310,6 +310,17 @@ def read_file(path):
     if isinstance(first, int) and first == LEGACY_TORCH_MAGIC:
         return "torch_legacy", _load_torch(path, mmap=False)
     return "pickle", _guarded(path, lambda: _resolve_tokens(first))
+
+
+def load_plain_pickle(file):
+    """Plain data (dicts, lists, tuples, strings, numbers, numpy arrays) from an open binary pickle file.
+
+    For data files such as the UCF101-24 / JHMDB-21 ground-truth pickles: the same
+    restricted unpickler as weight files (Python-2 pickles read with ``encoding="latin1"``).
+    Raises ``pickle.UnpicklingError`` (a refused global, too deep or self-referencing data)
+    or the error of a malformed stream; nothing from the file is executed.
+    """
+    return _resolve_tokens(_RestrictedUnpickler(file, encoding="latin1").load())
 
 
 def _guarded(path, read):

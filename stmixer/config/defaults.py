@@ -46,8 +46,23 @@ _C.DATA.DECODING_BACKEND = "pyav"
 _C.DATA.RANDOM_FLIP = True
 # Reverse the channel order of the model input (RGB <-> BGR) after normalization.
 _C.DATA.REVERSE_INPUT_CHANNEL = False
-# Names of the datasets used for training and testing (e.g. "ava_v2.2").
+# Names of the datasets used for training and testing: "ava_v2.2" (also "ava_v2.1", "ava"), "ucf24", "jhmdb" or "tubes" (your own data in the UCF/JHMDB layout); see stmixer/data/descriptions.py.
 _C.DATA.DATASETS = ["ava_v2.2"]
+
+# ---------------------------------------------------------------------------
+# (stmixer) UCF101-24 / JHMDB-21 layout: frames per video + ground-truth pickle (paths relative to DATA.PATH_TO_DATA_DIR)
+# ---------------------------------------------------------------------------
+_C.TUBES = CN()
+# Ground-truth pickle with labels, gttubes, nframes, train_videos, test_videos, resolution (e.g. UCF101v2-GT.pkl, JHMDB-GT.pkl).
+_C.TUBES.GT_FILE = "UCF101v2-GT.pkl"
+# Folder of the extracted frames (e.g. rgb-images for UCF101-24, Frames for JHMDB-21).
+_C.TUBES.FRAME_DIR = "rgb-images"
+# Path of a frame inside FRAME_DIR: a Python format string of {video} (the pickle's name, e.g. Basketball/v_Basketball_g01_c01) and {frame} (1-based).
+_C.TUBES.FRAME_TEMPLATE = "{video}/{frame:05d}.jpg"
+# Which split of train_videos / test_videos to use, 1-based (JHMDB-21 has 3; UCF101-24 has 1).
+_C.TUBES.SPLIT = 1
+# Evaluation: the highest-scored (box, class) pairs kept per frame for frame-mAP and tube linking (MOC-Detector keeps 100).
+_C.TUBES.DETECTIONS_PER_FRAME = 100
 
 # ---------------------------------------------------------------------------
 # AVA layout (all paths relative to DATA.PATH_TO_DATA_DIR)
@@ -286,7 +301,7 @@ _C.MODEL.STM.SAMPLER = "auto"
 # Optimization
 # ---------------------------------------------------------------------------
 _C.SOLVER = CN()
-# Iterations that make one epoch (all schedule lengths below are counted in epochs).
+# Iterations that make one epoch (all schedule lengths below are counted in epochs); 0 = the training split's own size: ceil(samples / VIDEOS_PER_BATCH).
 _C.SOLVER.ITER_PER_EPOCH = 11524
 # Training length in epochs.
 _C.SOLVER.MAX_EPOCH = 12

@@ -1,7 +1,8 @@
-"""Data: the AVA on-disk layout, clip sampling and transforms, batching, samplers, the synthetic dataset.
+"""Data: the AVA and UCF101-24 / JHMDB-21 on-disk layouts (``descriptions``: what each ``DATA.DATASETS``
+name is), clip sampling and transforms, batching, samplers, the synthetic dataset.
 
 Entry points: ``build_dataset(cfg, is_train)`` and ``build_data_loader(cfg, is_train, ...)``;
-``python -m stmixer.data.synthetic`` (write a learnable AVA-layout dataset) and
+``python -m stmixer.data.synthetic`` (write a learnable dataset in either layout) and
 ``python -m stmixer.data.check`` (validate a dataset).
 """
 

@@ -7,6 +7,7 @@ uninterrupted run with seed ``s`` yields from iteration k on, with any number of
 """
 
 import functools
+import math
 import os
 import random
 
@@ -21,8 +22,17 @@ from ..utils.registry import Registry
 from ..utils.threads import single_thread_worker
 from .ava import AvaDataset, build_keyframes, log_summary
 from .collate import BatchCollator
+from .descriptions import describe
 from .samplers import InferenceSampler, TrainingBatchSampler
 from .transforms import ClipTransform
+from .tube_dataset import (
+    TubeDataset,
+    TubeVideo,
+    build_tube_keyframes,
+    check_frame_template,
+    log_tube_summary,
+    read_tube_annotations,
+)
 
 DATASET_REGISTRY = Registry("dataset", config_key="DATA.DATASETS")
 
@@ -159,6 +169,66 @@ def build_ava_dataset(cfg, is_train, reference=False, defer_pixels=False):
     return dataset
 
 
+def tube_groundtruth_path(cfg):
+    """``DATA.PATH_TO_DATA_DIR / TUBES.GT_FILE``; an error naming the key if it is missing."""
+    path = os.path.join(data_root(cfg), cfg.TUBES.GT_FILE)
+    if not os.path.isfile(path):
+        raise DatasetConfigError(
+            f"{path} does not exist (TUBES.GT_FILE = {cfg.TUBES.GT_FILE!r} under DATA.PATH_TO_DATA_DIR = "
+            f"{cfg.DATA.PATH_TO_DATA_DIR!r}; see data/README.md)"
+        )
+    return path
+
+
+def read_tube_split(cfg, is_train):
+    """TubeAnnotations of the training or test split (``TUBES.SPLIT``) of the ground-truth pickle."""
+    return read_tube_annotations(tube_groundtruth_path(cfg), "train" if is_train else "test", cfg.TUBES.SPLIT)
+
+
+@DATASET_REGISTRY.register("ucf24", "ucf101_24", "jhmdb", "jhmdb21", "tubes")
+def build_tube_dataset(cfg, is_train, reference=False, defer_pixels=False):
+    """TubeDataset (UCF101-24 / JHMDB-21 layout) of the training (``is_train``) or test split."""
+    check_frame_template(cfg.TUBES.FRAME_TEMPLATE)
+    annotations = read_tube_split(cfg, is_train)
+    gt = annotations.groundtruth
+    keyframes = build_tube_keyframes(annotations, cfg.MODEL.STM.ACTION_CLASSES, every_frame=not is_train)
+    if len(keyframes) == 0:
+        raise DatasetConfigError(
+            f"{gt.source}: no annotated frame in the {'train' if is_train else 'test'} videos of split "
+            f"TUBES.SPLIT = {cfg.TUBES.SPLIT} (run python -m stmixer.data.check)"
+        )
+    dataset = TubeDataset(
+        frame_dir=os.path.join(cfg.DATA.PATH_TO_DATA_DIR, cfg.TUBES.FRAME_DIR),
+        videos=[TubeVideo(v, gt.nframes[v], cfg.TUBES.FRAME_TEMPLATE) for v in gt.videos],
+        keyframes=keyframes,
+        num_frames=cfg.DATA.NUM_FRAMES,
+        sampling_rate=cfg.DATA.SAMPLING_RATE,
+        transform=build_transform(cfg, is_train, reference=reference),
+        num_classes=cfg.MODEL.STM.ACTION_CLASSES,
+        num_pathways=num_pathways(cfg),
+        alpha=cfg.SLOWFAST.ALPHA,
+        defer_pixels=defer_pixels,
+        labels=gt.labels,
+    )
+    log_tube_summary(f"{describe(cfg).name} {'train' if is_train else 'test'}", dataset)
+    return dataset
+
+
+def resolve_epoch_length(cfg):
+    """``(cfg, train_dataset)``: with ``SOLVER.ITER_PER_EPOCH 0``, a copy of ``cfg`` whose epoch is the
+    training split's size, ``ceil(samples / SOLVER.VIDEOS_PER_BATCH)``, and the dataset it counted
+    (reuse it); otherwise ``(cfg, None)`` unchanged."""
+    if cfg.SOLVER.ITER_PER_EPOCH != 0:
+        return cfg, None
+    dataset = build_dataset(cfg, is_train=True, defer_pixels=True)
+    per_epoch = max(1, math.ceil(len(dataset) / cfg.SOLVER.VIDEOS_PER_BATCH))
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.SOLVER.ITER_PER_EPOCH = per_epoch
+    cfg.freeze()
+    return cfg, dataset
+
+
 def build_dataset(cfg, is_train, reference=False, defer_pixels=False):
     """The dataset named by ``DATA.DATASETS`` (exactly one name) for the training or test split.
 
@@ -207,7 +277,8 @@ def build_data_loader(cfg, is_train, start_iter=0, max_iter=None, seed=0, datase
         is_train: training (iteration-based stream) or testing (every keyframe once).
         start_iter: training only: the global iteration of the first batch (resume).
         max_iter: training only: stop before this iteration; default
-            ``SOLVER.MAX_EPOCH * SOLVER.ITER_PER_EPOCH`` (the official run length).
+            ``SOLVER.MAX_EPOCH * SOLVER.ITER_PER_EPOCH`` (the official run length; ITER_PER_EPOCH 0:
+            the split's size, as ``resolve_epoch_length``).
         seed: non-negative run seed, the same on every process.
         dataset: a prebuilt dataset (default: ``build_dataset(cfg, is_train, defer_pixels=True)``).
         rank, world_size: default from the process group.
@@ -226,7 +297,8 @@ def build_data_loader(cfg, is_train, start_iter=0, max_iter=None, seed=0, datase
     if is_train:
         batch_size = per_process_batch_size(cfg.SOLVER.VIDEOS_PER_BATCH, world_size, "SOLVER.VIDEOS_PER_BATCH")
         if max_iter is None:
-            max_iter = cfg.SOLVER.MAX_EPOCH * cfg.SOLVER.ITER_PER_EPOCH
+            per_epoch = cfg.SOLVER.ITER_PER_EPOCH or max(1, math.ceil(len(dataset) / cfg.SOLVER.VIDEOS_PER_BATCH))
+            max_iter = cfg.SOLVER.MAX_EPOCH * per_epoch
         group_ids = dataset.aspect_groups() if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
         batch_sampler = TrainingBatchSampler(
             len(dataset), batch_size, seed=seed, rank=rank, world_size=world_size,

@@ -1,4 +1,10 @@
-"""Validate a dataset in the AVA layout: ``python -m stmixer.data.check --config-file F [KEY VALUE ...]``.
+"""Validate a dataset: ``python -m stmixer.data.check --config-file F [KEY VALUE ...]``.
+
+Datasets in the UCF101-24 / JHMDB-21 layout (``DATA.DATASETS`` ucf24, jhmdb, tubes) are
+checked by ``check_tube_split``: the ground-truth pickle (read safely; a missing or malformed
+key is one line naming it), the frame template, the number of classes, missing frames, frame
+sizes against the pickle's ``resolution``, boxes outside the frame, and decoding. The rest of
+this docstring is about the AVA layout.
 
 Reads the files the config names for the training and test splits and reports:
 missing config files; malformed rows of frame lists, box CSVs, label map and exclusions
@@ -45,6 +51,14 @@ from ..errors import exit_on_user_error
 from ..utils.threads import single_thread_worker
 from .ava import clip_frame_indices
 from .build import data_root
+from .descriptions import describe
+from .tube_dataset import (
+    TubeDatasetError,
+    TubeVideo,
+    build_tube_keyframes,
+    check_frame_template,
+    read_tube_annotations,
+)
 from .frames import CorruptFrameError, FrameReadError, read_frame
 
 # Frames of a full AVA segment: seconds 900 to 1801 at 30 fps.
@@ -378,10 +392,76 @@ def check_split(cfg, split, label_map, excluded, report, decode="clips", workers
         )
 
 
+def check_tube_split(cfg, split, report, decode="clips", workers=1, progress=False):
+    """Check one split ("train" or "test") of a UCF101-24 / JHMDB-21 layout dataset (see the module docstring)."""
+    from ..evaluation.tubes import TubeFormatError
+
+    path = os.path.join(cfg.DATA.PATH_TO_DATA_DIR, cfg.TUBES.GT_FILE)
+    if not os.path.isfile(path):
+        report.error("missing file", f"{path} (TUBES.GT_FILE = {cfg.TUBES.GT_FILE!r}) does not exist")
+        return
+    pickle_split = "train" if split == "train" else "test"
+    try:
+        check_frame_template(cfg.TUBES.FRAME_TEMPLATE)
+        annotations = read_tube_annotations(path, pickle_split, cfg.TUBES.SPLIT)
+        keyframes = build_tube_keyframes(annotations, cfg.MODEL.STM.ACTION_CLASSES, every_frame=split != "train")
+    except (TubeFormatError, TubeDatasetError) as e:
+        if str(e) not in report.examples["error"]["ground truth"]:  # the same file fails both splits alike
+            report.error("ground truth", str(e))
+        return
+    gt = annotations.groundtruth
+    if len(gt.labels) != cfg.MODEL.STM.ACTION_CLASSES:
+        report.warning("number of classes", f"{path}: 'labels' has {len(gt.labels)} classes, "
+                       f"MODEL.STM.ACTION_CLASSES = {cfg.MODEL.STM.ACTION_CLASSES} (the extra outputs stay unused)")
+    frame_dir = os.path.join(cfg.DATA.PATH_TO_DATA_DIR, cfg.TUBES.FRAME_DIR)
+    videos = [TubeVideo(v, gt.nframes[v], cfg.TUBES.FRAME_TEMPLATE) for v in gt.videos]
+    num_frames = check_frames_exist(frame_dir, videos, report)
+    num_tubes = 0
+    for video in videos:
+        height, width = annotations.resolution[video.name]
+        for label, tubes in gt.tubes[video.name].items():
+            for i, tube in enumerate(tubes):
+                num_tubes += 1
+                box = tube[:, 1:5]
+                if (box[:, 2:] <= box[:, :2]).any():
+                    report.error("degenerate box", f"{path}: 'gttubes'['{video.name}'][{label}][{i}] has a box "
+                                 "with x2 <= x1 or y2 <= y1")
+                elif (box < -1).any() or (box[:, [0, 2]] > width + 1).any() or (box[:, [1, 3]] > height + 1).any():
+                    report.warning("box outside the frame", f"{path}: 'gttubes'['{video.name}'][{label}][{i}] has a "
+                                   f"box outside the {width}x{height} frame ('resolution'); it is clipped")
+        first = os.path.join(frame_dir, video.path(0))
+        if os.path.isfile(first):
+            try:
+                size = read_frame(first).shape[:2]
+            except (FrameReadError, CorruptFrameError):
+                continue  # reported by the decoding below
+            if tuple(size) != (height, width):
+                report.error("frame size", f"{first} is {size[1]}x{size[0]}, but 'resolution'['{video.name}'] of "
+                             f"{path} says {width}x{height} (boxes are normalized by it)")
+    if len(keyframes) == 0:
+        report.error("no usable keyframe", f"{split}: no annotated frame in the {pickle_split} videos of split "
+                     f"TUBES.SPLIT = {cfg.TUBES.SPLIT} (training and testing need one)")
+    report.note(
+        f"{split}: {len(videos)} videos ('{pickle_split}_videos' split {cfg.TUBES.SPLIT}), {num_frames} frames, "
+        f"{num_tubes} tubes, {len(keyframes)} samples ({'frames with a box' if split == 'train' else 'every frame'}; "
+        f"{len(gt.labels)} classes)"
+    )
+    if decode == "none":
+        report.note(f"{split}: decoded no frames (--decode none)")
+        return
+    paths_by_video = [
+        (video.name, [os.path.join(frame_dir, video.path(i)) for i in range(video.num_frames)]) for video in videos
+    ]
+    decoded = check_decoding(paths_by_video, num_frames, workers, report,
+                             f"decoding {split} frames" if progress else None)
+    report.note(f"{split}: decoded all {decoded} frames (every frame is a keyframe; clips read them all)")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m stmixer.data.check",
-        description="Check a dataset in the AVA layout against a config (see data/README.md).",
+        description="Check a dataset (AVA layout, or UCF101-24 / JHMDB-21 layout) against a config "
+                    "(see data/README.md).",
     )
     parser.add_argument("--config-file", default="", metavar="FILE", help="YAML config (default: the built-in defaults)")
     parser.add_argument("--split", choices=("train", "test", "both"), default="both", help="splits to check (default both)")
@@ -410,6 +490,12 @@ def run_checks(cfg, splits, decode="clips", workers=1, frames_per_video=None, ma
     """
     report = Report(max_examples)
     report.note(f"dataset root: {data_root(cfg)}")
+    if describe(cfg).layout == "tubes":
+        report.note(f"{cfg.DATA.DATASETS[0]}: UCF101-24 / JHMDB-21 layout (TUBES.GT_FILE {cfg.TUBES.GT_FILE}, "
+                    f"frames {cfg.TUBES.FRAME_DIR}/{cfg.TUBES.FRAME_TEMPLATE})")
+        for split in splits:
+            check_tube_split(cfg, split, report, decode, workers, progress)
+        return report
     label_map = check_label_map(cfg, report)
     excluded = check_exclusions(cfg, report)
     for split in splits:

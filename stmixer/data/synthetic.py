@@ -1,8 +1,9 @@
-"""A small, learnable action-detection dataset in the AVA on-disk layout.
+"""A small, learnable action-detection dataset in the AVA on-disk layout (or the UCF101-24 / JHMDB-21 one).
 
-``python -m stmixer.data.synthetic --out DIR [--videos N] [--seconds S] [--size H W] [--seed K]`` writes
-the dataset; ``--video FILE [--seconds S] [--size H W] [--fps F]`` writes one video file of the
-same kind (with its ground truth) to try ``demo.py`` on.
+``python -m stmixer.data.synthetic --out DIR [--format {ava,ucf24,jhmdb}] [--videos N] [--seconds S]
+[--size H W] [--seed K]`` writes the dataset (``--format ucf24`` / ``jhmdb``: see "UCF101-24 /
+JHMDB-21 layout" below); ``--video FILE [--seconds S] [--size H W] [--fps F]`` writes one video
+file of the same kind (with its ground truth) to try ``demo.py`` on.
 
 Every video shows 2-4 "actors" (outlined shapes) on a textured background that pans
 steadily. Each actor keeps its classes for the whole video and carries 1-3 actions:
@@ -25,6 +26,13 @@ Files (defaults of the config, so only ``DATA.PATH_TO_DATA_DIR`` needs setting):
 ``annotations_v2.2/ava_val_excluded_timestamps_v2.2.csv``,
 ``annotations_v2.2/ava_{train,val}_predicted_boxes.csv`` and ``synthetic_dataset.json``
 (what was generated, with the class definitions).
+
+UCF101-24 / JHMDB-21 layout (``--format ucf24`` / ``jhmdb``): the same videos, ``--seconds``
+long at 25 / 30 fps, frames ``rgb-images/syn/<video>/%05d.jpg`` (ucf24) or
+``Frames/syn/<video>/%05d.png`` (jhmdb), 1-based, and the ground-truth pickle
+``UCF101v2-GT.pkl`` / ``JHMDB-GT.pkl`` (labels, gttubes, nframes, train_videos, test_videos,
+resolution; jhmdb has 3 splits). Every actor is one tube over the whole video, labelled by
+how it moves: still, sway, bob or circle (4 classes, all defined by motion alone).
 """
 
 import argparse
@@ -490,6 +498,130 @@ def generate_dataset(out_dir, num_videos=160, seconds=4, size=(128, 160), seed=0
     return summary
 
 
+# ------------------------------------------------------------------------------ UCF101-24 / JHMDB-21 layout
+#: One class per actor tube: how the actor moves ("still" actors stand still; the others are motion-only).
+TUBE_CLASSES = ("still",) + MOTIONS
+TUBE_CLASS_DEFINITIONS = {"still": "motion only: the actor does not move", **{m: CLASS_DEFINITIONS[m] for m in MOTIONS}}
+#: Per format: frame rate, frame folder, frame file extension, ground-truth pickle, number of splits
+#: (the files the configs under config_files/ucf24, config_files/jhmdb and the tiny synthetic ones expect).
+TUBE_FORMATS = {
+    "ucf24": {"fps": 25, "frame_dir": "rgb-images", "ext": "jpg", "gt_file": "UCF101v2-GT.pkl", "splits": 1},
+    "jhmdb": {"fps": 30, "frame_dir": "Frames", "ext": "png", "gt_file": "JHMDB-GT.pkl", "splits": 3},
+}
+#: The first level of a synthetic video's name (UCF101-24 / JHMDB-21 name videos <class>/<video>;
+#: a synthetic video holds several classes).
+TUBE_VIDEO_GROUP = "syn"
+
+
+def tube_video_name(spec):
+    """The ground-truth pickle's name of ``spec``: ``syn/<name>``."""
+    return f"{TUBE_VIDEO_GROUP}/{spec.name}"
+
+
+def tube_label(actor):
+    """0-based class index (into TUBE_CLASSES) of an actor's tube."""
+    return TUBE_CLASSES.index(actor.motion or "still")
+
+
+def render_tube_video(spec, frame_root, fps, num_frames, ext, quality=90):
+    """Write frames ``frame_root/syn/<name>/%05d.<ext>`` (1-based) of ``spec`` at ``fps``; returns the count."""
+    folder = os.path.join(frame_root, tube_video_name(spec))
+    os.makedirs(folder, exist_ok=True)
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if ext == "jpg" else []
+    for f, frame in enumerate(render_frames(spec, fps, num_frames)):
+        path = os.path.join(folder, f"{f + 1:05d}.{ext}")
+        if not cv2.imwrite(path, frame, params):
+            raise OSError(f"cannot write frame {path}")
+    return num_frames
+
+
+def tube_groundtruth(specs, fps, num_frames, splits):
+    """The ground-truth pickle's dict: every actor is one tube over the whole video, in pixels.
+
+    Split 1 is the plan's train/val partition; further splits (JHMDB has 3) rotate the
+    test videos through the list, keeping the same number of test videos.
+    """
+    names = [tube_video_name(s) for s in specs]
+    gttubes, nframes, resolution = {}, {}, {}
+    for spec, name in zip(specs, names):
+        frames = np.arange(1, num_frames + 1, dtype=np.float32)[:, None]
+        boxes = np.array([actor_boxes(spec, (f - 1) / fps) for f in range(1, num_frames + 1)], dtype=np.float64)
+        boxes = np.clip(boxes * np.array([spec.width, spec.height, spec.width, spec.height]), 0,
+                        [spec.width, spec.height, spec.width, spec.height])  # [frames, actors, 4] pixels
+        tubes = {}
+        for a, actor in enumerate(spec.actors):
+            tubes.setdefault(tube_label(actor), []).append(
+                np.concatenate([frames, boxes[:, a].astype(np.float32)], axis=1))
+        gttubes[name], nframes[name], resolution[name] = tubes, num_frames, (spec.height, spec.width)
+    test = [n for s, n in zip(specs, names) if s.split == "val"]
+    train_lists, test_lists = [], []
+    for k in range(splits):
+        shift = k * len(test)
+        rotated = names[shift % len(names):] + names[:shift % len(names)] if k else None
+        test_k = test if k == 0 else sorted(rotated[:len(test)])
+        train_lists.append([n for n in names if n not in test_k])
+        test_lists.append(list(test_k))
+    return {"labels": list(TUBE_CLASSES), "gttubes": gttubes, "nframes": nframes, "train_videos": train_lists,
+            "test_videos": test_lists, "resolution": resolution}
+
+
+def generate_tube_dataset(out_dir, fmt, num_videos=160, seconds=2.0, size=(128, 160), seed=0, val_fraction=0.2,
+                          workers=None, quality=90, motion_amplitude=(0.07, 0.10)):
+    """Generate a dataset in the UCF101-24 (``fmt="ucf24"``) or JHMDB-21 (``"jhmdb"``) layout under ``out_dir``.
+
+    The videos are those of the AVA-layout generator (same planning and renderer), ``seconds``
+    long at the format's frame rate; each actor is one tube labelled by its motion
+    (TUBE_CLASSES). Frames first, the ground-truth pickle last (an interrupted run leaves none).
+    Returns the summary also written to ``synthetic_dataset.json``.
+    """
+    import pickle
+
+    start = time.time()
+    form = TUBE_FORMATS[fmt]
+    fps = form["fps"]
+    num_frames = int(round(seconds * fps))
+    if num_frames < 1:
+        raise ValueError(f"--seconds {seconds} gives no frame at {fps} fps")
+    height, width = size
+    specs = plan_dataset(num_videos, 1, height, width, seed, val_fraction, motion_amplitude)
+    frame_root = os.path.join(out_dir, form["frame_dir"])
+    workers = workers or len(os.sched_getaffinity(0))
+    args = (specs, [frame_root] * len(specs), [fps] * len(specs), [num_frames] * len(specs),
+            [form["ext"]] * len(specs), [quality] * len(specs))
+    if workers > 1:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(render_tube_video, *args))
+    else:
+        for a in zip(*args):
+            render_tube_video(*a)
+    gt = tube_groundtruth(specs, fps, num_frames, form["splits"])
+    with atomic_open(os.path.join(out_dir, form["gt_file"]), "wb") as f:
+        pickle.dump(gt, f, protocol=2)  # the community's files are Python-2 pickles
+    splits = {}
+    for split, lists in (("train", gt["train_videos"][0]), ("test", gt["test_videos"][0])):
+        tubes = [label for v in lists for label, ts in gt["gttubes"][v].items() for _ in ts]
+        splits[split] = {"videos": len(lists), "frames": len(lists) * num_frames, "tubes": len(tubes),
+                         "tubes_per_class": {TUBE_CLASSES[c]: tubes.count(c) for c in range(len(TUBE_CLASSES))}}
+    summary = {
+        "generator": f"python -m stmixer.data.synthetic --format {fmt}",
+        "arguments": {"videos": num_videos, "seconds": seconds, "size": [height, width], "seed": seed,
+                      "val_fraction": val_fraction, "quality": quality, "motion_amplitude": list(motion_amplitude)},
+        "format": fmt,
+        "fps": fps,
+        "frames_per_video": num_frames,
+        "frame_template": f"{form['frame_dir']}/<video>/%05d.{form['ext']}",
+        "groundtruth": form["gt_file"],
+        "action_classes": len(TUBE_CLASSES),
+        "classes": [{"index": i, "name": n, "definition": TUBE_CLASS_DEFINITIONS[n]}
+                    for i, n in enumerate(TUBE_CLASSES)],
+        "splits": splits,
+        "generation_seconds": round(time.time() - start, 1),
+    }
+    with atomic_open(os.path.join(out_dir, "synthetic_dataset.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
 def ground_truth_path(video_path):
     """Where ``write_synthetic_video`` puts the ground truth of ``video_path``: ``<stem>.ground_truth.jsonl``."""
     return os.path.splitext(video_path)[0] + ".ground_truth.jsonl"
@@ -546,11 +678,16 @@ def main(argv=None):
     )
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", help="output folder (the dataset root, DATA.PATH_TO_DATA_DIR)")
+    parser.add_argument("--format", choices=("ava",) + tuple(TUBE_FORMATS), default="ava",
+                        help="dataset layout: ava (default; frame lists + box CSVs), ucf24 or jhmdb (frames per video "
+                             "+ ground-truth pickle, one tube per actor labelled still/sway/bob/circle)")
     target.add_argument("--video", metavar="FILE",
                         help="write one video file instead (e.g. demo.mp4) and FILE's stem + .ground_truth.jsonl")
-    parser.add_argument("--videos", type=int, default=160, help="number of videos, train and val together (default 160)")
+    parser.add_argument("--videos", type=int, default=None,
+                        help="number of videos, train and val together (default 160)")
     parser.add_argument("--seconds", type=float, default=None,
-                        help="dataset: annotated keyframes per video, one per second from 902 (default 4); "
+                        help="ava dataset: annotated keyframes per video, one per second from 902 (default 4); "
+                             "ucf24/jhmdb dataset: duration of a video in seconds (default 2); "
                              "--video: duration in seconds (default 6)")
     parser.add_argument("--size", type=int, nargs=2, default=(128, 160), metavar=("H", "W"), help="frame size (default 128 160)")
     parser.add_argument("--fps", type=float, default=AVA_FPS, help="--video only: frame rate (default 30)")
@@ -566,6 +703,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.video:
         return _video_main(args)
+    if args.format != "ava":
+        return _tube_main(args)
+    if args.videos is None:
+        args.videos = 160
     seconds = 4 if args.seconds is None else args.seconds
     if seconds != int(seconds):
         parser.error(f"--seconds counts keyframes of a dataset video and must be whole, got {seconds}")
@@ -579,6 +720,24 @@ def main(argv=None):
         print(f"{split}: {c['videos']} videos, {c['frames']} frames, {c['keyframes']} keyframes, {c['boxes']} boxes")
     print(f"{summary['action_classes']} action classes; set MODEL.STM.ACTION_CLASSES {summary['action_classes']} "
           f"and DATA.PATH_TO_DATA_DIR {args.out}")
+    print(f"written to {args.out} in {summary['generation_seconds']} s")
+    return 0
+
+
+def _tube_main(args):
+    seconds = 2.0 if args.seconds is None else args.seconds
+    try:
+        summary = generate_tube_dataset(args.out, args.format, 160 if args.videos is None else args.videos, seconds,
+                                        tuple(args.size), args.seed, args.val_fraction, args.workers, args.quality,
+                                        tuple(args.motion_amplitude))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for split, c in summary["splits"].items():
+        print(f"{split} (split 1): {c['videos']} videos, {c['frames']} frames, {c['tubes']} tubes")
+    print(f"{summary['action_classes']} action classes ({', '.join(TUBE_CLASSES)}); ground truth "
+          f"{summary['groundtruth']}, frames {summary['frame_template']}; set DATA.PATH_TO_DATA_DIR {args.out} "
+          f"(config_files/synthetic/tiny-{args.format}.yaml)")
     print(f"written to {args.out} in {summary['generation_seconds']} s")
     return 0
 

@@ -35,6 +35,7 @@ from ..config import load_config
 from ..errors import UserError, UserFileNotFoundError, exit_on_user_error
 from ..data.build import build_transform, num_pathways
 from ..data.collate import BatchCollator
+from ..data.descriptions import describe
 from ..data.keyframe_clips import KeyframeClips
 from ..data.transforms import pathway_frame_indices
 from ..data.video import VideoSource, VideoWriter, resample, resampled_length
@@ -82,9 +83,11 @@ def action_names(cfg, labelmap_path=None):
     """``{action id: name}`` for the model's ``MODEL.STM.ACTION_CLASSES`` outputs (column c is id c + 1).
 
     Names come from ``labelmap_path`` or, when it is None, from the dataset's ``AVA.LABEL_MAP_FILE``
-    if that file exists; ids a label map does not name (or every id, without one) read "action <id>".
+    (UCF101-24 / JHMDB-21 layout: the ``labels`` of ``TUBES.GT_FILE``) if that file exists; ids a label map does not name (or every id, without one) read "action <id>".
     """
     names = {}
+    if labelmap_path is None and describe(cfg).layout == "tubes":
+        return _tube_action_names(cfg)
     if labelmap_path is None:
         candidate = os.path.join(cfg.DATA.PATH_TO_DATA_DIR, cfg.AVA.ANNOTATION_DIR, cfg.AVA.LABEL_MAP_FILE)
         if cfg.DATA.PATH_TO_DATA_DIR and os.path.isfile(candidate):
@@ -94,6 +97,22 @@ def action_names(cfg, labelmap_path=None):
     if labelmap_path is not None:
         names = read_labelmap(labelmap_path).names
     return {i: names.get(i, f"action {i}") for i in range(1, cfg.MODEL.STM.ACTION_CLASSES + 1)}
+
+
+def _tube_action_names(cfg):
+    """``{action id: name}`` from the ``labels`` of the UCF101-24 / JHMDB-21 ground-truth pickle (id = index + 1)."""
+    from ..evaluation.tubes import _unpickle
+
+    path = os.path.join(cfg.DATA.PATH_TO_DATA_DIR, cfg.TUBES.GT_FILE)
+    labels = []
+    if cfg.DATA.PATH_TO_DATA_DIR and os.path.isfile(path):
+        data = _unpickle(path)
+        labels = data.get("labels", []) if isinstance(data, dict) else []
+    else:
+        logger.warning("No ground-truth pickle at %s (TUBES.GT_FILE; or give --labelmap FILE): actions are shown "
+                       "by id", path)
+    return {i: str(labels[i - 1]) if i <= len(labels) else f"action {i}"
+            for i in range(1, cfg.MODEL.STM.ACTION_CLASSES + 1)}
 
 
 def load_detector(cfg, device):

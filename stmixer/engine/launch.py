@@ -37,7 +37,8 @@ def build_parser(kind):
     prog = f"{kind}_net.py"
     description = {
         "train": "Train an STMixer action detector (resumes automatically from OUTPUT_DIR).",
-        "test": "Evaluate a checkpoint (MODEL.WEIGHT path) with AVA frame-mAP.",
+        "test": "Evaluate a checkpoint (MODEL.WEIGHT path): AVA frame-mAP, or frame-mAP and video-mAP "
+                "for UCF101-24 / JHMDB-21.",
     }[kind]
     parser = argparse.ArgumentParser(
         prog=prog,

@@ -16,8 +16,10 @@ import os
 import torch
 
 from ..checkpoint import load_weights, read_checkpoint
-from ..data.build import build_data_loader, build_dataset, dataset_path
+from ..data.build import build_data_loader, build_dataset, dataset_path, resolve_epoch_length, tube_groundtruth_path
+from ..data.descriptions import describe
 from ..evaluation.evaluator import AVAEvaluator
+from ..evaluation.tube_evaluator import TubeEvaluator
 from ..modeling import build_detector
 from ..solver import build_lr_scheduler, build_optimizer
 from ..errors import UserFileNotFoundError
@@ -32,11 +34,13 @@ logger = logging.getLogger(__name__)
 
 
 class Evaluation:
-    """Runs the detector over the test split and computes AVA frame-mAP (all processes call ``run``).
+    """Runs the detector over the test split and computes its metrics (all processes call ``run``).
 
-    The test dataset and the evaluator are built once and reused by every periodic
-    evaluation; each process hands the evaluator its own shard with dataset indices, and
-    the evaluator gathers them (only rank 0 reads the ground truth).
+    The evaluator is the dataset description's (``stmixer.data.descriptions``): AVA
+    frame-mAP (``AVAEvaluator``) or, for datasets with tubes, frame-mAP and video-mAP
+    (``TubeEvaluator``). The test dataset and the evaluator are built once and reused by
+    every periodic evaluation; each process hands the evaluator its own shard with dataset
+    indices, and the evaluator gathers them (only rank 0 reads the ground truth).
     """
 
     def __init__(self, cfg, device):
@@ -44,6 +48,16 @@ class Evaluation:
         self.device = device
         self.dataset = build_dataset(cfg, is_train=False, defer_pixels=True)
         self.dataset_name = cfg.DATA.DATASETS[0]
+        self.kind = describe(cfg).evaluator
+        if self.kind == "tubes":
+            self.evaluator = TubeEvaluator(
+                tube_groundtruth_path(cfg), split="test", fold=cfg.TUBES.SPLIT,
+                output_folder=self.output_folder() if comm.is_main_process() else None,
+                num_keyframes=len(self.dataset), detections_per_frame=cfg.TUBES.DETECTIONS_PER_FRAME,
+            )
+            if comm.is_main_process():
+                self.evaluator.annotations()
+            return
         annotations = "ANNOTATION_DIR"
         self.evaluator = AVAEvaluator(
             groundtruth=dataset_path(cfg, annotations, cfg.AVA.GROUNDTRUTH_FILE, "AVA.GROUNDTRUTH_FILE"),
@@ -81,7 +95,10 @@ class Evaluation:
         )
         del records
         metrics = evaluator.evaluate()
-        if metrics:
+        if metrics and self.kind == "tubes":
+            logger.info("%s frame-mAP@0.5: %.4f; video-mAP: %s; results in %s", self.dataset_name, metrics["frame_mAP"],
+                        ", ".join(f"@{k} {v:.4f}" for k, v in metrics["video_mAP"].items()), self.output_folder())
+        elif metrics:
             logger.info("%s frame-mAP (%s protocol): %.4f; results in %s",
                         self.dataset_name, metrics["protocol"], metrics["mAP"], self.output_folder())
         comm.synchronize()
@@ -149,6 +166,10 @@ def train(cfg, *, transfer=False, no_head=False, seed=2, skip_val=False, skip_te
     """
     local_rank = dist_info.local_rank if dist_info is not None else comm.get_local_rank()
     device = comm.resolve_device(cfg.MODEL.DEVICE, local_rank)
+    cfg, train_dataset = resolve_epoch_length(cfg)
+    if train_dataset is not None:
+        logger.info("SOLVER.ITER_PER_EPOCH 0: an epoch is the training split, %d samples = %d iterations",
+                    len(train_dataset), cfg.SOLVER.ITER_PER_EPOCH)
     model = build_model(cfg, device)
     vit_layer_id = getattr(model.backbone, "layer_id", None)
     optimizer = build_optimizer(cfg, model, vit_layer_id=vit_layer_id)
@@ -168,7 +189,7 @@ def train(cfg, *, transfer=False, no_head=False, seed=2, skip_val=False, skip_te
     evaluation = None if skip_val and skip_test else Evaluation(cfg, device)
     if start_iter < max_iter:
         loader = build_data_loader(cfg, is_train=True, start_iter=start_iter, max_iter=max_iter, seed=seed,
-                                   pin_memory=device.type == "cuda")
+                                   dataset=train_dataset, pin_memory=device.type == "cuda")
         trainer = Trainer(model, loader, optimizer, device, amp=cfg.SOLVER.AMP, grad_scaler=grad_scaler,
                           loss_reduction=cfg.MODEL.STM.LOSS_REDUCTION, clip_grad_norm=cfg.SOLVER.CLIP_GRAD_NORM,
                           nonfinite_loss=cfg.SOLVER.NONFINITE_LOSS)
@@ -193,7 +214,13 @@ def train(cfg, *, transfer=False, no_head=False, seed=2, skip_val=False, skip_te
 
 
 def _scalar_metrics(metrics):
-    return {"mAP": metrics["mAP"]} if metrics else {}
+    """The numbers logged per evaluation: mAP (AVA frame-mAP; tube datasets: frame-mAP@0.5) and the video-mAPs."""
+    if not metrics:
+        return {}
+    scalars = {"mAP": metrics["mAP"]}
+    for threshold, value in metrics.get("video_mAP", {}).items():
+        scalars[f"video_mAP@{threshold}"] = value
+    return scalars
 
 
 def test(cfg, *, dist_info=None):

@@ -94,60 +94,19 @@ def _as_numpy(x, name, width=None):
     return x
 
 
-class AVAEvaluator:
-    """Accumulates per-keyframe detections and computes the AVA frame-mAP.
+class KeyframeEvaluator:
+    """What every evaluator shares: per-keyframe records and their gathering across processes.
 
-    The one place where a distributed evaluation comes together: every process
-    ``process``-es the keyframes of its own shard (with their dataset indices), and
-    ``evaluate`` gathers them onto rank 0, drops sampler-padding copies by index, checks
-    that no index is missing, writes the official-format detection CSV and a metrics JSON
-    into ``output_folder`` (atomically) and returns the metrics there (``{}`` on other
-    ranks). Only rank 0 reads the ground truth, label map and exclusions (once, at its
-    first ``evaluate``). The metric is computed in memory, on exactly the numbers the CSV
-    holds (5-decimal boxes and scores), so ``python -m stmixer.evaluation.ava`` on the
-    written CSV gives the same mAP.
-
-    Args:
-        groundtruth: ground-truth CSV path.
-        labelmap: label map ``.pbtxt`` path.
-        exclusions: excluded-keyframes CSV path, or None.
-        protocol: "stmixer" (default; official STMixer / PySlowFast numbers), "activitynet" (the 2019
-            challenge code) or "mmaction2" (mmaction2's ava_eval).
-        output_folder: where ``detections.csv`` and ``frame_map.json`` go (None: nothing written).
-        num_keyframes: dataset length; when given (with indices), ``evaluate`` checks that
-            every index in ``range(num_keyframes)`` was processed by some process.
-        strict: suspicious inputs (``input_checks``) raise EvaluationError instead of
-            being logged as warnings.
+    Every process ``process``-es the keyframes of its own shard (with their dataset
+    indices); ``_gathered_records`` gathers them onto rank 0, drops sampler-padding copies
+    by index and checks that no index is missing (``num_keyframes``). A keyframe is
+    ``(video_id, timestamp)`` with the timestamp on the dataset's timeline (AVA: seconds;
+    UCF101-24 / JHMDB-21: 1-based frame numbers). Subclasses add ``evaluate``.
     """
 
-    def __init__(self, groundtruth, labelmap, exclusions=None, protocol="stmixer", output_folder=None,
-                 num_keyframes=None, strict=False):
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
-        self.protocol = protocol
-        self.output_folder = output_folder
-        self.paths = {"groundtruth": groundtruth, "labelmap": labelmap, "exclusions": exclusions}
+    def __init__(self, num_keyframes=None):
         self.num_keyframes = num_keyframes
-        self.strict = strict
-        self._annotations = None
         self.reset()
-
-    def annotations(self):
-        """(LabelMap, excluded keyframes, evaluated ground truth, every ground-truth row), read on first use."""
-        if self._annotations is None:
-            labelmap = read_labelmap(self.paths["labelmap"])
-            excluded = read_exclusions(self.paths["exclusions"])
-            gt, gt_all = read_groundtruth(self.paths["groundtruth"], labelmap)
-            self._annotations = (labelmap, excluded, gt, gt_all)
-        return self._annotations
-
-    @property
-    def labelmap(self):
-        return self.annotations()[0]
-
-    @property
-    def groundtruth(self):
-        return self.annotations()[2]
 
     def reset(self):
         """Forget every processed keyframe."""
@@ -160,7 +119,7 @@ class AVAEvaluator:
 
         Args:
             video_ids: list[str], one per keyframe.
-            timestamps: list[int] keyframe timestamps in seconds.
+            timestamps: list[int] keyframe timestamps (seconds for AVA, 1-based frame numbers for tube datasets).
             boxes: list of float arrays or tensors ``[n_i, 4]``: normalized x1, y1, x2, y2 in [0, 1].
             scores: list of ``[n_i, A]`` arrays or tensors; column k is AVA action id k + 1.
             indices: optional list[int], the keyframes' dataset indices; when given for
@@ -254,6 +213,60 @@ class AVAEvaluator:
         extra = sorted(set(by_index) - set(range(expected)))
         if extra:
             raise RuntimeError(f"unknown dataset indices {extra[:10]} (the dataset has {expected} keyframes)")
+
+class AVAEvaluator(KeyframeEvaluator):
+    """Accumulates per-keyframe detections and computes the AVA frame-mAP.
+
+    The one place where a distributed evaluation comes together: every process
+    ``process``-es the keyframes of its own shard (with their dataset indices), and
+    ``evaluate`` gathers them onto rank 0, drops sampler-padding copies by index, checks
+    that no index is missing, writes the official-format detection CSV and a metrics JSON
+    into ``output_folder`` (atomically) and returns the metrics there (``{}`` on other
+    ranks). Only rank 0 reads the ground truth, label map and exclusions (once, at its
+    first ``evaluate``). The metric is computed in memory, on exactly the numbers the CSV
+    holds (5-decimal boxes and scores), so ``python -m stmixer.evaluation.ava`` on the
+    written CSV gives the same mAP.
+
+    Args:
+        groundtruth: ground-truth CSV path.
+        labelmap: label map ``.pbtxt`` path.
+        exclusions: excluded-keyframes CSV path, or None.
+        protocol: "stmixer" (default; official STMixer / PySlowFast numbers), "activitynet" (the 2019
+            challenge code) or "mmaction2" (mmaction2's ava_eval).
+        output_folder: where ``detections.csv`` and ``frame_map.json`` go (None: nothing written).
+        num_keyframes: dataset length; when given (with indices), ``evaluate`` checks that
+            every index in ``range(num_keyframes)`` was processed by some process.
+        strict: suspicious inputs (``input_checks``) raise EvaluationError instead of
+            being logged as warnings.
+    """
+
+    def __init__(self, groundtruth, labelmap, exclusions=None, protocol="stmixer", output_folder=None,
+                 num_keyframes=None, strict=False):
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+        self.protocol = protocol
+        self.output_folder = output_folder
+        self.paths = {"groundtruth": groundtruth, "labelmap": labelmap, "exclusions": exclusions}
+        self.strict = strict
+        self._annotations = None
+        super().__init__(num_keyframes)
+
+    def annotations(self):
+        """(LabelMap, excluded keyframes, evaluated ground truth, every ground-truth row), read on first use."""
+        if self._annotations is None:
+            labelmap = read_labelmap(self.paths["labelmap"])
+            excluded = read_exclusions(self.paths["exclusions"])
+            gt, gt_all = read_groundtruth(self.paths["groundtruth"], labelmap)
+            self._annotations = (labelmap, excluded, gt, gt_all)
+        return self._annotations
+
+    @property
+    def labelmap(self):
+        return self.annotations()[0]
+
+    @property
+    def groundtruth(self):
+        return self.annotations()[2]
 
     def _detection_table(self, records):
         """AVATable of the rows the official writer produces (boxes and scores rounded to 5 decimals)."""

@@ -41,7 +41,6 @@ import argparse
 import dataclasses
 import json
 import math
-import pickle
 import sys
 
 import numpy as np
@@ -137,9 +136,11 @@ class Detections:
 
 
 def _unpickle(path):
+    from ..checkpoint.safe_unpickle import load_plain_pickle  # restricted: plain data and numpy arrays only
+
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
+            return load_plain_pickle(f)
     except (FileNotFoundError, IsADirectoryError):
         raise
     except Exception as e:  # any unpickling failure is a bad file

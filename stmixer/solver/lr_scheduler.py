@@ -78,6 +78,9 @@ def build_lr_scheduler(cfg, optimizer):
     if cfg.SOLVER.SCHEDULER != "warmup_multi_step":
         raise ValueError(f"SOLVER.SCHEDULER: only 'warmup_multi_step' is supported, got {cfg.SOLVER.SCHEDULER!r}")
     per_epoch = cfg.SOLVER.ITER_PER_EPOCH
+    if per_epoch == 0:
+        raise ValueError("SOLVER.ITER_PER_EPOCH 0 (the training split's size) must be resolved first: "
+                         "stmixer.data.build.resolve_epoch_length(cfg)")
     max_iter = per_epoch * cfg.SOLVER.MAX_EPOCH
     multiplier = WarmupMultiStepMultiplier(
         max_iter=max_iter,

@@ -40,13 +40,13 @@ def test_shipped_configs_validate(name, repo_root):
 
 def test_every_bad_key_is_named_at_once_with_its_source(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text("SOLVER:\n  ITER_PER_EPOCH: 0\n  MAX_EPOCH: -1\n")
+    path.write_text("SOLVER:\n  ITER_PER_EPOCH: -1\n  MAX_EPOCH: -1\n")
     opts = ["DATA.NUM_FRAMES", "0", "MODEL.STM.HIDDEN_DIM", "100", "SOLVER.AMP", "fp8"]
     with pytest.raises(ConfigError) as info:
         load_config(str(path), opts)
     message = str(info.value)
     assert message.startswith("6 invalid config values:")
-    assert f"SOLVER.ITER_PER_EPOCH = 0: expected a number > 0 (set at {path}:2)" in message
+    assert f"SOLVER.ITER_PER_EPOCH = -1: expected a number >= 0 (set at {path}:2)" in message
     assert f"SOLVER.MAX_EPOCH = -1: expected a number > 0 (set at {path}:3)" in message
     assert "DATA.NUM_FRAMES = 0: expected a number > 0 (set on the command line)" in message
     assert "MODEL.STM.HIDDEN_DIM = 100: expected a multiple of MODEL.STM.NUM_HEADS = 8" in message
@@ -122,13 +122,13 @@ def test_non_utf8_config_names_file_and_line(tmp_path):
 
 def test_command_line_reports_one_line_per_bad_key(tmp_path):
     run = subprocess.run(
-        [sys.executable, "-m", "stmixer.config", "SOLVER.ITER_PER_EPOCH", "0", "SOLVER.MAX_EPOCH", "-1"],
+        [sys.executable, "-m", "stmixer.config", "SOLVER.ITER_PER_EPOCH", "-1", "SOLVER.MAX_EPOCH", "-1"],
         capture_output=True, text=True,
     )
     assert run.returncode == 2
     assert "Traceback" not in run.stderr
     assert run.stderr.splitlines() == [
         "error: 2 invalid config values:",
-        "  SOLVER.ITER_PER_EPOCH = 0: expected a number > 0 (set on the command line)",
         "  SOLVER.MAX_EPOCH = -1: expected a number > 0 (set on the command line)",
+        "  SOLVER.ITER_PER_EPOCH = -1: expected a number >= 0 (set on the command line)",
     ]

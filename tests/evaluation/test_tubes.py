@@ -230,3 +230,20 @@ def test_csv_readers_agree(tmp_path):
         assert np.array_equal(getattr(fast, name), getattr(rows, name)), name
     assert fast.line.tolist() == [2, 4, 5] and fast.label.tolist() == [0, 1, 0]
     assert fast.boxes[1, 0] == 0.30000000000000004
+
+
+def test_groundtruth_pickle_is_read_without_running_code(tmp_path):
+    """A ground-truth pickle that asks for a callable is refused (the restricted unpickler), nothing runs."""
+    import os
+
+    from stmixer.errors import UserError
+    from stmixer.evaluation.tubes import read_groundtruth
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo should-not-run",))
+
+    path = tmp_path / "gt.pkl"
+    path.write_bytes(pickle.dumps({"labels": ["a"], "gttubes": Evil()}))
+    with pytest.raises(UserError, match="not a readable ground-truth pickle.*refusing to load global"):
+        read_groundtruth(path)

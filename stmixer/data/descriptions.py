@@ -1,0 +1,113 @@
+"""What each dataset of ``DATA.DATASETS`` is, beyond its files: timeline, keyframes, labels, boxes, evaluation.
+
+A ``DatasetDescription`` replaces the AVA timeline that used to be implied everywhere.
+It says
+
+* ``fps`` — the frame rate of the extracted frames (None: as extracted, see ``DATA.TARGET_FPS``);
+* ``timeline`` — what a sample's ``timestamp`` counts: ``"second"`` (AVA: frame index 0
+  is second ``timeline_start`` = 900, frame index of second s = ``(s - 900) * 30``) or
+  ``"frame"`` (UCF101-24 / JHMDB-21: the 1-based frame number; ``timeline_start`` 0);
+* ``keyframes`` — which frames are keyframes: one per second (AVA, seconds 902..1798)
+  or every frame (training: the frames with a ground-truth box; testing: every frame,
+  as the frame-mAP and tube linking of the UCF/JHMDB evaluation need);
+* ``labels`` / ``boxes`` — where the class names and the boxes come from;
+* ``evaluator`` — ``"ava"`` (``AVAEvaluator``, frame-mAP from the AVA CSVs) or
+  ``"tubes"`` (``TubeEvaluator``: frame-mAP and video-mAP of ``stmixer.evaluation.tubes``).
+
+``describe(cfg)`` returns the description of the configured dataset. The loaders are
+registered under the same names in ``stmixer.data.build.DATASET_REGISTRY``. This module
+imports nothing heavy (no torch), so tools can read it.
+"""
+
+import dataclasses
+from typing import Optional
+
+from ..ava_files import AVA_FIRST_KEYFRAME_SECOND, AVA_FPS, AVA_LAST_KEYFRAME_SECOND, AVA_START_SECOND
+from ..errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetDescription:
+    """One dataset kind (see the module docstring for the fields)."""
+
+    name: str
+    layout: str  # "ava": frame lists + box CSVs (AVA.* keys); "tubes": frames per video + GT pickle (TUBES.* keys)
+    fps: Optional[float]
+    timeline: str  # "second" or "frame"
+    timeline_start: float  # seconds at frame index 0
+    keyframes: str
+    labels: str
+    boxes: str
+    evaluator: str  # "ava" or "tubes"
+
+    def frame_index(self, timestamp):
+        """0-based frame index of a keyframe ``timestamp`` on this dataset's timeline."""
+        if self.timeline == "second":
+            return int(round((timestamp - self.timeline_start) * self.fps))
+        return int(timestamp) - 1
+
+
+AVA = DatasetDescription(
+    name="ava",
+    layout="ava",
+    fps=AVA_FPS,
+    timeline="second",
+    timeline_start=AVA_START_SECOND,
+    keyframes=f"one per second, seconds {AVA_FIRST_KEYFRAME_SECOND}..{AVA_LAST_KEYFRAME_SECOND}",
+    labels="AVA.LABEL_MAP_FILE (.pbtxt)",
+    boxes="AVA.*_GT_BOX_LISTS (CSV rows video,second,x1,y1,x2,y2,action,person; normalized)",
+    evaluator="ava",
+)
+
+_TUBE_FIELDS = dict(
+    layout="tubes",
+    timeline="frame",
+    timeline_start=0.0,
+    keyframes="every frame (training: frames with a ground-truth box; testing: all frames)",
+    labels="'labels' of the TUBES.GT_FILE pickle",
+    boxes="'gttubes' of the TUBES.GT_FILE pickle (frame, x1, y1, x2, y2 in pixels of 'resolution')",
+    evaluator="tubes",
+)
+UCF24 = DatasetDescription(name="ucf24", fps=25.0, **_TUBE_FIELDS)
+JHMDB = DatasetDescription(name="jhmdb", fps=30.0, **_TUBE_FIELDS)
+#: Your own data in the UCF101-24 / JHMDB-21 layout (frames as extracted).
+OWN_TUBES = DatasetDescription(name="tubes", fps=None, **_TUBE_FIELDS)
+
+#: ``DATA.DATASETS`` name -> description.
+DESCRIPTIONS = {
+    "ava_v2.2": AVA,
+    "ava_v2.1": AVA,
+    "ava": AVA,
+    "ucf24": UCF24,
+    "ucf101_24": UCF24,
+    "jhmdb": JHMDB,
+    "jhmdb21": JHMDB,
+    "tubes": OWN_TUBES,
+}
+
+
+class UnknownDatasetError(UserError, KeyError):
+    """``DATA.DATASETS`` names no known dataset."""
+
+    exit_status = 2
+
+    def __str__(self):
+        return self.args[0]
+
+
+def dataset_name(cfg):
+    """The one name in ``DATA.DATASETS`` (an error naming the key otherwise)."""
+    names = list(cfg.DATA.DATASETS)
+    if len(names) != 1:
+        raise UnknownDatasetError(f"DATA.DATASETS must name exactly one dataset, got {names}")
+    return names[0]
+
+
+def describe(cfg):
+    """The DatasetDescription of ``DATA.DATASETS``."""
+    name = dataset_name(cfg)
+    if name not in DESCRIPTIONS:
+        raise UnknownDatasetError(
+            f"DATA.DATASETS = {name!r} is not a known dataset; choices: {', '.join(sorted(DESCRIPTIONS))}"
+        )
+    return DESCRIPTIONS[name]
