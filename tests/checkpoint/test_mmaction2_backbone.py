@@ -53,7 +53,11 @@ SLOWFAST_OPTS = [
 CASES = {
     "slowonly_r50_4x16": (build_slowonly, SLOWONLY_OPTS),
     "slowonly_r50_nl_4x16": (build_slowonly, SLOWONLY_OPTS + NONLOCAL_OPTS),
+    "slowonly_r101_8x8": (build_slowonly, SLOWONLY_OPTS + ["RESNET.DEPTH", 101,
+                                                          "RESNET.NUM_BLOCK_TEMP_KERNEL", [[3], [4], [23], [3]]]),
     "slowfast_r50_8x8": (build_slowfast, SLOWFAST_OPTS),
+    "slowfast_r50_4x16": (build_slowfast, SLOWFAST_OPTS + ["SLOWFAST.ALPHA", 8, "SLOWFAST.FUSION_KERNEL_SZ", 5,
+                                                           "DATA.NUM_FRAMES", 32]),
 }
 
 
@@ -158,7 +162,8 @@ def test_mmaction2_checkpoint_reproduces_mmaction2_features(name, tmp_path):
             assert relative_error(ours, expected[f"out/{key}"]) <= RTOL, key
         # Our last level is the Slow output with the Fast output max-pooled over ALPHA frames.
         ref = torch.from_numpy(expected["out/fast"])
-        pooled = F.max_pool3d(ref, kernel_size=(4, 1, 1), stride=(4, 1, 1))
+        alpha = meta["kwargs"]["speed_ratio"]
+        pooled = F.max_pool3d(ref, kernel_size=(alpha, 1, 1), stride=(alpha, 1, 1))
         ref_level = np.concatenate([expected["out/slow"], pooled.numpy()], axis=1)
         assert relative_error(levels[3].numpy(), ref_level) <= RTOL
     else:

@@ -64,11 +64,18 @@ SLOWFAST_ARGS = dict(
     fast_pathway=dict(type="resnet3d", depth=50, pretrained=None, lateral=False, base_channels=8,
                       conv1_kernel=(5, 7, 7), conv1_stride_t=1, pool1_stride_t=1, spatial_strides=(1, 2, 2, 1)),
 )
+SLOWFAST_4X16_ARGS = dict(
+    SLOWFAST_ARGS, resample_rate=8, speed_ratio=8,
+    slow_pathway={k: v for k, v in SLOWFAST_ARGS["slow_pathway"].items() if k != "fusion_kernel"},
+)
 CASES = {
     # name: (class, args, seed, input shape [B, 3, T, H, W])
     "slowonly_r50_4x16": ("ResNet3dSlowOnly", SLOWONLY_ARGS, 0, (1, 3, 4, 32, 32)),
     "slowonly_r50_nl_4x16": ("ResNet3dSlowOnly", SLOWONLY_NL_ARGS, 1, (1, 3, 4, 32, 32)),
     "slowfast_r50_8x8": ("ResNet3dSlowFast", SLOWFAST_ARGS, 2, (1, 3, 16, 32, 32)),
+    # the r101 8x8 row; the SlowFast 4x16 rows (alpha 8, default fusion kernel 5). 16x16 inputs keep them small.
+    "slowonly_r101_8x8": ("ResNet3dSlowOnly", dict(SLOWONLY_ARGS, depth=101), 3, (1, 3, 4, 16, 16)),
+    "slowfast_r50_4x16": ("ResNet3dSlowFast", SLOWFAST_4X16_ARGS, 4, (1, 3, 32, 16, 16)),
 }
 
 
