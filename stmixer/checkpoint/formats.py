@@ -301,7 +301,8 @@ def _from_state_dict(path, state_dict, extras, wrapper=None):
         raise CheckpointFormatError(
             f"{path}: unrecognised key layout in {where}: expected detector keys (backbone.*, lateral_convs.*, "
             f"stm_head.*), PySlowFast backbone keys (s1.*, s2.*, ...), VideoMAE keys (patch_embed.*, blocks.*), "
-            f"VideoMAE pre-training keys (encoder.*) or mmaction2 keys (backbone.conv1.conv.*, ...); first keys: {_first(list(state_dict), 5)}"
+            f"VideoMAE pre-training keys (encoder.*) or mmaction2 keys (backbone.conv1.conv.*, ...); "
+            f"first keys: {_first(list(state_dict), 5)}"
         )
     return CheckpointContents(path, fmt, "", mapped, extras, dropped, expected_missing)
 
