@@ -23,6 +23,14 @@ other top-level entries untouched. Formats (ids in ``FORMATS``):
   "decoder.*", ...}}``: ``encoder.`` keys kept without the prefix (including
   ``norm``), ``decoder.*``, ``encoder_to_decoder.*`` and ``mask_token``
   dropped. (The official loader silently loads nothing from these files.)
+* ``mmaction2`` — mmaction2 / mmengine checkpoints ``{"meta": ..., "state_dict": ...}``
+  (detectors with ``backbone.*`` + ``roi_head.*``, Kinetics recognizers with ``backbone.*`` +
+  ``cls_head.*``) and bare backbone state dicts (``conv1.conv.weight``,
+  ``slow_path.*``, ...): every backbone key renamed one to one by
+  ``mmaction2.backbone_key`` (a key outside that layout keeps its name below
+  ``backbone.`` and shows as unexpected); ``roi_head.*`` dropped as "mmaction2 RoI
+  head" (the STMixer detector has none; the two-stage heads of issue #15 will
+  take them), ``cls_head.*`` dropped as the classifier head.
 
 For every format, a ``module.`` prefix carried by all keys is removed, and
 ``_orig_mod.`` path components (``torch.compile``) are removed. Tensors keep
@@ -36,6 +44,7 @@ import numpy as np
 import torch
 
 from ..utils.io import atomic_open
+from . import mmaction2
 from .caffe2 import caffe2_to_module_path
 from .errors import CheckpointError, CheckpointFormatError
 from .safe_unpickle import read_file
@@ -54,6 +63,7 @@ FORMATS = {
     "pyslowfast_pyth": "PySlowFast checkpoint",
     "videomae": "VideoMAE / VideoMAEv2 ViT (fine-tuned or distilled)",
     "videomae_pretrain": "VideoMAE pre-training checkpoint (encoder + decoder)",
+    "mmaction2": "mmaction2 checkpoint",
 }
 
 _CONTAINERS = {"zip": "torch zip file", "torch_legacy": "legacy torch file", "pickle": "pickle"}
@@ -160,7 +170,7 @@ def _from_torch_object(path, obj):
         contents = _from_state_dict(path, _require_state_dict(path, obj.get("model"), "model"), extras)
         contents.format = "stmixer"
         return contents
-    for wrapper in ("model_state", "model", "module"):
+    for wrapper in ("model_state", "model", "module", "state_dict"):
         if wrapper in obj:
             extras = {k: v for k, v in obj.items() if k != wrapper}
             return _from_state_dict(path, _require_state_dict(path, obj[wrapper], wrapper), extras,
@@ -168,8 +178,8 @@ def _from_torch_object(path, obj):
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return _from_state_dict(path, obj, {})
     raise CheckpointFormatError(
-        f"{path}: no weights found: expected an entry 'model', 'module' or 'model_state', or a plain state "
-        f"dict of tensors; top-level entries: {_first(list(obj), 8)}"
+        f"{path}: no weights found: expected an entry 'model', 'module', 'model_state' or 'state_dict', or a "
+        f"plain state dict of tensors; top-level entries: {_first(list(obj), 8)}"
     )
 
 
@@ -223,6 +233,8 @@ def _normalize_keys(state_dict):
 def _layout(keys):
     """Which key space the (normalized) keys are in."""
     roots = {k.split(".", 1)[0] for k in keys}
+    if mmaction2.is_mmaction2(set(keys)):
+        return "mmaction2"
     if roots & set(DETECTOR_PARTS):
         return "detector"
     if "encoder" in roots:
@@ -244,7 +256,21 @@ def _from_state_dict(path, state_dict, extras, wrapper=None):
     def drop(reason, key):
         dropped.setdefault(reason, []).append(key)
 
-    if layout == "detector":
+    if layout == "mmaction2":
+        bare = not any(k.startswith("backbone.") for k in state_dict)
+        for k, v in state_dict.items():
+            root, _, rest = k.partition(".")
+            if root == "roi_head":
+                drop("mmaction2 RoI head (not part of the STMixer detector)", k)
+            elif root == "cls_head":
+                drop("classifier head", k)
+            elif root == "backbone" or bare:
+                name = rest if root == "backbone" else k
+                mapped["backbone." + (mmaction2.backbone_key(name) or name)] = v
+            else:
+                mapped[k] = v
+        fmt, expected_missing = "mmaction2", frozenset()
+    elif layout == "detector":
         mapped.update(state_dict)
         fmt, expected_missing = "official_stmixer", frozenset()
     elif layout == "videomae_pretrain":
@@ -274,8 +300,9 @@ def _from_state_dict(path, state_dict, extras, wrapper=None):
         where = f"entry {wrapper!r}" if wrapper else "the state dict"
         raise CheckpointFormatError(
             f"{path}: unrecognised key layout in {where}: expected detector keys (backbone.*, lateral_convs.*, "
-            f"stm_head.*), PySlowFast backbone keys (s1.*, s2.*, ...), VideoMAE keys (patch_embed.*, blocks.*) or "
-            f"VideoMAE pre-training keys (encoder.*); first keys: {_first(list(state_dict), 5)}"
+            f"stm_head.*), PySlowFast backbone keys (s1.*, s2.*, ...), VideoMAE keys (patch_embed.*, blocks.*), "
+            f"VideoMAE pre-training keys (encoder.*) or mmaction2 keys (backbone.conv1.conv.*, ...); "
+            f"first keys: {_first(list(state_dict), 5)}"
         )
     return CheckpointContents(path, fmt, "", mapped, extras, dropped, expected_missing)
 

@@ -177,6 +177,9 @@ _C.NONLOCAL.LOCATION = [[[]], [[]], [[]], [[]]]
 _C.NONLOCAL.GROUP = [[1], [1], [1], [1]]
 # Non-local affinity normalization: "dot_product" (divide by positions) or "softmax".
 _C.NONLOCAL.INSTANTIATION = "dot_product"
+# Non-local block layout: "pyslowfast" (keys/values pooled before their 1x1x1 convolutions, conv_out with
+# bias) or "mmaction2" (mmcv NonLocal3d: convolutions first, then the pool; conv_out without bias).
+_C.NONLOCAL.STYLE = "pyslowfast"
 # Per stage and pathway: max-pool kernel [T, H, W] applied to the key/value inputs of a non-local block.
 _C.NONLOCAL.POOL = [
     [[1, 2, 2], [1, 2, 2]],
@@ -194,6 +197,9 @@ _C.SLOWFAST.ALPHA = 8
 _C.SLOWFAST.FUSION_CONV_CHANNEL_RATIO = 2
 # Temporal kernel size (frames) of the Fast-to-Slow fusion convolution.
 _C.SLOWFAST.FUSION_KERNEL_SZ = 5
+# BatchNorm + ReLU after each Fast-to-Slow fusion convolution (PySlowFast: True; mmaction2's
+# lateral_norm=False: False, the convolution output is concatenated as is).
+_C.SLOWFAST.FUSION_BN_RELU = True
 
 # ---------------------------------------------------------------------------
 # Vision Transformer backbone (VideoMAE / VideoMAEv2)

@@ -21,6 +21,8 @@ CHOICES = {
     "RESNET.TRANS_FUNC": ("bottleneck_transform", "basic_transform"),
     "RESNET.DEPTH": (18, 50, 101, 152),
     "NONLOCAL.INSTANTIATION": ("dot_product", "softmax"),
+    "NONLOCAL.STYLE": ("pyslowfast", "mmaction2"),
+    "SLOWFAST.FUSION_BN_RELU": (True, False),
     "MODEL.BACKBONE.PATHWAYS": (1, 2),
     "MODEL.STM.LOSS_REDUCTION": ("mean", "sum"),
     "MODEL.STM.SAMPLER": ("auto", "reference", "folded"),

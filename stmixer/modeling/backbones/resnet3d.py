@@ -22,6 +22,9 @@ from ..weight_init import c2_msra_fill
 # Residual blocks of res2..res5 per ResNet depth.
 STAGE_DEPTHS = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
+# Layouts of the non-local block (NONLOCAL.STYLE): see NonLocalBlock.
+NONLOCAL_STYLES = ("pyslowfast", "mmaction2")
+
 # Temporal kernel size of the stem and of res2..res5 for the Slow pathway (SlowOnly and SlowFast).
 SLOW_TEMPORAL_KERNELS = (1, 1, 1, 3, 3)
 
@@ -80,6 +83,7 @@ class ResNetSpec:
     inplace_relu: bool = True
     zero_init_final_bn: bool = False
     nonlocal_instantiation: str = "dot_product"
+    nonlocal_style: str = "pyslowfast"
     bn: BatchNormSpec = field(default_factory=BatchNormSpec)
 
 
@@ -208,18 +212,27 @@ class ResBlock(nn.Module):
 
 
 class NonLocalBlock(nn.Module):
-    """Non-local block (Wang et al. 2018), PySlowFast form, with residual: ``x + BN(conv_out(y))``.
+    """Non-local block (Wang et al. 2018) with residual: ``x + BN(conv_out(y))``.
 
-    theta = conv_theta(x); phi, g = conv_phi / conv_g of x max-pooled by ``pool`` (floor);
+    theta = conv_theta(x); phi, g = conv_phi / conv_g of x, max-pooled by ``pool`` (floor);
     affinity = theta^T phi, divided by the number of pooled positions ("dot_product")
-    or scaled by ``dim_inner**-0.5`` and soft-maxed ("softmax"); y = affinity . g.
-    All four 1x1x1 convolutions have biases. ``[B, C, T, H, W]`` -> same shape.
+    or scaled by ``dim_inner**-0.5`` and soft-maxed ("softmax", mmcv's "embedded_gaussian"
+    with ``use_scale``); y = affinity . g. ``[B, C, T, H, W]`` -> same shape.
+
+    ``style`` (``NONLOCAL.STYLE``):
+      * ``"pyslowfast"``: x is pooled before conv_phi / conv_g; all four 1x1x1 convolutions have biases.
+      * ``"mmaction2"`` (mmcv ``NonLocal3d`` with ``sub_sample`` and a norm): conv_phi / conv_g are
+        applied first and their outputs pooled (max-pooling does not commute with a 1x1x1
+        convolution); conv_out has no bias (its BN follows).
     """
 
-    def __init__(self, dim, dim_inner, pool, instantiation, bn):
+    def __init__(self, dim, dim_inner, pool, instantiation, bn, style="pyslowfast"):
         super().__init__()
         if instantiation not in ("dot_product", "softmax"):
             raise ValueError(f"NONLOCAL.INSTANTIATION: unknown {instantiation!r}; choices: dot_product, softmax")
+        if style not in NONLOCAL_STYLES:
+            raise ValueError(f"NONLOCAL.STYLE: unknown {style!r}; choices: {', '.join(NONLOCAL_STYLES)}")
+        self.style = style
         pool = tuple(int(p) for p in pool)
         if len(pool) != 3:
             raise ValueError(f"NONLOCAL.POOL: a non-local block needs a [T, H, W] pool kernel, got {list(pool)}")
@@ -228,7 +241,7 @@ class NonLocalBlock(nn.Module):
         self.conv_theta = nn.Conv3d(dim, dim_inner, kernel_size=1)
         self.conv_phi = nn.Conv3d(dim, dim_inner, kernel_size=1)
         self.conv_g = nn.Conv3d(dim, dim_inner, kernel_size=1)
-        self.conv_out = nn.Conv3d(dim_inner, dim, kernel_size=1)
+        self.conv_out = nn.Conv3d(dim_inner, dim, kernel_size=1, bias=style == "pyslowfast")
         self.bn = bn.make(dim)
         self.bn.is_final_bn = True
         self.pool = nn.MaxPool3d(kernel_size=pool, stride=pool) if any(p > 1 for p in pool) else nn.Identity()
@@ -236,9 +249,13 @@ class NonLocalBlock(nn.Module):
     def forward(self, x):
         n, _, t, h, w = x.shape
         theta = self.conv_theta(x).view(n, self.dim_inner, -1)
-        pooled = self.pool(x)
-        phi = self.conv_phi(pooled).view(n, self.dim_inner, -1)
-        g = self.conv_g(pooled).view(n, self.dim_inner, -1)
+        if self.style == "pyslowfast":
+            pooled = self.pool(x)
+            phi = self.conv_phi(pooled).view(n, self.dim_inner, -1)
+            g = self.conv_g(pooled).view(n, self.dim_inner, -1)
+        else:
+            phi = self.pool(self.conv_phi(x)).view(n, self.dim_inner, -1)
+            g = self.pool(self.conv_g(x)).view(n, self.dim_inner, -1)
         affinity = torch.einsum("nct,ncp->ntp", theta, phi)
         if self.instantiation == "softmax":
             affinity = (affinity * self.dim_inner**-0.5).softmax(dim=2)
@@ -266,7 +283,8 @@ class ResStage(nn.Module):
                 self.add_module(f"pathway{p}_res{i}", block)
                 if i in pw.nonlocal_indices:
                     nonlocal_block = NonLocalBlock(
-                        pw.dim_out, pw.dim_out // 2, pw.nonlocal_pool, spec.nonlocal_instantiation, spec.bn
+                        pw.dim_out, pw.dim_out // 2, pw.nonlocal_pool, spec.nonlocal_instantiation, spec.bn,
+                        style=spec.nonlocal_style,
                     )
                     self.add_module(f"pathway{p}_nonlocal{i}", nonlocal_block)
             bad = [i for i in pw.nonlocal_indices if not 0 <= i < pw.num_blocks]
@@ -398,6 +416,7 @@ def resnet_spec_from_cfg(cfg):
         inplace_relu=cfg.RESNET.INPLACE_RELU,
         zero_init_final_bn=cfg.RESNET.ZERO_INIT_FINAL_BN,
         nonlocal_instantiation=cfg.NONLOCAL.INSTANTIATION,
+        nonlocal_style=cfg.NONLOCAL.STYLE,
         bn=BatchNormSpec(eps=cfg.MODEL.BACKBONE.BN_EPSILON, momentum=cfg.MODEL.BACKBONE.BN_MOMENTUM),
     )
 

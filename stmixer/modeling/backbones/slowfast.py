@@ -32,21 +32,27 @@ class FuseFastToSlow(nn.Module):
     """Fast -> Slow lateral connection: ``[slow, fast]`` -> ``[cat(slow, relu(bn(conv_f2s(fast)))), fast]``.
 
     conv_f2s: Conv3d ``dim_in -> dim_in * channel_ratio``, kernel ``[kernel,1,1]``,
-    stride ``(alpha,1,1)``, padding ``(kernel//2,0,0)``, no bias.
+    stride ``(alpha,1,1)``, padding ``(kernel//2,0,0)``, no bias. With ``norm_act=False``
+    (``SLOWFAST.FUSION_BN_RELU False``, mmaction2's ``lateral_norm=False``) the convolution's
+    output is concatenated as it is: no BN, no ReLU (and no ``bn.*`` parameters).
     """
 
-    def __init__(self, dim_in, channel_ratio, kernel, alpha, bn, inplace_relu=True):
+    def __init__(self, dim_in, channel_ratio, kernel, alpha, bn, inplace_relu=True, norm_act=True):
         super().__init__()
         self.conv_f2s = nn.Conv3d(
             dim_in, dim_in * channel_ratio, kernel_size=(kernel, 1, 1), stride=(alpha, 1, 1),
             padding=(kernel // 2, 0, 0), bias=False,
         )
-        self.bn = bn.make(dim_in * channel_ratio)
-        self.relu = nn.ReLU(inplace_relu)
+        self.norm_act = norm_act
+        if norm_act:
+            self.bn = bn.make(dim_in * channel_ratio)
+            self.relu = nn.ReLU(inplace_relu)
 
     def forward(self, xs):
         slow, fast = xs
-        fused = self.relu(self.bn(self.conv_f2s(fast)))
+        fused = self.conv_f2s(fast)
+        if self.norm_act:
+            fused = self.relu(self.bn(fused))
         if fused.shape[2] != slow.shape[2]:
             raise ValueError(
                 f"SlowFast: the Fast pathway has {fast.shape[2]} frames, which the fusion maps to "
@@ -68,12 +74,13 @@ class SlowFast(VideoResNet):
             the Slow ``dim_in`` already includes the fused channels.
         alpha: Fast/Slow frame-rate ratio; fusion_channel_ratio / fusion_kernel: the lateral convolution.
         spec: ``ResNetSpec``; frozen_bn: see ``VideoResNet``.
+        fusion_norm_act: BN + ReLU after each lateral convolution (PySlowFast); False for mmaction2.
     """
 
     num_pathways = 2
 
     def __init__(self, stem_dims_in, stem_dims_out, stage_pathways, alpha, fusion_channel_ratio, fusion_kernel,
-                 spec, frozen_bn=False):
+                 spec, frozen_bn=False, fusion_norm_act=True):
         super().__init__(frozen_bn)
         self.alpha = alpha
         kernels = [SLOW_TEMPORAL_KERNELS[0], FAST_TEMPORAL_KERNELS[0]]
@@ -85,7 +92,8 @@ class SlowFast(VideoResNet):
                 self.add_module(f"s{k}", ResStage(stage_pathways[k - 2], spec))
             self.add_module(
                 f"s{k}_fuse",
-                FuseFastToSlow(fast_dim, fusion_channel_ratio, fusion_kernel, alpha, spec.bn, spec.inplace_relu),
+                FuseFastToSlow(fast_dim, fusion_channel_ratio, fusion_kernel, alpha, spec.bn, spec.inplace_relu,
+                               norm_act=fusion_norm_act),
             )
         self.s5 = ResStage(stage_pathways[3], spec)
         self.out_channels = [pathways[0].dim_out + pathways[1].dim_out for pathways in stage_pathways]
@@ -138,4 +146,5 @@ def build_slowfast(cfg):
         fusion_kernel=cfg.SLOWFAST.FUSION_KERNEL_SZ,
         spec=resnet_spec_from_cfg(cfg),
         frozen_bn=cfg.MODEL.BACKBONE.FROZEN_BN,
+        fusion_norm_act=cfg.SLOWFAST.FUSION_BN_RELU,
     )
