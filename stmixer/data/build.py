@@ -149,6 +149,19 @@ def read_split_annotations(cfg, is_train):
     return videos, keyframes, skipped
 
 
+def clip_arguments(cfg, is_train, reference=False, defer_pixels=False):
+    """The keyword arguments every keyframe-clip dataset (``AvaDataset`` and its subclasses) takes from ``cfg``."""
+    return dict(
+        num_frames=cfg.DATA.NUM_FRAMES,
+        sampling_rate=cfg.DATA.SAMPLING_RATE,
+        transform=build_transform(cfg, is_train, reference=reference),
+        num_classes=cfg.MODEL.STM.ACTION_CLASSES,
+        num_pathways=num_pathways(cfg),
+        alpha=cfg.SLOWFAST.ALPHA,
+        defer_pixels=defer_pixels,
+    )
+
+
 @DATASET_REGISTRY.register("ava_v2.2", "ava_v2.1", "ava")
 def build_ava_dataset(cfg, is_train, reference=False, defer_pixels=False):
     """AvaDataset of the training (``is_train``) or test split described by ``cfg``."""
@@ -157,13 +170,7 @@ def build_ava_dataset(cfg, is_train, reference=False, defer_pixels=False):
         frame_dir=os.path.join(cfg.DATA.PATH_TO_DATA_DIR, cfg.AVA.FRAME_DIR),
         videos=videos,
         keyframes=keyframes,
-        num_frames=cfg.DATA.NUM_FRAMES,
-        sampling_rate=cfg.DATA.SAMPLING_RATE,
-        transform=build_transform(cfg, is_train, reference=reference),
-        num_classes=cfg.MODEL.STM.ACTION_CLASSES,
-        num_pathways=num_pathways(cfg),
-        alpha=cfg.SLOWFAST.ALPHA,
-        defer_pixels=defer_pixels,
+        **clip_arguments(cfg, is_train, reference, defer_pixels),
     )
     log_summary("train" if is_train else "test", dataset, skipped)
     return dataset
@@ -201,13 +208,7 @@ def build_tube_dataset(cfg, is_train, reference=False, defer_pixels=False):
         frame_dir=os.path.join(cfg.DATA.PATH_TO_DATA_DIR, cfg.TUBES.FRAME_DIR),
         videos=[TubeVideo(v, gt.nframes[v], cfg.TUBES.FRAME_TEMPLATE) for v in gt.videos],
         keyframes=keyframes,
-        num_frames=cfg.DATA.NUM_FRAMES,
-        sampling_rate=cfg.DATA.SAMPLING_RATE,
-        transform=build_transform(cfg, is_train, reference=reference),
-        num_classes=cfg.MODEL.STM.ACTION_CLASSES,
-        num_pathways=num_pathways(cfg),
-        alpha=cfg.SLOWFAST.ALPHA,
-        defer_pixels=defer_pixels,
+        **clip_arguments(cfg, is_train, reference, defer_pixels),
         labels=gt.labels,
     )
     log_tube_summary(f"{describe(cfg).name} {'train' if is_train else 'test'}", dataset)

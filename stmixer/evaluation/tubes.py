@@ -584,7 +584,6 @@ def _frame_ap(gt, vid, frame, label, boxes, score, num_classes):
         m = label == c
         s = score[m]
         key = vid[m] * fmax + frame[m]
-        dboxes = boxes[m]
         gkeys, gboxes = [], []
         for iv, v in enumerate(gt.videos):
             for tube in gt.tubes[v].get(c, ()):
