@@ -190,7 +190,12 @@ def _defaultdict_as_dict(default_factory=None, *args):
 # Custom classes found in official checkpoints, mapped to placeholders.
 PLACEHOLDER_CLASSES = {
     path: _placeholder_class(path)
-    for path in ("alphaction.structures.memory_pool.MemoryPool", "argparse.Namespace")
+    for path in (
+        "alphaction.structures.memory_pool.MemoryPool",
+        "argparse.Namespace",
+        # mmengine training checkpoints (mmaction2) keep their logged scalars in ``message_hub``.
+        "mmengine.logging.history_buffer.HistoryBuffer",
+    )
 }
 
 _NUMPY_GLOBALS = {
@@ -348,7 +353,7 @@ def _load_torch(path, mmap):
         detail = next((line for line in lines if "GLOBAL" in line or "global" in line), lines[0])
         raise UnsafeCheckpointError(
             f"{path}: refused to unpickle (only tensors, plain containers, numpy arrays and the official "
-            f"checkpoints' MemoryPool / argparse.Namespace are allowed): {detail.strip()}"
+            f"checkpoints' MemoryPool / argparse.Namespace / mmengine HistoryBuffer are allowed): {detail.strip()}"
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError) as e:
         raise CheckpointFormatError(f"{path}: not a readable torch file ({type(e).__name__}: {e})") from None

@@ -266,3 +266,34 @@ def test_float32_run_within_float32_tolerance(name, tmp_path):
     assert sorted(outputs) == sorted(expected)
     for key, ours in outputs.items():
         assert relative_error(ours.double().numpy(), expected[key]) <= RTOL_F32, key
+
+
+def test_training_file_with_mmengine_message_hub_loads(tmp_path, monkeypatch):
+    """mmengine training checkpoints hold ``message_hub`` with HistoryBuffer objects: read as inert placeholders."""
+    import sys
+    import types
+
+    module = types.ModuleType("mmengine.logging.history_buffer")
+
+    class HistoryBuffer:  # stands in for mmengine's class while the file is written
+        def __init__(self):
+            self._log_history = np.array([0.5, 0.25])
+            self._count_history = np.array([1, 1])
+            self.max_length = 1000000
+
+    HistoryBuffer.__module__ = module.__name__
+    HistoryBuffer.__qualname__ = "HistoryBuffer"
+    module.HistoryBuffer = HistoryBuffer
+    for name in ("mmengine", "mmengine.logging", "mmengine.logging.history_buffer"):
+        monkeypatch.setitem(sys.modules, name, sys.modules.get(name) or types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    meta = case_meta("slowonly_r50_4x16")
+    path = write_mmaction2_file(tmp_path / "epoch_20.pth", meta, layout="bare")
+    state = torch.load(path, weights_only=False)
+    torch.save({"meta": {"epoch": 20}, "state_dict": state,
+                "message_hub": {"log_scalars": {"train/loss": HistoryBuffer()}}}, path)
+    monkeypatch.delitem(sys.modules, module.__name__)  # reading must not need mmengine
+    contents = read_checkpoint(path)
+    assert contents.format == "mmaction2"
+    report = load_weights(build("slowonly_r50_4x16"), contents)
+    assert report.ok and len(report.loaded) == len(meta["manifest"])
