@@ -101,6 +101,14 @@ def part_metrics(groundtruth, det, labelmap, excluded, protocol, parts):
     return out
 
 
+def evaluate_file_parts(groundtruth, detections, labelmap, exclusions=None, protocol="stmixer", parts="ava_kinetics"):
+    """``part_metrics`` of the files ``evaluate_files`` reads (each part scored alone)."""
+    label_map = read_labelmap(labelmap)
+    gt, _ = read_groundtruth(groundtruth, label_map)
+    det = read_ava_csv(detections, keep_actions=label_map.ids)
+    return part_metrics(gt, det, label_map, read_exclusions(exclusions), protocol, parts)
+
+
 def _as_numpy(x, name, width=None):
     """A ``[n, width]`` float numpy array from an array or tensor (``[0, ...]`` empties allowed)."""
     if hasattr(x, "detach"):  # torch.Tensor, without importing torch here

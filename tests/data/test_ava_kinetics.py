@@ -127,3 +127,22 @@ def test_cli_format(tmp_path, capsys):
                  "--seconds", "1", "--size", "64", "80", "--workers", "1"]) == 0
     val = (tmp_path / "frame_lists" / "val.csv").read_text()
     assert "kva00000001_000017_000021" in val
+
+
+def test_cli_parts_match_the_evaluator(avak_root, tmp_path, make_cfg):
+    import json
+
+    from stmixer.evaluation.ava import main as evaluate_main
+
+    metrics, _ = _perfect_evaluator(make_cfg, avak_root[0], tmp_path, drop_kinetics=True)
+    ann = avak_root[0] / "annotations_v2.2"
+    out = tmp_path / "cli.json"
+    assert evaluate_main([
+        "--groundtruth", str(ann / "ava_val_v2.2.csv"), "--detections", metrics["detections_csv"],
+        "--labelmap", str(ann / "ava_action_list_v2.2_for_activitynet_2019.pbtxt"),
+        "--exclusions", str(ann / "ava_val_excluded_timestamps_v2.2.csv"), "--json", str(out), "--parts", "ava_kinetics",
+    ]) == 0
+    written = json.loads(out.read_text())
+    assert written["mAP"] == pytest.approx(metrics["mAP"])
+    for part in ("ava", "kinetics"):
+        assert written["parts"][part]["mAP"] == pytest.approx(metrics["parts"][part]["mAP"])
