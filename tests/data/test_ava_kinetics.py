@@ -146,3 +146,25 @@ def test_cli_parts_match_the_evaluator(avak_root, tmp_path, make_cfg):
     assert written["mAP"] == pytest.approx(metrics["mAP"])
     for part in ("ava", "kinetics"):
         assert written["parts"][part]["mAP"] == pytest.approx(metrics["parts"][part]["mAP"])
+
+
+def test_check_accepts_the_clips_and_flags_a_keyframe_outside_its_clip(tmp_path, capsys, repo_root):
+    from stmixer.data.check import main as check_main
+
+    assert main(["--out", str(tmp_path), "--format", "ava_kinetics", "--videos", "2", "--kinetics-clips", "2",
+                 "--seconds", "1", "--size", "64", "80", "--workers", "1"]) == 0
+    args = ["--config-file", str(repo_root / "config_files" / "ava_kinetics" / "PySlowonly-R50-K400-4x16.yaml"),
+            "DATA.PATH_TO_DATA_DIR", str(tmp_path), "MODEL.STM.ACTION_CLASSES", str(len(CLASS_NAMES))]
+    capsys.readouterr()
+    check_main(args)
+    out = capsys.readouterr()
+    assert "0 errors, 0 warnings" in out.out + out.err
+    gt = tmp_path / "annotations_v2.2" / "ava_train_v2.2.csv"
+    rows = gt.read_text().splitlines()
+    clip = next(r for r in rows if kinetics_clip_span(r.split(",")[0])).split(",")[0]
+    start, end = kinetics_clip_span(clip)
+    rows = [f"{clip},{end + 1}," + ",".join(r.split(",")[2:]) if r.startswith(clip + ",") else r for r in rows]
+    gt.write_text("\n".join(rows) + "\n")
+    check_main(args)
+    out = capsys.readouterr()
+    assert "keyframe outside its Kinetics clip" in out.out + out.err
