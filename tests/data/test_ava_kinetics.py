@@ -140,7 +140,8 @@ def test_cli_parts_match_the_evaluator(avak_root, tmp_path, make_cfg):
     assert evaluate_main([
         "--groundtruth", str(ann / "ava_val_v2.2.csv"), "--detections", metrics["detections_csv"],
         "--labelmap", str(ann / "ava_action_list_v2.2_for_activitynet_2019.pbtxt"),
-        "--exclusions", str(ann / "ava_val_excluded_timestamps_v2.2.csv"), "--json", str(out), "--parts", "ava_kinetics",
+        "--exclusions", str(ann / "ava_val_excluded_timestamps_v2.2.csv"), "--json", str(out),
+        "--parts", "ava_kinetics",
     ]) == 0
     written = json.loads(out.read_text())
     assert written["mAP"] == pytest.approx(metrics["mAP"])
