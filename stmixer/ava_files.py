@@ -160,6 +160,55 @@ def second_to_frame_index(second):
     return (second - AVA_START_SECOND) * AVA_FPS
 
 
+# A Kinetics clip of AVA-Kinetics, named as mmaction2's tools/data/ava_kinetics cut it:
+# ``<youtube id>_<start second:06d>_<end second:06d>`` (an AVA video id is 11 characters).
+_KINETICS_CLIP = re.compile(r"^(.+)_([0-9]+)_([0-9]+)$")
+
+
+def kinetics_clip_span(video):
+    """(start, end) seconds of the original YouTube video that the Kinetics clip ``video`` covers,
+    or None when ``video`` is not a Kinetics clip name (an AVA video: 11 characters, as mmaction2 tells them apart).
+    """
+    if len(video) == 11:
+        return None
+    match = _KINETICS_CLIP.match(video)
+    if match is None:
+        return None
+    return int(match.group(2)), int(match.group(3))
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyframeSpan:
+    """Where a video's timeline starts and which keyframe seconds it may have (both ends included)."""
+
+    start: int  # second of frame index 0
+    first: int
+    last: int
+    fps: int = AVA_FPS
+
+    def frame_index(self, second):
+        """0-based frame index of keyframe ``second``."""
+        return (second - self.start) * self.fps
+
+
+AVA_SPAN = KeyframeSpan(AVA_START_SECOND, AVA_FIRST_KEYFRAME_SECOND, AVA_LAST_KEYFRAME_SECOND)
+
+
+def ava_span(video):  # pylint: disable=unused-argument
+    """Every AVA video: frame 0 = second 900, keyframes 902..1798."""
+    return AVA_SPAN
+
+
+def ava_kinetics_span(video):
+    """AVA-Kinetics: an AVA video as ``ava_span``; a Kinetics clip ``<id>_<start>_<end>`` (30 fps
+    frames extracted from the cut clip, so frame index 0 = second ``start``) may have keyframes
+    at seconds ``start..end`` of the original video (the annotated one lies inside)."""
+    span = kinetics_clip_span(video)
+    if span is None:
+        return AVA_SPAN
+    return KeyframeSpan(span[0], span[0], span[1])
+
+
 @dataclasses.dataclass
 class VideoFrames:
     """The frames of one video as listed by the frame lists.

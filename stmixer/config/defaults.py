@@ -46,7 +46,7 @@ _C.DATA.DECODING_BACKEND = "pyav"
 _C.DATA.RANDOM_FLIP = True
 # Reverse the channel order of the model input (RGB <-> BGR) after normalization.
 _C.DATA.REVERSE_INPUT_CHANNEL = False
-# Names of the datasets used for training and testing: "ava_v2.2" (also "ava_v2.1", "ava"), "ucf24", "jhmdb" or "tubes" (your own data in the UCF/JHMDB layout); see stmixer/data/descriptions.py.
+# Names of the datasets used for training and testing: "ava_v2.2" (also "ava_v2.1", "ava"), "ava_kinetics" (AVA + Kinetics clips, mmaction2 layout), "ucf24", "jhmdb" or "tubes" (your own data in the UCF/JHMDB layout); see stmixer/data/descriptions.py.
 _C.DATA.DATASETS = ["ava_v2.2"]
 
 # ---------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from ..ava_files import (
     AVA_FIRST_KEYFRAME_SECOND,
     AVA_LAST_KEYFRAME_SECOND,
     DataFormatError,
-    second_to_frame_index,
+    ava_span,
 )
 from .frames import CorruptFrameLog, read_frame, read_frames
 from .transforms import pathway_frame_indices
@@ -81,7 +81,7 @@ class SkippedRows:
     excluded_keyframes: int = 0
 
 
-def build_keyframes(videos, box_rows, num_classes, excluded=frozenset()):
+def build_keyframes(videos, box_rows, num_classes, excluded=frozenset(), span=ava_span):
     """Merge box-CSV rows into keyframes, ordered by video (frame-list order) then second.
 
     Args:
@@ -89,9 +89,11 @@ def build_keyframes(videos, box_rows, num_classes, excluded=frozenset()):
         box_rows: list of BoxRows (one per CSV file, merged in order).
         num_classes: action ids must lie in ``1..num_classes`` (``MODEL.STM.ACTION_CLASSES``).
         excluded: set of (video_id, second) keyframes to leave out.
+        span: video name -> KeyframeSpan (timeline start and keyframe range; ``ava_span``:
+            every video starts at second 900 with keyframes 902..1798).
 
     Returns:
-        (KeyframeTable, SkippedRows). Rows outside seconds 902..1798 (the official code
+        (KeyframeTable, SkippedRows). Rows outside the video's keyframe seconds (AVA: 902..1798; the official code
         crashes on them) and rows of videos absent from the frame lists (the official code
         stops with a bare assertion) are skipped and counted.
 
@@ -113,7 +115,8 @@ def build_keyframes(videos, box_rows, num_classes, excluded=frozenset()):
                     f"{rows.source(i)}: action_id {action} is outside 1..{num_classes} "
                     "(MODEL.STM.ACTION_CLASSES); empty means 'no label'"
                 )
-            if not AVA_FIRST_KEYFRAME_SECOND <= second <= AVA_LAST_KEYFRAME_SECOND:
+            video_span = span(video)
+            if not video_span.first <= second <= video_span.last:
                 skipped.outside_keyframe_range += 1
                 continue
             if video not in video_index:
@@ -134,7 +137,7 @@ def build_keyframes(videos, box_rows, num_classes, excluded=frozenset()):
     video_of, seconds, box_offsets, boxes, label_offsets, labels = [], [], [0], [], [0], []
     for v in sorted(merged):
         for second in sorted(merged[v]):
-            center = second_to_frame_index(second)
+            center = span(videos[v].name).frame_index(second)
             if center >= videos[v].num_frames:
                 raise DataFormatError(
                     f"{first_source[(videos[v].name, second)]}: keyframe {videos[v].name} at {second} s is frame "
@@ -190,6 +193,7 @@ class AvaDataset(torch.utils.data.Dataset):
         num_classes: width of the multi-hot labels (``MODEL.STM.ACTION_CLASSES``).
         num_pathways: 1, or 2 for SlowFast.
         alpha: SlowFast frame-rate ratio (``SLOWFAST.ALPHA``).
+        span: video name -> KeyframeSpan (``ava_span``: the AVA timeline for every video).
         defer_pixels: leave the float conversion to the batch collator: "videos" then holds
             ClipPixels instead of tensors, which BatchCollator writes straight into the
             padded batch (one write per pixel; the training and test loaders use this).
@@ -210,8 +214,9 @@ class AvaDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, frame_dir, videos, keyframes, num_frames, sampling_rate, transform, num_classes,
-                 num_pathways=1, alpha=4, defer_pixels=False):
+                 num_pathways=1, alpha=4, defer_pixels=False, span=ava_span):
         self.frame_dir = frame_dir
+        self.span = span
         self.videos = videos
         self.keyframes = keyframes
         self.num_frames = int(num_frames)
@@ -235,7 +240,7 @@ class AvaDataset(torch.utils.data.Dataset):
     def clip_frame_paths(self, index):
         """Frame file paths of sample ``index``'s clip, in order (clamped at the video's ends)."""
         video = self.videos[self.keyframes.video_index[index]]
-        center = second_to_frame_index(int(self.keyframes.seconds[index]))
+        center = self.span(video.name).frame_index(int(self.keyframes.seconds[index]))
         indices = clip_frame_indices(center, self.num_frames, self.sampling_rate, video.num_frames)
         return [os.path.join(self.frame_dir, video.path(i)) for i in indices]
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader
 
-from ..ava_files import read_box_csv, read_exclusions, read_frame_lists
+from ..ava_files import ava_kinetics_span, ava_span, read_box_csv, read_exclusions, read_frame_lists
 from ..errors import UserError
 from ..utils import distributed as comm
 from ..utils.registry import Registry
@@ -124,8 +124,9 @@ def build_transform(cfg, is_train, reference=False):
     )
 
 
-def read_split_annotations(cfg, is_train):
-    """(videos, KeyframeTable, SkippedRows) of a split, read from the files the config names."""
+def read_split_annotations(cfg, is_train, span=ava_span):
+    """(videos, KeyframeTable, SkippedRows) of a split, read from the files the config names
+    (``span``: video name -> KeyframeSpan, see ``stmixer.ava_files``)."""
     lists, boxes = ("TRAIN_LISTS", "TRAIN_GT_BOX_LISTS") if is_train else ("TEST_LISTS", "TEST_GT_BOX_LISTS")
     videos = read_frame_lists(
         [dataset_path(cfg, "FRAME_LIST_DIR", name, f"AVA.{lists}") for name in cfg.AVA[lists]]
@@ -140,11 +141,11 @@ def read_split_annotations(cfg, is_train):
     excluded = frozenset()
     if cfg.AVA.EXCLUSION_FILE:
         excluded = read_exclusions(dataset_path(cfg, "ANNOTATION_DIR", cfg.AVA.EXCLUSION_FILE, "AVA.EXCLUSION_FILE"))
-    keyframes, skipped = build_keyframes(videos, box_rows, cfg.MODEL.STM.ACTION_CLASSES, excluded)
+    keyframes, skipped = build_keyframes(videos, box_rows, cfg.MODEL.STM.ACTION_CLASSES, excluded, span)
     if len(keyframes) == 0:
         raise DatasetConfigError(
             f"no annotated keyframe of AVA.{boxes} {list(cfg.AVA[boxes])} belongs to a video of AVA.{lists} "
-            f"{list(cfg.AVA[lists])} at seconds 902..1798 (run python -m stmixer.data.check)"
+            f"{list(cfg.AVA[lists])} at its keyframe seconds (AVA: 902..1798; run python -m stmixer.data.check)"
         )
     return videos, keyframes, skipped
 
@@ -163,17 +164,25 @@ def clip_arguments(cfg, is_train, reference=False, defer_pixels=False):
 
 
 @DATASET_REGISTRY.register("ava_v2.2", "ava_v2.1", "ava")
-def build_ava_dataset(cfg, is_train, reference=False, defer_pixels=False):
+def build_ava_dataset(cfg, is_train, reference=False, defer_pixels=False, span=ava_span):
     """AvaDataset of the training (``is_train``) or test split described by ``cfg``."""
-    videos, keyframes, skipped = read_split_annotations(cfg, is_train)
+    videos, keyframes, skipped = read_split_annotations(cfg, is_train, span)
     dataset = AvaDataset(
         frame_dir=os.path.join(cfg.DATA.PATH_TO_DATA_DIR, cfg.AVA.FRAME_DIR),
         videos=videos,
         keyframes=keyframes,
+        span=span,
         **clip_arguments(cfg, is_train, reference, defer_pixels),
     )
     log_summary("train" if is_train else "test", dataset, skipped)
     return dataset
+
+
+@DATASET_REGISTRY.register("ava_kinetics")
+def build_ava_kinetics_dataset(cfg, is_train, reference=False, defer_pixels=False):
+    """AVA-Kinetics (mmaction2's layout): the AVA layout whose frame lists and box CSVs also hold
+    Kinetics clips ``<youtube id>_<start>_<end>``, each on its own timeline (``ava_kinetics_span``)."""
+    return build_ava_dataset(cfg, is_train, reference, defer_pixels, span=ava_kinetics_span)
 
 
 def tube_groundtruth_path(cfg):

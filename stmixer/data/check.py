@@ -37,14 +37,16 @@ from ..ava_files import (
     AVA_FIRST_KEYFRAME_SECOND,
     AVA_FPS,
     AVA_LAST_KEYFRAME_SECOND,
+    AVA_SPAN,
     AVA_START_SECOND,
     DataFormatError,
+    ava_kinetics_span,
+    ava_span,
     iter_lines,
     parse_box_row,
     read_exclusions,
     read_frame_lists,
     read_label_map,
-    second_to_frame_index,
 )
 from ..config import load_config
 from ..errors import exit_on_user_error
@@ -167,9 +169,9 @@ def check_exclusions(cfg, report):
         return set()
 
 
-def check_box_file(path, key, has_score, label_map, num_classes, report):
+def check_box_file(path, key, has_score, label_map, num_classes, report, span=ava_span):
     """Every row of one box CSV (``key``: its config key); returns the keyframes it annotates:
-    {(video, second): source}."""
+    {(video, second): source}. ``span``: video name -> KeyframeSpan (AVA-Kinetics: ``ava_kinetics_span``)."""
     keyframes = {}
     rows = 0
     with contextlib.closing(iter_lines(path)) as lines:  # UTF-8, a bad byte named by file:line
@@ -194,8 +196,13 @@ def check_box_file(path, key, has_score, label_map, num_classes, report):
                                  f"outside 1..{num_classes} (MODEL.STM.ACTION_CLASSES)")
                 else:
                     report.warning("label not in label map", f"{where}: action_id {action} (trained, never evaluated)")
-            if not AVA_FIRST_KEYFRAME_SECOND <= second <= AVA_LAST_KEYFRAME_SECOND:
-                report.warning("keyframe outside 902..1798 s", f"{where}: second {second} (ignored by the loader)")
+            video_span = span(video)
+            if not video_span.first <= second <= video_span.last:
+                if video_span == AVA_SPAN:
+                    report.warning("keyframe outside 902..1798 s", f"{where}: second {second} (ignored by the loader)")
+                else:
+                    report.warning("keyframe outside its Kinetics clip", f"{where}: second {second} is outside "
+                                   f"{video_span.first}..{video_span.last} (ignored by the loader)")
                 continue
             keyframes.setdefault((video, second), where)
     if not rows:
@@ -203,9 +210,12 @@ def check_box_file(path, key, has_score, label_map, num_classes, report):
     return keyframes
 
 
-def check_frame_counts(videos, frames_per_video, report):
-    """Frame counts against ``frames_per_video`` (if given) or the AVA segment length."""
+def check_frame_counts(videos, frames_per_video, report, span=ava_span):
+    """Frame counts of the AVA videos against ``frames_per_video`` (if given) or the AVA segment length
+    (Kinetics clips of AVA-Kinetics, per ``span``, are not checked here)."""
     for video in videos:
+        if span(video.name) != AVA_SPAN:
+            continue
         n = video.num_frames
         if frames_per_video is not None and n != frames_per_video:
             report.error("frame count", f"video {video.name}: {n} frames listed, expected {frames_per_video}")
@@ -327,13 +337,14 @@ def check_split(cfg, split, label_map, excluded, report, decode="clips", workers
         report.error("malformed row", str(e))
         videos = []
     keyframes = {}
+    span = ava_kinetics_span if describe(cfg).name == "ava_kinetics" else ava_span
     for name in cfg.AVA[boxes]:
         path = _existing(report, cfg, "ANNOTATION_DIR", name, f"AVA.{boxes}")
         if path:
             keyframes.update(check_box_file(path, f"AVA.{boxes}", "predicted_boxes" in name, label_map,
-                                            cfg.MODEL.STM.ACTION_CLASSES, report))
+                                            cfg.MODEL.STM.ACTION_CLASSES, report, span))
     frame_dir = os.path.join(cfg.DATA.PATH_TO_DATA_DIR, cfg.AVA.FRAME_DIR)
-    check_frame_counts(videos, frames_per_video, report)
+    check_frame_counts(videos, frames_per_video, report, span)
     num_frames = check_frames_exist(frame_dir, videos, report)
     by_name = {video.name: video for video in videos}
     to_decode = collections.defaultdict(set)
@@ -347,7 +358,7 @@ def check_split(cfg, split, label_map, excluded, report, decode="clips", workers
                 report.warning("keyframe of a video without frames", f"{source}: video {name} is not in AVA.{lists}")
             continue
         used += 1
-        center = second_to_frame_index(second)
+        center = span(name).frame_index(second)
         if center >= video.num_frames:
             report.error("keyframe beyond the video", f"{source}: {name} at {second} s is frame {center}, "
                          f"the video has {video.num_frames} frames")
@@ -367,7 +378,9 @@ def check_split(cfg, split, label_map, excluded, report, decode="clips", workers
     report.note(
         f"{split}: {len(videos)} videos, {num_frames} frames listed, {used} annotated keyframes "
         f"(seconds {AVA_FIRST_KEYFRAME_SECOND}..{AVA_LAST_KEYFRAME_SECOND}, frame index = (second - "
-        f"{AVA_START_SECOND}) * {AVA_FPS})"
+        f"{AVA_START_SECOND}) * {AVA_FPS}"
+        + ("; Kinetics clips <id>_<start>_<end>: seconds start..end, frame index = (second - start) * "
+           f"{AVA_FPS})" if span is ava_kinetics_span else ")")
     )
     if decode == "none":
         report.note(f"{split}: decoded no frames (--decode none)")

@@ -59,6 +59,23 @@ AVA = DatasetDescription(
     evaluator="ava",
 )
 
+#: AVA + the Kinetics-700 clips annotated with AVA labels, in mmaction2's layout: the AVA
+#: files, whose frame lists and box CSVs also name Kinetics clips ``<youtube id>_<start>_<end>``
+#: (frames at 30 fps from second ``start``; one keyframe per clip). Timestamps stay seconds of
+#: the original video; each Kinetics clip has its own timeline start (``ava_files.ava_kinetics_span``).
+AVA_KINETICS = DatasetDescription(
+    name="ava_kinetics",
+    layout="ava",
+    fps=AVA_FPS,
+    timeline="second",
+    timeline_start=AVA_START_SECOND,  # the AVA part; a Kinetics clip starts at its <start> second
+    keyframes=f"AVA videos: one per second, {AVA_FIRST_KEYFRAME_SECOND}..{AVA_LAST_KEYFRAME_SECOND}; "
+    "Kinetics clips: the annotated second(s) within <start>..<end>",
+    labels="AVA.LABEL_MAP_FILE (.pbtxt)",
+    boxes="AVA.*_GT_BOX_LISTS (AVA and Kinetics rows in the same CSVs; Kinetics rows name the clip)",
+    evaluator="ava",
+)
+
 _TUBE_FIELDS = dict(
     layout="tubes",
     timeline="frame",
@@ -78,6 +95,7 @@ DESCRIPTIONS = {
     "ava_v2.2": AVA,
     "ava_v2.1": AVA,
     "ava": AVA,
+    "ava_kinetics": AVA_KINETICS,
     "ucf24": UCF24,
     "ucf101_24": UCF24,
     "jhmdb": JHMDB,

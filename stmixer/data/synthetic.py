@@ -51,7 +51,9 @@ import numpy as np
 from ..ava_files import (
     AVA_FIRST_KEYFRAME_SECOND,
     AVA_FPS,
+    AVA_START_SECOND,
     FRAME_LIST_HEADER,
+    KeyframeSpan,
     ava_frame_name,
     second_to_frame_index,
     write_label_map,
@@ -120,6 +122,7 @@ class VideoSpec:
     pan_velocity: Tuple[float, float]  # px per second (x, y)
     pan_origin: Tuple[float, float]
     actors: List[Actor]
+    start_second: int = AVA_START_SECOND  # second of frame index 0 (a Kinetics clip: its <start>)
 
 
 def displacement(actor, t):
@@ -337,6 +340,27 @@ def plan_dataset(num_videos, seconds, height, width, seed, val_fraction=0.2, mot
     return specs
 
 
+#: Synthetic AVA-Kinetics: a Kinetics clip is cut as mmaction2's cut_kinetics.py cuts it around
+#: its keyframe, seconds keyframe - 2 .. keyframe + 2 of the original video (120 frames at 30 fps).
+KINETICS_CLIP_SECONDS = 4
+
+
+def plan_kinetics_clips(num_clips, height, width, seed, val_fraction=0.2, motion_amplitude=(0.07, 0.10)):
+    """VideoSpecs of synthetic Kinetics clips ``<11-character id>_<start:06d>_<end:06d>``, each with
+    one keyframe at ``start + 2`` (frame index 60) and 120 frames (frame index 0 = second ``start``)."""
+    specs = plan_dataset(num_clips, 1, height, width, seed + 1_000_003, val_fraction, motion_amplitude)
+    out = []
+    for number, spec in enumerate(specs):
+        start = 10 + 7 * number  # where the clip lies in its (imaginary) YouTube video
+        end = start + KINETICS_CLIP_SECONDS
+        youtube_id = f"k{spec.split[:2]}{number:08d}"  # 11 characters, like a YouTube id
+        out.append(dataclasses.replace(
+            spec, name=f"{youtube_id}_{start:06d}_{end:06d}", num_frames=KINETICS_CLIP_SECONDS * AVA_FPS,
+            keyframe_seconds=[start + KINETICS_CLIP_SECONDS // 2], excluded_seconds=[], start_second=start,
+        ))
+    return out
+
+
 def render_frames(spec, fps=AVA_FPS, num_frames=None):
     """Yield the frames of ``spec``: uint8 ``[H, W, 3]`` BGR, frame f at time ``f / fps`` seconds.
 
@@ -388,7 +412,7 @@ def keyframe_boxes(spec):
     for second in spec.keyframe_seconds:
         if second in spec.excluded_seconds:
             continue
-        boxes = actor_boxes(spec, second_to_frame_index(second) / AVA_FPS)
+        boxes = actor_boxes(spec, KeyframeSpan(spec.start_second, second, second).frame_index(second) / AVA_FPS)
         out[second] = [(person, box, actor.actions) for person, (actor, box) in enumerate(zip(spec.actors, boxes))]
     return out
 
@@ -461,8 +485,11 @@ def _write_lines(path, lines):
 
 
 def generate_dataset(out_dir, num_videos=160, seconds=4, size=(128, 160), seed=0, val_fraction=0.2, workers=None,
-                     quality=90, motion_amplitude=(0.07, 0.10)):
+                     quality=90, motion_amplitude=(0.07, 0.10), kinetics_clips=0):
     """Generate the dataset under ``out_dir``; returns the summary also written to ``synthetic_dataset.json``.
+
+    ``kinetics_clips`` > 0 (``--format ava_kinetics``) adds that many Kinetics-style clips
+    (``plan_kinetics_clips``) to the same frame lists and box CSVs, as mmaction2's AVA-Kinetics.
 
     Frames are written first and the lists and annotations last, so an interrupted run
     leaves no frame lists (the loader then fails clearly instead of reading half a dataset).
@@ -470,6 +497,8 @@ def generate_dataset(out_dir, num_videos=160, seconds=4, size=(128, 160), seed=0
     start = time.time()
     height, width = size
     specs = plan_dataset(num_videos, seconds, height, width, seed, val_fraction, motion_amplitude)
+    if kinetics_clips:
+        specs = specs + plan_kinetics_clips(kinetics_clips, height, width, seed, val_fraction, motion_amplitude)
     frame_root = os.path.join(out_dir, "frames")
     workers = workers or len(os.sched_getaffinity(0))
     if workers > 1:
@@ -493,6 +522,9 @@ def generate_dataset(out_dir, num_videos=160, seconds=4, size=(128, 160), seed=0
         "splits": counts,
         "generation_seconds": round(time.time() - start, 1),
     }
+    if kinetics_clips:
+        summary["format"] = "ava_kinetics"
+        summary["kinetics_clips"] = [s.name for s in specs if s.start_second != AVA_START_SECOND]
     with atomic_open(os.path.join(out_dir, "synthetic_dataset.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
@@ -678,9 +710,14 @@ def main(argv=None):
     )
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", help="output folder (the dataset root, DATA.PATH_TO_DATA_DIR)")
-    parser.add_argument("--format", choices=("ava",) + tuple(TUBE_FORMATS), default="ava",
+    parser.add_argument("--format", choices=("ava", "ava_kinetics") + tuple(TUBE_FORMATS), default="ava",
                         help="dataset layout: ava (default; frame lists + box CSVs), ucf24 or jhmdb (frames per video "
-                             "+ ground-truth pickle, one tube per actor labelled still/sway/bob/circle)")
+                             "+ ground-truth pickle, one tube per actor labelled still/sway/bob/circle), "
+                             "ava_kinetics (the ava layout plus --kinetics-clips Kinetics-style clips "
+                             "<id>_<start>_<end> with one keyframe each, in the same files)")
+    parser.add_argument("--kinetics-clips", type=int, default=None,
+                        help="--format ava_kinetics: number of Kinetics clips, train and val together "
+                             "(default: as many as --videos)")
     target.add_argument("--video", metavar="FILE",
                         help="write one video file instead (e.g. demo.mp4) and FILE's stem + .ground_truth.jsonl")
     parser.add_argument("--videos", type=int, default=None,
@@ -703,7 +740,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.video:
         return _video_main(args)
-    if args.format != "ava":
+    if args.format not in ("ava", "ava_kinetics"):
         return _tube_main(args)
     if args.videos is None:
         args.videos = 160
@@ -712,7 +749,9 @@ def main(argv=None):
         parser.error(f"--seconds counts keyframes of a dataset video and must be whole, got {seconds}")
     try:
         summary = generate_dataset(args.out, args.videos, int(seconds), tuple(args.size), args.seed,
-                                   args.val_fraction, args.workers, args.quality, tuple(args.motion_amplitude))
+                                   args.val_fraction, args.workers, args.quality, tuple(args.motion_amplitude),
+                                   kinetics_clips=(args.kinetics_clips or args.videos)
+                                   if args.format == "ava_kinetics" else 0)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -70,6 +70,7 @@ class Evaluation:
             output_folder=self.output_folder() if comm.is_main_process() else None,
             num_keyframes=len(self.dataset),
             strict=cfg.TEST.STRICT_EVAL,
+            parts="ava_kinetics" if self.dataset_name == "ava_kinetics" else None,
         )
         if comm.is_main_process():
             self.evaluator.annotations()  # a malformed annotation file stops the run now, not after inference

@@ -2,10 +2,11 @@
 
     python -m stmixer.evaluation.ava --groundtruth GT.csv --detections DET.csv \\
         --labelmap LABELMAP.pbtxt --exclusions EXCL.csv --json OUT.json \\
-        [--protocol stmixer|activitynet|mmaction2] [--plot AP.png] [--strict]
+        [--protocol stmixer|activitynet|mmaction2] [--plot AP.png] [--strict] [--parts ava_kinetics]
 
 Writes ``{"mAP": float, "per_class": {"<class name>": float or null}, "protocol": "..."}``
-to ``--json`` and prints a per-class table (class, AP, #GT, #detections) sorted by AP.
+(with ``--parts ava_kinetics`` also ``"parts": {"ava": {...}, "kinetics": {...}}``, each part
+of AVA-Kinetics scored alone) to ``--json`` and prints a per-class table (class, AP, #GT, #detections) sorted by AP.
 Suspicious inputs that the protocol scores anyway (boxes outside [0, 1] or inverted,
 repeated rows, videos unknown to the ground truth, ground-truth classes missing from
 the label map) are summarized as ``warning:`` lines; ``--strict`` makes them errors
@@ -56,6 +57,12 @@ def build_parser():
         help="refuse suspicious inputs (boxes outside [0, 1] or inverted, repeated rows, videos unknown to the "
         "ground truth) instead of warning about them",
     )
+    parser.add_argument(
+        "--parts",
+        choices=("ava_kinetics",),
+        default=None,
+        help="ava_kinetics: also score the AVA videos and the Kinetics clips (<id>_<start>_<end>) each alone",
+    )
     return parser
 
 
@@ -75,10 +82,21 @@ def main(argv=None):
             if isinstance(e, FileNotFoundError):
                 raise  # exit_on_user_error reports it
             raise UserError(f"{e.filename}: {e.strerror}" if e.filename else str(e)) from None
+        parts = None
+        if args.parts:
+            from .evaluator import evaluate_file_parts
+
+            parts = evaluate_file_parts(args.groundtruth, args.detections, args.labelmap, args.exclusions,
+                                        args.protocol, args.parts)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
+    metrics = metrics_dict(result, labelmap)
+    if parts:
+        metrics["parts"] = parts
+        for name, part in parts.items():
+            print(f"{name}: frame-mAP {part['mAP']:.4f}")
     with atomic_open(args.json, "w") as f:
-        json.dump(metrics_dict(result, labelmap), f, indent=2)
+        json.dump(metrics, f, indent=2)
     print(format_table(result, labelmap))
     if args.plot:
         try:

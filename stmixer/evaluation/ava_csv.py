@@ -377,6 +377,26 @@ def select_actions(table, keep_actions):
     return selected
 
 
+def select_videos(table, keep_video):
+    """The rows of ``table`` whose video name satisfies ``keep_video(name)``, in order (same
+    ``videos`` list and codes; ``data_row`` kept when known, ``kept`` dropped)."""
+    keep_code = np.array([bool(keep_video(name)) for name in table.videos], dtype=bool)
+    keep_box = keep_code[table.box_video] if len(table.box_video) else np.zeros(0, dtype=bool)
+    new_index = np.cumsum(keep_box, dtype=np.int64) - 1
+    keep_row = keep_box[table.box_index] if len(table.box_index) else np.zeros(0, dtype=bool)
+    return AVATable(
+        videos=list(table.videos),
+        box_video=table.box_video[keep_box],
+        box_timestamp=table.box_timestamp[keep_box],
+        boxes=table.boxes[keep_box],
+        box_index=new_index[table.box_index[keep_row]].astype(table.box_index.dtype),
+        action=table.action[keep_row],
+        score=table.score[keep_row],
+        data_row=None if table.data_row is None else table.data_row[keep_row],
+        source=table.source,
+    )
+
+
 def read_ava_csv(path, keep_actions=None, keep_data_rows=False, chunk_rows=None):
     """Read an AVA CSV file (ground truth or detections).
 

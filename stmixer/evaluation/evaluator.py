@@ -9,7 +9,8 @@ import numpy as np
 
 from ..utils.io import atomic_open
 from ..ava_files import read_exclusions
-from .ava_csv import AVATable, read_ava_csv, round5, select_actions, write_detections_csv
+from ..ava_files import kinetics_clip_span
+from .ava_csv import AVATable, read_ava_csv, round5, select_actions, select_videos, write_detections_csv
 from .frame_map import PROTOCOLS, EvaluationError, evaluate_frame_map
 from .input_checks import find_input_problems
 from .labelmap import read_labelmap
@@ -76,6 +77,36 @@ def evaluate_files(groundtruth, detections, labelmap, exclusions=None, protocol=
         _empty_detections_warning(detections, label_map)
     compute = reference_frame_map if reference else evaluate_frame_map
     return compute(gt, det, label_map, excluded, protocol), label_map
+
+
+def _is_kinetics(video):
+    return kinetics_clip_span(video) is not None
+
+
+#: ``parts`` of AVAEvaluator: name -> {part name: video-name predicate}. "ava_kinetics": the
+#: AVA videos and the Kinetics clips (``<youtube id>_<start>_<end>``) of AVA-Kinetics.
+PARTS = {
+    "ava_kinetics": {"ava": lambda video: not _is_kinetics(video), "kinetics": _is_kinetics},
+}
+
+
+def part_metrics(groundtruth, det, labelmap, excluded, protocol, parts):
+    """``{part: metrics_dict(frame-mAP of that part's ground truth and detections)}`` for ``PARTS[parts]``:
+    each part is scored alone, exactly as the whole (same protocol, same label map)."""
+    out = {}
+    for name, keep in PARTS[parts].items():
+        result = evaluate_frame_map(select_videos(groundtruth, keep), select_videos(det, keep), labelmap, excluded,
+                                    protocol)
+        out[name] = metrics_dict(result, labelmap, counts=True)
+    return out
+
+
+def evaluate_file_parts(groundtruth, detections, labelmap, exclusions=None, protocol="stmixer", parts="ava_kinetics"):
+    """``part_metrics`` of the files ``evaluate_files`` reads (each part scored alone)."""
+    label_map = read_labelmap(labelmap)
+    gt, _ = read_groundtruth(groundtruth, label_map)
+    det = read_ava_csv(detections, keep_actions=label_map.ids)
+    return part_metrics(gt, det, label_map, read_exclusions(exclusions), protocol, parts)
 
 
 def _as_numpy(x, name, width=None):
@@ -238,12 +269,18 @@ class AVAEvaluator(KeyframeEvaluator):
             every index in ``range(num_keyframes)`` was processed by some process.
         strict: suspicious inputs (``input_checks``) raise EvaluationError instead of
             being logged as warnings.
+        parts: None, or a name of ``PARTS`` ("ava_kinetics"): the metrics then also hold
+            ``"parts": {part: metrics}``, each part (AVA videos, Kinetics clips) scored alone;
+            the top-level mAP stays the one over everything (the AVA-Kinetics challenge number).
     """
 
     def __init__(self, groundtruth, labelmap, exclusions=None, protocol="stmixer", output_folder=None,
-                 num_keyframes=None, strict=False):
+                 num_keyframes=None, strict=False, parts=None):
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+        if parts is not None and parts not in PARTS:
+            raise ValueError(f"unknown parts {parts!r}; expected one of {', '.join(PARTS)}")
+        self.parts = parts
         self.protocol = protocol
         self.output_folder = output_folder
         self.paths = {"groundtruth": groundtruth, "labelmap": labelmap, "exclusions": exclusions}
@@ -331,6 +368,9 @@ class AVAEvaluator(KeyframeEvaluator):
         metrics = metrics_dict(result, labelmap, counts=True)
         metrics["num_keyframes"] = len(records)
         metrics["detections_csv"] = csv_path
+        if self.parts:
+            metrics["parts"] = part_metrics(groundtruth, det, labelmap, excluded, self.protocol, self.parts)
+            logger.info("frame-mAP per part: %s", ", ".join(f"{k} {v['mAP']:.4f}" for k, v in metrics["parts"].items()))
         if self.output_folder:
             with atomic_open(os.path.join(self.output_folder, METRICS_FILE), "w") as f:
                 json.dump(metrics, f, indent=2)

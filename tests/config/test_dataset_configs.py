@@ -26,3 +26,10 @@ def test_official_ava_configs_keep_their_epoch(repo_root):
     for name in ("PySlowfast-R50-K400-8x8.yaml", "VMAE-ViTB-16x4.yaml"):
         cfg = load_config(str(repo_root / "config_files" / name))
         assert cfg.SOLVER.ITER_PER_EPOCH in (11524, 23048) and describe(cfg).evaluator == "ava"
+
+
+def test_ava_kinetics_config(repo_root):
+    cfg = load_config(str(repo_root / "config_files" / "ava_kinetics" / "PySlowonly-R50-K400-4x16.yaml"))
+    description = describe(cfg)
+    assert description.name == "ava_kinetics" and description.evaluator == "ava" and description.layout == "ava"
+    assert cfg.MODEL.STM.ACTION_CLASSES == 80 and cfg.SOLVER.ITER_PER_EPOCH == 0
