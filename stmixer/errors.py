@@ -77,7 +77,9 @@ def exit_on_user_error(logger=None, status=None):
     except (UserError, FileNotFoundError) as e:  # an OS "no such file" always names the path the user gave
         if logger is not None:
             _log_to_files(logger, e)
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        # One write of the whole line: processes of a group that fail together do not interleave it.
+        sys.stderr.write(f"error: {e}\n")
+        sys.stderr.flush()
         raise SystemExit(status if status is not None else getattr(e, "exit_status", 1)) from None
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 
 import pytest
@@ -185,7 +186,9 @@ def test_every_process_of_a_group_ends_with_the_same_line(repo_root, tmp_path):
                              "train_net.py", "--config-file", TINY_CONFIG, "OUTPUT_DIR", str(tmp_path)],
                             repo_root, check=False)
     assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    # Each rank writes its line in one write; match the messages, not lines, so that output of the
+    # launcher between them cannot split or join them.
+    lines = re.findall(r"error: (OUTPUT_DIR .*? or choose another OUTPUT_DIR)", result.stderr)
     assert len(lines) == 2 and lines[0] == lines[1], result.stderr[-3000:]
     assert f"is in use by another run: pid {os.getpid()}" in lines[0]
     assert sorted(os.listdir(tmp_path)) == []
