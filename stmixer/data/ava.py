@@ -46,6 +46,18 @@ class KeyframeTable:
     label_offsets: np.ndarray  # int64 [N + 1]
     labels: np.ndarray  # int64 [L]
 
+    @classmethod
+    def from_lists(cls, video_index, seconds, box_offsets, boxes, label_offsets, labels):
+        """A table from the Python lists a builder appends to (boxes: ``[x1, y1, x2, y2]`` each)."""
+        return cls(
+            video_index=np.asarray(video_index, dtype=np.int64),
+            seconds=np.asarray(seconds, dtype=np.int64),
+            box_offsets=np.asarray(box_offsets, dtype=np.int64),
+            boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+            label_offsets=np.asarray(label_offsets, dtype=np.int64),
+            labels=np.asarray(labels, dtype=np.int64),
+        )
+
     def __len__(self):
         return len(self.seconds)
 
@@ -151,14 +163,7 @@ def build_keyframes(videos, box_rows, num_classes, excluded=frozenset(), span=av
                 labels.extend(actions)
                 label_offsets.append(len(labels))
             box_offsets.append(len(boxes))
-    table = KeyframeTable(
-        video_index=np.asarray(video_of, dtype=np.int64),
-        seconds=np.asarray(seconds, dtype=np.int64),
-        box_offsets=np.asarray(box_offsets, dtype=np.int64),
-        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
-        label_offsets=np.asarray(label_offsets, dtype=np.int64),
-        labels=np.asarray(labels, dtype=np.int64),
-    )
+    table = KeyframeTable.from_lists(video_of, seconds, box_offsets, boxes, label_offsets, labels)
     return table, skipped
 
 

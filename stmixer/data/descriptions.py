@@ -63,17 +63,13 @@ AVA = DatasetDescription(
 #: files, whose frame lists and box CSVs also name Kinetics clips ``<youtube id>_<start>_<end>``
 #: (frames at 30 fps from second ``start``; one keyframe per clip). Timestamps stay seconds of
 #: the original video; each Kinetics clip has its own timeline start (``ava_files.ava_kinetics_span``).
-AVA_KINETICS = DatasetDescription(
+AVA_KINETICS = dataclasses.replace(
+    AVA,
     name="ava_kinetics",
-    layout="ava",
-    fps=AVA_FPS,
-    timeline="second",
-    timeline_start=AVA_START_SECOND,  # the AVA part; a Kinetics clip starts at its <start> second
+    # timeline_start stays the AVA part's; a Kinetics clip starts at its <start> second.
     keyframes=f"AVA videos: one per second, {AVA_FIRST_KEYFRAME_SECOND}..{AVA_LAST_KEYFRAME_SECOND}; "
     "Kinetics clips: the annotated second(s) within <start>..<end>",
-    labels="AVA.LABEL_MAP_FILE (.pbtxt)",
     boxes="AVA.*_GT_BOX_LISTS (AVA and Kinetics rows in the same CSVs; Kinetics rows name the clip)",
-    evaluator="ava",
 )
 
 _TUBE_FIELDS = dict(

@@ -121,14 +121,7 @@ def build_tube_keyframes(annotations, num_classes, every_frame):
                 labels.append(action)
                 label_offsets.append(len(labels))
             box_offsets.append(len(boxes))
-    return KeyframeTable(
-        video_index=np.asarray(video_of, dtype=np.int64),
-        seconds=np.asarray(frames, dtype=np.int64),
-        box_offsets=np.asarray(box_offsets, dtype=np.int64),
-        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
-        label_offsets=np.asarray(label_offsets, dtype=np.int64),
-        labels=np.asarray(labels, dtype=np.int64),
-    )
+    return KeyframeTable.from_lists(video_of, frames, box_offsets, boxes, label_offsets, labels)
 
 
 class TubeDataset(AvaDataset):

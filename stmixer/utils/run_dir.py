@@ -217,11 +217,12 @@ def _read_info(fd):
     return info if isinstance(info, dict) else {}
 
 
-def _flatten(tree, prefix=""):
+def flatten(tree, prefix=""):
+    """``{"A.B": value}`` of a nested dict (a config as loaded from YAML)."""
     flat = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -241,8 +242,8 @@ def config_changes(saved_yaml, current_yaml):
         Sorted list of (key, saved value, current value); a key missing on one side has
         the value ``"(absent)"`` there.
     """
-    saved = _flatten(yaml.safe_load(saved_yaml) or {})
-    current = _flatten(yaml.safe_load(current_yaml) or {})
+    saved = flatten(yaml.safe_load(saved_yaml) or {})
+    current = flatten(yaml.safe_load(current_yaml) or {})
     changes = []
     for key in sorted(set(saved) | set(current)):
         before, after = saved.get(key, _ABSENT), current.get(key, _ABSENT)

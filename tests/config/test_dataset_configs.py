@@ -4,6 +4,7 @@ import pytest
 
 from stmixer.config import load_config
 from stmixer.data.descriptions import describe
+from stmixer.utils.run_dir import flatten
 
 # Every STMixer backbone of the official configs, on both tube datasets.
 OFFICIAL_MODELS = ["PySlowonly-R50-K400-4x16", "PySlowfast-R50-K400-8x8", "PySlowfast-R101-NL-K600-8x8",
@@ -28,21 +29,11 @@ def test_dataset_configs_load(name, classes, dataset, repo_root):
     assert frame.startswith("Class/v_1/00007.")
 
 
-def _flat(node, prefix=""):
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 @pytest.mark.parametrize("dataset", sorted(TUBE_DATASETS))
 @pytest.mark.parametrize("model", OFFICIAL_MODELS)
 def test_tube_configs_keep_the_official_model(dataset, model, repo_root):
-    official = _flat(load_config(str(repo_root / "config_files" / f"{model}.yaml")))
-    ours = _flat(load_config(str(repo_root / "config_files" / dataset / f"{model}.yaml")))
+    official = flatten(load_config(str(repo_root / "config_files" / f"{model}.yaml")))
+    ours = flatten(load_config(str(repo_root / "config_files" / dataset / f"{model}.yaml")))
     changed = {k for k in official if official[k] != ours[k]}
     assert changed and all(k.startswith(DATASET_KEYS) for k in changed), sorted(changed)
 

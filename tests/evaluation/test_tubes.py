@@ -134,7 +134,7 @@ def test_cli_end_to_end(tmp_path, repo_root):
     out = tmp_path / "out" / "metrics.json"
     proc = subprocess.run([sys.executable, "-m", "stmixer.evaluation.tubes", "--groundtruth", str(gt_path),
                            "--detections", str(det_path), "--json", str(out), "--split", "test"],
-                          cwd=repo_root, capture_output=True, text=True, timeout=120)
+                          cwd=repo_root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads(out.read_text())
     assert set(metrics) == {"frame_mAP", "video_mAP", "per_class"}
