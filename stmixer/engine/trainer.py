@@ -157,11 +157,9 @@ class Trainer:
                 loss_dict = self.model(*detector_inputs(batch), batch["boxes"], batch["labels"])
         except NonFiniteCostError as e:  # diverged before any loss term exists
             loss_dict, cost_error = {}, e
-        # Every process must agree (one flag averaged over processes) before the loss all-reduce below.
-        if comm.all_reduce_mean(torch.tensor([float(cost_error is not None)], device=self.device)).item() > 0:
+        if self._any_process(cost_error is not None):
             detail = str(cost_error) if cost_error is not None else "on another process"
             self._nonfinite(f"non-finite matching cost at iteration {self.iter + 1}: {detail}")
-            self.metrics.iteration = self.iter + 1
             self.metrics.put(data_time=data_time, time=time.perf_counter() - start,
                              lr=self.optimizer.param_groups[0]["lr"])
             return
@@ -187,6 +185,13 @@ class Trainer:
             lr=self.optimizer.param_groups[0]["lr"],
             **{name: value for name, value in loss_values.items() if name not in bad},
         )
+
+    def _any_process(self, flag):
+        """Whether ``flag`` holds on any process (all must agree before the loss all-reduce); no
+        collective and no device synchronization in a single process."""
+        if not comm.is_distributed():
+            return flag
+        return comm.all_reduce_mean(torch.tensor([float(flag)], device=self.device)).item() > 0
 
     def _nonfinite(self, message):
         """``SOLVER.NONFINITE_LOSS``: raise NonFiniteLossError ("error") or log and count a skipped step ("skip")."""
