@@ -85,7 +85,9 @@ class FastRCNN(nn.Module):
                 Train mode: None means the ground truth alone (mmaction2's fallback for keyframes without
                 proposals). Eval mode: required.
             img_keys: per clip ``"video_id,SSSS"`` (see ``img_key``), read by feature-bank heads.
-            trace: optional dict (``modeling.trace``): ``rois``, ``labels``, ``roi_feats``, ``cls_score``.
+            trace: optional dict (``modeling.trace``): train: ``rois``, ``labels``, ``label_weights``,
+                ``roi_feats``, ``cls_score`` and per clip the sampler's ``pos_inds``, ``neg_inds``,
+                ``pos_gt_labels``, ``pos_is_gt``; eval: per clip ``scores`` (before ``action_thr``).
 
         Returns:
             train: ``OrderedDict(loss_action_cls=...)``; the bbox head's recall / precision metrics are
@@ -104,8 +106,11 @@ class FastRCNN(nn.Module):
             labels = [self._labels(lab).to(slow_video.dtype) for lab in gt_labels]
             losses, metrics = self.roi_head.loss(feats, [p.to(slow_video.dtype) for p in proposals], gt_boxes, labels,
                                                  img_keys, generator=self.generator)
-            for name in ("rois", "labels", "roi_feats", "cls_score"):
+            for name in ("rois", "labels", "label_weights", "roi_feats", "cls_score"):
                 record(trace, name, metrics[f"_{name}"])
+            for s in metrics["_sampling"]:
+                for name in ("pos_inds", "neg_inds", "pos_gt_labels", "pos_is_gt"):
+                    record(trace, name, getattr(s, name))
             self.train_metrics = {k: float(v) for k, v in metrics.items() if not k.startswith("_")}
             return OrderedDict(losses)
         if proposals is None:
