@@ -280,3 +280,40 @@ def test_fast_rcnn_config_errors():
 
 def test_img_key_is_mmaction2s():
     assert img_key("-5KQ66BBWC4", 902) == "-5KQ66BBWC4,0902"
+
+
+def _proposal_batch():
+    gt = [torch.tensor([[4.0, 4.0, 30.0, 44.0]]), torch.tensor([[10.0, 2.0, 40.0, 40.0]])]
+    labels = [torch.zeros(1, 80), torch.zeros(1, 80)]
+    labels[0][0, 10] = labels[1][0, 3] = 1
+    proposals = [torch.cat([g + 0.5, torch.tensor([[0.0, 0.0, 20.0, 20.0]])]) for g in gt]
+    return {"videos": [torch.randn(2, 3, 4, 64, 64, generator=torch.Generator().manual_seed(0))],
+            "whwh": torch.tensor([[64.0, 48.0, 64.0, 48.0]] * 2), "boxes": gt, "labels": labels,
+            "proposals": proposals, "proposal_scores": [torch.ones(2), torch.ones(2)],
+            "metadata": [{"video_id": "vid", "timestamp": 902}, {"video_id": "vid", "timestamp": 903}],
+            "indices": torch.tensor([0, 1])}
+
+
+def test_trainer_and_inference_pass_proposals_and_img_keys():
+    from stmixer.engine.inference import predict
+    from stmixer.engine.trainer import Trainer, detector_kwargs
+
+    batch = _proposal_batch()
+    assert detector_kwargs(batch)["img_keys"] == ["vid,0902", "vid,0903"]
+    assert detector_kwargs({k: v for k, v in batch.items() if k != "proposals"}) == {}
+    torch.manual_seed(0)
+    model = build_detector(_tiny_cfg())
+    seen = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs), with_kwargs=True)
+
+    class Loader:
+        def __iter__(self):
+            while True:
+                yield batch
+
+    trainer = Trainer(model, Loader(), torch.optim.SGD(model.parameters(), lr=0.01), torch.device("cpu"))
+    trainer.train(0, 2)
+    assert seen[-1]["img_keys"] == ["vid,0902", "vid,0903"] and len(seen[-1]["proposals"]) == 2
+    assert "loss_action_cls" in trainer.metrics.current() and "recall@thr=0.5" in trainer.metrics.current()
+    records = predict(model, [batch], torch.device("cpu"), progress=False)
+    assert sorted(records) == [0, 1] and records[0]["scores"].shape == (2, 80)
