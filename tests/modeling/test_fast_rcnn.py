@@ -276,6 +276,8 @@ def test_fast_rcnn_config_errors():
         build_detector(_tiny_cfg("RESNET.SPATIAL_STRIDES", [[1], [2], [2], [2]]))
     with pytest.raises(ConfigError, match="TEMPORAL_POOL_MODE"):
         _tiny_cfg("MODEL.ROI_HEAD.TEMPORAL_POOL_MODE", "median")
+    with pytest.raises(ConfigError, match="MODEL.ROI_HEAD.NUM_CLASSES.*expected 10"):
+        _tiny_cfg("MODEL.STM.ACTION_CLASSES", 9)
 
 
 def test_img_key_is_mmaction2s():
@@ -317,3 +319,22 @@ def test_trainer_and_inference_pass_proposals_and_img_keys():
     assert "loss_action_cls" in trainer.metrics.current() and "recall@thr=0.5" in trainer.metrics.current()
     records = predict(model, [batch], torch.device("cpu"), progress=False)
     assert sorted(records) == [0, 1] and records[0]["scores"].shape == (2, 80)
+
+
+def test_tiny_fastrcnn_config_builds_and_trains_a_step():
+    from stmixer.config import load_config
+
+    repo = Path(__file__).resolve().parents[2]
+    cfg = load_config(str(repo / "config_files/synthetic/tiny-fastrcnn.yaml"), [])
+    model = build_detector(cfg)
+    assert type(model).__name__ == "FastRCNN" and model.roi_head.bbox_head.num_classes == 10
+    batch = _proposal_batch()
+    batch["labels"] = [lab[:, :9] for lab in batch["labels"]]
+    model.train()
+    loss = model(batch["videos"][0], None, batch["whwh"], batch["boxes"], batch["labels"],
+                 proposals=batch["proposals"])
+    loss["loss_action_cls"].backward()
+    model.eval()
+    with torch.no_grad():
+        out = model(batch["videos"][0], None, batch["whwh"], proposals=batch["proposals"])
+    assert out[0]["scores"].shape == (2, 9)
