@@ -17,6 +17,13 @@ are shimmed (see ``install_shims``):
 
 Writes ``<out>/roi_head/<case>.npz`` (inputs, weights, outputs, gradients; float64) and
 ``<out>/roi_head/cases.json`` (each case's module arguments, losses, metadata).
+
+``--part detector`` instead runs the whole two-stage detector (mmdet 3.3's ``FastRCNN`` with
+mmaction2's ``AVARoIHead``, ``MaxIoUAssignerAVA``, mmdet's ``RandomSampler`` and mmaction2's real
+R50 backbones), imported as packages: the mmaction2 checkout is put on ``sys.path`` and mmdet 3.3,
+mmengine and mmcv-lite must be importable (see ``install_detector_shims`` for the two shims). It
+writes ``<out>/detector/<case>/{config.yaml, mmaction2.json, inputs.npz, expected.npz}`` (layout in
+``stmixer/tools/mmaction2_parity.py``) and ``<out>/detector/cases.json``.
 """
 
 import argparse
