@@ -86,13 +86,14 @@ def run_mmaction2_fixture(fixture, precision_dtype=torch.float64, device="cpu"):
     try:
         report = load_weights(model, contents, log=None)
     except CheckpointError as e:
-        raise MMAction2FixtureError(f"{fixture}: the weights do not fit the model built from config.yaml: {e}") from None
+        raise MMAction2FixtureError(f"{fixture}: the weights do not fit the model built from config.yaml: {e}") \
+            from None
     if len(report.loaded) != len(state) or set(model.state_dict()) - set(report.loaded):
         raise MMAction2FixtureError(f"{fixture}: not every weight was loaded\n{report.table()}")
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
 
     clip = torch.from_numpy(recipe.fake_input(meta["seed"], meta["clip_shape"])).to(device=device, dtype=dtype)
-    if meta.get("slow_stride"):  # SlowFast: slow = every slow_stride-th frame, fast = every frame (mmaction2's resampling)
+    if meta.get("slow_stride"):  # SlowFast: slow = every slow_stride-th frame, fast = every frame (as mmaction2)
         slow, fast = clip[:, :, ::meta["slow_stride"]], clip
     else:
         slow, fast = clip, None

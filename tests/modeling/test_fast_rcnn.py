@@ -258,3 +258,50 @@ def test_tiny_fastrcnn_config_builds_and_trains_a_step():
     with torch.no_grad():
         out = model(batch["videos"][0], None, batch["whwh"], proposals=batch["proposals"])
     assert out[0]["scores"].shape == (2, 9)
+
+
+class _HalvingSharedHead(torch.nn.Module):
+    """A shared head of SHARED_HEAD_REGISTRY's interface: keeps the first half of the channels, records its call."""
+
+    def __init__(self, cfg, in_channels):
+        super().__init__()
+        self.out_channels = in_channels // 2
+        self.calls = []
+
+    def forward(self, roi_feats, feat, rois, img_keys):
+        self.calls.append((tuple(roi_feats.shape), tuple(feat.shape), tuple(rois.shape), list(img_keys)))
+        return roi_feats[:, : self.out_channels]
+
+
+def test_shared_head_is_built_from_the_registry_and_called_with_the_interface():
+    from stmixer.modeling.roi_heads.shared_heads import SHARED_HEAD_REGISTRY
+
+    name = "test-halving-shared-head"
+    if name not in SHARED_HEAD_REGISTRY:
+        SHARED_HEAD_REGISTRY.register(name)(_HalvingSharedHead)
+    model = build_detector(_tiny_cfg("MODEL.ROI_HEAD.SHARED_HEAD", name))
+    head = model.roi_head.shared_head
+    assert model.roi_head.bbox_head.in_channels == head.out_channels == model.backbone.out_channels[-1] // 2
+    batch = _proposal_batch()
+    model.eval()
+    with torch.no_grad():
+        model(batch["videos"][0], None, batch["whwh"], proposals=batch["proposals"], img_keys=["a,0902", "b,0903"])
+    roi_shape, feat_shape, rois_shape, keys = head.calls[-1]
+    assert roi_shape[0] == rois_shape[0] == 4 and rois_shape[1] == 5 and feat_shape[0] == 2
+    assert keys == ["a,0902", "b,0903"]
+    with pytest.raises(ConfigError, match="SHARED_HEAD"):
+        build_detector(_tiny_cfg("MODEL.ROI_HEAD.SHARED_HEAD", "no-such-head"))
+
+
+def test_roi_head_predict_undoes_flip_and_crop_per_clip():
+    model = build_detector(_tiny_cfg()).eval()
+    batch = _proposal_batch()
+    feats = model.extract_feat(batch["videos"][0])[0]
+    with torch.no_grad():
+        plain = model.roi_head.predict(feats, batch["proposals"], [(48, 64)] * 2)
+        moved = model.roi_head.predict(feats, batch["proposals"], [(48, 64)] * 2, flips=[True, False],
+                                       crop_quadruples=[None, (0.1, 0.2, 0.5, 0.5)])
+    x1, y1, x2, y2 = batch["proposals"][0].unbind(1)
+    assert torch.allclose(moved[0][0], torch.stack([(63 - x2) / 64, y1 / 48, (63 - x1) / 64, y2 / 48], 1))
+    assert torch.allclose(moved[1][0], plain[1][0] * 0.5 + torch.tensor([0.1, 0.2, 0.1, 0.2]))
+    assert torch.equal(moved[0][1], plain[0][1])

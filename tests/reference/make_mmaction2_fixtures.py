@@ -265,7 +265,8 @@ def _merged(base, **roi_head):
 
 
 DET_CASES = [
-    # (a) SlowOnly-R50 4x16 baseline (configs/detection/slowonly/slowonly_kinetics400-pretrained-r50_8xb16-4x16x1-20e_ava21-rgb.py)
+    # (a) SlowOnly-R50 4x16 baseline
+    # (configs/detection/slowonly/slowonly_kinetics400-pretrained-r50_8xb16-4x16x1-20e_ava21-rgb.py)
     dict(name="slowonly_r50_4x16", backbone="slowonly", frames=4, seed=100, ours=_merged(_OUR_SLOWONLY),
          extractor=dict(output_size=8, with_temporal_pool=True),
          head=dict(background_class=True, in_channels=2048, num_classes=81, multilabel=True)),

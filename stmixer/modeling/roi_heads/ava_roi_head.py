@@ -49,9 +49,9 @@ class AVARoIHead(nn.Module):
     checkpoint keys are ours.
     """
 
-    def __init__(self, bbox_roi_extractor: RoIExtractor3D, bbox_head: BBoxHeadAVA, shared_head: Optional[nn.Module] = None,
-                 assigner: Optional[MaxIoUAssignerAVA] = None, sampler: Optional[RandomSampler] = None,
-                 pos_weight: float = 1.0):
+    def __init__(self, bbox_roi_extractor: RoIExtractor3D, bbox_head: BBoxHeadAVA,
+                 shared_head: Optional[nn.Module] = None, assigner: Optional[MaxIoUAssignerAVA] = None,
+                 sampler: Optional[RandomSampler] = None, pos_weight: float = 1.0):
         super().__init__()
         self.bbox_roi_extractor = bbox_roi_extractor
         if shared_head is not None:
