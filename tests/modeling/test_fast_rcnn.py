@@ -305,3 +305,17 @@ def test_roi_head_predict_undoes_flip_and_crop_per_clip():
     assert torch.allclose(moved[0][0], torch.stack([(63 - x2) / 64, y1 / 48, (63 - x1) / 64, y2 / 48], 1))
     assert torch.allclose(moved[1][0], plain[1][0] * 0.5 + torch.tensor([0.1, 0.2, 0.1, 0.2]))
     assert torch.equal(moved[0][1], plain[0][1])
+
+
+def test_fast_rcnn_under_bf16_autocast():
+    """SOLVER.AMP bf16: bf16 maps, float32 proposals (the RoI extractor needs one dtype)."""
+    model = build_detector(_tiny_cfg())
+    batch = _proposal_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(batch["videos"][0], None, batch["whwh"], batch["boxes"], batch["labels"],
+                     proposals=batch["proposals"])
+        loss["loss_action_cls"].backward()
+        model.eval()
+        with torch.no_grad():
+            out = model(batch["videos"][0], None, batch["whwh"], proposals=batch["proposals"])
+    assert torch.isfinite(loss["loss_action_cls"]) and out[0]["scores"].shape == (2, 80)
