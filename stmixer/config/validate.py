@@ -32,6 +32,9 @@ CHOICES = {
     "SOLVER.AMP": ("off", "bf16", "fp16"),
     "SOLVER.NONFINITE_LOSS": ("error", "skip"),
     "TEST.EVAL_PROTOCOL": ("stmixer", "activitynet", "mmaction2"),
+    "MODEL.ROI_HEAD.TEMPORAL_POOL_MODE": ("avg", "max"),
+    "MODEL.ROI_HEAD.HEAD_TEMPORAL_POOL": ("avg", "max"),
+    "MODEL.ROI_HEAD.HEAD_SPATIAL_POOL": ("avg", "max"),
 }
 # String keys compared without case.
 CASELESS_CHOICES = {
@@ -50,6 +53,8 @@ POSITIVE = [
     "MODEL.STM.SPATIAL_POINTS", "MODEL.STM.TEMPORAL_POINTS", "MODEL.STM.OUT_MULTIPLIER", "MODEL.STM.N_GROUPS",
     "SOLVER.MAX_EPOCH", "SOLVER.BASE_LR", "SOLVER.GAMMA", "SOLVER.CHECKPOINT_PERIOD",
     "SOLVER.EVAL_PERIOD", "SOLVER.VIDEOS_PER_BATCH", "SOLVER.LOG_PERIOD", "TEST.VIDEOS_PER_BATCH",
+    "MODEL.ROI_HEAD.FEATMAP_STRIDE", "MODEL.ROI_HEAD.OUTPUT_SIZE", "MODEL.ROI_HEAD.NUM_CLASSES",
+    "MODEL.ROI_HEAD.SAMPLER_NUM",
 ]
 NON_NEGATIVE = [
     "DATALOADER.NUM_WORKERS", "SOLVER.ITER_PER_EPOCH", "ViT.INIT_VALUES", "ViT.WEIGHT_DECAY",
@@ -57,11 +62,14 @@ NON_NEGATIVE = [
     "MODEL.STM.ACTION_WEIGHT", "MODEL.STM.GIOU_WEIGHT", "MODEL.STM.L1_WEIGHT", "MODEL.STM.BACKGROUND_WEIGHT",
     "SOLVER.WEIGHT_DECAY", "SOLVER.WEIGHT_DECAY_BN", "SOLVER.WARMUP_FACTOR", "SOLVER.WARMUP_EPOCH",
     "SOLVER.EVAL_AFTER", "SOLVER.CLIP_GRAD_NORM", "SOLVER.CHECKPOINTS_KEPT",
+    "MODEL.ROI_HEAD.SAMPLING_RATIO", "MODEL.ROI_HEAD.FOCAL_GAMMA", "MODEL.ROI_HEAD.ACTION_THR",
 ]
 # Probabilities and fractions: values in [0, 1].
 UNIT_INTERVAL = [
     "AVA.DETECTION_SCORE_THRESH", "MODEL.BACKBONE.BN_MOMENTUM", "ViT.DROP_RATE", "ViT.ATTN_DROP_RATE",
     "ViT.DROP_PATH_RATE", "ViT.LAYER_DECAY", "MODEL.STM.DROPOUT", "MODEL.STM.PERSON_THRESHOLD",
+    "MODEL.ROI_HEAD.POS_IOU_THR", "MODEL.ROI_HEAD.NEG_IOU_THR", "MODEL.ROI_HEAD.MIN_POS_IOU",
+    "MODEL.ROI_HEAD.SAMPLER_POS_FRACTION", "MODEL.ROI_HEAD.ACTION_THR",
 ]
 # Per-stage lists of the ResNet backbones: 4 stages, one entry per pathway.
 RESNET_STAGE_LISTS = [
@@ -131,6 +139,14 @@ def _model_problems(cfg):
                 yield "MODEL.STM.HIDDEN_DIM", f"expected a multiple of MODEL.STM.{key} = {divisor}"
         if D % 8:
             yield "MODEL.STM.HIDDEN_DIM", "expected a multiple of 8 (box positional embedding)"
+    rh = cfg.MODEL.ROI_HEAD
+    if cfg.MODEL.META_ARCHITECTURE == "FastRCNN" and _is_number(stm.ACTION_CLASSES):
+        # the datasets' labels have MODEL.STM.ACTION_CLASSES columns; the head adds the background column
+        expected = stm.ACTION_CLASSES + (1 if rh.BACKGROUND_CLASS else 0)
+        if rh.NUM_CLASSES != expected:
+            yield "MODEL.ROI_HEAD.NUM_CLASSES", (
+                f"expected {expected}: MODEL.STM.ACTION_CLASSES = {stm.ACTION_CLASSES} actions (the datasets' label "
+                "columns)" + (" + the background column" if rh.BACKGROUND_CLASS else ""))
     vit = cfg.ViT
     if "vit" in str(body).lower():
         if _is_number(vit.NUM_HEADS) and vit.NUM_HEADS > 0 and vit.EMBED_DIM % vit.NUM_HEADS:
@@ -143,7 +159,8 @@ def _model_problems(cfg):
             frames = _frames_after(cfg.DATA.NUM_FRAMES, cfg.SLOWFAST.ALPHA, "DATA.NUM_FRAMES")
     if isinstance(frames, tuple):
         yield frames
-    elif _is_number(frames) and frames > 0 and frames != stm.TEMPORAL_POINTS:
+    elif (_is_number(frames) and frames > 0 and frames != stm.TEMPORAL_POINTS
+          and cfg.MODEL.META_ARCHITECTURE == "STMDetector"):  # the two-stage detectors have no decoder
         yield "MODEL.STM.TEMPORAL_POINTS", f"expected {frames}, the frames of the backbone features for this clip"
 
 
