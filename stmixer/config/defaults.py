@@ -367,6 +367,23 @@ _C.MODEL.ROI_HEAD.POS_WEIGHT = 1.0
 _C.MODEL.ROI_HEAD.ACTION_THR = 0.002
 
 # ---------------------------------------------------------------------------
+# ACRN shared head of the two-stage detectors (mmaction2's ACRNHead; MODEL.ROI_HEAD.SHARED_HEAD "ACRN")
+# ---------------------------------------------------------------------------
+_C.MODEL.ROI_HEAD.ACRN = CN()
+# Output channels of every ACRN conv, i.e. the bbox head's input width; 0 = the RoI features' channels (mmaction2's SlowFast-R50 config: 2304).
+_C.MODEL.ROI_HEAD.ACRN.OUT_CHANNELS = 0
+# Spatial stride of ACRN's first (1, 3, 3) conv (1 keeps the feature map's size).
+_C.MODEL.ROI_HEAD.ACRN.STRIDE = 1
+# Number of (1, 3, 3) conv-norm-act layers after the 1x1x1 one (>= 1).
+_C.MODEL.ROI_HEAD.ACRN.NUM_CONVS = 1
+# Norm after each ACRN conv: "BN3d" (mmaction2's default) or "none".
+_C.MODEL.ROI_HEAD.ACRN.NORM = "BN3d"
+# Train the ACRN BatchNorm scale and shift (mmaction2's norm_cfg requires_grad).
+_C.MODEL.ROI_HEAD.ACRN.NORM_REQUIRES_GRAD = True
+# Activation after each ACRN conv: "ReLU" (mmaction2's default) or "none".
+_C.MODEL.ROI_HEAD.ACRN.ACT = "ReLU"
+
+# ---------------------------------------------------------------------------
 # Optimization
 # ---------------------------------------------------------------------------
 _C.SOLVER = CN()
