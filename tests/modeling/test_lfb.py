@@ -1,0 +1,337 @@
+"""Long-term feature bank: the bank (stmixer.data.lfb) and its shared heads (stmixer.modeling.roi_heads.lfb).
+
+The ``mmaction2``-marked tests hold them to mmaction2's own ``LFB`` / ``FBOHead`` / ``LFBInferHead``
+answers in tests/reference/mmaction2/lfb (made by tests/reference/make_mmaction2_lfb_fixtures.py):
+bank files read from mmaction2's pickles, the written bank, lookups and the FBO heads' outputs and
+gradients within 1e-9 x max|value| in float64 (F32_TOL in float32; see the fixture README).
+"""
+
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stmixer.config import get_cfg
+from stmixer.data.lfb import (LFBFormatError, LFBKeyError, LongTermFeatureBank, convert, load_bank, load_banks,
+                              parse_img_key, save_bank)
+from stmixer.errors import UserError
+from stmixer.modeling.roi_heads.lfb import FBOAvg, FBOHead, FBOMax, FBONonLocal, LFBInferHead, NonLocalLayer
+from stmixer.modeling.roi_heads.shared_heads import SHARED_HEAD_REGISTRY
+
+FIXTURES = Path(__file__).resolve().parents[1] / "reference" / "mmaction2" / "lfb"
+F64_TOL = 1e-9
+F32_TOL = 3e-5
+
+
+def _meta():
+    return json.loads((FIXTURES / "cases.json").read_text())
+
+
+def _arrays():
+    with np.load(FIXTURES / "lfb.npz") as data:
+        return dict(data)
+
+
+def _assert_close(ours, ref, tol, name, floor=1e-30):
+    """``|ours - ref| <= tol x max(max|ref|, floor)`` (``floor``: the scale of a tensor that is zero in exact
+    arithmetic, whose reference holds only rounding noise)."""
+    ours = np.asarray(ours, dtype=np.float64)
+    assert ours.shape == ref.shape, name
+    scale = max(np.abs(ref).max(), floor)
+    err = np.abs(ours - ref).max() if ref.size else 0.0
+    assert err <= tol * scale, f"{name}: max error {err:.3g} > {tol:g} x {scale:.3g}"
+
+
+def _same_bank(ours, ref):
+    assert list(ours.videos) == list(ref.videos)
+    for video, seconds in ref.videos.items():
+        assert list(ours.videos[video]) == list(seconds), video
+        for second, feats in seconds.items():
+            got = ours.videos[video][second]
+            assert got.dtype == feats.dtype and torch.equal(got, feats), (video, second)
+
+
+def _tiny_bank(dtype=torch.float32, channels=4):
+    gen = torch.Generator().manual_seed(0)
+    return LongTermFeatureBank({
+        "v1": {900: torch.randn(1, channels, generator=gen).to(dtype), 902: torch.randn(3, channels, generator=gen).to(dtype)},
+        "v,2": {10: [torch.randn(channels, generator=gen).to(dtype) for _ in range(2)]},
+    }, source="tiny")
+
+
+# ---------------------------------------------------------------------------- official fixtures
+mmaction2 = pytest.mark.mmaction2
+
+
+@mmaction2
+@pytest.mark.parametrize("tag", ["multi", "multi_half"])
+def test_writer_equals_mmaction2_lfb_infer_head(tag):
+    """Our LFBInferHead on the fixture's RoIs writes mmaction2's bank: same videos, seconds, order, bits."""
+    meta, arrays = _meta(), _arrays()
+    case = meta["multi"][tag]
+    head = LFBInferHead(meta["lfb_channels"], half_precision=case["half_precision"],
+                        temporal_pool_type=case["pools"][0], spatial_pool_type=case["pools"][1])
+    for b, keys in enumerate(meta["multi"]["keys"]):
+        x = torch.from_numpy(arrays[f"multi/b{b}/roi_feats"])
+        rois = torch.from_numpy(arrays[f"multi/b{b}/rois"])
+        assert head(x, torch.zeros(1), rois, keys) is x
+    ref = load_bank(FIXTURES / f"lfb_{tag}.pkl")
+    assert ref.dtype == (torch.float16 if case["half_precision"] else torch.float64)
+    _same_bank(head.bank(), ref)
+
+
+@mmaction2
+def test_sparse_banks_written_by_our_head_equal_official_files():
+    meta, arrays = _meta(), _arrays()
+    for mode in ("train", "val"):
+        head = LFBInferHead(meta["lfb_channels"], half_precision=False)
+        for b, keys in enumerate(meta[f"sparse_{mode}_keys"]):
+            head(torch.from_numpy(arrays[f"sparse_{mode}/b{b}/roi_feats"]), None,
+                 torch.from_numpy(arrays[f"sparse_{mode}/b{b}/rois"]), keys)
+        _same_bank(head.bank(), load_bank(FIXTURES / f"lfb_{mode}.pkl"))
+
+
+@mmaction2
+def test_lookups_equal_mmaction2():
+    """Window, per-second order, zero padding and the train + val merge (val's vidB replaces train's)."""
+    meta, arrays = _meta(), _arrays()
+    bank = load_banks([FIXTURES / "lfb_train.pkl", FIXTURES / "lfb_val.pkl"])
+    assert sorted(bank.videos["vidB"]) == [907, 908, 909]
+    for key, window, k in meta["lookups"]:
+        ref = arrays[f"lookup/{key}/w{window}k{k}"]
+        ours = bank.sample(*parse_img_key(key), window, k, dtype=torch.float64)
+        assert ours.dtype == torch.float64
+        np.testing.assert_array_equal(ours.numpy(), ref, err_msg=key)
+    assert not arrays["lookup/vidA,0950/w6k1"].any()  # a window without features is all zeros
+
+
+@mmaction2
+def test_seeded_randperm_draws_what_mmaction2_draws():
+    meta, arrays = _meta(), _arrays()
+    bank = load_bank(FIXTURES / "lfb_multi.pkl")
+    for key, window, k in meta["randperm"]["lookups"]:
+        torch.manual_seed(meta["randperm"]["seed"])
+        ours = bank.sample(*parse_img_key(key), window, k, dtype=torch.float64)
+        np.testing.assert_array_equal(ours.numpy(), arrays[f"randperm/{key}/w{window}k{k}"], err_msg=key)
+
+
+def _fbo_from_fixture(name, meta, dtype):
+    case = meta["fbo"][name]
+    c_roi, c_lfb, window, k = meta["roi_channels"], meta["lfb_channels"], meta["fbo_window"], meta["fbo_k"]
+    if case["type"] == "non_local":
+        fbo = FBONonLocal(c_roi, c_lfb, case["latent_channels"], 1, window * k, **case["fbo"])
+    else:
+        fbo = (FBOMax if case["type"] == "max" else FBOAvg)(c_lfb)
+    bank = load_banks([FIXTURES / "lfb_train.pkl", FIXTURES / "lfb_val.pkl"])
+    return FBOHead(bank, fbo, c_roi, window, k, *case["pools"]).to(dtype).eval()
+
+
+def _run_fbo(name, dtype):
+    meta, arrays = _meta(), _arrays()
+    head = _fbo_from_fixture(name, meta, dtype)
+    prefix = f"fbo/{name}/weight/"
+    weights = {k[len(prefix):]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith(prefix)}
+    head.load_state_dict(weights, strict=True)  # mmaction2's roi_head.shared_head.* names
+    x = torch.from_numpy(arrays["fbo/input/roi_feats"]).to(dtype).requires_grad_()
+    rois = torch.from_numpy(arrays["fbo/input/rois"]).to(dtype)
+    out = head(x, None, rois, meta["fbo_keys"])
+    assert out.dtype == dtype and out.shape[1] == head.out_channels
+    (out * torch.from_numpy(arrays[f"fbo/{name}/loss_weight"]).to(dtype)).sum().backward()
+    ours = {f"fbo/{name}/out": out, f"fbo/{name}/grad/roi_feats": x.grad}
+    ours.update({f"fbo/{name}/grad/{k}": p.grad for k, p in head.named_parameters()})
+    refs = {k: v for k, v in arrays.items() if k.startswith(f"fbo/{name}/out") or k.startswith(f"fbo/{name}/grad/")}
+    assert sorted(ours) == sorted(refs)
+    return {k: v.detach().double().numpy() for k, v in ours.items()}, refs
+
+
+@mmaction2
+@pytest.mark.parametrize("name", ["nonlocal", "nonlocal_postact", "max", "avg"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fbo_heads_equal_mmaction2(name, dtype):
+    ours, refs = _run_fbo(name, dtype)
+    tol = F64_TOL if dtype == torch.float64 else F32_TOL
+    # The key projections' biases (lt_feat_conv of each non-local layer) get no gradient in exact
+    # arithmetic (softmax is invariant to a shift shared by all keys): their references are ~1e-16
+    # noise, compared on the scale of the case's largest gradient.
+    grad_scale = max(np.abs(v).max() for k, v in refs.items() if "/grad/" in k)
+    for key, ref in refs.items():
+        analytic_zero = "/grad/" in key and np.abs(ref).max() < 1e-12 * grad_scale
+        _assert_close(ours[key], ref, tol, key, floor=grad_scale if analytic_zero else 1e-30)
+
+
+# ---------------------------------------------------------------------------- the bank and its files
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_npz_round_trip_keeps_order_values_and_dtype(tmp_path, dtype):
+    bank = _tiny_bank(dtype)
+    save_bank(bank, tmp_path / "b.npz")
+    back = load_bank(tmp_path / "b.npz")
+    assert back.dtype == dtype and back.channels == 4
+    _same_bank(back, bank)
+    assert load_bank(tmp_path / "b.npz", dtype="float64").dtype == torch.float64
+
+
+def test_convert_between_mmaction2_pickle_and_npz(tmp_path):
+    bank = _tiny_bank(torch.float16)
+    convert_src = tmp_path / "b.npz"
+    save_bank(bank, convert_src)
+    convert(convert_src, tmp_path / "lfb_train.pkl")
+    with zipfile.ZipFile(tmp_path / "lfb_train.pkl") as z:  # torch.save's container, as mmaction2 writes
+        assert any(n.endswith("data.pkl") for n in z.namelist())
+    raw = torch.load(tmp_path / "lfb_train.pkl", weights_only=True)
+    assert isinstance(raw["v1"][902], list) and raw["v1"][902][0].shape == (4,)
+    convert(tmp_path / "lfb_train.pkl", tmp_path / "again.npz", dtype="float32")
+    again = load_bank(tmp_path / "again.npz")
+    assert again.dtype == torch.float32
+    _same_bank(load_bank(tmp_path / "again.npz", dtype="float16"), bank)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_pickles_with_code_are_refused(tmp_path):
+    path = tmp_path / "lfb_train.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"v": {1: _Evil()}}, f)
+    with pytest.raises(LFBFormatError, match="refus"):
+        load_bank(path)
+    torch.save({"v": {1: [torch.zeros(2)]}, "x": _Evil()}, tmp_path / "t.pkl")
+    with pytest.raises(LFBFormatError, match="refus"):
+        load_bank(tmp_path / "t.pkl")
+
+
+def test_npz_with_object_array_or_bad_layout_is_refused(tmp_path):
+    bank = _tiny_bank()
+    save_bank(bank, tmp_path / "ok.npz")
+    with np.load(tmp_path / "ok.npz") as data:
+        members = dict(data)
+    bad = dict(members, video_ids=np.array([{"a": 1}, "b"], dtype=object))
+    np.savez(tmp_path / "obj.npz", **bad)
+    with pytest.raises(LFBFormatError, match="obj.npz"):
+        load_bank(tmp_path / "obj.npz")
+    np.savez(tmp_path / "off.npz", **dict(members, group_offset=members["group_offset"][::-1]))
+    with pytest.raises(LFBFormatError, match="group_offset"):
+        load_bank(tmp_path / "off.npz")
+    with pytest.raises(UserError, match="not found"):
+        load_bank(tmp_path / "missing.npz")
+
+
+def test_lookup_window_truncation_and_errors():
+    bank = _tiny_bank()
+    out = bank.sample("v1", 901, window_size=4, max_num_sampled_feat=2, dtype=torch.float64)
+    # window 899..902: 900 -> slot (1, 0); 902 (3 features) -> 2 of them in slots (3, 0..1)
+    out = out.view(4, 2, 4)
+    assert out.dtype == torch.float64
+    assert torch.equal(out[1, 0], bank.videos["v1"][900][0].double()) and not out[1, 1].any()
+    rows = {tuple(r.tolist()) for r in bank.videos["v1"][902].double()}
+    assert {tuple(out[3, 0].tolist()), tuple(out[3, 1].tolist())} <= rows and out[3, 0].ne(out[3, 1]).any()
+    assert not out[0].any() and not out[2].any()
+    assert parse_img_key("v,2,0010") == ("v,2", 10)
+    with pytest.raises(LFBKeyError, match="'nope' is not in the feature bank"):
+        bank.sample("nope", 1, 2, 1)
+    with pytest.raises(LFBKeyError, match="img_key"):
+        parse_img_key("no-comma")
+    with pytest.raises(LFBFormatError, match="channels"):
+        LongTermFeatureBank({"a": {1: torch.zeros(1, 3), 2: torch.zeros(1, 4)}})
+
+
+# ---------------------------------------------------------------------------- heads and builders
+def _cfg(tmp_path, bank, **lfb):
+    save_bank(bank, tmp_path / "lfb_train.npz")
+    cfg = get_cfg()
+    cfg.MODEL.LFB.PREFIX_PATH = str(tmp_path)
+    cfg.MODEL.LFB.FILES = ["lfb_train.npz"]
+    cfg.MODEL.LFB.CHANNELS = bank.channels
+    cfg.MODEL.LFB.WINDOW_SIZE = 4
+    cfg.MODEL.LFB.MAX_NUM_SAMPLED_FEAT = 2
+    cfg.MODEL.LFB.LATENT_CHANNELS = 6
+    for k, v in lfb.items():
+        cfg.MODEL.LFB[k] = v
+    return cfg
+
+
+@pytest.mark.parametrize("name,extra", [("FBONonLocal", 6), ("FBOMax", 4), ("FBOAvg", 4)])
+def test_registered_fbo_heads_build_from_config(tmp_path, name, extra):
+    cfg = _cfg(tmp_path, _tiny_bank())
+    head = SHARED_HEAD_REGISTRY.get(name)(cfg, 5)
+    assert head.out_channels == 5 + extra
+    out = head(torch.randn(3, 5, 2, 3, 3), torch.zeros(2, 5, 2, 4, 4),
+               torch.tensor([[0.0, 1, 1, 5, 5], [1, 0, 0, 3, 3], [0, 2, 2, 4, 4]]), ["v1,0901", "v,2,0010"])
+    assert out.shape == (3, 5 + extra, 1, 1, 1)
+    assert not any(k.startswith("bank") for k in head.state_dict())
+
+
+def test_nonlocal_parameter_names_are_mmaction2s():
+    fbo = FBONonLocal(10, 8, 6, 1, 10, num_non_local_layers=2)
+    head = FBOHead(_tiny_bank(channels=8), fbo, 10)
+    keys = set(head.state_dict())
+    assert {"fbo.st_feat_conv.weight", "fbo.lt_feat_conv.bias", "fbo.non_local_layer_2.global_conv.conv.weight",
+            "fbo.non_local_layer_1.out_conv.conv.bias", "fbo.non_local_layer_1.ln.weight"} <= keys
+    assert len(keys) == 4 + 2 * 10
+
+
+def test_builder_errors_name_the_keys(tmp_path):
+    cfg = _cfg(tmp_path, _tiny_bank(), CHANNELS=7)
+    with pytest.raises(UserError, match="MODEL.LFB.CHANNELS = 7"):
+        SHARED_HEAD_REGISTRY.get("FBOMax")(cfg, 5)
+    cfg.MODEL.LFB.FILES = []
+    with pytest.raises(UserError, match="MODEL.LFB.FILES is empty"):
+        SHARED_HEAD_REGISTRY.get("FBOAvg")(cfg, 5)
+
+
+def test_zero_init_out_conv_reproduces_mmaction2_unless_switched_off():
+    torch.manual_seed(0)
+    as_mm = FBONonLocal(4, 4, 4, 1, 2, zero_init_out_conv=True)
+    assert as_mm.non_local_layer_1.out_conv.conv.weight.abs().sum() > 0  # mmaction2: the flag does nothing
+    fixed = FBONonLocal(4, 4, 4, 1, 2, zero_init_out_conv=True, zero_init_as_mmaction2=False)
+    assert fixed.non_local_layer_1.out_conv.conv.weight.abs().sum() == 0
+    assert fixed.non_local_layer_2.out_conv.conv.bias.abs().sum() == 0
+
+
+def test_dropout_is_active_in_training_only():
+    torch.manual_seed(0)
+    layer = NonLocalLayer(4, 4, 4, 1, 3, dropout_ratio=0.5)
+    st, lt = torch.randn(8, 4, 1, 1, 1), torch.randn(8, 4, 3, 1, 1)
+    assert torch.equal(layer.eval()(st, lt), layer.eval()(st, lt))
+    assert not torch.equal(layer.train()(st, lt), layer.train()(st, lt))
+
+
+def test_lfb_infer_writes_the_bank_and_replaces_padding_repeats(tmp_path):
+    cfg = get_cfg()
+    cfg.MODEL.LFB.INFER_HALF_PRECISION = False
+    head = SHARED_HEAD_REGISTRY.get("LFBInfer")(cfg, 3)
+    assert head.out_channels == 3
+
+    def pooled(x):  # temporal avg, then spatial max
+        return x.mean(2).amax((2, 3))
+
+    x = torch.randn(3, 3, 2, 2, 2)
+    assert head(x, None, torch.tensor([[1.0, 0, 0, 1, 1], [0, 0, 0, 1, 1], [1, 0, 0, 1, 1]]),
+                ["a,0001", "b,0002"]) is x
+    # a later call repeating clip a,0001 (a test sampler's padding) replaces its features
+    y = torch.randn(2, 3, 2, 2, 2)
+    head(y, None, torch.tensor([[0.0, 0, 0, 1, 1], [1, 0, 0, 1, 1]]), ["a,0001", "c,0003"])
+    path = head.write(tmp_path / "banks", "val")
+    assert os.path.basename(path) == "lfb_val.npz" and sorted(os.listdir(tmp_path / "banks")) == ["lfb_val.npz"]
+    bank = load_bank(path)
+    assert list(bank.videos) == ["b", "a", "c"] and bank.dtype == torch.float32
+    assert torch.equal(bank.videos["a"][1], pooled(y[:1]))
+    assert torch.equal(bank.videos["b"][2], pooled(x)[[0, 2]])  # RoIs of one clip in RoI order
+    assert torch.equal(bank.videos["c"][3], pooled(y[1:]))
+
+
+def test_config_rejects_unknown_pool_and_dtype():
+    from stmixer.config.validate import validate_config
+
+    cfg = get_cfg()
+    cfg.MODEL.LFB.TEMPORAL_POOL = "sum"
+    cfg.MODEL.LFB.DTYPE = "int8"
+    with pytest.raises(UserError) as e:
+        validate_config(cfg)
+    assert "MODEL.LFB.TEMPORAL_POOL" in str(e.value) and "MODEL.LFB.DTYPE" in str(e.value)
