@@ -335,3 +335,52 @@ def test_config_rejects_unknown_pool_and_dtype():
     with pytest.raises(UserError) as e:
         validate_config(cfg)
     assert "MODEL.LFB.TEMPORAL_POOL" in str(e.value) and "MODEL.LFB.DTYPE" in str(e.value)
+
+
+# ---------------------------------------------------------------------------- the lfb_infer command
+class _FakeTwoStage(torch.nn.Module):
+    """Stands in for FastRCNN: one whole-frame RoI per clip through an LFBInfer shared head."""
+
+    def __init__(self):
+        super().__init__()
+        self.shared_head = LFBInferHead(3, half_precision=True)
+        self.calls = 0
+
+    def forward(self, slow, fast, whwh, **kwargs):
+        b = slow.shape[0]
+        keys = [f"vid{self.calls},{900 + i:04d}" for i in range(b)]
+        self.calls += 1
+        rois = torch.cat([torch.arange(b, dtype=slow.dtype)[:, None], torch.zeros(b, 4)], 1)
+        self.shared_head(slow[:, :3], None, rois, keys)
+        return [{"boxes": torch.zeros(1, 4), "scores": torch.zeros(1, 80)} for _ in range(b)]
+
+
+def test_lfb_infer_runs_the_model_and_writes_the_split_bank(tmp_path):
+    from stmixer.tools.lfb_infer import infer_bank
+
+    def batch(start, b):
+        return {"videos": [torch.randn(b, 3, 2, 4, 4)], "whwh": torch.ones(b, 4), "boxes": [], "labels": [],
+                "metadata": [{"video_id": "x", "timestamp": 900 + i} for i in range(b)],
+                "indices": torch.arange(start, start + b)}
+
+    model = _FakeTwoStage()
+    path = infer_bank(model, [batch(0, 2), batch(2, 1)], torch.device("cpu"), tmp_path, "train", progress=False)
+    bank = load_bank(path)
+    assert path.endswith("lfb_train.npz") and bank.dtype == torch.float16 and bank.channels == 3
+    assert list(bank.videos) == ["vid0", "vid1"] and list(bank.videos["vid0"]) == [900, 901]
+
+
+def test_lfb_infer_split_config():
+    from yacs.config import CfgNode
+
+    from stmixer.tools.lfb_infer import split_config
+
+    cfg = get_cfg()
+    with pytest.raises(UserError, match="two-stage"):
+        split_config(cfg, "train")
+    cfg.MODEL.ROI_HEAD = CfgNode({"SHARED_HEAD": ""})
+    cfg.AVA.TRAIN_LISTS = ["train.csv"]
+    out = split_config(cfg, "train")
+    assert out.MODEL.ROI_HEAD.SHARED_HEAD == "LFBInfer"
+    assert out.AVA.TEST_LISTS == ["train.csv"] and out.AVA.TEST_GT_BOX_LISTS == list(cfg.AVA.TRAIN_GT_BOX_LISTS)
+    assert split_config(cfg, "val").AVA.TEST_LISTS == list(cfg.AVA.TEST_LISTS)

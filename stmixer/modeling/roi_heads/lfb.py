@@ -272,7 +272,7 @@ class LFBInferHead(nn.Module):
     Args:
         in_channels: channels of the RoI features (the output keeps them).
         half_precision: store float16 features (mmaction2's ``use_half_precision``, default True);
-            otherwise the features' own dtype.
+            otherwise the features' own dtype (float32 for bfloat16).
         temporal_pool_type, spatial_pool_type: pooling to one ``C``-vector per RoI.
 
     Each call's RoIs are recorded under their clip's img key, in RoI order; a later call that brings
@@ -295,6 +295,8 @@ class LFBInferHead(nn.Module):
             pooled = self.spatial_pool(self.temporal_pool(roi_feats)).flatten(1)
             if self.half_precision:
                 pooled = pooled.half()
+            elif pooled.dtype not in (torch.float16, torch.float32, torch.float64):
+                pooled = pooled.float()  # e.g. bfloat16 under autocast: banks hold float16/32/64
             pooled = pooled.detach().cpu()
             batch = {}
             for row, index in zip(pooled, rois[:, 0].to(torch.int64).tolist()):
