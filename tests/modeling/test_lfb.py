@@ -59,7 +59,8 @@ def _same_bank(ours, ref):
 def _tiny_bank(dtype=torch.float32, channels=4):
     gen = torch.Generator().manual_seed(0)
     return LongTermFeatureBank({
-        "v1": {900: torch.randn(1, channels, generator=gen).to(dtype), 902: torch.randn(3, channels, generator=gen).to(dtype)},
+        "v1": {900: torch.randn(1, channels, generator=gen).to(dtype),
+               902: torch.randn(3, channels, generator=gen).to(dtype)},
         "v,2": {10: [torch.randn(channels, generator=gen).to(dtype) for _ in range(2)]},
     }, source="tiny")
 
