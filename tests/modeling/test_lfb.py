@@ -385,3 +385,47 @@ def test_lfb_infer_split_config():
     assert out.MODEL.ROI_HEAD.SHARED_HEAD == "LFBInfer"
     assert out.AVA.TEST_LISTS == ["train.csv"] and out.AVA.TEST_GT_BOX_LISTS == list(cfg.AVA.TRAIN_GT_BOX_LISTS)
     assert split_config(cfg, "val").AVA.TEST_LISTS == list(cfg.AVA.TEST_LISTS)
+
+
+_WRITER_WORKER = """
+import datetime, sys
+import torch, torch.distributed as dist
+from stmixer.modeling.roi_heads.lfb import LFBInferHead
+dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=5))  # a failed peer ends the other
+rank = dist.get_rank()
+head = LFBInferHead(2, half_precision=False)
+x = torch.arange(6, dtype=torch.float32).view(3, 2, 1, 1, 1) + 100 * rank
+keys = [["a,0001", "b,0002"], ["c,0003", "a,0001", "a,0005"]][rank]
+rois = torch.tensor([[[0.0, 0, 0, 1, 1], [1, 0, 0, 1, 1], [0, 0, 0, 1, 1]],
+                     [[0.0, 0, 0, 1, 1], [1, 0, 0, 1, 1], [2, 0, 0, 1, 1]]][rank])
+head(x, None, rois, keys)
+print(head.write(sys.argv[1], "train"))
+dist.destroy_process_group()
+"""
+
+
+def test_writer_merges_the_processes_parts_on_rank0(tmp_path, repo_root):
+    """Two gloo processes: rank 0 merges per video in rank order (a second on both: the later rank's)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, PYTHONPATH=str(repo_root), OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+        procs.append(subprocess.Popen([sys.executable, "-c", _WRITER_WORKER, str(tmp_path)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for proc in procs:
+        _, stderr = proc.communicate()
+        assert proc.returncode == 0, stderr
+    assert sorted(os.listdir(tmp_path)) == ["lfb_train.npz"]
+    bank = load_bank(tmp_path / "lfb_train.npz")
+    assert list(bank.videos) == ["a", "b", "c"] and list(bank.videos["a"]) == [1, 5]
+    # rank 0: RoIs 0 and 2 -> a (x[0], x[2]), RoI 1 -> b; rank 1 (x + 100): c, a,0001 (replaces), a,0005
+    assert bank.videos["a"][1].tolist() == [[102.0, 103.0]]
+    assert bank.videos["a"][5].tolist() == [[104.0, 105.0]]
+    assert bank.videos["b"][2].tolist() == [[2.0, 3.0]] and bank.videos["c"][3].tolist() == [[100.0, 101.0]]

@@ -42,6 +42,12 @@ def _pools(temporal_pool_type, spatial_pool_type):
     return temporal, spatial
 
 
+def _check_img_keys(img_keys, who):
+    if img_keys is None:
+        raise ValueError(f"{who} needs the clips' img keys ('video_id,second'): the detector must pass "
+                         "img_keys built from the batch metadata")
+
+
 def _kaiming_fan_out(conv):
     """mmengine's ``kaiming_init`` defaults: normal, fan_out, relu gain; bias 0."""
     nn.init.kaiming_normal_(conv.weight, a=0, mode="fan_out", nonlinearity="relu")
@@ -250,6 +256,7 @@ class FBOHead(nn.Module):
 
     def sample_lfb(self, rois, img_keys, dtype, device):
         """``[K, C_lt, window_size * max_num_sampled_feat, 1, 1]``: one bank lookup per RoI, in RoI order."""
+        _check_img_keys(img_keys, "FBOHead")
         feats = []
         for index in rois[:, 0].to(torch.int64).tolist():
             video_id, second = parse_img_key(img_keys[index])
@@ -291,6 +298,7 @@ class LFBInferHead(nn.Module):
         self.records = {}
 
     def forward(self, roi_feats, feat, rois, img_keys):
+        _check_img_keys(img_keys, "LFBInferHead")
         with torch.no_grad():
             pooled = self.spatial_pool(self.temporal_pool(roi_feats)).flatten(1)
             if self.half_precision:
