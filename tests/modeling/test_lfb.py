@@ -429,3 +429,45 @@ def test_writer_merges_the_processes_parts_on_rank0(tmp_path, repo_root):
     assert bank.videos["a"][1].tolist() == [[102.0, 103.0]]
     assert bank.videos["a"][5].tolist() == [[104.0, 105.0]]
     assert bank.videos["b"][2].tolist() == [[2.0, 3.0]] and bank.videos["c"][3].tolist() == [[100.0, 101.0]]
+
+
+def _fast_rcnn_cfg(shared_head):
+    from stmixer.modeling.build import DETECTOR_REGISTRY
+
+    if "FastRCNN" not in DETECTOR_REGISTRY:
+        pytest.skip("the FastRCNN detector (issue #15, mm-core) is not in this checkout")
+    cfg = get_cfg()
+    cfg.MODEL.META_ARCHITECTURE = "FastRCNN"
+    cfg.MODEL.BACKBONE.CONV_BODY = "PySlowonly"
+    cfg.RESNET.WIDTH_PER_GROUP = 4  # a thin ResNet-50: last stage 128 channels
+    cfg.RESNET.SPATIAL_STRIDES = [[1], [2], [2], [1]]
+    cfg.MODEL.ROI_HEAD.SHARED_HEAD = shared_head
+    return cfg
+
+
+def test_fast_rcnn_writes_a_bank_and_trains_on_it(tmp_path):
+    """The contract with the detector: LFBInfer in eval mode writes the bank of the clips' img keys,
+    FBONonLocal reads it in training (bbox head input C + latent) and gets gradients; checkpoint keys
+    are mmaction2's ``roi_head.shared_head.fbo.*``."""
+    from stmixer.modeling import build_detector
+
+    torch.manual_seed(0)
+    model = build_detector(_fast_rcnn_cfg("LFBInfer")).eval()
+    slow, whwh = torch.randn(2, 3, 4, 64, 64), torch.tensor([[64.0, 64, 64, 64]] * 2)
+    proposals = [torch.tensor([[2.0, 2, 40, 60], [10, 5, 60, 50]]), torch.tensor([[0.0, 0, 30, 30]])]
+    keys = ["vidA,0902", "vidB,0903"]
+    with torch.no_grad():
+        model(slow, None, whwh, proposals=proposals, img_keys=keys)
+    bank = load_bank(model.roi_head.shared_head.write(tmp_path, "train"))
+    assert {v: {s: f.shape[0] for s, f in x.items()} for v, x in bank.videos.items()} == {"vidA": {902: 2},
+                                                                                         "vidB": {903: 1}}
+    cfg = _fast_rcnn_cfg("FBONonLocal")
+    cfg.MODEL.LFB.PREFIX_PATH, cfg.MODEL.LFB.FILES = str(tmp_path), ["lfb_train.npz"]
+    cfg.MODEL.LFB.CHANNELS, cfg.MODEL.LFB.LATENT_CHANNELS, cfg.MODEL.LFB.WINDOW_SIZE = bank.channels, 16, 4
+    model = build_detector(cfg).train()
+    assert model.roi_head.shared_head.out_channels == bank.channels + 16
+    labels = [torch.zeros(1, 80).index_fill_(1, torch.tensor([3]), 1.0)] * 2
+    losses = model(slow, None, whwh, [p[:1] for p in proposals], labels, proposals=proposals, img_keys=keys)
+    sum(losses.values()).backward()
+    assert model.roi_head.shared_head.fbo.non_local_layer_1.out_conv.conv.weight.grad.abs().sum() > 0
+    assert "roi_head.shared_head.fbo.non_local_layer_2.ln.weight" in model.state_dict()
