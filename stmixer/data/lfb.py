@@ -93,6 +93,7 @@ class LongTermFeatureBank:
         self.videos = collections.OrderedDict()
         self.channels = None
         self.dtype = None
+        self._table = None  # lookup table: all features [N, C] and video -> second -> (first row, count)
         for video_id, seconds in videos.items():
             if not isinstance(video_id, str):
                 raise LFBFormatError(f"{self.source}: video ids must be strings, got {video_id!r}")
@@ -156,38 +157,83 @@ class LongTermFeatureBank:
                 raise LFBFormatError(f"{other.source}: dtype {other.dtype}, {self.source} is {self.dtype}; "
                                      f"convert one of them (python -m stmixer.data.lfb convert --dtype)")
         self.videos.update(other.videos)
+        self._table = None
         if self.channels is None:
             self.channels, self.dtype = other.channels, other.dtype
         self.source = f"{self.source} + {other.source}"
         return self
+
+    def _lookup_table(self):
+        """``(table [N, C], {video: {second: (first row, count)}})``, built on first use.
+
+        The features are copied once into one table (unless they already are consecutive slices of
+        one, as a ``.npz`` bank's) and ``videos`` is re-pointed at views of it, so the bank is held once.
+        """
+        if self._table is not None:
+            return self._table
+        blocks, rows, offset = [], {}, 0
+        for video_id, seconds in self.videos.items():
+            rows[video_id] = {}
+            for second, feats in seconds.items():
+                rows[video_id][second] = (offset, feats.shape[0])
+                blocks.append(feats)
+                offset += feats.shape[0]
+        firsts = [first for seconds in rows.values() for first, _ in seconds.values()]
+        if blocks and all(b.untyped_storage().data_ptr() == blocks[0].untyped_storage().data_ptr()
+                          and b.is_contiguous() and b.storage_offset() == first * self.channels
+                          for b, first in zip(blocks, firsts)):
+            table = torch.as_strided(blocks[0], (offset, self.channels), (self.channels, 1), 0)
+        elif blocks:
+            table = torch.cat(blocks)
+            for video_id, seconds in rows.items():
+                for second, (first, count) in seconds.items():
+                    self.videos[video_id][second] = table[first:first + count]
+        else:
+            table = torch.zeros(0, self.channels or 0)
+        self._table = (table, rows)
+        return self._table
+
+    def sample_many(self, clips, window_size, max_num_sampled_feat, dtype=torch.float32, device=None,
+                    generator=None):
+        """``[R, window_size * K, C]``: ``sample`` of each ``(video_id, timestamp)`` of ``clips`` in order
+        (the same ``randperm`` draws as R calls of ``sample``), gathered in one indexing operation."""
+        table, rows = self._lookup_table()
+        k = int(max_num_sampled_feat)
+        dest, src = [], []
+        for r, (video_id, timestamp) in enumerate(clips):
+            seconds = rows.get(video_id)
+            if seconds is None:
+                raise LFBKeyError(f"{self.source}: video {video_id!r} is not in the feature bank ({len(self)} "
+                                  f"videos); infer the bank of this split with python -m stmixer.tools.lfb_infer "
+                                  f"and list it in MODEL.LFB.FILES")
+            start = int(timestamp) - window_size // 2
+            for i in range(window_size):
+                entry = seconds.get(start + i)
+                if entry is None:
+                    continue
+                first, count = entry
+                order = torch.randperm(count, generator=generator)[:k].tolist()
+                slot = (r * window_size + i) * k
+                dest.extend(range(slot, slot + len(order)))
+                src.extend(first + o for o in order)
+        # only the chosen rows travel to ``device`` (in the bank's dtype); the zero padding is made there
+        out = torch.zeros(len(clips) * window_size * k, self.channels, dtype=dtype, device=device)
+        if dest:
+            picked = table[torch.tensor(src)].to(device=out.device)
+            out[torch.tensor(dest, device=out.device)] = picked.to(dtype)
+        return out.view(len(clips), window_size * k, self.channels)
 
     def sample(self, video_id, timestamp, window_size, max_num_sampled_feat, dtype=torch.float32, device=None,
                generator=None):
         """Long-term features of the clip at ``(video_id, timestamp)``: ``[window_size * K, C]``.
 
         Row ``i * K + j`` is the ``j``-th sampled feature of second ``timestamp - window_size // 2 + i``
-        (zero when that second has fewer than ``j + 1`` features or is not in the bank). With more than
-        ``K`` features in a second, ``torch.randperm(n, generator=generator)[:K]`` chooses them (the
-        global generator when ``generator`` is None, as mmaction2); with ``n <= K`` every feature is
-        kept, in the permuted order.
+        (zero when that second has fewer than ``j + 1`` features or is not in the bank). For every second
+        present, ``torch.randperm(n, generator=generator)[:K]`` chooses and orders its features (the
+        global generator when ``generator`` is None, as mmaction2); with ``n <= K`` all are kept.
         """
-        try:
-            seconds = self.videos[video_id]
-        except KeyError:
-            raise LFBKeyError(f"{self.source}: video {video_id!r} is not in the feature bank ({len(self)} "
-                              f"videos); infer the bank of this split with python -m stmixer.tools.lfb_infer "
-                              f"and list it in MODEL.LFB.FILES") from None
-        k = int(max_num_sampled_feat)
-        start = int(timestamp) - window_size // 2
-        out = torch.zeros(window_size, k, self.channels, dtype=dtype)
-        for i, second in enumerate(range(start, start + window_size)):
-            feats = seconds.get(second)
-            if feats is None:
-                continue
-            order = torch.randperm(feats.shape[0], generator=generator)[:k]
-            out[i, :feats.shape[0]] = feats[order]
-        out = out.reshape(-1, self.channels)
-        return out if device is None else out.to(device)
+        return self.sample_many([(video_id, timestamp)], window_size, max_num_sampled_feat, dtype=dtype,
+                                device=device, generator=generator)[0]
 
     def __getitem__(self, key):
         """mmaction2's ``lfb['video,second']`` needs the window parameters; use ``sample`` instead."""

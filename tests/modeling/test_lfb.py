@@ -471,3 +471,19 @@ def test_fast_rcnn_writes_a_bank_and_trains_on_it(tmp_path):
     sum(losses.values()).backward()
     assert model.roi_head.shared_head.fbo.non_local_layer_1.out_conv.conv.weight.grad.abs().sum() > 0
     assert "roi_head.shared_head.fbo.non_local_layer_2.ln.weight" in model.state_dict()
+
+
+def test_lookup_table_is_shared_and_batched_lookup_draws_like_single_ones(tmp_path):
+    bank = _tiny_bank()
+    save_bank(bank, tmp_path / "b.npz")
+    from_npz = load_bank(tmp_path / "b.npz")
+    table, rows = from_npz._lookup_table()
+    assert table.data_ptr() == from_npz.videos["v1"][900].data_ptr()  # the file's rows, not a copy
+    assert rows["v1"][902] == (1, 3) and rows["v,2"][10] == (4, 2)
+    table, _ = bank._lookup_table()  # per-second tensors: copied once into one table, views re-pointed
+    assert bank.videos["v1"][902].data_ptr() == table[1].data_ptr()
+    clips = [("v1", 902), ("v,2", 11), ("v1", 901)]
+    batched = bank.sample_many(clips, 4, 2, generator=torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    single = torch.stack([bank.sample(v, t, 4, 2, generator=gen) for v, t in clips])
+    assert torch.equal(batched, single) and batched.shape == (3, 8, 4)

@@ -255,17 +255,13 @@ class FBOHead(nn.Module):
         self.generator = generator
 
     def sample_lfb(self, rois, img_keys, dtype, device):
-        """``[K, C_lt, window_size * max_num_sampled_feat, 1, 1]``: one bank lookup per RoI, in RoI order."""
+        """``[K, C_lt, window_size * max_num_sampled_feat, 1, 1]``: one bank lookup per RoI, in RoI order
+        (the ``randperm`` draws of mmaction2's per-RoI loop)."""
         _check_img_keys(img_keys, "FBOHead")
-        feats = []
-        for index in rois[:, 0].to(torch.int64).tolist():
-            video_id, second = parse_img_key(img_keys[index])
-            feats.append(self.bank.sample(video_id, second, self.window_size, self.max_num_sampled_feat,
-                                          dtype=dtype, generator=self.generator))
-        if not feats:
-            return torch.zeros(0, self.bank.channels, self.window_size * self.max_num_sampled_feat, 1, 1,
-                               dtype=dtype, device=device)
-        return torch.stack(feats).permute(0, 2, 1).contiguous()[..., None, None].to(device)
+        clips = [parse_img_key(img_keys[index]) for index in rois[:, 0].to(torch.int64).tolist()]
+        feats = self.bank.sample_many(clips, self.window_size, self.max_num_sampled_feat, dtype=dtype,
+                                      device=device, generator=self.generator)
+        return feats.permute(0, 2, 1).contiguous()[..., None, None]
 
     def forward(self, roi_feats, feat, rois, img_keys):
         st_feat = self.spatial_pool(self.temporal_pool(roi_feats))
