@@ -111,12 +111,16 @@ class LongTermFeatureBank:
             self.dtype = dtype
 
     def _as_matrix(self, feats, where, dtype):
-        if isinstance(feats, (list, tuple)):
-            if not feats:
-                raise LFBFormatError(f"{self.source}: {where}: empty feature list")
-            feats = torch.stack([torch.as_tensor(f).reshape(-1) for f in feats])
-        else:
-            feats = torch.as_tensor(feats)
+        try:
+            if isinstance(feats, (list, tuple)):
+                if not feats:
+                    raise LFBFormatError(f"{self.source}: {where}: empty feature list")
+                feats = torch.stack([torch.as_tensor(f).reshape(-1) for f in feats])
+            else:
+                feats = torch.as_tensor(feats)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise LFBFormatError(f"{self.source}: {where}: not a list of feature vectors or a [n, C] array "
+                                 f"({type(e).__name__}: {e})") from None
         if feats.dim() != 2 or feats.shape[0] == 0:
             raise LFBFormatError(f"{self.source}: {where}: expected [n, C] features with n >= 1, got shape "
                                  f"{tuple(feats.shape)}")

@@ -240,6 +240,10 @@ def test_lookup_window_truncation_and_errors():
         parse_img_key("no-comma")
     with pytest.raises(LFBFormatError, match="channels"):
         LongTermFeatureBank({"a": {1: torch.zeros(1, 3), 2: torch.zeros(1, 4)}})
+    with pytest.raises(LFBFormatError, match="'a' second 1: not a list of feature vectors"):
+        LongTermFeatureBank({"a": {1: ["text"]}})
+    with pytest.raises(LFBFormatError, match="seconds must be integers"):
+        LongTermFeatureBank({"a": {"0902": torch.zeros(1, 3)}})
 
 
 # ---------------------------------------------------------------------------- heads and builders

@@ -356,11 +356,13 @@ def build_bank(cfg):
         raise UserError("MODEL.LFB.FILES is empty: an FBO shared head needs the feature bank files written by "
                         "python -m stmixer.tools.lfb_infer (lfb_train.npz, lfb_val.npz)")
     bank = load_banks(paths, dtype=cfg.MODEL.LFB.DTYPE or None)
-    if bank.channels is not None and bank.channels != cfg.MODEL.LFB.CHANNELS:
+    if bank.channels is None:
+        raise UserError(f"MODEL.LFB.FILES {paths}: the bank holds no features")
+    if bank.channels != cfg.MODEL.LFB.CHANNELS:
         raise UserError(f"MODEL.LFB.CHANNELS = {cfg.MODEL.LFB.CHANNELS} but the bank {paths} holds "
                         f"{bank.channels}-channel features")
     logger.info("Feature bank: %d videos, %d features of %d channels (%s) from %s", len(bank),
-                bank.num_features(), bank.channels or 0, bank.dtype, paths)
+                bank.num_features(), bank.channels, bank.dtype, paths)
     return bank
 
 
