@@ -381,14 +381,22 @@ def test_lfb_infer_split_config():
     from stmixer.tools.lfb_infer import split_config
 
     cfg = get_cfg()
+    no_roi_head = cfg.clone()
+    no_roi_head.MODEL.pop("ROI_HEAD", None)
     with pytest.raises(UserError, match="two-stage"):
-        split_config(cfg, "train")
-    cfg.MODEL.ROI_HEAD = CfgNode({"SHARED_HEAD": ""})
+        split_config(no_roi_head, "train")
+    if "ROI_HEAD" not in cfg.MODEL:  # before the FastRCNN keys are merged
+        cfg.MODEL.ROI_HEAD = CfgNode({"SHARED_HEAD": ""})
+    if "PROPOSALS" in cfg:
+        cfg.PROPOSALS.TRAIN_FILE, cfg.PROPOSALS.TEST_FILE = "train.pkl", "val.pkl"
     cfg.AVA.TRAIN_LISTS = ["train.csv"]
     out = split_config(cfg, "train")
     assert out.MODEL.ROI_HEAD.SHARED_HEAD == "LFBInfer"
     assert out.AVA.TEST_LISTS == ["train.csv"] and out.AVA.TEST_GT_BOX_LISTS == list(cfg.AVA.TRAIN_GT_BOX_LISTS)
-    assert split_config(cfg, "val").AVA.TEST_LISTS == list(cfg.AVA.TEST_LISTS)
+    if "PROPOSALS" in cfg:
+        assert out.PROPOSALS.TEST_FILE == "train.pkl"
+    val = split_config(cfg, "val")
+    assert val.AVA.TEST_LISTS == list(cfg.AVA.TEST_LISTS) and val.MODEL.ROI_HEAD.SHARED_HEAD == "LFBInfer"
 
 
 _WRITER_WORKER = """
