@@ -290,6 +290,12 @@ def test_builder_errors_name_the_keys(tmp_path):
         SHARED_HEAD_REGISTRY.get("FBOAvg")(cfg, 5)
 
 
+@mmaction2
+def test_zero_init_out_conv_is_a_no_op_in_mmaction2():
+    """The fact the default below reproduces, as measured on mmaction2's own FBONonLocal."""
+    assert _meta()["zero_init_out_conv_zeroes_out_conv"] is False
+
+
 def test_zero_init_out_conv_reproduces_mmaction2_unless_switched_off():
     torch.manual_seed(0)
     as_mm = FBONonLocal(4, 4, 4, 1, 2, zero_init_out_conv=True)

@@ -208,6 +208,11 @@ def run(mods, out, seed):
                                      latent_channels=LATENT if case["type"] == "non_local" else None,
                                      loss=float(loss.detach()))
             print(name, tuple(out.shape), float(loss))
+        # --- mmaction2's zero_init_out_conv: its constant_init gets the ConvModule (no ``weight``): a no-op
+        fbo = mods["fbo_head"].FBONonLocal(4, 4, 4, 1, 2, num_non_local_layers=1, zero_init_out_conv=True)
+        fbo.init_weights()
+        meta["zero_init_out_conv_zeroes_out_conv"] = bool(
+            fbo.non_local_layer_1.out_conv.conv.weight.abs().sum() == 0)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {k: v.detach().numpy() for k, v in arrays.items()}, meta
