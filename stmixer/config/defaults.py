@@ -146,6 +146,45 @@ _C.MODEL.BACKBONE.BN_EPSILON = 1e-05
 _C.MODEL.BACKBONE.SYNC_BN = True
 
 # ---------------------------------------------------------------------------
+# Long-term feature bank (mmaction2's LFB; shared heads FBONonLocal / FBOMax / FBOAvg / LFBInfer)
+# ---------------------------------------------------------------------------
+_C.MODEL.LFB = CN()
+# Folder of the bank files (mmaction2's lfb_prefix_path); relative MODEL.LFB.FILES are under it, "" = as given.
+_C.MODEL.LFB.PREFIX_PATH = ""
+# Bank files read by the FBO heads, merged in order (later files' videos win): one per split, as mmaction2's dataset_modes ('train', 'val'); stmixer .npz or mmaction2 .pkl.
+_C.MODEL.LFB.FILES = ["lfb_train.npz", "lfb_val.npz"]
+# Channels of the bank features (mmaction2's lfb_channels; checked against the files).
+_C.MODEL.LFB.CHANNELS = 2048
+# Dtype the bank is held in: "" = the files' (float16 or float32, as written), "float16" / "float32" / "float64" converts on load.
+_C.MODEL.LFB.DTYPE = ""
+# Seconds of long-term features around the keyframe (window starts at second - WINDOW_SIZE // 2).
+_C.MODEL.LFB.WINDOW_SIZE = 60
+# Bank features sampled per second (randperm among that second's features; zero padding when fewer).
+_C.MODEL.LFB.MAX_NUM_SAMPLED_FEAT = 5
+# Pooling of the RoI features to one vector per RoI before the operator (FBO heads) or the bank writer: "avg" | "max".
+_C.MODEL.LFB.TEMPORAL_POOL = "avg"
+# Spatial pooling of the RoI features, as TEMPORAL_POOL: "avg" | "max".
+_C.MODEL.LFB.SPATIAL_POOL = "max"
+# FBONonLocal: channels of the non-local layers and of its output (RoI head input = RoI channels + this).
+_C.MODEL.LFB.LATENT_CHANNELS = 512
+# FBONonLocal: number of stacked residual non-local layers (>= 1).
+_C.MODEL.LFB.NUM_NL_LAYERS = 2
+# FBONonLocal: dropout after the short-term (RoI) feature projection.
+_C.MODEL.LFB.ST_FEAT_DROPOUT = 0.2
+# FBONonLocal: dropout after the long-term (bank) feature projection.
+_C.MODEL.LFB.LT_FEAT_DROPOUT = 0.2
+# FBONonLocal: output dropout of every non-local layer (fixed at 0.2 in mmaction2).
+_C.MODEL.LFB.NL_DROPOUT = 0.2
+# FBONonLocal: LayerNorm + ReLU before each layer's out_conv (True) or LayerNorm after it and ReLU after the residual (False).
+_C.MODEL.LFB.PRE_ACTIVATE = True
+# FBONonLocal: zero-initialise each non-local layer's out_conv (mmaction2's zero_init_out_conv).
+_C.MODEL.LFB.ZERO_INIT_OUT_CONV = False
+# FBONonLocal: reproduce mmaction2, whose zero_init_out_conv does nothing (its constant_init misses the ConvModule's conv); False makes ZERO_INIT_OUT_CONV effective.
+_C.MODEL.LFB.ZERO_INIT_AS_MMACTION2 = True
+# LFBInfer: store the bank in float16 (mmaction2's use_half_precision; half the size), else the model's dtype.
+_C.MODEL.LFB.INFER_HALF_PRECISION = True
+
+# ---------------------------------------------------------------------------
 # ResNet-3D backbones (PySlowFast form)
 # ---------------------------------------------------------------------------
 _C.RESNET = CN()

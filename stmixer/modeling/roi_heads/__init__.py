@@ -5,6 +5,7 @@ from .acrn import ACRNHead  # registers SHARED_HEAD_REGISTRY "ACRN"
 from .assigner import MaxIoUAssignerAVA, RandomSampler, box_iou
 from .ava_roi_head import AVARoIHead, boxes_to_rois
 from .bbox_head import BBoxHeadAVA, bbox_targets, class_detections
+from . import lfb  # noqa: F401  (registers the LFB shared heads FBONonLocal / FBOMax / FBOAvg / LFBInfer)
 from .roi_extractor import RoIExtractor3D
 
 __all__ = ["ACRNHead", "AVARoIHead", "BBoxHeadAVA", "MaxIoUAssignerAVA", "RandomSampler", "RoIExtractor3D",
