@@ -341,6 +341,9 @@ _C.SOLVER.EVAL_PERIOD = 1
 _C.SOLVER.EVAL_AFTER = 2
 # Training clips per iteration summed over all processes (each process takes an equal share).
 _C.SOLVER.VIDEOS_PER_BATCH = 16
+# (stmixer) Micro-batches per optimizer step: each process runs VIDEOS_PER_BATCH / (processes x this) clips at a time and
+# accumulates their gradients; the step equals one on the whole batch (iterations, LR and checkpoints count steps).
+_C.SOLVER.GRAD_ACCUM_STEPS = 1
 # Optimizer: "adamw".
 _C.SOLVER.OPTIMIZING_METHOD = "adamw"
 # (stmixer) Mixed precision of training and testing: "off" (float32), "bf16" or "fp16" (with a gradient scaler).

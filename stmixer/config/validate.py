@@ -49,7 +49,7 @@ POSITIVE = [
     "MODEL.STM.OBJECT_CLASSES", "MODEL.STM.NUM_HEADS", "MODEL.STM.DIM_FEEDFORWARD", "MODEL.STM.NUM_FCS",
     "MODEL.STM.SPATIAL_POINTS", "MODEL.STM.TEMPORAL_POINTS", "MODEL.STM.OUT_MULTIPLIER", "MODEL.STM.N_GROUPS",
     "SOLVER.MAX_EPOCH", "SOLVER.BASE_LR", "SOLVER.GAMMA", "SOLVER.CHECKPOINT_PERIOD",
-    "SOLVER.EVAL_PERIOD", "SOLVER.VIDEOS_PER_BATCH", "SOLVER.LOG_PERIOD", "TEST.VIDEOS_PER_BATCH",
+    "SOLVER.EVAL_PERIOD", "SOLVER.VIDEOS_PER_BATCH", "SOLVER.GRAD_ACCUM_STEPS", "SOLVER.LOG_PERIOD", "TEST.VIDEOS_PER_BATCH",
 ]
 NON_NEGATIVE = [
     "DATALOADER.NUM_WORKERS", "SOLVER.ITER_PER_EPOCH", "ViT.INIT_VALUES", "ViT.WEIGHT_DECAY",
@@ -115,6 +115,9 @@ def _value_problems(cfg):
     betas = cfg.SOLVER.BETAS
     if len(betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in betas):
         yield "SOLVER.BETAS", "expected (beta1, beta2), each in [0, 1)"
+    batch, accum = cfg.SOLVER.VIDEOS_PER_BATCH, cfg.SOLVER.GRAD_ACCUM_STEPS
+    if _is_number(batch) and _is_number(accum) and accum > 0 and batch % accum:
+        yield "SOLVER.GRAD_ACCUM_STEPS", f"expected a divisor of SOLVER.VIDEOS_PER_BATCH = {batch}"
     steps = list(cfg.SOLVER.STEPS)
     if not all(_is_number(s) and s >= 0 for s in steps) or steps != sorted(steps):
         yield "SOLVER.STEPS", "expected non-decreasing epochs >= 0"
