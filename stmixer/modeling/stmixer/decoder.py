@@ -207,14 +207,21 @@ class STMDecoder(nn.Module):
                     f"clip {i} of the batch: gt_labels has shape {list(labels.shape)}; expected "
                     f"[{boxes.size(0)}, num_actions] (one multi-hot row per gt box)"
                 )
-            bad = find_degenerate_boxes(boxes)
-            if bad.numel():
-                j = int(bad[0])
-                raise ValueError(
-                    f"clip {i} of the batch: ground-truth box {j} = {boxes[j].tolist()} is degenerate "
-                    f"({bad.numel()} such boxes); expected finite absolute x1 <= x2, y1 <= y2 pixels"
-                )
             targets.append({"boxes": boxes, "actions": labels, "whwh": whwh[i]})
+        # one check (one device synchronization) for the boxes of all clips
+        bad = find_degenerate_boxes(torch.cat([t["boxes"] for t in targets])).tolist() if targets else []
+        if bad:
+            offset = 0
+            for i, target in enumerate(targets):
+                n = len(target["boxes"])
+                in_clip = [k - offset for k in bad if offset <= k < offset + n]
+                if in_clip:
+                    j = in_clip[0]
+                    raise ValueError(
+                        f"clip {i} of the batch: ground-truth box {j} = {target['boxes'][j].tolist()} is "
+                        f"degenerate ({len(in_clip)} such boxes); expected finite absolute x1 <= x2, y1 <= y2 pixels"
+                    )
+                offset += n
         return targets
 
 
