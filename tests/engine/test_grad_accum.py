@@ -152,3 +152,16 @@ def test_ddp_synchronizes_only_the_last_micro_batch(tmp_path, monkeypatch):
     assert len(entered) == 3
     whole, _, _ = train(1, steps=1)
     torch.testing.assert_close(ddp.backbone.weight, whole.backbone.weight, rtol=1e-12, atol=1e-14)
+
+
+def test_config_check_of_grad_accum_steps():
+    from stmixer.config import ConfigError, validate_config
+
+    cfg = get_cfg()
+    assert cfg.SOLVER.GRAD_ACCUM_STEPS == 1
+    cfg.SOLVER.VIDEOS_PER_BATCH, cfg.SOLVER.GRAD_ACCUM_STEPS = 16, 4
+    validate_config(cfg)
+    for bad, expected in ((3, "a divisor of SOLVER.VIDEOS_PER_BATCH = 16"), (0, "a number > 0")):
+        cfg.SOLVER.GRAD_ACCUM_STEPS = bad
+        with pytest.raises(ConfigError, match=rf"SOLVER.GRAD_ACCUM_STEPS = {bad}: expected {expected}"):
+            validate_config(cfg)
