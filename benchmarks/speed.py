@@ -293,7 +293,7 @@ def run_case(impl, mode, precision, batches, args, device):
         oom = isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
         return {"error": "OOM" if oom else f"{type(e).__name__}: {e}"[:300]}
     finally:
-        del model, optimizer
+        model = optimizer = None  # noqa: F841  (free the memory before the next case)
         reset_memory(device)
 
 
@@ -312,7 +312,8 @@ def table(rows):
             if "error" in result:
                 cells += [result["error"], "-", "-"]
             else:
-                cells += [_fmt(result.get("ms"), 1), _fmt(result.get("clips_per_s"), 2), _fmt(result.get("peak_gib"), 2)]
+                cells += [_fmt(result.get("ms"), 1), _fmt(result.get("clips_per_s"), 2),
+                          _fmt(result.get("peak_gib"), 2)]
         both = "clips_per_s" in ours and "clips_per_s" in official
         cells.append(_fmt(ours["clips_per_s"] / official["clips_per_s"], 2) if both else "-")
         mem = "peak_gib" in ours and "peak_gib" in official

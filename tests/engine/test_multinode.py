@@ -13,7 +13,6 @@ import sys
 import threading
 
 import pytest
-import torch
 
 from stmixer.engine.launch import expand_nodelist, slurm_environment
 from stmixer.errors import UserError
