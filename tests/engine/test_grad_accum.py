@@ -57,12 +57,13 @@ def batches(num, counts=(1, 3, 0, 2), actions=5):
     return out
 
 
-def train(accum, steps=2, wrap=lambda m: m):
+def train(accum, steps=2, wrap=lambda m: m, clip_grad_norm=0.0):
     cfg = tiny_cfg()
     torch.manual_seed(0)
     model = TinyDetector(cfg).double()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    trainer = Trainer(wrap(model), batches(steps), optimizer, torch.device("cpu"), grad_accum_steps=accum)
+    trainer = Trainer(wrap(model), batches(steps), optimizer, torch.device("cpu"), grad_accum_steps=accum,
+                      clip_grad_norm=clip_grad_norm)
     logged = []
     run_step = trainer.run_step
 
@@ -75,17 +76,18 @@ def train(accum, steps=2, wrap=lambda m: m):
     return model, trainer, logged
 
 
-@pytest.mark.parametrize("accum", [2, 4])
-def test_accumulated_micro_batches_equal_the_whole_batch(accum):
+@pytest.mark.parametrize("accum,clip", [(2, 0.0), (4, 0.0), (2, 0.5)])
+def test_accumulated_micro_batches_equal_the_whole_batch(accum, clip):
     """float64: the micro-batches' gradients sum to the whole batch's (the loss shares use the whole
     batch's box count, class-weight sum and matched count), so after 2 SGD-momentum steps the
-    weights agree to float64 rounding of the reordered sums (observed <= 1e-15 relative)."""
-    whole, whole_trainer, whole_log = train(1)
-    micro, micro_trainer, micro_log = train(accum)
+    weights agree to float64 rounding of the reordered sums (observed <= 2e-15 relative); gradient
+    clipping acts on the accumulated gradient, so it clips the same total norm."""
+    whole, whole_trainer, whole_log = train(1, clip_grad_norm=clip)
+    micro, micro_trainer, micro_log = train(accum, clip_grad_norm=clip)
     assert micro_trainer.iter == whole_trainer.iter == 2  # iterations count optimizer steps
     for a, b in zip(whole_log, micro_log):  # the logged terms (float32 sums of the parts) are the whole batch's
-        losses = [k for k in a if k.startswith("loss_")] + ["total_loss"]
-        assert len(losses) == 9
+        losses = [k for k in a if k.startswith("loss_")] + ["total_loss"] + (["grad_norm"] if clip else [])
+        assert len(losses) == 9 + bool(clip)
         for name in losses:
             assert b[name] == pytest.approx(a[name], rel=1e-6), name
     moved = 0
