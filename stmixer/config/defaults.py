@@ -460,6 +460,8 @@ _C.SOLVER.EVAL_PERIOD = 1
 _C.SOLVER.EVAL_AFTER = 2
 # Training clips per iteration summed over all processes (each process takes an equal share).
 _C.SOLVER.VIDEOS_PER_BATCH = 16
+# (stmixer) Gradient accumulation: micro-batches of VIDEOS_PER_BATCH / (processes x this) clips per optimizer step, equal to one step on the whole batch (docs/distributed.md).
+_C.SOLVER.GRAD_ACCUM_STEPS = 1
 # Optimizer: "adamw".
 _C.SOLVER.OPTIMIZING_METHOD = "adamw"
 # (stmixer) Mixed precision of training and testing: "off" (float32), "bf16" or "fp16" (with a gradient scaler).

@@ -60,7 +60,8 @@ POSITIVE = [
     "MODEL.STM.OBJECT_CLASSES", "MODEL.STM.NUM_HEADS", "MODEL.STM.DIM_FEEDFORWARD", "MODEL.STM.NUM_FCS",
     "MODEL.STM.SPATIAL_POINTS", "MODEL.STM.TEMPORAL_POINTS", "MODEL.STM.OUT_MULTIPLIER", "MODEL.STM.N_GROUPS",
     "SOLVER.MAX_EPOCH", "SOLVER.BASE_LR", "SOLVER.GAMMA", "SOLVER.CHECKPOINT_PERIOD",
-    "SOLVER.EVAL_PERIOD", "SOLVER.VIDEOS_PER_BATCH", "SOLVER.LOG_PERIOD", "TEST.VIDEOS_PER_BATCH",
+    "SOLVER.EVAL_PERIOD", "SOLVER.VIDEOS_PER_BATCH", "SOLVER.GRAD_ACCUM_STEPS", "SOLVER.LOG_PERIOD",
+    "TEST.VIDEOS_PER_BATCH",
     "MODEL.ROI_HEAD.FEATMAP_STRIDE", "MODEL.ROI_HEAD.OUTPUT_SIZE", "MODEL.ROI_HEAD.NUM_CLASSES",
     "MODEL.ROI_HEAD.SAMPLER_NUM",
     "MODEL.ROI_HEAD.ACRN.STRIDE", "MODEL.ROI_HEAD.ACRN.NUM_CONVS",
@@ -134,6 +135,13 @@ def _value_problems(cfg):
     betas = cfg.SOLVER.BETAS
     if len(betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in betas):
         yield "SOLVER.BETAS", "expected (beta1, beta2), each in [0, 1)"
+    batch, accum = cfg.SOLVER.VIDEOS_PER_BATCH, cfg.SOLVER.GRAD_ACCUM_STEPS
+    if _is_number(batch) and _is_number(accum) and accum > 0 and batch % accum:
+        yield "SOLVER.GRAD_ACCUM_STEPS", f"expected a divisor of SOLVER.VIDEOS_PER_BATCH = {batch}"
+    if _is_number(accum) and accum > 1 and cfg.MODEL.META_ARCHITECTURE != "STMDetector":
+        # equal-to-the-whole-batch accumulation needs the loss's whole-step normalizers (STMixer's set loss has them)
+        yield "SOLVER.GRAD_ACCUM_STEPS", (f"expected 1 for MODEL.META_ARCHITECTURE = {cfg.MODEL.META_ARCHITECTURE!r} "
+                                          "(gradient accumulation is implemented for STMDetector only)")
     steps = list(cfg.SOLVER.STEPS)
     if not all(_is_number(s) and s >= 0 for s in steps) or steps != sorted(steps):
         yield "SOLVER.STEPS", "expected non-decreasing epochs >= 0"

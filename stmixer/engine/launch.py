@@ -8,6 +8,7 @@ config to the engine.
 
 import argparse
 import os
+import re
 import sys
 import time
 
@@ -29,6 +30,9 @@ Config overrides follow the options as KEY VALUE pairs, e.g.
 Multi-GPU:
   torchrun --nproc_per_node 8 {prog} --config-file F ...
   python -m torch.distributed.launch --nproc_per_node=8 {prog} --config-file F ...
+Multi-node (see docs/distributed.md):
+  torchrun --nnodes 2 --node_rank K --nproc_per_node 8 --rdzv-endpoint HOST:PORT {prog} --config-file F ...
+  srun --ntasks-per-node 8 --gpus-per-node 8 python {prog} --config-file F ...   (SLURM: one task per GPU)
 """
 
 
@@ -94,6 +98,8 @@ def run_entry_point(kind, body, argv=None):
     args = build_parser(kind).parse_intermixed_args(argv)
     with exit_on_user_error():
         cfg = load_config(args.config_file, args.opts)
+    with exit_on_user_error():
+        apply_slurm_environment()
     dist_info = comm.init_distributed(args.local_rank)
     lock = None
     try:
@@ -241,3 +247,97 @@ def _log_run_header(logger, args, cfg, dist_info):
     with open(args.config_file, "r") as f:
         logger.debug("Contents of %s:\n%s", args.config_file, f.read())
     logger.debug("Running with config:\n%s", cfg.dump())
+
+
+# Port of the rendezvous under SLURM when MASTER_PORT is not set: this base plus the job id modulo
+# SLURM_PORT_SPAN, so that jobs sharing a node do not collide.
+SLURM_PORT_BASE = 20000
+SLURM_PORT_SPAN = 20000
+
+
+def expand_nodelist(nodelist):
+    """Host names of a SLURM node list, in order: ``"node[01-03],gpu7"`` -> node01, node02, node03, gpu7.
+
+    Supports comma-separated entries, bracket groups of numbers and zero-padded ranges
+    (``[001-004,7]``) and several groups per entry (``r[1-2]n[3-4]``). Raises ``UserError``
+    naming ``SLURM_JOB_NODELIST`` when the text is not such a list.
+    """
+    entries, depth, current = [], 0, ""
+    for char in nodelist.strip():
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if depth not in (0, 1):
+            raise UserError(f"SLURM_JOB_NODELIST={nodelist!r}: nested or unbalanced brackets")
+        if char == "," and depth == 0:
+            entries.append(current)
+            current = ""
+        else:
+            current += char
+    entries.append(current)
+    if depth or not all(entries):
+        raise UserError(f"SLURM_JOB_NODELIST={nodelist!r}: expected host names such as 'node[01-03],gpu7'")
+    hosts = []
+    for entry in entries:
+        hosts.extend(_expand_entry(entry, nodelist))
+    return hosts
+
+
+def _expand_entry(entry, nodelist):
+    match = re.search(r"\[([^\]]*)\]", entry)
+    if match is None:
+        return [entry]
+    head, tail = entry[:match.start()], entry[match.end():]
+    names = []
+    for part in match.group(1).split(","):
+        bounds = part.split("-")
+        if len(bounds) > 2 or not all(b.isdigit() for b in bounds):
+            raise UserError(f"SLURM_JOB_NODELIST={nodelist!r}: {part!r} is not a number or a range like 01-03")
+        first, last = int(bounds[0]), int(bounds[-1])
+        width = len(bounds[0])
+        names.extend(f"{head}{n:0{width}d}" for n in range(first, last + 1))
+    return [name + rest for name in names for rest in _expand_entry(tail, nodelist)]
+
+
+def slurm_environment(environ=None):
+    """The torch.distributed variables for a process started by ``srun`` (one task per GPU), or {}.
+
+    Applies only inside an ``srun`` job step (``SLURM_STEP_ID`` set) with more than one task,
+    and only when the launcher's ``RANK`` / ``WORLD_SIZE`` are absent (``torchrun`` inside a
+    SLURM job keeps its own). ``RANK`` = ``SLURM_PROCID``, ``WORLD_SIZE`` =
+    ``SLURM_STEP_NUM_TASKS`` (else ``SLURM_NTASKS``), ``LOCAL_RANK`` = ``SLURM_LOCALID``,
+    ``MASTER_ADDR`` = its own value or the first host of ``SLURM_STEP_NODELIST`` /
+    ``SLURM_JOB_NODELIST``, ``MASTER_PORT`` = its own value or ``SLURM_PORT_BASE`` + job id
+    modulo ``SLURM_PORT_SPAN``.
+    """
+    env = os.environ if environ is None else environ
+    if "RANK" in env or "WORLD_SIZE" in env or "SLURM_PROCID" not in env or "SLURM_STEP_ID" not in env:
+        return {}
+    world = env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or "1"
+    if not world.isdigit():
+        raise UserError(f"SLURM_NTASKS={world!r} is not a number of tasks")
+    if int(world) <= 1:
+        return {}
+    for name in ("SLURM_PROCID", "SLURM_LOCALID"):
+        if not env.get(name, "0").isdigit():
+            raise UserError(f"{name}={env.get(name)!r} is not a task number")
+    values = {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": world, "LOCAL_RANK": env.get("SLURM_LOCALID", "0")}
+    address = env.get("MASTER_ADDR")
+    if not address:
+        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+        if not nodelist:
+            raise UserError("srun job step without MASTER_ADDR or SLURM_JOB_NODELIST: set MASTER_ADDR to the host "
+                            "of rank 0")
+        address = expand_nodelist(nodelist)[0]
+    values["MASTER_ADDR"] = address
+    port = env.get("MASTER_PORT")
+    if not port:
+        job = env.get("SLURM_JOB_ID", "0")
+        port = str(SLURM_PORT_BASE + (int(job) if job.isdigit() else 0) % SLURM_PORT_SPAN)
+    values["MASTER_PORT"] = port
+    return values
+
+
+def apply_slurm_environment():
+    """Export ``slurm_environment()`` into ``os.environ`` (before ``init_distributed``); returns what was set."""
+    values = slurm_environment()
+    os.environ.update(values)
+    return values

@@ -22,7 +22,7 @@ from ..evaluation.evaluator import AVAEvaluator
 from ..evaluation.tube_evaluator import TubeEvaluator
 from ..modeling import build_detector
 from ..solver import build_lr_scheduler, build_optimizer
-from ..errors import UserFileNotFoundError
+from ..errors import UserError, UserFileNotFoundError
 from ..utils import distributed as comm
 from .checkpointer import Checkpointer, unwrap_model
 from .events import MetricsFile
@@ -171,6 +171,7 @@ def train(cfg, *, transfer=False, no_head=False, seed=2, skip_val=False, skip_te
     if train_dataset is not None:
         logger.info("SOLVER.ITER_PER_EPOCH 0: an epoch is the training split, %d samples = %d iterations",
                     len(train_dataset), cfg.SOLVER.ITER_PER_EPOCH)
+    check_micro_batches(cfg, comm.get_world_size())
     model = build_model(cfg, device)
     vit_layer_id = getattr(model.backbone, "layer_id", None)
     optimizer = build_optimizer(cfg, model, vit_layer_id=vit_layer_id)
@@ -193,7 +194,7 @@ def train(cfg, *, transfer=False, no_head=False, seed=2, skip_val=False, skip_te
                                    dataset=train_dataset, pin_memory=device.type == "cuda")
         trainer = Trainer(model, loader, optimizer, device, amp=cfg.SOLVER.AMP, grad_scaler=grad_scaler,
                           loss_reduction=cfg.MODEL.STM.LOSS_REDUCTION, clip_grad_norm=cfg.SOLVER.CLIP_GRAD_NORM,
-                          nonfinite_loss=cfg.SOLVER.NONFINITE_LOSS)
+                          nonfinite_loss=cfg.SOLVER.NONFINITE_LOSS, grad_accum_steps=cfg.SOLVER.GRAD_ACCUM_STEPS)
         trainer.register_hooks([
             LRSchedulerHook(scheduler),
             PeriodicCheckpointHook(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD * per_epoch),
@@ -212,6 +213,20 @@ def train(cfg, *, transfer=False, no_head=False, seed=2, skip_val=False, skip_te
         if metrics_file is not None and results:
             metrics_file.add_evaluation(max_iter, {f"eval/{k}": v for k, v in results.items()})
     return unwrap_model(model)
+
+
+def check_micro_batches(cfg, world_size):
+    """``SOLVER.VIDEOS_PER_BATCH`` must split into processes x ``SOLVER.GRAD_ACCUM_STEPS`` equal micro-batches."""
+    total, accum = cfg.SOLVER.VIDEOS_PER_BATCH, cfg.SOLVER.GRAD_ACCUM_STEPS
+    if total % (world_size * accum):
+        raise UserError(
+            f"SOLVER.VIDEOS_PER_BATCH = {total} must be a multiple of the number of processes ({world_size}) times "
+            f"SOLVER.GRAD_ACCUM_STEPS = {accum}: each process runs VIDEOS_PER_BATCH / (processes x GRAD_ACCUM_STEPS) "
+            "clips per micro-batch"
+        )
+    if accum > 1:
+        logger.info("SOLVER.GRAD_ACCUM_STEPS %d: micro-batches of %d clips per process, one optimizer step per %d",
+                    accum, total // (world_size * accum), accum)
 
 
 def _scalar_metrics(metrics):

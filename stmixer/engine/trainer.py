@@ -14,7 +14,7 @@ import time
 import torch
 
 from ..modeling.errors import NonFiniteCostError, NonFiniteLossError
-from ..modeling.losses import reduce_losses
+from ..modeling.losses import AccumulatedBatch, accumulate, reduce_losses
 from ..utils import distributed as comm
 from .events import MetricHistory
 
@@ -32,6 +32,10 @@ def autocast_context(device, amp):
     return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
 
 
+# Per-clip tensor lists only some datasets' batches carry (two-stage detectors: person proposals).
+OPTIONAL_BATCH_KEYS = ("proposals", "proposal_scores")
+
+
 def move_batch(batch, device):
     """Copy a batch's tensors (videos, whwh, boxes, labels, and proposals / proposal_scores when the
     batch has them) to ``device``; metadata stays."""
@@ -43,10 +47,33 @@ def move_batch(batch, device):
         "metadata": batch["metadata"],
         "indices": batch["indices"],
     }
-    for key in ("proposals", "proposal_scores"):
+    for key in OPTIONAL_BATCH_KEYS:
         if key in batch:
             moved[key] = [p.to(device, non_blocking=True) for p in batch[key]]
     return moved
+
+
+def split_batch(batch, parts):
+    """Split a collated batch into ``parts`` micro-batches of equal size (clip order kept, padding kept)."""
+    size = batch["whwh"].size(0)
+    if parts == 1:
+        return [batch]
+    if size % parts:
+        raise ValueError(f"a batch of {size} clips does not split into SOLVER.GRAD_ACCUM_STEPS = {parts} equal parts")
+    step = size // parts
+    parts_of = lambda seq, j: seq[j * step:(j + 1) * step]  # noqa: E731
+    return [
+        {
+            "videos": [parts_of(v, j) for v in batch["videos"]],
+            "whwh": parts_of(batch["whwh"], j),
+            "boxes": parts_of(batch["boxes"], j),
+            "labels": parts_of(batch["labels"], j),
+            "metadata": parts_of(batch["metadata"], j),
+            "indices": parts_of(batch["indices"], j),
+            **{key: parts_of(batch[key], j) for key in OPTIONAL_BATCH_KEYS if key in batch},
+        }
+        for j in range(parts)
+    ]
 
 
 def detector_inputs(batch):
@@ -101,6 +128,11 @@ class Trainer:
         nonfinite_loss: "error" stops with a message naming the term and iteration; "skip" skips the step.
             The decision is taken on the loss terms averaged over all processes, so every
             process takes the same branch (no hang in DDP).
+        grad_accum_steps: micro-batches per optimizer step (``SOLVER.GRAD_ACCUM_STEPS``): each
+            loader batch is split into this many equal parts, run one after the other (DDP
+            synchronizes the gradients on the last only) and normalized as shares of the whole
+            batch's loss (``losses.AccumulatedBatch``), so the step equals one on the whole
+            batch. One iteration is one optimizer step.
     """
 
     def __init__(
@@ -114,6 +146,7 @@ class Trainer:
         loss_reduction="mean",
         clip_grad_norm=0.0,
         nonfinite_loss="error",
+        grad_accum_steps=1,
     ):
         if nonfinite_loss not in ("error", "skip"):
             raise ValueError(f"SOLVER.NONFINITE_LOSS must be 'error' or 'skip', got {nonfinite_loss!r}")
@@ -126,6 +159,9 @@ class Trainer:
         self.loss_reduction = loss_reduction
         self.clip_grad_norm = clip_grad_norm
         self.nonfinite_loss = nonfinite_loss
+        if int(grad_accum_steps) < 1:
+            raise ValueError(f"SOLVER.GRAD_ACCUM_STEPS must be >= 1, got {grad_accum_steps!r}")
+        self.grad_accum_steps = int(grad_accum_steps)
         self.hooks = []
         self.metrics = MetricHistory()
         self.iter = 0
@@ -161,39 +197,61 @@ class Trainer:
                 hook.after_train()
 
     def run_step(self):
-        """One iteration: batch -> losses -> checks -> backward -> optimizer step; records metrics."""
+        """One iteration: batch -> losses -> checks -> backward -> optimizer step; records metrics.
+
+        With ``grad_accum_steps`` N > 1 the batch is run as N micro-batches; the loss terms
+        logged and checked are their sums (the whole batch's terms). The non-finite check
+        comes after the last micro-batch's forward, before its backward, so a skipped step
+        changes no weight.
+        """
         start = time.perf_counter()
         self.metrics.iteration = self.iter + 1
         batch = next(self._data_iter)
         data_time = time.perf_counter() - start
-        batch = move_batch(batch, self.device)
-        cost_error = None
-        try:
-            with autocast_context(self.device, self.amp):
-                loss_dict = self.model(*detector_inputs(batch), batch["boxes"], batch["labels"],
-                                       **detector_kwargs(batch))
-        except NonFiniteCostError as e:  # diverged before any loss term exists
-            loss_dict, cost_error = {}, e
-        if self._any_process(cost_error is not None):
-            detail = str(cost_error) if cost_error is not None else "on another process"
-            self._nonfinite(f"non-finite matching cost at iteration {self.iter + 1}: {detail}")
-            self.metrics.put(data_time=data_time, time=time.perf_counter() - start,
-                             lr=self.optimizer.param_groups[0]["lr"])
-            return
-        # Averaged over processes: for logging, and so that all processes agree on non-finite terms.
-        names = list(loss_dict)
-        averaged = comm.all_reduce_mean(torch.stack([loss_dict[n].detach().float() for n in names]))
-        loss_values = dict(zip(names, averaged.tolist()))
-        bad = [name for name, value in loss_values.items() if not math.isfinite(value)]
-        total = reduce_losses(loss_dict, self.loss_reduction)
+        parts = split_batch(batch, self.grad_accum_steps)
+        totals = None
+        if len(parts) > 1:  # the whole step's normalizers: one box-count all-reduce per step
+            totals = AccumulatedBatch.from_counts([len(b) for b in batch["boxes"]], self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        if bad:
-            self._nonfinite(
-                f"non-finite loss at iteration {self.iter + 1}: "
-                + ", ".join(f"{name}={loss_values[name]}" for name in bad)
-            )
-        else:
-            self._backward_and_step(total)
+        summed, names = None, None
+        for j, part in enumerate(parts):
+            last = j == len(parts) - 1
+            part = move_batch(part, self.device)
+            with self._sync_gradients(last), (accumulate(totals) if totals is not None else contextlib.nullcontext()):
+                cost_error = None
+                try:
+                    with autocast_context(self.device, self.amp):
+                        loss_dict = self.model(*detector_inputs(part), part["boxes"], part["labels"],
+                                               **detector_kwargs(part))
+                except NonFiniteCostError as e:  # diverged before any loss term exists
+                    loss_dict, cost_error = {}, e
+                if self._any_process(cost_error is not None):
+                    detail = str(cost_error) if cost_error is not None else "on another process"
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self._nonfinite(f"non-finite matching cost at iteration {self.iter + 1}: {detail}")
+                    self.metrics.put(data_time=data_time, time=time.perf_counter() - start,
+                                     lr=self.optimizer.param_groups[0]["lr"])
+                    return
+                names = names or list(loss_dict)
+                terms = torch.stack([loss_dict[n].detach().float() for n in names])
+                summed = terms if summed is None else summed + terms
+                total = reduce_losses(loss_dict, self.loss_reduction)
+                if not last:
+                    self._backward(total)
+                    continue
+                # Averaged over processes: for logging, and so that all processes agree on non-finite terms.
+                loss_values = dict(zip(names, comm.all_reduce_mean(summed).tolist()))
+                bad = [name for name, value in loss_values.items() if not math.isfinite(value)]
+                if bad:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self._nonfinite(
+                        f"non-finite loss at iteration {self.iter + 1}: "
+                        + ", ".join(f"{name}={loss_values[name]}" for name in bad)
+                    )
+                else:
+                    self._backward(total)
+        if not bad:
+            self._step()
         good = [value for name, value in loss_values.items() if name not in bad]
         self.metrics.put(
             total_loss=(sum(good) / len(good) if self.loss_reduction == "mean" else sum(good)) if good else float("nan"),
@@ -206,6 +264,12 @@ class Trainer:
         extra = getattr(getattr(self.model, "module", self.model), "train_metrics", None)
         if extra:
             self.metrics.put(**{name: value for name, value in extra.items() if math.isfinite(value)})
+
+    def _sync_gradients(self, last):
+        """DDP's ``no_sync()`` on every micro-batch but the last (gradients are all-reduced once per step)."""
+        if last or not isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
+            return contextlib.nullcontext()
+        return self.model.no_sync()
 
     def _any_process(self, flag):
         """Whether ``flag`` holds on any process (all must agree before the loss all-reduce); no
@@ -221,17 +285,22 @@ class Trainer:
         logger.warning("%s; step skipped", message)
         self.metrics.put(skipped_steps=1.0)
 
-    def _backward_and_step(self, total):
+    def _backward(self, total):
         scaler = self.grad_scaler
         if scaler is not None and scaler.is_enabled():
             scaler.scale(total).backward()
+        else:
+            total.backward()
+
+    def _step(self):
+        scaler = self.grad_scaler
+        if scaler is not None and scaler.is_enabled():
             if self.clip_grad_norm > 0:
                 scaler.unscale_(self.optimizer)
                 self.metrics.put(grad_norm=self._clip())
             scaler.step(self.optimizer)
             scaler.update()
             return
-        total.backward()
         if self.clip_grad_norm > 0:
             self.metrics.put(grad_norm=self._clip())
         self.optimizer.step()

@@ -19,11 +19,15 @@ loss_bbox``; then, with intermediate supervision, for every earlier stage k
 (``all_reduce`` sum / world size), at least 1.
 """
 
+import contextlib
+import dataclasses
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..structures.boxes import generalized_box_iou
+from ..utils import distributed as comm
 from ..utils.distributed import all_reduce_mean
 from .errors import NonFiniteCostError
 from .trace import record
@@ -49,9 +53,58 @@ def reduce_losses(losses, reduction="mean"):
 
 
 def average_num_boxes(targets, device):
-    """Ground-truth boxes per process: the batch's count averaged over all processes, at least 1 (a float)."""
-    count = torch.tensor([float(sum(len(t["boxes"]) for t in targets))], dtype=torch.float32, device=device)
-    return torch.clamp(all_reduce_mean(count), min=1).item()
+    """Ground-truth boxes per process: the batch's count averaged over all processes, at least 1.
+
+    A Python float in a single process (counted on the host: no device synchronization);
+    when distributed, a 0-dim tensor on ``device`` (the all-reduce is queued, the loss
+    divides by the tensor without waiting for it on the host).
+    """
+    return _average_count(sum(len(t["boxes"]) for t in targets), device)
+
+
+def _average_count(count, device):
+    if not comm.is_distributed():
+        device = "cpu"  # nothing to reduce: the count stays on the host (.item() below does not sync a device)
+    average = torch.clamp(all_reduce_mean(torch.tensor([float(count)], dtype=torch.float32, device=device)), min=1)
+    return average.item() if average.device.type == "cpu" else average[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class AccumulatedBatch:
+    """The whole per-process batch of one optimizer step split into micro-batches (``SOLVER.GRAD_ACCUM_STEPS``).
+
+    While ``accumulate(...)`` is active the loss of each micro-batch is its share of the
+    whole batch's loss: box terms divide by ``num_boxes`` of the whole step (every
+    micro-batch of every process), the objectness cross-entropy by the class-weight sum of
+    the whole per-process batch, the action BCE by its matched-element count. The
+    gradients of the micro-batches then add up to the gradient of the whole batch.
+
+    Args:
+        gt_counts: ground-truth boxes of every clip of the per-process batch (all micro-batches).
+        num_boxes: the step's ``average_num_boxes`` (Python float, or a 0-dim device tensor when distributed).
+    """
+
+    gt_counts: tuple
+    num_boxes: object
+
+    @classmethod
+    def from_counts(cls, gt_counts, device):
+        """The totals of a per-process batch whose clips hold ``gt_counts`` boxes (one all-reduce when distributed)."""
+        gt_counts = tuple(int(n) for n in gt_counts)
+        return cls(gt_counts, _average_count(sum(gt_counts), device))
+
+
+_ACCUMULATED = []
+
+
+@contextlib.contextmanager
+def accumulate(batch):
+    """Within this context ``SetCriterion`` normalizes every loss by the totals of ``batch`` (an ``AccumulatedBatch``)."""
+    _ACCUMULATED.append(batch)
+    try:
+        yield batch
+    finally:
+        _ACCUMULATED.pop()
 
 
 class SetCriterion(nn.Module):
@@ -64,9 +117,13 @@ class SetCriterion(nn.Module):
         background_weight: cross-entropy weight of the no-object class (held in
             the float32 buffer ``empty_weight``, part of official checkpoints).
         intermediate_supervision: also supervise every stage before the last.
+        batched_matching: match all supervised stages and clips with one device-to-host copy
+            of the costs and one host-to-device copy of the indices (default); False is the
+            reference path (one matcher call per stage, one copy per clip), with the same results.
     """
 
-    def __init__(self, matcher, num_object_classes, weights, background_weight, intermediate_supervision=True):
+    def __init__(self, matcher, num_object_classes, weights, background_weight, intermediate_supervision=True,
+                 batched_matching=True):
         super().__init__()
         missing = set(FINAL_STAGE_ORDER) - set(weights)
         if missing:
@@ -75,6 +132,7 @@ class SetCriterion(nn.Module):
         self.num_object_classes = num_object_classes
         self.weights = dict(weights)
         self.intermediate_supervision = intermediate_supervision
+        self.batched_matching = batched_matching
         empty_weight = torch.ones(num_object_classes + 1, dtype=torch.float32)
         empty_weight[-1] = background_weight
         self.register_buffer("empty_weight", empty_weight)
@@ -86,7 +144,8 @@ class SetCriterion(nn.Module):
             outputs: ``DecoderOutputs`` (lists over stages of cls_logits ``[B, Q, K + 1]``,
                 action_logits ``[B, Q, A]``, boxes ``[B, Q, 4]`` absolute xyxy).
             targets: B dicts: "boxes" ``[n_i, 4]`` absolute xyxy, "actions" ``[n_i, A]``
-                float multi-hot, "whwh" ``[4]``, in the predictions' dtype and device.
+                float multi-hot, "whwh" ``[4]``, on the predictions' device; their dtype
+                (float32 under autocast) is the dtype of the costs and of the losses.
             trace: optional dict; receives ``match/stage{k}`` (a list of ``Match`` per clip).
 
         Returns:
@@ -94,43 +153,116 @@ class SetCriterion(nn.Module):
         """
         num_stages = len(outputs.cls_logits)
         final = num_stages - 1
-        num_boxes = average_num_boxes(targets, outputs.cls_logits[final].device)
+        device = outputs.cls_logits[final].device
+        accumulated = _ACCUMULATED[-1] if _ACCUMULATED else None
+        num_boxes = accumulated.num_boxes if accumulated is not None else average_num_boxes(targets, device)
         stages = [final] + (list(range(final)) if self.intermediate_supervision else [])
+        indices = self.match(outputs, targets, stages, trace)
+        flat = {
+            "boxes": torch.cat([t["boxes"] for t in targets]) if targets else None,
+            "actions": torch.cat([t["actions"] for t in targets]) if targets else None,
+            "whwh": torch.cat([t["whwh"].expand(len(t["boxes"]), 4) for t in targets]) if targets else None,
+        }
         losses = {}
         for k in stages:
-            cls_logits, boxes, action_logits = outputs.cls_logits[k], outputs.boxes[k], outputs.action_logits[k]
-            try:
-                matches = self.matcher(cls_logits, boxes, targets)
-            except NonFiniteCostError as e:
-                raise NonFiniteCostError(f"decoder stage {k} of {num_stages}: {e}") from None
-            record(trace, f"match/stage{k}", matches)
-            terms = self.stage_losses(cls_logits, boxes, action_logits, targets, matches, num_boxes)
+            terms = self.stage_losses(outputs.cls_logits[k], outputs.boxes[k], outputs.action_logits[k], flat,
+                                      indices[k], num_boxes, accumulated)
             suffix, order = ("", FINAL_STAGE_ORDER) if k == final else (f"_{k}", EARLIER_STAGE_ORDER)
             for name in order:
                 losses[name + suffix] = terms[name] * self.weights[name]
         return losses
 
-    def stage_losses(self, cls_logits, boxes, action_logits, targets, matches, num_boxes):
-        """Unweighted ``{"loss_ce", "loss_bbox", "loss_giou", "loss_bce"}`` of one stage given its matches."""
-        device = cls_logits.device
-        batch_idx = torch.cat([torch.full_like(m.src, i) for i, m in enumerate(matches)]).to(device)
-        src_idx = torch.cat([m.src for m in matches]).to(device)
-        tgt_per_clip = [m.tgt.to(device) for m in matches]
+    def match(self, outputs, targets, stages, trace=None):
+        """Hungarian matching of ``stages``; returns ``{k: int64 [3, n_k] (clip, query, flat target index)}``
+        on the predictions' device (flat target index: into the concatenated targets of the batch)."""
+        num_stages = len(outputs.cls_logits)
+        device = outputs.cls_logits[-1].device
+        B = len(targets)
+        try:
+            if self.batched_matching:
+                folded = self.matcher(torch.cat([outputs.cls_logits[k] for k in stages]),
+                                      torch.cat([outputs.boxes[k] for k in stages]), list(targets) * len(stages))
+                per_stage = {k: folded[j * B:(j + 1) * B] for j, k in enumerate(stages)}
+            else:
+                per_stage = {}
+                for j, k in enumerate(stages):
+                    try:
+                        per_stage[k] = self.matcher.match_per_clip(outputs.cls_logits[k], outputs.boxes[k], targets)
+                    except NonFiniteCostError as e:
+                        e.clip = getattr(e, "clip", 0) + j * B
+                        raise
+        except NonFiniteCostError as e:
+            clip = getattr(e, "clip", None)
+            if clip is None or B == 0:
+                raise
+            k = stages[clip // B]
+            detail = str(e).split(": ", 1)[1]
+            raise NonFiniteCostError(f"decoder stage {k} of {num_stages}: clip {clip % B} of the batch: {detail}") \
+                from None
+        offsets = [0]
+        for t in targets:
+            offsets.append(offsets[-1] + len(t["boxes"]))
+        host = {}
+        for k in stages:
+            record(trace, f"match/stage{k}", per_stage[k])
+            host[k] = torch.cat([
+                torch.stack([torch.full_like(m.src, i), m.src, m.tgt + offsets[i]]) for i, m in enumerate(per_stage[k])
+            ], dim=1) if B else torch.zeros(3, 0, dtype=torch.int64)
+        if not self.batched_matching:  # reference path: one copy per stage
+            return {k: index.to(device) for k, index in host.items()}
+        sizes = [host[k].size(1) for k in stages]
+        moved = torch.cat([host[k] for k in stages], dim=1).to(device, non_blocking=True).split(sizes, dim=1)
+        return dict(zip(stages, moved))
 
-        target_classes = torch.full(cls_logits.shape[:2], self.num_object_classes, dtype=torch.int64, device=device)
-        target_classes[batch_idx, src_idx] = 0
-        loss_ce = F.cross_entropy(cls_logits.transpose(1, 2), target_classes, self.empty_weight)
+    def stage_losses(self, cls_logits, boxes, action_logits, flat_targets, index, num_boxes, accumulated=None):
+        """Unweighted ``{"loss_ce", "loss_bbox", "loss_giou", "loss_bce"}`` of one stage.
 
-        src_boxes = boxes[batch_idx, src_idx]
-        tgt_boxes = torch.cat([t["boxes"][j] for t, j in zip(targets, tgt_per_clip)])
-        sizes = torch.cat([t["whwh"].expand(len(j), 4) for t, j in zip(targets, tgt_per_clip)])
-        loss_giou = (1 - generalized_box_iou(src_boxes, tgt_boxes)).sum() / num_boxes
-        loss_bbox = F.l1_loss(src_boxes / sizes, tgt_boxes / sizes, reduction="none").sum() / num_boxes
-
-        src_actions = action_logits[batch_idx, src_idx]
-        if src_actions.numel():
-            tgt_actions = torch.cat([t["actions"][j] for t, j in zip(targets, tgt_per_clip)])
-            loss_bce = F.binary_cross_entropy_with_logits(src_actions, tgt_actions)
-        else:  # nothing matched in this batch: no action signal (keeps the graph connected for DDP)
-            loss_bce = action_logits.sum() * 0.0
+        ``index``: int64 ``[3, n]`` rows (clip, query, flat target index) of the matched pairs;
+        ``flat_targets``: the batch's "boxes", "actions" and per-box "whwh" concatenated over clips.
+        Computed in the targets' dtype with autocast off; ``accumulated``: see ``AccumulatedBatch``.
+        """
+        dtype = self.empty_weight.dtype if flat_targets["boxes"] is None else flat_targets["boxes"].dtype
+        with torch.autocast(device_type=cls_logits.device.type, enabled=False):
+            cls_logits, boxes, action_logits = cls_logits.to(dtype), boxes.to(dtype), action_logits.to(dtype)
+            batch_idx, src_idx, tgt_idx = index
+            target_classes = torch.full(cls_logits.shape[:2], self.num_object_classes, dtype=torch.int64,
+                                        device=cls_logits.device)
+            target_classes[batch_idx, src_idx] = 0
+            src_boxes = boxes[batch_idx, src_idx]
+            src_actions = action_logits[batch_idx, src_idx]
+            if flat_targets["boxes"] is None:
+                tgt_boxes = sizes = src_boxes
+                tgt_actions = src_actions
+            else:
+                tgt_boxes, sizes = flat_targets["boxes"][tgt_idx], flat_targets["whwh"][tgt_idx]
+                tgt_actions = flat_targets["actions"][tgt_idx]
+            loss_giou = (1 - generalized_box_iou(src_boxes, tgt_boxes)).sum() / num_boxes
+            loss_bbox = F.l1_loss(src_boxes / sizes, tgt_boxes / sizes, reduction="none").sum() / num_boxes
+            if accumulated is None:
+                loss_ce = F.cross_entropy(cls_logits.transpose(1, 2), target_classes, self.empty_weight)
+                if src_actions.numel():
+                    loss_bce = F.binary_cross_entropy_with_logits(src_actions, tgt_actions)
+                else:  # nothing matched in this batch: no action signal (keeps the graph connected for DDP)
+                    loss_bce = action_logits.sum() * 0.0
+            else:
+                loss_ce, loss_bce = self._accumulated_ce_bce(
+                    cls_logits, target_classes, action_logits, src_actions, tgt_actions, accumulated)
         return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou, "loss_bce": loss_bce}
+
+    def _accumulated_ce_bce(self, cls_logits, target_classes, action_logits, src_actions, tgt_actions, accumulated):
+        """Cross-entropy and BCE of a micro-batch as its share of the whole batch's weighted means.
+
+        The whole batch's denominators follow from its box counts alone: clip i has
+        ``m_i = min(Q, n_i)`` matched queries, so the class-weight sum is
+        ``sum_i m_i * w_person + (Q - m_i) * w_empty`` and the BCE averages ``sum_i m_i * A`` elements.
+        """
+        Q, A = cls_logits.size(1), action_logits.size(-1)
+        matched = sum(min(Q, n) for n in accumulated.gt_counts)
+        weight_sum = matched * self.empty_weight[0] + (Q * len(accumulated.gt_counts) - matched) * self.empty_weight[-1]
+        ce = F.cross_entropy(cls_logits.transpose(1, 2), target_classes, self.empty_weight, reduction="sum")
+        loss_ce = ce / weight_sum
+        if matched and src_actions.numel():
+            loss_bce = F.binary_cross_entropy_with_logits(src_actions, tgt_actions, reduction="sum") / (matched * A)
+        else:
+            loss_bce = action_logits.sum() * 0.0
+        return loss_ce, loss_bce

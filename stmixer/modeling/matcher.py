@@ -14,7 +14,7 @@ class Match:
     """The assignment for one clip: query ``src[k]`` is matched to ground truth ``tgt[k]``.
 
     src, tgt: int64 ``[n]`` on the CPU (src ascending); cost: ``[Q, n_gt]`` the
-    cost matrix that was assigned (CPU, the predictions' dtype).
+    cost matrix that was assigned (CPU, the ground truth's dtype: float32 under autocast).
     """
 
     src: torch.Tensor
@@ -42,38 +42,98 @@ class HungarianMatcher:
     def cost_matrix(self, cls_logits, boxes, gt_boxes, whwh):
         """Cost ``[Q, n]`` of assigning each query of one clip to each of its ground-truth boxes.
 
+        Computed in the ground truth's dtype (float32 under autocast), with autocast off.
+
         Args:
             cls_logits: ``[Q, K + 1]`` objectness logits (column 0 person).
             boxes: ``[Q, 4]`` predicted absolute xyxy pixels.
             gt_boxes: ``[n, 4]`` ground-truth absolute xyxy pixels.
             whwh: ``[4]`` clip size (w, h, w, h).
         """
-        person = cls_logits.softmax(-1)[:, 0:1]
-        cost_class = -person.expand(-1, gt_boxes.size(0))
-        cost_l1 = torch.cdist(boxes / whwh, gt_boxes / whwh, p=1)
-        cost_giou = -generalized_box_iou(boxes[:, None], gt_boxes[None])
-        return self.l1_weight * cost_l1 + self.class_weight * cost_class + self.giou_weight * cost_giou
+        return self.batched_cost(cls_logits[None], boxes[None], gt_boxes[None], whwh[None])[0]
+
+    @torch.no_grad()
+    def batched_cost(self, cls_logits, boxes, gt_boxes, whwh):
+        """Costs ``[B, Q, N]`` of clips whose ground truth is padded to N boxes (padding columns: ignore them).
+
+        Args:
+            cls_logits: ``[B, Q, K + 1]``; boxes: ``[B, Q, 4]`` absolute xyxy pixels.
+            gt_boxes: ``[B, N, 4]`` absolute xyxy pixels (padding rows must be boxes of positive area).
+            whwh: ``[B, 4]`` clip sizes.
+        """
+        dtype = gt_boxes.dtype
+        with torch.autocast(device_type=cls_logits.device.type, enabled=False):
+            cls_logits, boxes = cls_logits.to(dtype), boxes.to(dtype)
+            person = cls_logits.softmax(-1)[..., 0:1]
+            cost_class = -person.expand(-1, -1, gt_boxes.size(1))
+            scale = whwh[:, None, :]
+            cost_l1 = torch.cdist(boxes / scale, gt_boxes / scale, p=1)
+            cost_giou = -generalized_box_iou(boxes[:, :, None], gt_boxes[:, None])
+            return self.l1_weight * cost_l1 + self.class_weight * cost_class + self.giou_weight * cost_giou
 
     @torch.no_grad()
     def __call__(self, cls_logits, boxes, targets):
-        """Match every clip of a batch.
+        """Match every clip of a batch with one device-to-host copy of all cost matrices.
+
+        The ground truth is padded to the batch's largest count, the costs of all clips
+        are computed at once on the device and copied to the host together; scipy then
+        solves each clip. A caller may fold several decoder stages into the batch
+        dimension (``SetCriterion`` does) to match them all with one copy.
 
         Args:
             cls_logits: ``[B, Q, K + 1]``; boxes: ``[B, Q, 4]`` absolute xyxy pixels.
             targets: B dicts with "boxes" ``[n_i, 4]`` (absolute xyxy) and "whwh" ``[4]``.
 
         Returns:
-            list of B ``Match``.
+            list of B ``Match`` (``cost`` in the targets' dtype).
+
+        Raises:
+            NonFiniteCostError: naming the first clip whose cost is not finite (its ``clip``
+            attribute is that clip's index in the batch).
         """
+        counts = [len(t["boxes"]) for t in targets]
+        B, Q = boxes.shape[:2]
+        N = max(counts, default=0)
+        dtype = targets[0]["boxes"].dtype if targets else boxes.dtype
+        if N == 0:
+            host = torch.zeros(B, Q, 0, dtype=dtype)
+        else:
+            gt = boxes.new_zeros(B, N, 4, dtype=dtype)
+            gt[..., 2:] = 1.0  # a unit box in the padding keeps every padded cost finite
+            for i, (target, n) in enumerate(zip(targets, counts)):
+                if n:
+                    gt[i, :n] = target["boxes"]
+            whwh = torch.stack([t["whwh"] for t in targets]).to(dtype)
+            host = self.batched_cost(cls_logits, boxes, gt, whwh).cpu()
+        matches = []
+        for i, n in enumerate(counts):
+            cost = host[i, :, :n]
+            if not torch.isfinite(cost).all():
+                error = NonFiniteCostError(f"clip {i} of the batch: {_nonfinite_culprit(cls_logits[i], boxes[i])}")
+                error.clip = i
+                raise error
+            matches.append(_solve(cost))
+        return matches
+
+    @torch.no_grad()
+    def match_per_clip(self, cls_logits, boxes, targets):
+        """Reference path of ``__call__``: one cost matrix and one device-to-host copy per clip (same results)."""
         matches = []
         for i, target in enumerate(targets):
             cost = self.cost_matrix(cls_logits[i], boxes[i], target["boxes"], target["whwh"]).cpu()
             if not torch.isfinite(cost).all():
-                raise NonFiniteCostError(f"clip {i} of the batch: {_nonfinite_culprit(cls_logits[i], boxes[i])}")
-            src, tgt = linear_sum_assignment(cost.numpy())
-            src, tgt = (torch.as_tensor(index, dtype=torch.int64) for index in (src, tgt))
-            matches.append(Match(src, tgt, cost))
+                error = NonFiniteCostError(f"clip {i} of the batch: {_nonfinite_culprit(cls_logits[i], boxes[i])}")
+                error.clip = i
+                raise error
+            matches.append(_solve(cost))
         return matches
+
+
+def _solve(cost):
+    """Optimal assignment of one host cost matrix ``[Q, n]`` (scipy), as a ``Match``."""
+    src, tgt = linear_sum_assignment(cost.numpy())
+    src, tgt = (torch.as_tensor(index, dtype=torch.int64) for index in (src, tgt))
+    return Match(src, tgt, cost)
 
 
 def _nonfinite_culprit(cls_logits, boxes):

@@ -27,6 +27,17 @@ FEATMAP_STRIDES = (4, 8, 16, 32)
 FALLBACK_TOP_K = 3
 
 
+def target_dtype(feature_dtype):
+    """The dtype of ``whwh``, the targets, the matching costs and the box losses for features of ``feature_dtype``.
+
+    At least float32: under autocast (bf16 / fp16 features) the clip sizes and the
+    ground truth stay exact (a bf16 width of 455 would be 456, a box edge of 10.3 would
+    be 10.3125) and the matching costs float32, as the official code keeps them;
+    float64 features give float64.
+    """
+    return torch.promote_types(feature_dtype, torch.float32)
+
+
 @dataclasses.dataclass
 class DecoderOutputs:
     """Per-stage predictions, stage 0 first: lists of ``S`` tensors.
@@ -128,7 +139,8 @@ class STMDecoder(nn.Module):
 
         Args:
             features: 4 maps ``[B, D, T', H_l, W_l]`` of strides 4, 8, 16, 32 of the padded canvas.
-            whwh: ``[B, 4]`` unpadded clip sizes (w, h, w, h) in pixels (cast to the features' dtype).
+            whwh: ``[B, 4]`` unpadded clip sizes (w, h, w, h) in pixels (cast to ``target_dtype`` of the
+                features' dtype: float32 under autocast).
             gt_boxes: train mode: list of B tensors ``[n_i, 4]``, absolute xyxy pixels of the clip.
             gt_labels: train mode: list of B tensors ``[n_i, A]``, multi-hot actions (any numeric dtype).
             trace: optional dict receiving intermediate results under the reference
@@ -140,7 +152,7 @@ class STMDecoder(nn.Module):
             "person_scores": [n] person probabilities of the kept queries}``.
             train: ordered dict of weighted loss terms (``losses.SetCriterion``).
         """
-        whwh = torch.as_tensor(whwh).to(features[0])
+        whwh = torch.as_tensor(whwh).to(device=features[0].device, dtype=target_dtype(features[0].dtype))
         outputs = self.decode(features, whwh, trace)
         if not self.training:
             return self.detections(outputs, whwh, trace)
@@ -175,7 +187,7 @@ class STMDecoder(nn.Module):
         return results
 
     def make_targets(self, gt_boxes, gt_labels, whwh):
-        """Per-clip target dicts ``{"boxes": [n, 4], "actions": [n, A], "whwh": [4]}`` in the model's dtype.
+        """Per-clip target dicts ``{"boxes": [n, 4], "actions": [n, A], "whwh": [4]}`` in ``whwh``'s dtype.
 
         Raises ValueError naming the clip (index in the batch) and box when a
         box is not finite or has x2 < x1 or y2 < y1 (the official code stops on
@@ -195,14 +207,21 @@ class STMDecoder(nn.Module):
                     f"clip {i} of the batch: gt_labels has shape {list(labels.shape)}; expected "
                     f"[{boxes.size(0)}, num_actions] (one multi-hot row per gt box)"
                 )
-            bad = find_degenerate_boxes(boxes)
-            if bad.numel():
-                j = int(bad[0])
-                raise ValueError(
-                    f"clip {i} of the batch: ground-truth box {j} = {boxes[j].tolist()} is degenerate "
-                    f"({bad.numel()} such boxes); expected finite absolute x1 <= x2, y1 <= y2 pixels"
-                )
             targets.append({"boxes": boxes, "actions": labels, "whwh": whwh[i]})
+        # one check (one device synchronization) for the boxes of all clips
+        bad = find_degenerate_boxes(torch.cat([t["boxes"] for t in targets])).tolist() if targets else []
+        if bad:
+            offset = 0
+            for i, target in enumerate(targets):
+                n = len(target["boxes"])
+                in_clip = [k - offset for k in bad if offset <= k < offset + n]
+                if in_clip:
+                    j = in_clip[0]
+                    raise ValueError(
+                        f"clip {i} of the batch: ground-truth box {j} = {target['boxes'][j].tolist()} is "
+                        f"degenerate ({len(in_clip)} such boxes); expected finite absolute x1 <= x2, y1 <= y2 pixels"
+                    )
+                offset += n
         return targets
 
 

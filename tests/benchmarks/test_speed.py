@@ -1,0 +1,53 @@
+"""benchmarks/speed.py runs stmixer alone on the CPU and prints the comparison table (columns, not speed)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TINY = ["MODEL.STM.HIDDEN_DIM", "32", "MODEL.STM.NUM_QUERIES", "4", "MODEL.STM.NUM_STAGES", "2",
+        "MODEL.STM.NUM_HEADS", "2", "MODEL.STM.DIM_FEEDFORWARD", "32", "MODEL.STM.SPATIAL_POINTS", "4",
+        "RESNET.WIDTH_PER_GROUP", "4"]
+
+
+@pytest.fixture(scope="module")
+def speed():
+    spec = importlib.util.spec_from_file_location("speed", REPO_ROOT / "benchmarks" / "speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ours_alone_on_the_cpu_prints_the_table(speed, capsys, tmp_path):
+    rows = speed.main(["--config", "config_files/synthetic/tiny-slowonly.yaml", "--device", "cpu", "--H", "64",
+                       "--W", "96", "--steps", "1", "--warmup", "0", "--train-batches", "2", "--infer-batches", "1",
+                       "--json", str(tmp_path / "speed.json"), *TINY])
+    lines = capsys.readouterr().out.strip().splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    header = [cell.strip() for cell in table[0].strip("|").split("|")]
+    assert header == ["mode", "batch", "precision", "ours ms", "ours clips/s", "ours peak GiB", "official ms",
+                      "official clips/s", "official peak GiB", "speed ours/official", "memory ours/official"]
+    body = [[cell.strip() for cell in line.strip("|").split("|")] for line in table[2:]]
+    assert [row[:3] for row in body] == [["train", "2", "fp32"], ["train", "2", "bf16"], ["infer", "1", "fp32"],
+                                         ["infer", "1", "bf16"]]
+    for row in body:
+        assert float(row[3]) > 0 and float(row[4]) > 0  # ours ran
+        assert row[5:] == ["-"] * 6  # no GPU memory on the CPU, no official run
+    assert all("error" not in row["ours"] for row in rows)
+    assert (tmp_path / "speed.json").is_file()
+
+
+def test_overrides_are_refused_with_the_official_code(speed):
+    with pytest.raises(SystemExit):
+        speed.parse_args(["--official-dir", "x", "MODEL.STM.NUM_STAGES", "2"])
+
+
+def test_the_table_gives_the_ratios(speed):
+    rows = [{"mode": "train", "batch": 2, "precision": "fp32", "ours": {"ms": 50.0, "clips_per_s": 40.0, "peak_gib": 3.0},
+             "official": {"ms": 100.0, "clips_per_s": 20.0, "peak_gib": 6.0}},
+            {"mode": "infer", "batch": 8, "precision": "bf16", "ours": {"ms": 10.0, "clips_per_s": 800.0},
+             "official": {"error": "OOM"}}]
+    lines = speed.table(rows).splitlines()
+    assert lines[2].endswith("| 2.00 | 0.50 |")
+    assert "| OOM | - | - | - | - |" in lines[3]
