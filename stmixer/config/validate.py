@@ -18,6 +18,8 @@ from .config import ConfigError
 CHOICES = {
     "DATA.TRAIN_SCALE_SAMPLING": ("choice", "range"),
     "DATA.DECODING_BACKEND": ("pyav", "torchvision"),
+    "DATA.BOX_TRANSFORM": ("stmixer", "mmaction2"),
+    "PROPOSALS.TRAIN_FALLBACK": ("whole_frame", "gt"),
     "RESNET.TRANS_FUNC": ("bottleneck_transform", "basic_transform"),
     "RESNET.DEPTH": (18, 50, 101, 152),
     "NONLOCAL.INSTANTIATION": ("dot_product", "softmax"),
@@ -50,6 +52,7 @@ POSITIVE = [
     "MODEL.STM.SPATIAL_POINTS", "MODEL.STM.TEMPORAL_POINTS", "MODEL.STM.OUT_MULTIPLIER", "MODEL.STM.N_GROUPS",
     "SOLVER.MAX_EPOCH", "SOLVER.BASE_LR", "SOLVER.GAMMA", "SOLVER.CHECKPOINT_PERIOD",
     "SOLVER.EVAL_PERIOD", "SOLVER.VIDEOS_PER_BATCH", "SOLVER.LOG_PERIOD", "TEST.VIDEOS_PER_BATCH",
+    "PROPOSALS.NUM_MAX",
 ]
 NON_NEGATIVE = [
     "DATALOADER.NUM_WORKERS", "SOLVER.ITER_PER_EPOCH", "ViT.INIT_VALUES", "ViT.WEIGHT_DECAY",
@@ -60,7 +63,7 @@ NON_NEGATIVE = [
 ]
 # Probabilities and fractions: values in [0, 1].
 UNIT_INTERVAL = [
-    "AVA.DETECTION_SCORE_THRESH", "MODEL.BACKBONE.BN_MOMENTUM", "ViT.DROP_RATE", "ViT.ATTN_DROP_RATE",
+    "AVA.DETECTION_SCORE_THRESH", "PROPOSALS.DET_SCORE_THR", "MODEL.BACKBONE.BN_MOMENTUM", "ViT.DROP_RATE", "ViT.ATTN_DROP_RATE",
     "ViT.DROP_PATH_RATE", "ViT.LAYER_DECAY", "MODEL.STM.DROPOUT", "MODEL.STM.PERSON_THRESHOLD",
 ]
 # Per-stage lists of the ResNet backbones: 4 stages, one entry per pathway.
