@@ -87,8 +87,15 @@ def _check_array(value, path, key):
     return array
 
 
-def read_proposal_pickle(path):
+def _raise(error):
+    raise error
+
+
+def read_proposal_pickle(path, on_error=_raise):
     """mmaction2's proposal pickle as ``{key: float64 [N, 4 | 5]}`` (restricted unpickler; see the module docstring).
+
+    ``on_error``: called with the ProposalFormatError of each bad key, which is then left out
+    (default: raise it; the dataset checker collects them instead).
 
     Raises:
         ProposalFormatError naming the file (and the key) for a file that is not such a dict.
@@ -109,46 +116,60 @@ def read_proposal_pickle(path):
         )
     out = {}
     for key, value in data.items():
-        if not isinstance(key, str) or key.count(",") != 1:
-            raise ProposalFormatError(f"{path}: key {key!r}: expected '<video_id>,<second:04d>' (e.g. 'abc,0902')")
-        out[key] = _check_array(value, path, key)
+        try:
+            if not isinstance(key, str) or key.count(",") != 1:
+                raise ProposalFormatError(
+                    f"{path}: key {key!r}: expected '<video_id>,<second:04d>' (e.g. 'abc,0902')"
+                )
+            out[key] = _check_array(value, path, key)
+        except ProposalFormatError as e:
+            on_error(e)
     return out
 
 
-def read_proposal_csv(path):
+def parse_proposal_row(fields, width):
+    """``(video_id, second, [x1, y1, x2, y2(, score)])`` of one CSV row split at commas; ``width``: the
+    field count of the file's first well-formed row. Raises ValueError saying what was expected."""
+    if len(fields) not in (6, 7):
+        raise ValueError(f"expected 7 comma-separated fields ({PROPOSAL_CSV_COLUMNS})")
+    if len(fields) != width:
+        raise ValueError(f"{len(fields)} fields, but the first row has {width}: give a score on every line or on "
+                         f"none ({PROPOSAL_CSV_COLUMNS})")
+    second = parse_timestamp(fields[1])
+    try:
+        values = [float(v) for v in fields[2:]]
+    except ValueError:
+        raise ValueError("x1,y1,x2,y2 and the score must be numbers") from None
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError("x1,y1,x2,y2 and the score must be finite")
+    if values[2] < values[0] or values[3] < values[1]:
+        raise ValueError("inverted box: expected x1 <= x2 and y1 <= y2")
+    return fields[0], second, values
+
+
+def read_proposal_csv(path, on_error=_raise):
     """A proposal CSV (``PROPOSAL_CSV_COLUMNS``, no header) as ``{key: float64 [N, 4 | 5]}``, rows in file order.
+
+    ``on_error``: called with the ProposalFormatError of each bad row, which is then left out
+    (default: raise it).
 
     Raises:
         ProposalFormatError naming file:line and the row for a malformed row, or a file that mixes
         rows with and without a score.
     """
-    rows, width, first_line = {}, None, None
+    rows, width = {}, None
     for line_no, line in iter_lines(path):
         if not line.strip():
             continue
         fields = line.strip().split(",")
-        if len(fields) not in (6, 7):
-            raise _row_error(path, line_no, f"expected 7 comma-separated fields ({PROPOSAL_CSV_COLUMNS})", line)
-        if width is None:
-            width, first_line = len(fields), line_no
-        elif len(fields) != width:
-            raise _row_error(
-                path, line_no, f"{len(fields)} fields, but line {first_line} has {width}: give a score on every "
-                f"line or on none ({PROPOSAL_CSV_COLUMNS})", line,
-            )
+        if width is None and len(fields) in (6, 7):
+            width = len(fields)
         try:
-            second = parse_timestamp(fields[1])
+            video, second, values = parse_proposal_row(fields, width or len(fields))
         except ValueError as e:
-            raise _row_error(path, line_no, str(e), line) from None
-        try:
-            values = [float(v) for v in fields[2:]]
-        except ValueError:
-            raise _row_error(path, line_no, "x1,y1,x2,y2 and the score must be numbers", line) from None
-        if not all(math.isfinite(v) for v in values):
-            raise _row_error(path, line_no, "x1,y1,x2,y2 and the score must be finite", line)
-        if values[2] < values[0] or values[3] < values[1]:
-            raise _row_error(path, line_no, "inverted box: expected x1 <= x2 and y1 <= y2", line)
-        rows.setdefault(img_key(fields[0], second), []).append(values)
+            on_error(_row_error(path, line_no, str(e), line))
+            continue
+        rows.setdefault(img_key(video, second), []).append(values)
     return {key: np.asarray(values, dtype=np.float64) for key, values in rows.items()}
 
 
@@ -157,17 +178,19 @@ def _row_error(path, line_no, expected, text):
     return ProposalFormatError(str(error))
 
 
-def read_proposals(path):
+def read_proposals(path, on_error=_raise):
     """Proposals of a ``.pkl`` (mmaction2's pickle) or ``.csv`` file as ``{key: float64 [N, 4 | 5]}`` (normalized).
+
+    ``on_error``: see ``read_proposal_csv`` (bad rows / keys raise by default).
 
     Raises:
         ProposalFormatError for another extension or a malformed file (naming it); FileNotFoundError.
     """
     ext = os.path.splitext(str(path))[1].lower()
     if ext == ".pkl":
-        return read_proposal_pickle(path)
+        return read_proposal_pickle(path, on_error)
     if ext == ".csv":
-        return read_proposal_csv(path)
+        return read_proposal_csv(path, on_error)
     raise ProposalFormatError(f"{path}: expected a proposal file ending in .pkl (mmaction2's pickle) or .csv")
 
 

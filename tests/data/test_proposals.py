@@ -286,3 +286,31 @@ def test_matches_mmaction2_dataset(tmp_path):
             np.testing.assert_array_max_ulp(sample["boxes"].numpy(), ref[f"{prefix}/pix_gt"], maxulp=1)
             checked += 1
     assert checked == 13  # 6 AVA test keyframes + 7 AVA-Kinetics ones
+
+
+# ----------------------------------------------------------------------------- the dataset checker
+def test_checker_reports_proposal_files(tiny_dataset, make_cfg, tmp_path):
+    from stmixer.data.check import run_checks
+
+    root, _ = tiny_dataset
+    ann = root / "annotations_v2.2"
+    clean = make_cfg(root, ["PROPOSALS.TRAIN_FILE", TRAIN_PKL, "PROPOSALS.TEST_FILE", VAL_PKL])
+    report = run_checks(clean, ("train", "test"), decode="none")
+    assert report.num_errors == 0 and not report.categories("warning")
+    assert "keyframes have proposals, 0 keys match no keyframe" in report.render()
+    rows = []
+    for line in (ann / "ava_val_v2.2.csv").read_text().splitlines()[:1]:
+        video, second = line.split(",")[:2]
+        rows.append(f"{video},{second},0.1,0.1,1.5,0.5,0.95")  # kept and outside [0, 1]
+    rows += ["nowhere,902,0.1,0.1,0.2,0.2,0.95", "nowhere,903,0.1,0.1", "nowhere,904,a,0.1,0.2,0.2,0.9"]
+    (tmp_path / "bad.csv").write_text("\n".join(rows) + "\n")
+    report = run_checks(make_cfg(root, ["PROPOSALS.TEST_FILE", str(tmp_path / "bad.csv")]), ("test",), decode="none")
+    text = report.render()
+    assert report.counts["error"]["malformed proposal"] == 2
+    assert "bad.csv:3: expected 7 comma-separated fields" in text and "bad.csv:4: x1,y1,x2,y2" in text
+    assert report.counts["error"]["proposal outside [0, 1]"] == 1
+    assert report.counts["warning"]["proposal key of no keyframe"] == 1 and "'nowhere,0902'" in text
+    test_keyframes = len(build_dataset(make_cfg(root), is_train=False))
+    assert report.counts["warning"]["keyframe without proposals"] == test_keyframes - 1
+    missing = run_checks(make_cfg(root, ["PROPOSALS.TRAIN_FILE", "nope.pkl"]), ("train",), decode="none")
+    assert "PROPOSALS.TRAIN_FILE = 'nope.pkl'" in missing.render()
