@@ -283,8 +283,11 @@ class AvaDataset(torch.utils.data.Dataset):
         if self.proposals is not None:
             proposals, scores = self.proposals.of(index, boxes)
             stacked = np.concatenate([boxes.astype(np.float64), proposals])
-            pixels, stacked = self.transform(frames, stacked, rng)
-            boxes, proposals = stacked[:len(boxes)], stacked[len(boxes):]
+            pixels, out = self.transform(frames, stacked, rng)
+            if len(out) != len(stacked):  # a transform that drops rows would mix boxes and proposals up
+                raise RuntimeError(f"the clip transform returned {len(out)} boxes for {len(stacked)}; it must "
+                                   "transform every row (boxes and proposals are stacked)")
+            boxes, proposals = out[:len(boxes)], out[len(boxes):]
         else:
             pixels, boxes = self.transform(frames, boxes, rng)
         height, width = pixels.shape[-2:]

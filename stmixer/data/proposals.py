@@ -20,8 +20,8 @@ Per keyframe, the proposals a sample gets follow mmaction2's ``AVADataset.get_da
   and test alike); ``PROPOSALS.TRAIN_FALLBACK "gt"`` gives training keyframes their ground-truth
   boxes instead. A key present with zero rows is treated as absent (mmaction2 crashes on it).
 
-The kept boxes must lie in [0, 1] (mmaction2 asserts it); a value outside is an error naming the
-file and key. Keys are mmaction2's ``img_key``: ``f"{video_id},{timestamp:04d}"``; for an AVA-Kinetics
+The kept boxes must lie in [0, 1] (mmaction2 asserts it for AVA; here for AVA-Kinetics too); a value
+outside is an error naming the file and key. Keys are mmaction2's ``img_key``: ``f"{video_id},{timestamp:04d}"``; for an AVA-Kinetics
 clip ``<youtube id>_<start>_<end>`` the proposals are looked up under ``<youtube id>,<timestamp:04d>``
 as mmaction2's ``AVAKineticsDataset`` does (``proposal_key``).
 """
