@@ -234,6 +234,12 @@ def read_tube_split(cfg, is_train):
 @DATASET_REGISTRY.register("ucf24", "ucf101_24", "jhmdb", "jhmdb21", "tubes")
 def build_tube_dataset(cfg, is_train, reference=False, defer_pixels=False):
     """TubeDataset (UCF101-24 / JHMDB-21 layout) of the training (``is_train``) or test split."""
+    for key in ("TRAIN_FILE", "TEST_FILE"):
+        if cfg.PROPOSALS[key]:
+            raise DatasetConfigError(
+                f"PROPOSALS.{key} = {cfg.PROPOSALS[key]!r}: proposal files are read for the AVA-layout datasets "
+                f"only (ava, ava_kinetics), not {cfg.DATA.DATASETS[0]!r}; set it to \"\""
+            )
     check_frame_template(cfg.TUBES.FRAME_TEMPLATE)
     annotations = read_tube_split(cfg, is_train)
     gt = annotations.groundtruth

@@ -314,3 +314,13 @@ def test_checker_reports_proposal_files(tiny_dataset, make_cfg, tmp_path):
     assert report.counts["warning"]["keyframe without proposals"] == test_keyframes - 1
     missing = run_checks(make_cfg(root, ["PROPOSALS.TRAIN_FILE", "nope.pkl"]), ("train",), decode="none")
     assert "PROPOSALS.TRAIN_FILE = 'nope.pkl'" in missing.render()
+
+
+def test_tube_datasets_refuse_proposal_files(tmp_path):
+    from stmixer.data.build import DatasetConfigError
+
+    cfg = get_cfg()
+    cfg.merge_from_list(["DATA.DATASETS", ["ucf24"], "DATA.PATH_TO_DATA_DIR", str(tmp_path),
+                         "PROPOSALS.TEST_FILE", "p.pkl"])
+    with pytest.raises(DatasetConfigError, match="PROPOSALS.TEST_FILE = 'p.pkl'.*AVA-layout datasets only"):
+        build_dataset(cfg, is_train=False)
