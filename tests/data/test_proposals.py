@@ -22,7 +22,7 @@ from stmixer.data.proposals import (
     read_proposals,
     select_proposals,
 )
-from stmixer.data.synthetic import PROPOSAL_FILE, keyframe_boxes, main as synthetic_main
+from stmixer.data.synthetic import PROPOSAL_FILE, main as synthetic_main
 from stmixer.data.transforms import ClipTransform
 
 FIXTURE = Path(__file__).resolve().parents[1] / "reference" / "mmaction2" / "data"
