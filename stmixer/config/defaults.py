@@ -44,6 +44,8 @@ _C.DATA.TARGET_FPS = 30
 _C.DATA.DECODING_BACKEND = "pyav"
 # Randomly flip training clips horizontally (probability 0.5).
 _C.DATA.RANDOM_FLIP = True
+# (mmaction2) Box arithmetic of the clip transforms: "stmixer" (official STMixer: boxes scaled by the short-side ratio, clipped to [0, W - 1], flip x -> W - 1 - x) or "mmaction2" (pixels = normalized x (W, H) in float64 then float32, per-axis scale factors, flip x -> W - x, no clipping; frame size rounded as mmcv.rescale_size). Applies to ground-truth boxes and proposals alike.
+_C.DATA.BOX_TRANSFORM = "stmixer"
 # Reverse the channel order of the model input (RGB <-> BGR) after normalization.
 _C.DATA.REVERSE_INPUT_CHANNEL = False
 # Names of the datasets used for training and testing: "ava_v2.2" (also "ava_v2.1", "ava"), "ava_kinetics" (AVA + Kinetics clips, mmaction2 layout), "ucf24", "jhmdb" or "tubes" (your own data in the UCF/JHMDB layout); see stmixer/data/descriptions.py.
@@ -108,6 +110,21 @@ _C.AVA.LABEL_MAP_FILE = "ava_action_list_v2.2_for_activitynet_2019.pbtxt"
 _C.AVA.EXCLUSION_FILE = "ava_val_excluded_timestamps_v2.2.csv"
 # Ground-truth CSV (in ANNOTATION_DIR) the evaluation compares against.
 _C.AVA.GROUNDTRUTH_FILE = "ava_val_v2.2.csv"
+
+# ---------------------------------------------------------------------------
+# (mmaction2) Person proposals from a file, for the two-stage detectors (MODEL.META_ARCHITECTURE "FastRCNN"); see stmixer/data/proposals.py
+# ---------------------------------------------------------------------------
+_C.PROPOSALS = CN()
+# Proposals of the training split: mmaction2's pickle (.pkl, {"<video>,<second:04d>": [N, 5] normalized x1, y1, x2, y2, score}) or a CSV (.csv, video_id,timestamp,x1,y1,x2,y2,score); relative paths are under AVA.ANNOTATION_DIR; "" = none (samples carry no proposals).
+_C.PROPOSALS.TRAIN_FILE = ""
+# Proposals of the test split (same formats), e.g. ava_dense_proposals_val.FAIR.recall_93.9.pkl; "" = none.
+_C.PROPOSALS.TEST_FILE = ""
+# Keep a keyframe's proposals with score >= min(DET_SCORE_THR, its best score) (mmaction2's person_det_score_thr).
+_C.PROPOSALS.DET_SCORE_THR = 0.9
+# At most this many proposals per keyframe, the first ones of the file after thresholding (mmaction2's num_max_proposals).
+_C.PROPOSALS.NUM_MAX = 1000
+# A training keyframe missing from TRAIN_FILE gets: "whole_frame" (the box [0, 0, 1, 1], score 1; mmaction2) or "gt" (its ground-truth boxes, score 1). Test keyframes always get the whole frame.
+_C.PROPOSALS.TRAIN_FALLBACK = "whole_frame"
 
 # ---------------------------------------------------------------------------
 # Data loader

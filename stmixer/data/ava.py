@@ -202,6 +202,7 @@ class AvaDataset(torch.utils.data.Dataset):
         defer_pixels: leave the float conversion to the batch collator: "videos" then holds
             ClipPixels instead of tensors, which BatchCollator writes straight into the
             padded batch (one write per pixel; the training and test loaders use this).
+        proposals: KeyframeProposals aligned with ``keyframes`` (``stmixer.data.proposals``), or None.
 
     Items are looked up by dataset index, or by ``(index, entropy)`` where ``entropy`` (a
     tuple of ints) seeds every random choice of that sample: the training sampler passes
@@ -215,12 +216,17 @@ class AvaDataset(torch.utils.data.Dataset):
         "boxes": float32 ``[n, 4]`` absolute x1, y1, x2, y2 pixels of the resized clip,
         "labels": float32 ``[n, num_classes]`` multi-hot (column c = action id c + 1),
         "metadata": {"video_id": str, "timestamp": int seconds, "orig_size": (h, w) on disk},
-        "index": int dataset index.
+        "index": int dataset index,
+    and with ``proposals``:
+        "proposals": float32 ``[m, 4]`` absolute x1, y1, x2, y2 pixels of the resized clip (transformed
+            together with "boxes": stacked, one call of the transform),
+        "proposal_scores": float32 ``[m]``.
     """
 
     def __init__(self, frame_dir, videos, keyframes, num_frames, sampling_rate, transform, num_classes,
-                 num_pathways=1, alpha=4, defer_pixels=False, span=ava_span):
+                 num_pathways=1, alpha=4, defer_pixels=False, span=ava_span, proposals=None):
         self.frame_dir = frame_dir
+        self.proposals = proposals
         self.span = span
         self.videos = videos
         self.keyframes = keyframes
@@ -273,18 +279,32 @@ class AvaDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng(entropy)
         frames = read_frames(self.clip_frame_paths(index), on_corrupt=self.corrupt_frames)
         orig_size = tuple(frames[0].shape[:2])
-        pixels, boxes = self.transform(frames, self.keyframes.boxes_of(index), rng)
+        boxes = self.keyframes.boxes_of(index)
+        if self.proposals is not None:
+            proposals, scores = self.proposals.of(index, boxes)
+            stacked = np.concatenate([boxes.astype(np.float64), proposals])
+            pixels, out = self.transform(frames, stacked, rng)
+            if len(out) != len(stacked):  # a transform that drops rows would mix boxes and proposals up
+                raise RuntimeError(f"the clip transform returned {len(out)} boxes for {len(stacked)}; it must "
+                                   "transform every row (boxes and proposals are stacked)")
+            boxes, proposals = out[:len(boxes)], out[len(boxes):]
+        else:
+            pixels, boxes = self.transform(frames, boxes, rng)
         height, width = pixels.shape[-2:]
         pathways = [pixels.select(indices) for indices in self.pathway_frames]
         info = self.keyframe_info(index)
-        return {
+        sample = {
             "videos": pathways if self.defer_pixels else [p.to_tensor() for p in pathways],
             "whwh": torch.tensor([width, height, width, height], dtype=torch.float32),
-            "boxes": torch.from_numpy(boxes),
+            "boxes": torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32)),
             "labels": torch.from_numpy(self.keyframes.multi_hot(index, self.num_classes)),
             "metadata": {"video_id": info["video_id"], "timestamp": info["timestamp"], "orig_size": orig_size},
             "index": int(index),
         }
+        if self.proposals is not None:
+            sample["proposals"] = torch.from_numpy(np.ascontiguousarray(proposals, dtype=np.float32))
+            sample["proposal_scores"] = torch.from_numpy(scores)
+        return sample
 
 
 def log_summary(split, dataset, skipped):

@@ -23,6 +23,7 @@ from ..utils.threads import single_thread_worker
 from .ava import AvaDataset, build_keyframes, log_summary
 from .collate import BatchCollator
 from .descriptions import describe
+from .proposals import KeyframeProposals, log_proposal_summary, proposal_key, read_proposals
 from .samplers import InferenceSampler, TrainingBatchSampler
 from .transforms import ClipTransform
 from .tube_dataset import (
@@ -102,6 +103,7 @@ def build_transform(cfg, is_train, reference=False):
         std=cfg.DATA.STD,
         output_bgr=cfg.AVA.BGR != cfg.DATA.REVERSE_INPUT_CHANNEL,
         reference=reference,
+        box_style=cfg.DATA.BOX_TRANSFORM,
     )
     if is_train:
         color = cfg.AVA.TRAIN_USE_COLOR_AUGMENTATION
@@ -163,15 +165,43 @@ def clip_arguments(cfg, is_train, reference=False, defer_pixels=False):
     )
 
 
+def proposal_file(cfg, is_train):
+    """Path of the split's proposal file (``PROPOSALS.TRAIN_FILE`` / ``TEST_FILE`` under ``AVA.ANNOTATION_DIR``,
+    or absolute), or None when the key is empty."""
+    key = "TRAIN_FILE" if is_train else "TEST_FILE"
+    name = cfg.PROPOSALS[key]
+    if not name:
+        return None
+    return dataset_path(cfg, "ANNOTATION_DIR", name, f"PROPOSALS.{key}")
+
+
+def read_split_proposals(cfg, is_train, videos, keyframes, kinetics=False):
+    """KeyframeProposals of a split (aligned with ``keyframes``), or None when the split has no proposal file."""
+    path = proposal_file(cfg, is_train)
+    if path is None:
+        return None
+    keys = [
+        proposal_key(videos[v].name, second, kinetics) for v, second in zip(keyframes.video_index, keyframes.seconds)
+    ]
+    proposals = KeyframeProposals.build(
+        read_proposals(path), keys, cfg.PROPOSALS.DET_SCORE_THR, cfg.PROPOSALS.NUM_MAX,
+        fallback=cfg.PROPOSALS.TRAIN_FALLBACK if is_train else "whole_frame", source=path,
+    )
+    log_proposal_summary(proposals, "train" if is_train else "test")
+    return proposals
+
+
 @DATASET_REGISTRY.register("ava_v2.2", "ava_v2.1", "ava")
 def build_ava_dataset(cfg, is_train, reference=False, defer_pixels=False, span=ava_span):
-    """AvaDataset of the training (``is_train``) or test split described by ``cfg``."""
+    """AvaDataset of the training (``is_train``) or test split described by ``cfg`` (with the split's
+    proposals when ``PROPOSALS.TRAIN_FILE`` / ``TEST_FILE`` names a file)."""
     videos, keyframes, skipped = read_split_annotations(cfg, is_train, span)
     dataset = AvaDataset(
         frame_dir=os.path.join(cfg.DATA.PATH_TO_DATA_DIR, cfg.AVA.FRAME_DIR),
         videos=videos,
         keyframes=keyframes,
         span=span,
+        proposals=read_split_proposals(cfg, is_train, videos, keyframes, kinetics=span is ava_kinetics_span),
         **clip_arguments(cfg, is_train, reference, defer_pixels),
     )
     log_summary("train" if is_train else "test", dataset, skipped)
@@ -204,6 +234,12 @@ def read_tube_split(cfg, is_train):
 @DATASET_REGISTRY.register("ucf24", "ucf101_24", "jhmdb", "jhmdb21", "tubes")
 def build_tube_dataset(cfg, is_train, reference=False, defer_pixels=False):
     """TubeDataset (UCF101-24 / JHMDB-21 layout) of the training (``is_train``) or test split."""
+    for key in ("TRAIN_FILE", "TEST_FILE"):
+        if cfg.PROPOSALS[key]:
+            raise DatasetConfigError(
+                f"PROPOSALS.{key} = {cfg.PROPOSALS[key]!r}: proposal files are read for the AVA-layout datasets "
+                f"only (ava, ava_kinetics), not {cfg.DATA.DATASETS[0]!r}; set it to \"\""
+            )
     check_frame_template(cfg.TUBES.FRAME_TEMPLATE)
     annotations = read_tube_split(cfg, is_train)
     gt = annotations.groundtruth

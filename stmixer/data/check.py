@@ -14,7 +14,10 @@ of videos without frames; frame counts that disagree with 30 fps (a 15-minute AV
 segment, 900-1801 s, has 27,030 frames); missing frames; keyframes whose frame or clip
 frames lie beyond the video; frames that do not decode (truncated JPEGs), whose JPEG
 decoder reports corrupt data, or that change size within a video; empty frame lists or
-box CSVs, and splits without a usable keyframe.
+box CSVs, and splits without a usable keyframe. With ``PROPOSALS.TRAIN_FILE`` / ``TEST_FILE`` set, the
+proposal files too: malformed rows (``file:line``) or pickle keys, kept proposals outside [0, 1]
+(errors), keyframes without proposals (they get the fallback) and keys that match no keyframe of
+the split (warnings, counted).
 
 By default only the frames that the keyframe clips of the given config read are decoded
 (the summary says how many of the listed frames that is); ``--all-frames`` decodes every
@@ -62,6 +65,7 @@ from .tube_dataset import (
     read_tube_annotations,
 )
 from .frames import CorruptFrameError, FrameReadError, read_frame
+from .proposals import ProposalFormatError, proposal_key, read_proposals, select_proposals
 
 # Frames of a full AVA segment: seconds 900 to 1801 at 30 fps.
 AVA_SEGMENT_FRAMES = 27030
@@ -321,6 +325,42 @@ def check_decoding(paths_by_video, total, workers, report, progress=None):
     return decoded
 
 
+def check_proposal_file(cfg, split, keyframes, report, kinetics=False):
+    """Check the split's proposal file (``PROPOSALS.TRAIN_FILE`` / ``TEST_FILE``), if one is set: bad rows or
+    keys, kept boxes outside [0, 1], keyframes without proposals (they get the fallback) and keys that match
+    no keyframe of the split (``keyframes``: its used (video, second) pairs)."""
+    key = "TRAIN_FILE" if split == "train" else "TEST_FILE"
+    name = cfg.PROPOSALS[key]
+    if not name:
+        return
+    path = _existing(report, cfg, "ANNOTATION_DIR", name, f"PROPOSALS.{key}")
+    if path is None:
+        return
+    try:
+        proposals = read_proposals(path, on_error=lambda e: report.error("malformed proposal", str(e)))
+    except ProposalFormatError as e:
+        report.error("malformed proposal", str(e))
+        return
+    wanted = {proposal_key(video, second, kinetics): f"{video} at {second} s" for video, second in keyframes}
+    without = [where for k, where in wanted.items() if k not in proposals or len(proposals[k]) == 0]
+    for k in wanted:
+        if k in proposals and len(proposals[k]):
+            boxes, _ = select_proposals(proposals[k], cfg.PROPOSALS.DET_SCORE_THR, cfg.PROPOSALS.NUM_MAX)
+            if boxes.min() < 0.0 or boxes.max() > 1.0:
+                report.error("proposal outside [0, 1]", f"{path}: key {k!r}: kept proposals have coordinates in "
+                             f"[{boxes.min():g}, {boxes.max():g}]; expected normalized boxes")
+    unused = sorted(set(proposals) - set(wanted))
+    for k in unused:
+        report.warning("proposal key of no keyframe", f"{path}: key {k!r} matches no annotated keyframe of the "
+                       f"{split} split")
+    for where in without:
+        report.warning("keyframe without proposals", f"{path}: no proposals for {where} (it gets the "
+                       + ("ground-truth" if split == "train" and cfg.PROPOSALS.TRAIN_FALLBACK == "gt" else "whole-frame")
+                       + " fallback)")
+    report.note(f"{split}: proposals {path}: {len(proposals)} keys, {len(wanted) - len(without)} of {len(wanted)} "
+                f"keyframes have proposals, {len(unused)} keys match no keyframe")
+
+
 def check_split(cfg, split, label_map, excluded, report, decode="clips", workers=1, frames_per_video=None,
                 progress=False):
     """Check one split ("train" or "test") of the dataset ``cfg`` describes (``progress``: a bar on stderr
@@ -371,6 +411,8 @@ def check_split(cfg, split, label_map, excluded, report, decode="clips", workers
         if decode == "clips":
             indices = clip_frame_indices(center, cfg.DATA.NUM_FRAMES, cfg.DATA.SAMPLING_RATE, video.num_frames)
             to_decode[name].update(os.path.join(frame_dir, video.path(i)) for i in indices)
+    check_proposal_file(cfg, split, [k for k in sorted(keyframes) if k not in excluded and k[0] in by_name], report,
+                        kinetics=span is ava_kinetics_span)
     if not used:
         report.error("no usable keyframe", f"{split}: no annotated keyframe of AVA.{boxes} {list(cfg.AVA[boxes])} "
                      f"belongs to a video of AVA.{lists} {list(cfg.AVA[lists])} at seconds "

@@ -96,7 +96,10 @@ class BatchCollator:
         "boxes": list of B float32 ``[n_i, 4]`` absolute x1, y1, x2, y2 pixels of the resized clip,
         "labels": list of B float32 ``[n_i, A]`` multi-hot,
         "metadata": list of B dicts (video_id, timestamp, orig_size),
-        "indices": int64 ``[B]`` dataset indices.
+        "indices": int64 ``[B]`` dataset indices,
+    and when the samples carry proposals (``PROPOSALS.*_FILE`` set):
+        "proposals": list of B float32 ``[m_i, 4]`` absolute x1, y1, x2, y2 pixels (the frame of "boxes"),
+        "proposal_scores": list of B float32 ``[m_i]``.
     """
 
     def __init__(self, size_divisibility):
@@ -104,7 +107,7 @@ class BatchCollator:
 
     def __call__(self, samples):
         num_pathways = len(samples[0]["videos"])
-        return {
+        batch = {
             "videos": [pad_clips([s["videos"][p] for s in samples], self.size_divisibility) for p in range(num_pathways)],
             "whwh": torch.stack([s["whwh"] for s in samples]),
             "boxes": [s["boxes"] for s in samples],
@@ -112,3 +115,7 @@ class BatchCollator:
             "metadata": [s["metadata"] for s in samples],
             "indices": torch.tensor([s["index"] for s in samples], dtype=torch.int64),
         }
+        if "proposals" in samples[0]:
+            batch["proposals"] = [s["proposals"] for s in samples]
+            batch["proposal_scores"] = [s["proposal_scores"] for s in samples]
+        return batch

@@ -24,7 +24,9 @@ Files (defaults of the config, so only ``DATA.PATH_TO_DATA_DIR`` needs setting):
 ``frame_lists/{train,val}.csv``, ``annotations_v2.2/ava_{train,val}_v2.2.csv``,
 ``annotations_v2.2/ava_action_list_v2.2_for_activitynet_2019.pbtxt``,
 ``annotations_v2.2/ava_val_excluded_timestamps_v2.2.csv``,
-``annotations_v2.2/ava_{train,val}_predicted_boxes.csv`` and ``synthetic_dataset.json``
+``annotations_v2.2/ava_{train,val}_predicted_boxes.csv``, the same fake detections as mmaction2's
+proposal files ``annotations_v2.2/ava_dense_proposals_{train,val}.FAIR.recall_93.9.pkl`` (or ``.csv``
+with ``--proposals-format csv``; ``PROPOSALS.TRAIN_FILE`` / ``TEST_FILE``) and ``synthetic_dataset.json``
 (what was generated, with the class definitions).
 
 UCF101-24 / JHMDB-21 layout (``--format ucf24`` / ``jhmdb``): the same videos, ``--seconds``
@@ -41,6 +43,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import sys
 import time
 from typing import List, Optional, Tuple
@@ -59,6 +62,7 @@ from ..ava_files import (
     write_label_map,
 )
 from ..utils.io import atomic_open
+from .proposals import proposal_key
 
 SHAPES = ("disc", "square", "triangle", "cross")
 MARKINGS = ("striped", "spot")
@@ -439,8 +443,37 @@ def predicted_box_rows(spec, boxes, rng):
     return rows
 
 
-def write_annotations(specs, out_dir, seed, annotation_dir="annotations_v2.2"):
-    """Write frame lists, box CSVs, label map, exclusions and predicted boxes; returns per-split counts."""
+#: Proposal files of the two-stage detectors, per split, with mmaction2's file names (so its configs'
+#: ``PROPOSALS.TRAIN_FILE`` / ``TEST_FILE`` find them); ``--proposals-format csv`` writes ``.csv`` instead of ``.pkl``.
+PROPOSAL_FILE = "ava_dense_proposals_{split}.FAIR.recall_93.9.{ext}"
+
+
+def write_proposal_file(path, predicted_rows, fmt="pkl"):
+    """Write the fake person detector's boxes (``predicted_box_rows``: ground truth jittered, score
+    0.8-1.0, plus false positives scored below 0.6) as a proposal file (``stmixer.data.proposals``).
+
+    ``fmt`` "pkl": mmaction2's pickle ``{"<video>,<second:04d>": float64 [N, 5]}``, keyed by
+    ``proposal_key`` (AVA-Kinetics clips under their YouTube id, as mmaction2 looks them up);
+    "csv": lines ``video_id,timestamp,x1,y1,x2,y2,score`` (same keys). Returns the number of keyframes.
+    """
+    proposals = {}
+    for row in predicted_rows:
+        video, second, x1, y1, x2, y2, _, score = row.split(",")
+        key = proposal_key(video, int(second), kinetics=True)
+        proposals.setdefault(key, []).append([float(v) for v in (x1, y1, x2, y2, score)])
+    if fmt == "pkl":
+        with atomic_open(path, "wb") as f:
+            pickle.dump({k: np.asarray(v, dtype=np.float64) for k, v in proposals.items()}, f, protocol=4)
+    elif fmt == "csv":
+        _write_lines(path, [f"{k},{','.join(f'{x:g}' for x in box)}" for k, boxes in proposals.items() for box in boxes])
+    else:
+        raise ValueError(f"unknown proposal file format {fmt!r}; expected 'pkl' or 'csv'")
+    return len(proposals)
+
+
+def write_annotations(specs, out_dir, seed, annotation_dir="annotations_v2.2", proposals_format="pkl"):
+    """Write frame lists, box CSVs, label map, exclusions, predicted boxes and the proposal files
+    (``PROPOSAL_FILE``, in ``proposals_format``); returns per-split counts."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
     ann = os.path.join(out_dir, annotation_dir)
     counts = {}
@@ -465,6 +498,8 @@ def write_annotations(specs, out_dir, seed, annotation_dir="annotations_v2.2"):
         _write_lines(os.path.join(out_dir, "frame_lists", f"{split}.csv"), [FRAME_LIST_HEADER] + frame_rows)
         _write_lines(os.path.join(ann, f"ava_{split}_v2.2.csv"), gt_rows)
         _write_lines(os.path.join(ann, f"ava_{split}_predicted_boxes.csv"), predicted_rows)
+        write_proposal_file(os.path.join(ann, PROPOSAL_FILE.format(split=split, ext=proposals_format)),
+                            predicted_rows, proposals_format)
         counts[split] = {
             "videos": len(members),
             "frames": sum(s.num_frames for s in members),
@@ -485,7 +520,7 @@ def _write_lines(path, lines):
 
 
 def generate_dataset(out_dir, num_videos=160, seconds=4, size=(128, 160), seed=0, val_fraction=0.2, workers=None,
-                     quality=90, motion_amplitude=(0.07, 0.10), kinetics_clips=0):
+                     quality=90, motion_amplitude=(0.07, 0.10), kinetics_clips=0, proposals_format="pkl"):
     """Generate the dataset under ``out_dir``; returns the summary also written to ``synthetic_dataset.json``.
 
     ``kinetics_clips`` > 0 (``--format ava_kinetics``) adds that many Kinetics-style clips
@@ -507,7 +542,7 @@ def generate_dataset(out_dir, num_videos=160, seconds=4, size=(128, 160), seed=0
     else:
         for spec in specs:
             render_video(spec, frame_root, quality)
-    counts = write_annotations(specs, out_dir, seed)
+    counts = write_annotations(specs, out_dir, seed, proposals_format=proposals_format)
     summary = {
         "generator": "python -m stmixer.data.synthetic",
         "arguments": {"videos": num_videos, "seconds": seconds, "size": [height, width], "seed": seed,
@@ -735,6 +770,10 @@ def main(argv=None):
     parser.add_argument("--val-fraction", type=float, default=0.2, help="share of validation videos (default 0.2)")
     parser.add_argument("--workers", type=int, default=None, help="processes rendering frames (default: all CPUs)")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    parser.add_argument("--proposals-format", choices=("pkl", "csv"), default="pkl",
+                        help="ava / ava_kinetics: format of the person-proposal files "
+                             "annotations_v2.2/ava_dense_proposals_{train,val}.FAIR.recall_93.9.{pkl,csv} "
+                             "(PROPOSALS.TRAIN_FILE / TEST_FILE): mmaction2's pickle (default) or CSV")
     parser.add_argument("--motion-amplitude", type=float, nargs=2, default=(0.07, 0.10), metavar=("LOW", "HIGH"),
                         help="amplitude range of sway/bob/circle, fraction of the short side (default 0.07 0.10)")
     args = parser.parse_args(argv)
@@ -751,7 +790,7 @@ def main(argv=None):
         summary = generate_dataset(args.out, args.videos, int(seconds), tuple(args.size), args.seed,
                                    args.val_fraction, args.workers, args.quality, tuple(args.motion_amplitude),
                                    kinetics_clips=(args.kinetics_clips or args.videos)
-                                   if args.format == "ava_kinetics" else 0)
+                                   if args.format == "ava_kinetics" else 0, proposals_format=args.proposals_format)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -60,6 +60,24 @@ def resized_size(height, width, short_side, max_long_side):
     return (new_long, new_short) if height > width else (new_short, new_long)
 
 
+def mmcv_resized_size(height, width, short_side):
+    """Frame size after scaling the short side to ``short_side`` pixels as ``mmcv.rescale_size(..., (inf, S))``
+    rounds it (mmaction2's ``Resize(scale=(-1, S))``): each side ``int(side * (S / short) + 0.5)``.
+
+    Returns:
+        (new_height, new_width) in pixels.
+    """
+    factor = short_side / min(height, width)
+    return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+def mmaction2_boxes_to_pixels(boxes, height, width):
+    """Normalized ``[n, 4]`` -> absolute pixels as mmaction2's frame decoders do: the product in float64
+    (``boxes`` as given, e.g. float64 from a proposal file), then rounded to float32; no clipping."""
+    scale = np.array([width, height, width, height])
+    return (np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * scale).astype(np.float32)
+
+
 def resize_frames(frames, height, width):
     """Bilinear resize (OpenCV ``INTER_LINEAR`` on uint8) of every frame to ``[height, width]``; no-op at equal size."""
     if frames[0].shape[:2] == (height, width):
@@ -91,6 +109,14 @@ def flip_boxes(boxes, width):
     flipped = np.array(boxes, dtype=np.float32)
     flipped[:, 0] = width - 1.0 - boxes[:, 2]
     flipped[:, 2] = width - 1.0 - boxes[:, 0]
+    return flipped
+
+
+def mmaction2_flip_boxes(boxes, width):
+    """Mirror absolute pixel boxes as mmaction2's ``Flip`` does: x -> width - x (x1 and x2 swap), dtype kept."""
+    flipped = np.array(boxes)
+    flipped[:, 0] = width - boxes[:, 2]
+    flipped[:, 2] = width - boxes[:, 0]
     return flipped
 
 
@@ -277,10 +303,13 @@ class ClipTransform:
         pca_lighting: (eigval, eigvec) for PCA lighting jitter, or None (training only).
         output_bgr: give the model BGR channels instead of RGB.
         reference: use the plain-PyTorch tensor conversion instead of the lookup tables.
+        box_style: "stmixer" (official STMixer box arithmetic, see ``__call__``) or "mmaction2" (mmaction2's
+            RawFrameDecode / Resize / Flip: pixels from float64 normalized boxes rounded to float32, per-axis
+            float32 scale factors ``new / old``, flip x -> W - x, no clipping; frame size ``mmcv_resized_size``).
     """
 
     def __init__(self, short_sides, max_long_side, mean, std, train, scale_mode="choice", flip_prob=0.0,
-                 color_jitter=False, pca_lighting=None, output_bgr=False, reference=False):
+                 color_jitter=False, pca_lighting=None, output_bgr=False, reference=False, box_style="stmixer"):
         if not short_sides:
             raise ValueError("the list of short-side sizes is empty")
         self.short_sides = [int(s) for s in short_sides]
@@ -296,6 +325,9 @@ class ClipTransform:
         self.pca_lighting = pca_lighting if train else None
         self.channel_order = BGR_FROM_BGR if output_bgr else RGB_FROM_BGR
         self.reference = reference
+        if box_style not in ("stmixer", "mmaction2"):
+            raise ValueError(f"unknown box style {box_style!r}; expected 'stmixer' or 'mmaction2'")
+        self.box_style = box_style
         choose_short_side(self.short_sides, scale_mode, np.random.default_rng(0))  # validates the mode
 
     def __call__(self, frames, boxes, rng):
@@ -303,29 +335,37 @@ class ClipTransform:
 
         Args:
             frames: list of T uint8 ``[H, W, 3]`` BGR arrays.
-            boxes: ``[n, 4]`` normalized x1, y1, x2, y2.
+            boxes: ``[n, 4]`` normalized x1, y1, x2, y2 (every row is transformed alone, so ground-truth
+                boxes and proposals go through together, stacked).
             rng: numpy Generator (all random choices of this clip).
 
         Returns:
             (ClipPixels of the float32 ``[3, T, H', W']`` clip, boxes float32 ``[n, 4]``
-            absolute pixels of the resized clip, clipped to it).
+            absolute pixels of the resized clip, clipped to it with the "stmixer" box style).
         """
         height, width = frames[0].shape[:2]
-        boxes = boxes_to_pixels(boxes, height, width)
+        mmaction2 = self.box_style == "mmaction2"
+        boxes = mmaction2_boxes_to_pixels(boxes, height, width) if mmaction2 else boxes_to_pixels(boxes, height, width)
         if self.train:
             short_side = choose_short_side(self.short_sides, self.scale_mode, rng)
         else:
             short_side = self.short_sides[0]
-        new_height, new_width = resized_size(height, width, short_side, self.max_long_side)
+        if mmaction2:  # mmcv's rounding; mmaction2 has no long-side cap (ours still applies)
+            new_height, new_width = mmcv_resized_size(height, width, short_side)
+        if not mmaction2 or max(new_height, new_width) > self.max_long_side:
+            new_height, new_width = resized_size(height, width, short_side, self.max_long_side)
         frames = resize_frames(frames, new_height, new_width)
-        # Official quirk kept: boxes scale by the short-side ratio on both axes (the long
-        # side's rounding makes the image's own ratio differ by under half a pixel).
-        boxes = boxes * np.float32(min(new_height, new_width) / min(height, width))
+        if mmaction2:
+            boxes = boxes * np.array([new_width / width, new_height / height] * 2, dtype=np.float32)
+        else:
+            # Official quirk kept: boxes scale by the short-side ratio on both axes (the long
+            # side's rounding makes the image's own ratio differ by under half a pixel).
+            boxes = boxes * np.float32(min(new_height, new_width) / min(height, width))
         flip = self.flip_prob >= 1.0 or (self.flip_prob > 0.0 and rng.random() < self.flip_prob)
         if flip:
             frames = flip_frames(frames)
-            boxes = flip_boxes(boxes, new_width)
-        return self._pixels(frames, rng), clip_boxes(boxes, new_height, new_width)
+            boxes = mmaction2_flip_boxes(boxes, new_width) if mmaction2 else flip_boxes(boxes, new_width)
+        return self._pixels(frames, rng), boxes if mmaction2 else clip_boxes(boxes, new_height, new_width)
 
     def _pixels(self, frames, rng):
         if self.color_jitter:
