@@ -3,9 +3,6 @@ generator's proposal pickles (PROPOSALS.TRAIN_FILE / TEST_FILE): training, then 
 proposals. Pipeline correctness only (a few iterations of a tiny model)."""
 
 import json
-import os
-
-import pytest
 
 from stmixer.data.synthetic import PROPOSAL_FILE, main as make_synthetic
 
@@ -15,8 +12,6 @@ CONFIG = "config_files/synthetic/tiny-fastrcnn.yaml"
 
 
 def test_train_and_evaluate_with_proposal_files(repo_root, tmp_path):
-    if not os.path.isfile(os.path.join(repo_root, CONFIG)):
-        pytest.skip(f"{CONFIG} (the two-stage detector) is not in this checkout")
     data, out = tmp_path / "syn", tmp_path / "out"
     assert make_synthetic(["--out", str(data), "--videos", "4", "--seconds", "2", "--size", "64", "80",
                            "--workers", "1", "--val-fraction", "0.25"]) == 0
