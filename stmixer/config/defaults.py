@@ -161,6 +161,8 @@ _C.MODEL.BACKBONE.BN_MOMENTUM = 0.1
 _C.MODEL.BACKBONE.BN_EPSILON = 1e-05
 # (stmixer) Convert BatchNorm to SyncBatchNorm when training on several CUDA processes (the official multi-GPU training does).
 _C.MODEL.BACKBONE.SYNC_BN = True
+# (stmixer) ResNet backbones on CUDA: weights and inputs in channels_last_3d (NDHWC), faster 3-D convolutions; the CPU path is unchanged.
+_C.MODEL.BACKBONE.CHANNELS_LAST = True
 
 # ---------------------------------------------------------------------------
 # Long-term feature bank (mmaction2's LFB; shared heads FBONonLocal / FBOMax / FBOAvg / LFBInfer)
@@ -485,6 +487,8 @@ _C.SOLVER.OPTIMIZING_METHOD = "adamw"
 _C.SOLVER.AMP = "off"
 # (stmixer) Clip the total gradient norm to this value before each step; 0 disables clipping.
 _C.SOLVER.CLIP_GRAD_NORM = 0.0
+# (stmixer) AdamW's fused CUDA kernel when every parameter is on a CUDA device (one kernel per step, no per-parameter host work); same update rule.
+_C.SOLVER.FUSED_OPTIMIZER = True
 # (stmixer) On a NaN/infinite loss term or matching cost: "error" stops naming it and the iteration, "skip" skips that step.
 _C.SOLVER.NONFINITE_LOSS = "error"
 # (stmixer) Periodic checkpoints kept in OUTPUT_DIR (older ones are deleted; 0 keeps all; model_final is always kept).
@@ -512,3 +516,5 @@ _C.TEST.STRICT_EVAL = False
 _C.OUTPUT_DIR = "."
 # (stmixer) Intra-op CPU threads per process; 0 = OMP_NUM_THREADS if set, else cores / processes on the node - DATALOADER.NUM_WORKERS (at least 1).
 _C.NUM_THREADS = 0
+# (stmixer) torch.backends.cudnn.benchmark for train_net / test_net / demo on CUDA: cuDNN times its algorithms per input shape once, then picks the fastest.
+_C.CUDNN_BENCHMARK = True

@@ -39,7 +39,7 @@ from ..data.descriptions import describe
 from ..data.keyframe_clips import KeyframeClips
 from ..data.transforms import pathway_frame_indices
 from ..data.video import VideoSource, VideoWriter, resample, resampled_length
-from ..modeling import build_detector
+from .runner import build_model
 from ..utils import distributed as comm
 from ..utils.io import atomic_open
 from ..utils.logging import setup_logger
@@ -119,7 +119,7 @@ def load_detector(cfg, device):
     """The detector of the config with ``MODEL.WEIGHT`` loaded (exact key match), in eval mode on ``device``."""
     if not cfg.MODEL.WEIGHT:
         raise UserFileNotFoundError("demo.py needs weights: add MODEL.WEIGHT path/to/checkpoint.pth to the command")
-    model = build_detector(cfg).to(device)
+    model = build_model(cfg, device)
     load_weights(model, cfg.MODEL.WEIGHT)
     return model.eval()
 

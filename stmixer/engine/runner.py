@@ -107,8 +107,14 @@ class Evaluation:
 
 
 def build_model(cfg, device):
-    """The detector of ``MODEL.META_ARCHITECTURE`` on ``device``."""
-    return build_detector(cfg).to(device)
+    """The detector of ``MODEL.META_ARCHITECTURE`` on ``device``; on CUDA, ``CUDNN_BENCHMARK`` applied and
+    the backbone's channels_last_3d weights (``MODEL.BACKBONE.CHANNELS_LAST``) set before any DDP wrapping."""
+    model = build_detector(cfg).to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
+        if getattr(model.backbone, "channels_last", False):
+            model.backbone.use_channels_last()
+    return model
 
 
 def _wrap_distributed(cfg, model, device):

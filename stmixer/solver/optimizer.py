@@ -71,4 +71,8 @@ def build_optimizer(cfg, model, vit_layer_id=None):
     groups = build_param_groups(model, cfg, vit_layer_id)
     for group in groups:
         group["lr"] = cfg.SOLVER.BASE_LR * group["lr_scale"]
-    return torch.optim.AdamW(groups, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.BETAS), weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+    params = [p for group in groups for p in group["params"]]
+    # the fused kernel: one launch per step instead of per-parameter host work (CUDA only)
+    fused = bool(cfg.SOLVER.FUSED_OPTIMIZER) and bool(params) and all(p.is_cuda for p in params)
+    return torch.optim.AdamW(groups, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.BETAS),
+                             weight_decay=cfg.SOLVER.WEIGHT_DECAY, **({"fused": True} if fused else {}))

@@ -108,7 +108,7 @@ class SlowFast(VideoResNet):
     def forward(self, videos):
         """``[slow [B,3,T,H,W], fast [B,3,ALPHA*T,H,W]]`` -> 4 maps ``[B, C_l, T, H_l, W_l]`` (strides 4..32)."""
         self._check_inputs(videos)
-        x = self.s1_fuse(self.s1(list(videos)))
+        x = self.s1_fuse(self.s1(self._prepare(videos)))
         levels = []
         for s, stage in enumerate((self.s2, self.s3, self.s4, self.s5), start=2):
             x = stage(x)
@@ -122,7 +122,7 @@ class SlowFast(VideoResNet):
         the two pathways of the last stage, not fused into one map (mmaction2's ``ResNet3dSlowFast``
         output, what its two-stage detectors' RoI extractor reads)."""
         self._check_inputs(videos)
-        x = self.s1_fuse(self.s1(list(videos)))
+        x = self.s1_fuse(self.s1(self._prepare(videos)))
         for s, stage in enumerate((self.s2, self.s3, self.s4, self.s5), start=2):
             x = stage(x)
             if s < 5:
@@ -149,7 +149,7 @@ def build_slowfast(cfg):
         fast_dims.append((fast_out[s], out // beta_inv, inner // beta_inv))
     slow_stages = stage_specs_from_cfg(cfg, 0, slow_dims, SLOW_TEMPORAL_KERNELS[1:])
     fast_stages = stage_specs_from_cfg(cfg, 1, fast_dims, FAST_TEMPORAL_KERNELS[1:])
-    return SlowFast(
+    backbone = SlowFast(
         stem_dims_in=list(cfg.DATA.INPUT_CHANNEL_NUM[:2]),
         stem_dims_out=[width, fast_out[0]],
         stage_pathways=[[slow, fast] for slow, fast in zip(slow_stages, fast_stages)],
@@ -160,3 +160,5 @@ def build_slowfast(cfg):
         frozen_bn=cfg.MODEL.BACKBONE.FROZEN_BN,
         fusion_norm_act=cfg.SLOWFAST.FUSION_BN_RELU,
     )
+    backbone.channels_last = cfg.MODEL.BACKBONE.CHANNELS_LAST
+    return backbone
