@@ -167,6 +167,10 @@ def _model_problems(cfg):
             yield "MODEL.ROI_HEAD.NUM_CLASSES", (
                 f"expected {expected}: MODEL.STM.ACTION_CLASSES = {stm.ACTION_CLASSES} actions (the datasets' label "
                 "columns)" + (" + the background column" if rh.BACKGROUND_CLASS else ""))
+    if str(body).startswith("CSN-") and cfg.MODEL.META_ARCHITECTURE == "STMDetector":
+        yield "MODEL.BACKBONE.CONV_BODY", (
+            "a backbone whose 4 levels share their frame count for STMDetector: the ir-CSN levels have temporal "
+            "strides 1, 2, 4, 8 (CSN is TubeR's backbone)")
     vit = cfg.ViT
     if "vit" in str(body).lower():
         if _is_number(vit.NUM_HEADS) and vit.NUM_HEADS > 0 and vit.EMBED_DIM % vit.NUM_HEADS:
