@@ -333,14 +333,17 @@ def read_mat(path):
     try:
         data = scipy.io.loadmat(path, squeeze_me=False, struct_as_record=True)
     except (ValueError, TypeError, OSError, NotImplementedError) as e:
-        raise CheckpointFormatError(f"{path}: not a readable MATLAB v5 .mat file ({type(e).__name__}: {e})") from None
+        raise CheckpointFormatError(
+            f"{path}: not a readable MATLAB v5 .mat file ({type(e).__name__}: {e})"
+        ) from None
     arrays = {}
     for name, value in data.items():
         if name.startswith("__") and name.endswith("__"):
             continue
         if type(value) is not np.ndarray or value.dtype.kind not in _NUMERIC_KINDS or value.dtype.fields:
             raise CheckpointFormatError(
-                f"{path}: MATLAB variable {name!r} is a {type(value).__name__} of dtype {getattr(value, 'dtype', '?')}; "
+                f"{path}: MATLAB variable {name!r} is a {type(value).__name__} of dtype "
+                f"{getattr(value, 'dtype', '?')}; "
                 "a weight file holds only numeric arrays"
             )
         arrays[name] = value
@@ -411,7 +414,8 @@ def _load_torch(path, mmap):
         detail = next((line for line in lines if "GLOBAL" in line or "global" in line), lines[0])
         raise UnsafeCheckpointError(
             f"{path}: refused to unpickle (only tensors, plain containers, numpy arrays and the official "
-            f"checkpoints' MemoryPool / argparse.Namespace / mmengine HistoryBuffer / yacs CfgNode are allowed): {detail.strip()}"
+            f"checkpoints' MemoryPool / argparse.Namespace / mmengine HistoryBuffer / yacs CfgNode are allowed): "
+            f"{detail.strip()}"
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError) as e:
         raise CheckpointFormatError(f"{path}: not a readable torch file ({type(e).__name__}: {e})") from None

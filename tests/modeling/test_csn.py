@@ -236,7 +236,6 @@ def test_tuber_pth_backbone_part(tmp_path):
     ``tuber_head.`` (skipped by a model without one); nothing in the file is executed."""
     from yacs.config import CfgNode
 
-    meta = _meta("csn50")
     source = IrCSN(depth=50)
     with torch.no_grad():
         for i, t in enumerate(source.state_dict().values()):
@@ -269,7 +268,6 @@ def test_tuber_pth_backbone_part(tmp_path):
     assert len(report.dropped["classifier head (TubeR's unused CSN out_fc)"]) == 2
     for key, value in source.state_dict().items():
         assert torch.equal(model.backbone.state_dict()[key], value), key
-    del meta
 
 
 def test_mat_files_that_are_not_weights(tmp_path):
