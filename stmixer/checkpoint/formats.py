@@ -33,6 +33,15 @@ other top-level entries untouched. Formats (ids in ``FORMATS``):
   (``roi_head.bbox_head.fc_cls.*``, ``roi_head.shared_head.*``: ``FastRCNN``'s attribute
   names are mmaction2's; a model without a ``roi_head``, e.g. STMixer, reports them as
   skipped), ``cls_head.*`` dropped as the classifier head.
+* ``caffe2_csn`` — VMZ Caffe2 ir-CSN-50 / ir-CSN-152 weights, the Kinetics models TubeR starts
+  from: a pickle ``{"blobs": {...}}`` (or the bare blob dict) or TubeR's MATLAB v5 ``.mat``
+  conversion; blob names mapped one to one by ``csn.blob_to_module_path`` (depth read from
+  the block count), BatchNorm blobs flattened (``.mat`` stores ``[1, N]``); ``last_out_L*``
+  (classifier), ``lr``, ``model_iter`` and ``*_momentum`` dropped.
+* ``tuber`` — TubeR checkpoints ``{"model": ..., "optimizer", "lr_scheduler", "epoch",
+  "config": yacs CfgNode (read as an inert placeholder)}``: ``backbone.body.*`` -> ``backbone.*``
+  (CSN), ``backbone.body.out_fc.*`` dropped, everything else kept below ``tuber_head.``
+  (``csn.tuber_key``).
 
 For every format, a ``module.`` prefix carried by all keys is removed, and
 ``_orig_mod.`` path components (``torch.compile``) are removed. Tensors keep
@@ -46,15 +55,15 @@ import numpy as np
 import torch
 
 from ..utils.io import atomic_open
-from . import mmaction2
+from . import csn, mmaction2
 from .caffe2 import caffe2_to_module_path
 from .errors import CheckpointError, CheckpointFormatError
 from .safe_unpickle import read_file
 
 # Top-level parts of the detector (the attribute names of STMDetector).
-DETECTOR_PARTS = ("backbone", "lateral_convs", "stm_head", "roi_head")
+DETECTOR_PARTS = ("backbone", "lateral_convs", "stm_head", "roi_head", "tuber_head")
 # Parts that --no-head leaves at their initialization (STMixer's decoder, the two-stage RoI head).
-HEAD_PARTS = ("stm_head", "roi_head")
+HEAD_PARTS = ("stm_head", "roi_head", "tuber_head")
 # Version of the project format written by save_checkpoint.
 FORMAT_VERSION = 1
 
@@ -66,9 +75,12 @@ FORMATS = {
     "videomae": "VideoMAE / VideoMAEv2 ViT (fine-tuned or distilled)",
     "videomae_pretrain": "VideoMAE pre-training checkpoint (encoder + decoder)",
     "mmaction2": "mmaction2 checkpoint",
+    "caffe2_csn": "VMZ Caffe2 ir-CSN weights",
+    "tuber": "TubeR checkpoint",
 }
 
-_CONTAINERS = {"zip": "torch zip file", "torch_legacy": "legacy torch file", "pickle": "pickle"}
+_CONTAINERS = {"zip": "torch zip file", "torch_legacy": "legacy torch file", "pickle": "pickle",
+               "mat": "MATLAB .mat file"}
 
 
 @dataclass
@@ -109,7 +121,9 @@ def read_checkpoint(path):
         raise CheckpointError(f"{path}: is a directory, expected a weight file") from None
     if not isinstance(obj, dict):
         raise CheckpointFormatError(f"{path}: expected a dict at the top level, found {type(obj).__name__}")
-    if container == "pickle":
+    if container == "mat":
+        contents = _from_csn_blobs(path, obj, {})
+    elif container == "pickle":
         contents = _from_caffe2_pickle(path, obj)
     else:
         contents = _from_torch_object(path, obj)
@@ -199,6 +213,8 @@ def _from_caffe2_pickle(path, obj):
     blobs, extras = (obj["blobs"], {k: v for k, v in obj.items() if k != "blobs"}) if "blobs" in obj else (obj, {})
     if not isinstance(blobs, dict):
         raise CheckpointFormatError(f"{path}: 'blobs' is a {type(blobs).__name__}, expected a dict of arrays")
+    if csn.is_csn_blobs(blobs):
+        return _from_csn_blobs(path, blobs, extras)
     dropped = {}
     tensors = OrderedDict()
     for name, value in blobs.items():
@@ -221,6 +237,30 @@ def _from_caffe2_pickle(path, obj):
     return contents
 
 
+def _from_csn_blobs(path, blobs, extras):
+    """VMZ ir-CSN blobs (pickle or ``.mat``) -> ``backbone.*`` keys of ``IrCSN`` (see ``csn``)."""
+    depth = csn.depth_of(set(blobs))
+    dropped = {}
+    tensors = OrderedDict()
+    for name, value in blobs.items():
+        if not isinstance(name, str):
+            raise CheckpointFormatError(f"{path}: blob names must be strings, found {name!r}")
+        if name in _CAFFE2_META:
+            dropped.setdefault("training metadata", []).append(name)
+        elif name.endswith("_momentum"):
+            dropped.setdefault("SGD momentum", []).append(name)
+        elif csn.CLASSIFIER.fullmatch(name):
+            dropped.setdefault("classifier head", []).append(name)
+        elif not isinstance(value, np.ndarray):
+            dropped.setdefault("not an array", []).append(name)
+        else:
+            target = csn.blob_to_module_path(name, depth) if depth else None
+            if target and csn.is_bn_blob(name):
+                value = value.reshape(-1)
+            tensors["backbone." + (target or name)] = torch.from_numpy(np.ascontiguousarray(value))
+    return CheckpointContents(path, "caffe2_csn", "", tensors, extras, dropped)
+
+
 # ----------------------------------------------------------------------------- key layouts
 def _normalize_keys(state_dict):
     """Remove ``_orig_mod.`` path components everywhere and a ``module.`` prefix carried by every key."""
@@ -237,6 +277,8 @@ def _layout(keys):
     roots = {k.split(".", 1)[0] for k in keys}
     if mmaction2.is_mmaction2(set(keys)):
         return "mmaction2"
+    if csn.is_tuber(keys):
+        return "tuber"
     if roots & set(DETECTOR_PARTS):
         return "detector"
     if "encoder" in roots:
@@ -272,6 +314,14 @@ def _from_state_dict(path, state_dict, extras, wrapper=None):
             else:
                 mapped[k] = v
         fmt, expected_missing = "mmaction2", frozenset()
+    elif layout == "tuber":
+        for k, v in state_dict.items():
+            target = csn.tuber_key(k)
+            if target is None:
+                drop("classifier head (TubeR's unused CSN out_fc)", k)
+            else:
+                mapped[target] = v
+        fmt, expected_missing = "tuber", frozenset()
     elif layout == "detector":
         mapped.update(state_dict)
         fmt, expected_missing = "official_stmixer", frozenset()

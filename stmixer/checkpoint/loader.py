@@ -139,7 +139,8 @@ def load_weights(model, source, no_head=False, strict=True, log=logger):
         model: the detector (or any module whose top-level children are detector parts, e.g. a
             backbone + neck holder); DDP / DataParallel wrappers are unwrapped.
         source: a path (any supported format) or a ``CheckpointContents`` from ``read_checkpoint``.
-        no_head: leave ``stm_head`` (STMixer) or ``roi_head`` (FastRCNN) at its initialization (its file keys are skipped).
+        no_head: leave ``stm_head`` (STMixer), ``roi_head`` (FastRCNN) or ``tuber_head`` (TubeR) at its
+            initialization (its file keys are skipped).
         strict: raise ``CheckpointMismatchError`` (with the table) when the report is not ``ok``;
             nothing is copied in that case.
         log: logger receiving the table (INFO), or None. When the load fails the table is in the

@@ -1,7 +1,7 @@
 """Reading weight files without running code from them.
 
 ``read_file(path)`` returns ``(container, object)``. The container is decided
-from the bytes, never from the file name: ``"zip"`` (torch >= 1.6 file),
+from the bytes, never from the file name: ``"zip"`` (torch >= 1.6 file), ``"mat"`` (MATLAB v5 file, see ``read_mat``),
 ``"torch_legacy"`` (older torch file: a pickle whose first object is torch's
 magic number) or ``"pickle"`` (anything else, e.g. PySlowFast Caffe2 ``.pkl``).
 
@@ -10,8 +10,9 @@ magic number) or ``"pickle"`` (anything else, e.g. PySlowFast Caffe2 ``.pkl``).
   Python-2 pickles are read with ``encoding="latin1"``.
 * Torch files go through ``torch.load(weights_only=True)`` plus an explicit
   allow-list: numpy arrays (same safe reconstruction) and inert placeholders
-  for the two custom objects official files hold (STMixer's ``MemoryPool`` in
-  ``person_pool``, VideoMAE's ``argparse.Namespace`` in ``args``).
+  for the custom objects official files hold (STMixer's ``MemoryPool`` in
+  ``person_pool``, VideoMAE's ``argparse.Namespace`` in ``args``, mmengine's
+  ``HistoryBuffer``, TubeR's yacs ``CfgNode`` in ``config``: a plain dict).
 
 Anything else in a file is refused with ``UnsafeCheckpointError`` before it
 can be called. Numpy arrays are never created by numpy's own pickle hooks:
@@ -187,6 +188,19 @@ def _defaultdict_as_dict(default_factory=None, *args):
     return {}
 
 
+def _dict_stand_in(path):
+    """A class named ``path`` for torch's allow-list whose instances are plain ``OrderedDict``s: a pickled
+    ``dict`` subclass (e.g. a yacs ``CfgNode``) is read as its items (its attributes land in the
+    OrderedDict's ``__dict__``). torch's weights-only reader fills only real dicts."""
+    module, name = path.rsplit(".", 1)
+
+    def __new__(cls, *args):
+        del cls, args
+        return collections.OrderedDict()
+
+    return type(name, (), {"__module__": module, "__qualname__": name, "__new__": __new__})
+
+
 # Custom classes found in official checkpoints, mapped to placeholders.
 PLACEHOLDER_CLASSES = {
     path: _placeholder_class(path)
@@ -197,6 +211,8 @@ PLACEHOLDER_CLASSES = {
         "mmengine.logging.history_buffer.HistoryBuffer",
     )
 }
+# TubeR checkpoints keep their yacs config in ``config`` (a dict subclass).
+DICT_STAND_INS = {path: _dict_stand_in(path) for path in ("yacs.config.CfgNode",)}
 
 _NUMPY_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
@@ -223,6 +239,7 @@ def _torch_safe_globals():
     for (module, name), target in _NUMPY_GLOBALS.items():
         items.append(target if target is _NDARRAY else _named(target, f"{module}.{name}"))
     items.extend(PLACEHOLDER_CLASSES.values())
+    items.extend(DICT_STAND_INS.values())
     return items
 
 
@@ -300,16 +317,60 @@ def _resolve_tokens(obj, depth=0, open_containers=None):
     return obj
 
 
+# MATLAB files (TubeR's converted Caffe2 ir-CSN weights) start with a text header.
+_MAT5_MAGIC = b"MATLAB 5.0 MAT-file"
+_MAT73_MAGIC = b"MATLAB 7.3 MAT-file"
+
+
+def read_mat(path):
+    """``{name: numpy array}`` of a MATLAB v5 ``.mat`` file (``scipy.io.loadmat``: a parser, it runs
+    nothing). The ``__header__`` / ``__version__`` / ``__globals__`` entries are left out; a variable
+    that is not a plain numeric array (struct, cell, object, string, function handle) raises
+    ``CheckpointFormatError``: weight files hold only arrays.
+    """
+    import scipy.io
+
+    try:
+        data = scipy.io.loadmat(path, squeeze_me=False, struct_as_record=True)
+    except (ValueError, TypeError, OSError, NotImplementedError) as e:
+        raise CheckpointFormatError(
+            f"{path}: not a readable MATLAB v5 .mat file ({type(e).__name__}: {e})"
+        ) from None
+    arrays = {}
+    for name, value in data.items():
+        if name.startswith("__") and name.endswith("__"):
+            continue
+        if type(value) is not np.ndarray or value.dtype.kind not in _NUMERIC_KINDS or value.dtype.fields:
+            raise CheckpointFormatError(
+                f"{path}: MATLAB variable {name!r} is a {type(value).__name__} of dtype "
+                f"{getattr(value, 'dtype', '?')}; "
+                "a weight file holds only numeric arrays"
+            )
+        arrays[name] = value
+    return arrays
+
+
 def read_file(path):
     """``(container, object)`` of a weight file, read safely (see the module docstring).
+
+    MATLAB v5 files (TubeR's ``.mat`` ir-CSN weights) are container ``"mat"``: ``{name: array}``
+    (``read_mat``).
 
     Raises ``UnsafeCheckpointError`` when the file references anything outside
     the allow-list (nothing from it is executed), ``CheckpointFormatError`` when
     it is not a readable pickle / torch file.
     """
     with open(path, "rb") as f:
-        if f.read(4) == _ZIP_MAGIC:
+        head = f.read(len(_MAT5_MAGIC))
+        if head[:4] == _ZIP_MAGIC:
             return "zip", _load_torch(path, mmap=True)
+        if head == _MAT5_MAGIC:
+            return "mat", read_mat(path)
+        if head == _MAT73_MAGIC:
+            raise CheckpointFormatError(
+                f"{path}: a MATLAB v7.3 (HDF5) .mat file; stmixer reads MATLAB v5 files: re-save it with "
+                "scipy.io.savemat or MATLAB's save -v7"
+            )
         f.seek(0)
         first = _guarded(path, lambda: _RestrictedUnpickler(f, encoding="latin1").load())
     if isinstance(first, int) and first == LEGACY_TORCH_MAGIC:
@@ -353,7 +414,8 @@ def _load_torch(path, mmap):
         detail = next((line for line in lines if "GLOBAL" in line or "global" in line), lines[0])
         raise UnsafeCheckpointError(
             f"{path}: refused to unpickle (only tensors, plain containers, numpy arrays and the official "
-            f"checkpoints' MemoryPool / argparse.Namespace / mmengine HistoryBuffer are allowed): {detail.strip()}"
+            f"checkpoints' MemoryPool / argparse.Namespace / mmengine HistoryBuffer / yacs CfgNode are allowed): "
+            f"{detail.strip()}"
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError) as e:
         raise CheckpointFormatError(f"{path}: not a readable torch file ({type(e).__name__}: {e})") from None

@@ -149,7 +149,7 @@ _C.MODEL.META_ARCHITECTURE = "STMDetector"
 _C.MODEL.DEVICE = ""
 
 _C.MODEL.BACKBONE = CN()
-# Backbone name: "PySlowonly", "PySlowfast-R50", "PySlowfast-R101", "MAE-ViT-B" or "MAE-ViT-L" (default: the SlowOnly R50 the other defaults describe; official "Slowfast-Resnet50" was no registered name).
+# Backbone name: "PySlowonly", "PySlowfast-R50", "PySlowfast-R101", "MAE-ViT-B", "MAE-ViT-L", "CSN-50" or "CSN-152" (default: the SlowOnly R50 the other defaults describe; official "Slowfast-Resnet50" was no registered name).
 _C.MODEL.BACKBONE.CONV_BODY = "PySlowonly"
 # Number of input pathways: 1 (SlowOnly, ViT) or 2 (SlowFast).
 _C.MODEL.BACKBONE.PATHWAYS = 1
@@ -163,6 +163,15 @@ _C.MODEL.BACKBONE.BN_EPSILON = 1e-05
 _C.MODEL.BACKBONE.SYNC_BN = True
 # (stmixer) ResNet backbones on CUDA: weights and inputs in channels_last_3d (NDHWC), faster 3-D convolutions; the CPU path is unchanged.
 _C.MODEL.BACKBONE.CHANNELS_LAST = True
+
+# ir-CSN backbones ("CSN-50", "CSN-152"; TubeR's backbone, stmixer/modeling/backbones/csn.py)
+_C.MODEL.CSN = CN()
+# Spatial stride 2 in layer4 (res5): output stride 32; False (TubeR's configs, LAST_STRIDE): output stride 16.
+_C.MODEL.CSN.LAST_STRIDE = False
+# Epsilon of every CSN BatchNorm (1e-3: the Caffe2 ir-CSN weights' value, as TubeR).
+_C.MODEL.CSN.BN_EPSILON = 1e-3
+# Parameters with requires_grad=False: -1 none, k >= 0 the stem and layer1..layer k (TubeR freezes 2 when it starts from Kinetics weights).
+_C.MODEL.CSN.FROZEN_STAGES = -1
 
 # ---------------------------------------------------------------------------
 # Long-term feature bank (mmaction2's LFB; shared heads FBONonLocal / FBOMax / FBOAvg / LFBInfer)

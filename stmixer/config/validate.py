@@ -26,6 +26,7 @@ CHOICES = {
     "NONLOCAL.STYLE": ("pyslowfast", "mmaction2"),
     "SLOWFAST.FUSION_BN_RELU": (True, False),
     "MODEL.BACKBONE.PATHWAYS": (1, 2),
+    "MODEL.CSN.FROZEN_STAGES": (-1, 0, 1, 2, 3, 4),
     "MODEL.LFB.DTYPE": ("", "float16", "float32", "float64"),
     "MODEL.LFB.TEMPORAL_POOL": ("avg", "max"),
     "MODEL.LFB.SPATIAL_POOL": ("avg", "max"),
@@ -52,7 +53,7 @@ CASELESS_CHOICES = {
 POSITIVE = [
     "PROPOSALS.NUM_MAX",
     "DATA.NUM_FRAMES", "DATA.SAMPLING_RATE", "DATA.TARGET_FPS", "DATA.TRAIN_MAX_SCALE", "DATA.TEST_MAX_SCALE",
-    "DATALOADER.SIZE_DIVISIBILITY", "MODEL.BACKBONE.BN_EPSILON", "TUBES.SPLIT", "TUBES.DETECTIONS_PER_FRAME",
+    "DATALOADER.SIZE_DIVISIBILITY", "MODEL.BACKBONE.BN_EPSILON", "MODEL.CSN.BN_EPSILON", "TUBES.SPLIT", "TUBES.DETECTIONS_PER_FRAME",
     "RESNET.NUM_GROUPS", "RESNET.WIDTH_PER_GROUP",
     "SLOWFAST.BETA_INV", "SLOWFAST.ALPHA", "SLOWFAST.FUSION_CONV_CHANNEL_RATIO", "SLOWFAST.FUSION_KERNEL_SZ",
     "ViT.TUBELET_SIZE", "ViT.PATCH_SIZE", "ViT.IN_CHANS", "ViT.EMBED_DIM", "ViT.PRETRAIN_IMG_SIZE", "ViT.DEPTH",
@@ -170,6 +171,10 @@ def _model_problems(cfg):
             yield "MODEL.ROI_HEAD.NUM_CLASSES", (
                 f"expected {expected}: MODEL.STM.ACTION_CLASSES = {stm.ACTION_CLASSES} actions (the datasets' label "
                 "columns)" + (" + the background column" if rh.BACKGROUND_CLASS else ""))
+    if str(body).startswith("CSN-") and cfg.MODEL.META_ARCHITECTURE == "STMDetector":
+        yield "MODEL.BACKBONE.CONV_BODY", (
+            "a backbone whose 4 levels share their frame count for STMDetector: the ir-CSN levels have temporal "
+            "strides 1, 2, 4, 8 (CSN is TubeR's backbone)")
     vit = cfg.ViT
     if "vit" in str(body).lower():
         if _is_number(vit.NUM_HEADS) and vit.NUM_HEADS > 0 and vit.EMBED_DIM % vit.NUM_HEADS:

@@ -4,8 +4,9 @@ Every backbone maps a list of pathway videos ``[B, 3, T, H, W]`` to 4 levels
 ``[B, C_l, T', H/s_l, W/s_l]`` (s_l = 4, 8, 16, 32) and exposes ``out_channels``.
 """
 
+from .csn import IrCSN
 from .resnet3d import SlowOnly, VideoResNet, freeze_batchnorm_statistics
 from .slowfast import SlowFast
 from .vit import VisionTransformer3D
 
-__all__ = ["SlowFast", "SlowOnly", "VideoResNet", "VisionTransformer3D", "freeze_batchnorm_statistics"]
+__all__ = ["IrCSN", "SlowFast", "SlowOnly", "VideoResNet", "VisionTransformer3D", "freeze_batchnorm_statistics"]
