@@ -7,5 +7,7 @@ Every backbone maps a list of pathway videos ``[B, 3, T, H, W]`` to 4 levels
 from .resnet3d import SlowOnly, VideoResNet, freeze_batchnorm_statistics
 from .slowfast import SlowFast
 from .vit import VisionTransformer3D
+from .evad_vit import EVADFeatures, EVADVisionTransformer
 
-__all__ = ["SlowFast", "SlowOnly", "VideoResNet", "VisionTransformer3D", "freeze_batchnorm_statistics"]
+__all__ = ["EVADFeatures", "EVADVisionTransformer", "SlowFast", "SlowOnly", "VideoResNet", "VisionTransformer3D",
+           "freeze_batchnorm_statistics"]
