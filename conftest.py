@@ -6,3 +6,6 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "mmaction2: holds stmixer to reference fixtures made by running mmaction2's own code "
                    "(tests/reference/mmaction2)")
+    config.addinivalue_line(
+        "markers", "evad: holds stmixer to reference fixtures made by running the official EVAD code "
+                   "(tests/reference/evad)")
