@@ -33,6 +33,12 @@ other top-level entries untouched. Formats (ids in ``FORMATS``):
   (``roi_head.bbox_head.fc_cls.*``, ``roi_head.shared_head.*``: ``FastRCNN``'s attribute
   names are mmaction2's; a model without a ``roi_head``, e.g. STMixer, reports them as
   skipped), ``cls_head.*`` dropped as the classifier head.
+* ``evad`` — official EVAD checkpoints (PySlowFast ``{"epoch", "model_state", "optimizer_state", "cfg"}``
+  of the whole ``EVAD`` model): the ViT keys (``patch_embed.*``, ``blocks.*``, ``norm.*``, ``pos_embed``) go
+  to ``backbone.*`` under the same names, the FPN (``fpn_lateral{2..5}.*``, ``fpn_output{2..5}.*``) to
+  ``evad_fpn.*`` and the person detector and decoder (``det_head.*``, ``init_proposal_{features,boxes}.*``)
+  to ``evad_head.*``, each under its official name; the loss buffer ``criterion.empty_weight`` is dropped
+  (rebuilt from the config).
 
 For every format, a ``module.`` prefix carried by all keys is removed, and
 ``_orig_mod.`` path components (``torch.compile``) are removed. Tensors keep
@@ -52,9 +58,12 @@ from .errors import CheckpointError, CheckpointFormatError
 from .safe_unpickle import read_file
 
 # Top-level parts of the detector (the attribute names of STMDetector).
-DETECTOR_PARTS = ("backbone", "lateral_convs", "stm_head", "roi_head")
-# Parts that --no-head leaves at their initialization (STMixer's decoder, the two-stage RoI head).
-HEAD_PARTS = ("stm_head", "roi_head")
+DETECTOR_PARTS = ("backbone", "lateral_convs", "stm_head", "roi_head", "evad_fpn", "evad_head")
+# Parts that --no-head leaves at their initialization (STMixer's decoder, the two-stage RoI head, EVAD's heads).
+HEAD_PARTS = ("stm_head", "roi_head", "evad_head")
+# Top-level keys of the official EVAD model: its ViT backbone, FPN, and person detector + decoder.
+EVAD_BACKBONE_ROOTS = ("patch_embed", "blocks", "norm", "pos_embed")
+EVAD_HEAD_ROOTS = ("det_head", "init_proposal_features", "init_proposal_boxes")
 # Version of the project format written by save_checkpoint.
 FORMAT_VERSION = 1
 
@@ -66,6 +75,7 @@ FORMATS = {
     "videomae": "VideoMAE / VideoMAEv2 ViT (fine-tuned or distilled)",
     "videomae_pretrain": "VideoMAE pre-training checkpoint (encoder + decoder)",
     "mmaction2": "mmaction2 checkpoint",
+    "evad": "official EVAD checkpoint",
 }
 
 _CONTAINERS = {"zip": "torch zip file", "torch_legacy": "legacy torch file", "pickle": "pickle"}
@@ -239,6 +249,8 @@ def _layout(keys):
         return "mmaction2"
     if roots & set(DETECTOR_PARTS):
         return "detector"
+    if "det_head" in roots and roots & {"patch_embed", "blocks"}:
+        return "evad"
     if "encoder" in roots:
         return "videomae_pretrain"
     if roots & {"patch_embed", "blocks"}:
@@ -272,6 +284,20 @@ def _from_state_dict(path, state_dict, extras, wrapper=None):
             else:
                 mapped[k] = v
         fmt, expected_missing = "mmaction2", frozenset()
+    elif layout == "evad":
+        for k, v in state_dict.items():
+            root = k.split(".", 1)[0]
+            if root in EVAD_BACKBONE_ROOTS:
+                mapped["backbone." + k] = v
+            elif root.startswith(("fpn_lateral", "fpn_output")):
+                mapped["evad_fpn." + k] = v
+            elif root in EVAD_HEAD_ROOTS:
+                mapped["evad_head." + k] = v
+            elif root == "criterion":
+                drop("loss buffers (rebuilt from the config)", k)
+            else:
+                mapped[k] = v
+        fmt, expected_missing = "evad", frozenset()
     elif layout == "detector":
         mapped.update(state_dict)
         fmt, expected_missing = "official_stmixer", frozenset()

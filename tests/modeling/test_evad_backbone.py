@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from stmixer.checkpoint import load_weights
+from stmixer.checkpoint import CheckpointMismatchError, load_weights
 from stmixer.checkpoint.formats import read_checkpoint
 from stmixer.config import get_cfg
 from stmixer.modeling.backbones.evad_vit import EVADVisionTransformer, keyframe_centric_scores
@@ -161,3 +161,61 @@ def test_float32_against_official_float64(case):
     with torch.no_grad():
         out = model.eval()([clip])
     _check_outputs(out, ref, 1e-5)
+
+
+# ----------------------------------------------------------------------------- official checkpoints
+def _official_evad_file(path, backbone_state, prefix=""):
+    """A fake official EVAD checkpoint with the real layout: PySlowFast's ``save_checkpoint`` dict whose
+    ``model_state`` is ``EVAD.state_dict()``: ViT keys at the top, the FPN, the proposals, ``det_head.*``
+    (Sparse R-CNN stages, context-refinement decoder) and the criterion's buffer."""
+    state = {prefix + k: v.clone() for k, v in backbone_state.items()}
+    for level in range(2, 6):
+        state[f"{prefix}fpn_lateral{level}.weight"] = torch.randn(8, 24, 1, 1)
+        state[f"{prefix}fpn_lateral{level}.bias"] = torch.randn(8)
+        state[f"{prefix}fpn_output{level}.weight"] = torch.randn(8, 8, 3, 3)
+        state[f"{prefix}fpn_output{level}.bias"] = torch.randn(8)
+    state[prefix + "init_proposal_features.weight"] = torch.randn(5, 8)
+    state[prefix + "init_proposal_boxes.weight"] = torch.rand(5, 4)
+    state[prefix + "det_head.s0_headseries.0.self_attn.in_proj_weight"] = torch.randn(24, 8)
+    state[prefix + "det_head.s0_headseries.0.inst_interact.dynamic_layer.weight"] = torch.randn(16, 8)
+    state[prefix + "det_head.encoder_to_decoder.weight"] = torch.randn(12, 24)
+    state[prefix + "det_head.mask_token"] = torch.randn(1, 1, 12)
+    state[prefix + "det_head.decoder.blocks.0.attn.qkv.weight"] = torch.randn(36, 12)
+    state[prefix + "criterion.empty_weight"] = torch.ones(2)
+    torch.save({"epoch": 11, "model_state": state, "optimizer_state": {"state": {}, "param_groups": []},
+                "cfg": "MODEL:\n  MODEL_NAME: EVAD\n", "amp": None}, path)
+    return path
+
+
+def _tiny_evad(depth=2, **kw):
+    return EVADVisionTransformer(keep_rates=[1.0] * (depth - 1) + [0.7], fpn_indices=list(range(depth))[-4:],
+                                 embed_dim=24, depth=depth, num_heads=3, patch_size=4, pretrain_img_size=16, **kw)
+
+
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_official_evad_checkpoint_loads_backbone_exactly(tmp_path, prefix):
+    source = _tiny_evad(depth=4)
+    path = _official_evad_file(tmp_path / "checkpoint_epoch_00012.pyth", source.state_dict(), prefix)
+    contents = read_checkpoint(path)
+    assert contents.format == "evad"
+    assert contents.extras["epoch"] == 11 and "optimizer_state" in contents.extras
+    holder = torch.nn.Module()
+    holder.backbone = _tiny_evad(depth=4)
+    report = load_weights(holder, contents, log=None)
+    assert report.ok and sorted(report.loaded) == sorted("backbone." + k for k in source.state_dict())
+    assert not report.missing and not report.unexpected and not report.not_stored
+    assert len(report.skipped["evad_fpn.* (the model holds no evad_fpn)"]) == 16
+    assert "evad_head.det_head.mask_token" in report.skipped["evad_head.* (the model holds no evad_head)"]
+    assert report.dropped == {"loss buffers (rebuilt from the config)": ["criterion.empty_weight"]}
+    for key, value in source.state_dict().items():
+        assert torch.equal(holder.backbone.state_dict()[key], value), key
+    table = report.table()
+    assert "official EVAD checkpoint" in table and "skipped" in table
+
+
+def test_official_evad_checkpoint_of_another_depth_is_refused(tmp_path):
+    path = _official_evad_file(tmp_path / "deeper.pyth", _tiny_evad(depth=5).state_dict())
+    holder = torch.nn.Module()
+    holder.backbone = _tiny_evad(depth=4)
+    with pytest.raises(CheckpointMismatchError, match="unexpected .*backbone.blocks.4"):
+        load_weights(holder, path, log=None)
