@@ -19,7 +19,7 @@ import torch
 
 from stmixer.checkpoint import CheckpointMismatchError, load_weights
 from stmixer.checkpoint.formats import read_checkpoint
-from stmixer.config import get_cfg
+from stmixer.config import ConfigError, get_cfg, validate_config
 from stmixer.modeling.backbones.evad_vit import EVADVisionTransformer, keyframe_centric_scores
 from stmixer.modeling.build import build_backbone
 
@@ -219,3 +219,77 @@ def test_official_evad_checkpoint_of_another_depth_is_refused(tmp_path):
     holder.backbone = _tiny_evad(depth=4)
     with pytest.raises(CheckpointMismatchError, match="unexpected .*backbone.blocks.4"):
         load_weights(holder, path, log=None)
+
+
+# ----------------------------------------------------------------------------- config, builder, edge cases
+def _tiny_cfg():
+    cfg = get_cfg()
+    cfg.MODEL.BACKBONE.CONV_BODY = "EVAD-ViT-B"
+    cfg.DATA.NUM_FRAMES = 8
+    cfg.ViT.merge_from_list(["EMBED_DIM", 24, "DEPTH", 4, "NUM_HEADS", 3, "PATCH_SIZE", 4, "PRETRAIN_IMG_SIZE", 16,
+                             "DROP_PATH_RATE", 0.0])
+    cfg.EVAD.merge_from_list(["KEEP_RATES", [1.0, 0.7, 1.0, 0.7], "ENHANCED_WEIGHT", 4.0, "FPN_INDICES", [0, 1, 2, 3]])
+    cfg.MODEL.STM.TEMPORAL_POINTS = 4
+    return cfg
+
+
+def test_builds_from_config_and_prunes():
+    cfg = _tiny_cfg()
+    validate_config(cfg)
+    model = build_backbone(cfg).eval()
+    assert isinstance(model, EVADVisionTransformer) and model.enhanced_weight == 4.0
+    assert model.out_channels == [24] * 4
+    with torch.no_grad():
+        out = model([torch.randn(2, 3, 8, 16, 20)])
+    assert out.grid == (4, 4, 5) and out.keyframe == 2
+    # 80 tokens -> ceil(0.7 * 80) = 56 -> ceil(0.7 * 56) = 40: 20 keyframe + 20 kept of 60
+    assert out.tokens.shape == (2, 40, 24) and out.kept_index.shape == (2, 20)
+    assert [tuple(f.shape[-2:]) for f in out.features] == [(16, 20), (8, 10), (4, 5), (2, 2)]
+    assert (~out.dropped_mask).sum(1).tolist() == [20, 20]
+    assert torch.equal(torch.sort(out.kept_index, 1).values, torch.nonzero(~out.dropped_mask)[:, 1].reshape(2, 20))
+
+
+def test_keyframe_tokens_always_kept_and_first():
+    """With pruning only in the last block (after its attention, before its per-token MLP), the first S tokens
+    are the plain ViT's keyframe slice (temporal token t // 2) and every token is a plain ViT token."""
+    from stmixer.modeling.backbones.vit import VisionTransformer3D
+
+    model = _tiny_evad(depth=4).double().eval()
+    plain = VisionTransformer3D(embed_dim=24, depth=4, num_heads=3, patch_size=4, pretrain_img_size=16).double()
+    plain.load_state_dict(model.state_dict())
+    clip = torch.randn(1, 3, 8, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        out = model([clip])
+        reference = plain.eval()([clip])[0]  # [1, D, 4, 4, 4]
+    keyframe = reference[0, :, 2].flatten(1).T  # [16, D]
+    torch.testing.assert_close(out.tokens[0, :16], keyframe, rtol=0, atol=1e-12)
+    others = torch.cat([reference[0, :, :2], reference[0, :, 3:]], dim=1).flatten(1).T  # [48, D] non-keyframe order
+    torch.testing.assert_close(out.tokens[0, 16:], others[out.kept_index[0]], rtol=0, atol=1e-12)
+    assert out.tokens.shape[1] == math.ceil(0.7 * 64)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("EVAD.KEEP_RATES", [1.0, 0.7, 1.0], "EVAD.KEEP_RATES = .*expected 4 rates, one per ViT block"),
+    ("EVAD.KEEP_RATES", [1.0, 0.0, 1.0, 1.0], "EVAD.KEEP_RATES = .*expected every rate in \\(0, 1\\]"),
+    ("EVAD.FPN_INDICES", [0, 1, 3, 2], "EVAD.FPN_INDICES = .*expected 4 increasing block indices"),
+    ("EVAD.FPN_INDICES", [0, 1, 2, 4], "EVAD.FPN_INDICES = .*expected 4 increasing block indices"),
+    ("EVAD.ENHANCED_WEIGHT", 0.0, "EVAD.ENHANCED_WEIGHT = 0.0: expected a number > 0"),
+    ("DATA.NUM_FRAMES", 6, "DATA.NUM_FRAMES = 6: expected an even number of temporal tokens"),
+])
+def test_config_problems_are_named(key, value, message):
+    cfg = _tiny_cfg()
+    node, name = key.split(".")
+    cfg[node][name] = value
+    with pytest.raises(ConfigError, match=message):
+        validate_config(cfg)
+
+
+def test_layer_that_would_keep_every_token_keeps_them():
+    """ceil(r * N) == N after an earlier pruning keeps every token (the official code gathers with the global
+    indices there: an index error or the wrong tokens). 64 tokens -> 32 -> ceil(0.99 * 32) = 32."""
+    model = EVADVisionTransformer(keep_rates=[0.5, 0.99, 1.0, 1.0], fpn_indices=[0, 1, 2, 3], embed_dim=24, depth=4,
+                                  num_heads=3, patch_size=4, pretrain_img_size=16).eval()
+    seen = _record_indices(model)
+    with torch.no_grad():
+        out = model([torch.randn(1, 3, 8, 16, 16)])
+    assert out.tokens.shape[1] == 32 and torch.equal(seen[0], seen[1]) and torch.equal(seen[1], out.kept_index)
