@@ -188,6 +188,11 @@ def _model_problems(cfg):
 def _evad_problems(cfg, frames):
     """EVAD's pruning keys against the ViT (one keep rate per block, 4 FPN blocks, even temporal tokens)."""
     depth, rates, fpn = cfg.ViT.DEPTH, list(cfg.EVAD.KEEP_RATES), list(cfg.EVAD.FPN_INDICES)
+    if cfg.MODEL.META_ARCHITECTURE in ("STMDetector", "FastRCNN"):
+        # EVAD's backbone returns pruned tokens + keyframe maps (EVADFeatures), not the 4 maps these detectors read
+        arch = cfg.MODEL.META_ARCHITECTURE
+        yield "MODEL.BACKBONE.CONV_BODY", (f"expected a backbone MODEL.META_ARCHITECTURE = {arch!r} can read "
+                                           "(MAE-ViT-B / MAE-ViT-L); the EVAD backbones feed EVAD's decoder")
     if _is_number(depth) and len(rates) != depth:
         yield "EVAD.KEEP_RATES", f"expected {depth} rates, one per ViT block (ViT.DEPTH = {depth})"
     if not all(_is_number(r) and 0 < r <= 1 for r in rates):
@@ -198,7 +203,8 @@ def _evad_problems(cfg, frames):
             and (not _is_number(depth) or (fpn[0] >= 0 and fpn[-1] < depth))):
         yield "EVAD.FPN_INDICES", f"expected 4 increasing block indices in [0, ViT.DEPTH = {depth})"
     if _is_number(frames) and frames % 2:
-        yield "DATA.NUM_FRAMES", "expected an even number of temporal tokens (DATA.NUM_FRAMES / ViT.TUBELET_SIZE) for EVAD"
+        yield "DATA.NUM_FRAMES", ("expected an even number of temporal tokens (DATA.NUM_FRAMES / ViT.TUBELET_SIZE) "
+                                  "for EVAD")
 
 
 def _frames_after(num_frames, divisor, key, exact=False):

@@ -225,6 +225,7 @@ def test_official_evad_checkpoint_of_another_depth_is_refused(tmp_path):
 def _tiny_cfg():
     cfg = get_cfg()
     cfg.MODEL.BACKBONE.CONV_BODY = "EVAD-ViT-B"
+    cfg.MODEL.META_ARCHITECTURE = "EVAD"  # EVAD's detector (not built yet); STMixer's cannot read EVADFeatures
     cfg.DATA.NUM_FRAMES = 8
     cfg.ViT.merge_from_list(["EMBED_DIM", 24, "DEPTH", 4, "NUM_HEADS", 3, "PATCH_SIZE", 4, "PRETRAIN_IMG_SIZE", 16,
                              "DROP_PATH_RATE", 0.0])
@@ -275,11 +276,15 @@ def test_keyframe_tokens_always_kept_and_first():
     ("EVAD.FPN_INDICES", [0, 1, 2, 4], "EVAD.FPN_INDICES = .*expected 4 increasing block indices"),
     ("EVAD.ENHANCED_WEIGHT", 0.0, "EVAD.ENHANCED_WEIGHT = 0.0: expected a number > 0"),
     ("DATA.NUM_FRAMES", 6, "DATA.NUM_FRAMES = 6: expected an even number of temporal tokens"),
+    ("MODEL.META_ARCHITECTURE", "STMDetector", "MODEL.BACKBONE.CONV_BODY = 'EVAD-ViT-B': expected a backbone"),
 ])
 def test_config_problems_are_named(key, value, message):
     cfg = _tiny_cfg()
-    node, name = key.split(".")
-    cfg[node][name] = value
+    *nodes, name = key.split(".")
+    node = cfg
+    for part in nodes:
+        node = node[part]
+    node[name] = value
     with pytest.raises(ConfigError, match=message):
         validate_config(cfg)
 
