@@ -168,7 +168,7 @@ def _official_evad_file(path, backbone_state, prefix=""):
     """A fake official EVAD checkpoint with the real layout: PySlowFast's ``save_checkpoint`` dict whose
     ``model_state`` is ``EVAD.state_dict()``: ViT keys at the top, the FPN, the proposals, ``det_head.*``
     (Sparse R-CNN stages, context-refinement decoder) and the criterion's buffer."""
-    state = {prefix + k: v.clone() for k, v in backbone_state.items()}
+    state = {prefix + k: v for k, v in backbone_state.items()}
     for level in range(2, 6):
         state[f"{prefix}fpn_lateral{level}.weight"] = torch.randn(8, 24, 1, 1)
         state[f"{prefix}fpn_lateral{level}.bias"] = torch.randn(8)
@@ -311,3 +311,36 @@ def test_flop_count_per_keep_rate():
     full, keep07, keep06 = (flops.backbone_gflops(flops.evad_backbone("B", r), 16, 288, 288) for r in (1, 0.7, 0.6))
     assert full == pytest.approx(347.0, abs=0.05)
     assert keep07 == pytest.approx(212.9, abs=0.05) and keep06 == pytest.approx(185.1, abs=0.05)
+
+
+def _zoo_cfg(body):
+    """The backbone part of the official ViT_B_16x4_KTP / ViT_L_16x4_KTP configs in our keys."""
+    cfg = get_cfg()
+    cfg.MODEL.BACKBONE.CONV_BODY = body
+    cfg.MODEL.META_ARCHITECTURE = "EVAD"
+    cfg.DATA.NUM_FRAMES = 16
+    if body == "EVAD-ViT-L":
+        cfg.ViT.merge_from_list(["EMBED_DIM", 1024, "DEPTH", 24, "NUM_HEADS", 16, "DROP_PATH_RATE", 0.2])
+        cfg.EVAD.KEEP_RATES = [0.7 if i in (6, 12, 18) else 1.0 for i in range(24)]
+        cfg.EVAD.FPN_INDICES = [5, 11, 17, 23]
+    else:
+        cfg.ViT.DROP_PATH_RATE = 0.1
+        cfg.EVAD.KEEP_RATES = [0.7 if i in (3, 6, 9) else 1.0 for i in range(12)]
+    return cfg
+
+
+@pytest.mark.parametrize("body", ["EVAD-ViT-B", "EVAD-ViT-L"])
+def test_zoo_backbones_have_the_official_key_layout_and_load_full_size_files(tmp_path, body):
+    """key_layout.json: names and shapes of the official model-zoo ViTs' state dicts. A full-size official
+    file with that layout (zero tensors with stride 0: small on disk) loads into ours with nothing missing."""
+    layout = json.loads((FIXTURES / "key_layout.json").read_text())[body]
+    cfg = _zoo_cfg(body)
+    validate_config(cfg)
+    with torch.device("meta"):
+        model = build_backbone(cfg)
+    assert {k: list(v.shape) for k, v in model.state_dict().items()} == layout
+    backbone_state = {k: torch.zeros(1).expand(shape) for k, shape in layout.items()}
+    holder = torch.nn.Module()
+    holder.backbone = model
+    report = load_weights(holder, _official_evad_file(tmp_path / "evad.pth", backbone_state), log=None)
+    assert report.ok and len(report.loaded) == len(layout) and report.dropped

@@ -25,7 +25,8 @@ The kept-token indices after every block are recorded with forward hooks on the 
 Writes ``<out>/inputs.npz`` (``clip`` and the backbone's float64 state dict as ``w/<name>``, shared by all
 cases) and, per case, ``<out>/<case>.npz`` (outputs ``features_<l>``, ``tokens``, ``kept_index``, ``dropped_mask``,
 ``index_after_<i>`` for every pruning block; ``grad/<param>`` of ``GRAD_PARAMS`` for the loss
-``gradient_loss``), plus ``<out>/cases.json`` (model arguments, per-case keep rates and notes).
+``gradient_loss``), plus ``<out>/cases.json`` (model arguments, per-case keep rates and notes) and ``<out>/key_layout.json`` (the
+state-dict keys and shapes of the official ViT-B and ViT-L backbones of the model zoo, built on the meta device).
 """
 
 import argparse
@@ -124,22 +125,48 @@ def _ns(**kw):
     return types.SimpleNamespace(**kw)
 
 
-def official_config(keep_rates, enhanced_weight, use_checkpoint):
-    """The official cfg nodes ``_construct_network`` reads."""
-    m = MODEL
+def official_config(keep_rates, enhanced_weight, use_checkpoint, m=None):
+    """The official cfg nodes ``_construct_network`` reads (``m``: model arguments, default ``MODEL``)."""
+    m = m or MODEL
     vit = _ns(TUBELET_SIZE=m["tubelet_size"], PATCH_SIZE=m["patch_size"], EMBED_DIM=m["embed_dim"],
               PRETRAIN_IMG_SIZE=m["pretrain_img_size"], USE_LEARNABLE_POS_EMB=False, DROP_RATE=0.0,
               ATTN_DROP_RATE=0.0, DROP_PATH_RATE=0.0, DEPTH=m["depth"], NUM_HEADS=m["num_heads"],
               MLP_RATIO=m["mlp_ratio"], QKV_BIAS=m["qkv_bias"], QK_SCALE=None, INIT_VALUES=m["init_values"],
               USE_CHECKPOINT=use_checkpoint, FPN_INDICES=FPN_INDICES)
-    return _ns(ViT=vit, DATA=_ns(INPUT_CHANNEL_NUM=[3], NUM_FRAMES=CLIP[2]),
+    return _ns(ViT=vit, DATA=_ns(INPUT_CHANNEL_NUM=[3], NUM_FRAMES=m.get("num_frames", CLIP[2])),
                MODEL=_ns(KTP=_ns(KEEP_RATES=keep_rates, ENHANCED_WEIGHT=enhanced_weight)),
                DETECTION=_ns(ENABLE=True))
 
 
-def build_official(builder, keep_rates, enhanced_weight, use_checkpoint, state):
+# The model-zoo backbones whose official key layout (names and shapes) is recorded in <out>/key_layout.json.
+ZOO_VITS = {
+    "EVAD-ViT-B": dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, patch_size=16,
+                       tubelet_size=2, pretrain_img_size=224, init_values=0.0, num_frames=16),
+    "EVAD-ViT-L": dict(embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4.0, qkv_bias=True, patch_size=16,
+                       tubelet_size=2, pretrain_img_size=224, init_values=0.0, num_frames=16),
+}
+
+
+def official_key_layout(builder):
+    """{backbone name: {state-dict key: shape}} of the official model-zoo ViTs (built on the meta device)."""
+    layout = {}
+    for name, m in ZOO_VITS.items():
+        pruned = (m["depth"] // 4, m["depth"] // 2, 3 * m["depth"] // 4)
+        rates = [0.7 if i in pruned else 1.0 for i in range(m["depth"])]
+        linspace = torch.linspace  # the stochastic-depth rates are read with .item(): made on the CPU
+        torch.linspace = functools.partial(linspace, device="cpu")
+        try:
+            with torch.device("meta"):
+                model = build_official(builder, rates, 1.0, True, None, official_config(rates, 1.0, True, m))
+        finally:
+            torch.linspace = linspace
+        layout[name] = {k: list(v.shape) for k, v in model.state_dict().items()}
+    return layout
+
+
+def build_official(builder, keep_rates, enhanced_weight, use_checkpoint, state, cfg=None):
     """The official EVAD model's backbone part (see the module docstring), float64, weights ``state``."""
-    cfg = official_config(keep_rates, enhanced_weight, use_checkpoint)
+    cfg = cfg or official_config(keep_rates, enhanced_weight, use_checkpoint)
     model = builder.EVAD.__new__(builder.EVAD)
     nn.Module.__init__(model)
     model.enable_detection, model.use_fpn, model.cfg = True, True, cfg
@@ -233,6 +260,7 @@ def main():
         arrays, info = run_case(builder, name, rates, ew, state, clip)
         np.savez_compressed(out / f"{name}.npz", **arrays)
         cases[name] = info
+    (out / "key_layout.json").write_text(json.dumps(official_key_layout(builder)) + "\n")
     meta = dict(evad_commit=args.commit, torch=torch.__version__, seed=SEED, model=MODEL, fpn_indices=FPN_INDICES,
                 clip=list(CLIP), grad_params=GRAD_PARAMS, cases=cases)
     (out / "cases.json").write_text(json.dumps(meta, indent=1) + "\n")
