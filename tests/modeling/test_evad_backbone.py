@@ -344,3 +344,13 @@ def test_zoo_backbones_have_the_official_key_layout_and_load_full_size_files(tmp
     holder.backbone = model
     report = load_weights(holder, _official_evad_file(tmp_path / "evad.pth", backbone_state), log=None)
     assert report.ok and len(report.loaded) == len(layout) and report.dropped
+
+
+def test_official_evad_checkpoint_converts_to_ours(tmp_path):
+    from stmixer.checkpoint.convert import convert
+
+    path = _official_evad_file(tmp_path / "evad.pyth", _tiny_evad(depth=4).state_dict())
+    convert(str(path), str(tmp_path / "ours.pth"))
+    original, converted = read_checkpoint(path), read_checkpoint(tmp_path / "ours.pth")
+    assert converted.format == "stmixer" and converted.state_dict.keys() == original.state_dict.keys()
+    assert all(torch.equal(converted.state_dict[k], v) for k, v in original.state_dict.items())
