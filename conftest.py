@@ -9,3 +9,6 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "tuber: holds stmixer to reference fixtures made by running the official TubeR code "
                    "(tests/reference/tuber)")
+    config.addinivalue_line(
+        "markers", "evad: holds stmixer to reference fixtures made by running the official EVAD code "
+                   "(tests/reference/evad)")

@@ -42,6 +42,12 @@ other top-level entries untouched. Formats (ids in ``FORMATS``):
   "config": yacs CfgNode (read as an inert placeholder)}``: ``backbone.body.*`` -> ``backbone.*``
   (CSN), ``backbone.body.out_fc.*`` dropped, everything else kept below ``tuber_head.``
   (``csn.tuber_key``).
+* ``evad`` — official EVAD checkpoints (PySlowFast ``{"epoch", "model_state", "optimizer_state", "cfg"}``
+  of the whole ``EVAD`` model): the ViT keys (``patch_embed.*``, ``blocks.*``, ``norm.*``, ``pos_embed``) go
+  to ``backbone.*`` under the same names, the FPN (``fpn_lateral{2..5}.*``, ``fpn_output{2..5}.*``) to
+  ``evad_fpn.*`` and the person detector and decoder (``det_head.*``, ``init_proposal_{features,boxes}.*``)
+  to ``evad_head.*``, each under its official name; the loss buffer ``criterion.empty_weight`` is dropped
+  (rebuilt from the config).
 
 For every format, a ``module.`` prefix carried by all keys is removed, and
 ``_orig_mod.`` path components (``torch.compile``) are removed. Tensors keep
@@ -61,9 +67,12 @@ from .errors import CheckpointError, CheckpointFormatError
 from .safe_unpickle import read_file
 
 # Top-level parts of the detector (the attribute names of STMDetector).
-DETECTOR_PARTS = ("backbone", "lateral_convs", "stm_head", "roi_head", "tuber_head")
-# Parts that --no-head leaves at their initialization (STMixer's decoder, the two-stage RoI head).
-HEAD_PARTS = ("stm_head", "roi_head", "tuber_head")
+DETECTOR_PARTS = ("backbone", "lateral_convs", "stm_head", "roi_head", "tuber_head", "evad_fpn", "evad_head")
+# Parts that --no-head leaves at their initialization (STMixer's decoder, the two-stage RoI head, TubeR's and EVAD's heads).
+HEAD_PARTS = ("stm_head", "roi_head", "tuber_head", "evad_head")
+# Top-level keys of the official EVAD model: its ViT backbone, FPN, and person detector + decoder.
+EVAD_BACKBONE_ROOTS = ("patch_embed", "blocks", "norm", "pos_embed")
+EVAD_HEAD_ROOTS = ("det_head", "init_proposal_features", "init_proposal_boxes")
 # Version of the project format written by save_checkpoint.
 FORMAT_VERSION = 1
 
@@ -77,6 +86,7 @@ FORMATS = {
     "mmaction2": "mmaction2 checkpoint",
     "caffe2_csn": "VMZ Caffe2 ir-CSN weights",
     "tuber": "TubeR checkpoint",
+    "evad": "official EVAD checkpoint",
 }
 
 _CONTAINERS = {"zip": "torch zip file", "torch_legacy": "legacy torch file", "pickle": "pickle",
@@ -281,6 +291,8 @@ def _layout(keys):
         return "tuber"
     if roots & set(DETECTOR_PARTS):
         return "detector"
+    if "det_head" in roots and roots & {"patch_embed", "blocks"}:
+        return "evad"
     if "encoder" in roots:
         return "videomae_pretrain"
     if roots & {"patch_embed", "blocks"}:
@@ -322,6 +334,20 @@ def _from_state_dict(path, state_dict, extras, wrapper=None):
             else:
                 mapped[target] = v
         fmt, expected_missing = "tuber", frozenset()
+    elif layout == "evad":
+        for k, v in state_dict.items():
+            root = k.split(".", 1)[0]
+            if root in EVAD_BACKBONE_ROOTS:
+                mapped["backbone." + k] = v
+            elif root.startswith(("fpn_lateral", "fpn_output")):
+                mapped["evad_fpn." + k] = v
+            elif root in EVAD_HEAD_ROOTS:
+                mapped["evad_head." + k] = v
+            elif root == "criterion":
+                drop("loss buffers (rebuilt from the config)", k)
+            else:
+                mapped[k] = v
+        fmt, expected_missing = "evad", frozenset()
     elif layout == "detector":
         mapped.update(state_dict)
         fmt, expected_missing = "official_stmixer", frozenset()

@@ -149,7 +149,7 @@ _C.MODEL.META_ARCHITECTURE = "STMDetector"
 _C.MODEL.DEVICE = ""
 
 _C.MODEL.BACKBONE = CN()
-# Backbone name: "PySlowonly", "PySlowfast-R50", "PySlowfast-R101", "MAE-ViT-B", "MAE-ViT-L", "CSN-50" or "CSN-152" (default: the SlowOnly R50 the other defaults describe; official "Slowfast-Resnet50" was no registered name).
+# Backbone name: "PySlowonly", "PySlowfast-R50", "PySlowfast-R101", "MAE-ViT-B", "MAE-ViT-L", "CSN-50", "CSN-152", "EVAD-ViT-B" or "EVAD-ViT-L" (default: the SlowOnly R50 the other defaults describe; official "Slowfast-Resnet50" was no registered name).
 _C.MODEL.BACKBONE.CONV_BODY = "PySlowonly"
 # Number of input pathways: 1 (SlowOnly, ViT) or 2 (SlowFast).
 _C.MODEL.BACKBONE.PATHWAYS = 1
@@ -310,6 +310,17 @@ _C.ViT.LAYER_DECAY = 0.75
 _C.ViT.WEIGHT_DECAY = 0.05
 # Backbone parameter names (or name suffixes) that get no weight decay.
 _C.ViT.NO_WEIGHT_DECAY = ["pos_embed"]
+
+# ---------------------------------------------------------------------------
+# EVAD: keyframe-centric token pruning in the ViT (backbones "EVAD-ViT-B" / "EVAD-ViT-L"; ViT.* as above)
+# ---------------------------------------------------------------------------
+_C.EVAD = CN()
+# Keep rate in (0, 1] of each ViT block, one per block (len = ViT.DEPTH); 1 = no pruning (official MODEL.KTP.KEEP_RATES).
+_C.EVAD.KEEP_RATES = [1.0] * 12
+# Factor on the keyframe queries' attention when ranking non-keyframe tokens; 1 = none (official MODEL.KTP.ENHANCED_WEIGHT).
+_C.EVAD.ENHANCED_WEIGHT = 1.0
+# The 4 ViT blocks (0-based, increasing) whose keyframe tokens feed the FPN at strides 4, 8, 16, 32 (official ViT.FPN_INDICES).
+_C.EVAD.FPN_INDICES = [2, 5, 8, 11]
 
 # ---------------------------------------------------------------------------
 # STMixer decoder and set loss

@@ -180,6 +180,8 @@ def _model_problems(cfg):
         if _is_number(vit.NUM_HEADS) and vit.NUM_HEADS > 0 and vit.EMBED_DIM % vit.NUM_HEADS:
             yield "ViT.EMBED_DIM", f"expected a multiple of ViT.NUM_HEADS = {vit.NUM_HEADS}"
         frames = _frames_after(cfg.DATA.NUM_FRAMES, vit.TUBELET_SIZE, "DATA.NUM_FRAMES", exact=True)
+        if str(body).startswith("EVAD"):
+            yield from _evad_problems(cfg, frames)
     else:
         yield from _pathway_problems(cfg)
         frames = cfg.DATA.NUM_FRAMES
@@ -190,6 +192,28 @@ def _model_problems(cfg):
     elif (_is_number(frames) and frames > 0 and frames != stm.TEMPORAL_POINTS
           and cfg.MODEL.META_ARCHITECTURE == "STMDetector"):  # the two-stage detectors have no decoder
         yield "MODEL.STM.TEMPORAL_POINTS", f"expected {frames}, the frames of the backbone features for this clip"
+
+
+def _evad_problems(cfg, frames):
+    """EVAD's pruning keys against the ViT (one keep rate per block, 4 FPN blocks, even temporal tokens)."""
+    depth, rates, fpn = cfg.ViT.DEPTH, list(cfg.EVAD.KEEP_RATES), list(cfg.EVAD.FPN_INDICES)
+    if cfg.MODEL.META_ARCHITECTURE in ("STMDetector", "FastRCNN"):
+        # EVAD's backbone returns pruned tokens + keyframe maps (EVADFeatures), not the 4 maps these detectors read
+        arch = cfg.MODEL.META_ARCHITECTURE
+        yield "MODEL.BACKBONE.CONV_BODY", (f"expected a backbone MODEL.META_ARCHITECTURE = {arch!r} can read "
+                                           "(MAE-ViT-B / MAE-ViT-L); the EVAD backbones feed EVAD's decoder")
+    if _is_number(depth) and len(rates) != depth:
+        yield "EVAD.KEEP_RATES", f"expected {depth} rates, one per ViT block (ViT.DEPTH = {depth})"
+    if not all(_is_number(r) and 0 < r <= 1 for r in rates):
+        yield "EVAD.KEEP_RATES", "expected every rate in (0, 1]"
+    if not (_is_number(cfg.EVAD.ENHANCED_WEIGHT) and cfg.EVAD.ENHANCED_WEIGHT > 0):
+        yield "EVAD.ENHANCED_WEIGHT", "expected a number > 0"
+    if not (len(fpn) == 4 and all(isinstance(i, int) for i in fpn) and fpn == sorted(set(fpn))
+            and (not _is_number(depth) or (fpn[0] >= 0 and fpn[-1] < depth))):
+        yield "EVAD.FPN_INDICES", f"expected 4 increasing block indices in [0, ViT.DEPTH = {depth})"
+    if _is_number(frames) and frames % 2:
+        yield "DATA.NUM_FRAMES", ("expected an even number of temporal tokens (DATA.NUM_FRAMES / ViT.TUBELET_SIZE) "
+                                  "for EVAD")
 
 
 def _frames_after(num_frames, divisor, key, exact=False):

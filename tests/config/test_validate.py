@@ -90,8 +90,8 @@ def test_unknown_conv_body_names_key_and_registered_names():
     cfg = get_cfg()
     cfg.MODEL.BACKBONE.CONV_BODY = "Slowfast-Resnet50"
     with pytest.raises(ConfigError, match=r"MODEL.BACKBONE.CONV_BODY = 'Slowfast-Resnet50' is not a known backbone; "
-                                          r"expected one of: CSN-152, CSN-50, MAE-ViT-B, MAE-ViT-L, PySlowfast-R101, PySlowfast-R50, "
-                                          r"PySlowonly"):
+                                          r"expected one of: CSN-152, CSN-50, EVAD-ViT-B, EVAD-ViT-L, MAE-ViT-B, MAE-ViT-L, "
+                                          r"PySlowfast-R101, PySlowfast-R50, PySlowonly"):
         build_detector(cfg)
 
 

@@ -8,5 +8,7 @@ from .csn import IrCSN
 from .resnet3d import SlowOnly, VideoResNet, freeze_batchnorm_statistics
 from .slowfast import SlowFast
 from .vit import VisionTransformer3D
+from .evad_vit import EVADFeatures, EVADVisionTransformer
 
-__all__ = ["IrCSN", "SlowFast", "SlowOnly", "VideoResNet", "VisionTransformer3D", "freeze_batchnorm_statistics"]
+__all__ = ["EVADFeatures", "EVADVisionTransformer", "IrCSN", "SlowFast", "SlowOnly", "VideoResNet",
+           "VisionTransformer3D", "freeze_batchnorm_statistics"]

@@ -125,17 +125,26 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x):
+    def forward(self, x, return_weights=False):
+        """``[B, N, D]`` -> ``[B, N, D]``; with ``return_weights`` also the attention probabilities
+        ``[B, heads, N(query), N(key)]`` after attention dropout, computed explicitly (``(q * scale) @ k^T``,
+        softmax, dropout, ``@ v``, as the official VideoMAE code) instead of through the fused kernel."""
         b, n, d = x.shape
         bias = None
         if self.q_bias is not None:
             bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
         qkv = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        out = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
-        )
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, d)))
+        if return_weights:
+            weights = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+            weights = F.dropout(weights, self.attn_drop, self.training)
+            out = weights @ v
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
+            )
+        out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, d)))
+        return (out, weights) if return_weights else out
 
 
 class Mlp(nn.Module):
@@ -177,9 +186,20 @@ class Block(nn.Module):
         y = y if gamma is None else gamma * y
         return drop_path(y, self.drop_path_rate, self.training)
 
-    def forward(self, x):
-        x = x + self._branch(self.attn(self.norm1(x)), self.gamma_1)
+    def attention_part(self, x, return_weights=False):
+        """``x + dp(g1 * attn(norm1(x)))`` ``[B, N, D]``; with ``return_weights`` also the attention
+        probabilities ``[B, heads, N, N]`` (see ``Attention.forward``)."""
+        if not return_weights:
+            return x + self._branch(self.attn(self.norm1(x)), self.gamma_1)
+        y, weights = self.attn(self.norm1(x), return_weights=True)
+        return x + self._branch(y, self.gamma_1), weights
+
+    def mlp_part(self, x):
+        """``x + dp(g2 * mlp(norm2(x)))`` ``[B, N, D]``."""
         return x + self._branch(self.mlp(self.norm2(x)), self.gamma_2)
+
+    def forward(self, x):
+        return self.mlp_part(self.attention_part(x))
 
 
 class VisionTransformer3D(nn.Module):
