@@ -22,6 +22,8 @@ _C.DATA.PATH_TO_DATA_DIR = ""
 _C.DATA.NUM_FRAMES = 4
 # Temporal stride between sampled frames of a clip, in frames of the TARGET_FPS video.
 _C.DATA.SAMPLING_RATE = 16
+# (stmixer) SlowFast: frames of the Slow pathway, "linspace" (PySlowFast: linspace(0, NUM_FRAMES - 1, NUM_FRAMES / ALPHA), truncated) or "stride" (mmaction2: every ALPHA-th frame from the first).
+_C.DATA.SLOW_PATHWAY_FRAMES = "linspace"
 # Input channels per pathway: [3] for single-pathway backbones, [3, 3] for SlowFast.
 _C.DATA.INPUT_CHANNEL_NUM = [3]
 # Per-channel mean subtracted from pixels scaled to [0, 1], in the channel order fed to the model (official: disk BGR order; equal values make no difference).
@@ -42,6 +44,8 @@ _C.DATA.TEST_MAX_SCALE = 1333
 _C.DATA.TARGET_FPS = 30
 # Video decoding backend for the demo on raw videos: "pyav" or "torchvision".
 _C.DATA.DECODING_BACKEND = "pyav"
+# (stmixer) Side in pixels of a random square crop of each training clip after the short-side scaling (mmaction2's RandomCrop; boxes shifted and clipped to it); 0 = no crop.
+_C.DATA.TRAIN_CROP_SIZE = 0
 # Randomly flip training clips horizontally (probability 0.5).
 _C.DATA.RANDOM_FLIP = True
 # Reverse the channel order of the model input (RGB <-> BGR) after normalization.

@@ -18,6 +18,7 @@ from .config import ConfigError
 CHOICES = {
     "DATA.TRAIN_SCALE_SAMPLING": ("choice", "range"),
     "DATA.DECODING_BACKEND": ("pyav", "torchvision"),
+    "DATA.SLOW_PATHWAY_FRAMES": ("linspace", "stride"),
     "RESNET.TRANS_FUNC": ("bottleneck_transform", "basic_transform"),
     "RESNET.DEPTH": (18, 50, 101, 152),
     "NONLOCAL.INSTANTIATION": ("dot_product", "softmax"),
@@ -56,7 +57,7 @@ NON_NEGATIVE = [
     "MODEL.STM.NUM_CLS", "MODEL.STM.NUM_ACT", "MODEL.STM.NUM_REG", "MODEL.STM.OBJECT_WEIGHT",
     "MODEL.STM.ACTION_WEIGHT", "MODEL.STM.GIOU_WEIGHT", "MODEL.STM.L1_WEIGHT", "MODEL.STM.BACKGROUND_WEIGHT",
     "SOLVER.WEIGHT_DECAY", "SOLVER.WEIGHT_DECAY_BN", "SOLVER.WARMUP_FACTOR", "SOLVER.WARMUP_EPOCH",
-    "SOLVER.EVAL_AFTER", "SOLVER.CLIP_GRAD_NORM", "SOLVER.CHECKPOINTS_KEPT",
+    "SOLVER.EVAL_AFTER", "SOLVER.CLIP_GRAD_NORM", "SOLVER.CHECKPOINTS_KEPT", "DATA.TRAIN_CROP_SIZE",
 ]
 # Probabilities and fractions: values in [0, 1].
 UNIT_INTERVAL = [
@@ -118,6 +119,9 @@ def _value_problems(cfg):
     steps = list(cfg.SOLVER.STEPS)
     if not all(_is_number(s) and s >= 0 for s in steps) or steps != sorted(steps):
         yield "SOLVER.STEPS", "expected non-decreasing epochs >= 0"
+    crop, scales = cfg.DATA.TRAIN_CROP_SIZE, cfg.DATA.TRAIN_MIN_SCALES
+    if _is_number(crop) and crop > 0 and scales and all(_is_number(s) for s in scales) and crop > min(scales):
+        yield "DATA.TRAIN_CROP_SIZE", f"expected at most the smallest DATA.TRAIN_MIN_SCALES entry ({min(scales)} pixels)"
 
 
 def _model_problems(cfg):
