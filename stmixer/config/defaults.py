@@ -323,7 +323,7 @@ _C.SOLVER.BETAS = (0.9, 0.999)
 _C.SOLVER.WEIGHT_DECAY = 0.0001
 # Weight decay of ResNet BatchNorm parameters.
 _C.SOLVER.WEIGHT_DECAY_BN = 0.0
-# Learning-rate schedule: "warmup_multi_step".
+# Learning-rate schedule: "warmup_multi_step" (warm-up x GAMMA at each of STEPS) or "warmup_cosine" (warm-up, then mmengine's CosineAnnealingLR from the warm-up's end to MAX_EPOCH, per iteration).
 _C.SOLVER.SCHEDULER = "warmup_multi_step"
 # Factor the learning rate is multiplied by at each of STEPS.
 _C.SOLVER.GAMMA = 0.1
@@ -335,8 +335,12 @@ _C.SOLVER.WARMUP_ON = True
 _C.SOLVER.WARMUP_FACTOR = 0.1
 # Length of the warm-up, in epochs (may be fractional).
 _C.SOLVER.WARMUP_EPOCH = 2
-# Warm-up shape: "linear" or "constant".
+# Warm-up shape: "linear" (reaches 1 at the warm-up's end), "constant", or "mmengine_linear" (mmengine's LinearLR: reaches 1 at the warm-up's last step, one step earlier).
 _C.SOLVER.WARMUP_METHOD = "linear"
+# (stmixer) Warm-up factor changes only at epoch starts (mmengine's by-epoch LinearLR without convert_to_iter_based); False: every iteration.
+_C.SOLVER.WARMUP_BY_EPOCH = False
+# (stmixer) "warmup_cosine": learning rate the cosine decays towards (mmengine's eta_min, absolute; not scaled by --auto-scale-lr).
+_C.SOLVER.COSINE_ETA_MIN = 0.0
 # Save a checkpoint every this many epochs.
 _C.SOLVER.CHECKPOINT_PERIOD = 1
 # Evaluate on the test split every this many epochs (after EVAL_AFTER).
@@ -345,8 +349,14 @@ _C.SOLVER.EVAL_PERIOD = 1
 _C.SOLVER.EVAL_AFTER = 2
 # Training clips per iteration summed over all processes (each process takes an equal share).
 _C.SOLVER.VIDEOS_PER_BATCH = 16
-# Optimizer: "adamw".
+# Optimizer: "adamw" or "sgd" (torch SGD with MOMENTUM and NESTEROV, mmaction2's detectors).
 _C.SOLVER.OPTIMIZING_METHOD = "adamw"
+# (stmixer) SGD momentum (OPTIMIZING_METHOD "sgd" only).
+_C.SOLVER.MOMENTUM = 0.9
+# (stmixer) SGD with Nesterov momentum (OPTIMIZING_METHOD "sgd" only; needs MOMENTUM > 0).
+_C.SOLVER.NESTEROV = False
+# (stmixer) Total training batch (clips over all processes) that BASE_LR is meant for; train_net.py --auto-scale-lr sets BASE_LR x VIDEOS_PER_BATCH / BASE_BATCH_SIZE (mmaction2's auto_scale_lr). 0 = not given.
+_C.SOLVER.BASE_BATCH_SIZE = 0
 # (stmixer) Mixed precision of training and testing: "off" (float32), "bf16" or "fp16" (with a gradient scaler).
 _C.SOLVER.AMP = "off"
 # (stmixer) Clip the total gradient norm to this value before each step; 0 disables clipping.
