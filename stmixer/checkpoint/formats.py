@@ -1,7 +1,8 @@
 """Every weight-file format users hold, mapped exactly into the detector's key space.
 
 The detector's keys are ``backbone.*``, ``lateral_convs.*`` and ``stm_head.*``
-(the official ``STMDetector.state_dict()`` keys). ``read_checkpoint`` returns
+(the official ``STMDetector.state_dict()`` keys), or ``backbone.*`` and ``roi_head.*`` for the
+two-stage ``FastRCNN`` (mmaction2's own names). ``read_checkpoint`` returns
 the file's tensors under those keys, what it dropped and why, and the file's
 other top-level entries untouched. Formats (ids in ``FORMATS``):
 
@@ -28,9 +29,10 @@ other top-level entries untouched. Formats (ids in ``FORMATS``):
   ``cls_head.*``) and bare backbone state dicts (``conv1.conv.weight``,
   ``slow_path.*``, ...): every backbone key renamed one to one by
   ``mmaction2.backbone_key`` (a key outside that layout keeps its name below
-  ``backbone.`` and shows as unexpected); ``roi_head.*`` dropped as "mmaction2 RoI
-  head" (the STMixer detector has none; the two-stage heads of issue #15 will
-  take them), ``cls_head.*`` dropped as the classifier head.
+  ``backbone.`` and shows as unexpected); ``roi_head.*`` kept under its own names
+  (``roi_head.bbox_head.fc_cls.*``, ``roi_head.shared_head.*``: ``FastRCNN``'s attribute
+  names are mmaction2's; a model without a ``roi_head``, e.g. STMixer, reports them as
+  skipped), ``cls_head.*`` dropped as the classifier head.
 
 For every format, a ``module.`` prefix carried by all keys is removed, and
 ``_orig_mod.`` path components (``torch.compile``) are removed. Tensors keep
@@ -50,9 +52,9 @@ from .errors import CheckpointError, CheckpointFormatError
 from .safe_unpickle import read_file
 
 # Top-level parts of the detector (the attribute names of STMDetector).
-DETECTOR_PARTS = ("backbone", "lateral_convs", "stm_head")
-# Parts that --no-head leaves at their initialization.
-HEAD_PARTS = ("stm_head",)
+DETECTOR_PARTS = ("backbone", "lateral_convs", "stm_head", "roi_head")
+# Parts that --no-head leaves at their initialization (STMixer's decoder, the two-stage RoI head).
+HEAD_PARTS = ("stm_head", "roi_head")
 # Version of the project format written by save_checkpoint.
 FORMAT_VERSION = 1
 
@@ -261,7 +263,7 @@ def _from_state_dict(path, state_dict, extras, wrapper=None):
         for k, v in state_dict.items():
             root, _, rest = k.partition(".")
             if root == "roi_head":
-                drop("mmaction2 RoI head (not part of the STMixer detector)", k)
+                mapped[k] = v  # FastRCNN's roi_head has mmaction2's names
             elif root == "cls_head":
                 drop("classifier head", k)
             elif root == "backbone" or bare:

@@ -105,11 +105,10 @@ def match_state_dict(model, contents, no_head=False):
     file_parts = {k.split(".", 1)[0] for k in contents.state_dict}
     report = LoadReport(source=contents.path, description=contents.description,
                         dropped={r: list(v) for r, v in contents.dropped.items()})
-    head_skipped = f"{'/'.join(HEAD_PARTS)} (--no-head)"
     for key, value in contents.state_dict.items():
         part = key.split(".", 1)[0]
         if no_head and part in HEAD_PARTS:
-            report.skipped.setdefault(head_skipped, []).append(key)
+            report.skipped.setdefault(f"{part} (--no-head)", []).append(key)
         elif part in DETECTOR_PARTS and part not in held:
             report.skipped.setdefault(f"{part}.* (the model holds no {part})", []).append(key)
         elif key not in model_state:
@@ -121,7 +120,7 @@ def match_state_dict(model, contents, no_head=False):
     for key in model_state:
         part = key.split(".", 1)[0]
         if no_head and part in HEAD_PARTS:
-            report.left_at_init.setdefault(head_skipped, []).append(key)
+            report.left_at_init.setdefault(f"{part} (--no-head)", []).append(key)
         elif key in contents.state_dict:
             continue
         elif part not in file_parts:
@@ -140,7 +139,7 @@ def load_weights(model, source, no_head=False, strict=True, log=logger):
         model: the detector (or any module whose top-level children are detector parts, e.g. a
             backbone + neck holder); DDP / DataParallel wrappers are unwrapped.
         source: a path (any supported format) or a ``CheckpointContents`` from ``read_checkpoint``.
-        no_head: leave ``stm_head`` at its initialization (its file keys are skipped).
+        no_head: leave ``stm_head`` (STMixer) or ``roi_head`` (FastRCNN) at its initialization (its file keys are skipped).
         strict: raise ``CheckpointMismatchError`` (with the table) when the report is not ``ok``;
             nothing is copied in that case.
         log: logger receiving the table (INFO), or None. When the load fails the table is in the

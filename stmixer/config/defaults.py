@@ -308,6 +308,69 @@ _C.MODEL.STM.LOSS_REDUCTION = "mean"
 _C.MODEL.STM.SAMPLER = "auto"
 
 # ---------------------------------------------------------------------------
+# Two-stage detectors (MODEL.META_ARCHITECTURE "FastRCNN", mmaction2's FastRCNN + AVARoIHead)
+# The backbone's last stage feeds the RoI head; mmaction2's layout has res5 at spatial stride 1
+# (RESNET.SPATIAL_STRIDES [[1], [2], [2], [1]], per pathway for SlowFast): feature stride 16.
+# ---------------------------------------------------------------------------
+_C.MODEL.ROI_HEAD = CN()
+# (mmaction2) Stride of the backbone's last-stage map w.r.t. the input (RoI boxes scaled by 1/stride); must match RESNET.SPATIAL_STRIDES (4 x their product).
+_C.MODEL.ROI_HEAD.FEATMAP_STRIDE = 16
+# (mmaction2) RoIAlign output size (per side) of every frame of the map.
+_C.MODEL.ROI_HEAD.OUTPUT_SIZE = 8
+# (mmaction2) RoIAlign sampling points per bin and axis; 0 = adaptive.
+_C.MODEL.ROI_HEAD.SAMPLING_RATIO = 0
+# (mmaction2) RoIAlign half-pixel alignment (aligned=True).
+_C.MODEL.ROI_HEAD.ALIGNED = True
+# (mmaction2) Pool the map over time before RoIAlign.
+_C.MODEL.ROI_HEAD.WITH_TEMPORAL_POOL = True
+# (mmaction2) That temporal pooling: "avg" or "max" (the "temporal max pooling" rows).
+_C.MODEL.ROI_HEAD.TEMPORAL_POOL_MODE = "avg"
+# (mmaction2) Concatenate the whole frame's pooled feature to every RoI's (the "+ context" rows).
+_C.MODEL.ROI_HEAD.WITH_GLOBAL = False
+# (mmaction2) Shared head between RoI extraction and the bbox head, a name in SHARED_HEAD_REGISTRY; "" = none.
+_C.MODEL.ROI_HEAD.SHARED_HEAD = ""
+# (mmaction2) Logits of the bbox head, including the background column 0 (AVA: 81 = 80 actions + 1).
+_C.MODEL.ROI_HEAD.NUM_CLASSES = 81
+# (mmaction2) Column 0 of the logits is the background column, left out of the loss and the scores.
+_C.MODEL.ROI_HEAD.BACKGROUND_CLASS = True
+# (mmaction2) The bbox head's pooling of the RoI features over time: "avg" or "max".
+_C.MODEL.ROI_HEAD.HEAD_TEMPORAL_POOL = "avg"
+# (mmaction2) The bbox head's pooling over space: "avg" or "max".
+_C.MODEL.ROI_HEAD.HEAD_SPATIAL_POOL = "max"
+# (mmaction2) Dropout probability of the bbox head.
+_C.MODEL.ROI_HEAD.DROPOUT = 0.5
+# (mmaction2) Dropout on the RoI features before pooling (True) or on the pooled vector (False).
+_C.MODEL.ROI_HEAD.DROPOUT_BEFORE_POOL = True
+# (mmaction2) Two-layer MLP classifier instead of one linear layer (the "nonlinear head" rows).
+_C.MODEL.ROI_HEAD.MLP_HEAD = False
+# (mmaction2) Focal weighting alpha of the classification loss (1 with gamma 0 = plain BCE).
+_C.MODEL.ROI_HEAD.FOCAL_ALPHA = 1.0
+# (mmaction2) Focal weighting gamma (the "focal loss" rows: 1).
+_C.MODEL.ROI_HEAD.FOCAL_GAMMA = 0.0
+# (mmaction2) Multi-label sigmoid BCE (True) or single-label softmax cross entropy (False).
+_C.MODEL.ROI_HEAD.MULTILABEL = True
+# (mmaction2) k of the logged recall@top-k / prec@top-k training metrics.
+_C.MODEL.ROI_HEAD.TOPK = (3, 5)
+# (mmaction2) Assigner: a proposal with IoU >= this with a ground-truth box is positive.
+_C.MODEL.ROI_HEAD.POS_IOU_THR = 0.9
+# (mmaction2) Assigner: a proposal whose best IoU is below this is negative.
+_C.MODEL.ROI_HEAD.NEG_IOU_THR = 0.9
+# (mmaction2) Assigner: a ground truth's best proposals are positive when their IoU is >= this.
+_C.MODEL.ROI_HEAD.MIN_POS_IOU = 0.9
+# (mmaction2) Sampler: RoIs kept per clip (drawn at random, torch's global RNG, when there are more).
+_C.MODEL.ROI_HEAD.SAMPLER_NUM = 32
+# (mmaction2) Sampler: largest share of positives among the kept RoIs.
+_C.MODEL.ROI_HEAD.SAMPLER_POS_FRACTION = 1.0
+# (mmaction2) Sampler: at most this many negatives per positive; -1 = no bound.
+_C.MODEL.ROI_HEAD.SAMPLER_NEG_POS_UB = -1
+# (mmaction2) Sampler: add the ground-truth boxes to each clip's proposals (as positives).
+_C.MODEL.ROI_HEAD.ADD_GT_AS_PROPOSALS = True
+# (mmaction2) Weight of positive RoIs in the label weights (train_cfg.rcnn.pos_weight; mmaction2's loss does not read them).
+_C.MODEL.ROI_HEAD.POS_WEIGHT = 1.0
+# (mmaction2) Test time: an action's score counts as a detection only above this (mmaction2's action_thr); lower scores are set to 0.
+_C.MODEL.ROI_HEAD.ACTION_THR = 0.002
+
+# ---------------------------------------------------------------------------
 # Optimization
 # ---------------------------------------------------------------------------
 _C.SOLVER = CN()

@@ -35,6 +35,9 @@ CHOICES = {
     "SOLVER.AMP": ("off", "bf16", "fp16"),
     "SOLVER.NONFINITE_LOSS": ("error", "skip"),
     "TEST.EVAL_PROTOCOL": ("stmixer", "activitynet", "mmaction2"),
+    "MODEL.ROI_HEAD.TEMPORAL_POOL_MODE": ("avg", "max"),
+    "MODEL.ROI_HEAD.HEAD_TEMPORAL_POOL": ("avg", "max"),
+    "MODEL.ROI_HEAD.HEAD_SPATIAL_POOL": ("avg", "max"),
 }
 # String keys compared without case.
 CASELESS_CHOICES = {
@@ -53,6 +56,8 @@ POSITIVE = [
     "MODEL.STM.SPATIAL_POINTS", "MODEL.STM.TEMPORAL_POINTS", "MODEL.STM.OUT_MULTIPLIER", "MODEL.STM.N_GROUPS",
     "SOLVER.MAX_EPOCH", "SOLVER.BASE_LR", "SOLVER.GAMMA", "SOLVER.CHECKPOINT_PERIOD",
     "SOLVER.EVAL_PERIOD", "SOLVER.VIDEOS_PER_BATCH", "SOLVER.LOG_PERIOD", "TEST.VIDEOS_PER_BATCH",
+    "MODEL.ROI_HEAD.FEATMAP_STRIDE", "MODEL.ROI_HEAD.OUTPUT_SIZE", "MODEL.ROI_HEAD.NUM_CLASSES",
+    "MODEL.ROI_HEAD.SAMPLER_NUM",
 ]
 NON_NEGATIVE = [
     "DATALOADER.NUM_WORKERS", "SOLVER.ITER_PER_EPOCH", "ViT.INIT_VALUES", "ViT.WEIGHT_DECAY",
@@ -61,12 +66,15 @@ NON_NEGATIVE = [
     "SOLVER.WEIGHT_DECAY", "SOLVER.WEIGHT_DECAY_BN", "SOLVER.WARMUP_FACTOR", "SOLVER.WARMUP_EPOCH",
     "SOLVER.EVAL_AFTER", "SOLVER.CLIP_GRAD_NORM", "SOLVER.CHECKPOINTS_KEPT",
     "SOLVER.BASE_BATCH_SIZE", "SOLVER.COSINE_ETA_MIN", "DATA.TRAIN_CROP_SIZE",
+    "MODEL.ROI_HEAD.SAMPLING_RATIO", "MODEL.ROI_HEAD.FOCAL_GAMMA", "MODEL.ROI_HEAD.ACTION_THR",
 ]
 # Probabilities and fractions: values in [0, 1].
 UNIT_INTERVAL = [
     "AVA.DETECTION_SCORE_THRESH", "MODEL.BACKBONE.BN_MOMENTUM", "ViT.DROP_RATE", "ViT.ATTN_DROP_RATE",
     "ViT.DROP_PATH_RATE", "ViT.LAYER_DECAY", "MODEL.STM.DROPOUT", "MODEL.STM.PERSON_THRESHOLD",
     "SOLVER.MOMENTUM",
+    "MODEL.ROI_HEAD.POS_IOU_THR", "MODEL.ROI_HEAD.NEG_IOU_THR", "MODEL.ROI_HEAD.MIN_POS_IOU",
+    "MODEL.ROI_HEAD.SAMPLER_POS_FRACTION", "MODEL.ROI_HEAD.ACTION_THR",
 ]
 # Per-stage lists of the ResNet backbones: 4 stages, one entry per pathway.
 RESNET_STAGE_LISTS = [
@@ -168,7 +176,8 @@ def _model_problems(cfg):
             frames = _frames_after(cfg.DATA.NUM_FRAMES, cfg.SLOWFAST.ALPHA, "DATA.NUM_FRAMES")
     if isinstance(frames, tuple):
         yield frames
-    elif _is_number(frames) and frames > 0 and frames != stm.TEMPORAL_POINTS:
+    elif (_is_number(frames) and frames > 0 and frames != stm.TEMPORAL_POINTS
+          and cfg.MODEL.META_ARCHITECTURE == "STMDetector"):  # the two-stage detectors have no decoder
         yield "MODEL.STM.TEMPORAL_POINTS", f"expected {frames}, the frames of the backbone features for this clip"
 
 

@@ -227,12 +227,254 @@ def run_case(case, Extractor, Head, bbox2result, seed):
     return arrays, meta
 
 
+# =========================================================================== the whole detector
+# ``--part detector``: mmaction2's FastRCNN (mmdet 3.3 ``TwoStageDetector``) with ``AVARoIHead``,
+# ``MaxIoUAssignerAVA``, mmdet's ``RandomSampler`` and mmaction2's real backbones, imported as packages
+# (mmaction2 checkout on sys.path, mmdet 3.3 + mmengine 0.10 + mmcv-lite 2.1 installed).
+DET_IMG = (64, 64)  # (h, w) of the clips; stride 16 -> 4x4 maps
+DET_CASES = [
+    # (a) SlowOnly-R50 4x16 baseline (configs/detection/slowonly/slowonly_kinetics400-pretrained-r50_8xb16-4x16x1-20e_ava21-rgb.py)
+    dict(name="slowonly_r50_4x16", backbone="slowonly", frames=4, seed=100,
+         extractor=dict(output_size=8, with_temporal_pool=True),
+         head=dict(background_class=True, in_channels=2048, num_classes=81, multilabel=True)),
+    # (b) SlowFast-R50 8x8 with context + temporal max + focal (alpha 3, gamma 1)
+    dict(name="slowfast_r50_8x8_context_max_focal", backbone="slowfast", frames=16, seed=101,
+         extractor=dict(output_size=8, with_temporal_pool=True, temporal_pool_mode="max", with_global=True),
+         head=dict(background_class=True, in_channels=4608, num_classes=81, multilabel=True, focal_alpha=3.0,
+                   focal_gamma=1.0)),
+    # (c) SlowOnly-R50 K700 8x8: context + temporal max + nonlinear (MLP) head
+    dict(name="slowonly_r50_8x8_context_max_nlhead", backbone="slowonly", frames=8, seed=102,
+         extractor=dict(output_size=8, with_temporal_pool=True, temporal_pool_mode="max", with_global=True),
+         head=dict(background_class=True, in_channels=4096, num_classes=81, multilabel=True, mlp_head=True)),
+]
+# Per clip: ground truth (x1, y1, x2, y2) and its action ids (1..80), and the person proposals. Clip 0:
+# proposals near both persons (IoU >= 0.9 -> positive, one at ~0.8 -> negative), one false positive;
+# clip 1: one person whose best proposal has IoU < 0.9 (only the ground truth itself is positive), plus
+# a proposal partly outside the frame. <= 32 candidates per clip, so the sampler keeps them all.
+DET_GT = [
+    ([[6.0, 4.0, 30.0, 58.0], [34.0, 10.0, 60.0, 62.0]], [[3, 12, 79], [12, 80]]),
+    ([[16.0, 8.0, 44.0, 56.0]], [[1, 5, 17, 64]]),
+]
+DET_PROPOSALS = [
+    [[6.5, 4.2, 30.3, 57.5], [5.0, 3.0, 31.0, 59.0], [34.2, 10.5, 59.7, 62.0], [36.0, 12.0, 60.0, 56.0],
+     [40.0, 30.0, 52.0, 44.0], [8.0, 6.0, 28.0, 50.0]],
+    [[18.0, 10.0, 44.0, 52.0], [-4.0, 20.0, 14.0, 66.0], [30.0, 2.0, 62.0, 40.0]],
+]
+DET_GRADS = {  # parameter -> stored slice (full tensors are too big for R50)
+    "backbone.conv1.conv.weight": (slice(None),),
+    "backbone.slow_path.conv1.conv.weight": (slice(None),),
+    "backbone.fast_path.conv1.conv.weight": (slice(None),),
+    "backbone.layer4.2.conv3.conv.weight": (slice(0, 8), slice(0, 64)),
+    "backbone.slow_path.layer4.2.conv3.conv.weight": (slice(0, 8), slice(0, 64)),
+    "roi_head.bbox_head.fc_cls.weight": (slice(None), slice(0, 64)),
+    "roi_head.bbox_head.fc_cls.bias": (slice(None),),
+    "roi_head.bbox_head.fc_cls.0.weight": (slice(0, 16), slice(0, 256)),
+    "roi_head.bbox_head.fc_cls.2.weight": (slice(None), slice(0, 64)),
+    "roi_head.bbox_head.fc_cls.2.bias": (slice(None),),
+}
+ROI_CHANNEL_STEP = 128  # channel slice of the RoI features (and their gradient) stored
+
+
+def _backbone_generator():
+    """tests/reference/make_mmaction2_backbone_fixtures.py: the seeded weights and clips."""
+    spec = importlib.util.spec_from_file_location("mm_backbone_fixtures",
+                                                  Path(__file__).with_name("make_mmaction2_backbone_fixtures.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def detector_kind(gen, key, shape):
+    """Generator kind of an mmaction2 detector state-dict entry (backbone kinds as the backbone
+    fixtures; the head's linear weights He-uniform over their fan-in, biases U(-0.1, 0.1))."""
+    if key.startswith("backbone."):
+        return gen.kind_of(key[len("backbone."):], shape)
+    return "bias" if key.endswith("bias") else "conv_weight"
+
+
+def det_labels(action_ids, num_classes=81):
+    """mmaction2's ``[k, num_classes]`` multi-hot rows (column = action id, column 0 never set)."""
+    out = np.zeros((len(action_ids), num_classes))
+    for i, ids in enumerate(action_ids):
+        out[i, ids] = 1.0
+    return out
+
+
+def install_detector_shims():
+    """mmcv-lite has no compiled ops: a stand-in ``mmcv._ext`` lets ``mmcv.ops`` import (its ops raise when
+    called), and ``mmcv.ops.RoIAlign`` becomes the torchvision stand-in (read by ``SingleRoIExtractor3D`` at
+    construction). mmaction2's ``MaxIoUAssignerAVA`` creates float32 labels whatever the input dtype (and
+    fails on float64 ground-truth labels): it is given them as float32 and its labels are cast back to the
+    ground truth's dtype (0/1 values: exact both ways)."""
+    class _Ext(types.ModuleType):
+        def __getattr__(self, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+
+            def _missing(*args, **kwargs):
+                raise RuntimeError(f"compiled mmcv op {name} is not available (shimmed)")
+            return _missing
+
+    sys.modules.setdefault("mmcv._ext", _Ext("mmcv._ext"))
+    import mmcv.ops
+    mmcv.ops.RoIAlign = _RoIAlign
+    mmcv.ops.RoIPool = _RoIPool
+    from mmaction.models.task_modules.assigners import MaxIoUAssignerAVA
+    original = MaxIoUAssignerAVA.assign_wrt_overlaps
+
+    def assign_wrt_overlaps(self, overlaps, gt_labels):
+        result = original(self, overlaps, gt_labels.float())  # its float32 label tensor takes float32 rows
+        result.labels = result.labels.to(gt_labels.dtype)
+        return result
+    MaxIoUAssignerAVA.assign_wrt_overlaps = assign_wrt_overlaps
+
+
+def build_mm_detector(case, gen):
+    from mmaction.utils import register_all_modules
+    from mmdet.registry import MODELS
+    register_all_modules(init_default_scope=True)
+    if case["backbone"] == "slowonly":
+        backbone = dict(type="mmaction.ResNet3dSlowOnly", **{k: v for k, v in gen.SLOWONLY_ARGS.items()
+                                                            if k != "out_indices"})
+    else:
+        backbone = dict(type="mmaction.ResNet3dSlowFast", **gen.SLOWFAST_ARGS)
+    cfg = dict(
+        type="FastRCNN", _scope_="mmdet", backbone=backbone,
+        roi_head=dict(type="AVARoIHead",
+                      bbox_roi_extractor=dict(type="SingleRoIExtractor3D", roi_layer_type="RoIAlign",
+                                              **case["extractor"]),
+                      bbox_head=dict(type="BBoxHeadAVA", dropout_ratio=0.0, **case["head"])),
+        train_cfg=dict(rcnn=dict(
+            assigner=dict(type="MaxIoUAssignerAVA", pos_iou_thr=0.9, neg_iou_thr=0.9, min_pos_iou=0.9),
+            sampler=dict(type="RandomSampler", num=32, pos_fraction=1, neg_pos_ub=-1, add_gt_as_proposals=True),
+            pos_weight=1.0)),
+        test_cfg=dict(rcnn=None))
+    from mmengine.config import ConfigDict
+    return MODELS.build(ConfigDict(cfg)).double()
+
+
+def det_samples(with_gt):
+    from mmaction.structures import ActionDataSample
+    from mmengine.structures import InstanceData
+    samples = []
+    for b, ((boxes, ids), props) in enumerate(zip(DET_GT, DET_PROPOSALS)):
+        sample = ActionDataSample()
+        sample.set_metainfo(dict(img_shape=DET_IMG, img_key=f"clip{b},{902 + b:04d}"))
+        if with_gt:
+            sample.gt_instances = InstanceData(bboxes=torch.tensor(boxes, dtype=torch.float64),
+                                               labels=torch.from_numpy(det_labels(ids)))
+        sample.proposals = InstanceData(bboxes=torch.tensor(props, dtype=torch.float64))
+        samples.append(sample)
+    return samples
+
+
+def run_detector_case(case, gen):
+    seed = case["seed"]
+    model = build_mm_detector(case, gen)
+    manifest = [[k, list(v.shape), str(v.dtype).replace("torch.", ""), detector_kind(gen, k, tuple(v.shape))]
+                for k, v in model.state_dict().items()]
+    weights = {k: torch.from_numpy(v) for k, v in gen.fake_state_dict(manifest, seed).items()}
+    model.load_state_dict(weights, strict=True)
+    clip = torch.from_numpy(gen.fake_input(seed, (2, 3, case["frames"]) + DET_IMG))
+
+    captured = {}
+    sampler = model.roi_head.bbox_sampler
+    original_sample = sampler.sample
+
+    def sample(*args, **kwargs):
+        result = original_sample(*args, **kwargs)
+        captured.setdefault("sampling", []).append(result)
+        return result
+    sampler.sample = sample
+    model.roi_head.bbox_roi_extractor.register_forward_hook(
+        lambda m, i, o: captured.update(rois=i[1].detach().clone(), roi_feats=o[0]))
+    model.roi_head.bbox_head.register_forward_hook(lambda m, i, o: captured.update(cls_score=o))
+
+    model.train()
+    torch.manual_seed(seed)
+    losses = model.loss(clip, det_samples(with_gt=True))
+    captured["roi_feats"].retain_grad()
+    losses["loss_action_cls"].backward()
+    params = dict(model.named_parameters())
+
+    arrays = {}  # the clip is not stored: fake_input(seed, shape) regenerates it (its statistics are in the json)
+    for b, ((boxes, ids), props) in enumerate(zip(DET_GT, DET_PROPOSALS)):
+        arrays[f"input/gt_boxes_b{b}"] = np.array(boxes)
+        arrays[f"input/gt_labels_b{b}"] = det_labels(ids)
+        arrays[f"input/proposals_b{b}"] = np.array(props)
+    for b, res in enumerate(captured["sampling"]):
+        arrays[f"sample/pos_inds_b{b}"] = res.pos_inds.numpy()
+        arrays[f"sample/neg_inds_b{b}"] = res.neg_inds.numpy()
+        arrays[f"sample/pos_gt_labels_b{b}"] = res.pos_gt_labels.numpy()
+        arrays[f"sample/pos_is_gt_b{b}"] = res.pos_is_gt.numpy()
+    roi_feats = captured["roi_feats"]
+    arrays["out/rois"] = captured["rois"].numpy()
+    arrays["out/roi_feats"] = roi_feats.detach()[:, ::ROI_CHANNEL_STEP].numpy()
+    arrays["out/cls_score"] = captured["cls_score"].detach().numpy()
+    arrays["grad/roi_feats"] = roi_feats.grad[:, ::ROI_CHANNEL_STEP].numpy()
+    for name, index in DET_GRADS.items():
+        if name in params:
+            arrays[f"grad/{name}"] = params[name].grad[index].numpy()
+
+    # test mode (mmaction2 predicts one clip at a time); the seeded weights again (training moved the
+    # BatchNorm running statistics)
+    model.load_state_dict(weights, strict=True)
+    model.eval()
+    with torch.no_grad():
+        for b, sample in enumerate(det_samples(with_gt=False)):
+            pred = model.predict(clip[b:b + 1], [sample])[0].pred_instances
+            arrays[f"pred/boxes_b{b}"] = pred.bboxes.numpy()
+            arrays[f"pred/scores_b{b}"] = pred.scores.numpy()
+            per_class = bbox2result_fn()(pred.bboxes, pred.scores, 81, thr=0.002)
+            arrays[f"det/b{b}"] = np.concatenate(
+                [np.concatenate([np.full((len(d), 1), c + 1.0), d], 1) for c, d in enumerate(per_class)], 0)
+    stats = {name: {"shape": list(value.shape), "sum": float(value.sum()), "sum_sq": float((value ** 2).sum())}
+             for name, value in (("input/clip", clip), ("out/roi_feats", roi_feats.detach()),
+                                 ("grad/roi_feats", roi_feats.grad))}
+    meta = dict(backbone=case["backbone"], frames=case["frames"], seed=seed, extractor=case["extractor"],
+                head=case["head"], img_shape=list(DET_IMG), gen_version=gen.GEN_VERSION,
+                roi_channel_step=ROI_CHANNEL_STEP, stats=stats, manifest=manifest,
+                grads={k: [[s.start, s.stop] for s in v] for k, v in DET_GRADS.items() if k in params},
+                losses={k: float(v.detach()) for k, v in losses.items()})
+    return {k: np.asarray(v) for k, v in arrays.items()}, meta
+
+
+def bbox2result_fn():
+    from mmaction.structures.bbox import bbox2result
+    return bbox2result
+
+
+def main_detector(args, commit):
+    sys.path.insert(0, str(args.mmaction2))
+    install_detector_shims()
+    import mmdet
+    import mmengine
+    gen = _backbone_generator()
+    out = args.out / "detector"
+    out.mkdir(parents=True, exist_ok=True)
+    index = {"mmaction2_commit": commit, "torch": torch.__version__, "torchvision": torchvision.__version__,
+             "mmdet": mmdet.__version__, "mmengine": mmengine.__version__,
+             "shims": "mmcv._ext stand-in (no compiled op is called); mmcv.ops.RoIAlign -> torchvision.ops.roi_align; "
+                      "MaxIoUAssignerAVA labels cast to the ground truth's dtype",
+             "cases": {}}
+    for case in DET_CASES:
+        arrays, meta = run_detector_case(case, gen)
+        (out / f"{case['name']}.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        np.savez_compressed(out / f"{case['name']}.npz", **arrays)
+        index["cases"][case["name"]] = {k: meta[k] for k in ("backbone", "frames", "seed", "losses")}
+        print(case["name"], {k: round(v, 6) for k, v in meta["losses"].items()})
+    (out / "cases.json").write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mmaction2", required=True, type=Path, help="mmaction2 1.x checkout or archive")
     parser.add_argument("--out", required=True, type=Path, help="fixture folder (roi_head/ is written in it)")
     parser.add_argument("--commit", default=None, help="mmaction2 commit (read from the checkout when it is git)")
     parser.add_argument("--seed", type=int, default=15)
+    parser.add_argument("--part", choices=("roi_head", "detector"), default="roi_head",
+                        help="roi_head: the RoI-head modules by path, nothing of mm* installed (roi_head/); detector: "
+                             "the whole FastRCNN detector, mmdet 3.3 + mmengine + mmcv-lite installed (detector/)")
     args = parser.parse_args(argv)
     commit = args.commit
     if commit is None:
@@ -241,6 +483,8 @@ def main(argv=None):
                                              stderr=subprocess.DEVNULL).strip()
         except (OSError, subprocess.CalledProcessError):
             commit = "unknown"
+    if args.part == "detector":
+        return main_detector(args, commit)
     Extractor, Head, bbox2result = install_shims(args.mmaction2)
     out = args.out / "roi_head"
     out.mkdir(parents=True, exist_ok=True)

@@ -407,6 +407,15 @@ class SlowOnly(VideoResNet):
             levels.append(x[0])
         return levels
 
+    def last_stage(self, videos):
+        """``[video [B,3,T,H,W]]`` -> ``[res5 [B, C_5, T, H_5, W_5]]``: the last stage only, as
+        mmaction2's ``ResNet3dSlowOnly`` returns it to the two-stage detectors (``FastRCNN``)."""
+        self._check_inputs(videos)
+        x = self.s1(list(videos))
+        for stage in (self.s2, self.s3, self.s4, self.s5):
+            x = stage(x)
+        return [x[0]]
+
 
 def resnet_spec_from_cfg(cfg):
     """The ``ResNetSpec`` of ``cfg`` (RESNET.*, NONLOCAL.INSTANTIATION, MODEL.BACKBONE.BN_*)."""

@@ -117,6 +117,18 @@ class SlowFast(VideoResNet):
                 x = getattr(self, f"s{s}_fuse")(x)
         return levels
 
+    def last_stage(self, videos):
+        """``[slow, fast]`` -> ``[slow res5 [B, C_s, T, H_5, W_5], fast res5 [B, C_f, ALPHA*T, H_5, W_5]]``:
+        the two pathways of the last stage, not fused into one map (mmaction2's ``ResNet3dSlowFast``
+        output, what its two-stage detectors' RoI extractor reads)."""
+        self._check_inputs(videos)
+        x = self.s1_fuse(self.s1(list(videos)))
+        for s, stage in enumerate((self.s2, self.s3, self.s4, self.s5), start=2):
+            x = stage(x)
+            if s < 5:
+                x = getattr(self, f"s{s}_fuse")(x)
+        return list(x)
+
 
 @BACKBONE_REGISTRY.register("PySlowfast-R50", "PySlowfast-R101")
 def build_slowfast(cfg):
