@@ -7,10 +7,12 @@ the published mAP. The keys of the nodes that other branches of issue #15 add (P
 MODEL.ROI_HEAD, its ACRN node, MODEL.LFB, DATA.BOX_TRANSFORM) are checked once those nodes exist.
 """
 
+import json
 import re
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from stmixer.config import get_cfg, load_config
@@ -220,3 +222,95 @@ def test_roi_head_and_proposals_follow_the_file_name(name):
     assert proposals["TRAIN_FILE"] == "ava_dense_proposals_train.FAIR.recall_93.9.pkl"
     assert (proposals["DET_SCORE_THR"], proposals["NUM_MAX"]) == (0.9, 1000)
     assert loaded["DATA"]["BOX_TRANSFORM"] == "mmaction2"
+
+
+# --------------------------------------------------------------------------- the models they build
+LAYOUTS = json.loads((ROOT / "tests" / "reference" / "mmaction2" / "configs" / "layouts.json").read_text())
+TINY_WIDTH = ["RESNET.WIDTH_PER_GROUP", 8]  # every channel count / 8: res5 256 (SlowOnly), 256 + 32 (SlowFast)
+
+
+def buildable(name, tmp_path, *overrides, bank_channels=2048):
+    """The yaml's config (+ ``overrides``) ready for build_detector; skips while its shared head is on
+    another branch. LFB heads get a tiny bank file (one feature per second of two videos) with
+    ``bank_channels``."""
+    cfg, removed = mm_config(name, "MODEL.DEVICE", "cpu")
+    from stmixer.modeling.roi_heads.shared_heads import SHARED_HEAD_REGISTRY
+
+    shared = cfg.MODEL.ROI_HEAD.SHARED_HEAD
+    if shared and shared not in SHARED_HEAD_REGISTRY:
+        pytest.skip(f"shared head {shared!r} is on another branch of issue #15 (mm-acrn / mm-lfb)")
+    cfg.merge_from_list(list(overrides))
+    if shared.startswith("FBO"):
+        from stmixer.data.lfb import LongTermFeatureBank, save_bank
+
+        gen = torch.Generator().manual_seed(0)
+        videos = {v: {s: torch.randn(1, bank_channels, generator=gen) for s in (901, 902, 903)} for v in ("a", "b")}
+        save_bank(LongTermFeatureBank(videos), tmp_path / "lfb_tiny.npz")
+        cfg.merge_from_list(["MODEL.LFB.PREFIX_PATH", str(tmp_path), "MODEL.LFB.FILES", ["lfb_tiny.npz"],
+                             "MODEL.LFB.CHANNELS", bank_channels])
+    return cfg
+
+
+@pytest.mark.mmaction2
+@pytest.mark.parametrize("name", NAMES)
+def test_mmaction2_checkpoint_layout_loads(name, tmp_path):
+    """Our model built from the yaml (full size, on the meta device: shapes only) holds exactly the
+    tensors of mmaction2's model built from its config: every key of mmaction2's state dict maps to
+    one of ours with the same shape through the ``mmaction2`` checkpoint format and none is left over."""
+    from stmixer.checkpoint.formats import checkpoint_from_object
+    from stmixer.checkpoint.loader import match_state_dict
+    from stmixer.modeling import build_detector
+
+    entry = LAYOUTS["configs"][name]
+    cfg = buildable(name, tmp_path)
+    with torch.device("meta"):
+        model = build_detector(cfg)
+    state = {f"backbone.{k}": torch.empty(shape, device="meta") for k, shape in LAYOUTS["backbones"][entry["backbone"]]}
+    state.update({k: torch.empty(shape, device="meta") for k, shape in entry["roi_head"]})
+    assert len(state) == entry["num_tensors"]
+    report = match_state_dict(model, checkpoint_from_object({"meta": {}, "state_dict": state}, f"mmaction2 {name}"))
+    assert report.ok, report.table()
+    assert len(report.loaded) == len(state) and not (report.not_stored or report.left_at_init or report.dropped
+                                                      or report.skipped), report.table()
+    assert sum(p.numel() for p in model.parameters()) == entry["num_params"]
+    assert model.roi_head.bbox_head.in_channels == entry["bbox_head_in_channels"]
+    noted = re.search(r"# bbox head in_channels in mmaction2: (\d+)", (CONFIGS / f"{name}.yaml").read_text())
+    assert int(noted.group(1)) == entry["bbox_head_in_channels"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_builds_and_runs_a_training_step_and_inference(name, tmp_path):
+    """Every config at 1/8 width: a loss with gradients on two tiny clips (GT + proposals), then detections."""
+    from stmixer.modeling import build_detector
+
+    overrides = list(TINY_WIDTH)
+    if "acrn" in name:
+        overrides += ["MODEL.ROI_HEAD.ACRN.OUT_CHANNELS", 0]  # 2304 at full width: the RoI channels
+    if "lfb-nl" in name:
+        overrides += ["MODEL.LFB.LATENT_CHANNELS", 16]
+    torch.manual_seed(0)
+    cfg = buildable(name, tmp_path, *overrides, bank_channels=256)
+    model = build_detector(cfg)
+    frames = cfg.DATA.NUM_FRAMES
+    clip = torch.randn(2, 3, frames, 64, 64)
+    if cfg.MODEL.BACKBONE.PATHWAYS == 2:
+        slow, fast = clip[:, :, ::cfg.SLOWFAST.ALPHA], clip
+    else:
+        slow, fast = clip, None
+    whwh = torch.tensor([[64.0, 64.0, 64.0, 64.0]] * 2)
+    boxes = [torch.tensor([[4.0, 4.0, 40.0, 60.0]]), torch.tensor([[10.0, 2.0, 50.0, 50.0], [0.0, 0.0, 20.0, 30.0]])]
+    labels = [torch.zeros(1, 80), torch.zeros(2, 80)]
+    labels[0][0, 3] = labels[1][0, 5] = labels[1][1, 11] = 1.0
+    proposals = [torch.tensor([[5.0, 5.0, 41.0, 59.0], [30.0, 30.0, 60.0, 60.0]]), torch.tensor([[11.0, 3.0, 49.0, 51.0]])]
+    keys = ["a,0902", "b,0902"]
+    model.train()
+    losses = model(slow, fast, whwh, boxes, labels, proposals=proposals, img_keys=keys)
+    total = sum(losses.values())
+    assert torch.isfinite(total) and total > 0
+    total.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.roi_head.bbox_head.parameters())
+    model.eval()
+    with torch.no_grad():
+        out = model(slow, fast, whwh, proposals=proposals, img_keys=keys)
+    assert [tuple(o["scores"].shape) for o in out] == [(2, 80), (1, 80)]
+    assert all(((o["boxes"] >= 0) & (o["boxes"] <= 1)).all() for o in out)
