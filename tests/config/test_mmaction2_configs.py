@@ -254,7 +254,7 @@ def buildable(name, tmp_path, *overrides, bank_channels=2048):
 @pytest.mark.mmaction2
 @pytest.mark.parametrize("name", NAMES)
 def test_mmaction2_checkpoint_layout_loads(name, tmp_path):
-    """Our model built from the yaml (full size, on the meta device: shapes only) holds exactly the
+    """Our model built from the yaml (full size, on the meta device where it can: shapes only) holds exactly the
     tensors of mmaction2's model built from its config: every key of mmaction2's state dict maps to
     one of ours with the same shape through the ``mmaction2`` checkpoint format and none is left over."""
     from stmixer.checkpoint.formats import checkpoint_from_object
@@ -263,7 +263,8 @@ def test_mmaction2_checkpoint_layout_loads(name, tmp_path):
 
     entry = LAYOUTS["configs"][name]
     cfg = buildable(name, tmp_path)
-    with torch.device("meta"):
+    # The FBO heads read their bank file while they are built: those two models are built for real.
+    with torch.device("cpu" if cfg.MODEL.ROI_HEAD.SHARED_HEAD.startswith("FBO") else "meta"):
         model = build_detector(cfg)
     state = {f"backbone.{k}": torch.empty(shape, device="meta") for k, shape in LAYOUTS["backbones"][entry["backbone"]]}
     state.update({k: torch.empty(shape, device="meta") for k, shape in entry["roi_head"]})
