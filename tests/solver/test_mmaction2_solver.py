@@ -181,3 +181,26 @@ def test_sgd_nesterov_step():
         optimizer.step()
     # Nesterov: buf1 = 2, step 0.1 * (2 + 0.5 * 2) = 0.3; buf2 = 0.5 * 2 + 2 = 3, step 0.1 * (2 + 1.5) = 0.35.
     assert param.item() == pytest.approx(1.0 - 0.3 - 0.35)
+
+
+def test_train_entry_point_scales_logs_and_saves_the_rate(tmp_path):
+    """train_net.py --auto-scale-lr: the body gets the scaled config; the log and config.yaml say so."""
+    from stmixer.engine.launch import run_entry_point
+
+    config = tmp_path / "c.yaml"
+    config.write_text("SOLVER:\n  BASE_LR: 0.2\n  BASE_BATCH_SIZE: 128\n  VIDEOS_PER_BATCH: 32\n")
+    seen = {}
+
+    def body(args, cfg, dist_info):
+        seen["lr"] = cfg.SOLVER.BASE_LR
+
+    out = tmp_path / "run"
+    run_entry_point("train", body, ["--config-file", str(config), "--auto-scale-lr", "OUTPUT_DIR", str(out),
+                                    "DATALOADER.NUM_WORKERS", "0", "NUM_THREADS", "1"])
+    assert seen["lr"] == pytest.approx(0.05)
+    assert "--auto-scale-lr: SOLVER.BASE_LR 0.2 x (VIDEOS_PER_BATCH 32 / BASE_BATCH_SIZE 128) = 0.05" in \
+        (out / "log.txt").read_text()
+    assert yaml.safe_load((out / "config.yaml").read_text())["SOLVER"]["BASE_LR"] == pytest.approx(0.05)
+    run_entry_point("train", body, ["--config-file", str(config), "OUTPUT_DIR", str(tmp_path / "plain"),
+                                    "DATALOADER.NUM_WORKERS", "0", "NUM_THREADS", "1"])
+    assert seen["lr"] == 0.2
