@@ -164,6 +164,14 @@ def _model_problems(cfg):
                 yield "MODEL.STM.HIDDEN_DIM", f"expected a multiple of MODEL.STM.{key} = {divisor}"
         if D % 8:
             yield "MODEL.STM.HIDDEN_DIM", "expected a multiple of 8 (box positional embedding)"
+    rh = cfg.MODEL.ROI_HEAD
+    if cfg.MODEL.META_ARCHITECTURE == "FastRCNN" and _is_number(stm.ACTION_CLASSES):
+        # the datasets' labels have MODEL.STM.ACTION_CLASSES columns; the head adds the background column
+        expected = stm.ACTION_CLASSES + (1 if rh.BACKGROUND_CLASS else 0)
+        if rh.NUM_CLASSES != expected:
+            yield "MODEL.ROI_HEAD.NUM_CLASSES", (
+                f"expected {expected}: MODEL.STM.ACTION_CLASSES = {stm.ACTION_CLASSES} actions (the datasets' label "
+                "columns)" + (" + the background column" if rh.BACKGROUND_CLASS else ""))
     vit = cfg.ViT
     if "vit" in str(body).lower():
         if _is_number(vit.NUM_HEADS) and vit.NUM_HEADS > 0 and vit.EMBED_DIM % vit.NUM_HEADS:

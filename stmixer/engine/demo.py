@@ -46,7 +46,7 @@ from ..utils.logging import setup_logger
 from ..utils.run_dir import ensure_writable_dir
 from ..utils.threads import set_threads
 from ..utils.visualizer import draw_detections
-from .trainer import autocast_context, detector_inputs, move_batch
+from .trainer import autocast_context, detector_inputs, detector_kwargs, move_batch
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def detect(model, samples, batch_size, collate, device, amp, make_record):
     def flush():
         batch = move_batch(collate(pending), device)
         with torch.no_grad(), autocast_context(device, amp):
-            outputs = model(*detector_inputs(batch))
+            outputs = model(*detector_inputs(batch), **detector_kwargs(batch))
         records.extend(make_record(meta, det) for meta, det in zip(batch["metadata"], outputs))
         pending.clear()
 

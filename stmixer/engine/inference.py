@@ -11,7 +11,7 @@ import time
 import torch
 
 from ..utils import distributed as comm
-from .trainer import autocast_context, detector_inputs, move_batch
+from .trainer import autocast_context, detector_inputs, detector_kwargs, move_batch
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def predict(model, data_loader, device, amp="off", progress=True):
         for batch in iterator:
             batch = move_batch(batch, device)
             with autocast_context(device, amp):
-                outputs = model(*detector_inputs(batch))
+                outputs = model(*detector_inputs(batch), **detector_kwargs(batch))
             for index, meta, detections in zip(batch["indices"].tolist(), batch["metadata"], outputs):
                 records[index] = {
                     "video_id": meta["video_id"],

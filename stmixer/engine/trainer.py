@@ -33,8 +33,9 @@ def autocast_context(device, amp):
 
 
 def move_batch(batch, device):
-    """Copy a batch's tensors (videos, whwh, boxes, labels) to ``device``; metadata stays."""
-    return {
+    """Copy a batch's tensors (videos, whwh, boxes, labels, and proposals / proposal_scores when the
+    batch has them) to ``device``; metadata stays."""
+    moved = {
         "videos": [v.to(device, non_blocking=True) for v in batch["videos"]],
         "whwh": batch["whwh"].to(device, non_blocking=True),
         "boxes": [b.to(device, non_blocking=True) for b in batch["boxes"]],
@@ -42,12 +43,27 @@ def move_batch(batch, device):
         "metadata": batch["metadata"],
         "indices": batch["indices"],
     }
+    for key in ("proposals", "proposal_scores"):
+        if key in batch:
+            moved[key] = [p.to(device, non_blocking=True) for p in batch[key]]
+    return moved
 
 
 def detector_inputs(batch):
     """Positional inputs of the detector: (slow video, fast video or None, whwh)."""
     videos = batch["videos"]
     return videos[0], (videos[1] if len(videos) > 1 else None), batch["whwh"]
+
+
+def detector_kwargs(batch):
+    """Keyword inputs of the two-stage detectors: ``proposals`` and ``img_keys`` (``"video_id,SSSS"``)
+    when the batch has proposals; nothing otherwise (STMDetector takes none)."""
+    if "proposals" not in batch:
+        return {}
+    from ..modeling.fast_rcnn import img_key
+
+    return {"proposals": batch["proposals"],
+            "img_keys": [img_key(m["video_id"], m["timestamp"]) for m in batch["metadata"]]}
 
 
 class HookBase:
@@ -154,7 +170,8 @@ class Trainer:
         cost_error = None
         try:
             with autocast_context(self.device, self.amp):
-                loss_dict = self.model(*detector_inputs(batch), batch["boxes"], batch["labels"])
+                loss_dict = self.model(*detector_inputs(batch), batch["boxes"], batch["labels"],
+                                       **detector_kwargs(batch))
         except NonFiniteCostError as e:  # diverged before any loss term exists
             loss_dict, cost_error = {}, e
         if self._any_process(cost_error is not None):
@@ -185,6 +202,10 @@ class Trainer:
             lr=self.optimizer.param_groups[0]["lr"],
             **{name: value for name, value in loss_values.items() if name not in bad},
         )
+        # metrics a model leaves beside its losses (FastRCNN: recall / precision), logged, never summed
+        extra = getattr(getattr(self.model, "module", self.model), "train_metrics", None)
+        if extra:
+            self.metrics.put(**{name: value for name, value in extra.items() if math.isfinite(value)})
 
     def _any_process(self, flag):
         """Whether ``flag`` holds on any process (all must agree before the loss all-reduce); no

@@ -87,7 +87,8 @@ class FastRCNN(nn.Module):
             img_keys: per clip ``"video_id,SSSS"`` (see ``img_key``), read by feature-bank heads.
             trace: optional dict (``modeling.trace``): train: ``rois``, ``labels``, ``label_weights``,
                 ``roi_feats``, ``cls_score`` and per clip the sampler's ``pos_inds``, ``neg_inds``,
-                ``pos_gt_labels``, ``pos_is_gt``; eval: per clip ``scores`` (before ``action_thr``).
+                ``pos_gt_labels``, ``pos_is_gt``; eval: per clip ``scores`` (every column, background
+                included, before ``action_thr``).
 
         Returns:
             train: ``OrderedDict(loss_action_cls=...)``; the bbox head's recall / precision metrics are
@@ -120,9 +121,9 @@ class FastRCNN(nn.Module):
         results = self.roi_head.predict(feats, [p.to(slow_video.dtype) for p in proposals], img_shapes, img_keys)
         out = []
         for boxes, scores in results:
+            record(trace, "scores", scores)
             if self.roi_head.bbox_head.background_class:
                 scores = scores[:, 1:]
-            record(trace, "scores", scores)
             scores = scores.masked_fill(scores <= self.action_thr, 0.0)
             out.append({"boxes": boxes, "scores": scores})
         return out

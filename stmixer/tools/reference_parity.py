@@ -34,6 +34,9 @@ Fixture kinds are told apart by their inputs:
   false), the per-stage tensors and feature statistics are written under
   ``train/`` too.
 
+A folder with ``mmaction2.json`` is a fixture of mmaction2's two-stage detectors (``FastRCNN``),
+run by ``stmixer.tools.mmaction2_parity`` (its docstring gives the layout and the output names).
+
 Runs on the CPU with 1 thread by default, as the fixtures were generated, so
 float32 results are reproducible across machines (``--threads`` changes it).
 """
@@ -352,6 +355,14 @@ def run_fixture(fixture, precision="f64", device="cpu", state_dict=None):
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}; expected one of {sorted(PRECISIONS)}")
     dtype = PRECISIONS[precision]
+    from .mmaction2_parity import MMAction2FixtureError, is_mmaction2_fixture, run_mmaction2_fixture
+
+    if is_mmaction2_fixture(fixture):  # mmaction2's two-stage detectors: their own layout (see that module)
+        try:
+            arrays = run_mmaction2_fixture(fixture, dtype, device)
+        except MMAction2FixtureError as e:
+            raise FixtureError(str(e)) from None
+        return {f"{precision}/{name}": value for name, value in arrays.items()}
     for name in ("config.yaml", "inputs.npz"):
         if not (fixture / name).is_file():
             raise FixtureError(f"{fixture}: missing {name}")

@@ -17,6 +17,13 @@ are shimmed (see ``install_shims``):
 
 Writes ``<out>/roi_head/<case>.npz`` (inputs, weights, outputs, gradients; float64) and
 ``<out>/roi_head/cases.json`` (each case's module arguments, losses, metadata).
+
+``--part detector`` instead runs the whole two-stage detector (mmdet 3.3's ``FastRCNN`` with
+mmaction2's ``AVARoIHead``, ``MaxIoUAssignerAVA``, mmdet's ``RandomSampler`` and mmaction2's real
+R50 backbones), imported as packages: the mmaction2 checkout is put on ``sys.path`` and mmdet 3.3,
+mmengine and mmcv-lite must be importable (see ``install_detector_shims`` for the two shims). It
+writes ``<out>/detector/<case>/{config.yaml, mmaction2.json, inputs.npz, expected.npz}`` (layout in
+``stmixer/tools/mmaction2_parity.py``) and ``<out>/detector/cases.json``.
 """
 
 import argparse
@@ -232,18 +239,47 @@ def run_case(case, Extractor, Head, bbox2result, seed):
 # ``MaxIoUAssignerAVA``, mmdet's ``RandomSampler`` and mmaction2's real backbones, imported as packages
 # (mmaction2 checkout on sys.path, mmdet 3.3 + mmengine 0.10 + mmcv-lite 2.1 installed).
 DET_IMG = (64, 64)  # (h, w) of the clips; stride 16 -> 4x4 maps
+DET_IMG_KEYS = ["clip0,0902", "clip1,0903"]
+# our config of each case (config.yaml of its folder)
+_OUR_SLOWONLY = {"MODEL": {"META_ARCHITECTURE": "FastRCNN", "BACKBONE": {"CONV_BODY": "PySlowonly"},
+                           "ROI_HEAD": {"DROPOUT": 0.0}},
+                 "RESNET": {"DEPTH": 50, "SPATIAL_STRIDES": [[1], [2], [2], [1]],
+                            "NUM_BLOCK_TEMP_KERNEL": [[3], [4], [6], [3]]},
+                 "DATA": {"INPUT_CHANNEL_NUM": [3], "NUM_FRAMES": 4}}
+_OUR_SLOWFAST = {"MODEL": {"META_ARCHITECTURE": "FastRCNN", "BACKBONE": {"CONV_BODY": "PySlowfast-R50", "PATHWAYS": 2},
+                           "ROI_HEAD": {"DROPOUT": 0.0}},
+                 "RESNET": {"DEPTH": 50, "SPATIAL_STRIDES": [[1, 1], [2, 2], [2, 2], [1, 1]],
+                            "SPATIAL_DILATIONS": [[1, 1], [1, 1], [1, 1], [1, 1]],
+                            "NUM_BLOCK_TEMP_KERNEL": [[3, 3], [4, 4], [6, 6], [3, 3]]},
+                 "NONLOCAL": {"LOCATION": [[[], []], [[], []], [[], []], [[], []]],
+                              "GROUP": [[1, 1], [1, 1], [1, 1], [1, 1]]},
+                 "SLOWFAST": {"ALPHA": 4, "BETA_INV": 8, "FUSION_CONV_CHANNEL_RATIO": 2, "FUSION_KERNEL_SZ": 7,
+                              "FUSION_BN_RELU": False},
+                 "DATA": {"INPUT_CHANNEL_NUM": [3, 3], "NUM_FRAMES": 16}}
+
+
+def _merged(base, **roi_head):
+    out = json.loads(json.dumps(base))
+    out["MODEL"]["ROI_HEAD"].update(roi_head)
+    return out
+
+
 DET_CASES = [
-    # (a) SlowOnly-R50 4x16 baseline (configs/detection/slowonly/slowonly_kinetics400-pretrained-r50_8xb16-4x16x1-20e_ava21-rgb.py)
-    dict(name="slowonly_r50_4x16", backbone="slowonly", frames=4, seed=100,
+    # (a) SlowOnly-R50 4x16 baseline
+    # (configs/detection/slowonly/slowonly_kinetics400-pretrained-r50_8xb16-4x16x1-20e_ava21-rgb.py)
+    dict(name="slowonly_r50_4x16", backbone="slowonly", frames=4, seed=100, ours=_merged(_OUR_SLOWONLY),
          extractor=dict(output_size=8, with_temporal_pool=True),
          head=dict(background_class=True, in_channels=2048, num_classes=81, multilabel=True)),
     # (b) SlowFast-R50 8x8 with context + temporal max + focal (alpha 3, gamma 1)
     dict(name="slowfast_r50_8x8_context_max_focal", backbone="slowfast", frames=16, seed=101,
+         ours=_merged(_OUR_SLOWFAST, WITH_GLOBAL=True, TEMPORAL_POOL_MODE="max", FOCAL_ALPHA=3.0, FOCAL_GAMMA=1.0),
          extractor=dict(output_size=8, with_temporal_pool=True, temporal_pool_mode="max", with_global=True),
          head=dict(background_class=True, in_channels=4608, num_classes=81, multilabel=True, focal_alpha=3.0,
                    focal_gamma=1.0)),
     # (c) SlowOnly-R50 K700 8x8: context + temporal max + nonlinear (MLP) head
     dict(name="slowonly_r50_8x8_context_max_nlhead", backbone="slowonly", frames=8, seed=102,
+         ours=dict(_merged(_OUR_SLOWONLY, WITH_GLOBAL=True, TEMPORAL_POOL_MODE="max", MLP_HEAD=True),
+                   DATA={"INPUT_CHANNEL_NUM": [3], "NUM_FRAMES": 8}),
          extractor=dict(output_size=8, with_temporal_pool=True, temporal_pool_mode="max", with_global=True),
          head=dict(background_class=True, in_channels=4096, num_classes=81, multilabel=True, mlp_head=True)),
 ]
@@ -359,7 +395,7 @@ def det_samples(with_gt):
     samples = []
     for b, ((boxes, ids), props) in enumerate(zip(DET_GT, DET_PROPOSALS)):
         sample = ActionDataSample()
-        sample.set_metainfo(dict(img_shape=DET_IMG, img_key=f"clip{b},{902 + b:04d}"))
+        sample.set_metainfo(dict(img_shape=DET_IMG, img_key=DET_IMG_KEYS[b]))
         if with_gt:
             sample.gt_instances = InstanceData(bboxes=torch.tensor(boxes, dtype=torch.float64),
                                                labels=torch.from_numpy(det_labels(ids)))
@@ -397,11 +433,13 @@ def run_detector_case(case, gen):
     losses["loss_action_cls"].backward()
     params = dict(model.named_parameters())
 
-    arrays = {}  # the clip is not stored: fake_input(seed, shape) regenerates it (its statistics are in the json)
+    inputs = {}  # the clip is not stored: fake_input(seed, shape) regenerates it (its statistics are in the json)
     for b, ((boxes, ids), props) in enumerate(zip(DET_GT, DET_PROPOSALS)):
-        arrays[f"input/gt_boxes_b{b}"] = np.array(boxes)
-        arrays[f"input/gt_labels_b{b}"] = det_labels(ids)
-        arrays[f"input/proposals_b{b}"] = np.array(props)
+        inputs[f"gt_boxes_b{b}"] = np.array(boxes)
+        inputs[f"gt_labels_b{b}"] = det_labels(ids)
+        inputs[f"proposals_b{b}"] = np.array(props)
+    arrays = {f"loss/{k}" if k.startswith("loss") else f"metric/{k}": v.detach().double().numpy()
+              for k, v in losses.items()}
     for b, res in enumerate(captured["sampling"]):
         arrays[f"sample/pos_inds_b{b}"] = res.pos_inds.numpy()
         arrays[f"sample/neg_inds_b{b}"] = res.neg_inds.numpy()
@@ -433,10 +471,12 @@ def run_detector_case(case, gen):
                                  ("grad/roi_feats", roi_feats.grad))}
     meta = dict(backbone=case["backbone"], frames=case["frames"], seed=seed, extractor=case["extractor"],
                 head=case["head"], img_shape=list(DET_IMG), gen_version=gen.GEN_VERSION,
+                clip_shape=[2, 3, case["frames"]] + list(DET_IMG), img_keys=DET_IMG_KEYS, action_thr=0.002,
+                slow_stride=gen.SLOWFAST_ARGS["resample_rate"] if case["backbone"] == "slowfast" else 0,
                 roi_channel_step=ROI_CHANNEL_STEP, stats=stats, manifest=manifest,
                 grads={k: [[s.start, s.stop] for s in v] for k, v in DET_GRADS.items() if k in params},
                 losses={k: float(v.detach()) for k, v in losses.items()})
-    return {k: np.asarray(v) for k, v in arrays.items()}, meta
+    return {k: np.asarray(v) for k, v in inputs.items()}, {k: np.asarray(v) for k, v in arrays.items()}, meta
 
 
 def bbox2result_fn():
@@ -457,10 +497,17 @@ def main_detector(args, commit):
              "shims": "mmcv._ext stand-in (no compiled op is called); mmcv.ops.RoIAlign -> torchvision.ops.roi_align; "
                       "MaxIoUAssignerAVA labels cast to the ground truth's dtype",
              "cases": {}}
+    import yaml
     for case in DET_CASES:
-        arrays, meta = run_detector_case(case, gen)
-        (out / f"{case['name']}.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-        np.savez_compressed(out / f"{case['name']}.npz", **arrays)
+        inputs, arrays, meta = run_detector_case(case, gen)
+        folder = out / case["name"]
+        folder.mkdir(exist_ok=True)
+        (folder / "config.yaml").write_text(
+            f"# Our config of mmaction2's {case['name']} fixture (make_mmaction2_fixtures.py --part detector)\n"
+            + yaml.safe_dump(case["ours"], sort_keys=True, default_flow_style=None))
+        (folder / "mmaction2.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        np.savez_compressed(folder / "inputs.npz", **inputs)
+        np.savez_compressed(folder / "expected.npz", **arrays)
         index["cases"][case["name"]] = {k: meta[k] for k in ("backbone", "frames", "seed", "losses")}
         print(case["name"], {k: round(v, 6) for k, v in meta["losses"].items()})
     (out / "cases.json").write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")

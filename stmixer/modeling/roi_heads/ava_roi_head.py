@@ -49,9 +49,9 @@ class AVARoIHead(nn.Module):
     checkpoint keys are ours.
     """
 
-    def __init__(self, bbox_roi_extractor: RoIExtractor3D, bbox_head: BBoxHeadAVA, shared_head: Optional[nn.Module] = None,
-                 assigner: Optional[MaxIoUAssignerAVA] = None, sampler: Optional[RandomSampler] = None,
-                 pos_weight: float = 1.0):
+    def __init__(self, bbox_roi_extractor: RoIExtractor3D, bbox_head: BBoxHeadAVA,
+                 shared_head: Optional[nn.Module] = None, assigner: Optional[MaxIoUAssignerAVA] = None,
+                 sampler: Optional[RandomSampler] = None, pos_weight: float = 1.0):
         super().__init__()
         self.bbox_roi_extractor = bbox_roi_extractor
         if shared_head is not None:
@@ -66,7 +66,12 @@ class AVARoIHead(nn.Module):
                      img_keys: Optional[Sequence[str]] = None) -> Tuple[Tensor, Tensor]:
         """``(cls_score [K, num_classes], roi_feats)`` of ``rois`` ``[K, 5]`` on the backbone's
         last-stage map(s) ``feats`` (``[B, C, T, H, W]`` or a list of pathways); ``roi_feats`` is what
-        the bbox head reads (after the shared head)."""
+        the bbox head reads (after the shared head). Under autocast (maps in bf16 / fp16, boxes in float32)
+        the maps are cast to the boxes' dtype for RoI extraction, as torchvision's roi_align autocasts."""
+        maps = [feats] if torch.is_tensor(feats) else list(feats)
+        if maps[0].dtype != rois.dtype and torch.is_autocast_enabled(maps[0].device.type):
+            maps = [m.to(rois.dtype) for m in maps]
+            feats = maps[0] if torch.is_tensor(feats) else maps
         roi_feats, feat = self.bbox_roi_extractor(feats, rois)
         if self.with_shared_head:
             roi_feats = self.shared_head(roi_feats, feat, rois, img_keys)
