@@ -22,6 +22,8 @@ _C.DATA.PATH_TO_DATA_DIR = ""
 _C.DATA.NUM_FRAMES = 4
 # Temporal stride between sampled frames of a clip, in frames of the TARGET_FPS video.
 _C.DATA.SAMPLING_RATE = 16
+# (stmixer) SlowFast: frames of the Slow pathway, "linspace" (PySlowFast: linspace(0, NUM_FRAMES - 1, NUM_FRAMES / ALPHA), truncated) or "stride" (mmaction2: every ALPHA-th frame from the first).
+_C.DATA.SLOW_PATHWAY_FRAMES = "linspace"
 # Input channels per pathway: [3] for single-pathway backbones, [3, 3] for SlowFast.
 _C.DATA.INPUT_CHANNEL_NUM = [3]
 # Per-channel mean subtracted from pixels scaled to [0, 1], in the channel order fed to the model (official: disk BGR order; equal values make no difference).
@@ -42,6 +44,8 @@ _C.DATA.TEST_MAX_SCALE = 1333
 _C.DATA.TARGET_FPS = 30
 # Video decoding backend for the demo on raw videos: "pyav" or "torchvision".
 _C.DATA.DECODING_BACKEND = "pyav"
+# (stmixer) Side in pixels of a random square crop of each training clip after the short-side scaling (mmaction2's RandomCrop; boxes shifted and clipped to it); 0 = no crop.
+_C.DATA.TRAIN_CROP_SIZE = 0
 # Randomly flip training clips horizontally (probability 0.5).
 _C.DATA.RANDOM_FLIP = True
 # (mmaction2) Box arithmetic of the clip transforms: "stmixer" (official STMixer: boxes scaled by the short-side ratio, clipped to [0, W - 1], flip x -> W - 1 - x) or "mmaction2" (pixels = normalized x (W, H) in float64 then float32, per-axis scale factors, flip x -> W - x, no clipping; frame size rounded as mmcv.rescale_size). Applies to ground-truth boxes and proposals alike.
@@ -477,7 +481,7 @@ _C.SOLVER.BETAS = (0.9, 0.999)
 _C.SOLVER.WEIGHT_DECAY = 0.0001
 # Weight decay of ResNet BatchNorm parameters.
 _C.SOLVER.WEIGHT_DECAY_BN = 0.0
-# Learning-rate schedule: "warmup_multi_step".
+# Learning-rate schedule: "warmup_multi_step" (warm-up x GAMMA at each of STEPS) or "warmup_cosine" (warm-up, then mmengine's CosineAnnealingLR from the warm-up's end to MAX_EPOCH, per iteration).
 _C.SOLVER.SCHEDULER = "warmup_multi_step"
 # Factor the learning rate is multiplied by at each of STEPS.
 _C.SOLVER.GAMMA = 0.1
@@ -489,8 +493,12 @@ _C.SOLVER.WARMUP_ON = True
 _C.SOLVER.WARMUP_FACTOR = 0.1
 # Length of the warm-up, in epochs (may be fractional).
 _C.SOLVER.WARMUP_EPOCH = 2
-# Warm-up shape: "linear" or "constant".
+# Warm-up shape: "linear" (reaches 1 at the warm-up's end), "constant", or "mmengine_linear" (mmengine's LinearLR: reaches 1 at the warm-up's last step, one step earlier).
 _C.SOLVER.WARMUP_METHOD = "linear"
+# (stmixer) Warm-up factor changes only at epoch starts (mmengine's by-epoch LinearLR without convert_to_iter_based); False: every iteration.
+_C.SOLVER.WARMUP_BY_EPOCH = False
+# (stmixer) "warmup_cosine": learning rate the cosine decays towards (mmengine's eta_min, absolute; not scaled by --auto-scale-lr).
+_C.SOLVER.COSINE_ETA_MIN = 0.0
 # Save a checkpoint every this many epochs.
 _C.SOLVER.CHECKPOINT_PERIOD = 1
 # Evaluate on the test split every this many epochs (after EVAL_AFTER).
@@ -501,8 +509,14 @@ _C.SOLVER.EVAL_AFTER = 2
 _C.SOLVER.VIDEOS_PER_BATCH = 16
 # (stmixer) Gradient accumulation: micro-batches of VIDEOS_PER_BATCH / (processes x this) clips per optimizer step, equal to one step on the whole batch (docs/distributed.md).
 _C.SOLVER.GRAD_ACCUM_STEPS = 1
-# Optimizer: "adamw".
+# Optimizer: "adamw" or "sgd" (torch SGD with MOMENTUM and NESTEROV, mmaction2's detectors).
 _C.SOLVER.OPTIMIZING_METHOD = "adamw"
+# (stmixer) SGD momentum (OPTIMIZING_METHOD "sgd" only).
+_C.SOLVER.MOMENTUM = 0.9
+# (stmixer) SGD with Nesterov momentum (OPTIMIZING_METHOD "sgd" only; needs MOMENTUM > 0).
+_C.SOLVER.NESTEROV = False
+# (stmixer) Total training batch (clips over all processes) that BASE_LR is meant for; train_net.py --auto-scale-lr sets BASE_LR x VIDEOS_PER_BATCH / BASE_BATCH_SIZE (mmaction2's auto_scale_lr). 0 = not given.
+_C.SOLVER.BASE_BATCH_SIZE = 0
 # (stmixer) Mixed precision of training and testing: "off" (float32), "bf16" or "fp16" (with a gradient scaler).
 _C.SOLVER.AMP = "off"
 # (stmixer) Clip the total gradient norm to this value before each step; 0 disables clipping.

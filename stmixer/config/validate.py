@@ -20,6 +20,7 @@ CHOICES = {
     "DATA.DECODING_BACKEND": ("pyav", "torchvision"),
     "DATA.BOX_TRANSFORM": ("stmixer", "mmaction2"),
     "PROPOSALS.TRAIN_FALLBACK": ("whole_frame", "gt"),
+    "DATA.SLOW_PATHWAY_FRAMES": ("linspace", "stride"),
     "RESNET.TRANS_FUNC": ("bottleneck_transform", "basic_transform"),
     "RESNET.DEPTH": (18, 50, 101, 152),
     "NONLOCAL.INSTANTIATION": ("dot_product", "softmax"),
@@ -33,8 +34,10 @@ CHOICES = {
     "MODEL.STM.LOSS_REDUCTION": ("mean", "sum"),
     "MODEL.STM.SAMPLER": ("auto", "reference", "folded"),
     "MODEL.STM.MEM_ACTIVE": (False,),
-    "SOLVER.SCHEDULER": ("warmup_multi_step",),
-    "SOLVER.WARMUP_METHOD": ("linear", "constant"),
+    "SOLVER.SCHEDULER": ("warmup_multi_step", "warmup_cosine"),
+    "SOLVER.WARMUP_METHOD": ("linear", "constant", "mmengine_linear"),
+    "SOLVER.WARMUP_BY_EPOCH": (True, False),
+    "SOLVER.NESTEROV": (True, False),
     "SOLVER.AMP": ("off", "bf16", "fp16"),
     "SOLVER.NONFINITE_LOSS": ("error", "skip"),
     "TEST.EVAL_PROTOCOL": ("stmixer", "activitynet", "mmaction2"),
@@ -48,7 +51,7 @@ CHOICES = {
 # String keys compared without case.
 CASELESS_CHOICES = {
     "MODEL.STM.ACTIVATION": ("relu", "gelu"),
-    "SOLVER.OPTIMIZING_METHOD": ("adamw",),
+    "SOLVER.OPTIMIZING_METHOD": ("adamw", "sgd"),
 }
 POSITIVE = [
     "PROPOSALS.NUM_MAX",
@@ -76,6 +79,7 @@ NON_NEGATIVE = [
     "MODEL.STM.ACTION_WEIGHT", "MODEL.STM.GIOU_WEIGHT", "MODEL.STM.L1_WEIGHT", "MODEL.STM.BACKGROUND_WEIGHT",
     "SOLVER.WEIGHT_DECAY", "SOLVER.WEIGHT_DECAY_BN", "SOLVER.WARMUP_FACTOR", "SOLVER.WARMUP_EPOCH",
     "SOLVER.EVAL_AFTER", "SOLVER.CLIP_GRAD_NORM", "SOLVER.CHECKPOINTS_KEPT",
+    "SOLVER.BASE_BATCH_SIZE", "SOLVER.COSINE_ETA_MIN", "DATA.TRAIN_CROP_SIZE",
     "MODEL.ROI_HEAD.SAMPLING_RATIO", "MODEL.ROI_HEAD.FOCAL_GAMMA", "MODEL.ROI_HEAD.ACTION_THR",
     "MODEL.ROI_HEAD.ACRN.OUT_CHANNELS",
 ]
@@ -84,6 +88,7 @@ UNIT_INTERVAL = [
     "PROPOSALS.DET_SCORE_THR",
     "AVA.DETECTION_SCORE_THRESH", "MODEL.BACKBONE.BN_MOMENTUM", "ViT.DROP_RATE", "ViT.ATTN_DROP_RATE",
     "ViT.DROP_PATH_RATE", "ViT.LAYER_DECAY", "MODEL.STM.DROPOUT", "MODEL.STM.PERSON_THRESHOLD",
+    "SOLVER.MOMENTUM",
     "MODEL.ROI_HEAD.POS_IOU_THR", "MODEL.ROI_HEAD.NEG_IOU_THR", "MODEL.ROI_HEAD.MIN_POS_IOU",
     "MODEL.ROI_HEAD.SAMPLER_POS_FRACTION", "MODEL.ROI_HEAD.ACTION_THR",
 ]
@@ -150,6 +155,26 @@ def _value_problems(cfg):
     steps = list(cfg.SOLVER.STEPS)
     if not all(_is_number(s) and s >= 0 for s in steps) or steps != sorted(steps):
         yield "SOLVER.STEPS", "expected non-decreasing epochs >= 0"
+    yield from _solver_problems(cfg.SOLVER)
+    crop, scales = cfg.DATA.TRAIN_CROP_SIZE, cfg.DATA.TRAIN_MIN_SCALES
+    if _is_number(crop) and crop > 0 and scales and all(_is_number(s) for s in scales) and crop > min(scales):
+        yield "DATA.TRAIN_CROP_SIZE", f"expected at most the smallest DATA.TRAIN_MIN_SCALES entry ({min(scales)} pixels)"
+
+
+def _solver_problems(solver):
+    """SGD and warm-up settings that cannot run together."""
+    if solver.NESTEROV is True and _is_number(solver.MOMENTUM) and solver.MOMENTUM <= 0:
+        yield "SOLVER.NESTEROV", "expected False unless SOLVER.MOMENTUM > 0 (Nesterov momentum needs momentum)"
+    if not (solver.WARMUP_ON and _is_number(solver.WARMUP_EPOCH) and solver.WARMUP_EPOCH > 0):
+        return
+    steps = None  # warm-up steps; per iteration they are known once ITER_PER_EPOCH is
+    if solver.WARMUP_BY_EPOCH is True:
+        steps = solver.WARMUP_EPOCH
+    elif _is_number(solver.ITER_PER_EPOCH) and solver.ITER_PER_EPOCH > 0:
+        steps = round(solver.WARMUP_EPOCH * solver.ITER_PER_EPOCH)
+    if solver.WARMUP_METHOD == "mmengine_linear" and steps is not None and steps < 2:
+        yield "SOLVER.WARMUP_EPOCH", ("expected a warm-up of at least 2 steps with WARMUP_METHOD 'mmengine_linear' "
+                                      "(mmengine's one-step LinearLR keeps the rate at WARMUP_FACTOR x BASE_LR)")
 
 
 def _model_problems(cfg):

@@ -198,6 +198,7 @@ class AvaDataset(torch.utils.data.Dataset):
         num_classes: width of the multi-hot labels (``MODEL.STM.ACTION_CLASSES``).
         num_pathways: 1, or 2 for SlowFast.
         alpha: SlowFast frame-rate ratio (``SLOWFAST.ALPHA``).
+        slow_frames: how the Slow pathway's frames are picked (``DATA.SLOW_PATHWAY_FRAMES``).
         span: video name -> KeyframeSpan (``ava_span``: the AVA timeline for every video).
         defer_pixels: leave the float conversion to the batch collator: "videos" then holds
             ClipPixels instead of tensors, which BatchCollator writes straight into the
@@ -224,7 +225,8 @@ class AvaDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, frame_dir, videos, keyframes, num_frames, sampling_rate, transform, num_classes,
-                 num_pathways=1, alpha=4, defer_pixels=False, span=ava_span, proposals=None):
+                 num_pathways=1, alpha=4, defer_pixels=False, span=ava_span, slow_frames="linspace",
+                 proposals=None):
         self.frame_dir = frame_dir
         self.proposals = proposals
         self.span = span
@@ -234,7 +236,7 @@ class AvaDataset(torch.utils.data.Dataset):
         self.sampling_rate = int(sampling_rate)
         self.transform = transform
         self.num_classes = int(num_classes)
-        self.pathway_frames = pathway_frame_indices(self.num_frames, int(num_pathways), int(alpha))
+        self.pathway_frames = pathway_frame_indices(self.num_frames, int(num_pathways), int(alpha), slow_frames)
         self.defer_pixels = defer_pixels
         self._frame_sizes = {}
         # Corrupt JPEGs are used as decoded, with one warning per file (per process).

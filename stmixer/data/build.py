@@ -112,6 +112,7 @@ def build_transform(cfg, is_train, reference=False):
             cfg.DATA.TRAIN_MAX_SCALE,
             train=True,
             scale_mode=cfg.DATA.TRAIN_SCALE_SAMPLING,
+            crop_size=cfg.DATA.TRAIN_CROP_SIZE,
             flip_prob=0.5 if cfg.DATA.RANDOM_FLIP else 0.0,
             color_jitter=color and not cfg.AVA.TRAIN_PCA_JITTER_ONLY,
             pca_lighting=(cfg.AVA.TRAIN_PCA_EIGVAL, cfg.AVA.TRAIN_PCA_EIGVEC) if color else None,
@@ -161,6 +162,7 @@ def clip_arguments(cfg, is_train, reference=False, defer_pixels=False):
         num_classes=cfg.MODEL.STM.ACTION_CLASSES,
         num_pathways=num_pathways(cfg),
         alpha=cfg.SLOWFAST.ALPHA,
+        slow_frames=cfg.DATA.SLOW_PATHWAY_FRAMES,
         defer_pixels=defer_pixels,
     )
 

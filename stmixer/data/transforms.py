@@ -104,6 +104,34 @@ def clip_boxes(boxes, height, width):
     return boxes
 
 
+def random_crop_offsets(height, width, size, rng):
+    """Top-left corner ``(y, x)`` of mmaction2's ``RandomCrop(size)`` of a ``height`` x ``width`` frame.
+
+    As mmaction2: ``y`` uniform in ``[0, height - size)`` when ``height > size``, else 0 (numpy's
+    ``randint`` excludes its high end, so the crop never reaches the last row or column of a larger
+    frame); ``x`` likewise, drawn after ``y``.
+    """
+    if size > height or size > width:
+        raise ValueError(f"a {size}x{size} crop does not fit a {height}x{width} frame "
+                         "(DATA.TRAIN_CROP_SIZE must not exceed the scaled short side)")
+    y = int(rng.integers(0, height - size)) if height > size else 0
+    x = int(rng.integers(0, width - size)) if width > size else 0
+    return y, x
+
+
+def crop_frames(frames, y, x, size):
+    """The ``size`` x ``size`` window at ``(y, x)`` of every ``[H, W, C]`` frame (contiguous copies)."""
+    return [np.ascontiguousarray(frame[y:y + size, x:x + size]) for frame in frames]
+
+
+def crop_boxes(boxes, y, x, size):
+    """Absolute pixel boxes of a frame -> of its ``size`` x ``size`` crop at ``(y, x)``: shifted, then
+    clipped to ``[0, size - 1]`` (mmaction2's ``RandomCrop._box_crop``; a box outside the crop
+    becomes degenerate and is kept)."""
+    cropped = np.array(boxes, dtype=np.float32) - np.array([x, y, x, y], dtype=np.float32)
+    return np.clip(cropped, 0.0, size - 1.0)
+
+
 def flip_boxes(boxes, width):
     """Mirror absolute pixel boxes in a frame ``width`` pixels wide: x -> width - 1 - x (x1 and x2 swap)."""
     flipped = np.array(boxes, dtype=np.float32)
@@ -265,24 +293,33 @@ def frames_to_tensor_reference(frames, channel_order, mean, std, shift=(0.0, 0.0
     return torch.stack(out, dim=1)
 
 
-def slow_pathway_indices(num_frames, alpha):
-    """Frame indices of the Slow pathway: ``linspace(0, T - 1, T // alpha)`` in float32, truncated (PySlowFast).
+SLOW_FRAME_MODES = ("linspace", "stride")
 
-    For T = 32, alpha = 4: 0, 4, 8, 13, 17, 22, 26, 31.
+
+def slow_pathway_indices(num_frames, alpha, mode="linspace"):
+    """Frame indices of the Slow pathway (``DATA.SLOW_PATHWAY_FRAMES``).
+
+    "linspace" (PySlowFast): ``linspace(0, T - 1, T // alpha)`` in float32, truncated; for T = 32,
+    alpha = 4: 0, 4, 8, 13, 17, 22, 26, 31. "stride" (mmaction2's ``ResNet3dSlowFast``, nearest
+    interpolation by ``1 / resample_rate``): every ``alpha``-th frame from the first, 0, 4, ..., 28.
     """
     count = num_frames // alpha
     if count < 1:
         raise ValueError(f"a clip of {num_frames} frames has no Slow frames at SLOWFAST.ALPHA = {alpha}")
+    if mode == "stride":
+        return torch.arange(count) * alpha
+    if mode != "linspace":
+        raise ValueError(f"DATA.SLOW_PATHWAY_FRAMES must be one of {SLOW_FRAME_MODES}, got {mode!r}")
     return torch.linspace(0, num_frames - 1, count).long()
 
 
-def pathway_frame_indices(num_frames, num_pathways, alpha):
+def pathway_frame_indices(num_frames, num_pathways, alpha, slow_frames="linspace"):
     """Frames of each backbone pathway: ``[None]`` (all frames) for one pathway; for SlowFast
-    ``[slow_pathway_indices(num_frames, alpha), None]`` (Slow first, Fast = the whole clip)."""
+    ``[slow_pathway_indices(num_frames, alpha, slow_frames), None]`` (Slow first, Fast = the whole clip)."""
     if num_pathways == 1:
         return [None]
     if num_pathways == 2:
-        return [slow_pathway_indices(num_frames, alpha).tolist(), None]
+        return [slow_pathway_indices(num_frames, alpha, slow_frames).tolist(), None]
     raise ValueError(f"MODEL.BACKBONE.PATHWAYS must be 1 or 2, got {num_pathways}")
 
 
@@ -298,6 +335,8 @@ class ClipTransform:
             optional colour augmentation; otherwise the first short side and a flip only
             when ``flip_prob`` is 1 (``AVA.TEST_FORCE_FLIP``).
         scale_mode: "choice" or "range" (see ``choose_short_side``).
+        crop_size: training only: side of a random square crop after the scaling (mmaction2's
+            ``RandomCrop``, see ``random_crop_offsets``); 0 for none.
         flip_prob: probability of a horizontal flip.
         color_jitter: apply brightness/contrast/saturation jitter (training only).
         pca_lighting: (eigval, eigvec) for PCA lighting jitter, or None (training only).
@@ -309,7 +348,8 @@ class ClipTransform:
     """
 
     def __init__(self, short_sides, max_long_side, mean, std, train, scale_mode="choice", flip_prob=0.0,
-                 color_jitter=False, pca_lighting=None, output_bgr=False, reference=False, box_style="stmixer"):
+                 color_jitter=False, pca_lighting=None, output_bgr=False, reference=False, crop_size=0,
+                 box_style="stmixer"):
         if not short_sides:
             raise ValueError("the list of short-side sizes is empty")
         self.short_sides = [int(s) for s in short_sides]
@@ -321,6 +361,7 @@ class ClipTransform:
         self.train = train
         self.scale_mode = scale_mode
         self.flip_prob = float(flip_prob)
+        self.crop_size = int(crop_size) if train else 0
         self.color_jitter = bool(color_jitter) and train
         self.pca_lighting = pca_lighting if train else None
         self.channel_order = BGR_FROM_BGR if output_bgr else RGB_FROM_BGR
@@ -341,7 +382,7 @@ class ClipTransform:
 
         Returns:
             (ClipPixels of the float32 ``[3, T, H', W']`` clip, boxes float32 ``[n, 4]``
-            absolute pixels of the resized clip, clipped to it with the "stmixer" box style).
+            absolute pixels of the resized (and cropped) clip, clipped to it with the "stmixer" box style).
         """
         height, width = frames[0].shape[:2]
         mmaction2 = self.box_style == "mmaction2"
@@ -361,6 +402,11 @@ class ClipTransform:
             # Official quirk kept: boxes scale by the short-side ratio on both axes (the long
             # side's rounding makes the image's own ratio differ by under half a pixel).
             boxes = boxes * np.float32(min(new_height, new_width) / min(height, width))
+        if self.crop_size:
+            y, x = random_crop_offsets(new_height, new_width, self.crop_size, rng)
+            frames = crop_frames(frames, y, x, self.crop_size)
+            boxes = crop_boxes(boxes, y, x, self.crop_size)
+            new_height = new_width = self.crop_size
         flip = self.flip_prob >= 1.0 or (self.flip_prob > 0.0 and rng.random() < self.flip_prob)
         if flip:
             frames = flip_frames(frames)

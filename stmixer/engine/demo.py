@@ -231,7 +231,7 @@ def run_demo(cfg, args):
         build_transform(cfg, is_train=False),
         cfg.DATA.NUM_FRAMES,
         cfg.DATA.SAMPLING_RATE,
-        pathway_frame_indices(cfg.DATA.NUM_FRAMES, num_pathways(cfg), cfg.SLOWFAST.ALPHA),
+        pathway_frame_indices(cfg.DATA.NUM_FRAMES, num_pathways(cfg), cfg.SLOWFAST.ALPHA, cfg.DATA.SLOW_PATHWAY_FRAMES),
         fps,
         args.keyframe_rate,
         source_name=args.input,

@@ -16,6 +16,7 @@ import yaml
 
 from ..config import load_config
 from ..errors import UserError, exit_on_user_error, read_text
+from ..solver.auto_scale import auto_scale_lr
 from ..utils import distributed as comm
 from ..utils.env import collect_env_info, seed_all
 from ..utils.io import atomic_open
@@ -78,6 +79,12 @@ def build_parser(kind):
         )
         parser.add_argument("--seed", type=int, default=2, help="random seed (default 2, as the official code)")
         parser.add_argument(
+            "--auto-scale-lr",
+            action="store_true",
+            help="scale SOLVER.BASE_LR by SOLVER.VIDEOS_PER_BATCH / SOLVER.BASE_BATCH_SIZE (linear scaling rule, "
+                 "mmaction2's --auto-scale-lr); the scaled value is logged and saved in OUTPUT_DIR/config.yaml",
+        )
+        parser.add_argument(
             "--allow-config-change",
             action="store_true",
             help="resume a run in OUTPUT_DIR even if the config changes the model, optimizer or inputs",
@@ -96,8 +103,11 @@ def run_entry_point(kind, body, argv=None):
     to the log file only. Every process of a group ends with the same line.
     """
     args = build_parser(kind).parse_intermixed_args(argv)
+    scale_note = None
     with exit_on_user_error():
         cfg = load_config(args.config_file, args.opts)
+        if getattr(args, "auto_scale_lr", False):
+            cfg, scale_note = auto_scale_lr(cfg)
     with exit_on_user_error():
         apply_slurm_environment()
     dist_info = comm.init_distributed(args.local_rank)
@@ -107,6 +117,8 @@ def run_entry_point(kind, body, argv=None):
             lock, notes = _on_all_ranks(lambda: open_output_dir(kind, cfg, args, dist_info.rank),
                                         undo=lambda opened: opened[0] and opened[0].release())
         logger = setup(kind, args, cfg, dist_info, notes)
+        if scale_note:
+            logger.info("%s", scale_note)
         with exit_on_user_error(logger):
             body(args, cfg, dist_info)
     finally:

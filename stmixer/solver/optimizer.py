@@ -1,4 +1,4 @@
-"""AdamW with the official STMixer parameter groups.
+"""AdamW (official STMixer) or SGD (mmaction2's detectors) over the official STMixer parameter groups.
 
 Official grouping (default, ``SOLVER.DECAY_NORM_AND_BIAS: True``):
 - ResNet backbones: backbone parameters whose name contains "bn" get
@@ -65,12 +65,22 @@ def build_param_groups(model, cfg, vit_layer_id=None):
 
 
 def build_optimizer(cfg, model, vit_layer_id=None):
-    """AdamW (``SOLVER.OPTIMIZING_METHOD: adamw``) over ``build_param_groups``; lr = BASE_LR x lr_scale."""
-    if cfg.SOLVER.OPTIMIZING_METHOD.lower() != "adamw":
-        raise ValueError(f"SOLVER.OPTIMIZING_METHOD: only 'adamw' is supported, got {cfg.SOLVER.OPTIMIZING_METHOD!r}")
+    """The ``SOLVER.OPTIMIZING_METHOD`` optimizer over ``build_param_groups``; lr = BASE_LR x lr_scale.
+
+    "adamw": ``torch.optim.AdamW`` with ``SOLVER.BETAS``. "sgd": ``torch.optim.SGD`` with
+    ``SOLVER.MOMENTUM`` and ``SOLVER.NESTEROV`` (dampening 0), as mmengine builds mmaction2's
+    ``optimizer=dict(type='SGD', ...)``; mmaction2's detector configs decay every parameter
+    (no ``paramwise_cfg``), which their yamls get with ``WEIGHT_DECAY_BN`` equal to ``WEIGHT_DECAY``.
+    """
+    method = cfg.SOLVER.OPTIMIZING_METHOD.lower()
+    if method not in ("adamw", "sgd"):
+        raise ValueError(f"SOLVER.OPTIMIZING_METHOD: expected 'adamw' or 'sgd', got {cfg.SOLVER.OPTIMIZING_METHOD!r}")
     groups = build_param_groups(model, cfg, vit_layer_id)
     for group in groups:
         group["lr"] = cfg.SOLVER.BASE_LR * group["lr_scale"]
+    if method == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
+                               nesterov=cfg.SOLVER.NESTEROV, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
     params = [p for group in groups for p in group["params"]]
     # the fused kernel: one launch per step instead of per-parameter host work (CUDA only)
     fused = bool(cfg.SOLVER.FUSED_OPTIMIZER) and bool(params) and all(p.is_cuda for p in params)

@@ -11,7 +11,8 @@ from stmixer.errors import UserError
 
 # Every config file the project ships (official copies, synthetic ones, each family's) must validate.
 _CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "config_files"
-CONFIG_FILES = sorted(str(p.relative_to(_CONFIG_DIR)) for p in _CONFIG_DIR.rglob("*.yaml"))
+# config_files/mmaction2/ use keys of several issue-#15 branches: tests/config/test_mmaction2_configs.py loads them.
+CONFIG_FILES = sorted(str(p.relative_to(_CONFIG_DIR)) for p in _CONFIG_DIR.rglob("*.yaml") if p.parent.name != "mmaction2")
 
 
 def test_default_config_validates_and_names_a_registered_backbone():
