@@ -106,6 +106,16 @@ class Evaluation:
         return metrics
 
 
+def build_evaluation(cfg, device):
+    """The test-split evaluation of the task: ``RecognitionEvaluation`` (video classification) when the
+    dataset's evaluator is "recognition", else the detection ``Evaluation``."""
+    if describe(cfg).evaluator == "recognition":
+        from .recognition import RecognitionEvaluation
+
+        return RecognitionEvaluation(cfg, device)
+    return Evaluation(cfg, device)
+
+
 def build_model(cfg, device):
     """The detector of ``MODEL.META_ARCHITECTURE`` on ``device``."""
     return build_detector(cfg).to(device)
@@ -188,7 +198,7 @@ def train(cfg, *, transfer=False, no_head=False, seed=2, skip_val=False, skip_te
     metrics_file = MetricsFile(cfg.OUTPUT_DIR) if comm.is_main_process() else None
     if metrics_file is not None:
         metrics_file.trim(start_iter)  # records of iterations the run will replay go
-    evaluation = None if skip_val and skip_test else Evaluation(cfg, device)
+    evaluation = None if skip_val and skip_test else build_evaluation(cfg, device)
     if start_iter < max_iter:
         loader = build_data_loader(cfg, is_train=True, start_iter=start_iter, max_iter=max_iter, seed=seed,
                                    dataset=train_dataset, pin_memory=device.type == "cuda")
@@ -230,9 +240,12 @@ def check_micro_batches(cfg, world_size):
 
 
 def _scalar_metrics(metrics):
-    """The numbers logged per evaluation: mAP (AVA frame-mAP; tube datasets: frame-mAP@0.5) and the video-mAPs."""
+    """The numbers logged per evaluation: mAP (AVA frame-mAP; tube datasets: frame-mAP@0.5) and the video-mAPs;
+    recognition: the top-k and mean-class accuracies."""
     if not metrics:
         return {}
+    if "mAP" not in metrics:
+        return {k: v for k, v in metrics.items() if k.endswith("_acc") or k == "mean_class_accuracy"}
     scalars = {"mAP": metrics["mAP"]}
     for threshold, value in metrics.get("video_mAP", {}).items():
         scalars[f"video_mAP@{threshold}"] = value
@@ -251,4 +264,4 @@ def test(cfg, *, dist_info=None):
             f"(OUTPUT_DIR {cfg.OUTPUT_DIR} holds no last_checkpoint either)"
         )
     load_weights(model, weight)
-    return Evaluation(cfg, device).run(model)
+    return build_evaluation(cfg, device).run(model)
