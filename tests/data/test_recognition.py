@@ -100,7 +100,9 @@ def recognition_cfg(root, opts=()):
     cfg.merge_from_file(str(Path(__file__).resolve().parents[2] / "config_files" / "synthetic" / "tiny-recognition.yaml"))
     cfg.merge_from_list(["DATA.PATH_TO_DATA_DIR", str(root), "DATALOADER.NUM_WORKERS", 0,
                          "DATA.TRAIN_MIN_SCALES", [40], "DATA.TEST_MIN_SCALES", [40],
-                         "RECOGNITION.TRAIN_CROP_SIZE", 32, "RECOGNITION.TEST_CROP_SIZE", 40, *opts])
+                         "RECOGNITION.TRAIN_CROP_SIZE", 32, "RECOGNITION.TEST_CROP_SIZE", 40,
+                         "MODEL.BACKBONE.PATHWAYS", 1, "DATA.INPUT_CHANNEL_NUM", [3], "DATA.NUM_FRAMES", 8,
+                         "DATA.SAMPLING_RATE", 4, *opts])
     return cfg
 
 

@@ -19,7 +19,7 @@ RECOGNITION_CONFIG = "config_files/synthetic/tiny-recognition.yaml"
 
 
 def recognition_opts(data_dir, output_dir):
-    """A recognizer with the backbone of ``micro_opts`` (width 4) on 4-frame 32-pixel clips; 1 clip x 3 crops."""
+    """The tiny SlowFast recognizer at width 4 on 4-frame (Slow: 1) 32-pixel clips; 1 clip x 3 crops."""
     return [
         "DATA.PATH_TO_DATA_DIR", str(data_dir), "OUTPUT_DIR", str(output_dir),
         "DATA.NUM_FRAMES", "4", "DATA.SAMPLING_RATE", "4", "DATA.TRAIN_MIN_SCALES", "[40]",
@@ -88,9 +88,16 @@ def test_recognizer_checkpoint_transfers_into_a_detector_backbone(repo_root, rec
     recognizer_state = torch.load(weight, map_location="cpu", weights_only=True)["model"]
     assert any(k.startswith("head.projection.") for k in recognizer_state)
 
-    cfg = get_cfg()
+    recognizer_cfg = get_cfg()
+    recognizer_cfg.merge_from_file(str(repo_root / RECOGNITION_CONFIG))
+    recognizer_cfg.merge_from_list(recognition_opts(recognition_data, recognizer_out))
+    cfg = get_cfg()  # the micro STMixer detector with the recognizer's backbone settings
     cfg.merge_from_file(str(repo_root / TINY_CONFIG))
     cfg.merge_from_list(micro_opts(recognition_data, tmp_path / "detector") + ["MODEL.WEIGHT", str(weight)])
+    for node in ("RESNET", "SLOWFAST", "NONLOCAL"):
+        cfg[node] = recognizer_cfg[node].clone()
+    cfg.MODEL.BACKBONE = recognizer_cfg.MODEL.BACKBONE.clone()
+    cfg.DATA.NUM_FRAMES, cfg.DATA.INPUT_CHANNEL_NUM = recognizer_cfg.DATA.NUM_FRAMES, recognizer_cfg.DATA.INPUT_CHANNEL_NUM
     detector = build_detector(cfg)
     start = runner._start_state(cfg, detector, Checkpointer(str(tmp_path / "detector"), detector), 10,
                                 transfer=True, no_head=True)
