@@ -117,8 +117,16 @@ def build_evaluation(cfg, device):
 
 
 def build_model(cfg, device):
-    """The detector of ``MODEL.META_ARCHITECTURE`` on ``device``."""
-    return build_detector(cfg).to(device)
+    """The detector (or recognizer) of ``MODEL.META_ARCHITECTURE`` on ``device``; it must fit the dataset's task."""
+    model = build_detector(cfg)
+    task = "recognition" if describe(cfg).evaluator == "recognition" else "detection"
+    if getattr(model, "task", "detection") != task:
+        raise UserError(
+            f"MODEL.META_ARCHITECTURE = {cfg.MODEL.META_ARCHITECTURE!r} is a {getattr(model, 'task', 'detection')} "
+            f"model but DATA.DATASETS = {list(cfg.DATA.DATASETS)} is a {task} dataset "
+            "(recognition: \"Recognizer3D\" with kinetics400 / sthv1 / sthv2 / rawframes; see docs/recognition.md)"
+        )
+    return model.to(device)
 
 
 def _wrap_distributed(cfg, model, device):

@@ -86,6 +86,9 @@ class Recognizer3D(nn.Module):
         label_smoothing: of the cross-entropy loss.
     """
 
+    #: What the engine runs this model on (detectors have no attribute: "detection").
+    task = "recognition"
+
     def __init__(self, backbone, head, label_smoothing=0.0):
         super().__init__()
         self.backbone = backbone

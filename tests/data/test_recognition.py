@@ -164,3 +164,16 @@ def test_loader_batches_without_padding(recognition_root):
     assert batch["videos"][0].shape == (2, 3, 8, 32, 32)
     assert [lab.tolist() for lab in batch["labels"]] == [[lab] for lab in batch["labels"][0].new_tensor(
         [build_dataset(cfg, True).videos[i].label for i in batch["indices"].tolist()]).tolist()]
+
+
+def test_recognition_keys_with_closed_value_sets_are_validated():
+    from stmixer.config import ConfigError, validate_config
+
+    cfg = get_cfg()
+    cfg.merge_from_list(["RECOGNITION.SAMPLING", "tsn", "RECOGNITION.TEST_NUM_CROPS", 2,
+                         "RECOGNITION.OUT_OF_BOUND", "clamp", "MODEL.RECOGNIZER.NUM_CLASSES", 0])
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg)
+    for key in ("RECOGNITION.SAMPLING", "RECOGNITION.TEST_NUM_CROPS", "RECOGNITION.OUT_OF_BOUND",
+                "MODEL.RECOGNIZER.NUM_CLASSES"):
+        assert key in str(info.value)

@@ -105,3 +105,13 @@ def test_recognizer_checkpoint_transfers_into_a_detector_backbone(repo_root, rec
     backbone = {k: v for k, v in detector.state_dict().items() if k.startswith("backbone.")}
     assert backbone and all(torch.equal(v, recognizer_state[k]) for k, v in backbone.items()
                             if not k.endswith("num_batches_tracked"))
+
+
+def test_a_detector_on_a_recognition_dataset_is_a_user_error(repo_root, recognition_data, tmp_path):
+    result = run_python(["train_net.py", "--config-file", RECOGNITION_CONFIG,
+                         *recognition_opts(recognition_data, tmp_path), "MODEL.META_ARCHITECTURE", "STMDetector",
+                         "MODEL.STM.TEMPORAL_POINTS", "1"],
+                        repo_root, check=False)
+    assert result.returncode != 0
+    assert "MODEL.META_ARCHITECTURE = 'STMDetector' is a detection model" in result.stderr
+    assert "Traceback" not in result.stderr
