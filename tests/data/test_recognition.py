@@ -177,3 +177,17 @@ def test_recognition_keys_with_closed_value_sets_are_validated():
     for key in ("RECOGNITION.SAMPLING", "RECOGNITION.TEST_NUM_CROPS", "RECOGNITION.OUT_OF_BOUND",
                 "MODEL.RECOGNIZER.NUM_CLASSES"):
         assert key in str(info.value)
+
+
+def test_data_check_reads_recognition_lists_and_finds_missing_frames(recognition_root, tmp_path):
+    from stmixer.data.check import run_checks
+
+    root, _ = recognition_root
+    report = run_checks(recognition_cfg(root), ("train", "test"))
+    assert report.num_errors == 0 and "train: 6 videos, 90 frames" in report.render()
+    (tmp_path / "rawframes").symlink_to(root / "rawframes")
+    (tmp_path / "train_list.txt").write_text((root / "train_list.txt").read_text().replace(" 15 ", " 16 ", 1))
+    (tmp_path / "val_list.txt").write_text("broken line\n")
+    report = run_checks(recognition_cfg(tmp_path), ("train", "test"))
+    text = report.render()
+    assert report.num_errors == 2 and "img_00016.jpg" in text and "val_list.txt:1:" in text
