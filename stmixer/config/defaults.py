@@ -69,8 +69,10 @@ _C.TUBES.DETECTIONS_PER_FRAME = 100
 # "kinetics400", "sthv1", "sthv2" or "rawframes"; paths relative to DATA.PATH_TO_DATA_DIR; docs/recognition.md)
 # ---------------------------------------------------------------------------
 _C.RECOGNITION = CN()
-# Folder the list files' frame dirs are relative to ("" = DATA.PATH_TO_DATA_DIR itself).
-_C.RECOGNITION.FRAME_DIR = "rawframes"
+# Folder the training list's frame dirs are relative to ("" = DATA.PATH_TO_DATA_DIR itself; mmaction2's Kinetics-400: "rawframes_train").
+_C.RECOGNITION.TRAIN_FRAME_DIR = "rawframes"
+# Folder the test list's frame dirs are relative to (mmaction2's Kinetics-400: "rawframes_val"; Something-Something: the same folder as training).
+_C.RECOGNITION.TEST_FRAME_DIR = "rawframes"
 # Training list file.
 _C.RECOGNITION.TRAIN_LIST = "train_list.txt"
 # Test (validation) list file.

@@ -268,7 +268,7 @@ def build_recognition_dataset(cfg, is_train, reference=False, defer_pixels=False
     )
     videos = read_video_list(path, cfg.MODEL.RECOGNIZER.NUM_CLASSES)
     dataset = RawFrameDataset(
-        os.path.join(root, cfg.RECOGNITION.FRAME_DIR), videos, cfg.RECOGNITION.FILENAME_TMPL,
+        os.path.join(root, cfg.RECOGNITION.TRAIN_FRAME_DIR if is_train else cfg.RECOGNITION.TEST_FRAME_DIR), videos, cfg.RECOGNITION.FILENAME_TMPL,
         cfg.RECOGNITION.START_INDEX, transform, sampling=cfg.RECOGNITION.SAMPLING, clip_len=clip_len,
         frame_interval=cfg.DATA.SAMPLING_RATE, num_segments=segments, test_num_clips=cfg.RECOGNITION.TEST_NUM_CLIPS,
         train=is_train, num_pathways=num_pathways(cfg), alpha=cfg.SLOWFAST.ALPHA, defer_pixels=defer_pixels,

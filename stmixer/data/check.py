@@ -512,7 +512,8 @@ def check_recognition_split(cfg, split, report):
     except UserError as e:  # VideoListError, a bad template, an unreadable file
         report.error("list file", str(e))
         return
-    root = os.path.join(cfg.DATA.PATH_TO_DATA_DIR, cfg.RECOGNITION.FRAME_DIR)
+    root = os.path.join(cfg.DATA.PATH_TO_DATA_DIR, cfg.RECOGNITION.TRAIN_FRAME_DIR if split == "train"
+                        else cfg.RECOGNITION.TEST_FRAME_DIR)
     for video in videos:
         for index in (0, video.num_frames - 1):
             frame = os.path.join(root, video.frame_dir, cfg.RECOGNITION.FILENAME_TMPL.format(
@@ -541,7 +542,7 @@ def run_checks(cfg, splits, decode="clips", workers=1, frames_per_video=None, ma
         return report
     if describe(cfg).layout == "rawframes":
         report.note(f"{cfg.DATA.DATASETS[0]}: raw frames + list files (recognition; frames "
-                    f"{cfg.RECOGNITION.FRAME_DIR}/<frame dir>/{cfg.RECOGNITION.FILENAME_TMPL})")
+                    f"RECOGNITION.TRAIN_FRAME_DIR / TEST_FRAME_DIR + <frame dir>/{cfg.RECOGNITION.FILENAME_TMPL})")
         for split in splits:
             check_recognition_split(cfg, split, report)
         return report

@@ -4,7 +4,8 @@ List file (mmaction2's / MMAction's ``rawframe`` annotation format), one video p
 
     <frame dir> <num frames> <label>
 
-``frame dir`` is relative to the frame root (``DATA.PATH_TO_DATA_DIR / RECOGNITION.FRAME_DIR``)
+``frame dir`` is relative to the split's frame root (``DATA.PATH_TO_DATA_DIR / RECOGNITION.TRAIN_FRAME_DIR``
+or ``TEST_FRAME_DIR``)
 and may contain spaces (the last two fields are split off); ``num frames`` is the number of
 frame files; ``label`` is the 0-based class index. Empty lines and lines starting with ``#``
 are skipped. Frame ``i`` (0-based) of a video is the file

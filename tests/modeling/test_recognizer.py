@@ -121,3 +121,25 @@ def test_recognizer_checkpoint_round_trips_in_the_project_format(tmp_path):
     copy = build_detector(tiny_cfg())
     report = load_weights(copy, str(tmp_path / "r.pth"))
     assert report.ok and all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), copy.state_dict().values()))
+
+
+@pytest.mark.parametrize("name, detector", [("PySlowonly-R50-K400-4x16", "PySlowonly-R50-K400-4x16"),
+                                            ("PySlowfast-R50-K400-8x8", "PySlowfast-R50-K400-8x8")])
+def test_kinetics_configs_keep_the_detector_backbone_and_run(repo_root, name, detector):
+    from stmixer.config import load_config
+    from stmixer.data.descriptions import describe
+
+    cfg = load_config(str(repo_root / "config_files" / "kinetics400" / f"{name}.yaml"), freeze=False)
+    official = load_config(str(repo_root / "config_files" / f"{detector}.yaml"))
+    assert describe(cfg).evaluator == "recognition" and cfg.MODEL.RECOGNIZER.NUM_CLASSES == 400
+    for node in ("RESNET", "SLOWFAST", "NONLOCAL"):
+        assert cfg[node] == official[node], node
+    for key in ("CONV_BODY", "PATHWAYS"):
+        assert cfg.MODEL.BACKBONE[key] == official.MODEL.BACKBONE[key]
+    assert cfg.DATA.NUM_FRAMES == official.DATA.NUM_FRAMES
+    cfg.merge_from_list(["RESNET.WIDTH_PER_GROUP", 8])
+    model = build_detector(cfg).eval()
+    frames = [cfg.DATA.NUM_FRAMES] if cfg.MODEL.BACKBONE.PATHWAYS == 1 else [8, 32]
+    with torch.no_grad():
+        scores = model(*[torch.randn(1, 3, t, 32, 32) for t in frames])
+    assert scores.shape == (1, 400)
