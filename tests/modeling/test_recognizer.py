@@ -143,3 +143,15 @@ def test_kinetics_configs_keep_the_detector_backbone_and_run(repo_root, name, de
     with torch.no_grad():
         scores = model(*[torch.randn(1, 3, t, 32, 32) for t in frames])
     assert scores.shape == (1, 400)
+
+
+def test_vit_backbone_feeds_the_linear_head_its_averaged_map(repo_root):
+    cfg = get_cfg()
+    cfg.merge_from_file(str(repo_root / "config_files" / "VMAE-ViTB-16x4.yaml"))
+    cfg.merge_from_list(["MODEL.META_ARCHITECTURE", "Recognizer3D", "ViT.EMBED_DIM", 32, "ViT.DEPTH", 2,
+                         "ViT.NUM_HEADS", 4, "ViT.DROP_PATH_RATE", 0.0, "MODEL.RECOGNIZER.NUM_CLASSES", 3])
+    model = build_detector(cfg).eval()
+    video = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        expected = model.head.projection(model.backbone([video])[-1].mean((2, 3, 4))).softmax(1)
+        assert torch.allclose(model(video), expected, atol=1e-6) and expected.shape == (1, 3)
