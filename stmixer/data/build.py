@@ -24,7 +24,6 @@ from ..utils.threads import single_thread_worker
 from .ava import AvaDataset, build_keyframes, log_summary
 from .collate import BatchCollator
 from .descriptions import describe
-from .recognition import RawFrameDataset, RecognitionTransform, check_filename_template, read_video_list
 from .samplers import InferenceSampler, TrainingBatchSampler
 from .transforms import ClipTransform
 from .tube_dataset import (
@@ -243,6 +242,8 @@ def recognition_clip_length(cfg):
 @DATASET_REGISTRY.register("kinetics400", "sthv1", "sthv2", "rawframes")
 def build_recognition_dataset(cfg, is_train, reference=False, defer_pixels=False):
     """RawFrameDataset (video classification) of the training (``is_train``) or test list file."""
+    from .recognition import RawFrameDataset, RecognitionTransform, check_filename_template, read_video_list
+
     root = data_root(cfg)
     key = "RECOGNITION.TRAIN_LIST" if is_train else "RECOGNITION.TEST_LIST"
     name = cfg.RECOGNITION.TRAIN_LIST if is_train else cfg.RECOGNITION.TEST_LIST
