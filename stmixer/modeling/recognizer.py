@@ -10,6 +10,8 @@ checkpoints load as classifiers; see ``stmixer.checkpoint``).
 Another head (e.g. an attention branch) registers itself with ``@HEAD_REGISTRY.register(name)``;
 its builder takes ``(cfg, backbone)`` and returns a module ``head(maps)`` ->
 ``[B, K]`` logits, or a dict with "logits" ``[B, K]`` and further entries (see ``ClassifierHead``).
+A head that reads other backbone features than the last stage (e.g. res4, to run its own res5
+branches) defines ``backbone_features(backbone, videos)`` returning what its ``forward`` takes.
 """
 
 import torch
@@ -34,7 +36,14 @@ def backbone_maps(backbone, videos):
 
 class ClassifierHead(nn.Module):
     """Interface of the recognition heads: ``forward(maps)`` -> logits ``[B, K]`` (or a dict with
-    "logits" and head-specific tensors; then ``loss(outputs, labels)`` may add loss terms)."""
+    "logits" and head-specific tensors; then ``loss(outputs, labels)`` may add loss terms).
+
+    ``maps`` is what ``backbone_features(backbone, videos)`` returns: by default ``backbone_maps``
+    (the last stage per pathway); a head may override it to read other levels."""
+
+    def backbone_features(self, backbone, videos):
+        """The backbone features ``forward`` takes (default: the last stage of each pathway)."""
+        return backbone_maps(backbone, videos)
 
     def loss(self, outputs, labels, label_smoothing=0.0, normalizer=None):
         """Loss terms of the head: ``{"loss_cls": cross entropy}`` of "logits" against ``labels`` ``[B]``.
@@ -110,7 +119,9 @@ class Recognizer3D(nn.Module):
             eval: float ``[B, K]`` softmax scores.
         """
         videos = [slow_video] if self.backbone.num_pathways == 1 else [slow_video, fast_video]
-        outputs = self.head(backbone_maps(self.backbone, videos))
+        extract = getattr(self.head, "backbone_features", None)
+        features = extract(self.backbone, videos) if extract is not None else backbone_maps(self.backbone, videos)
+        outputs = self.head(features)
         if not self.training:
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs
             return logits.float().softmax(dim=1)

@@ -62,7 +62,11 @@ def test_heads_are_looked_up_by_name():
             self.k = k
             self.bias = torch.nn.Parameter(torch.zeros(k))
 
+        def backbone_features(self, backbone, videos):  # a head may read other levels: here res4
+            return [backbone(videos)[2]]
+
         def forward(self, maps):
+            self.seen = maps[0].shape
             return {"logits": self.bias.expand(maps[0].shape[0], self.k), "extra": maps[0]}
 
     name = "test-constant-head"
@@ -70,6 +74,7 @@ def test_heads_are_looked_up_by_name():
         HEAD_REGISTRY.register(name)(lambda cfg, backbone: ConstantHead(cfg.MODEL.RECOGNIZER.NUM_CLASSES))
     model = build_detector(tiny_cfg(["MODEL.RECOGNIZER.HEAD", name])).eval()
     assert torch.allclose(model(torch.randn(2, 3, 4, 32, 32)), torch.full((2, 5), 0.2))
+    assert model.head.seen == (2, 64, 4, 2, 2)  # res4 of width 4: 64 channels, stride 16
     with pytest.raises(ConfigError, match="MODEL.RECOGNIZER.HEAD = 'nope'"):
         build_detector(tiny_cfg(["MODEL.RECOGNIZER.HEAD", "nope"]))
 
