@@ -268,9 +268,9 @@ def build_recognition_dataset(cfg, is_train, reference=False, defer_pixels=False
         reference=reference,
     )
     videos = read_video_list(path, cfg.MODEL.RECOGNIZER.NUM_CLASSES)
+    frame_dir = cfg.RECOGNITION.TRAIN_FRAME_DIR if is_train else cfg.RECOGNITION.TEST_FRAME_DIR
     dataset = RawFrameDataset(
-        os.path.join(root, cfg.RECOGNITION.TRAIN_FRAME_DIR if is_train else cfg.RECOGNITION.TEST_FRAME_DIR), videos, cfg.RECOGNITION.FILENAME_TMPL,
-        cfg.RECOGNITION.START_INDEX, transform, sampling=cfg.RECOGNITION.SAMPLING, clip_len=clip_len,
+        os.path.join(root, frame_dir), videos, cfg.RECOGNITION.FILENAME_TMPL, cfg.RECOGNITION.START_INDEX, transform, sampling=cfg.RECOGNITION.SAMPLING, clip_len=clip_len,
         frame_interval=cfg.DATA.SAMPLING_RATE, num_segments=segments, test_num_clips=cfg.RECOGNITION.TEST_NUM_CLIPS,
         train=is_train, num_pathways=num_pathways(cfg), alpha=cfg.SLOWFAST.ALPHA, defer_pixels=defer_pixels,
         out_of_bound=cfg.RECOGNITION.OUT_OF_BOUND,

@@ -135,7 +135,8 @@ class RecognitionEvaluator:
                 continue
             bad = indices[(indices < 0) | (indices >= self.num_items)]
             if bad.size:
-                raise RuntimeError(f"unknown dataset indices {bad[:10].tolist()} (the test set has {self.num_items} views)")
+                raise RuntimeError(
+                    f"unknown dataset indices {bad[:10].tolist()} (the test set has {self.num_items} views)")
             fresh = ~seen[indices]
             # the first copy of an index wins (later ones are sampler padding of the same item)
             first = np.unique(indices[fresh], return_index=True)[1]

@@ -97,7 +97,8 @@ def recognition_root(tmp_path_factory):
 
 def recognition_cfg(root, opts=()):
     cfg = get_cfg()
-    cfg.merge_from_file(str(Path(__file__).resolve().parents[2] / "config_files" / "synthetic" / "tiny-recognition.yaml"))
+    repo = Path(__file__).resolve().parents[2]
+    cfg.merge_from_file(str(repo / "config_files" / "synthetic" / "tiny-recognition.yaml"))
     cfg.merge_from_list(["DATA.PATH_TO_DATA_DIR", str(root), "DATALOADER.NUM_WORKERS", 0,
                          "DATA.TRAIN_MIN_SCALES", [40], "DATA.TEST_MIN_SCALES", [40],
                          "RECOGNITION.TRAIN_CROP_SIZE", 32, "RECOGNITION.TEST_CROP_SIZE", 40,

@@ -97,7 +97,8 @@ def test_recognizer_checkpoint_transfers_into_a_detector_backbone(repo_root, rec
     for node in ("RESNET", "SLOWFAST", "NONLOCAL"):
         cfg[node] = recognizer_cfg[node].clone()
     cfg.MODEL.BACKBONE = recognizer_cfg.MODEL.BACKBONE.clone()
-    cfg.DATA.NUM_FRAMES, cfg.DATA.INPUT_CHANNEL_NUM = recognizer_cfg.DATA.NUM_FRAMES, recognizer_cfg.DATA.INPUT_CHANNEL_NUM
+    cfg.DATA.NUM_FRAMES = recognizer_cfg.DATA.NUM_FRAMES
+    cfg.DATA.INPUT_CHANNEL_NUM = recognizer_cfg.DATA.INPUT_CHANNEL_NUM
     detector = build_detector(cfg)
     start = runner._start_state(cfg, detector, Checkpointer(str(tmp_path / "detector"), detector), 10,
                                 transfer=True, no_head=True)

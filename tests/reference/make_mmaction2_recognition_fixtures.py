@@ -101,8 +101,9 @@ def main(argv=None):
         scores = rng.random((n, k)).round(3)  # ties possible: argsort order is part of the definition
         labels = rng.integers(0, k, size=n)
         top1, top5 = accuracy.top_k_accuracy(scores, labels, (1, 5))
+        mean_class = float(accuracy.mean_class_accuracy(scores, labels))
         metrics.append({"scores": scores.tolist(), "labels": labels.tolist(), "top1": float(top1),
-                        "top5": float(top5), "mean_class_accuracy": float(accuracy.mean_class_accuracy(scores, labels))})
+                        "top5": float(top5), "mean_class_accuracy": mean_class})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "cases.json", "w") as f:
