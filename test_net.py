@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Evaluate a checkpoint: ``test_net.py --config-file F MODEL.WEIGHT ckpt [KEY VALUE ...]``.
 
-Writes the detections CSV and a metrics JSON to OUTPUT_DIR/inference/<dataset>/.
+Writes the detections CSV and a metrics JSON to OUTPUT_DIR/inference/<dataset>/ (recognition:
+recognition_metrics.json and video_scores.npz).
 """
 
 from stmixer.engine import runner

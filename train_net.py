@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train an STMixer detector: ``train_net.py --config-file F [options] [KEY VALUE ...]``.
+"""Train a detector or a recognizer: ``train_net.py --config-file F [options] [KEY VALUE ...]``.
 
 Resumes automatically when OUTPUT_DIR holds a checkpoint; see ``--help``.
 """

@@ -68,11 +68,16 @@ from .safe_unpickle import read_file
 
 # Top-level parts of the detector (the attribute names of STMDetector).
 DETECTOR_PARTS = ("backbone", "lateral_convs", "stm_head", "roi_head", "tuber_head", "evad_fpn", "evad_head")
-# Parts that --no-head leaves at their initialization (STMixer's decoder, the two-stage RoI head, TubeR's and EVAD's heads).
-HEAD_PARTS = ("stm_head", "roi_head", "tuber_head", "evad_head")
+# Top-level parts of any model: the detectors' and the recognizers' classification head (Recognizer3D.head).
+MODEL_PARTS = DETECTOR_PARTS + ("head",)
+# Parts that --no-head leaves at their initialization (STMixer's decoder, the two-stage RoI head, TubeR's and
+# EVAD's heads, a recognizer's head).
+HEAD_PARTS = ("stm_head", "roi_head", "tuber_head", "evad_head", "head")
 # Top-level keys of the official EVAD model: its ViT backbone, FPN, and person detector + decoder.
 EVAD_BACKBONE_ROOTS = ("patch_embed", "blocks", "norm", "pos_embed")
 EVAD_HEAD_ROOTS = ("det_head", "init_proposal_features", "init_proposal_boxes")
+# Classifier tensors of PySlowFast files -> the recognizer's keys (LinearHead = PySlowFast's ResNetBasicHead).
+_CAFFE2_CLASSIFIER = {"pred_w": "head.projection.weight", "pred_b": "head.projection.bias"}
 # Version of the project format written by save_checkpoint.
 FORMAT_VERSION = 1
 
@@ -105,6 +110,9 @@ class CheckpointContents:
         extras: the file's other top-level entries (optimizer, scheduler, iteration, ...), untouched.
         dropped: reason -> original keys the format's rules dropped (classifier heads, momentum, decoder, ...).
         expected_missing: detector keys this format never stores (reported, not an error).
+        classifier: recognizer key (``head.projection.*``) -> tensor of the classifier the format's
+            rules dropped (PySlowFast ``head.projection.*`` / Caffe2 ``pred_w``, ``pred_b``); a model
+            with a ``head`` (``Recognizer3D``) loads them, a detector reports them dropped.
     """
 
     path: str
@@ -114,6 +122,7 @@ class CheckpointContents:
     extras: dict = field(default_factory=dict)
     dropped: dict = field(default_factory=dict)
     expected_missing: frozenset = frozenset()
+    classifier: dict = field(default_factory=dict)
 
 
 def read_checkpoint(path):
@@ -172,9 +181,9 @@ def save_checkpoint(path, model_state, **extras):
             with ``torch.load(weights_only=True)``: tensors, numbers, strings, None, numpy arrays and
             lists / tuples / dicts of those.
     """
-    bad = [k for k in model_state if k.split(".", 1)[0] not in DETECTOR_PARTS]
+    bad = [k for k in model_state if k.split(".", 1)[0] not in MODEL_PARTS]
     if bad:
-        raise ValueError(f"save_checkpoint: model_state keys must start with one of {DETECTOR_PARTS}; got {bad[:3]}")
+        raise ValueError(f"save_checkpoint: model_state keys must start with one of {MODEL_PARTS}; got {bad[:3]}")
     reserved = {"format", "format_version", "model"} & set(extras)
     if reserved:
         raise ValueError(f"save_checkpoint: {sorted(reserved)} are reserved entry names")
@@ -227,6 +236,7 @@ def _from_caffe2_pickle(path, obj):
         return _from_csn_blobs(path, blobs, extras)
     dropped = {}
     tensors = OrderedDict()
+    classifier = OrderedDict()
     for name, value in blobs.items():
         if not isinstance(name, str):
             raise CheckpointFormatError(f"{path}: blob names must be strings, found {name!r}")
@@ -236,6 +246,8 @@ def _from_caffe2_pickle(path, obj):
             dropped.setdefault("SGD momentum", []).append(name)
         elif name.startswith("pred_"):
             dropped.setdefault("classifier head", []).append(name)
+            if name in _CAFFE2_CLASSIFIER and isinstance(value, np.ndarray):
+                classifier[_CAFFE2_CLASSIFIER[name]] = torch.from_numpy(value)
         elif not isinstance(value, np.ndarray):
             dropped.setdefault("not an array", []).append(name)
         else:
@@ -244,6 +256,7 @@ def _from_caffe2_pickle(path, obj):
     for reason, names in dropped.items():
         contents.dropped.setdefault(reason, []).extend(names)
     contents.format = "pyslowfast_caffe2"
+    contents.classifier = classifier
     return contents
 
 
@@ -308,6 +321,7 @@ def _from_state_dict(path, state_dict, extras, wrapper=None):
     layout = _layout(state_dict)
     dropped = {}
     mapped = OrderedDict()
+    classifier = OrderedDict()
 
     def drop(reason, key):
         dropped.setdefault(reason, []).append(key)
@@ -365,6 +379,8 @@ def _from_state_dict(path, state_dict, extras, wrapper=None):
             root = k.split(".", 1)[0]
             if root == "head":
                 drop("classifier head", k)
+                if layout == "resnet":
+                    classifier[k] = v  # PySlowFast's ResNetBasicHead: head.projection.* (the recognizer's keys)
             elif layout == "vit" and root == "fc_norm":
                 drop("fc_norm (not loaded into norm, as the official loader)", k)
             else:
@@ -382,7 +398,7 @@ def _from_state_dict(path, state_dict, extras, wrapper=None):
             f"VideoMAE pre-training keys (encoder.*) or mmaction2 keys (backbone.conv1.conv.*, ...); "
             f"first keys: {_first(list(state_dict), 5)}"
         )
-    return CheckpointContents(path, fmt, "", mapped, extras, dropped, expected_missing)
+    return CheckpointContents(path, fmt, "", mapped, extras, dropped, expected_missing, classifier)
 
 
 def _first(items, n):

@@ -23,6 +23,7 @@ unexpected or shape-mismatched — or nothing loaded at all — raises
 ``CheckpointMismatchError`` carrying the table before any tensor is changed.
 """
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointMismatchError
-from .formats import DETECTOR_PARTS, HEAD_PARTS, CheckpointContents, read_checkpoint
+from .formats import HEAD_PARTS, MODEL_PARTS, CheckpointContents, read_checkpoint
 
 logger = logging.getLogger("stmixer.checkpoint")
 
@@ -90,6 +91,17 @@ def unwrap_model(model):
     return model
 
 
+def with_classifier(model, contents):
+    """``contents`` as ``model`` reads it: for a model with a ``head`` (a recognizer), the classifier
+    tensors the format set aside (``contents.classifier``, e.g. PySlowFast ``head.projection.*``) join
+    the state dict and leave the "classifier head" entry of ``dropped``; otherwise ``contents`` itself."""
+    if not contents.classifier or not hasattr(unwrap_model(model), "head"):
+        return contents
+    state_dict = dict(contents.state_dict, **contents.classifier)
+    dropped = {r: list(v) for r, v in contents.dropped.items() if r != "classifier head"}
+    return dataclasses.replace(contents, state_dict=state_dict, dropped=dropped, classifier={})
+
+
 def match_state_dict(model, contents, no_head=False):
     """Sort the keys of ``contents`` against ``model`` (see the module docstring); copies nothing.
 
@@ -97,6 +109,7 @@ def match_state_dict(model, contents, no_head=False):
     their entries of ``contents.state_dict`` in place (e.g. resize a learned position table).
     """
     model = unwrap_model(model)
+    contents = with_classifier(model, contents)
     for prefix, module in model.named_modules():
         if hasattr(module, "adapt_loaded_state"):
             module.adapt_loaded_state(contents.state_dict, f"{prefix}." if prefix else "")
@@ -109,7 +122,7 @@ def match_state_dict(model, contents, no_head=False):
         part = key.split(".", 1)[0]
         if no_head and part in HEAD_PARTS:
             report.skipped.setdefault(f"{part} (--no-head)", []).append(key)
-        elif part in DETECTOR_PARTS and part not in held:
+        elif part in MODEL_PARTS and part not in held:
             report.skipped.setdefault(f"{part}.* (the model holds no {part})", []).append(key)
         elif key not in model_state:
             report.unexpected.append(key)
@@ -139,7 +152,8 @@ def load_weights(model, source, no_head=False, strict=True, log=logger):
         model: the detector (or any module whose top-level children are detector parts, e.g. a
             backbone + neck holder); DDP / DataParallel wrappers are unwrapped.
         source: a path (any supported format) or a ``CheckpointContents`` from ``read_checkpoint``.
-        no_head: leave ``stm_head`` (STMixer), ``roi_head`` (FastRCNN) or ``tuber_head`` (TubeR) at its
+        no_head: leave ``stm_head`` (STMixer), ``roi_head`` (FastRCNN), ``tuber_head`` (TubeR),
+            ``evad_head`` (EVAD) or ``head`` (Recognizer3D) at its
             initialization (its file keys are skipped).
         strict: raise ``CheckpointMismatchError`` (with the table) when the report is not ``ok``;
             nothing is copied in that case.
@@ -150,6 +164,7 @@ def load_weights(model, source, no_head=False, strict=True, log=logger):
         the ``LoadReport``.
     """
     contents = source if isinstance(source, CheckpointContents) else read_checkpoint(source)
+    contents = with_classifier(model, contents)
     report = match_state_dict(model, contents, no_head=no_head)
     table = report.table()
     if strict and not report.ok:

@@ -52,7 +52,7 @@ _C.DATA.RANDOM_FLIP = True
 _C.DATA.BOX_TRANSFORM = "stmixer"
 # Reverse the channel order of the model input (RGB <-> BGR) after normalization.
 _C.DATA.REVERSE_INPUT_CHANNEL = False
-# Names of the datasets used for training and testing: "ava_v2.2" (also "ava_v2.1", "ava"), "ava_kinetics" (AVA + Kinetics clips, mmaction2 layout), "ucf24", "jhmdb" or "tubes" (your own data in the UCF/JHMDB layout); see stmixer/data/descriptions.py.
+# Names of the datasets used for training and testing: "ava_v2.2" (also "ava_v2.1", "ava"), "ava_kinetics" (AVA + Kinetics clips, mmaction2 layout), "ucf24", "jhmdb" or "tubes" (your own data in the UCF/JHMDB layout); recognition: "kinetics400", "sthv1", "sthv2" or "rawframes" (RECOGNITION.*); see stmixer/data/descriptions.py.
 _C.DATA.DATASETS = ["ava_v2.2"]
 
 # ---------------------------------------------------------------------------
@@ -69,6 +69,38 @@ _C.TUBES.FRAME_TEMPLATE = "{video}/{frame:05d}.jpg"
 _C.TUBES.SPLIT = 1
 # Evaluation: the highest-scored (box, class) pairs kept per frame for frame-mAP and tube linking (MOC-Detector keeps 100).
 _C.TUBES.DETECTIONS_PER_FRAME = 100
+
+# ---------------------------------------------------------------------------
+# (stmixer) Recognition task: raw frames + list files "<frame dir> <num frames> <label>" (DATA.DATASETS
+# "kinetics400", "sthv1", "sthv2" or "rawframes"; paths relative to DATA.PATH_TO_DATA_DIR; docs/recognition.md)
+# ---------------------------------------------------------------------------
+_C.RECOGNITION = CN()
+# Folder the training list's frame dirs are relative to ("" = DATA.PATH_TO_DATA_DIR itself; mmaction2's Kinetics-400: "rawframes_train").
+_C.RECOGNITION.TRAIN_FRAME_DIR = "rawframes"
+# Folder the test list's frame dirs are relative to (mmaction2's Kinetics-400: "rawframes_val"; Something-Something: the same folder as training).
+_C.RECOGNITION.TEST_FRAME_DIR = "rawframes"
+# Training list file.
+_C.RECOGNITION.TRAIN_LIST = "train_list.txt"
+# Test (validation) list file.
+_C.RECOGNITION.TEST_LIST = "val_list.txt"
+# Frame file name: a str.format template of the frame number (Kinetics-400 / Something-Something v2 as mmaction2 extracts them: "img_{:05d}.jpg"; Something-Something v1: "{:05d}.jpg").
+_C.RECOGNITION.FILENAME_TMPL = "img_{:05d}.jpg"
+# File number of a video's first frame (1 for the Kinetics / Something-Something layouts, 0 for 0-based frames).
+_C.RECOGNITION.START_INDEX = 1
+# Frame sampling: "dense" (one clip of DATA.NUM_FRAMES frames DATA.SAMPLING_RATE apart; random start in training, TEST_NUM_CLIPS uniformly spaced clips in testing) or "segments" (TSN: NUM_SEGMENTS equal segments of DATA.NUM_FRAMES / NUM_SEGMENTS frames each; random offset per segment in training, segment centres in testing).
+_C.RECOGNITION.SAMPLING = "dense"
+# Segments per clip ("segments" sampling); DATA.NUM_FRAMES must be a multiple of it.
+_C.RECOGNITION.NUM_SEGMENTS = 8
+# Clips per video at test time ("dense" sampling); each clip is a view whose scores are averaged per video.
+_C.RECOGNITION.TEST_NUM_CLIPS = 10
+# Spatial crops per clip at test time: 1 (centre crop) or 3 (three crops along the long side, mmaction2's ThreeCrop).
+_C.RECOGNITION.TEST_NUM_CROPS = 1
+# Side of the square training crop in pixels, taken at random from the frame resized to a DATA.TRAIN_MIN_SCALES short side.
+_C.RECOGNITION.TRAIN_CROP_SIZE = 224
+# Side of the square test crop(s) in pixels, from the frame resized to DATA.TEST_MIN_SCALES[0] (three crops: usually equal to it).
+_C.RECOGNITION.TEST_CROP_SIZE = 224
+# Frame indices past a video's end: "loop" (wrap around, mmaction2's default) or "repeat_last" (repeat the clip's last frame).
+_C.RECOGNITION.OUT_OF_BOUND = "loop"
 
 # ---------------------------------------------------------------------------
 # AVA layout (all paths relative to DATA.PATH_TO_DATA_DIR)
@@ -147,7 +179,7 @@ _C.DATALOADER.ASPECT_RATIO_GROUPING = False
 _C.MODEL = CN()
 # Weight file to start from (pretrained backbone or detector checkpoint); empty for none.
 _C.MODEL.WEIGHT = ""
-# (stmixer) Detector architecture, looked up in the detector registry.
+# (stmixer) Model architecture, looked up in the detector registry (which also holds the recognizers: "Recognizer3D").
 _C.MODEL.META_ARCHITECTURE = "STMDetector"
 # (stmixer) Device to run on: "" picks cuda:<local rank> when CUDA is available, else cpu.
 _C.MODEL.DEVICE = ""
@@ -384,6 +416,19 @@ _C.MODEL.STM.MEM_ACTIVE = False
 _C.MODEL.STM.LOSS_REDUCTION = "mean"
 # (stmixer) Feature sampler: "auto" (= "folded", the memory-saving path) or "reference" (the official order of work).
 _C.MODEL.STM.SAMPLER = "auto"
+
+# ---------------------------------------------------------------------------
+# (stmixer) Recognizers (MODEL.META_ARCHITECTURE "Recognizer3D": backbone -> classification head; docs/recognition.md)
+# ---------------------------------------------------------------------------
+_C.MODEL.RECOGNIZER = CN()
+# Classification head, looked up in the recognizer head registry: "linear" (PySlowFast's ResNetBasicHead: global average pool per pathway, concat, dropout, linear; parameters head.projection.*).
+_C.MODEL.RECOGNIZER.HEAD = "linear"
+# Number of classes K (Kinetics-400: 400; Something-Something v1 / v2: 174).
+_C.MODEL.RECOGNIZER.NUM_CLASSES = 400
+# Dropout rate before the head's linear layer (PySlowFast Kinetics: 0.5).
+_C.MODEL.RECOGNIZER.DROPOUT_RATE = 0.5
+# Label smoothing of the cross-entropy loss (0 = plain cross entropy).
+_C.MODEL.RECOGNIZER.LABEL_SMOOTHING = 0.0
 
 # ---------------------------------------------------------------------------
 # Two-stage detectors (MODEL.META_ARCHITECTURE "FastRCNN", mmaction2's FastRCNN + AVARoIHead)

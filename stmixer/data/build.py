@@ -7,6 +7,7 @@ uninterrupted run with seed ``s`` yields from iteration k on, with any number of
 """
 
 import functools
+import logging
 import math
 import os
 import random
@@ -262,6 +263,62 @@ def build_tube_dataset(cfg, is_train, reference=False, defer_pixels=False):
     return dataset
 
 
+def recognition_clip_length(cfg):
+    """(frames per clip or segment, segments) of the recognition sampling: "dense": DATA.NUM_FRAMES
+    frames, 1 segment; "segments": DATA.NUM_FRAMES / RECOGNITION.NUM_SEGMENTS frames per segment."""
+    if cfg.RECOGNITION.SAMPLING != "segments":
+        return cfg.DATA.NUM_FRAMES, 1
+    segments = cfg.RECOGNITION.NUM_SEGMENTS
+    if segments < 1 or cfg.DATA.NUM_FRAMES % segments:
+        raise DatasetConfigError(
+            f"DATA.NUM_FRAMES = {cfg.DATA.NUM_FRAMES} must be a multiple of RECOGNITION.NUM_SEGMENTS = {segments} "
+            "(RECOGNITION.SAMPLING segments: the clip is NUM_SEGMENTS segments of equal length)"
+        )
+    return cfg.DATA.NUM_FRAMES // segments, segments
+
+
+@DATASET_REGISTRY.register("kinetics400", "sthv1", "sthv2", "rawframes")
+def build_recognition_dataset(cfg, is_train, reference=False, defer_pixels=False):
+    """RawFrameDataset (video classification) of the training (``is_train``) or test list file."""
+    from .recognition import RawFrameDataset, RecognitionTransform, check_filename_template, read_video_list
+
+    root = data_root(cfg)
+    key = "RECOGNITION.TRAIN_LIST" if is_train else "RECOGNITION.TEST_LIST"
+    name = cfg.RECOGNITION.TRAIN_LIST if is_train else cfg.RECOGNITION.TEST_LIST
+    path = os.path.join(root, name)
+    if not name or not os.path.isfile(path):
+        raise DatasetConfigError(
+            f"{path} does not exist ({key} = {name!r} under DATA.PATH_TO_DATA_DIR = {root!r}; see docs/recognition.md)"
+        )
+    check_filename_template(cfg.RECOGNITION.FILENAME_TMPL)
+    clip_len, segments = recognition_clip_length(cfg)
+    crop = cfg.RECOGNITION.TRAIN_CROP_SIZE if is_train else cfg.RECOGNITION.TEST_CROP_SIZE
+    sides = cfg.DATA.TRAIN_MIN_SCALES if is_train else cfg.DATA.TEST_MIN_SCALES[:1]
+    if not sides or min(sides) < crop:
+        raise DatasetConfigError(
+            f"DATA.{'TRAIN' if is_train else 'TEST'}_MIN_SCALES = {list(sides)} must be at least "
+            f"RECOGNITION.{'TRAIN' if is_train else 'TEST'}_CROP_SIZE = {crop} (the crop lies inside the resized frame)"
+        )
+    transform = RecognitionTransform(
+        sides, cfg.DATA.TRAIN_MAX_SCALE if is_train else cfg.DATA.TEST_MAX_SCALE, crop, cfg.DATA.MEAN, cfg.DATA.STD,
+        train=is_train, scale_mode=cfg.DATA.TRAIN_SCALE_SAMPLING, flip_prob=0.5 if cfg.DATA.RANDOM_FLIP else 0.0,
+        num_crops=cfg.RECOGNITION.TEST_NUM_CROPS, output_bgr=cfg.DATA.REVERSE_INPUT_CHANNEL,
+        reference=reference,
+    )
+    videos = read_video_list(path, cfg.MODEL.RECOGNIZER.NUM_CLASSES)
+    frame_dir = cfg.RECOGNITION.TRAIN_FRAME_DIR if is_train else cfg.RECOGNITION.TEST_FRAME_DIR
+    dataset = RawFrameDataset(
+        os.path.join(root, frame_dir), videos, cfg.RECOGNITION.FILENAME_TMPL, cfg.RECOGNITION.START_INDEX, transform, sampling=cfg.RECOGNITION.SAMPLING, clip_len=clip_len,
+        frame_interval=cfg.DATA.SAMPLING_RATE, num_segments=segments, test_num_clips=cfg.RECOGNITION.TEST_NUM_CLIPS,
+        train=is_train, num_pathways=num_pathways(cfg), alpha=cfg.SLOWFAST.ALPHA, defer_pixels=defer_pixels,
+        out_of_bound=cfg.RECOGNITION.OUT_OF_BOUND,
+    )
+    logging.getLogger(__name__).info("%s %s: %d videos, %d views each (%s sampling)", describe(cfg).name,
+                                     "train" if is_train else "test", len(videos), dataset.views,
+                                     cfg.RECOGNITION.SAMPLING)
+    return dataset
+
+
 def resolve_epoch_length(cfg):
     """``(cfg, train_dataset)``: with ``SOLVER.ITER_PER_EPOCH 0``, a copy of ``cfg`` whose epoch is the
     training split's size, ``ceil(samples / SOLVER.VIDEOS_PER_BATCH)``, and the dataset it counted
@@ -361,7 +418,7 @@ def build_data_loader(cfg, is_train, start_iter=0, max_iter=None, seed=0, datase
         dataset,
         batch_sampler=batch_sampler,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
-        collate_fn=BatchCollator(cfg.DATALOADER.SIZE_DIVISIBILITY),
+        collate_fn=BatchCollator(getattr(dataset, "size_divisibility", cfg.DATALOADER.SIZE_DIVISIBILITY)),
         worker_init_fn=functools.partial(seed_worker, seed=seed, rank=rank),
         generator=generator,
         pin_memory=pin_memory,

@@ -52,7 +52,7 @@ from ..ava_files import (
     read_label_map,
 )
 from ..config import load_config
-from ..errors import exit_on_user_error
+from ..errors import UserError, exit_on_user_error
 from ..utils.threads import single_thread_worker
 from .ava import clip_frame_indices
 from .build import data_root
@@ -537,6 +537,37 @@ def build_parser():
     return parser
 
 
+def check_recognition_split(cfg, split, report):
+    """Check one list file of a recognition dataset (``RECOGNITION.*``): its lines, and that every
+    video's first and last frame files exist (frame decoding is not checked here)."""
+    from .recognition import check_filename_template, read_video_list
+
+    key = "RECOGNITION.TRAIN_LIST" if split == "train" else "RECOGNITION.TEST_LIST"
+    path = os.path.join(cfg.DATA.PATH_TO_DATA_DIR, cfg.RECOGNITION.TRAIN_LIST if split == "train"
+                        else cfg.RECOGNITION.TEST_LIST)
+    if not os.path.isfile(path):
+        report.error("missing file", f"{path} ({key}) does not exist")
+        return
+    try:
+        check_filename_template(cfg.RECOGNITION.FILENAME_TMPL)
+        videos = read_video_list(path, cfg.MODEL.RECOGNIZER.NUM_CLASSES)
+    except UserError as e:  # VideoListError, a bad template, an unreadable file
+        report.error("list file", str(e))
+        return
+    root = os.path.join(cfg.DATA.PATH_TO_DATA_DIR, cfg.RECOGNITION.TRAIN_FRAME_DIR if split == "train"
+                        else cfg.RECOGNITION.TEST_FRAME_DIR)
+    for video in videos:
+        for index in (0, video.num_frames - 1):
+            frame = os.path.join(root, video.frame_dir, cfg.RECOGNITION.FILENAME_TMPL.format(
+                index + cfg.RECOGNITION.START_INDEX))
+            if not os.path.isfile(frame):
+                report.error("missing frame", f"{frame} (video {video.frame_dir} of {path}, {video.num_frames} frames "
+                             f"from RECOGNITION.START_INDEX {cfg.RECOGNITION.START_INDEX})")
+                break
+    classes = len({v.label for v in videos})
+    report.note(f"{split}: {len(videos)} videos, {sum(v.num_frames for v in videos)} frames, {classes} classes")
+
+
 def run_checks(cfg, splits, decode="clips", workers=1, frames_per_video=None, max_examples=10, progress=False):
     """Check the splits of the dataset ``cfg`` describes; returns the Report.
 
@@ -550,6 +581,12 @@ def run_checks(cfg, splits, decode="clips", workers=1, frames_per_video=None, ma
                     f"frames {cfg.TUBES.FRAME_DIR}/{cfg.TUBES.FRAME_TEMPLATE})")
         for split in splits:
             check_tube_split(cfg, split, report, decode, workers, progress)
+        return report
+    if describe(cfg).layout == "rawframes":
+        report.note(f"{cfg.DATA.DATASETS[0]}: raw frames + list files (recognition; frames "
+                    f"RECOGNITION.TRAIN_FRAME_DIR / TEST_FRAME_DIR + <frame dir>/{cfg.RECOGNITION.FILENAME_TMPL})")
+        for split in splits:
+            check_recognition_split(cfg, split, report)
         return report
     label_map = check_label_map(cfg, report)
     excluded = check_exclusions(cfg, report)

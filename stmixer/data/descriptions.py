@@ -11,8 +11,10 @@ It says
   or every frame (training: the frames with a ground-truth box; testing: every frame,
   as the frame-mAP and tube linking of the UCF/JHMDB evaluation need);
 * ``labels`` / ``boxes`` — where the class names and the boxes come from;
-* ``evaluator`` — ``"ava"`` (``AVAEvaluator``, frame-mAP from the AVA CSVs) or
-  ``"tubes"`` (``TubeEvaluator``: frame-mAP and video-mAP of ``stmixer.evaluation.tubes``).
+* ``evaluator`` — ``"ava"`` (``AVAEvaluator``, frame-mAP from the AVA CSVs),
+  ``"tubes"`` (``TubeEvaluator``: frame-mAP and video-mAP of ``stmixer.evaluation.tubes``) or
+  ``"recognition"`` (video classification, ``RecognitionEvaluator``: top-1 / top-5 / mean-class
+  accuracy; raw-frame list files, ``stmixer.data.recognition``).
 
 ``describe(cfg)`` returns the description of the configured dataset. The loaders are
 registered under the same names in ``stmixer.data.build.DATASET_REGISTRY``. This module
@@ -31,14 +33,15 @@ class DatasetDescription:
     """One dataset kind (see the module docstring for the fields)."""
 
     name: str
-    layout: str  # "ava": frame lists + box CSVs (AVA.* keys); "tubes": frames per video + GT pickle (TUBES.* keys)
+    layout: str  # "ava": frame lists + box CSVs (AVA.* keys); "tubes": frames per video + GT pickle (TUBES.* keys);
+    # "rawframes": frame folders + list files "<frame dir> <num frames> <label>" (RECOGNITION.* keys)
     fps: Optional[float]
     timeline: str  # "second" or "frame"
     timeline_start: float  # seconds at frame index 0
     keyframes: str
     labels: str
     boxes: str
-    evaluator: str  # "ava" or "tubes"
+    evaluator: str  # "ava", "tubes" or "recognition"
 
     def frame_index(self, timestamp):
         """0-based frame index of a keyframe ``timestamp`` on this dataset's timeline."""
@@ -86,6 +89,24 @@ JHMDB = DatasetDescription(name="jhmdb", fps=30.0, **_TUBE_FIELDS)
 #: Your own data in the UCF101-24 / JHMDB-21 layout (frames as extracted).
 OWN_TUBES = DatasetDescription(name="tubes", fps=None, **_TUBE_FIELDS)
 
+#: Video classification (recognition task) from raw frames and list files: Kinetics-400,
+#: Something-Something v1 / v2, or your own ("rawframes"); they differ only in the config's
+#: RECOGNITION.FILENAME_TMPL / START_INDEX / list files and DATA.RANDOM_FLIP (docs/recognition.md).
+_RAWFRAME_FIELDS = dict(
+    layout="rawframes",
+    fps=None,
+    timeline="frame",
+    timeline_start=0.0,
+    keyframes="none: one label per video (frames sampled by RECOGNITION.SAMPLING)",
+    labels="the list files' third column, 0-based (MODEL.RECOGNIZER.NUM_CLASSES classes)",
+    boxes="none",
+    evaluator="recognition",
+)
+KINETICS400 = DatasetDescription(name="kinetics400", **_RAWFRAME_FIELDS)
+STHV1 = DatasetDescription(name="sthv1", **_RAWFRAME_FIELDS)
+STHV2 = DatasetDescription(name="sthv2", **_RAWFRAME_FIELDS)
+OWN_RAWFRAMES = DatasetDescription(name="rawframes", **_RAWFRAME_FIELDS)
+
 #: ``DATA.DATASETS`` name -> description.
 DESCRIPTIONS = {
     "ava_v2.2": AVA,
@@ -97,6 +118,10 @@ DESCRIPTIONS = {
     "jhmdb": JHMDB,
     "jhmdb21": JHMDB,
     "tubes": OWN_TUBES,
+    "kinetics400": KINETICS400,
+    "sthv1": STHV1,
+    "sthv2": STHV2,
+    "rawframes": OWN_RAWFRAMES,
 }
 
 

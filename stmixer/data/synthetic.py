@@ -1,4 +1,5 @@
-"""A small, learnable action-detection dataset in the AVA on-disk layout (or the UCF101-24 / JHMDB-21 one).
+"""A small, learnable action-detection dataset in the AVA on-disk layout (or the UCF101-24 / JHMDB-21 one),
+or a video classification dataset in the raw-frame layout (``--format recognition``).
 
 ``python -m stmixer.data.synthetic --out DIR [--format {ava,ucf24,jhmdb}] [--videos N] [--seconds S]
 [--size H W] [--seed K]`` writes the dataset (``--format ucf24`` / ``jhmdb``: see "UCF101-24 /
@@ -35,6 +36,11 @@ long at 25 / 30 fps, frames ``rgb-images/syn/<video>/%05d.jpg`` (ucf24) or
 ``UCF101v2-GT.pkl`` / ``JHMDB-GT.pkl`` (labels, gttubes, nframes, train_videos, test_videos,
 resolution; jhmdb has 3 splits). Every actor is one tube over the whole video, labelled by
 how it moves: still, sway, bob or circle (4 classes, all defined by motion alone).
+
+Recognition layout (``--format recognition``): each video shows one actor and is labelled by
+how it moves (still, sway, bob, circle; 0-based labels in that order), ``--seconds`` long at
+30 fps: ``rawframes/<video>/img_%05d.jpg`` (1-based), ``train_list.txt`` / ``val_list.txt``
+(``<video> <num frames> <label>``), ``classes.txt``.
 """
 
 import argparse
@@ -689,6 +695,94 @@ def generate_tube_dataset(out_dir, fmt, num_videos=160, seconds=2.0, size=(128, 
     return summary
 
 
+#: Recognition layout (``--format recognition``): one actor per video, labelled by how it moves.
+RECOGNITION_CLASSES = TUBE_CLASSES
+RECOGNITION_FPS = 30
+RECOGNITION_FRAME_DIR = "rawframes"
+RECOGNITION_TEMPLATE = "img_{:05d}.jpg"  # 1-based, as mmaction2 extracts Kinetics-400 frames
+RECOGNITION_LISTS = {"train": "train_list.txt", "val": "val_list.txt"}
+
+
+def plan_recognition_videos(num_videos, height, width, seed, val_fraction=0.2, motion_amplitude=(0.07, 0.10)):
+    """(VideoSpecs, labels): the generator's videos reduced to one actor each, whose motion is the
+    video's class (``RECOGNITION_CLASSES``: still, sway, bob, circle; balanced within each split)."""
+    specs = plan_dataset(num_videos, 1, height, width, seed + 2_000_003, val_fraction, motion_amplitude)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
+    out, labels = [], []
+    for split in ("train", "val"):
+        members = [s for s in specs if s.split == split]
+        classes = _balanced(rng, tuple(range(len(RECOGNITION_CLASSES))), len(members))
+        for spec, label in zip(members, classes):
+            motion = None if label == 0 else RECOGNITION_CLASSES[label]
+            actor = dataclasses.replace(spec.actors[0], motion=motion)
+            out.append(dataclasses.replace(spec, actors=[actor], excluded_seconds=[]))
+            labels.append(int(label))
+    return out, labels
+
+
+def render_recognition_video(spec, frame_root, num_frames, quality=90):
+    """Write frames ``frame_root/<name>/img_%05d.jpg`` (1-based) of ``spec`` at 30 fps; returns the count."""
+    folder = os.path.join(frame_root, spec.name)
+    os.makedirs(folder, exist_ok=True)
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    for f, frame in enumerate(render_frames(spec, RECOGNITION_FPS, num_frames)):
+        path = os.path.join(folder, RECOGNITION_TEMPLATE.format(f + 1))
+        if not cv2.imwrite(path, frame, params):
+            raise OSError(f"cannot write frame {path}")
+    return num_frames
+
+
+def generate_recognition_dataset(out_dir, num_videos=160, seconds=2.0, size=(128, 160), seed=0, val_fraction=0.2,
+                                 workers=None, quality=90, motion_amplitude=(0.07, 0.10)):
+    """Generate a video classification dataset in the raw-frame layout under ``out_dir``:
+    ``rawframes/<video>/img_%05d.jpg`` (30 fps, ``seconds`` long), list files ``train_list.txt`` /
+    ``val_list.txt`` (``<video> <num frames> <label>``), ``classes.txt`` and ``synthetic_dataset.json``.
+    Each video shows one actor; its label is how the actor moves (still / sway / bob / circle,
+    motion-only classes: chance is 25 %). List files come last (an interrupted run leaves none).
+    Returns the summary."""
+    start = time.time()
+    num_frames = int(round(seconds * RECOGNITION_FPS))
+    if num_frames < 1:
+        raise ValueError(f"--seconds {seconds} gives no frame at {RECOGNITION_FPS} fps")
+    height, width = size
+    specs, labels = plan_recognition_videos(num_videos, height, width, seed, val_fraction, motion_amplitude)
+    frame_root = os.path.join(out_dir, RECOGNITION_FRAME_DIR)
+    workers = workers or len(os.sched_getaffinity(0))
+    args = (specs, [frame_root] * len(specs), [num_frames] * len(specs), [quality] * len(specs))
+    if workers > 1:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(render_recognition_video, *args))
+    else:
+        for a in zip(*args):
+            render_recognition_video(*a)
+    _write_lines(os.path.join(out_dir, "classes.txt"), list(RECOGNITION_CLASSES))
+    splits = {}
+    for split, name in RECOGNITION_LISTS.items():
+        rows = [(spec.name, label) for spec, label in zip(specs, labels) if spec.split == split]
+        _write_lines(os.path.join(out_dir, name), [f"{video} {num_frames} {label}" for video, label in rows])
+        splits[split] = {"videos": len(rows), "frames": len(rows) * num_frames,
+                         "videos_per_class": {c: sum(1 for _, lab in rows if lab == i)
+                                              for i, c in enumerate(RECOGNITION_CLASSES)}}
+    summary = {
+        "generator": "python -m stmixer.data.synthetic --format recognition",
+        "arguments": {"videos": num_videos, "seconds": seconds, "size": [height, width], "seed": seed,
+                      "val_fraction": val_fraction, "quality": quality, "motion_amplitude": list(motion_amplitude)},
+        "format": "recognition",
+        "fps": RECOGNITION_FPS,
+        "frames_per_video": num_frames,
+        "frame_template": f"{RECOGNITION_FRAME_DIR}/<video>/{RECOGNITION_TEMPLATE}",
+        "lists": RECOGNITION_LISTS,
+        "num_classes": len(RECOGNITION_CLASSES),
+        "classes": [{"index": i, "name": n, "definition": TUBE_CLASS_DEFINITIONS[n]}
+                    for i, n in enumerate(RECOGNITION_CLASSES)],
+        "splits": splits,
+        "generation_seconds": round(time.time() - start, 1),
+    }
+    with atomic_open(os.path.join(out_dir, "synthetic_dataset.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
 def ground_truth_path(video_path):
     """Where ``write_synthetic_video`` puts the ground truth of ``video_path``: ``<stem>.ground_truth.jsonl``."""
     return os.path.splitext(video_path)[0] + ".ground_truth.jsonl"
@@ -745,11 +839,13 @@ def main(argv=None):
     )
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", help="output folder (the dataset root, DATA.PATH_TO_DATA_DIR)")
-    parser.add_argument("--format", choices=("ava", "ava_kinetics") + tuple(TUBE_FORMATS), default="ava",
+    parser.add_argument("--format", choices=("ava", "ava_kinetics", "recognition") + tuple(TUBE_FORMATS), default="ava",
                         help="dataset layout: ava (default; frame lists + box CSVs), ucf24 or jhmdb (frames per video "
                              "+ ground-truth pickle, one tube per actor labelled still/sway/bob/circle), "
                              "ava_kinetics (the ava layout plus --kinetics-clips Kinetics-style clips "
-                             "<id>_<start>_<end> with one keyframe each, in the same files)")
+                             "<id>_<start>_<end> with one keyframe each, in the same files), recognition (video "
+                             "classification: frame folders + list files '<video> <num frames> <label>', one actor "
+                             "per video labelled still/sway/bob/circle)")
     parser.add_argument("--kinetics-clips", type=int, default=None,
                         help="--format ava_kinetics: number of Kinetics clips, train and val together "
                              "(default: as many as --videos)")
@@ -779,6 +875,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.video:
         return _video_main(args)
+    if args.format == "recognition":
+        return _recognition_main(args)
     if args.format not in ("ava", "ava_kinetics"):
         return _tube_main(args)
     if args.videos is None:
@@ -816,6 +914,24 @@ def _tube_main(args):
     print(f"{summary['action_classes']} action classes ({', '.join(TUBE_CLASSES)}); ground truth "
           f"{summary['groundtruth']}, frames {summary['frame_template']}; set DATA.PATH_TO_DATA_DIR {args.out} "
           f"(config_files/synthetic/tiny-{args.format}.yaml)")
+    print(f"written to {args.out} in {summary['generation_seconds']} s")
+    return 0
+
+
+def _recognition_main(args):
+    seconds = 2.0 if args.seconds is None else args.seconds
+    try:
+        summary = generate_recognition_dataset(args.out, 160 if args.videos is None else args.videos, seconds,
+                                               tuple(args.size), args.seed, args.val_fraction, args.workers,
+                                               args.quality, tuple(args.motion_amplitude))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for split, c in summary["splits"].items():
+        print(f"{split}: {c['videos']} videos, {c['frames']} frames")
+    print(f"{summary['num_classes']} classes ({', '.join(RECOGNITION_CLASSES)}); lists "
+          f"{', '.join(RECOGNITION_LISTS.values())}, frames {summary['frame_template']}; set DATA.PATH_TO_DATA_DIR "
+          f"{args.out} (config_files/synthetic/tiny-recognition.yaml)")
     print(f"written to {args.out} in {summary['generation_seconds']} s")
     return 0
 

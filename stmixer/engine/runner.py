@@ -106,10 +106,29 @@ class Evaluation:
         return metrics
 
 
+def build_evaluation(cfg, device):
+    """The test-split evaluation of the task: ``RecognitionEvaluation`` (video classification) when the
+    dataset's evaluator is "recognition", else the detection ``Evaluation``."""
+    if describe(cfg).evaluator == "recognition":
+        from .recognition import RecognitionEvaluation
+
+        return RecognitionEvaluation(cfg, device)
+    return Evaluation(cfg, device)
+
+
 def build_model(cfg, device):
-    """The detector of ``MODEL.META_ARCHITECTURE`` on ``device``; on CUDA, ``CUDNN_BENCHMARK`` applied and
-    the backbone's channels_last_3d weights (``MODEL.BACKBONE.CHANNELS_LAST``) set before any DDP wrapping."""
-    model = build_detector(cfg).to(device)
+    """The detector (or recognizer) of ``MODEL.META_ARCHITECTURE`` on ``device``; it must fit the dataset's
+    task. On CUDA, ``CUDNN_BENCHMARK`` is applied and the backbone's channels_last_3d weights
+    (``MODEL.BACKBONE.CHANNELS_LAST``) are set before any DDP wrapping."""
+    model = build_detector(cfg)
+    task = "recognition" if describe(cfg).evaluator == "recognition" else "detection"
+    if getattr(model, "task", "detection") != task:
+        raise UserError(
+            f"MODEL.META_ARCHITECTURE = {cfg.MODEL.META_ARCHITECTURE!r} is a {getattr(model, 'task', 'detection')} "
+            f"model but DATA.DATASETS = {list(cfg.DATA.DATASETS)} is a {task} dataset "
+            "(recognition: \"Recognizer3D\" with kinetics400 / sthv1 / sthv2 / rawframes; see docs/recognition.md)"
+        )
+    model = model.to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
         if getattr(model.backbone, "channels_last", False):
@@ -194,7 +213,7 @@ def train(cfg, *, transfer=False, no_head=False, seed=2, skip_val=False, skip_te
     metrics_file = MetricsFile(cfg.OUTPUT_DIR) if comm.is_main_process() else None
     if metrics_file is not None:
         metrics_file.trim(start_iter)  # records of iterations the run will replay go
-    evaluation = None if skip_val and skip_test else Evaluation(cfg, device)
+    evaluation = None if skip_val and skip_test else build_evaluation(cfg, device)
     if start_iter < max_iter:
         loader = build_data_loader(cfg, is_train=True, start_iter=start_iter, max_iter=max_iter, seed=seed,
                                    dataset=train_dataset, pin_memory=device.type == "cuda")
@@ -236,9 +255,12 @@ def check_micro_batches(cfg, world_size):
 
 
 def _scalar_metrics(metrics):
-    """The numbers logged per evaluation: mAP (AVA frame-mAP; tube datasets: frame-mAP@0.5) and the video-mAPs."""
+    """The numbers logged per evaluation: mAP (AVA frame-mAP; tube datasets: frame-mAP@0.5) and the video-mAPs;
+    recognition: the top-k and mean-class accuracies."""
     if not metrics:
         return {}
+    if "mAP" not in metrics:
+        return {k: v for k, v in metrics.items() if k.endswith("_acc") or k == "mean_class_accuracy"}
     scalars = {"mAP": metrics["mAP"]}
     for threshold, value in metrics.get("video_mAP", {}).items():
         scalars[f"video_mAP@{threshold}"] = value
@@ -257,4 +279,4 @@ def test(cfg, *, dist_info=None):
             f"(OUTPUT_DIR {cfg.OUTPUT_DIR} holds no last_checkpoint either)"
         )
     load_weights(model, weight)
-    return Evaluation(cfg, device).run(model)
+    return build_evaluation(cfg, device).run(model)

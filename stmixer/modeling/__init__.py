@@ -1,9 +1,11 @@
-"""Backbones, neck, STMixer decoder, matcher, losses and the detector that joins them."""
+"""Backbones, neck, STMixer decoder, matcher, losses, the detectors that join them and the recognizers."""
 
 from . import backbones  # noqa: F401  (registers the backbones)
 from .build import BACKBONE_REGISTRY, DETECTOR_REGISTRY, build_backbone, build_detector
 from .necks import build_neck
 from .detector import STMDetector  # noqa: E402  (registers the detector)
 from .fast_rcnn import FastRCNN  # noqa: E402  (registers the two-stage detector)
+from .recognizer import HEAD_REGISTRY, Recognizer3D  # noqa: E402  (registers the recognizer and its heads)
 
-__all__ = ["STMDetector", "FastRCNN", "BACKBONE_REGISTRY", "DETECTOR_REGISTRY", "build_backbone", "build_detector", "build_neck"]
+__all__ = ["STMDetector", "FastRCNN", "Recognizer3D", "HEAD_REGISTRY", "BACKBONE_REGISTRY", "DETECTOR_REGISTRY",
+           "build_backbone", "build_detector", "build_neck"]

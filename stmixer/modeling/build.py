@@ -9,7 +9,8 @@ from ..utils.registry import Registry
 
 # MODEL.BACKBONE.CONV_BODY -> builder(cfg) returning the backbone module.
 BACKBONE_REGISTRY = Registry("backbone", config_key="MODEL.BACKBONE.CONV_BODY")
-# MODEL.META_ARCHITECTURE -> builder(cfg) returning the whole detector.
+# MODEL.META_ARCHITECTURE -> builder(cfg) returning the whole model: detectors ("STMDetector", "FastRCNN")
+# and recognizers ("Recognizer3D", stmixer.modeling.recognizer) alike.
 DETECTOR_REGISTRY = Registry("detector", config_key="MODEL.META_ARCHITECTURE")
 
 
@@ -29,7 +30,7 @@ def build_backbone(cfg):
 
 
 def build_detector(cfg):
-    """The detector named by ``MODEL.META_ARCHITECTURE``, with freshly initialized weights."""
+    """The model (detector or recognizer) named by ``MODEL.META_ARCHITECTURE``, with freshly initialized weights."""
     detector = lookup(DETECTOR_REGISTRY, cfg.MODEL.META_ARCHITECTURE)
     lookup(BACKBONE_REGISTRY, cfg.MODEL.BACKBONE.CONV_BODY)  # fail on a bad name before building anything
     return detector(cfg)

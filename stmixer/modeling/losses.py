@@ -97,6 +97,11 @@ class AccumulatedBatch:
 _ACCUMULATED = []
 
 
+def active_accumulation():
+    """The ``AccumulatedBatch`` of the innermost active ``accumulate`` context, or None."""
+    return _ACCUMULATED[-1] if _ACCUMULATED else None
+
+
 @contextlib.contextmanager
 def accumulate(batch):
     """Within this context ``SetCriterion`` normalizes every loss by the totals of ``batch`` (an ``AccumulatedBatch``)."""

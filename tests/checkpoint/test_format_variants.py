@@ -66,3 +66,20 @@ def test_official_stmixer_extras_are_handed_back_untouched(fake_file, make_fake)
     pool = contents.extras["person_pool"]
     assert pool.class_path == "alphaction.structures.memory_pool.MemoryPool" and pool.state == {"cache": {}}
     assert all(k.split(".")[0] in ("backbone", "lateral_convs") for k in contents.state_dict)
+
+
+@pytest.mark.parametrize("fake, config", [("c2_slowonly_r50", "PySlowonly-R50-K400-4x16"),
+                                          ("pyth_slowfast_r50", "PySlowfast-R50-K400-8x8")])
+def test_pyslowfast_kinetics_files_load_whole_into_a_recognizer(fake_file, repo_root, fake, config):
+    """The classifier the detectors drop (pred_w / pred_b, head.projection.*) loads into Recognizer3D's head."""
+    from stmixer.checkpoint import load_weights
+    from stmixer.config import load_config
+    from stmixer.modeling import build_detector
+
+    path = fake_file(fake, 0)
+    contents = read_checkpoint(path)
+    model = build_detector(load_config(str(repo_root / "config_files" / "kinetics400" / f"{config}.yaml")))
+    report = load_weights(model, contents)
+    assert report.ok and "classifier head" not in report.dropped
+    assert {"head.projection.weight", "head.projection.bias"} <= set(report.loaded)
+    assert torch.equal(model.head.projection.weight, contents.classifier["head.projection.weight"].float())

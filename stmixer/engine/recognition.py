@@ -1,0 +1,84 @@
+"""The recognition task in the engine: inference over the test views and its evaluation.
+
+``runner.Evaluation`` hands over to ``RecognitionEvaluation`` when the dataset's evaluator is
+"recognition" (``stmixer.data.descriptions``); training itself runs through the same
+``Trainer`` as detection (the recognition batch has the detectors' layout: "boxes" empty,
+"labels" the class of each clip).
+"""
+
+import logging
+import os
+import time
+
+import torch
+
+from ..data.build import build_data_loader, build_dataset
+from ..evaluation.recognition import RecognitionEvaluator
+from ..utils import distributed as comm
+from .trainer import autocast_context, detector_inputs, move_batch
+
+logger = logging.getLogger(__name__)
+
+
+def predict_scores(model, data_loader, device, amp="off", progress=True):
+    """Run the recognizer in eval mode over this process's shard of test views.
+
+    Args:
+        model: the recognizer (unwrapped); in eval mode ``model(slow, fast, whwh)`` -> ``[B, K]`` probabilities.
+        data_loader: test loader yielding batch dicts with "indices".
+
+    Returns:
+        (int64 tensor ``[n]`` dataset indices, float32 tensor ``[n, K]`` scores), in loader order
+        (sampler padding included; the evaluator drops it by index).
+    """
+    model.eval()
+    indices, scores = [], []
+    iterator = data_loader
+    if progress and comm.is_main_process():
+        from tqdm import tqdm
+
+        iterator = tqdm(data_loader, desc="inference", unit="batch", dynamic_ncols=True)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for batch in iterator:
+            batch = move_batch(batch, device)
+            with autocast_context(device, amp):
+                out = model(*detector_inputs(batch))
+            indices.append(batch["indices"].cpu())
+            scores.append(out.float().cpu())
+    logger.info("Inference over %d views took %.1f s on this process", sum(len(i) for i in indices),
+                time.perf_counter() - start)
+    if not indices:
+        return torch.zeros(0, dtype=torch.int64), None
+    return torch.cat(indices), torch.cat(scores)
+
+
+class RecognitionEvaluation:
+    """Runs a recognizer over the test views and computes top-1 / top-5 / mean-class accuracy
+    (all processes call ``run``; the metrics come back on rank 0). Results go to
+    ``OUTPUT_DIR/inference/<dataset>/`` (``recognition_metrics.json``, ``video_scores.npz``)."""
+
+    kind = "recognition"
+
+    def __init__(self, cfg, device):
+        self.cfg = cfg
+        self.device = device
+        self.dataset = build_dataset(cfg, is_train=False, defer_pixels=True)
+        self.dataset_name = cfg.DATA.DATASETS[0]
+        folder = os.path.join(cfg.OUTPUT_DIR, "inference", self.dataset_name)
+        self.evaluator = RecognitionEvaluator(self.dataset.labels(), self.dataset.views,
+                                              output_folder=folder if comm.is_main_process() else None)
+
+    def run(self, model):
+        loader = build_data_loader(self.cfg, is_train=False, dataset=self.dataset)
+        indices, scores = predict_scores(model, loader, self.device, amp=self.cfg.SOLVER.AMP)
+        self.evaluator.reset()
+        if scores is not None:
+            self.evaluator.process(indices, scores)
+        metrics = self.evaluator.evaluate()
+        if metrics:
+            logger.info("%s: top-1 %.4f, top-5 %.4f, mean-class accuracy %.4f over %d videos x %d views; results in %s",
+                        self.dataset_name, metrics["top1_acc"], metrics["top5_acc"], metrics["mean_class_accuracy"],
+                        metrics["num_videos"], metrics["views"], self.evaluator.output_folder)
+        comm.synchronize()
+        return metrics
