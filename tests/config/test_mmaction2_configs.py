@@ -241,7 +241,7 @@ def buildable(name, tmp_path, *overrides, bank_channels=2048):
         pytest.skip(f"shared head {shared!r} is on another branch of issue #15 (mm-acrn / mm-lfb)")
     cfg.merge_from_list(list(overrides))
     if shared.startswith("FBO"):
-        from stmixer.data.lfb import LongTermFeatureBank, save_bank
+        from stmixer.modeling.roi_heads.lfb_bank import LongTermFeatureBank, save_bank
 
         gen = torch.Generator().manual_seed(0)
         videos = {v: {s: torch.randn(1, bank_channels, generator=gen) for s in (901, 902, 903)} for v in ("a", "b")}

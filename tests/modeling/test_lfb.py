@@ -1,4 +1,4 @@
-"""Long-term feature bank: the bank (stmixer.data.lfb) and its shared heads (stmixer.modeling.roi_heads.lfb).
+"""Long-term feature bank: the bank (stmixer.modeling.roi_heads.lfb_bank) and its shared heads (stmixer.modeling.roi_heads.lfb).
 
 The ``mmaction2``-marked tests hold them to mmaction2's own ``LFB`` / ``FBOHead`` / ``LFBInferHead``
 answers in tests/reference/mmaction2/lfb (made by tests/reference/make_mmaction2_lfb_fixtures.py):
@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from stmixer.config import get_cfg
-from stmixer.data.lfb import (LFBFormatError, LFBKeyError, LongTermFeatureBank, convert, load_bank, load_banks,
+from stmixer.modeling.roi_heads.lfb_bank import (LFBFormatError, LFBKeyError, LongTermFeatureBank, convert, load_bank, load_banks,
                               parse_img_key, save_bank)
 from stmixer.errors import UserError
 from stmixer.modeling.roi_heads.lfb import FBOAvg, FBOHead, FBOMax, FBONonLocal, LFBInferHead, NonLocalLayer

@@ -1,7 +1,7 @@
 """Long-term feature bank heads of mmaction2 (``FBOHead`` with its operators, ``LFBInferHead``).
 
 Two shared heads (see ``shared_heads.py`` for the interface) around a ``LongTermFeatureBank``
-(``stmixer.data.lfb``):
+(``stmixer.modeling.roi_heads.lfb_bank``):
 
 * ``FBOHead`` ("FBONonLocal" / "FBOMax" / "FBOAvg"): pools each RoI's features to ``[K, C, 1, 1, 1]``
   (temporal then spatial pooling), samples the clip's long-term features from the bank once per RoI
@@ -22,7 +22,7 @@ import os
 import torch
 from torch import nn
 
-from ...data.lfb import LongTermFeatureBank, load_banks, parse_img_key, save_bank, load_bank
+from .lfb_bank import LongTermFeatureBank, load_banks, parse_img_key, save_bank, load_bank
 from ...errors import UserError
 from ...utils import distributed as comm
 from .shared_heads import SHARED_HEAD_REGISTRY

@@ -21,7 +21,7 @@ Files
 * **mmaction2's pickles** are read through ``stmixer.checkpoint.safe_unpickle`` (``torch.load`` with
   ``weights_only=True`` and the project's allow-list: tensors and plain containers, nothing callable).
 
-``python -m stmixer.data.lfb convert IN OUT [--dtype float16|float32]`` converts between the two
+``python -m stmixer.modeling.roi_heads.lfb_bank convert IN OUT [--dtype float16|float32]`` converts between the two
 (by OUT's suffix: ``.npz`` ours, ``.pkl`` / ``.pth`` mmaction2's layout); ``... info FILE`` summarises one.
 
 Lookup (``LongTermFeatureBank.sample``) is mmaction2's ``LFB.sample_long_term_features``: the window of
@@ -41,7 +41,7 @@ import zipfile
 import numpy as np
 import torch
 
-from ..errors import UserError, UserFileNotFoundError, exit_on_user_error
+from ...errors import UserError, UserFileNotFoundError, exit_on_user_error
 
 FORMAT_TAG = "stmixer-lfb/1"
 BANK_DTYPES = ("float16", "float32", "float64")
@@ -159,7 +159,7 @@ class LongTermFeatureBank:
                                      f"{self.channels}")
             if other.dtype != self.dtype:
                 raise LFBFormatError(f"{other.source}: dtype {other.dtype}, {self.source} is {self.dtype}; "
-                                     f"convert one of them (python -m stmixer.data.lfb convert --dtype)")
+                                     f"convert one of them (python -m stmixer.modeling.roi_heads.lfb_bank convert --dtype)")
         self.videos.update(other.videos)
         self._table = None
         if self.channels is None:
@@ -262,7 +262,7 @@ def _is_npz(path):
 
 def save_bank(bank, path):
     """Write ``bank`` in stmixer's ``.npz`` format (uncompressed, atomically; see the module docstring)."""
-    from ..utils.io import atomic_open
+    from ...utils.io import atomic_open
 
     video_ids = list(bank.videos)
     group_video, group_second, sizes, blocks = [], [], [], []
@@ -328,8 +328,8 @@ def _read_npz(path, dtype):
 
 
 def _read_pickle(path, dtype):
-    from ..checkpoint import CheckpointError
-    from ..checkpoint.safe_unpickle import read_file
+    from ...checkpoint import CheckpointError
+    from ...checkpoint.safe_unpickle import read_file
 
     try:
         _, obj = read_file(path)
@@ -368,7 +368,7 @@ def load_banks(paths, dtype=None):
 
 def save_mmaction2_pickle(bank, path):
     """Write ``bank`` as mmaction2's ``lfb_<split>.pkl`` (``torch.save`` of ``{video: {second: [C-tensors]}}``)."""
-    from ..utils.io import atomic_open
+    from ...utils.io import atomic_open
 
     with atomic_open(path, "wb") as f:
         torch.save({v: {s: [row.clone() for row in f_] for s, f_ in seconds.items()}
@@ -386,7 +386,7 @@ def convert(src, dst, dtype=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m stmixer.data.lfb",
+    parser = argparse.ArgumentParser(prog="python -m stmixer.modeling.roi_heads.lfb_bank",
                                      description="Convert or summarise long-term feature bank files.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("convert", help="IN (.npz or mmaction2 .pkl) -> OUT (.npz: stmixer's; else mmaction2's)")
