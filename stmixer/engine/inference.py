@@ -16,6 +16,24 @@ from .trainer import autocast_context, detector_inputs, detector_kwargs, move_ba
 logger = logging.getLogger(__name__)
 
 
+def model_outputs(model, data_loader, device, amp="off", progress=True):
+    """Yield ``(batch on device, model outputs)`` for every batch of this process's shard: the model in eval
+    mode under ``torch.no_grad`` and ``amp``, with a tqdm bar and ETA on rank 0 when ``progress``; the
+    detectors' and the recognizers' inference loops (``predict``, ``recognition.predict_scores``)."""
+    model.eval()
+    iterator = data_loader
+    if progress and comm.is_main_process():
+        from tqdm import tqdm
+
+        iterator = tqdm(data_loader, desc="inference", unit="batch", dynamic_ncols=True)
+    with torch.no_grad():
+        for batch in iterator:
+            batch = move_batch(batch, device)
+            with autocast_context(device, amp):
+                outputs = model(*detector_inputs(batch), **detector_kwargs(batch))
+            yield batch, outputs
+
+
 def predict(model, data_loader, device, amp="off", progress=True):
     """Run the detector in eval mode over this process's shard.
 
@@ -31,25 +49,15 @@ def predict(model, data_loader, device, amp="off", progress=True):
     Returns:
         dict dataset index -> {"video_id", "timestamp", "boxes" float32 numpy [n, 4], "scores" float32 numpy [n, A]}.
     """
-    model.eval()
     records = {}
-    iterator = data_loader
-    if progress and comm.is_main_process():
-        from tqdm import tqdm
-
-        iterator = tqdm(data_loader, desc="inference", unit="batch", dynamic_ncols=True)
     start = time.perf_counter()
-    with torch.no_grad():
-        for batch in iterator:
-            batch = move_batch(batch, device)
-            with autocast_context(device, amp):
-                outputs = model(*detector_inputs(batch), **detector_kwargs(batch))
-            for index, meta, detections in zip(batch["indices"].tolist(), batch["metadata"], outputs):
-                records[index] = {
-                    "video_id": meta["video_id"],
-                    "timestamp": int(meta["timestamp"]),
-                    "boxes": detections["boxes"].float().cpu().numpy(),
-                    "scores": detections["scores"].float().cpu().numpy(),
-                }
+    for batch, outputs in model_outputs(model, data_loader, device, amp, progress):
+        for index, meta, detections in zip(batch["indices"].tolist(), batch["metadata"], outputs):
+            records[index] = {
+                "video_id": meta["video_id"],
+                "timestamp": int(meta["timestamp"]),
+                "boxes": detections["boxes"].float().cpu().numpy(),
+                "scores": detections["scores"].float().cpu().numpy(),
+            }
     logger.info("Inference over %d clips took %.1f s on this process", len(records), time.perf_counter() - start)
     return records

@@ -15,7 +15,7 @@ import torch
 from ..data.build import build_data_loader, build_dataset
 from ..evaluation.recognition import RecognitionEvaluator
 from ..utils import distributed as comm
-from .trainer import autocast_context, detector_inputs, move_batch
+from .inference import model_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -31,21 +31,11 @@ def predict_scores(model, data_loader, device, amp="off", progress=True):
         (int64 tensor ``[n]`` dataset indices, float32 tensor ``[n, K]`` scores), in loader order
         (sampler padding included; the evaluator drops it by index).
     """
-    model.eval()
     indices, scores = [], []
-    iterator = data_loader
-    if progress and comm.is_main_process():
-        from tqdm import tqdm
-
-        iterator = tqdm(data_loader, desc="inference", unit="batch", dynamic_ncols=True)
     start = time.perf_counter()
-    with torch.no_grad():
-        for batch in iterator:
-            batch = move_batch(batch, device)
-            with autocast_context(device, amp):
-                out = model(*detector_inputs(batch))
-            indices.append(batch["indices"].cpu())
-            scores.append(out.float().cpu())
+    for batch, out in model_outputs(model, data_loader, device, amp, progress):
+        indices.append(batch["indices"].cpu())
+        scores.append(out.float().cpu())
     logger.info("Inference over %d views took %.1f s on this process", sum(len(i) for i in indices),
                 time.perf_counter() - start)
     if not indices:
