@@ -9,6 +9,7 @@ official backward only runs with it on).
 """
 
 import importlib.util
+import sys
 import json
 import math
 from pathlib import Path
@@ -33,6 +34,8 @@ REL = 1e-9
 
 
 def _script():
+    if str(REFERENCE) not in sys.path:  # the driver imports its sibling helper official_code.py
+        sys.path.insert(0, str(REFERENCE))
     spec = importlib.util.spec_from_file_location("make_evad_fixtures", REFERENCE / "make_evad_fixtures.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -31,16 +31,16 @@ state-dict keys and shapes of the official ViT-B and ViT-L backbones of the mode
 
 import argparse
 import functools
-import importlib.util
 import json
 import math
-import sys
 import types
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from official_code import stub_module as _module, load_by_path as _load  # noqa: E402  (sibling helper)
 
 # The tiny model (ViT-B's structure at small width): 6 blocks of width 24, 3 heads, patch 4, tubelet 2.
 MODEL = dict(embed_dim=24, depth=6, num_heads=3, mlp_ratio=2.0, qkv_bias=True, patch_size=4, tubelet_size=2,
@@ -71,21 +71,6 @@ def gradient_loss(features, tokens):
 
 
 # --------------------------------------------------------------------------- shims
-def _module(name, **attrs):
-    mod = types.ModuleType(name)
-    mod.__dict__.update(attrs)
-    sys.modules[name] = mod
-    return mod
-
-
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _timm_drop_path(x, drop_prob=0.0, training=False):
     if drop_prob == 0.0 or not training:
         return x

@@ -19,7 +19,6 @@ Writes ``<out>/acrn/<case>.npz`` (inputs, weights, outputs, gradients; float64) 
 
 import argparse
 import json
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -30,6 +29,8 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_mmaction2_fixtures import _load, _module, _RoIAlign, _RoIPool  # noqa: E402
+
+from official_code import checkout_commit  # noqa: E402  (sibling helper)
 
 IMG = (128, 128)  # (h, w) of the network input; stride 16 -> 8x8 feature maps
 NUM_CLASSES = 7
@@ -232,13 +233,7 @@ def main(argv=None):
     parser.add_argument("--commit", default=None, help="mmaction2 commit (read from the checkout when it is git)")
     parser.add_argument("--seed", type=int, default=15)
     args = parser.parse_args(argv)
-    commit = args.commit
-    if commit is None:
-        try:
-            commit = subprocess.check_output(["git", "-C", str(args.mmaction2), "rev-parse", "HEAD"], text=True,
-                                             stderr=subprocess.DEVNULL).strip()
-        except (OSError, subprocess.CalledProcessError):
-            commit = "unknown"
+    commit = checkout_commit(args.mmaction2, args.commit)
     ACRN, Extractor, Head = install(args.mmaction2)
     import mmcv
     import mmengine

@@ -30,15 +30,15 @@ versions).
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import types
 
 import numpy as np
+
+from official_code import stub_module as _module, load_by_path as _load  # noqa: E402  (sibling helper)
 
 FRAME_SIZE = (45, 80)  # (h, w) of every frame
 SHORT_SIDE = 32
@@ -85,24 +85,9 @@ def proposals_case():
     }
 
 
-def _module(name, **attrs):
-    mod = types.ModuleType(name)
-    mod.__dict__.update(attrs)
-    sys.modules[name] = mod
-    return mod
-
-
 def _package(name, path):
     mod = _module(name)
     mod.__path__ = [path]
-    return mod
-
-
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
     return mod
 
 

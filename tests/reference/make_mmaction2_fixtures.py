@@ -29,7 +29,6 @@ writes ``<out>/detector/<case>/{config.yaml, mmaction2.json, inputs.npz, expecte
 import argparse
 import importlib.util
 import json
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -38,6 +37,8 @@ import numpy as np
 import torch
 import torchvision
 from torch import nn
+
+from official_code import stub_module as _module, load_by_path as _load, checkout_commit  # noqa: E402  (sibling helper)
 
 IMG = (128, 128)  # (h, w) of the network input; stride 16 -> 8x8 feature maps
 
@@ -73,21 +74,6 @@ class _AttrDict(dict):
 
 class _InstanceData:
     pass
-
-
-def _module(name, **attrs):
-    mod = types.ModuleType(name)
-    mod.__dict__.update(attrs)
-    sys.modules[name] = mod
-    return mod
-
-
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def install_shims(root):
@@ -523,13 +509,7 @@ def main(argv=None):
                         help="roi_head: the RoI-head modules by path, nothing of mm* installed (roi_head/); detector: "
                              "the whole FastRCNN detector, mmdet 3.3 + mmengine + mmcv-lite installed (detector/)")
     args = parser.parse_args(argv)
-    commit = args.commit
-    if commit is None:
-        try:
-            commit = subprocess.check_output(["git", "-C", str(args.mmaction2), "rev-parse", "HEAD"], text=True,
-                                             stderr=subprocess.DEVNULL).strip()
-        except (OSError, subprocess.CalledProcessError):
-            commit = "unknown"
+    commit = checkout_commit(args.mmaction2, args.commit)
     if args.part == "detector":
         return main_detector(args, commit)
     Extractor, Head, bbox2result = install_shims(args.mmaction2)

@@ -28,7 +28,6 @@ import gc
 import importlib.util
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import types
@@ -36,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from official_code import checkout_commit  # noqa: E402  (sibling helper)
 
 LFB_CHANNELS = 8     # bank feature channels
 ROI_CHANNELS = 10    # RoI feature channels of the FBO heads
@@ -225,13 +226,7 @@ def main(argv=None):
     parser.add_argument("--commit", default=None, help="mmaction2 commit (read from the checkout when it is git)")
     parser.add_argument("--seed", type=int, default=21)
     args = parser.parse_args(argv)
-    commit = args.commit
-    if commit is None:
-        try:
-            commit = subprocess.check_output(["git", "-C", str(args.mmaction2), "rev-parse", "HEAD"], text=True,
-                                             stderr=subprocess.DEVNULL).strip()
-        except (OSError, subprocess.CalledProcessError):
-            commit = "unknown"
+    commit = checkout_commit(args.mmaction2, args.commit)
     mods = load_official(args.mmaction2)
     out = args.out / "lfb"
     out.mkdir(parents=True, exist_ok=True)
