@@ -303,6 +303,8 @@ def _check_proposal_options(cfg, args):
     if args.proposals and not float(1.0 / args.keyframe_rate).is_integer():
         raise UserError(f"--proposals gives person boxes per whole second: --keyframe-rate must be 1 (or 1/N, a "
                         f"keyframe every N seconds), got {args.keyframe_rate:g}")
+    if args.proposals and not os.path.isfile(args.proposals):
+        raise UserFileNotFoundError(f"--proposals {args.proposals}: file not found")
     if args.proposals_video_id is not None and not args.proposals:
         raise UserError("--proposals-video-id names the input in a --proposals file; give --proposals FILE too")
 
@@ -312,8 +314,6 @@ def video_proposals(cfg, args):
     and ``PROPOSALS.NUM_MAX``."""
     if not args.proposals:
         return None
-    if not os.path.isfile(args.proposals):
-        raise UserFileNotFoundError(f"--proposals {args.proposals}: file not found")
     video_id = args.proposals_video_id or input_video_id(args.input)
     proposals = read_proposals(args.proposals)
     logger.info("Proposals of video %r from %s (%d keys in the file)", video_id, args.proposals, len(proposals))

@@ -300,4 +300,7 @@ def test_fastrcnn_demo_without_proposals_says_what_to_pass(tmp_path, capsys, mon
     _refused(capsys, monkeypatch, ["--input", str(video), "--json", str(tmp_path / "out.jsonl"),
                                    "--proposals", str(tmp_path / "p.csv")],
              "STMDetector detects people itself")
+    _refused(capsys, monkeypatch, ["--config-file", FASTRCNN_CONFIG, "--input", str(video),
+                                   "--json", str(tmp_path / "out.jsonl"), "--proposals", str(tmp_path / "p.csv")],
+             f"--proposals {tmp_path / 'p.csv'}: file not found")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
