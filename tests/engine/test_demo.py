@@ -249,7 +249,10 @@ def test_truncated_video_is_used_with_a_visible_warning_and_exit_0(tmp_path, cap
 FASTRCNN_CONFIG = "config_files/synthetic/tiny-fastrcnn.yaml"
 
 
-def test_fastrcnn_demo_labels_the_given_proposals(tmp_path, capsys):
+@pytest.mark.parametrize("fmt", ["csv", "pkl"])
+def test_fastrcnn_demo_labels_the_given_proposals(tmp_path, capsys, fmt):
+    import pickle
+
     from stmixer.config import load_config
     from stmixer.modeling import build_detector
 
@@ -257,18 +260,28 @@ def test_fastrcnn_demo_labels_the_given_proposals(tmp_path, capsys):
     torch.manual_seed(0)
     weights = tmp_path / "random.pth"
     torch.save({"model": build_detector(load_config(FASTRCNN_CONFIG, opts)).state_dict()}, weights)
-    video = tmp_path / "street.mp4"
+    # The video id is the input's file stem (csv) or --proposals-video-id (pkl, a video named otherwise).
+    video = tmp_path / ("street.mp4" if fmt == "csv" else "cam.mp4")
     write_synthetic_video(str(video), seconds=3, size=(64, 112), fps=30, seed=2)  # keyframes at 0, 1, 2 s
-    proposals = tmp_path / "people.csv"
-    proposals.write_text(
-        "street,0,0.1,0.2,0.4,0.9,0.95\n"
-        "street,0,0.5,0.1,0.8,0.7,0.3\n"  # below PROPOSALS.DET_SCORE_THR 0.7 of the config: dropped
-        "street,0,0.55,0.25,0.9,0.95,0.85\n"
-        "other,1,0.2,0.2,0.3,0.3,0.99\n"  # another video: second 1 of street has none -> the whole frame
-        "street,2,0.3,0.3,0.6,0.8,0.75\n"
-    )
+    rows = [
+        "street,0,0.1,0.2,0.4,0.9,0.95",
+        "street,0,0.5,0.1,0.8,0.7,0.3",  # below PROPOSALS.DET_SCORE_THR 0.7 of the config: dropped
+        "street,0,0.55,0.25,0.9,0.95,0.85",
+        "other,1,0.2,0.2,0.3,0.3,0.99",  # another video: second 1 of street has none -> the whole frame
+        "street,2,0.3,0.3,0.6,0.8,0.75",
+    ]
+    proposals = tmp_path / f"people.{fmt}"
+    if fmt == "csv":
+        proposals.write_text("".join(row + "\n" for row in rows))
+    else:
+        table = {}
+        for row in rows:
+            video_id, second, *values = row.split(",")
+            table.setdefault(f"{video_id},{int(second):04d}", []).append([float(v) for v in values])
+        proposals.write_bytes(pickle.dumps({key: np.asarray(v) for key, v in table.items()}))
     out = tmp_path / "out"
     demo_main(["--config-file", FASTRCNN_CONFIG, "--input", str(video), "--proposals", str(proposals),
+               *([] if fmt == "csv" else ["--proposals-video-id", "street"]),
                "--output", str(out / "labelled.mp4"), "--json", str(out / "dets.jsonl"), "--threshold", "0",
                "--no-progress", *opts, "MODEL.WEIGHT", str(weights)])
     records = [json.loads(line) for line in (out / "dets.jsonl").read_text().splitlines()]
