@@ -8,6 +8,10 @@ resampled to ``DATA.TARGET_FPS``, and goes through the test ClipTransform and th
 SlowFast pathway selection, so a clip is the one ``AvaDataset`` would build from the
 same frames (tested).
 
+With person proposals (two-stage detectors, ``demo.py --proposals``), each sample also carries the
+keyframe's proposals, transformed together with it by the same call of the test transform as
+``AvaDataset`` makes (boxes stacked), so they land on the clip exactly as a test sample's would.
+
 Frames are scaled to the test size as they arrive (the transform would scale each
 frame the same way) and kept only while a pending keyframe still needs them, so memory
 stays at one clip span of small frames, whatever the video's length and keyframe rate.
@@ -20,7 +24,7 @@ import torch
 
 from ..errors import UserError
 from .ava import clip_frame_indices
-from .transforms import resize_frames, resized_size
+from .transforms import resize_frames
 
 _NO_BOXES = np.zeros((0, 4), dtype=np.float32)
 
@@ -45,11 +49,21 @@ class KeyframeClips:
         fps: rate of the resampled stream (``DATA.TARGET_FPS``).
         keyframe_rate: keyframes per second.
         source_name: name of the input in error messages.
+        proposals: None, or ``second -> (boxes float64 [n, 4] normalized x1, y1, x2, y2, scores float32 [n])``
+            giving the person proposals of the keyframe at that whole second (n >= 1; e.g.
+            ``proposals.VideoProposals``); keyframes must then fall on whole seconds.
+        video_id: the input's video id in the samples' metadata (``img_keys`` of the two-stage detectors).
     """
 
-    def __init__(self, transform, num_frames, sampling_rate, pathway_frames, fps, keyframe_rate, source_name="video"):
+    def __init__(self, transform, num_frames, sampling_rate, pathway_frames, fps, keyframe_rate, source_name="video",
+                 proposals=None, video_id="video"):
         if keyframe_rate <= 0:
             raise ValueError(f"the keyframe rate must be positive, got {keyframe_rate}")
+        if proposals is not None and not float(1.0 / keyframe_rate).is_integer():
+            raise UserError(f"person proposals are given per whole second: the keyframe rate must be 1 (or 1/N "
+                            f"for a keyframe every N seconds), got {keyframe_rate:g}")
+        self.proposals = proposals
+        self.video_id = str(video_id)
         self.transform = transform
         self.num_frames = int(num_frames)
         self.sampling_rate = int(sampling_rate)
@@ -78,7 +92,9 @@ class KeyframeClips:
             dicts in the layout of AvaDataset samples with deferred pixels ("videos": ClipPixels per
             pathway, "whwh": float32 ``[4]`` of the resized clip, empty "boxes" and "labels",
             "metadata": {"time": keyframe seconds, "frame": its index in the resampled stream,
-            "orig_size": (H, W)}, "index": keyframe number k), ready for BatchCollator.
+            "orig_size": (H, W), "video_id": str, "timestamp": int seconds}, "index": keyframe number k),
+            ready for BatchCollator; with ``proposals`` also "proposals" float32 ``[m, 4]`` absolute
+            x1, y1, x2, y2 pixels of the resized clip and "proposal_scores" float32 ``[m]``.
 
         Raises:
             ClipTooShortError when the stream has fewer frames than one clip spans.
@@ -90,7 +106,7 @@ class KeyframeClips:
         for index, frame in resampled_frames:
             if size is None:
                 orig_size = frame.shape[:2]
-                size = resized_size(*orig_size, self.transform.short_sides[0], self.transform.max_long_side)
+                size = self.transform.scaled_size(*orig_size)
             if index >= self._first_needed(k):
                 window[index] = resize_frames([frame], *size)[0]
             length = index + 1
@@ -131,10 +147,16 @@ class KeyframeClips:
             del window[index]
 
     def _sample(self, k, indices, window, orig_size):
-        # The test transform draws no random number; the generator only fills the argument.
-        pixels, _ = self.transform([window[i] for i in indices], _NO_BOXES, np.random.default_rng(0))
+        second = int(round(self.keyframe_time(k)))
+        boxes = _NO_BOXES
+        if self.proposals is not None:
+            boxes, scores = self.proposals(second)
+        # The test transform draws no random number; the generator only fills the argument. The frames
+        # were scaled on arrival: the boxes are converted from the decoded size (``source_size``).
+        pixels, out = self.transform([window[i] for i in indices], boxes, np.random.default_rng(0),
+                                     source_size=orig_size)
         height, width = pixels.shape[-2:]
-        return {
+        sample = {
             "videos": [pixels.select(p) for p in self.pathway_frames],
             "whwh": torch.tensor([width, height, width, height], dtype=torch.float32),
             "boxes": torch.zeros((0, 4), dtype=torch.float32),
@@ -143,6 +165,12 @@ class KeyframeClips:
                 "time": self.keyframe_time(k),
                 "frame": keyframe_center(self.keyframe_time(k), self.fps),
                 "orig_size": tuple(orig_size),
+                "video_id": self.video_id,
+                "timestamp": second,
             },
             "index": k,
         }
+        if self.proposals is not None:
+            sample["proposals"] = torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+            sample["proposal_scores"] = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))
+        return sample

@@ -295,3 +295,50 @@ def log_proposal_summary(proposals, split):
     )
     if proposals.unused_keys:
         logger.info("%d keys of %s match no keyframe of the %s split", proposals.unused_keys, proposals.source, split)
+
+
+class VideoProposals:
+    """The proposals of one video's keyframes by whole second, for a video outside a dataset (``demo.py``).
+
+    The same selection as a dataset split (``KeyframeProposals.build``: ``select_proposals``, the [0, 1]
+    check, the whole-frame fallback for a keyframe without proposals), looked up under
+    ``proposal_key(video_id, second)``. Calling it with a second returns (boxes float64 ``[n, 4]``
+    normalized x1, y1, x2, y2, scores float32 ``[n]``); the seconds asked are remembered for ``summary``.
+
+    Args:
+        proposals: ``{key: float64 [N, 4 | 5]}`` (``read_proposals``).
+        video_id: the video's id in the keys.
+        score_thr, num_max: ``PROPOSALS.DET_SCORE_THR``, ``PROPOSALS.NUM_MAX``.
+        source: the file, for messages.
+    """
+
+    def __init__(self, proposals, video_id, score_thr, num_max, source=""):
+        self.proposals = proposals
+        self.video_id = str(video_id)
+        self.score_thr = float(score_thr)
+        self.num_max = int(num_max)
+        self.source = str(source)
+        self.seconds = []
+
+    def _build(self, seconds):
+        keys = [proposal_key(self.video_id, s) for s in seconds]
+        return KeyframeProposals.build(self.proposals, keys, self.score_thr, self.num_max, source=self.source)
+
+    def __call__(self, second):
+        self.seconds.append(int(second))
+        return self._build([second]).of(0, WHOLE_FRAME)
+
+    def summary(self):
+        """Log what ``log_proposal_summary`` logs for a split, for the seconds asked so far; warn when
+        none of them has proposals (the video id is then likely not the file's)."""
+        if not self.seconds:
+            return
+        built = self._build(self.seconds)
+        log_proposal_summary(built, f"video {self.video_id!r}")
+        if built.missing.all():
+            example = next(iter(self.proposals), None)
+            logger.warning(
+                "%s has no proposals for video id %r (keys '%s'): every keyframe gets the whole frame%s",
+                self.source, self.video_id, img_key(self.video_id, self.seconds[0]),
+                f"; its keys look like {example!r} (give --proposals-video-id)" if example else " (the file is empty)",
+            )

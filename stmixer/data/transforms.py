@@ -371,7 +371,17 @@ class ClipTransform:
         self.box_style = box_style
         choose_short_side(self.short_sides, scale_mode, np.random.default_rng(0))  # validates the mode
 
-    def __call__(self, frames, boxes, rng):
+    def scaled_size(self, height, width, short_side=None):
+        """(height, width) a ``height`` x ``width`` frame is scaled to (before any crop); ``short_side``
+        defaults to the first of ``short_sides`` (the test size)."""
+        short_side = self.short_sides[0] if short_side is None else int(short_side)
+        if self.box_style == "mmaction2":  # mmcv's rounding; mmaction2 has no long-side cap (ours still applies)
+            new_height, new_width = mmcv_resized_size(height, width, short_side)
+            if max(new_height, new_width) <= self.max_long_side:
+                return new_height, new_width
+        return resized_size(height, width, short_side, self.max_long_side)
+
+    def __call__(self, frames, boxes, rng, source_size=None):
         """Transform one clip.
 
         Args:
@@ -379,22 +389,23 @@ class ClipTransform:
             boxes: ``[n, 4]`` normalized x1, y1, x2, y2 (every row is transformed alone, so ground-truth
                 boxes and proposals go through together, stacked).
             rng: numpy Generator (all random choices of this clip).
+            source_size: (H, W) of the frames as decoded when ``frames`` were already scaled to
+                ``scaled_size(H, W)`` (a test-time stream, ``keyframe_clips``); the boxes and the
+                scaling are then computed from it, so the result equals that of the decoded frames
+                up to the pixels' resampling. None: the frames' own size.
 
         Returns:
             (ClipPixels of the float32 ``[3, T, H', W']`` clip, boxes float32 ``[n, 4]``
             absolute pixels of the resized (and cropped) clip, clipped to it with the "stmixer" box style).
         """
-        height, width = frames[0].shape[:2]
+        height, width = frames[0].shape[:2] if source_size is None else (int(v) for v in source_size)
         mmaction2 = self.box_style == "mmaction2"
         boxes = mmaction2_boxes_to_pixels(boxes, height, width) if mmaction2 else boxes_to_pixels(boxes, height, width)
         if self.train:
             short_side = choose_short_side(self.short_sides, self.scale_mode, rng)
         else:
             short_side = self.short_sides[0]
-        if mmaction2:  # mmcv's rounding; mmaction2 has no long-side cap (ours still applies)
-            new_height, new_width = mmcv_resized_size(height, width, short_side)
-        if not mmaction2 or max(new_height, new_width) > self.max_long_side:
-            new_height, new_width = resized_size(height, width, short_side, self.max_long_side)
+        new_height, new_width = self.scaled_size(height, width, short_side)
         frames = resize_frames(frames, new_height, new_width)
         if mmaction2:
             boxes = boxes * np.array([new_width / width, new_height / height] * 2, dtype=np.float32)

@@ -14,6 +14,13 @@ Before any work, outputs that resolve to the input (or into an input frame folde
 other) are refused and their folders are created and checked writable. A video that looks
 truncated or damaged is used as far as it decodes, with one warning naming it.
 
+Two-stage detectors (``MODEL.META_ARCHITECTURE FastRCNN``) classify given person boxes:
+``--proposals FILE`` gives them per whole second of the input (``stmixer.data.proposals``: mmaction2's
+pickle or the proposal CSV, keys ``"<video id>,<second:04d>"`` with the video id the input's file stem
+or ``--proposals-video-id``), selected as for a test split (``PROPOSALS.DET_SCORE_THR`` / ``NUM_MAX``,
+whole frame for a keyframe without proposals) and transformed with the clip; each proposal is a
+person of the output with its action scores and, as person score, the proposal's score.
+
 Outputs (each written atomically, after the detection pass has succeeded): the annotated
 video and, with ``--json``, one JSON line per keyframe:
 ``{"time": s, "frame": f, "persons": [{"box": [x1, y1, x2, y2] normalized, "score": person
@@ -37,6 +44,7 @@ from ..data.build import build_transform, num_pathways
 from ..data.collate import BatchCollator
 from ..data.descriptions import describe
 from ..data.keyframe_clips import KeyframeClips
+from ..data.proposals import VideoProposals, read_proposals
 from ..data.transforms import pathway_frame_indices
 from ..data.video import VideoSource, VideoWriter, resample, resampled_length
 from .runner import build_model
@@ -74,6 +82,11 @@ def build_parser():
     parser.add_argument("--labelmap", metavar="FILE",
                         help="label map .pbtxt naming the actions (default: AVA.LABEL_MAP_FILE of the dataset, if present)")
     parser.add_argument("--batch-size", type=int, default=None, help="clips per forward pass (default TEST.VIDEOS_PER_BATCH)")
+    parser.add_argument("--proposals", metavar="FILE",
+                        help="two-stage detectors (FastRCNN): person boxes per second of the input, mmaction2's "
+                             "pickle or a CSV video_id,timestamp,x1,y1,x2,y2,score (normalized boxes)")
+    parser.add_argument("--proposals-video-id", metavar="ID",
+                        help="video id of the input in the --proposals file (default: the input's file stem)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("opts", nargs="*", metavar="KEY VALUE", help="config overrides")
     return parser
@@ -184,6 +197,8 @@ def detect(model, samples, batch_size, collate, device, amp, make_record):
         batch = move_batch(collate(pending), device)
         with torch.no_grad(), autocast_context(device, amp):
             outputs = model(*detector_inputs(batch), **detector_kwargs(batch))
+        if "proposal_scores" in batch:  # two-stage detectors: one output row per proposal, scored by it
+            outputs = [{**det, "person_scores": scores} for det, scores in zip(outputs, batch["proposal_scores"])]
         records.extend(make_record(meta, det) for meta, det in zip(batch["metadata"], outputs))
         pending.clear()
 
@@ -225,6 +240,7 @@ def run_demo(cfg, args):
                 source.num_frames or "unknown")
     device = comm.resolve_device(cfg.MODEL.DEVICE, 0)
     names = action_names(cfg, args.labelmap)
+    proposals = video_proposals(cfg, args)
     model = load_detector(cfg, device)
     fps = float(cfg.DATA.TARGET_FPS)
     clips = KeyframeClips(
@@ -235,18 +251,25 @@ def run_demo(cfg, args):
         fps,
         args.keyframe_rate,
         source_name=args.input,
+        proposals=proposals,
+        video_id=proposals.video_id if proposals is not None else input_video_id(args.input),
     )
     estimate = resampled_length(max(source.num_frames - 1, 0) / source.fps, fps) if source.num_frames else None
     resampled = tqdm(resample(source.frames(), fps), total=estimate, desc="detect", unit="frame",
                      disable=args.no_progress, dynamic_ncols=True)
 
+    # Proposals were selected from the file (PROPOSALS.DET_SCORE_THR): every one is a person of the output.
+    person_threshold = 0.0 if proposals is not None else cfg.MODEL.STM.PERSON_THRESHOLD
+
     def make_record(meta, detections):
-        return keyframe_record(meta, detections, names, args.threshold, args.topk, cfg.MODEL.STM.PERSON_THRESHOLD,
+        return keyframe_record(meta, detections, names, args.threshold, args.topk, person_threshold,
                                source.fps, mirrored=cfg.AVA.TEST_FORCE_FLIP)
 
     records = detect(model, clips(resampled), args.batch_size or cfg.TEST.VIDEOS_PER_BATCH,
                      BatchCollator(cfg.DATALOADER.SIZE_DIVISIBILITY), device, cfg.SOLVER.AMP, make_record)
     resampled.close()
+    if proposals is not None:
+        proposals.summary()
     logger.info("%d keyframes, %d person detections", len(records), sum(len(r["persons"]) for r in records))
     if args.json:
         with atomic_open(args.json, "w") as f:
@@ -256,6 +279,46 @@ def run_demo(cfg, args):
         written = render(source, records, args.keyframe_rate, args.output, progress=not args.no_progress)
         logger.info("Annotated video written to %s (%d frames)", args.output, written)
     return records
+
+
+#: Detectors that classify given person boxes (``--proposals``) instead of finding people themselves.
+TWO_STAGE_ARCHITECTURES = ("FastRCNN",)
+
+
+def input_video_id(path):
+    """The video id of an input: its file stem (``clips/abc.mp4`` -> ``abc``), or a frame folder's name."""
+    return os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
+
+
+def _check_proposal_options(cfg, args):
+    """A two-stage detector needs --proposals; the one-stage detectors find people themselves and take none."""
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch in TWO_STAGE_ARCHITECTURES and not args.proposals:
+        raise UserError(f"MODEL.META_ARCHITECTURE {arch} classifies given person boxes: pass --proposals FILE "
+                        "(boxes per second of the input, a CSV video_id,timestamp,x1,y1,x2,y2,score or mmaction2's "
+                        "proposal pickle; see docs/fast_rcnn.md)")
+    if args.proposals and arch not in TWO_STAGE_ARCHITECTURES:
+        raise UserError(f"--proposals {args.proposals}: MODEL.META_ARCHITECTURE {arch} detects people itself; "
+                        f"person proposals are for {', '.join(TWO_STAGE_ARCHITECTURES)}")
+    if args.proposals and not float(1.0 / args.keyframe_rate).is_integer():
+        raise UserError(f"--proposals gives person boxes per whole second: --keyframe-rate must be 1 (or 1/N, a "
+                        f"keyframe every N seconds), got {args.keyframe_rate:g}")
+    if args.proposals and not os.path.isfile(args.proposals):
+        raise UserFileNotFoundError(f"--proposals {args.proposals}: file not found")
+    if args.proposals_video_id is not None and not args.proposals:
+        raise UserError("--proposals-video-id names the input in a --proposals file; give --proposals FILE too")
+
+
+def video_proposals(cfg, args):
+    """VideoProposals of the input from ``--proposals`` (None without it), selected with ``PROPOSALS.DET_SCORE_THR``
+    and ``PROPOSALS.NUM_MAX``."""
+    if not args.proposals:
+        return None
+    video_id = args.proposals_video_id or input_video_id(args.input)
+    proposals = read_proposals(args.proposals)
+    logger.info("Proposals of video %r from %s (%d keys in the file)", video_id, args.proposals, len(proposals))
+    return VideoProposals(proposals, video_id, cfg.PROPOSALS.DET_SCORE_THR, cfg.PROPOSALS.NUM_MAX,
+                          source=args.proposals)
 
 
 def _check_outputs_are_not_inputs(args):
@@ -294,6 +357,7 @@ def main(argv=None):
         _check_outputs_are_not_inputs(args)
         _check_writable_outputs(args)
         cfg = load_config(args.config_file, args.opts)
+        _check_proposal_options(cfg, args)
     setup_logger("", 0)
     with exit_on_user_error(logger):
         set_threads(0, 1, cfg.NUM_THREADS, logger)

@@ -96,3 +96,47 @@ def test_too_short_stream_is_an_error_naming_the_input(make_cfg):
 
 def test_keyframe_center_rounds_to_the_nearest_frame():
     assert [keyframe_center(t, 30) for t in (0.0, 0.5, 1 / 3, 0.49 / 30, 0.51 / 30)] == [0, 15, 10, 0, 1]
+
+
+@pytest.mark.parametrize("opts", [(), ("DATA.TEST_MIN_SCALES", [42]),
+                                  ("DATA.TEST_MIN_SCALES", [42], "DATA.BOX_TRANSFORM", "mmaction2"),
+                                  ("AVA.TEST_FORCE_FLIP", True)],
+                         ids=["native", "scaled", "scaled-mmaction2", "flipped"])
+def test_proposals_of_a_frame_stream_equal_the_test_dataset_proposals(tiny_dataset, make_cfg, opts):
+    """demo.py --proposals: the stream's keyframes get the proposals a test sample gets, to the bit (same
+    selection, same transform call); frame 0 of a dataset video is second 900."""
+    from stmixer.data.proposals import VideoProposals, read_proposals
+    from stmixer.data.synthetic import PROPOSAL_FILE
+
+    root, _ = tiny_dataset
+    name = PROPOSAL_FILE.format(split="val", ext="pkl")
+    cfg = make_cfg(root, ("PROPOSALS.TEST_FILE", name, "PROPOSALS.DET_SCORE_THR", 0.7, *opts))
+    dataset = build_dataset(cfg, is_train=False)
+    path = root / cfg.AVA.ANNOTATION_DIR / name
+    seen = 0
+    for index in range(len(dataset)):
+        info = dataset.keyframe_info(index)
+        lookup = VideoProposals(read_proposals(str(path)), info["video_id"], 0.7, cfg.PROPOSALS.NUM_MAX, str(path))
+        clips = KeyframeClips(build_transform(cfg, is_train=False), cfg.DATA.NUM_FRAMES, cfg.DATA.SAMPLING_RATE,
+                              pathway_frame_indices(cfg.DATA.NUM_FRAMES, 1, cfg.SLOWFAST.ALPHA), 30, 1.0,
+                              proposals=lambda second: lookup(second + 900), video_id=info["video_id"])
+        source = VideoSource(str(root / "frames" / info["video_id"]), folder_fps=30)
+        ours = {s["index"]: s for s in clips(resample(source.frames(), 30))}[info["timestamp"] - 900]
+        theirs = dataset[index]
+        assert len(theirs["proposals"]) >= 1
+        assert torch.equal(ours["proposals"], theirs["proposals"])
+        assert torch.equal(ours["proposal_scores"], theirs["proposal_scores"])
+        assert torch.equal(ours["whwh"], theirs["whwh"])
+        assert torch.equal(ours["videos"][0].to_tensor(), theirs["videos"][0])
+        assert ours["metadata"]["video_id"] == info["video_id"]
+        seen += 1
+    assert seen == len(dataset) >= 1
+
+
+def test_proposals_need_keyframes_on_whole_seconds(make_cfg):
+    from stmixer.errors import UserError
+
+    cfg = make_cfg("unused")
+    with pytest.raises(UserError, match="per whole second"):
+        KeyframeClips(build_transform(cfg, is_train=False), 4, 8, [[0, 1, 2, 3]], 30, 2.0,
+                      proposals=lambda second: None)

@@ -324,3 +324,24 @@ def test_tube_datasets_refuse_proposal_files(tmp_path):
                          "PROPOSALS.TEST_FILE", "p.pkl"])
     with pytest.raises(DatasetConfigError, match="PROPOSALS.TEST_FILE = 'p.pkl'.*AVA-layout datasets only"):
         build_dataset(cfg, is_train=False)
+
+
+def test_video_proposals_select_per_second_and_warn_when_the_video_id_matches_nothing(caplog):
+    from stmixer.data.proposals import VideoProposals
+
+    table = {"cam,0003": np.array([[0.1, 0.1, 0.5, 0.5, 0.95], [0.2, 0.2, 0.4, 0.4, 0.2], [0.6, 0.1, 0.9, 0.9, 0.91]])}
+    lookup = VideoProposals(table, "cam", score_thr=0.9, num_max=1, source="p.pkl")
+    boxes, scores = lookup(3)  # the selection of a test split: >= 0.9, then the first NUM_MAX
+    np.testing.assert_array_equal(boxes, [[0.1, 0.1, 0.5, 0.5]])
+    np.testing.assert_array_equal(scores, np.float32([0.95]))
+    boxes, scores = lookup(4)  # no proposals: the whole frame, score 1
+    np.testing.assert_array_equal(boxes, [[0.0, 0.0, 1.0, 1.0]])
+    np.testing.assert_array_equal(scores, [1.0])
+    caplog.set_level("INFO", logger="stmixer.data.proposals")
+    lookup.summary()
+    assert "1 boxes for 1 of 2 keyframes (1 get the whole-frame fallback)" in caplog.text
+    assert "has no proposals for video id" not in caplog.text
+    other = VideoProposals(table, "street", 0.9, 1, source="p.pkl")
+    other(0)
+    other.summary()
+    assert "p.pkl has no proposals for video id 'street'" in caplog.text and "'cam,0003'" in caplog.text

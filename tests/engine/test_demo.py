@@ -242,3 +242,78 @@ def test_truncated_video_is_used_with_a_visible_warning_and_exit_0(tmp_path, cap
     warnings = [line for line in printed.out.splitlines() + printed.err.splitlines() if "looks truncated" in line]
     assert len(warnings) == 1 and f"{video}: the video looks truncated or damaged (" in warnings[0], warnings
     assert out.exists() and len(out.read_text().splitlines()) >= 1
+
+
+# Two-stage detectors (FastRCNN): person boxes come from --proposals.
+
+FASTRCNN_CONFIG = "config_files/synthetic/tiny-fastrcnn.yaml"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "pkl"])
+def test_fastrcnn_demo_labels_the_given_proposals(tmp_path, capsys, fmt):
+    import pickle
+
+    from stmixer.config import load_config
+    from stmixer.modeling import build_detector
+
+    opts = micro_opts(tmp_path / "data", tmp_path / "run")
+    torch.manual_seed(0)
+    weights = tmp_path / "random.pth"
+    torch.save({"model": build_detector(load_config(FASTRCNN_CONFIG, opts)).state_dict()}, weights)
+    # The video id is the input's file stem (csv) or --proposals-video-id (pkl, a video named otherwise).
+    video = tmp_path / ("street.mp4" if fmt == "csv" else "cam.mp4")
+    write_synthetic_video(str(video), seconds=3, size=(64, 112), fps=30, seed=2)  # keyframes at 0, 1, 2 s
+    rows = [
+        "street,0,0.1,0.2,0.4,0.9,0.95",
+        "street,0,0.5,0.1,0.8,0.7,0.3",  # below PROPOSALS.DET_SCORE_THR 0.7 of the config: dropped
+        "street,0,0.55,0.25,0.9,0.95,0.85",
+        "other,1,0.2,0.2,0.3,0.3,0.99",  # another video: second 1 of street has none -> the whole frame
+        "street,2,0.3,0.3,0.6,0.8,0.75",
+    ]
+    proposals = tmp_path / f"people.{fmt}"
+    if fmt == "csv":
+        proposals.write_text("".join(row + "\n" for row in rows))
+    else:
+        table = {}
+        for row in rows:
+            video_id, second, *values = row.split(",")
+            table.setdefault(f"{video_id},{int(second):04d}", []).append([float(v) for v in values])
+        proposals.write_bytes(pickle.dumps({key: np.asarray(v) for key, v in table.items()}))
+    out = tmp_path / "out"
+    demo_main(["--config-file", FASTRCNN_CONFIG, "--input", str(video), "--proposals", str(proposals),
+               *([] if fmt == "csv" else ["--proposals-video-id", "street"]),
+               "--output", str(out / "labelled.mp4"), "--json", str(out / "dets.jsonl"), "--threshold", "0",
+               "--no-progress", *opts, "MODEL.WEIGHT", str(weights)])
+    records = [json.loads(line) for line in (out / "dets.jsonl").read_text().splitlines()]
+    assert [r["time"] for r in records] == [0.0, 1.0, 2.0]
+    expected = [
+        [([0.1, 0.2, 0.4, 0.9], 0.95), ([0.55, 0.25, 0.9, 0.95], 0.85)],
+        [([0.0, 0.0, 1.0, 1.0], 1.0)],
+        [([0.3, 0.3, 0.6, 0.8], 0.75)],
+    ]
+    for record, persons in zip(records, expected):
+        assert [p["score"] for p in record["persons"]] == pytest.approx([score for _, score in persons])
+        # The boxes made the round trip through the clip's pixels (64 x 112 here; the whole frame is clipped
+        # to the last pixel, (W - 1) / W): equal within a pixel.
+        for person, (box, _) in zip(record["persons"], persons):
+            assert person["box"] == pytest.approx(box, abs=1 / 64)
+            assert len(person["actions"]) == 3 and all(0.0 <= a["score"] <= 1.0 for a in person["actions"])
+    labelled = VideoSource(str(out / "labelled.mp4"))
+    assert (labelled.width, labelled.height) == (112, 64) and sum(1 for _ in labelled.frames()) == 90
+    log = capsys.readouterr()
+    assert "2 of 3 keyframes (1 get the whole-frame fallback)" in log.out + log.err
+
+
+def test_fastrcnn_demo_without_proposals_says_what_to_pass(tmp_path, capsys, monkeypatch):
+    video = tmp_path / "in.mp4"
+    video.write_bytes(b"x")
+    _refused(capsys, monkeypatch, ["--config-file", FASTRCNN_CONFIG, "--input", str(video),
+                                   "--json", str(tmp_path / "out.jsonl")],
+             "MODEL.META_ARCHITECTURE FastRCNN classifies given person boxes: pass --proposals FILE")
+    _refused(capsys, monkeypatch, ["--input", str(video), "--json", str(tmp_path / "out.jsonl"),
+                                   "--proposals", str(tmp_path / "p.csv")],
+             "STMDetector detects people itself")
+    _refused(capsys, monkeypatch, ["--config-file", FASTRCNN_CONFIG, "--input", str(video),
+                                   "--json", str(tmp_path / "out.jsonl"), "--proposals", str(tmp_path / "p.csv")],
+             f"--proposals {tmp_path / 'p.csv'}: file not found")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
