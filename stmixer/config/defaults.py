@@ -595,5 +595,5 @@ _C.TEST.STRICT_EVAL = False
 _C.OUTPUT_DIR = "."
 # (stmixer) Intra-op CPU threads per process; 0 = OMP_NUM_THREADS if set, else cores / processes on the node - DATALOADER.NUM_WORKERS (at least 1).
 _C.NUM_THREADS = 0
-# (stmixer) torch.backends.cudnn.benchmark for train_net / test_net / demo on CUDA: cuDNN times its algorithms per input shape once, then picks the fastest.
+# (stmixer) torch.backends.cudnn.benchmark for train_net / test_net / demo on CUDA: cuDNN times its algorithms per input shape once, then picks the fastest (its choice may differ between runs: set False for run-to-run identical CUDA results).
 _C.CUDNN_BENCHMARK = True
