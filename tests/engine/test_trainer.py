@@ -162,6 +162,7 @@ def test_nonfinite_matching_cost_skip_skips_the_step_and_goes_on(tmp_path):
 def _two_process_worker(rank, init_file, results_dir):
     """One of 2 gloo processes training a DDP toy model; only rank 0's predictions turn NaN (iteration 2)."""
     import datetime
+    import gc
     import json
 
     import torch.distributed as dist
@@ -186,6 +187,11 @@ def _two_process_worker(rank, init_file, results_dir):
                 outcome["error"] = str(e)
             outcome["weights"] = [p.detach().sum().item() for p in model.parameters()]
             (results_dir / f"{mode}{rank}.json").write_text(json.dumps(outcome))
+            # DDP's reducer must go before the process group does (a reducer destroyed after it, or
+            # while the peer still tears down, aborts the process now and then: "terminate called ...")
+            del trainer, ddp
+            gc.collect()
+            dist.barrier()
     finally:
         dist.destroy_process_group()
 
