@@ -228,15 +228,10 @@ def _require_state_dict(path, value, entry):
 _CAFFE2_META = ("lr", "model_iter")
 
 
-def _from_caffe2_pickle(path, obj):
-    blobs, extras = (obj["blobs"], {k: v for k, v in obj.items() if k != "blobs"}) if "blobs" in obj else (obj, {})
-    if not isinstance(blobs, dict):
-        raise CheckpointFormatError(f"{path}: 'blobs' is a {type(blobs).__name__}, expected a dict of arrays")
-    if csn.is_csn_blobs(blobs):
-        return _from_csn_blobs(path, blobs, extras)
-    dropped = {}
-    tensors = OrderedDict()
-    classifier = OrderedDict()
+def _sort_blobs(path, blobs, is_classifier):
+    """Caffe2 blobs -> ``([(name, array)] weights in file order, {reason: [names]} dropped)``: training
+    metadata, SGD momenta, the classifier (``is_classifier(name)``) and non-arrays are dropped."""
+    weights, dropped = [], {}
     for name, value in blobs.items():
         if not isinstance(name, str):
             raise CheckpointFormatError(f"{path}: blob names must be strings, found {name!r}")
@@ -244,14 +239,25 @@ def _from_caffe2_pickle(path, obj):
             dropped.setdefault("training metadata", []).append(name)
         elif name.endswith("_momentum"):
             dropped.setdefault("SGD momentum", []).append(name)
-        elif name.startswith("pred_"):
+        elif is_classifier(name):
             dropped.setdefault("classifier head", []).append(name)
-            if name in _CAFFE2_CLASSIFIER and isinstance(value, np.ndarray):
-                classifier[_CAFFE2_CLASSIFIER[name]] = torch.from_numpy(value)
         elif not isinstance(value, np.ndarray):
             dropped.setdefault("not an array", []).append(name)
         else:
-            tensors[caffe2_to_module_path(name) or name] = torch.from_numpy(value)
+            weights.append((name, value))
+    return weights, dropped
+
+
+def _from_caffe2_pickle(path, obj):
+    blobs, extras = (obj["blobs"], {k: v for k, v in obj.items() if k != "blobs"}) if "blobs" in obj else (obj, {})
+    if not isinstance(blobs, dict):
+        raise CheckpointFormatError(f"{path}: 'blobs' is a {type(blobs).__name__}, expected a dict of arrays")
+    if csn.is_csn_blobs(blobs):
+        return _from_csn_blobs(path, blobs, extras)
+    weights, dropped = _sort_blobs(path, blobs, lambda name: name.startswith("pred_"))
+    tensors = OrderedDict((caffe2_to_module_path(name) or name, torch.from_numpy(value)) for name, value in weights)
+    classifier = OrderedDict((key, torch.from_numpy(blobs[name])) for name, key in _CAFFE2_CLASSIFIER.items()
+                             if isinstance(blobs.get(name), np.ndarray))
     contents = _from_state_dict(path, tensors, extras)
     for reason, names in dropped.items():
         contents.dropped.setdefault(reason, []).extend(names)
@@ -263,24 +269,13 @@ def _from_caffe2_pickle(path, obj):
 def _from_csn_blobs(path, blobs, extras):
     """VMZ ir-CSN blobs (pickle or ``.mat``) -> ``backbone.*`` keys of ``IrCSN`` (see ``csn``)."""
     depth = csn.depth_of(set(blobs))
-    dropped = {}
+    weights, dropped = _sort_blobs(path, blobs, csn.CLASSIFIER.fullmatch)
     tensors = OrderedDict()
-    for name, value in blobs.items():
-        if not isinstance(name, str):
-            raise CheckpointFormatError(f"{path}: blob names must be strings, found {name!r}")
-        if name in _CAFFE2_META:
-            dropped.setdefault("training metadata", []).append(name)
-        elif name.endswith("_momentum"):
-            dropped.setdefault("SGD momentum", []).append(name)
-        elif csn.CLASSIFIER.fullmatch(name):
-            dropped.setdefault("classifier head", []).append(name)
-        elif not isinstance(value, np.ndarray):
-            dropped.setdefault("not an array", []).append(name)
-        else:
-            target = csn.blob_to_module_path(name, depth) if depth else None
-            if target and csn.is_bn_blob(name):
-                value = value.reshape(-1)
-            tensors["backbone." + (target or name)] = torch.from_numpy(np.ascontiguousarray(value))
+    for name, value in weights:
+        target = csn.blob_to_module_path(name, depth) if depth else None
+        if target and csn.is_bn_blob(name):
+            value = value.reshape(-1)
+        tensors["backbone." + (target or name)] = torch.from_numpy(np.ascontiguousarray(value))
     return CheckpointContents(path, "caffe2_csn", "", tensors, extras, dropped)
 
 
