@@ -105,28 +105,23 @@ class HungarianMatcher:
                     gt[i, :n] = target["boxes"]
             whwh = torch.stack([t["whwh"] for t in targets]).to(dtype)
             host = self.batched_cost(cls_logits, boxes, gt, whwh).cpu()
-        matches = []
-        for i, n in enumerate(counts):
-            cost = host[i, :, :n]
-            if not torch.isfinite(cost).all():
-                error = NonFiniteCostError(f"clip {i} of the batch: {_nonfinite_culprit(cls_logits[i], boxes[i])}")
-                error.clip = i
-                raise error
-            matches.append(_solve(cost))
-        return matches
+        return [_solve_clip(i, host[i, :, :n], cls_logits, boxes) for i, n in enumerate(counts)]
 
     @torch.no_grad()
     def match_per_clip(self, cls_logits, boxes, targets):
         """Reference path of ``__call__``: one cost matrix and one device-to-host copy per clip (same results)."""
-        matches = []
-        for i, target in enumerate(targets):
-            cost = self.cost_matrix(cls_logits[i], boxes[i], target["boxes"], target["whwh"]).cpu()
-            if not torch.isfinite(cost).all():
-                error = NonFiniteCostError(f"clip {i} of the batch: {_nonfinite_culprit(cls_logits[i], boxes[i])}")
-                error.clip = i
-                raise error
-            matches.append(_solve(cost))
-        return matches
+        return [_solve_clip(i, self.cost_matrix(cls_logits[i], boxes[i], t["boxes"], t["whwh"]).cpu(), cls_logits, boxes)
+                for i, t in enumerate(targets)]
+
+
+def _solve_clip(i, cost, cls_logits, boxes):
+    """``_solve`` of clip ``i``'s host cost ``[Q, n]``; NonFiniteCostError naming the clip (``clip`` = i) and
+    what in its predictions ``cls_logits[i]`` / ``boxes[i]`` is not finite when the cost is not."""
+    if not torch.isfinite(cost).all():
+        error = NonFiniteCostError(f"clip {i} of the batch: {_nonfinite_culprit(cls_logits[i], boxes[i])}")
+        error.clip = i
+        raise error
+    return _solve(cost)
 
 
 def _solve(cost):
