@@ -143,3 +143,49 @@ def test_reference_parity_tool_accepts_the_fixtures():
     for precision in ("f64", "f32"):
         result = compare(run_fixture(fixture, precision), expected)
         assert result.ok, result.problems
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_tuber_fork_config_builds_and_runs_a_tiny_cpu_forward():
+    from stmixer.config import load_config
+    from stmixer.modeling import build_detector
+
+    cfg = load_config(str(REPO / "config_files/tuber/Sparse_CSN50_AVA21.yaml"))
+    assert cfg.MODEL.META_ARCHITECTURE == "SparseRCNN" and cfg.MODEL.BACKBONE.CONV_BODY == "CSN-50"
+    torch.manual_seed(0)
+    model = build_detector(cfg).eval()
+    assert len(model.head.head_series) == 8 and model.head.num_proposals == 300
+    video = torch.randn(1, 3, 8, 64, 64)
+    with torch.no_grad():
+        (det,) = model(video, None, torch.tensor([[64.0, 60.0, 64.0, 60.0]]))
+    assert det["scores"].shape == (100, 80) and det["boxes"].shape == (100, 4)
+    assert (det["boxes"] >= 0).all() and (det["boxes"] <= 1).all()
+    assert torch.equal(det["person_scores"], det["scores"].max(-1).values)
+    assert not any(k.startswith("criterion") for k in model.state_dict())
+
+
+def test_tiny_detector_trains_with_multi_hot_actions_and_rejects_bad_config():
+    from stmixer.config import ConfigError, load_config
+    from stmixer.modeling import build_detector
+
+    cfg = load_config(str(REPO / "config_files/synthetic/tiny-sparse-rcnn.yaml"), freeze=False)
+    torch.manual_seed(0)
+    model = build_detector(cfg).train()
+    labels = torch.zeros(2, 9)
+    labels[0, [1, 4]] = 1
+    labels[1, 2] = 1
+    losses = model(torch.randn(1, 3, 4, 64, 80), None, torch.tensor([[80.0, 64.0, 80.0, 64.0]]),
+                   [torch.tensor([[2.0, 3.0, 40.0, 60.0], [30.0, 10.0, 70.0, 50.0]])], [labels])
+    assert list(losses)[:3] == ["loss_ce", "loss_giou", "loss_bbox"] and len(losses) == 6
+    sum(losses.values()).backward()
+    with pytest.raises(ValueError, match=r"\[2, 9\]"):
+        model(torch.randn(1, 3, 4, 64, 80), None, torch.tensor([[80.0, 64.0, 80.0, 64.0]]),
+              [torch.zeros(2, 4)], [torch.zeros(2, 5)])
+    with pytest.raises(ConfigError, match="TEMPORAL_POOL"):
+        load_config(str(REPO / "config_files/synthetic/tiny-sparse-rcnn.yaml"),
+                    ["MODEL.SPARSE_RCNN.TEMPORAL_POOL", "middle"])
+    cfg.MODEL.SPARSE_RCNN.PROJ_GN_GROUPS = 5
+    with pytest.raises(ConfigError, match="PROJ_GN_GROUPS"):
+        build_detector(cfg)

@@ -57,6 +57,9 @@ class SparseRCNNCriterion(SetCriterion):
             raise ValueError(f"SparseRCNNCriterion: no weight given for {sorted(missing)}")
         super().__init__(matcher, num_classes, dict(weights, loss_bce=0.0), no_object_weight,
                          intermediate_supervision=deep_supervision)
+        # the no-object class weight is a constant of the configuration, not a model weight: kept out of
+        # checkpoints (the official focal models have no such buffer)
+        self.register_buffer("empty_weight", self.empty_weight, persistent=False)
         self.use_focal = use_focal
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
