@@ -525,10 +525,12 @@ _C.MODEL.SPARSE_RCNN.DIM_DYNAMIC = 64
 _C.MODEL.SPARSE_RCNN.POOLER_RESOLUTION = 7
 # (sparsercnn) RoIAlign sampling points per bin side (official POOLER_SAMPLING_RATIO; 0 = adaptive).
 _C.MODEL.SPARSE_RCNN.SAMPLING_RATIO = 2
-# (stmixer) Strides in pixels of the backbone levels the head reads (its last len() levels), consecutive powers of 2.
+# (stmixer) Strides in pixels of the levels the head reads (the backbone's last ones, then EXTRA_LEVELS), consecutive powers of 2.
 _C.MODEL.SPARSE_RCNN.FEATMAP_STRIDES = [4, 8, 16, 32]
-# (stmixer) Reduction of each backbone level over time: "mean" or "keyframe" (the middle slice).
-_C.MODEL.SPARSE_RCNN.TEMPORAL_POOL = "mean"
+# (tuber fork) Levels added after the backbone's, each a Conv2d 3x3 stride 2 + GroupNorm of the previous one (the fork: 1).
+_C.MODEL.SPARSE_RCNN.EXTRA_LEVELS = 0
+# (tuber fork) Each level's frames are projected, then reduced over time: "max" (the fork), "mean" or "keyframe" (the middle slice only).
+_C.MODEL.SPARSE_RCNN.TEMPORAL_POOL = "max"
 # (tuber fork) GroupNorm groups of the per-level input projections.
 _C.MODEL.SPARSE_RCNN.PROJ_GN_GROUPS = 32
 # (sparsercnn) Weight of the focal class loss and of the class matching cost.
@@ -543,6 +545,12 @@ _C.MODEL.SPARSE_RCNN.DEEP_SUPERVISION = True
 _C.MODEL.SPARSE_RCNN.ALPHA = 0.25
 # (sparsercnn) Focal loss gamma.
 _C.MODEL.SPARSE_RCNN.GAMMA = 2.0
+# (tuber fork) Class loss: "focal" (Sparse R-CNN) or "bce" (the fork's SetCriterionAVA: BCE of the sigmoid, matched queries weighted MATCHED_WEIGHT, mean).
+_C.MODEL.SPARSE_RCNN.CLASS_LOSS = "focal"
+# (tuber fork) "bce" class loss: weight of the matched queries' elements (LOSS_COFS.WEIGHT 10); the others weigh 1.
+_C.MODEL.SPARSE_RCNN.MATCHED_WEIGHT = 10.0
+# (tuber fork) Matching class cost of a target: "per_target" (its own actions) or "batch_union" (the fork: the union of all the batch's target actions).
+_C.MODEL.SPARSE_RCNN.MATCH_CLASS_COST = "per_target"
 # (sparsercnn) Prior probability of the classifier's initial bias.
 _C.MODEL.SPARSE_RCNN.PRIOR_PROB = 0.01
 # (stmixer) Test time: proposals kept per clip, best person score (best action probability) first.

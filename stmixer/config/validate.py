@@ -50,7 +50,9 @@ CHOICES = {
     "RECOGNITION.SAMPLING": ("dense", "segments"),
     "RECOGNITION.TEST_NUM_CROPS": (1, 3),
     "RECOGNITION.OUT_OF_BOUND": ("loop", "repeat_last"),
-    "MODEL.SPARSE_RCNN.TEMPORAL_POOL": ("mean", "keyframe"),
+    "MODEL.SPARSE_RCNN.TEMPORAL_POOL": ("max", "mean", "keyframe"),
+    "MODEL.SPARSE_RCNN.CLASS_LOSS": ("focal", "bce"),
+    "MODEL.SPARSE_RCNN.MATCH_CLASS_COST": ("per_target", "batch_union"),
 }
 # String keys compared without case.
 CASELESS_CHOICES = {

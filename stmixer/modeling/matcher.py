@@ -59,7 +59,7 @@ class HungarianMatcher:
             boxes: ``[Q, 4]`` predicted absolute xyxy pixels.
             gt_boxes: ``[n, 4]`` ground-truth absolute xyxy pixels.
             whwh: ``[4]`` clip size (w, h, w, h).
-            gt_classes: optional ``[n, C]`` float class weights of the targets (``_class_weights``).
+            gt_classes: optional ``[n, C]`` float class weights of the targets (``target_class_weights``).
         """
         return self.batched_cost(cls_logits[None], boxes[None], gt_boxes[None], whwh[None],
                                  None if gt_classes is None else gt_classes[None])[0]
@@ -132,7 +132,7 @@ class HungarianMatcher:
                 classes = gt.new_zeros(B, N, cls_logits.size(-1))
                 for i, (target, n) in enumerate(zip(targets, counts)):
                     if n:
-                        classes[i, :n] = _class_weights(target["labels"], cls_logits.size(-1), dtype)
+                        classes[i, :n] = target_class_weights(target["labels"], cls_logits.size(-1), dtype)
             host = self.batched_cost(cls_logits, boxes, gt, whwh, classes).cpu()
         return [_solve_clip(i, host[i, :, :n], cls_logits, boxes) for i, n in enumerate(counts)]
 
@@ -141,11 +141,11 @@ class HungarianMatcher:
         """Reference path of ``__call__``: one cost matrix and one device-to-host copy per clip (same results)."""
         return [_solve_clip(i, self.cost_matrix(
             cls_logits[i], boxes[i], t["boxes"], t["whwh"],
-            _class_weights(t["labels"], cls_logits.size(-1), t["boxes"].dtype) if "labels" in t else None).cpu(),
+            target_class_weights(t["labels"], cls_logits.size(-1), t["boxes"].dtype) if "labels" in t else None).cpu(),
             cls_logits, boxes) for i, t in enumerate(targets)]
 
 
-def _class_weights(labels, num_columns, dtype):
+def target_class_weights(labels, num_columns, dtype):
     """``[n, C]`` float class weights of a target's "labels": one-hot rows of int64 ``[n]`` class indices,
     or a float ``[n, C]`` multi-hot as given."""
     if labels.dtype in (torch.int64, torch.int32) and labels.dim() == 1:

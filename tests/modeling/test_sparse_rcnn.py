@@ -156,11 +156,12 @@ def test_tuber_fork_config_builds_and_runs_a_tiny_cpu_forward():
     assert cfg.MODEL.META_ARCHITECTURE == "SparseRCNN" and cfg.MODEL.BACKBONE.CONV_BODY == "CSN-50"
     torch.manual_seed(0)
     model = build_detector(cfg).eval()
-    assert len(model.head.head_series) == 8 and model.head.num_proposals == 300
+    assert len(model.head.head_series) == 8 and model.head.num_proposals == 15
+    assert model.head.box_pooler.strides == (8, 16, 32, 64) and len(model.extra_convs) == 1
     video = torch.randn(1, 3, 8, 64, 64)
     with torch.no_grad():
         (det,) = model(video, None, torch.tensor([[64.0, 60.0, 64.0, 60.0]]))
-    assert det["scores"].shape == (100, 80) and det["boxes"].shape == (100, 4)
+    assert det["scores"].shape == (15, 80) and det["boxes"].shape == (15, 4)
     assert (det["boxes"] >= 0).all() and (det["boxes"] <= 1).all()
     assert torch.equal(det["person_scores"], det["scores"].max(-1).values)
     assert not any(k.startswith("criterion") for k in model.state_dict())
@@ -189,3 +190,33 @@ def test_tiny_detector_trains_with_multi_hot_actions_and_rejects_bad_config():
     cfg.MODEL.SPARSE_RCNN.PROJ_GN_GROUPS = 5
     with pytest.raises(ConfigError, match="PROJ_GN_GROUPS"):
         build_detector(cfg)
+
+
+def test_fork_bce_class_loss_and_batch_union_matching_cost():
+    from stmixer.modeling.sparse_rcnn import SparseRCNNOutputs
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, dtype=torch.float64)
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 20.0, 20.0], [2.0, 2.0, 8.0, 9.0]], dtype=torch.float64)
+    outputs = SparseRCNNOutputs([logits], [boxes.expand(2, 3, 4)])
+    whwh = torch.tensor([32.0, 32.0, 32.0, 32.0], dtype=torch.float64)
+    targets = [{"boxes": boxes[:1], "labels": torch.tensor([[1.0, 0.0, 1.0, 0.0]], dtype=torch.float64), "whwh": whwh},
+               {"boxes": boxes[1:2], "labels": torch.tensor([[0.0, 1.0, 0.0, 0.0]], dtype=torch.float64), "whwh": whwh}]
+    criterion = SparseRCNNCriterion(HungarianMatcher(2.0, 5.0, 2.0, class_cost="focal"), 4,
+                                    {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}, deep_supervision=False,
+                                    class_loss="bce", matched_weight=10.0, match_class_cost="batch_union")
+    union = criterion._match_targets(targets, 4)
+    assert all(torch.equal(t["labels"], torch.tensor([[1.0, 1.0, 1.0, 0.0]], dtype=torch.float64)) for t in union)
+    losses, matches = criterion.losses_and_matches(outputs, targets)
+    batch, query, tgt = matches[0]
+    target = torch.zeros_like(logits)
+    weight = torch.ones_like(logits)
+    for b, q, j in zip(batch.tolist(), query.tolist(), tgt.tolist()):
+        target[b, q] = targets[j]["labels"][0]
+        weight[b, q] = 10.0
+    p = logits.sigmoid()
+    expected = (-(target * p.log() + (1 - target) * (1 - p).log()) * weight).mean()
+    assert torch.isclose(losses["loss_ce"], expected)
+    with pytest.raises(ValueError, match="class loss"):
+        SparseRCNNCriterion(HungarianMatcher(), 4, {"loss_ce": 1, "loss_bbox": 1, "loss_giou": 1}, use_focal=False,
+                            class_loss="bce")

@@ -8,10 +8,15 @@ earlier stage k, ``loss_ce_k, loss_giou_k, loss_bbox_k``.
   B * Q * C logits, divided by ``num_boxes``; target row of a matched query = the one-hot of
   its target's class (or the target's multi-hot row); softmax: cross-entropy over C + 1 classes
   with class weights ``[1, ..., 1, no_object_weight]``, weighted mean.
+  ``class_loss="bce"`` (the TubeR fork's ``SetCriterionAVA``): binary cross-entropy of the sigmoid
+  probabilities against the (multi-hot) targets, matched queries weighted ``matched_weight``, the
+  others 1, mean over all B * Q * C elements.
 * ``loss_bbox``: L1 of matched boxes divided by the image size, summed, / ``num_boxes``.
 * ``loss_giou``: ``sum(1 - GIoU) / num_boxes``.
 
 ``num_boxes`` as ``losses.average_num_boxes`` (averaged over processes, at least 1).
+``match_class_cost="batch_union"`` (the fork's matcher): every target's class cost is that of the
+union of all the batch's target classes (the same for every target) instead of its own classes.
 The matching and the index bookkeeping are ``losses.SetCriterion``'s.
 """
 
@@ -20,8 +25,11 @@ import torch.nn.functional as F
 
 from ...structures.boxes import generalized_box_iou
 from ..losses import SetCriterion, average_num_boxes
+from ..matcher import target_class_weights
 
 FINAL_ORDER = ("loss_ce", "loss_giou", "loss_bbox")
+CLASS_LOSSES = ("focal", "bce")
+MATCH_CLASS_COSTS = ("per_target", "batch_union")
 
 
 def sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0):
@@ -48,10 +56,14 @@ class SparseRCNNCriterion(SetCriterion):
         focal_float32: compute the focal loss in float32 whatever the logits' dtype, as the official code
             does (fvcore's ``sigmoid_focal_loss_jit`` casts to float32; its value is then float32); False
             keeps the logits' dtype. No effect on float32 or mixed-precision training.
+        class_loss: with ``use_focal``: "focal" (Sparse R-CNN) or "bce" (the TubeR fork, see the module
+            docstring); matched_weight: its weight of the matched queries.
+        match_class_cost: "per_target" or "batch_union" (see the module docstring).
     """
 
     def __init__(self, matcher, num_classes, weights, no_object_weight=0.1, deep_supervision=True, use_focal=True,
-                 focal_alpha=0.25, focal_gamma=2.0, focal_float32=True):
+                 focal_alpha=0.25, focal_gamma=2.0, focal_float32=True, class_loss="focal", matched_weight=10.0,
+                 match_class_cost="per_target"):
         missing = set(FINAL_ORDER) - set(weights)
         if missing:
             raise ValueError(f"SparseRCNNCriterion: no weight given for {sorted(missing)}")
@@ -64,6 +76,14 @@ class SparseRCNNCriterion(SetCriterion):
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
         self.focal_float32 = focal_float32
+        if class_loss not in CLASS_LOSSES or (class_loss == "bce" and not use_focal):
+            raise ValueError(f"Sparse R-CNN class loss {class_loss!r}: expected one of {CLASS_LOSSES} ('bce' needs the "
+                             "sigmoid classifier)")
+        if match_class_cost not in MATCH_CLASS_COSTS:
+            raise ValueError(f"Sparse R-CNN match class cost {match_class_cost!r}: expected one of {MATCH_CLASS_COSTS}")
+        self.class_loss = class_loss
+        self.matched_weight = matched_weight
+        self.match_class_cost = match_class_cost
 
     def forward(self, outputs, targets, trace=None):
         """Weighted loss dict (see ``losses_and_matches``)."""
@@ -89,7 +109,7 @@ class SparseRCNNCriterion(SetCriterion):
         device = outputs.class_logits[final].device
         num_boxes = average_num_boxes(targets, device)
         stages = [final] + (list(range(final)) if self.intermediate_supervision else [])
-        indices = self.match(outputs, targets, stages, trace)
+        indices = self.match(outputs, self._match_targets(targets, outputs.class_logits[final].size(-1)), stages, trace)
         flat = {
             "boxes": torch.cat([t["boxes"] for t in targets]),
             "labels": torch.cat([t["labels"] for t in targets]),
@@ -102,6 +122,15 @@ class SparseRCNNCriterion(SetCriterion):
             for name in FINAL_ORDER:
                 losses[name + suffix] = terms[name] * self.weights[name]
         return losses, indices
+
+    def _match_targets(self, targets, num_columns):
+        """``targets`` as the matcher sees them: with "batch_union" every "labels" row is the union (multi-hot)
+        of the batch's target classes."""
+        if self.match_class_cost == "per_target" or not targets:
+            return targets
+        rows = [target_class_weights(t["labels"], num_columns, t["boxes"].dtype) for t in targets]
+        union = torch.cat(rows).amax(0) if sum(len(r) for r in rows) else rows[0].new_zeros(num_columns)
+        return [dict(t, labels=union.expand(len(t["boxes"]), num_columns)) for t in targets]
 
     def stage_losses(self, class_logits, boxes, flat_targets, index, num_boxes):
         """Unweighted ``{"loss_ce", "loss_giou", "loss_bbox"}`` of one stage (matched pairs ``index`` ``[3, n]``)."""
@@ -116,10 +145,15 @@ class SparseRCNNCriterion(SetCriterion):
                     target[batch_idx, src_idx, labels] = 1
                 else:
                     target[batch_idx, src_idx] = labels.to(dtype)
-                if self.focal_float32:
-                    class_logits, target = class_logits.float(), target.float()
-                loss_ce = sigmoid_focal_loss(class_logits, target, self.focal_alpha, self.focal_gamma).sum() \
-                    / num_boxes
+                if self.class_loss == "bce":
+                    weight = torch.ones_like(class_logits[..., :1])
+                    weight[batch_idx, src_idx] = self.matched_weight
+                    loss_ce = F.binary_cross_entropy(class_logits.sigmoid(), target, weight=weight.expand_as(target))
+                else:
+                    if self.focal_float32:
+                        class_logits, target = class_logits.float(), target.float()
+                    loss_ce = sigmoid_focal_loss(class_logits, target, self.focal_alpha, self.focal_gamma).sum() \
+                        / num_boxes
             else:
                 if labels.dim() != 1:
                     raise ValueError("softmax Sparse R-CNN needs int64 class-index labels, got multi-hot rows")

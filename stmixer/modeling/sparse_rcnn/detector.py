@@ -3,13 +3,13 @@
 jinsingsangsung/tuber (branch ``main_sparse``, ``models/sparsercnn/detector.py``) puts
 PeizeSun's Sparse R-CNN head on TubeR's CSN-50 with a per-level input projection
 (``Conv2d 1x1 + GroupNorm(32)``) and a focal classifier over the AVA actions
-(``NUM_CLASSES`` = the dataset's 80, ``USE_FOCAL`` True). That branch stops at a first commit
-whose training path does not run (undefined names, the criterion call commented out); what
-it leaves open is decided here and listed in docs/sparse_rcnn.md: every level of the
-backbone is reduced over time (mean, or the keyframe's slice) before the projection; the
-classifier's C = A action columns are trained with the sigmoid focal loss against each
-ground-truth box's multi-hot actions (the matching cost sums the focal cost over a box's
-actions); at test time each kept query scores ``sigmoid(logits)`` and its person score is
+(``NUM_CLASSES`` = the dataset's 80, ``USE_FOCAL`` True). The version that was trained
+(``main_all`` history, ``configuration/old_models/Sparse_CSN50_AVA21.yaml`` at 50cd09b^) reads
+layer2..layer4 plus one extra level (Conv2d 3x3 stride 2 + GroupNorm on the last one), projects
+every frame and takes the maximum over time, and trains the C = A action columns with a
+weighted BCE (``SetCriterionAVA``) against each ground-truth box's multi-hot actions; the options
+below reproduce those choices (docs/sparse_rcnn.md lists them and the fork's defects, which are
+not reproduced). At test time each kept query scores ``sigmoid(logits)`` and its person score is
 its best action probability.
 
 Inference follows the STMixer detector contract (``stmixer.engine.inference``).
@@ -27,7 +27,7 @@ from ..trace import record
 from .criterion import SparseRCNNCriterion
 from .head import SparseRCNNHead
 
-TEMPORAL_POOLS = ("mean", "keyframe")
+TEMPORAL_POOLS = ("max", "mean", "keyframe")
 
 
 class SparseRCNN(nn.Module):
@@ -39,23 +39,39 @@ class SparseRCNN(nn.Module):
         head: a ``SparseRCNNHead`` with ``use_focal`` (C = A action classes).
         criterion: a ``SparseRCNNCriterion`` (focal, multi-hot targets).
         hidden_dim: d (the projection width).
-        temporal_pool: "mean" over T_l, or "keyframe" (slice ``T_l // 2``).
+        temporal_pool: every frame of a level is projected, then reduced over T_l: "max" (the fork),
+            "mean", or "keyframe" (slice ``T_l // 2``).
         gn_groups: GroupNorm groups of the projections (the fork's 32).
+        extra_levels: levels added after the backbone's, each ``Conv2d 3x3 stride 2 + GroupNorm`` of the
+            previous (pooled) level (the fork: 1); the head reads the last ``len(strides) - extra_levels``
+            backbone levels and these.
         detections_per_clip: test time: the queries kept per clip (best person score first).
     """
 
-    def __init__(self, backbone, head, criterion, hidden_dim, temporal_pool="mean", gn_groups=32,
-                 detections_per_clip=100):
+    def __init__(self, backbone, head, criterion, hidden_dim, temporal_pool="max", gn_groups=32,
+                 detections_per_clip=100, extra_levels=0):
         super().__init__()
         if temporal_pool not in TEMPORAL_POOLS:
             raise ConfigError(f"MODEL.SPARSE_RCNN.TEMPORAL_POOL = {temporal_pool!r}; expected one of {TEMPORAL_POOLS}")
         self.backbone = backbone
         channels = [sum(c) if isinstance(c, (list, tuple)) else c for c in backbone.out_channels]
+        num_levels = len(head.box_pooler.strides)
+        if not 0 <= extra_levels < num_levels:
+            raise ConfigError(f"MODEL.SPARSE_RCNN.EXTRA_LEVELS = {extra_levels}: expected 0 .. {num_levels - 1} "
+                              f"(MODEL.SPARSE_RCNN.FEATMAP_STRIDES has {num_levels} levels)")
+        if num_levels - extra_levels > len(channels):
+            raise ConfigError(f"MODEL.SPARSE_RCNN.FEATMAP_STRIDES has {num_levels} levels, {extra_levels} extra: the "
+                              f"backbone gives only {len(channels)}")
+        self.num_backbone_levels = num_levels - extra_levels
         # the fork's input_proj, under the name of our detectors' projection part (checkpoint MODEL_PARTS)
         self.lateral_convs = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c, hidden_dim, kernel_size=1), nn.GroupNorm(gn_groups, hidden_dim))
-            for c in channels[-len(head.box_pooler.strides):])
-        for proj in self.lateral_convs:  # DETR / Deformable DETR's input_proj initialization
+            for c in channels[-self.num_backbone_levels:])
+        self.extra_convs = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(hidden_dim, hidden_dim, kernel_size=3, stride=2, padding=1),
+                          nn.GroupNorm(gn_groups, hidden_dim))
+            for _ in range(extra_levels))
+        for proj in list(self.lateral_convs) + list(self.extra_convs):  # DETR's input_proj initialization
             nn.init.xavier_uniform_(proj[0].weight, gain=1)
             nn.init.constant_(proj[0].bias, 0)
         self.head = head
@@ -66,7 +82,7 @@ class SparseRCNN(nn.Module):
     def features(self, slow_video, fast_video=None):
         """The head's input: L maps ``[B, d, H_l, W_l]`` (the last L backbone levels, pooled over time, projected)."""
         videos = [slow_video] if self.backbone.num_pathways == 1 else [slow_video, fast_video]
-        levels = self.backbone(videos)[-len(self.lateral_convs):]
+        levels = self.backbone(videos)[-self.num_backbone_levels:]
         strides = self.head.box_pooler.strides
         out = []
         for i, (level, proj, stride) in enumerate(zip(levels, self.lateral_convs, strides)):
@@ -75,8 +91,14 @@ class SparseRCNN(nn.Module):
                 raise ConfigError(
                     f"backbone level {i} is {level.size(-1)} wide for a {slow_video.size(-1)}-pixel input; "
                     f"MODEL.SPARSE_RCNN.FEATMAP_STRIDES = {list(strides)} expects stride {stride} ({expected} wide)")
-            level = level.mean(2) if self.temporal_pool == "mean" else level[:, :, level.size(2) // 2]
-            out.append(proj(level))
+            if self.temporal_pool == "keyframe":
+                out.append(proj(level[:, :, level.size(2) // 2]))
+                continue
+            B, C, T, H, W = level.shape
+            frames = proj(level.transpose(1, 2).reshape(B * T, C, H, W)).view(B, T, -1, H, W)
+            out.append(frames.amax(1) if self.temporal_pool == "max" else frames.mean(1))
+        for conv in self.extra_convs:
+            out.append(conv(out[-1]))
         return out
 
     def forward(self, slow_video, fast_video, whwh, gt_boxes=None, gt_labels=None, trace=None):
@@ -155,17 +177,15 @@ def build_sparse_rcnn(cfg):
             prior_prob=sr.PRIOR_PROB, dim_feedforward=sr.DIM_FEEDFORWARD, nhead=sr.NHEADS, dropout=sr.DROPOUT,
             activation=sr.ACTIVATION.lower(), dim_dynamic=sr.DIM_DYNAMIC, num_dynamic=sr.NUM_DYNAMIC,
             num_cls=sr.NUM_CLS, num_reg=sr.NUM_REG)
+        criterion = SparseRCNNCriterion(
+            HungarianMatcher(sr.CLASS_WEIGHT, sr.L1_WEIGHT, sr.GIOU_WEIGHT, class_cost="focal", focal_alpha=sr.ALPHA,
+                             focal_gamma=sr.GAMMA),
+            cfg.MODEL.STM.ACTION_CLASSES,
+            {"loss_ce": sr.CLASS_WEIGHT, "loss_bbox": sr.L1_WEIGHT, "loss_giou": sr.GIOU_WEIGHT},
+            deep_supervision=sr.DEEP_SUPERVISION, use_focal=True, focal_alpha=sr.ALPHA, focal_gamma=sr.GAMMA,
+            class_loss=sr.CLASS_LOSS, matched_weight=sr.MATCHED_WEIGHT, match_class_cost=sr.MATCH_CLASS_COST)
     except ValueError as e:
         raise ConfigError(f"MODEL.SPARSE_RCNN: {e}") from None
-    matcher = HungarianMatcher(sr.CLASS_WEIGHT, sr.L1_WEIGHT, sr.GIOU_WEIGHT, class_cost="focal",
-                               focal_alpha=sr.ALPHA, focal_gamma=sr.GAMMA)
-    criterion = SparseRCNNCriterion(
-        matcher, cfg.MODEL.STM.ACTION_CLASSES,
-        {"loss_ce": sr.CLASS_WEIGHT, "loss_bbox": sr.L1_WEIGHT, "loss_giou": sr.GIOU_WEIGHT},
-        deep_supervision=sr.DEEP_SUPERVISION, use_focal=True, focal_alpha=sr.ALPHA, focal_gamma=sr.GAMMA)
     backbone = build_backbone(cfg)
-    if len(backbone.out_channels) < len(sr.FEATMAP_STRIDES):
-        raise ConfigError(f"MODEL.SPARSE_RCNN.FEATMAP_STRIDES has {len(sr.FEATMAP_STRIDES)} levels; the backbone "
-                          f"{cfg.MODEL.BACKBONE.CONV_BODY!r} gives {len(backbone.out_channels)}")
     return SparseRCNN(backbone, head, criterion, d, temporal_pool=sr.TEMPORAL_POOL, gn_groups=sr.PROJ_GN_GROUPS,
-                      detections_per_clip=sr.DETECTIONS_PER_CLIP)
+                      detections_per_clip=sr.DETECTIONS_PER_CLIP, extra_levels=sr.EXTRA_LEVELS)
