@@ -1,10 +1,10 @@
-"""train_net.py / test_net.py with the Sparse R-CNN action detector (config_files/synthetic/tiny-sparse-rcnn.yaml)
-on synthetic data: training, periodic evaluation, then test_net on the final checkpoint. Pipeline correctness
-only (a few iterations of a tiny model)."""
+"""train_net.py / test_net.py / demo.py with the Sparse R-CNN action detector
+(config_files/synthetic/tiny-sparse-rcnn.yaml) on synthetic data: training, periodic evaluation, test_net on the
+final checkpoint, then demo.py on a short video. Pipeline correctness only (a few iterations of a tiny model)."""
 
 import json
 
-from stmixer.data.synthetic import main as make_synthetic
+from stmixer.data.synthetic import main as make_synthetic, write_synthetic_video
 
 from .conftest import run_python
 
@@ -32,3 +32,11 @@ def test_train_and_evaluate_sparse_rcnn(repo_root, tmp_path):
                 "MODEL.WEIGHT", str(out / "model_final.pth")], repo_root)
     again = json.loads((test_out / "inference" / "ava_v2.2" / "frame_map.json").read_text())
     assert again["mAP"] == metrics["mAP"]
+    video = tmp_path / "clip.mp4"
+    write_synthetic_video(str(video), seconds=2, size=(72, 96), fps=24, seed=1, render_short_side=64)
+    result = run_python(["demo.py", "--config-file", str(out / "config.yaml"), "--input", str(video),
+                         "--output", str(tmp_path / "labelled.mp4"), "--json", str(tmp_path / "labelled.jsonl"),
+                         "MODEL.WEIGHT", str(out / "model_final.pth"), "MODEL.STM.PERSON_THRESHOLD", "0.0"], repo_root)
+    assert "Annotated video written" in result.stdout + result.stderr
+    records = [json.loads(line) for line in (tmp_path / "labelled.jsonl").read_text().splitlines()]
+    assert records and any(r["persons"] for r in records)
