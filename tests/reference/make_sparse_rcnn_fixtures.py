@@ -17,8 +17,8 @@ the config system, which needs cloudpickle); ``pycocotools`` (masks, unused); fo
 (``trunc_normal_``, unused by ``RCNNHead``), ``cv2`` (imported by ``cv2_transform``, unused by
 ``clip_boxes_tensor``), ``slowfast.models.losses`` and ``.vit_model`` (names imported, unused);
 ``torchvision.__version__`` reads "0.99" while the DETR utilities load (they read "0.29" as 0.2 and
-import helpers of torchvision < 0.7 that no longer exist; none is used). The official detectors' ``prepare_targets`` build float32 image sizes: the targets are
-built here in float64 with the same keys.
+import helpers of torchvision < 0.7 that no longer exist; none is used). The official detectors'
+``prepare_targets`` build float32 image sizes: the targets are built here in float64 with the same keys.
 
 Writes ``<out>/<case>/{case.json, inputs.npz, expected.npz}`` (see ``stmixer/modeling/sparse_rcnn/parity.py``
 for the names; ``expected.npz`` holds them under ``f64/`` and ``f32/`` as ``stmixer.tools.parity_check`` reads).
@@ -172,7 +172,7 @@ def run_case(name, case, head_mod, loss_mod, seed):
     with torch.no_grad():  # proposals spread over the image, so that several pyramid levels are used
         init_boxes.weight[:, :2] = torch.rand(Q, 2, generator=gen) * 0.6 + 0.2
         init_boxes.weight[:, 2:] = torch.rand(Q, 2, generator=gen) * 0.8 + 0.2
-    modules = torch.nn.ModuleDict({"series": series, "feat": init_features, "box": init_boxes}).double()
+    torch.nn.ModuleDict({"series": series, "feat": init_features, "box": init_boxes}).double()  # in place
     feats, whwh, targets = make_inputs(gen, case["num_classes"])
 
     state = {f"head_series.{k}": v for k, v in series.state_dict().items()}

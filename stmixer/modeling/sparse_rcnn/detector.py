@@ -16,7 +16,6 @@ Inference follows the STMixer detector contract (``stmixer.engine.inference``).
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...config import ConfigError
