@@ -494,6 +494,69 @@ _C.MODEL.ROI_HEAD.POS_WEIGHT = 1.0
 _C.MODEL.ROI_HEAD.ACTION_THR = 0.002
 
 # ---------------------------------------------------------------------------
+# Sparse R-CNN action detector (MODEL.META_ARCHITECTURE "SparseRCNN", the TubeR fork's; docs/sparse_rcnn.md)
+# backbone levels -> temporal pooling -> Conv2d 1x1 + GroupNorm -> learned proposals refined by dynamic
+# instance interaction stages; focal classifier over the MODEL.STM.ACTION_CLASSES actions.
+# ---------------------------------------------------------------------------
+_C.MODEL.SPARSE_RCNN = CN()
+# (sparsercnn) Learned proposal boxes / features per clip.
+_C.MODEL.SPARSE_RCNN.NUM_PROPOSALS = 300
+# (sparsercnn) Width of the proposal features, the projected feature maps and the stages.
+_C.MODEL.SPARSE_RCNN.HIDDEN_DIM = 256
+# (sparsercnn) Refinement stages (official key NUM_HEADS).
+_C.MODEL.SPARSE_RCNN.NUM_STAGES = 6
+# (sparsercnn) Attention heads of each stage's self-attention over the proposals.
+_C.MODEL.SPARSE_RCNN.NHEADS = 8
+# (sparsercnn) Hidden width of each stage's FFN.
+_C.MODEL.SPARSE_RCNN.DIM_FEEDFORWARD = 2048
+# (sparsercnn) Dropout probability in the stages (attention weights and residual branches).
+_C.MODEL.SPARSE_RCNN.DROPOUT = 0.0
+# (sparsercnn) FFN activation: "relu" or "gelu".
+_C.MODEL.SPARSE_RCNN.ACTIVATION = "relu"
+# (sparsercnn) Depth of the classification tower (Linear, LayerNorm, ReLU each).
+_C.MODEL.SPARSE_RCNN.NUM_CLS = 1
+# (sparsercnn) Depth of the box-regression tower.
+_C.MODEL.SPARSE_RCNN.NUM_REG = 3
+# (sparsercnn) Parameter sets DynamicConv generates per proposal (2: its two 1x1 convolutions).
+_C.MODEL.SPARSE_RCNN.NUM_DYNAMIC = 2
+# (sparsercnn) Inner width of the generated convolutions.
+_C.MODEL.SPARSE_RCNN.DIM_DYNAMIC = 64
+# (sparsercnn) RoIAlign (ROIAlignV2) output size per side (official MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION).
+_C.MODEL.SPARSE_RCNN.POOLER_RESOLUTION = 7
+# (sparsercnn) RoIAlign sampling points per bin side (official POOLER_SAMPLING_RATIO; 0 = adaptive).
+_C.MODEL.SPARSE_RCNN.SAMPLING_RATIO = 2
+# (stmixer) Strides in pixels of the levels the head reads (the backbone's last ones, then EXTRA_LEVELS), consecutive powers of 2.
+_C.MODEL.SPARSE_RCNN.FEATMAP_STRIDES = [4, 8, 16, 32]
+# (tuber fork) Levels added after the backbone's, each a Conv2d 3x3 stride 2 + GroupNorm of the previous one (the fork: 1).
+_C.MODEL.SPARSE_RCNN.EXTRA_LEVELS = 0
+# (tuber fork) Each level's frames are projected, then reduced over time: "max" (the fork), "mean" or "keyframe" (the middle slice only).
+_C.MODEL.SPARSE_RCNN.TEMPORAL_POOL = "max"
+# (tuber fork) GroupNorm groups of the per-level input projections.
+_C.MODEL.SPARSE_RCNN.PROJ_GN_GROUPS = 32
+# (sparsercnn) Weight of the focal class loss and of the class matching cost.
+_C.MODEL.SPARSE_RCNN.CLASS_WEIGHT = 2.0
+# (sparsercnn) Weight of the GIoU loss and matching cost.
+_C.MODEL.SPARSE_RCNN.GIOU_WEIGHT = 2.0
+# (sparsercnn) Weight of the L1 loss (image-normalized boxes) and matching cost.
+_C.MODEL.SPARSE_RCNN.L1_WEIGHT = 5.0
+# (sparsercnn) Supervise every stage (losses loss_*_k of stage k), not only the last.
+_C.MODEL.SPARSE_RCNN.DEEP_SUPERVISION = True
+# (sparsercnn) Focal loss alpha (loss and matching cost).
+_C.MODEL.SPARSE_RCNN.ALPHA = 0.25
+# (sparsercnn) Focal loss gamma.
+_C.MODEL.SPARSE_RCNN.GAMMA = 2.0
+# (tuber fork) Class loss: "focal" (Sparse R-CNN) or "bce" (the fork's SetCriterionAVA: BCE of the sigmoid, matched queries weighted MATCHED_WEIGHT, mean).
+_C.MODEL.SPARSE_RCNN.CLASS_LOSS = "focal"
+# (tuber fork) "bce" class loss: weight of the matched queries' elements (LOSS_COFS.WEIGHT 10); the others weigh 1.
+_C.MODEL.SPARSE_RCNN.MATCHED_WEIGHT = 10.0
+# (tuber fork) Matching class cost of a target: "per_target" (its own actions) or "batch_union" (the fork: the union of all the batch's target actions).
+_C.MODEL.SPARSE_RCNN.MATCH_CLASS_COST = "per_target"
+# (sparsercnn) Prior probability of the classifier's initial bias.
+_C.MODEL.SPARSE_RCNN.PRIOR_PROB = 0.01
+# (stmixer) Test time: proposals kept per clip, best person score (best action probability) first.
+_C.MODEL.SPARSE_RCNN.DETECTIONS_PER_CLIP = 100
+
+# ---------------------------------------------------------------------------
 # ACRN shared head of the two-stage detectors (mmaction2's ACRNHead; MODEL.ROI_HEAD.SHARED_HEAD "ACRN")
 # ---------------------------------------------------------------------------
 _C.MODEL.ROI_HEAD.ACRN = CN()

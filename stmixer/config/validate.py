@@ -50,11 +50,15 @@ CHOICES = {
     "RECOGNITION.SAMPLING": ("dense", "segments"),
     "RECOGNITION.TEST_NUM_CROPS": (1, 3),
     "RECOGNITION.OUT_OF_BOUND": ("loop", "repeat_last"),
+    "MODEL.SPARSE_RCNN.TEMPORAL_POOL": ("max", "mean", "keyframe"),
+    "MODEL.SPARSE_RCNN.CLASS_LOSS": ("focal", "bce"),
+    "MODEL.SPARSE_RCNN.MATCH_CLASS_COST": ("per_target", "batch_union"),
 }
 # String keys compared without case.
 CASELESS_CHOICES = {
     "MODEL.STM.ACTIVATION": ("relu", "gelu"),
     "SOLVER.OPTIMIZING_METHOD": ("adamw", "sgd"),
+    "MODEL.SPARSE_RCNN.ACTIVATION": ("relu", "gelu"),
 }
 POSITIVE = [
     "PROPOSALS.NUM_MAX",
