@@ -1,0 +1,248 @@
+"""TubeR (``MODEL.META_ARCHITECTURE "TubeR"``) held to the official code, plus its config / weight paths.
+
+The ``tuber``-marked tests rebuild the fixture's model (tests/reference/tuber/tuber, made by
+tests/reference/make_query_detector_fixtures.py --sections tuber from amazon-science/tubelet-transformer
+``models/tuber_ava.py``): weights from the seed recipe under the official state-dict names, loaded through
+``stmixer.checkpoint`` (the TubeR ``.pth`` layout), the same two clips (the second one padded), the same
+ground truth. float64: every intermediate, output, loss and gradient within F64_TOL x max|value|; the
+Hungarian matches identical. float32: within F32_TOL.
+"""
+
+import copy
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stmixer.checkpoint import checkpoint_from_object, load_weights
+from stmixer.config import get_cfg
+from stmixer.modeling import build_detector
+
+TUBER = Path(__file__).resolve().parents[1] / "reference" / "tuber"
+FIXTURES = TUBER / "tuber"
+CASE = "tuber_csn50"
+F64_TOL = 1e-9
+# float32 forward vs the float64 answers, relative to max|value| of each array: measured worst 9.5e-7
+# (encoder memory; CSN output 6.7e-7, heads <= 6.6e-7); ~10x margin for other CPUs / BLAS kernels.
+F32_TOL = 1e-5
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("tuber_fixture_recipe_t", TUBER / "recipe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+recipe = _recipe()
+
+
+def tiny_cfg(meta=None):
+    """Our config of the fixture's official config (TubeR_CSN50_AVA21 + the case's overrides)."""
+    cfg = get_cfg()
+    cfg.MODEL.META_ARCHITECTURE = "TubeR"
+    cfg.MODEL.BACKBONE.CONV_BODY = "CSN-50"
+    over = (meta or {}).get("overrides", {"ENC_LAYERS": 2, "DEC_LAYERS": 2, "QUERY_NUM": 4, "TEMP_LEN": 16})
+    cfg.MODEL.TUBER.ENC_LAYERS = over["ENC_LAYERS"]
+    cfg.MODEL.TUBER.DEC_LAYERS = over["DEC_LAYERS"]
+    cfg.MODEL.TUBER.NUM_QUERIES = over["QUERY_NUM"]
+    cfg.DATA.NUM_FRAMES = over["TEMP_LEN"]
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def fixture():
+    meta = json.loads((FIXTURES / f"{CASE}.json").read_text())
+    with np.load(FIXTURES / f"{CASE}.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    return meta, arrays
+
+
+def official_state(meta):
+    values = recipe.tuber_state(meta["seed"], meta["official_state_dict"])
+    return {k: torch.from_numpy(v) for k, v in values.items()}
+
+
+def build_loaded(meta, dtype, **overrides):
+    cfg = tiny_cfg(meta)
+    for key, value in overrides.items():
+        setattr(cfg.MODEL.TUBER, key, value)
+    model = build_detector(cfg)
+    report = load_weights(model, checkpoint_from_object({"model": official_state(meta)}, "tuber-fixture"))
+    return model.to(dtype).eval(), report
+
+
+def inputs(meta, dtype):
+    seed = meta["seed"]
+    sizes = meta["clip_sizes"]
+    H = max(s[1] for s in sizes)
+    W = max(s[2] for s in sizes)
+    video = torch.zeros(len(sizes), 3, sizes[0][0], H, W, dtype=torch.float64)
+    for i, (t, h, w) in enumerate(sizes):
+        clip = recipe.fake_input(seed, (3, t, h, w)) if i == 0 else recipe.fake_value(seed, f"input_{i}", (3, t, h, w),
+                                                                                     "input")
+        video[i, :, :, :h, :w] = torch.from_numpy(clip)
+    whwh = torch.tensor([[w, h, w, h] for _, h, w in sizes], dtype=torch.float64)
+    return video.to(dtype), whwh.to(dtype)
+
+
+def targets(meta, arrays, whwh):
+    boxes, labels = [], []
+    for i in range(len(meta["gt_counts"])):
+        c = torch.from_numpy(arrays[f"target/boxes_cxcywh_{i}"])
+        xyxy = torch.cat([c[:, :2] - c[:, 2:] / 2, c[:, :2] + c[:, 2:] / 2], dim=1)
+        boxes.append((xyxy * whwh[i].double()).to(whwh.dtype))
+        labels.append(torch.from_numpy(arrays[f"target/labels_{i}"]))
+    return boxes, labels
+
+
+def run_train(model, meta, arrays, dtype, params):
+    video, whwh = inputs(meta, dtype)
+    boxes, labels = targets(meta, arrays, whwh)
+    trace = {}
+    model.zero_grad()
+    losses = model(video, None, whwh, boxes, labels, trace=trace)
+    total = sum(losses.values())
+    total.backward()
+    named = dict(model.named_parameters())
+    grads = {p: named[_ours(p)].grad.detach().clone() for p in params}
+    return losses, trace, grads
+
+
+def _ours(name):
+    """Our parameter path of an official TubeR name."""
+    if name.startswith("backbone.body."):
+        return "backbone." + name[len("backbone.body."):]
+    if name.startswith(("backbone.query_pool", "backbone.pool_decoder")):
+        return "tuber_head." + name[len("backbone."):]
+    return "tuber_head." + name
+
+
+def rel(ours, expected):
+    ours = ours.detach().double().numpy() if torch.is_tensor(ours) else np.asarray(ours, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert ours.shape == expected.shape, (ours.shape, expected.shape)
+    return float(np.abs(ours - expected).max() / max(np.abs(expected).max(), 1e-300))
+
+
+@pytest.fixture(scope="module")
+def f64_run(fixture):
+    meta, arrays = fixture
+    model, report = build_loaded(meta, torch.float64)
+    model.train()
+    model.apply(lambda m: m.eval() if m is not model else None)  # loss path, every module in eval mode
+    losses, trace, grads = run_train(model, meta, arrays, torch.float64, meta["grad_params"])
+    model.criterion.class_loss = "focal"
+    focal, _, focal_grads = run_train(model, meta, arrays, torch.float64, meta["grad_params"][:3])
+    model.criterion.class_loss = "bce"
+    model.eval()
+    video, whwh = inputs(meta, torch.float64)
+    with torch.no_grad():
+        detections = model(video, None, whwh)
+    return model, report, losses, trace, grads, focal, focal_grads, detections
+
+
+@pytest.mark.tuber
+def test_tuber_checkpoint_layout_loads_every_official_key(f64_run, fixture):
+    meta, _ = fixture
+    report = f64_run[1]
+    assert report.ok, report.table()
+    official = {name for name, _ in meta["official_state_dict"] if not name.startswith("backbone.body.out_fc.")}
+    assert len(official) == len(report.loaded)
+
+
+@pytest.mark.tuber
+def test_tuber_intermediates_and_outputs_match_official_float64(f64_run, fixture):
+    meta, arrays = fixture
+    _, _, _, trace, _, _, _, _ = f64_run
+    step = meta["slice"]
+    assert rel(trace["backbone"][:, ::step], arrays["trace/backbone"]) <= F64_TOL
+    assert rel(trace["pooled"][:, ::step], arrays["trace/pooled"]) <= F64_TOL
+    assert rel(trace["pos"], arrays["trace/pos"]) <= F64_TOL
+    assert rel(trace["memory"], arrays["trace/memory"]) <= F64_TOL
+    assert rel(trace["hs"], arrays["trace/hs"]) <= F64_TOL
+    assert rel(trace["context"][..., ::step], arrays["trace/context"]) <= F64_TOL
+
+
+@pytest.mark.tuber
+def test_tuber_per_layer_heads_match_official_float64(fixture):
+    meta, arrays = fixture
+    model, _ = build_loaded(meta, torch.float64)
+    video, whwh = inputs(meta, torch.float64)
+    with torch.no_grad():
+        out = model.predictions(video, whwh)
+    for k in range(meta["overrides"]["DEC_LAYERS"]):
+        for key in ("logits_b", "boxes", "logits"):
+            assert rel(out[key][k], arrays[f"out/{key}/layer{k}"]) <= F64_TOL, (key, k)
+
+
+@pytest.mark.tuber
+def test_tuber_matches_losses_and_gradients_match_official_float64(f64_run, fixture):
+    meta, arrays = fixture
+    _, _, losses, trace, grads, focal, focal_grads, _ = f64_run
+    L = meta["overrides"]["DEC_LAYERS"]
+    for k in range(L):
+        ours = [[m.src.tolist(), m.tgt.tolist()] for m in trace[f"match/layer{k}"]]
+        assert ours == meta["matches"][f"layer{k}"], k
+    weights = meta["weight_dict"]
+    for key, expected in meta["losses"].items():
+        if key in ("class_error", "total"):
+            continue
+        ours = losses[key] / weights[key]
+        assert str(ours.dtype).replace("torch.", "") == expected["dtype"], key  # float32 box terms (LOSS_FLOAT32)
+        assert abs(float(ours) - expected["value"]) <= F64_TOL * abs(expected["value"]), key
+    for p in meta["grad_params"]:
+        assert rel(grads[p], arrays[f"grad/{p}"]) <= F64_TOL, p
+    for key, expected in meta["focal_losses"].items():
+        if key in ("class_error", "total"):
+            continue
+        assert abs(float(focal[key] / weights[key]) - expected) <= F64_TOL * abs(expected), key
+    for p in meta["grad_params"][:3]:
+        assert rel(focal_grads[p], arrays[f"grad_focal/{p}"]) <= F64_TOL, p
+
+
+@pytest.mark.tuber
+def test_tuber_detections_match_official_postprocess(f64_run, fixture):
+    _, arrays = fixture
+    detections = f64_run[7]
+    for i, det in enumerate(detections):
+        assert rel(det["scores"], arrays["det/scores"][i]) <= F64_TOL
+        assert rel(det["boxes"], np.clip(arrays["det/boxes_normalized"][i], 0, 1)) <= F64_TOL
+        assert rel(det["person_scores"], arrays["det/switch"][i][:, 0]) <= F64_TOL
+
+
+@pytest.mark.tuber
+def test_tuber_float64_clean_loss_path_keeps_float64(fixture):
+    """LOSS_FLOAT32 False: every term float64, box terms equal to the official float32 ones within float32 rounding."""
+    meta, arrays = fixture
+    model, _ = build_loaded(meta, torch.float64, LOSS_FLOAT32=False)
+    model.train()
+    model.apply(lambda m: m.eval() if m is not model else None)
+    video, whwh = inputs(meta, torch.float64)
+    boxes, labels = targets(meta, arrays, whwh)
+    losses = model(video, None, whwh, boxes, labels)
+    assert all(v.dtype == torch.float64 for v in losses.values())
+    weights = meta["weight_dict"]
+    for key in ("loss_bbox", "loss_giou", "loss_bbox_0"):
+        expected = meta["losses"][key]["value"]
+        diff = abs(float(losses[key] / weights[key]) - expected)
+        assert 0 < diff <= 1e-7 * abs(expected), key  # the official value is float32-rounded
+
+
+@pytest.mark.tuber
+def test_tuber_float32_within_tolerance(fixture):
+    meta, arrays = fixture
+    model, _ = build_loaded(meta, torch.float32)
+    video, whwh = inputs(meta, torch.float32)
+    trace = {}
+    with torch.no_grad():
+        out = model.predictions(video, whwh, trace=trace)
+    step = meta["slice"]
+    worst = max(rel(trace["backbone"][:, ::step], arrays["trace/backbone"]), rel(trace["memory"], arrays["trace/memory"]),
+                rel(trace["hs"], arrays["trace/hs"]),
+                *(rel(out[key][k], arrays[f"out/{key}/layer{k}"]) for key in ("logits_b", "boxes", "logits")
+                  for k in range(meta["overrides"]["DEC_LAYERS"])))
+    assert worst <= F32_TOL, worst
