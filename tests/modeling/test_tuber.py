@@ -246,3 +246,57 @@ def test_tuber_float32_within_tolerance(fixture):
                 *(rel(out[key][k], arrays[f"out/{key}/layer{k}"]) for key in ("logits_b", "boxes", "logits")
                   for k in range(meta["overrides"]["DEC_LAYERS"])))
     assert worst <= F32_TOL, worst
+
+
+def _fake_detr(model, prefix=""):
+    """A DETR checkpoint with the real key layout (COCO detr-r50: 100 queries, 92 classes, 2-D input_proj)."""
+    gen = torch.Generator().manual_seed(0)
+    sd = {}
+    for k, v in model.tuber_head.transformer.state_dict().items():
+        sd[f"{prefix}transformer.{k}"] = torch.randn(v.shape, generator=gen)
+    for k, v in model.tuber_head.bbox_embed.state_dict().items():
+        sd[f"{prefix}bbox_embed.{k}"] = torch.randn(v.shape, generator=gen)
+    sd[f"{prefix}query_embed.weight"] = torch.randn(100, 256, generator=gen)
+    sd[f"{prefix}class_embed.weight"] = torch.randn(92, 256, generator=gen)
+    sd[f"{prefix}class_embed.bias"] = torch.randn(92, generator=gen)
+    sd[f"{prefix}input_proj.weight"] = torch.randn(256, 2048, 1, 1, generator=gen)
+    sd[f"{prefix}input_proj.bias"] = torch.randn(256, generator=gen)
+    sd[f"{prefix}backbone.0.body.conv1.weight"] = torch.randn(64, 3, 7, 7, generator=gen)
+    sd[f"{prefix}backbone.0.body.layer1.0.bn1.running_mean"] = torch.randn(64, generator=gen)
+    return sd
+
+
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_detr_weight_loads_transformer_queries_and_box_mlp(tmp_path, prefix):
+    """MODEL.TUBER.DETR_WEIGHT: COCO DETR layout (and TubeR's module.-prefixed detr.pth) -> tuber_head, first Q
+    queries, the rest dropped; TubeR's own loader loads nothing from the un-prefixed file (documented)."""
+    cfg = tiny_cfg()
+    model = build_detector(cfg)
+    sd = _fake_detr(model, prefix)
+    path = tmp_path / "detr.pth"
+    torch.save({"model": sd}, path)
+    before = model.tuber_head.input_proj.weight.clone()
+    cfg.MODEL.TUBER.DETR_WEIGHT = str(path)
+    loaded = build_detector(cfg)
+    assert torch.equal(loaded.tuber_head.query_embed.weight, sd[f"{prefix}query_embed.weight"][:4])
+    key = "transformer.decoder.layers.1.multihead_attn.in_proj_weight"
+    assert torch.equal(loaded.tuber_head.state_dict()[key], sd[prefix + key])
+    assert torch.equal(loaded.tuber_head.bbox_embed.layers[2].bias, sd[f"{prefix}bbox_embed.layers.2.bias"])
+    assert before.shape == loaded.tuber_head.input_proj.weight.shape  # not from the file (2-D conv there)
+    from stmixer.modeling.tuber.detr_weights import load_detr_weights
+
+    report = load_detr_weights(loaded, path, log=None)
+    assert report.ok and len(report.loaded) == len([k for k in sd if k.split(".")[len(prefix.split(".")) - 1]
+                                                    in ("transformer", "bbox_embed", "query_embed")])
+    assert sum(len(v) for v in report.dropped.values()) == 6 + 1  # 6 DETR-only tensors + the cut queries
+
+
+def test_detr_weight_rejects_a_tuber_checkpoint(tmp_path):
+    from stmixer.checkpoint import CheckpointFormatError
+    from stmixer.modeling.tuber.detr_weights import load_detr_weights
+
+    model = build_detector(tiny_cfg())
+    path = tmp_path / "tuber.pth"
+    torch.save({"model": {"backbone.body.conv1.weight": torch.zeros(64, 3, 3, 7, 7)}}, path)
+    with pytest.raises(CheckpointFormatError, match="MODEL.TUBER.DETR_WEIGHT"):
+        load_detr_weights(model, path, log=None)
