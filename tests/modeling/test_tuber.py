@@ -8,8 +8,6 @@ ground truth. float64: every intermediate, output, loss and gradient within F64_
 Hungarian matches identical. float32: within F32_TOL.
 """
 
-import copy
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,9 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from stmixer.checkpoint import checkpoint_from_object, load_weights
-from stmixer.config import get_cfg
 from stmixer.modeling import build_detector
+from stmixer.modeling.tuber import parity
 
 TUBER = Path(__file__).resolve().parents[1] / "reference" / "tuber"
 FIXTURES = TUBER / "tuber"
@@ -30,27 +27,13 @@ F64_TOL = 1e-9
 F32_TOL = 1e-5
 
 
-def _recipe():
-    spec = importlib.util.spec_from_file_location("tuber_fixture_recipe_t", TUBER / "recipe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-recipe = _recipe()
+recipe = parity.load_recipe(FIXTURES)
 
 
 def tiny_cfg(meta=None):
     """Our config of the fixture's official config (TubeR_CSN50_AVA21 + the case's overrides)."""
-    cfg = get_cfg()
-    cfg.MODEL.META_ARCHITECTURE = "TubeR"
-    cfg.MODEL.BACKBONE.CONV_BODY = "CSN-50"
-    over = (meta or {}).get("overrides", {"ENC_LAYERS": 2, "DEC_LAYERS": 2, "QUERY_NUM": 4, "TEMP_LEN": 16})
-    cfg.MODEL.TUBER.ENC_LAYERS = over["ENC_LAYERS"]
-    cfg.MODEL.TUBER.DEC_LAYERS = over["DEC_LAYERS"]
-    cfg.MODEL.TUBER.NUM_QUERIES = over["QUERY_NUM"]
-    cfg.DATA.NUM_FRAMES = over["TEMP_LEN"]
-    return cfg
+    return parity.fixture_config(meta or {"overrides": {"ENC_LAYERS": 2, "DEC_LAYERS": 2, "QUERY_NUM": 4,
+                                                        "TEMP_LEN": 16}})
 
 
 @pytest.fixture(scope="module")
@@ -61,64 +44,16 @@ def fixture():
     return meta, arrays
 
 
-def official_state(meta):
-    values = recipe.tuber_state(meta["seed"], meta["official_state_dict"])
-    return {k: torch.from_numpy(v) for k, v in values.items()}
-
-
 def build_loaded(meta, dtype, **overrides):
-    cfg = tiny_cfg(meta)
-    for key, value in overrides.items():
-        setattr(cfg.MODEL.TUBER, key, value)
-    model = build_detector(cfg)
-    report = load_weights(model, checkpoint_from_object({"model": official_state(meta)}, "tuber-fixture"))
-    return model.to(dtype).eval(), report
+    return parity.build_loaded(meta, recipe, dtype, **overrides)
 
 
 def inputs(meta, dtype):
-    seed = meta["seed"]
-    sizes = meta["clip_sizes"]
-    H = max(s[1] for s in sizes)
-    W = max(s[2] for s in sizes)
-    video = torch.zeros(len(sizes), 3, sizes[0][0], H, W, dtype=torch.float64)
-    for i, (t, h, w) in enumerate(sizes):
-        clip = recipe.fake_input(seed, (3, t, h, w)) if i == 0 else recipe.fake_value(seed, f"input_{i}", (3, t, h, w),
-                                                                                     "input")
-        video[i, :, :, :h, :w] = torch.from_numpy(clip)
-    whwh = torch.tensor([[w, h, w, h] for _, h, w in sizes], dtype=torch.float64)
-    return video.to(dtype), whwh.to(dtype)
-
-
-def targets(meta, arrays, whwh):
-    boxes, labels = [], []
-    for i in range(len(meta["gt_counts"])):
-        c = torch.from_numpy(arrays[f"target/boxes_cxcywh_{i}"])
-        xyxy = torch.cat([c[:, :2] - c[:, 2:] / 2, c[:, :2] + c[:, 2:] / 2], dim=1)
-        boxes.append((xyxy * whwh[i].double()).to(whwh.dtype))
-        labels.append(torch.from_numpy(arrays[f"target/labels_{i}"]))
-    return boxes, labels
+    return parity.fixture_inputs(meta, recipe, dtype)
 
 
 def run_train(model, meta, arrays, dtype, params):
-    video, whwh = inputs(meta, dtype)
-    boxes, labels = targets(meta, arrays, whwh)
-    trace = {}
-    model.zero_grad()
-    losses = model(video, None, whwh, boxes, labels, trace=trace)
-    total = sum(losses.values())
-    total.backward()
-    named = dict(model.named_parameters())
-    grads = {p: named[_ours(p)].grad.detach().clone() for p in params}
-    return losses, trace, grads
-
-
-def _ours(name):
-    """Our parameter path of an official TubeR name."""
-    if name.startswith("backbone.body."):
-        return "backbone." + name[len("backbone.body."):]
-    if name.startswith(("backbone.query_pool", "backbone.pool_decoder")):
-        return "tuber_head." + name[len("backbone."):]
-    return "tuber_head." + name
+    return parity.loss_pass(model, meta, recipe, arrays, dtype, params)
 
 
 def rel(ours, expected):
@@ -132,13 +67,10 @@ def rel(ours, expected):
 def f64_run(fixture):
     meta, arrays = fixture
     model, report = build_loaded(meta, torch.float64)
-    model.train()
-    model.apply(lambda m: m.eval() if m is not model else None)  # loss path, every module in eval mode
     losses, trace, grads = run_train(model, meta, arrays, torch.float64, meta["grad_params"])
     model.criterion.class_loss = "focal"
     focal, _, focal_grads = run_train(model, meta, arrays, torch.float64, meta["grad_params"][:3])
     model.criterion.class_loss = "bce"
-    model.eval()
     video, whwh = inputs(meta, torch.float64)
     with torch.no_grad():
         detections = model(video, None, whwh)
@@ -193,13 +125,13 @@ def test_tuber_matches_losses_and_gradients_match_official_float64(f64_run, fixt
             continue
         ours = losses[key] / weights[key]
         assert str(ours.dtype).replace("torch.", "") == expected["dtype"], key  # float32 box terms (LOSS_FLOAT32)
-        assert abs(float(ours) - expected["value"]) <= F64_TOL * abs(expected["value"]), key
+        assert abs(float(ours.detach()) - expected["value"]) <= F64_TOL * abs(expected["value"]), key
     for p in meta["grad_params"]:
         assert rel(grads[p], arrays[f"grad/{p}"]) <= F64_TOL, p
     for key, expected in meta["focal_losses"].items():
         if key in ("class_error", "total"):
             continue
-        assert abs(float(focal[key] / weights[key]) - expected) <= F64_TOL * abs(expected), key
+        assert abs(float(focal[key].detach() / weights[key]) - expected) <= F64_TOL * abs(expected), key
     for p in meta["grad_params"][:3]:
         assert rel(focal_grads[p], arrays[f"grad_focal/{p}"]) <= F64_TOL, p
 
@@ -219,16 +151,12 @@ def test_tuber_float64_clean_loss_path_keeps_float64(fixture):
     """LOSS_FLOAT32 False: every term float64, box terms equal to the official float32 ones within float32 rounding."""
     meta, arrays = fixture
     model, _ = build_loaded(meta, torch.float64, LOSS_FLOAT32=False)
-    model.train()
-    model.apply(lambda m: m.eval() if m is not model else None)
-    video, whwh = inputs(meta, torch.float64)
-    boxes, labels = targets(meta, arrays, whwh)
-    losses = model(video, None, whwh, boxes, labels)
+    losses, _, _ = run_train(model, meta, arrays, torch.float64, [])
     assert all(v.dtype == torch.float64 for v in losses.values())
     weights = meta["weight_dict"]
     for key in ("loss_bbox", "loss_giou", "loss_bbox_0"):
         expected = meta["losses"][key]["value"]
-        diff = abs(float(losses[key] / weights[key]) - expected)
+        diff = abs(float(losses[key].detach() / weights[key]) - expected)
         assert 0 < diff <= 1e-7 * abs(expected), key  # the official value is float32-rounded
 
 
@@ -300,3 +228,17 @@ def test_detr_weight_rejects_a_tuber_checkpoint(tmp_path):
     torch.save({"model": {"backbone.body.conv1.weight": torch.zeros(64, 3, 3, 7, 7)}}, path)
     with pytest.raises(CheckpointFormatError, match="MODEL.TUBER.DETR_WEIGHT"):
         load_detr_weights(model, path, log=None)
+
+
+@pytest.mark.tuber
+def test_reference_parity_accepts_the_tuber_fixtures(tmp_path, fixture):
+    """python -m stmixer.tools.reference_parity --fixture tests/reference/tuber/tuber writes the fixture's names."""
+    from stmixer.tools import reference_parity
+
+    _, arrays = fixture
+    out = tmp_path / "out.npz"
+    assert reference_parity.main(["--fixture", str(FIXTURES), "--out", str(out), "--precision", "f32"]) == 0
+    with np.load(out) as ours:
+        for name in ("trace/memory", "out/logits/layer1", "grad/query_embed.weight", "det/scores"):
+            assert rel(ours[f"f32/{name}"], arrays[name]) <= 20 * F32_TOL, name  # gradients: 1.3e-5 measured
+        assert "f32/match/layer1_src_b1" in ours.files and "f32/loss/loss_ce" in ours.files
