@@ -30,6 +30,7 @@ Shims (the official code as is does not run in float64, and has no focal switch)
 """
 
 import contextlib
+import importlib.util
 import io
 import json
 import sys
@@ -217,7 +218,8 @@ def run_case(root, name, seed, overrides, sizes, counts, out_dir, versions):
         arrays[f"target/boxes_cxcywh_{i}"] = b
         arrays[f"target/labels_{i}"] = lab
     meta = {
-        "case": name, "seed": seed, "gen_version": GEN_VERSION, "model": "TubeR", "clip_sizes": [list(s) for s in sizes],
+        "case": name, "seed": seed, "gen_version": GEN_VERSION, "model": "TubeR",
+        "clip_sizes": [list(s) for s in sizes],
         "gt_counts": counts, "overrides": overrides, "slice": SLICE,
         "official_config": "configuration/TubeR_CSN50_AVA21.yaml",
         "official_call": "models.tuber_ava.build_model(cfg) -> model(list of clips), criterion(outputs, targets), "
@@ -244,9 +246,7 @@ def run(tuber_root, out_root, versions):
     root = Path(tuber_root).resolve()
     sys.path.insert(0, str(root))
     if "cv2" not in sys.modules:  # models/transformer/position_encoding.py imports cv2 and never uses it
-        try:
-            import cv2  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("cv2") is None:
             sys.modules["cv2"] = types.ModuleType("cv2")
     out = Path(out_root) / "tuber"
     out.mkdir(parents=True, exist_ok=True)
