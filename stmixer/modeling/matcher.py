@@ -29,24 +29,32 @@ class HungarianMatcher:
     - giou_weight * GIoU(box_q, gt_j)``, with ``p_person`` the softmax of the
     objectness logits at column 0, L1 on clip-normalized xyxy and GIoU on pixels.
     Action logits do not enter the cost.
+
+    TubeR (``stmixer.modeling.tuber``): ``person_index=1`` (its 3-way actor switch: column 1 is
+    "actor") and ``l1_space="cxcywh"`` (L1 between clip-normalized center-size boxes).
     """
 
     def __init__(self, class_weight=1.0, l1_weight=1.0, giou_weight=1.0, class_cost="softmax", focal_alpha=0.25,
-                 focal_gamma=2.0):
+                 focal_gamma=2.0, person_index=0, l1_space="xyxy"):
         """``class_cost``: "softmax" (above) or "focal" (Sparse R-CNN / Deformable DETR: with ``p`` the sigmoid,
         ``alpha (1 - p)^gamma (-log(p + 1e-8)) - (1 - alpha) p^gamma (-log(1 - p + 1e-8))``). When the targets
         carry "labels" (int64 ``[n]`` class indices or float ``[n, C]`` multi-hot), the class cost of a target
-        is that of its class column (summed over the positive columns of a multi-hot row) instead of column 0."""
+        is that of its class column (summed over the positive columns of a multi-hot row) instead of column
+        ``person_index``. ``l1_space``: "xyxy" or "cxcywh" (the space of the L1 cost, clip-normalized)."""
         if class_weight == 0 and l1_weight == 0 and giou_weight == 0:
             raise ValueError("HungarianMatcher: the class, L1 and GIoU cost weights cannot all be 0")
         if class_cost not in ("softmax", "focal"):
             raise ValueError(f"HungarianMatcher: class_cost {class_cost!r}; expected 'softmax' or 'focal'")
+        if l1_space not in ("xyxy", "cxcywh"):
+            raise ValueError(f"HungarianMatcher: l1_space = {l1_space!r}, expected 'xyxy' or 'cxcywh'")
         self.class_weight = class_weight
         self.l1_weight = l1_weight
         self.giou_weight = giou_weight
         self.class_cost = class_cost
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
+        self.person_index = person_index
+        self.l1_space = l1_space
 
     @torch.no_grad()
     def cost_matrix(self, cls_logits, boxes, gt_boxes, whwh, gt_classes=None):
@@ -86,11 +94,14 @@ class HungarianMatcher:
             else:
                 per_class = -cls_logits.softmax(-1)
             if gt_classes is None:
-                cost_class = per_class[..., 0:1].expand(-1, -1, gt_boxes.size(1))
+                cost_class = per_class[..., self.person_index:self.person_index + 1].expand(-1, -1, gt_boxes.size(1))
             else:
                 cost_class = per_class @ gt_classes.to(dtype).transpose(1, 2)
             scale = whwh[:, None, :]
-            cost_l1 = torch.cdist(boxes / scale, gt_boxes / scale, p=1)
+            if self.l1_space == "cxcywh":
+                cost_l1 = torch.cdist(xyxy_to_cxcywh(boxes / scale), xyxy_to_cxcywh(gt_boxes / scale), p=1)
+            else:
+                cost_l1 = torch.cdist(boxes / scale, gt_boxes / scale, p=1)
             cost_giou = -generalized_box_iou(boxes[:, :, None], gt_boxes[:, None])
             return self.l1_weight * cost_l1 + self.class_weight * cost_class + self.giou_weight * cost_giou
 
@@ -154,6 +165,12 @@ def target_class_weights(labels, num_columns, dtype):
         raise ValueError(f"target labels of shape {list(labels.shape)}: expected int64 [n] class indices or a "
                          f"float [n, {num_columns}] multi-hot")
     return labels.to(dtype)
+
+
+def xyxy_to_cxcywh(boxes):
+    """``[..., 4]`` x1,y1,x2,y2 -> center x, center y, width, height (same units)."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1), dim=-1)
 
 
 def _solve_clip(i, cost, cls_logits, boxes):

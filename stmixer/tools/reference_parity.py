@@ -38,12 +38,15 @@ A folder with ``mmaction2.json`` is a fixture of mmaction2's two-stage detectors
 run by ``stmixer.tools.mmaction2_parity`` (its docstring gives the layout and the output names).
 A folder whose ``case.json`` names a ``sparse_rcnn/...`` model is a Sparse R-CNN head fixture, run by
 ``stmixer.modeling.sparse_rcnn.parity``.
+A folder of ``<case>.json`` (``"model": "TubeR"``) + ``<case>.npz`` is a TubeR fixture, run by
+``stmixer.modeling.tuber.parity`` (its docstring gives the layout and the output names).
 
 Runs on the CPU with 1 thread by default, as the fixtures were generated, so
 float32 results are reproducible across machines (``--threads`` changes it).
 """
 
 import argparse
+import importlib
 import importlib.util
 import json
 import sys
@@ -59,6 +62,14 @@ from ..modeling.losses import reduce_losses
 from ..modeling.trace import Trace
 from ..utils.env import find_shared_dir
 from ..utils.io import atomic_open
+
+# The other families' fixtures, tried in order before the STMixer layout: (module, is_fixture, run, error class).
+# Each module's docstring gives its layout and output names.
+FAMILY_FIXTURES = (
+    (".mmaction2_parity", "is_mmaction2_fixture", "run_mmaction2_fixture", "MMAction2FixtureError"),
+    ("..modeling.sparse_rcnn.parity", "is_sparse_rcnn_fixture", "run_sparse_rcnn_fixture", "SparseRCNNFixtureError"),
+    ("..modeling.tuber.parity", "is_tuber_fixture", "run_tuber_fixture", "TubeRFixtureError"),
+)
 
 PRECISIONS = {"f32": torch.float32, "f64": torch.float64}
 # Per-stage trace entries written as [S, ...] arrays.
@@ -360,22 +371,14 @@ def run_fixture(fixture, precision="f64", device="cpu", state_dict=None):
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}; expected one of {sorted(PRECISIONS)}")
     dtype = PRECISIONS[precision]
-    from .mmaction2_parity import MMAction2FixtureError, is_mmaction2_fixture, run_mmaction2_fixture
-
-    if is_mmaction2_fixture(fixture):  # mmaction2's two-stage detectors: their own layout (see that module)
-        try:
-            arrays = run_mmaction2_fixture(fixture, dtype, device)
-        except MMAction2FixtureError as e:
-            raise FixtureError(str(e)) from None
-        return {f"{precision}/{name}": value for name, value in arrays.items()}
-    from ..modeling.sparse_rcnn.parity import SparseRCNNFixtureError, is_sparse_rcnn_fixture, run_sparse_rcnn_fixture
-
-    if is_sparse_rcnn_fixture(fixture):  # Sparse R-CNN head + criterion (case.json names the model; that module)
-        try:
-            arrays = run_sparse_rcnn_fixture(fixture, dtype, device)
-        except SparseRCNNFixtureError as e:
-            raise FixtureError(str(e)) from None
-        return {f"{precision}/{name}": value for name, value in arrays.items()}
+    for module, is_family, run_family, family_error in FAMILY_FIXTURES:
+        family = importlib.import_module(module, __package__)
+        if getattr(family, is_family)(fixture):  # another family's layout (see that module's docstring)
+            try:
+                arrays = getattr(family, run_family)(fixture, dtype, device)
+            except getattr(family, family_error) as e:
+                raise FixtureError(str(e)) from None
+            return {f"{precision}/{name}": value for name, value in arrays.items()}
     for name in ("config.yaml", "inputs.npz"):
         if not (fixture / name).is_file():
             raise FixtureError(f"{fixture}: missing {name}")
