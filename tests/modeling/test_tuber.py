@@ -240,7 +240,8 @@ def test_reference_parity_accepts_the_tuber_fixtures_float32_within_tolerance(tm
         assert "f32/match/layer1_src_b1" in ours.files and "f32/loss/loss_ce" in ours.files
         assert "f32/train/out/logits" in ours.files and "f32/det/scores" in ours.files
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "config_files" / "tuber").glob("TubeR_*.yaml"))  # the TubeR rows (the fork's Sparse R-CNN and D-TubeR have their own tests)
+# the TubeR rows (the folder also holds the fork's Sparse R-CNN and D-TubeR, tested with their code)
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "config_files" / "tuber").glob("TubeR_*.yaml"))
 
 
 def test_tuber_configs_cover_the_seed_table_and_the_official_configs():
