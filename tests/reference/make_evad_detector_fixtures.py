@@ -29,6 +29,9 @@ detectron2 is not installed: its pure-Python files are loaded from a source chec
   ``e2e_detector.py`` makes a 256-channel side ``HIDDEN_DIM`` wide instead (the tiny width, 16);
 * float64 targets and sizes: ``prepare_targets`` and ``preprocess_image`` make float32 tensors; their
   floating outputs are cast to float64 (exact: box coordinates are multiples of 1/4, sizes integers);
+* ``detectron2.structures.Boxes`` keeps the dtype of its tensor: detectron2 casts boxes to float32, the
+  identity for the official float32 runs but a rounding of the RoI boxes (the person stages' and the
+  decoder's) to float32 precision in a float64 run, which would cap the float64 comparison at ~1e-7;
 * ``checkpoint.checkpoint`` in ``vit_model.py``: ``use_reentrant=True`` (as the backbone section).
 
 Recorded with hooks and wrappers: the kept-token indices after every backbone block, each person stage's
@@ -92,6 +95,15 @@ class _LastLevelMaxPool(nn.Module):
         return [F.max_pool2d(x, kernel_size=1, stride=2, padding=0)]
 
 
+def _boxes_keep_dtype(self, tensor):
+    """``detectron2.structures.Boxes.__init__`` without its cast to float32 (float64 boxes stay float64)."""
+    tensor = torch.as_tensor(tensor)
+    if tensor.numel() == 0:
+        tensor = tensor.reshape((-1, 4))
+    assert tensor.dim() == 2 and tensor.size(-1) == 4, tensor.size()
+    self.tensor = tensor
+
+
 def _unused(*args, **kwargs):
     raise RuntimeError("shim called: not expected in these fixtures")
 
@@ -112,6 +124,7 @@ def install_detector_shims(evad_root, d2_root):
     boxes = _load("detectron2.structures.boxes", d2 / "structures" / "boxes.py")
     image_list = _load("detectron2.structures.image_list", d2 / "structures" / "image_list.py")
     instances = _load("detectron2.structures.instances", d2 / "structures" / "instances.py")
+    boxes.Boxes.__init__ = _boxes_keep_dtype
     structures.Boxes, structures.ImageList, structures.Instances = boxes.Boxes, image_list.ImageList, \
         instances.Instances
     modeling = _module("detectron2.modeling")
