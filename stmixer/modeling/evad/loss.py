@@ -9,31 +9,32 @@ each term is multiplied by the action weight (zoo: 12).
 
 from collections import OrderedDict
 
-import torch
 import torch.nn.functional as F
 
 
-def evad_action_losses(action_logits, indices, gt_labels, weight):
+def evad_action_losses(action_logits, batch_index, query_index, target_actions, weight):
     """Weighted action losses of every decoder block.
 
     Args:
         action_logits: list (one per decoder block, last = final) of ``[B, P, A]`` logits.
-        indices: per clip ``(query_index [m_i], target_index [m_i])`` int64, the last person stage's matching.
-        gt_labels: per clip ``[n_i, A]`` multi-hot actions.
+        batch_index, query_index: ``[m]`` int64, the clip and query of each matched pair (the last person
+            stage's matching).
+        target_actions: ``[m, A]`` multi-hot actions of the matched persons (any numeric dtype).
         weight: the action loss weight.
 
     Returns:
         ordered dict ``loss_bce_0 .. loss_bce_{L-2}`` (the first L-1 blocks), then ``loss_bce`` (the last block),
-        each ``weight * BCE`` (official names and order).
+        each ``weight * BCE`` (official names and order). With no matched pair the terms are 0 (the official
+        mean over an empty set is NaN).
     """
-    batch = torch.cat([torch.full_like(q, i) for i, (q, _) in enumerate(indices)])
-    query = torch.cat([q for q, _ in indices])
-    dtype = action_logits[-1].dtype
-    targets = torch.cat([labels[j].to(dtype) for labels, (_, j) in zip(gt_labels, indices)])
-    batch, query = batch.to(targets.device), query.to(targets.device)
+    targets = target_actions.to(action_logits[-1].dtype)
     losses = OrderedDict()
     last = len(action_logits) - 1
     for i, logits in enumerate(action_logits):
         name = "loss_bce" if i == last else f"loss_bce_{i}"
-        losses[name] = weight * F.binary_cross_entropy_with_logits(logits[batch, query], targets)
+        picked = logits[batch_index, query_index]
+        if picked.numel():
+            losses[name] = weight * F.binary_cross_entropy_with_logits(picked, targets)
+        else:
+            losses[name] = picked.sum() * 0.0
     return losses
