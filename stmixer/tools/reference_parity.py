@@ -36,6 +36,8 @@ Fixture kinds are told apart by their inputs:
 
 A folder with ``mmaction2.json`` is a fixture of mmaction2's two-stage detectors (``FastRCNN``),
 run by ``stmixer.tools.mmaction2_parity`` (its docstring gives the layout and the output names).
+A folder whose ``case.json`` names a ``sparse_rcnn/...`` model is a Sparse R-CNN head fixture, run by
+``stmixer.modeling.sparse_rcnn.parity``.
 
 Runs on the CPU with 1 thread by default, as the fixtures were generated, so
 float32 results are reproducible across machines (``--threads`` changes it).
@@ -364,6 +366,14 @@ def run_fixture(fixture, precision="f64", device="cpu", state_dict=None):
         try:
             arrays = run_mmaction2_fixture(fixture, dtype, device)
         except MMAction2FixtureError as e:
+            raise FixtureError(str(e)) from None
+        return {f"{precision}/{name}": value for name, value in arrays.items()}
+    from ..modeling.sparse_rcnn.parity import SparseRCNNFixtureError, is_sparse_rcnn_fixture, run_sparse_rcnn_fixture
+
+    if is_sparse_rcnn_fixture(fixture):  # Sparse R-CNN head + criterion (case.json names the model; that module)
+        try:
+            arrays = run_sparse_rcnn_fixture(fixture, dtype, device)
+        except SparseRCNNFixtureError as e:
             raise FixtureError(str(e)) from None
         return {f"{precision}/{name}": value for name, value in arrays.items()}
     for name in ("config.yaml", "inputs.npz"):
