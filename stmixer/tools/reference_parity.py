@@ -36,6 +36,8 @@ Fixture kinds are told apart by their inputs:
 
 A folder with ``mmaction2.json`` is a fixture of mmaction2's two-stage detectors (``FastRCNN``),
 run by ``stmixer.tools.mmaction2_parity`` (its docstring gives the layout and the output names).
+A folder whose ``cases.json`` names the model "EVAD" is an EVAD detector fixture, run by
+``stmixer.modeling.evad.parity`` (outputs ``<case>/<answer name>``).
 A folder whose ``case.json`` names a ``sparse_rcnn/...`` model is a Sparse R-CNN head fixture, run by
 ``stmixer.modeling.sparse_rcnn.parity``.
 
@@ -361,7 +363,14 @@ def run_fixture(fixture, precision="f64", device="cpu", state_dict=None):
         raise ValueError(f"precision {precision!r}; expected one of {sorted(PRECISIONS)}")
     dtype = PRECISIONS[precision]
     from .mmaction2_parity import MMAction2FixtureError, is_mmaction2_fixture, run_mmaction2_fixture
+    from ..modeling.evad.parity import EVADFixtureError, is_evad_fixture, run_evad_fixture
 
+    if is_evad_fixture(fixture):  # EVAD's detector fixtures: cases.json naming "EVAD" (see that module)
+        try:
+            arrays = run_evad_fixture(fixture, dtype, device)
+        except EVADFixtureError as e:
+            raise FixtureError(str(e)) from None
+        return {f"{precision}/{name}": value for name, value in arrays.items()}
     if is_mmaction2_fixture(fixture):  # mmaction2's two-stage detectors: their own layout (see that module)
         try:
             arrays = run_mmaction2_fixture(fixture, dtype, device)

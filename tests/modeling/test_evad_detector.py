@@ -16,8 +16,7 @@ import pytest
 import torch
 
 from stmixer.checkpoint import load_weights
-from stmixer.checkpoint.formats import read_checkpoint
-from stmixer.config import get_cfg, validate_config
+from stmixer.config import ConfigError, validate_config
 from stmixer.modeling.backbones.evad_vit import EVADVisionTransformer
 from stmixer.modeling.evad import ContextRefinement, EVADFPN
 
@@ -126,3 +125,113 @@ def test_fpn_refuses_an_odd_token_grid():
     maps = [torch.zeros(1, 4, 12, 20), torch.zeros(1, 4, 6, 10), torch.zeros(1, 4, 3, 5), torch.zeros(1, 4, 1, 2)]
     with pytest.raises(ValueError, match="must be even"):
         fpn(maps)
+
+
+# ----------------------------------------------------------------------------- the whole detector
+from stmixer.modeling.build import build_detector  # noqa: E402
+from stmixer.modeling.evad import parity  # noqa: E402
+
+META_FIXTURE, INPUTS = parity.load_fixture(FIXTURES)
+# official answers that are not model outputs (the clip bookkeeping of its evaluator)
+NOT_PRODUCED = {"eval/metadata"}
+
+
+@pytest.fixture(scope="module")
+def ours():
+    return {case: parity.run_case(META_FIXTURE, INPUTS, case) for case in CASES}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_detector_matches_official_float64(case, ours):
+    """Kept indices, FPN, per-stage person logits / boxes, per-block action logits, detections (eval); weighted
+    losses, matched indices of every stage, gradients (train, USE_CHECKPOINT True): every answer."""
+    ref, got = _ref(case), ours[case]
+    assert set(ref) - set(got) == NOT_PRODUCED
+    for name, value in ref.items():
+        if name in NOT_PRODUCED:
+            continue
+        if value.dtype.kind in "iub":
+            assert np.array_equal(got[name], value), name
+        else:
+            _close(got[name], value, name)
+    assert list(k for k in got if k.startswith("loss/")) == ["loss/" + k for k in META["cases"][case]["loss_keys"]]
+
+
+def test_checkpointing_on_and_off_agree_exactly(ours):
+    """The official backward needs USE_CHECKPOINT True (keep < 1); ours gives the same values and gradients
+    both ways."""
+    plain = parity.run_case(META_FIXTURE, INPUTS, "keep06_ew4", use_checkpoint=False)
+    for name, value in ours["keep06_ew4"].items():
+        assert np.array_equal(plain[name], value), name
+    assert "RuntimeError" in META["cases"]["keep06_ew4"]["official_backward_without_checkpoint"]
+
+
+def _tiny(case="keep07", **evad):
+    cfg = parity.fixture_cfg(META_FIXTURE, case)
+    cfg.EVAD.merge_from_list([x for kv in evad.items() for x in kv])
+    model = build_detector(cfg).double()
+    state = {k[2:]: torch.from_numpy(v) for k, v in INPUTS.items() if k.startswith("w/")}
+    from stmixer.checkpoint.formats import checkpoint_from_object
+
+    assert load_weights(model, checkpoint_from_object({"model_state": state}, "fixture"), log=None).ok
+    return model, cfg
+
+
+def test_eval_contract_and_person_threshold_fallback():
+    model, _ = _tiny()
+    clip, whwh, _, _ = parity.fixture_batch(META_FIXTURE, INPUTS)
+    with torch.no_grad():
+        dets = model.eval()(clip, None, whwh)
+        model.person_threshold = 1.01  # nobody passes: every query is reported (official)
+        every = model(clip, None, whwh)
+    assert len(dets) == 2 and set(dets[0]) == {"scores", "boxes", "query_indices", "person_scores"}
+    assert all((d["person_scores"] >= 0.5).all() for d in dets)
+    assert [len(d["boxes"]) for d in every] == [8, 8]
+    assert all(((d["boxes"] >= 0) & (d["boxes"] <= 1)).all() for d in every)
+    model.num_eval_act_classes = 2
+    with torch.no_grad():
+        top2 = model(clip, None, whwh)
+    assert all(((d["scores"] > 0).sum(-1) == 2).all() for d in top2)
+
+
+def test_gt_boxes_prob_reads_the_matched_ground_truth():
+    """GT_BOXES_PROB 1: the action RoIs of matched queries are the ground-truth boxes (other action losses);
+    0 (official, whose option has no effect): the predicted boxes."""
+    clip, whwh, boxes, labels = parity.fixture_batch(META_FIXTURE, INPUTS)
+    losses = {}
+    for prob in (0.0, 1.0):
+        model, _ = _tiny(GT_BOXES_PROB=prob)
+        with torch.no_grad():
+            losses[prob] = model.train()(clip, None, whwh, boxes, labels)
+    assert float(losses[0.0]["loss_bce"]) == pytest.approx(float(_ref("keep07")["loss/loss_bce"]), rel=1e-12)
+    assert float(losses[1.0]["loss_bce"]) != pytest.approx(float(losses[0.0]["loss_bce"]), rel=1e-6)
+    assert float(losses[1.0]["loss_ce"]) == float(losses[0.0]["loss_ce"])
+
+
+def test_config_checks():
+    _, cfg = _tiny()
+    validate_config(cfg)
+    cfg.EVAD.ROI_EXTENSION = [0.4, 0.2, 0.1]
+    cfg.EVAD.PERSON.ACTIVATION = "tanh"
+    cfg.EVAD.DECODER_DIM = 13
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    for key in ("EVAD.ROI_EXTENSION", "EVAD.PERSON.ACTIVATION", "EVAD.DECODER_DIM"):
+        assert key in str(err.value)
+    _, cfg = _tiny()
+    cfg.MODEL.BACKBONE.CONV_BODY = "MAE-ViT-B"
+    with pytest.raises(ConfigError, match="MODEL.BACKBONE.CONV_BODY.*expected an EVAD backbone"):
+        validate_config(cfg)
+
+
+def test_reference_parity_tool_accepts_the_evad_fixture(tmp_path):
+    from stmixer.tools import reference_parity
+
+    out = tmp_path / "out.npz"
+    assert reference_parity.main(["--fixture", str(FIXTURES), "--out", str(out), "--precision", "f64"]) == 0
+    with np.load(out) as got:
+        ref = _ref("keep07")
+        _close(got["f64/keep07/block2/actions"], ref["block2/actions"], "block2/actions")
+        assert np.array_equal(got["f64/keep07/match/stage1/query_1"], ref["match/stage1/query_1"])
+        assert {k for k in got.files if k.startswith("f64/keep10/")} == \
+            {"f64/keep10/" + k for k in _ref("keep10")} - {"f64/keep10/" + k for k in NOT_PRODUCED}

@@ -8,8 +8,8 @@ Runs the official ``EVAD`` model (``projects/evad/models/video_model_builder.py`
 (``EVADRoIHead``: Sparse R-CNN person stages, context-refinement decoder, action loss), ``loss.py``
 (``SetCriterion``, ``HungarianMatcher``), ``util/box_ops.py``, ``util/misc.py``, ``vit_model.py``) and
 ``slowfast/datasets/cv2_transform.py``, all loaded by path, on a tiny ViT / person detector / decoder from
-a seed, and writes ``<out>/detector/``: ``inputs.npz`` (clip as ``clip_k`` int8 = 4 x clip, targets, the float64 state dict as
-``w/<official name>``), one ``<case>.npz`` per keep-rate case, ``cases.json``.
+a seed, and writes ``<out>/detector/``: ``inputs.npz`` (clip as ``clip_k`` int8 = 4 x clip, targets, the
+float64 state dict as ``w/<official name>``), one ``<case>.npz`` per keep-rate case, ``cases.json``.
 
 detectron2 is not installed: its pure-Python files are loaded from a source checkout
 (``layers/wrappers.py``: ``Conv2d``, ``cat``, ...; ``layers/roi_align.py``: ``ROIAlign`` = torchvision's
@@ -29,12 +29,10 @@ detectron2 is not installed: its pure-Python files are loaded from a source chec
   ``e2e_detector.py`` makes a 256-channel side ``HIDDEN_DIM`` wide instead (the tiny width, 16);
 * float64 targets and sizes: ``prepare_targets`` and ``preprocess_image`` make float32 tensors; their
   floating outputs are cast to float64 (exact: box coordinates are multiples of 1/4, sizes integers);
-* ``detectron2.structures.Boxes`` keeps the dtype of its tensor: detectron2 casts boxes to float32, the
-  identity for the official float32 runs but a rounding of the RoI boxes (the person stages' and the
-  decoder's) to float32 precision in a float64 run, which would cap the float64 comparison at ~1e-7;
 * ``checkpoint.checkpoint`` in ``vit_model.py``: ``use_reentrant=True`` (as the backbone section).
 
-Recorded with hooks and wrappers: the kept-token indices after every backbone block, each person stage's
+Recorded with hooks and wrappers: the kept-token indices after every backbone block, the FPN outputs
+(case ``FPN_CASE``), each person stage's
 class logits and boxes (``RCNNHead`` outputs), each decoder block's action logits, the matcher's indices
 (last stage first, then the auxiliary stages), the weighted loss dict, gradients of ``GRAD_PARAMS`` for the
 sum of the losses (``USE_CHECKPOINT True``; the official backward without it is tried and its outcome
@@ -71,6 +69,8 @@ CASES = {
     "keep07": ([1.0, 0.7, 1.0, 0.7, 0.7, 1.0], 1.0),
     "keep06_ew4": ([1.0, 0.6, 1.0, 0.6, 0.6, 1.0], 4.0),
 }
+# The case whose FPN outputs p2 .. p5 are stored too.
+FPN_CASE = "keep07"
 # Ground truth per clip: absolute xyxy boxes (pixels of the 96 x 64 clip, multiples of 1/4) and actions.
 GT_BOXES = [[[8.0, 6.5, 40.25, 60.0], [50.5, 10.0, 90.0, 58.75]],
             [[4.0, 4.0, 30.5, 44.0], [34.25, 12.0, 70.0, 62.0], [60.0, 2.5, 94.5, 40.25]]]
@@ -95,15 +95,6 @@ class _LastLevelMaxPool(nn.Module):
         return [F.max_pool2d(x, kernel_size=1, stride=2, padding=0)]
 
 
-def _boxes_keep_dtype(self, tensor):
-    """``detectron2.structures.Boxes.__init__`` without its cast to float32 (float64 boxes stay float64)."""
-    tensor = torch.as_tensor(tensor)
-    if tensor.numel() == 0:
-        tensor = tensor.reshape((-1, 4))
-    assert tensor.dim() == 2 and tensor.size(-1) == 4, tensor.size()
-    self.tensor = tensor
-
-
 def _unused(*args, **kwargs):
     raise RuntimeError("shim called: not expected in these fixtures")
 
@@ -124,7 +115,6 @@ def install_detector_shims(evad_root, d2_root):
     boxes = _load("detectron2.structures.boxes", d2 / "structures" / "boxes.py")
     image_list = _load("detectron2.structures.image_list", d2 / "structures" / "image_list.py")
     instances = _load("detectron2.structures.instances", d2 / "structures" / "instances.py")
-    boxes.Boxes.__init__ = _boxes_keep_dtype
     structures.Boxes, structures.ImageList, structures.Instances = boxes.Boxes, image_list.ImageList, \
         instances.Instances
     modeling = _module("detectron2.modeling")
@@ -235,6 +225,14 @@ def build_official(builder, keep_rates, enhanced_weight, use_checkpoint, state):
         stage.register_forward_hook(stage_hook)
     for blk in model.det_head.decoder.blocks:
         blk.register_forward_hook(action_hook)
+    fpn_forward = model.fpn_forward
+
+    def recording_fpn(features):
+        out = fpn_forward(features)
+        rec["fpn"] = [out[f"p{k}"].detach().clone() for k in range(2, 6)]
+        return out
+
+    model.fpn_forward = recording_fpn
     matcher = model.criterion.matcher
     match = matcher.forward
 
@@ -291,6 +289,9 @@ def run_case(builder, name, keep_rates, enhanced_weight, state, clip):
         arrays[f"stage{s}/logits"], arrays[f"stage{s}/boxes"] = logits.numpy(), bx.numpy()
     for j, logits in enumerate(rec["actions"]):
         arrays[f"block{j}/actions"] = logits.numpy()
+    if name == FPN_CASE:
+        for level, value in enumerate(rec["fpn"]):
+            arrays[f"fpn/p{level + 2}"] = value.numpy()
     eval_record = {k: v for k, v in arrays.items()}
 
     model.train()

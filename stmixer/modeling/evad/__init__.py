@@ -3,5 +3,7 @@
 from .context import ContextRefinement, ContextRefinementDecoder, extend_boxes
 from .fpn import EVADFPN
 from .loss import evad_action_losses
+from .detector import EVAD, EVADHead  # noqa: E402  (registers the detector)
 
-__all__ = ["ContextRefinement", "ContextRefinementDecoder", "EVADFPN", "evad_action_losses", "extend_boxes"]
+__all__ = ["EVAD", "EVADHead", "ContextRefinement", "ContextRefinementDecoder", "EVADFPN", "evad_action_losses",
+           "extend_boxes"]

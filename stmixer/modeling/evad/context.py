@@ -27,7 +27,6 @@ at its own position (``kept_index``).
 from collections import OrderedDict
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import roi_align
@@ -118,12 +117,15 @@ class ContextRefinement(nn.Module):
         use_learnable_pos_emb: a learned table (parameter ``pos_embed`` ``[1, t0*h0*w0, C]``) instead of the sine one.
         use_checkpoint: recompute the decoder blocks in the backward pass.
         restore_shuffle: place the kept tokens as the official code does (see the module docstring).
+        float32_boxes: round the extended boxes to float32 before RoIAlign, as detectron2's ``Boxes`` do in the
+            official code (a no-op for float32 boxes; it matters for float64 parity only).
     """
 
     def __init__(self, encoder_dim, embed_dim=384, depth=6, num_heads=6, mlp_ratio=4.0, drop_rate=0.0,
                  attn_drop_rate=0.0, drop_path_rate=0.0, num_actions=80, act_dim=2048, num_act_layers=1,
                  num_queries=100, roi_extension=(0.0, 0.0), roi_resolution=7, roi_sampling_ratio=2, patch_size=16,
-                 pos_grid=(8, 14, 14), use_learnable_pos_emb=False, use_checkpoint=False, restore_shuffle=True):
+                 pos_grid=(8, 14, 14), use_learnable_pos_emb=False, use_checkpoint=False, restore_shuffle=True,
+                 float32_boxes=True):
         super().__init__()
         if len(roi_extension) not in (1, 2):
             raise ValueError(f"EVAD.ROI_EXTENSION {list(roi_extension)}: expected (x, y) or one value for both")
@@ -133,6 +135,7 @@ class ContextRefinement(nn.Module):
         self.spatial_scale = 1.0 / patch_size
         self.pos_grid = tuple(pos_grid)
         self.restore_shuffle = bool(restore_shuffle)
+        self.float32_boxes = bool(float32_boxes)
         self.num_queries = num_queries
         num_positions = self.pos_grid[0] * self.pos_grid[1] * self.pos_grid[2]
         if use_learnable_pos_emb:
@@ -217,6 +220,8 @@ class ContextRefinement(nn.Module):
         b, _, c = full.shape
         maps = full.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3).reshape(b, c * t, h, w)
         extended = [extend_boxes(bx, wh.to(bx.dtype), self.roi_extension) for bx, wh in zip(boxes, whwh)]
+        if self.float32_boxes:
+            extended = [bx.float().to(bx.dtype) for bx in extended]
         pooled = roi_align(maps, extended, output_size=self.roi_resolution, spatial_scale=self.spatial_scale,
                            sampling_ratio=self.roi_sampling_ratio, aligned=True)
         pooled = pooled.reshape(-1, c, t, self.roi_resolution * self.roi_resolution).amax(dim=-1).mean(dim=-1)
