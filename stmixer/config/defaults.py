@@ -393,6 +393,8 @@ _C.EVAD.NUM_EVAL_ACT_CLASSES = 0
 _C.EVAD.RESTORE_SHUFFLE = True
 # Training: probability per step of reading the action RoIs at the matched ground-truth boxes instead of the predicted ones (the official option has no effect: its replaced boxes are never read; 0 = official).
 _C.EVAD.GT_BOXES_PROB = 0.0
+# Learning-rate multiplier of the person stages and the context-refinement decoder (official det_head.*; SOLVER.LR_SCALE, zoo 8).
+_C.EVAD.HEAD_LR_SCALE = 1.0
 # EVAD's Sparse R-CNN person detector (stmixer.modeling.sparse_rcnn; official MODEL.SparseRCNN.*, ROI_BOX_HEAD.*).
 _C.EVAD.PERSON = CN()
 # Learned proposals (boxes and features) per clip (official NUM_PROPOSALS).

@@ -259,7 +259,7 @@ def _evad_problems(cfg, frames):
                 "GT_BOXES_PROB"):
         if not (_is_number(e[key]) and 0 <= e[key] <= 1):
             yield f"EVAD.{key}", "expected a number in [0, 1]"
-    for key in ("ROI_SAMPLING_RATIO", "NUM_EVAL_ACT_CLASSES", "ACTION_WEIGHT"):
+    for key in ("ROI_SAMPLING_RATIO", "NUM_EVAL_ACT_CLASSES", "ACTION_WEIGHT", "HEAD_LR_SCALE"):
         if not (_is_number(e[key]) and e[key] >= 0):
             yield f"EVAD.{key}", "expected a number >= 0"
     if not (len(e.ROI_EXTENSION) in (1, 2) and all(_is_number(v) and v >= 0 for v in e.ROI_EXTENSION)):

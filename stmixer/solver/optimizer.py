@@ -38,6 +38,8 @@ def build_param_groups(model, cfg, vit_layer_id=None):
     is_vit = "vit" in cfg.MODEL.BACKBONE.CONV_BODY.lower()
     depth = cfg.ViT.DEPTH
     groups = {}
+    # a detector may override single parameters: name -> (lr multiplier, exempt from decay) (EVAD's heads)
+    overrides = getattr(model, "param_optim_overrides", None)
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -58,6 +60,9 @@ def build_param_groups(model, cfg, vit_layer_id=None):
             decay = 0.0
         else:
             decay = cfg.SOLVER.WEIGHT_DECAY
+        if overrides is not None:
+            lr_mult, no_decay = overrides(name)
+            lr_scale, decay = lr_scale * lr_mult, (0.0 if no_decay else decay)
         group = groups.setdefault((decay, lr_scale), {"params": [], "names": [], "weight_decay": decay, "lr_scale": lr_scale})
         group["params"].append(param)
         group["names"].append(name)

@@ -9,7 +9,8 @@ Runs the official ``EVAD`` model (``projects/evad/models/video_model_builder.py`
 (``SetCriterion``, ``HungarianMatcher``), ``util/box_ops.py``, ``util/misc.py``, ``vit_model.py``) and
 ``slowfast/datasets/cv2_transform.py``, all loaded by path, on a tiny ViT / person detector / decoder from
 a seed, and writes ``<out>/detector/``: ``inputs.npz`` (clip as ``clip_k`` int8 = 4 x clip, targets, the
-float64 state dict as ``w/<official name>``), one ``<case>.npz`` per keep-rate case, ``cases.json``.
+float64 state dict as ``w/<official name>``), one ``<case>.npz`` per keep-rate case, ``cases.json``, and ``key_layout.json`` (the
+state-dict keys and shapes of the official model-zoo detectors ViT-B and ViT-L, built on the meta device).
 
 detectron2 is not installed: its pure-Python files are loaded from a source checkout
 (``layers/wrappers.py``: ``Conv2d``, ``cat``, ...; ``layers/roi_align.py``: ``ROIAlign`` = torchvision's
@@ -82,7 +83,8 @@ GRAD_PARAMS = ["patch_embed.proj.bias", "blocks.3.attn.proj.weight", "fpn_latera
                "det_head.s0_headseries.1.class_logits.weight", "det_head.s0_headseries.1.bboxes_delta.bias",
                "det_head.encoder_to_decoder.weight", "det_head.mask_token",
                "det_head.decoder.blocks.0.attn.qkv.weight", "det_head.decoder.blocks.2.action_logits.weight"]
-ROOTS = {"evad": None}
+# Loaded official modules the builders patch: "e2e_detector", "Conv2d" (detectron2's).
+_LOADED = {}
 
 
 class _LastLevelMaxPool(nn.Module):
@@ -153,6 +155,7 @@ def install_detector_shims(evad_root, d2_root):
                                hidden if out_channels == 256 else out_channels, **kwargs)
 
     e2e.Conv2d = narrow_conv2d
+    _LOADED.update(e2e_detector=e2e, Conv2d=wrappers.Conv2d)
     _load("evad_full.head_helper", root / "head_helper.py")
     return _load("evad_full.video_model_builder", root / "video_model_builder.py")
 
@@ -161,8 +164,11 @@ def _ns(**kw):
     return types.SimpleNamespace(**kw)
 
 
-def official_config(keep_rates, enhanced_weight, use_checkpoint):
-    """The official cfg nodes the EVAD model reads (tiny sizes, every dropout and drop-path rate 0)."""
+def official_config(keep_rates, enhanced_weight, use_checkpoint, zoo=None):
+    """The official cfg nodes the EVAD model reads (tiny sizes, every dropout and drop-path rate 0); ``zoo``: one
+    of ``ZOO_DETECTORS`` instead (its sizes, the official defaults otherwise; device "meta")."""
+    if zoo is not None:
+        return _zoo_config(keep_rates, zoo)
     vit = _ns(TUBELET_SIZE=VIT["tubelet_size"], PATCH_SIZE=VIT["patch_size"], EMBED_DIM=VIT["embed_dim"],
               PRETRAIN_IMG_SIZE=VIT["pretrain_img_size"], USE_LEARNABLE_POS_EMB=False, DROP_RATE=0.0,
               ATTN_DROP_RATE=0.0, DROP_PATH_RATE=0.0, DEPTH=VIT["depth"], NUM_HEADS=VIT["num_heads"],
@@ -180,6 +186,48 @@ def official_config(keep_rates, enhanced_weight, use_checkpoint):
     return _ns(ViT=vit, MODEL=model, DATA=_ns(INPUT_CHANNEL_NUM=[3], NUM_FRAMES=CLIP[2]),
                DETECTION=_ns(ENABLE=True, ALIGNED=True, ROI_XFORM_RESOLUTION=POOLER["resolution"],
                              SPATIAL_SCALE_FACTOR=VIT["patch_size"]))
+
+
+# The model-zoo detectors whose official state-dict layout is recorded in <out>/detector/key_layout.json.
+ZOO_DETECTORS = {
+    "ViT_B_16x4_KTP": dict(embed_dim=768, depth=12, num_heads=12, fpn=[2, 5, 8, 11], crd=(384, 6, 6)),
+    "ViT_L_16x4_KTP": dict(embed_dim=1024, depth=24, num_heads=16, fpn=[5, 11, 17, 23], crd=(512, 12, 8)),
+}
+
+
+def _zoo_config(keep_rates, zoo):
+    cfg = official_config(keep_rates, 1.0, True)
+    cfg.ViT = _ns(**dict(vars(cfg.ViT), PATCH_SIZE=16, EMBED_DIM=zoo["embed_dim"], PRETRAIN_IMG_SIZE=224,
+                         DEPTH=zoo["depth"], NUM_HEADS=zoo["num_heads"], MLP_RATIO=4.0, FPN_INDICES=zoo["fpn"]))
+    m = cfg.MODEL
+    m.DEVICE, m.NUM_CLASSES = "meta", 80
+    m.SparseRCNN = _ns(**dict(vars(m.SparseRCNN), NUM_PROPOSALS=100, HIDDEN_DIM=256, NHEADS=8, DIM_FEEDFORWARD=2048,
+                              NUM_HEADS=6, DIM_DYNAMIC=64, NUM_DYNAMIC=2, NUM_CLS=1, NUM_REG=3, NUM_ACT=1,
+                              ACT_FC_DIM=2048))
+    m.CRD = _ns(**dict(vars(m.CRD), EMBED_DIM=zoo["crd"][0], DEPTH=zoo["crd"][1], NUM_HEADS=zoo["crd"][2]))
+    cfg.DATA = _ns(INPUT_CHANNEL_NUM=[3], NUM_FRAMES=16)
+    cfg.DETECTION = _ns(**dict(vars(cfg.DETECTION), SPATIAL_SCALE_FACTOR=16))
+    return cfg
+
+
+def official_key_layout(builder):
+    """{zoo config: {state-dict key: shape}} of the official EVAD detectors (built on the meta device)."""
+    layout = {}
+    for name, zoo in ZOO_DETECTORS.items():
+        rates = [0.7 if i in (zoo["depth"] // 4, zoo["depth"] // 2, 3 * zoo["depth"] // 4) else 1.0
+                 for i in range(zoo["depth"])]
+        linspace, cuda = torch.linspace, torch.version.cuda
+        torch.linspace = functools.partial(linspace, device="cpu")  # drop-path rates are read with .item()
+        torch.version.cuda = "11.3"
+        narrow, _LOADED["e2e_detector"].Conv2d = _LOADED["e2e_detector"].Conv2d, _LOADED["Conv2d"]  # FPN width 256
+        try:
+            with torch.device("meta"):
+                model = builder.EVAD(official_config(rates, 1.0, True, zoo))
+        finally:
+            torch.linspace, torch.version.cuda = linspace, cuda
+            _LOADED["e2e_detector"].Conv2d = narrow
+        layout[name] = {k: list(v.shape) for k, v in model.state_dict().items()}
+    return layout
 
 
 def _to64(value):
@@ -347,6 +395,7 @@ def make_detector(evad_root, d2_root, out, commit):
         arrays, info = run_case(builder, name, rates, ew, state, clip)
         np.savez_compressed(out / f"{name}.npz", **arrays)
         cases[name] = info
+    (out / "key_layout.json").write_text(json.dumps(official_key_layout(builder)) + "\n")
     meta = dict(evad_commit=commit, torch=torch.__version__, seed=SEED, vit=VIT, fpn_indices=FPN_INDICES,
                 clip=list(CLIP), sparse_rcnn=SPARSE, crd={k: list(v) if isinstance(v, tuple) else v
                                                            for k, v in CRD.items()},

@@ -82,13 +82,14 @@ class EVAD(nn.Module):
         num_eval_act_classes: inference: keep the k best action scores of each person (others 0); 0 = all.
         gt_boxes_prob: training: probability per step of reading the matched queries' action RoIs at their
             ground-truth boxes (see the module docstring; 0 = official).
+        head_lr_scale: learning-rate multiplier of the person stages and the decoder (``param_optim_overrides``).
     """
 
     task = "detection"
     num_pathways = 1
 
     def __init__(self, backbone, fpn, person, context, criterion, action_weight=12.0, person_threshold=0.7,
-                 num_eval_act_classes=0, gt_boxes_prob=0.0):
+                 num_eval_act_classes=0, gt_boxes_prob=0.0, head_lr_scale=1.0):
         super().__init__()
         self.backbone = backbone
         self.evad_fpn = fpn
@@ -98,6 +99,15 @@ class EVAD(nn.Module):
         self.person_threshold = float(person_threshold)
         self.num_eval_act_classes = int(num_eval_act_classes)
         self.gt_boxes_prob = float(gt_boxes_prob)
+        self.head_lr_scale = float(head_lr_scale)
+
+    def param_optim_overrides(self, name):
+        """``(lr multiplier, exempt from weight decay)`` of parameter ``name`` for the optimizer, as the official
+        EVAD solver: the official ``det_head.*`` (person stages and context-refinement decoder) learn at
+        ``head_lr_scale`` x the base rate, and its ``mask_token`` / ``pos_embed`` get no weight decay."""
+        head = name.startswith(("evad_head.det_head.", "evad_head.person.head_series."))
+        no_decay = name.startswith("evad_head.det_head.") and ("mask_token" in name or "pos_embed" in name)
+        return (self.head_lr_scale if head else 1.0), no_decay
 
     def forward(self, slow_video, fast_video, whwh, gt_boxes=None, gt_labels=None, trace=None):
         """Detections (eval mode) or the weighted loss dict (train mode).
@@ -199,4 +209,4 @@ def build_evad(cfg):
         no_object_weight=p.NO_OBJECT_WEIGHT, deep_supervision=True, use_focal=False)
     return EVAD(backbone, fpn, person, context, criterion, action_weight=e.ACTION_WEIGHT,
                 person_threshold=e.PERSON_THRESHOLD, num_eval_act_classes=e.NUM_EVAL_ACT_CLASSES,
-                gt_boxes_prob=e.GT_BOXES_PROB)
+                gt_boxes_prob=e.GT_BOXES_PROB, head_lr_scale=e.HEAD_LR_SCALE)
