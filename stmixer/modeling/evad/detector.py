@@ -50,12 +50,15 @@ _OFFICIAL_PERSON_KEYS = (("det_head.s0_headseries.", "person.head_series."),
 
 
 class EVADHead(nn.Module):
-    """EVAD's heads: ``person`` (a ``SparseRCNNHead``) and ``det_head`` (a ``ContextRefinement``)."""
+    """EVAD's heads: ``person`` (a ``SparseRCNNHead``), ``det_head`` (a ``ContextRefinement``) and the person
+    detector's ``criterion`` (its buffer ``empty_weight`` is rebuilt from the config, not read from official
+    files: format ``evad`` lists it as never stored)."""
 
-    def __init__(self, person, det_head):
+    def __init__(self, person, det_head, criterion):
         super().__init__()
         self.person = person
         self.det_head = det_head
+        self.criterion = criterion
 
     def adapt_loaded_state(self, state_dict, prefix):
         """Rename the official person-detector keys (``det_head.s0_headseries.*``, ``init_proposal_*``) to ours;
@@ -93,8 +96,7 @@ class EVAD(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.evad_fpn = fpn
-        self.evad_head = EVADHead(person, context)
-        self.criterion = criterion
+        self.evad_head = EVADHead(person, context, criterion)
         self.action_weight = float(action_weight)
         self.person_threshold = float(person_threshold)
         self.num_eval_act_classes = int(num_eval_act_classes)
@@ -141,7 +143,7 @@ class EVAD(nn.Module):
                 raise ValueError("EVAD in train mode needs gt_boxes and gt_labels (lists with one tensor per clip)")
             targets = [{"boxes": b.to(whwh.dtype), "labels": torch.zeros(len(b), dtype=torch.int64, device=b.device),
                         "whwh": wh} for b, wh in zip(gt_boxes, whwh)]
-            losses, indices = self.criterion.losses_and_matches(person, targets)
+            losses, indices = self.evad_head.criterion.losses_and_matches(person, targets)
             clip_index, query_index, target_index = indices[len(person.boxes) - 1]
             record(trace, "match", indices[len(person.boxes) - 1])
             if self.gt_boxes_prob > 0 and torch.rand(()).item() < self.gt_boxes_prob:

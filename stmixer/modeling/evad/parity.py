@@ -155,7 +155,7 @@ def run_case(meta, inputs, case, dtype=torch.float64, use_checkpoint=True, want=
     targets = [{"boxes": b, "labels": torch.zeros(len(b), dtype=torch.int64), "whwh": wh}
                for b, wh in zip(gt_boxes, whwh)]
     person = _stage_outputs(trace, len(stages))
-    indices = model.criterion.match(person, targets, list(range(len(stages))), None)
+    indices = model.evad_head.criterion.match(person, targets, list(range(len(stages))), None)
     counts = np.cumsum([0] + [len(b) for b in gt_boxes])
     for k in range(len(stages)):
         clip_index, query_index, target_index = indices[k]
