@@ -1,12 +1,12 @@
-"""train_net.py and test_net.py with the EVAD detector (config_files/synthetic/tiny-evad.yaml) on synthetic data:
-a few training iterations with token dropout active, periodic evaluation, then test_net on the saved weights.
-Pipeline correctness only (a tiny model, a few iterations)."""
+"""train_net.py, test_net.py and demo.py with the EVAD detector (config_files/synthetic/tiny-evad.yaml) on
+synthetic data: a few training iterations with token dropout active, periodic evaluation, test_net on the saved
+weights, demo.py on an odd-size video. Pipeline correctness only (a tiny model, a few iterations)."""
 
 import json
 
 import pytest
 
-from stmixer.data.synthetic import main as make_synthetic
+from stmixer.data.synthetic import main as make_synthetic, write_synthetic_video
 
 from .conftest import run_python
 
@@ -35,3 +35,11 @@ def test_evad_trains_and_evaluates(repo_root, tmp_path):
                 str(test_out), *common], repo_root)
     again = json.loads((test_out / "inference" / "ava_v2.2" / "frame_map.json").read_text())
     assert again["mAP"] == pytest.approx(metrics["mAP"])
+    video = tmp_path / "clip.mp4"
+    write_synthetic_video(str(video), seconds=3, size=(203, 360), fps=24, seed=4, render_short_side=64)
+    result = run_python(["demo.py", "--config-file", CONFIG, "--input", str(video), "--output",
+                         str(tmp_path / "labelled.mp4"), "--json", str(tmp_path / "labelled.jsonl"),
+                         "MODEL.WEIGHT", str(weights[-1])], repo_root)
+    assert "Annotated video written" in result.stdout + result.stderr
+    records = [json.loads(line) for line in (tmp_path / "labelled.jsonl").read_text().splitlines()]
+    assert [r["time"] for r in records] == [0.0, 1.0, 2.0]
