@@ -38,6 +38,7 @@ from ...structures.boxes import clip_and_normalize
 from ..build import DETECTOR_REGISTRY, build_backbone
 from ..matcher import HungarianMatcher
 from ..sparse_rcnn import SparseRCNNCriterion, SparseRCNNHead
+from ..stmixer.decoder import target_dtype
 from ..trace import record
 from .context import ContextRefinement
 from .fpn import EVADFPN
@@ -135,7 +136,7 @@ class EVAD(nn.Module):
         pyramid = self.evad_fpn(feats.features)
         for level, p in enumerate(pyramid):
             record(trace, f"fpn_p{level + 2}", p)
-        whwh = torch.as_tensor(whwh).to(device=pyramid[0].device, dtype=pyramid[0].dtype)
+        whwh = torch.as_tensor(whwh).to(device=pyramid[0].device, dtype=target_dtype(pyramid[0].dtype))
         person = self.evad_head.person(pyramid, whwh, trace)
         boxes = person.boxes[-1].detach()
         if self.training:
