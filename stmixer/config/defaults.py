@@ -418,6 +418,80 @@ _C.EVAD.KEEP_RATES = [1.0] * 12
 _C.EVAD.ENHANCED_WEIGHT = 1.0
 # The 4 ViT blocks (0-based, increasing) whose keyframe tokens feed the FPN at strides 4, 8, 16, 32 (official ViT.FPN_INDICES).
 _C.EVAD.FPN_INDICES = [2, 5, 8, 11]
+# EVAD detector (MODEL.META_ARCHITECTURE "EVAD"): context-refinement decoder width (official MODEL.CRD.EMBED_DIM; zoo 384 ViT-B, 512 ViT-L).
+_C.EVAD.DECODER_DIM = 384
+# Context-refinement decoder blocks; each classifies the persons (deep supervision) (official MODEL.CRD.DEPTH).
+_C.EVAD.DECODER_DEPTH = 6
+# Attention heads of the decoder blocks (official MODEL.CRD.NUM_HEADS).
+_C.EVAD.DECODER_HEADS = 6
+# MLP hidden width / decoder width (official MODEL.CRD.MLP_RATIO).
+_C.EVAD.DECODER_MLP_RATIO = 4.0
+# Dropout in the decoder MLPs and projections (official MODEL.CRD.DROP_RATE).
+_C.EVAD.DECODER_DROP_RATE = 0.0
+# Dropout on the decoder attention weights (official MODEL.CRD.ATTN_DROP_RATE).
+_C.EVAD.DECODER_ATTN_DROP_RATE = 0.0
+# Stochastic depth of the last decoder block, linear from 0 (official MODEL.CRD.DROP_PATH_RATE; zoo 0.1).
+_C.EVAD.DECODER_DROP_PATH_RATE = 0.0
+# Learn the decoder position table instead of the fixed sine table (official MODEL.CRD.USE_LEARNABLE_POS_EMB).
+_C.EVAD.DECODER_LEARNABLE_POS_EMB = False
+# Person-box enlargement (x, y) before the decoder's RoIAlign, fraction of the box size (official MODEL.CRD.ROI_EXTENSION; zoo [0.4, 0.2], the keep-1.0 row [0, 0]).
+_C.EVAD.ROI_EXTENSION = [0.0, 0.0]
+# RoIAlign bins per side on the restored token grid (official DETECTION.ROI_XFORM_RESOLUTION).
+_C.EVAD.ROI_RESOLUTION = 7
+# RoIAlign samples per bin and side on the token grid, 0 = adaptive (official ROI_BOX_HEAD.POOLER_SAMPLING_RATIO).
+_C.EVAD.ROI_SAMPLING_RATIO = 2
+# Width of the action classifier tower of each decoder block (official SparseRCNN.ACT_FC_DIM).
+_C.EVAD.ACT_FC_DIM = 2048
+# Linear-LayerNorm-ReLU layers of that tower (official SparseRCNN.NUM_ACT).
+_C.EVAD.NUM_ACT_LAYERS = 1
+# Weight of each decoder block's action BCE loss on the matched queries (official SparseRCNN.ACTION_WEIGHT).
+_C.EVAD.ACTION_WEIGHT = 12.0
+# Inference: queries with person probability >= this are reported; none -> all queries (official SparseRCNN.PERSON_THRESHOLD).
+_C.EVAD.PERSON_THRESHOLD = 0.7
+# Inference: keep only the k best action scores per person, 0 = all (official SparseRCNN.NUM_EVAL_ACT_CLASSES).
+_C.EVAD.NUM_EVAL_ACT_CLASSES = 0
+# Restore the kept tokens as the official code (k-th kept token at the k-th smallest kept position; docs/evad.md); False = at its own position.
+_C.EVAD.RESTORE_SHUFFLE = True
+# Training: probability per step of reading the action RoIs at the matched ground-truth boxes instead of the predicted ones (the official option has no effect: its replaced boxes are never read; 0 = official).
+_C.EVAD.GT_BOXES_PROB = 0.0
+# Learning-rate multiplier of the person stages and the context-refinement decoder (official det_head.*; SOLVER.LR_SCALE, zoo 8).
+_C.EVAD.HEAD_LR_SCALE = 1.0
+# EVAD's Sparse R-CNN person detector (stmixer.modeling.sparse_rcnn; official MODEL.SparseRCNN.*, ROI_BOX_HEAD.*).
+_C.EVAD.PERSON = CN()
+# Learned proposals (boxes and features) per clip (official NUM_PROPOSALS).
+_C.EVAD.PERSON.NUM_PROPOSALS = 100
+# Width of the proposal features, and of the FPN (official HIDDEN_DIM; the official FPN hard-codes 256).
+_C.EVAD.PERSON.HIDDEN_DIM = 256
+# Refinement stages, each supervised (official NUM_HEADS).
+_C.EVAD.PERSON.NUM_STAGES = 6
+# Attention heads of the proposal self-attention (official NHEADS).
+_C.EVAD.PERSON.NHEADS = 8
+# FFN hidden width of a stage (official DIM_FEEDFORWARD).
+_C.EVAD.PERSON.DIM_FEEDFORWARD = 2048
+# Dropout in the stages (official DROPOUT).
+_C.EVAD.PERSON.DROPOUT = 0.0
+# FFN activation: "relu", "gelu" or "glu" (official ACTIVATION).
+_C.EVAD.PERSON.ACTIVATION = "relu"
+# Inner width of the dynamic convolutions (official DIM_DYNAMIC).
+_C.EVAD.PERSON.DIM_DYNAMIC = 64
+# Parameter sets the dynamic layer generates (official NUM_DYNAMIC).
+_C.EVAD.PERSON.NUM_DYNAMIC = 2
+# Layers of the classification tower (official NUM_CLS).
+_C.EVAD.PERSON.NUM_CLS = 1
+# Layers of the box-regression tower (official NUM_REG).
+_C.EVAD.PERSON.NUM_REG = 3
+# RoIAlign bins per side on the FPN levels (official ROI_BOX_HEAD.POOLER_RESOLUTION).
+_C.EVAD.PERSON.POOLER_RESOLUTION = 7
+# RoIAlign samples per bin and side, 0 = adaptive (official ROI_BOX_HEAD.POOLER_SAMPLING_RATIO).
+_C.EVAD.PERSON.POOLER_SAMPLING_RATIO = 2
+# Loss and matching-cost weight of the person/no-object cross-entropy (official CLASS_WEIGHT).
+_C.EVAD.PERSON.CLASS_WEIGHT = 2.0
+# Loss and matching-cost weight of the GIoU term (official GIOU_WEIGHT).
+_C.EVAD.PERSON.GIOU_WEIGHT = 2.0
+# Loss and matching-cost weight of the L1 term on image-normalized boxes (official L1_WEIGHT).
+_C.EVAD.PERSON.L1_WEIGHT = 5.0
+# Cross-entropy weight of the no-object class (official NO_OBJECT_WEIGHT).
+_C.EVAD.PERSON.NO_OBJECT_WEIGHT = 0.1
 
 # ---------------------------------------------------------------------------
 # STMixer decoder and set loss

@@ -36,6 +36,8 @@ Fixture kinds are told apart by their inputs:
 
 A folder with ``mmaction2.json`` is a fixture of mmaction2's two-stage detectors (``FastRCNN``),
 run by ``stmixer.tools.mmaction2_parity`` (its docstring gives the layout and the output names).
+A folder whose ``cases.json`` names the model "EVAD" is an EVAD detector fixture, run by
+``stmixer.modeling.evad.parity`` (outputs ``<case>/<answer name>``).
 A folder whose ``case.json`` names a ``sparse_rcnn/...`` model is a Sparse R-CNN head fixture, run by
 ``stmixer.modeling.sparse_rcnn.parity``.
 A folder of ``<case>.json`` (``"model": "TubeR"``) + ``<case>.npz`` is a TubeR fixture, run by
@@ -66,6 +68,7 @@ from ..utils.io import atomic_open
 # The other families' fixtures, tried in order before the STMixer layout: (module, is_fixture, run, error class).
 # Each module's docstring gives its layout and output names.
 FAMILY_FIXTURES = (
+    ("..modeling.evad.parity", "is_evad_fixture", "run_evad_fixture", "EVADFixtureError"),
     (".mmaction2_parity", "is_mmaction2_fixture", "run_mmaction2_fixture", "MMAction2FixtureError"),
     ("..modeling.sparse_rcnn.parity", "is_sparse_rcnn_fixture", "run_sparse_rcnn_fixture", "SparseRCNNFixtureError"),
     ("..modeling.tuber.parity", "is_tuber_fixture", "run_tuber_fixture", "TubeRFixtureError"),
