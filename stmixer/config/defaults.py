@@ -431,6 +431,17 @@ _C.MODEL.RECOGNIZER.DROPOUT_RATE = 0.5
 _C.MODEL.RECOGNIZER.LABEL_SMOOTHING = 0.0
 
 # ---------------------------------------------------------------------------
+# (stmixer) ST-ABN: the "stabn" recognizer head (MODEL.RECOGNIZER.HEAD "stabn", backbone PySlowonly; docs/stabn.md)
+# ---------------------------------------------------------------------------
+_C.MODEL.STABN = CN()
+# Dropout rate before the attention branch's classifier Linear(K * DATA.NUM_FRAMES, K) (official Att_branch: 0.5); the perception classifier uses MODEL.RECOGNIZER.DROPOUT_RATE.
+_C.MODEL.STABN.ATT_DROPOUT_RATE = 0.5
+# Weight of the attention-branch cross entropy, used only with APPLY_ATT_LOSS_WEIGHT (the official config declares loss_weight=0.5).
+_C.MODEL.STABN.ATT_LOSS_WEIGHT = 0.5
+# False (official behaviour): the declared ATT_LOSS_WEIGHT is never applied, loss = CE(perception) + CE(attention); True: CE(perception) + ATT_LOSS_WEIGHT x CE(attention).
+_C.MODEL.STABN.APPLY_ATT_LOSS_WEIGHT = False
+
+# ---------------------------------------------------------------------------
 # Two-stage detectors (MODEL.META_ARCHITECTURE "FastRCNN", mmaction2's FastRCNN + AVARoIHead)
 # The backbone's last stage feeds the RoI head; mmaction2's layout has res5 at spatial stride 1
 # (RESNET.SPATIAL_STRIDES [[1], [2], [2], [1]], per pathway for SlowFast): feature stride 16.

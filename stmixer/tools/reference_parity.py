@@ -36,6 +36,8 @@ Fixture kinds are told apart by their inputs:
 
 A folder with ``mmaction2.json`` is a fixture of mmaction2's two-stage detectors (``FastRCNN``),
 run by ``stmixer.tools.mmaction2_parity`` (its docstring gives the layout and the output names).
+A folder with ``stabn.json`` (model "ST-ABN") is a fixture of the official ST-ABN recognizer, run by
+``stmixer.modeling.stabn.parity`` (its docstring gives the layout and the output names).
 
 Runs on the CPU with 1 thread by default, as the fixtures were generated, so
 float32 results are reproducible across machines (``--threads`` changes it).
@@ -364,6 +366,14 @@ def run_fixture(fixture, precision="f64", device="cpu", state_dict=None):
         try:
             arrays = run_mmaction2_fixture(fixture, dtype, device)
         except MMAction2FixtureError as e:
+            raise FixtureError(str(e)) from None
+        return {f"{precision}/{name}": value for name, value in arrays.items()}
+    from ..modeling.stabn.parity import STABNFixtureError, is_stabn_fixture, run_stabn_fixture
+
+    if is_stabn_fixture(fixture):  # ST-ABN recognizer fixtures (stabn.json names the model; see that module)
+        try:
+            arrays = run_stabn_fixture(fixture, dtype, device)
+        except STABNFixtureError as e:
             raise FixtureError(str(e)) from None
         return {f"{precision}/{name}": value for name, value in arrays.items()}
     for name in ("config.yaml", "inputs.npz"):
