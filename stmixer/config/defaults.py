@@ -598,6 +598,8 @@ _C.TEST.VIDEOS_PER_BATCH = 16
 _C.TEST.EVAL_PROTOCOL = "stmixer"
 # (stmixer) Refuse suspicious evaluation inputs (boxes outside [0, 1] or inverted, repeated detection rows, videos unknown to the ground truth) instead of logging a warning summary.
 _C.TEST.STRICT_EVAL = False
+# (stmixer) Recognition: folder to write per-view attention maps to ("" = off; relative to OUTPUT_DIR): <video>_clip<c>_crop<k>.npz (spatial_attention [T, h, w], temporal_attention [T], scores [K]) and .png overlays; needs a head with attention maps (MODEL.RECOGNIZER.HEAD "stabn").
+_C.TEST.SAVE_ATTENTION = ""
 
 # ---------------------------------------------------------------------------
 # Misc
