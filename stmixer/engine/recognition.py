@@ -65,7 +65,7 @@ class RecognitionEvaluation:
 
     def run(self, model):
         loader = build_data_loader(self.cfg, is_train=False, dataset=self.dataset)
-        on_batch, handle = self._attention_saver(model)
+        on_batch, handle = attention_saver(self.cfg, self.dataset, model)
         try:
             indices, scores = predict_scores(model, loader, self.device, amp=self.cfg.SOLVER.AMP, on_batch=on_batch)
         finally:
@@ -82,31 +82,34 @@ class RecognitionEvaluation:
         comm.synchronize()
         return metrics
 
-    def _attention_saver(self, model):
-        """(``on_batch`` writing every view's attention maps to TEST.SAVE_ATTENTION, hook handle), or
-        (None, None) when the key is empty."""
-        folder = self.cfg.TEST.SAVE_ATTENTION
-        if not folder:
-            return None, None
-        from ..modeling.stabn.visualize import AttentionWriter, capture_head_outputs, has_attention
 
-        if not hasattr(model, "head"):
-            raise UserError(f"TEST.SAVE_ATTENTION is set but MODEL.META_ARCHITECTURE = "
-                            f"{self.cfg.MODEL.META_ARCHITECTURE!r} has no recognition head")
-        writer = AttentionWriter(os.path.join(self.cfg.OUTPUT_DIR, folder), self.cfg.DATA.MEAN, self.cfg.DATA.STD,
-                                 bgr=self.cfg.DATA.REVERSE_INPUT_CHANNEL)
-        store, handle = capture_head_outputs(model)
+def attention_saver(cfg, dataset, model):
+    """``(on_batch, hook handle)`` writing every test view's attention maps to ``TEST.SAVE_ATTENTION``
+    (under ``OUTPUT_DIR`` when relative) as ``<video>_clip<c>_crop<k>.npz`` / ``.png``
+    (``stmixer.modeling.stabn.visualize.AttentionWriter``); ``(None, None)`` when the key is empty.
+    ``dataset``: the test RawFrameDataset (names the views); remove the handle when done."""
+    folder = cfg.TEST.SAVE_ATTENTION
+    if not folder:
+        return None, None
+    from ..modeling.stabn.visualize import AttentionWriter, capture_head_outputs, has_attention
 
-        def on_batch(batch, scores):
-            outputs = store["outputs"]
-            if not has_attention(outputs):
-                raise UserError(f"TEST.SAVE_ATTENTION is set but MODEL.RECOGNIZER.HEAD = "
-                                f"{self.cfg.MODEL.RECOGNIZER.HEAD!r} gives no attention maps (use 'stabn')")
-            for j, index in enumerate(batch["indices"].tolist()):
-                video, clip, crop = self.dataset.locate(index)
-                name = f"{self.dataset.videos[video].frame_dir}_clip{clip}_crop{crop}"
-                writer.write(name, batch["videos"][0][j], outputs["spatial_attention"][j],
-                             outputs["temporal_attention"][j], scores[j])
+    if not hasattr(model, "head"):
+        raise UserError(f"TEST.SAVE_ATTENTION is set but MODEL.META_ARCHITECTURE = "
+                        f"{cfg.MODEL.META_ARCHITECTURE!r} has no recognition head")
+    writer = AttentionWriter(os.path.join(cfg.OUTPUT_DIR, folder), cfg.DATA.MEAN, cfg.DATA.STD,
+                             bgr=cfg.DATA.REVERSE_INPUT_CHANNEL)
+    store, handle = capture_head_outputs(model)
 
-        logger.info("Writing attention maps of every test view to %s", writer.out_dir)
-        return on_batch, handle
+    def on_batch(batch, scores):
+        outputs = store["outputs"]
+        if not has_attention(outputs):
+            raise UserError(f"TEST.SAVE_ATTENTION is set but MODEL.RECOGNIZER.HEAD = "
+                            f"{cfg.MODEL.RECOGNIZER.HEAD!r} gives no attention maps (use 'stabn')")
+        for j, index in enumerate(batch["indices"].tolist()):
+            video, clip, crop = dataset.locate(index)
+            name = f"{dataset.videos[video].frame_dir}_clip{clip}_crop{crop}"
+            writer.write(name, batch["videos"][0][j], outputs["spatial_attention"][j],
+                         outputs["temporal_attention"][j], scores[j])
+
+    logger.info("Writing attention maps of every test view to %s", writer.out_dir)
+    return on_batch, handle
