@@ -440,6 +440,8 @@ _C.MODEL.STABN.ATT_DROPOUT_RATE = 0.5
 _C.MODEL.STABN.ATT_LOSS_WEIGHT = 0.5
 # False (official behaviour): the declared ATT_LOSS_WEIGHT is never applied, loss = CE(perception) + CE(attention); True: CE(perception) + ATT_LOSS_WEIGHT x CE(attention).
 _C.MODEL.STABN.APPLY_ATT_LOSS_WEIGHT = False
+# BatchNorm running-statistics updates per training step in the residual blocks (backbone res2..res5 and the attention branch's res5): 2 reproduces the official code, whose activation checkpointing (with_cp=True) recomputes every block in the backward pass and so updates them twice (= one update with momentum 1 - (1 - MODEL.BACKBONE.BN_MOMENTUM)^2); 1 = once.
+_C.MODEL.STABN.BLOCK_BN_UPDATES = 2
 
 # ---------------------------------------------------------------------------
 # Two-stage detectors (MODEL.META_ARCHITECTURE "FastRCNN", mmaction2's FastRCNN + AVARoIHead)

@@ -14,8 +14,8 @@ seed (the rule is ``seeded_tensor`` below; our test regenerates the same weights
   the gradient sample indices;
 * ``config.yaml``: our config of the same model (``Recognizer3D`` + ``stabn`` head);
 * ``expected.npz`` (float64): eval- and train-mode perception logits, attention logits, spatial and
-  temporal attention maps, both losses, and gradients of a few parameters sampled at fixed flat
-  indices (names: our parameter names).
+  temporal attention maps, both losses, gradients of a few parameters sampled at fixed flat
+  indices, and six BatchNorms' running statistics after the training step (names: ours).
 
 The whole model runs in float64. Train mode = BatchNorm with batch statistics and dropout off (the
 two dropout layers are put in eval mode so the run is deterministic).
@@ -52,6 +52,16 @@ GRAD_PARAMS = {
     "cls_head.fc_cls.weight": "head.fc_cls.weight",
 }
 GRAD_SAMPLES = 24
+# Official BatchNorm -> ours, for the running statistics after one training step (the official blocks run
+# under torch.utils.checkpoint, which recomputes them in the backward pass: their BNs update twice).
+BN_LAYERS = {
+    "backbone.bn1": "backbone.s1.pathway0_stem.bn",
+    "backbone.layer1.0.bn1": "backbone.s2.pathway0_res0.branch2.a_bn",
+    "backbone.layer4.2.bn3": "backbone.s5.pathway0_res2.branch2.c_bn",
+    "backbone.att_layer4.0.downsample.1": "head.att_res5.pathway0_res0.branch1_bn",
+    "backbone.bn_att2": "head.att_conv_bn",
+    "backbone.bn_att4": "head.fuse_bn",
+}
 
 
 def seeded_tensor(key, shape, seed):
@@ -175,6 +185,10 @@ def main(argv=None):
     out["train/temporal_attention"] = t_att.detach().numpy()
     out["train/loss_cls"] = np.asarray(losses["per_loss"].item())
     out["train/loss_att"] = np.asarray(losses["att_loss"].item())
+    modules = dict(model.named_modules())
+    for official, ours in BN_LAYERS.items():
+        out[f"train/running_mean/{ours}"] = modules[official].running_mean.detach().numpy().copy()
+        out[f"train/running_var/{ours}"] = modules[official].running_var.detach().numpy().copy()
     params = dict(model.named_parameters())
     rng = np.random.default_rng([SEED, 2])
     grad_index = {}
@@ -194,6 +208,7 @@ def main(argv=None):
         "input_rule": "seeded_inputs in tests/reference/make_stabn_fixtures.py",
         "input_sum": float(video_np.sum()), "keys": keys, "grad_index": grad_index,
         "grad_official_names": {v: k for k, v in GRAD_PARAMS.items()},
+        "bn_layers": {v: k for k, v in BN_LAYERS.items()},
     }
     (args.out / "stabn.json").write_text(json.dumps(manifest, indent=0) + "\n")
     (args.out / "config.yaml").write_text(CONFIG_YAML.format(classes=CLASSES, frames=FRAMES, size=SIZE))

@@ -19,6 +19,10 @@ perception branch::
     r = ReLU(BN(conv1x1(cat([x * s_att + x, x * t_att], channels))))   2*C4 -> C4
     r = res5(r)  (the backbone's own res5)  -> mean over T, h, w -> dropout -> fc   logits [B, K]
 
+BatchNorm: the official residual blocks run under activation checkpointing (``with_cp=True``), which
+recomputes them in the backward pass and so updates their running statistics twice per training
+step; ``MODEL.STABN.BLOCK_BN_UPDATES 2`` (default) reproduces that with the equivalent momentum.
+
 Losses: ``loss_cls`` = CE(logits) and ``loss_att`` = CE(att_logits) x w, where the official code
 declares ``loss_weight=0.5`` for the attention loss and never applies it: w = 1 by default
 (``MODEL.STABN.APPLY_ATT_LOSS_WEIGHT False``), ``ATT_LOSS_WEIGHT`` when applied.
@@ -156,7 +160,7 @@ def build_stabn_head(cfg, backbone):
         )
     st = cfg.MODEL.STABN
     weight = st.ATT_LOSS_WEIGHT if st.APPLY_ATT_LOSS_WEIGHT else 1.0
-    return STABNHead(
+    head = STABNHead(
         res5_spec=backbone.s5.pathways[0],
         resnet_spec=resnet_spec_from_cfg(cfg),
         num_classes=cfg.MODEL.RECOGNIZER.NUM_CLASSES,
@@ -165,3 +169,18 @@ def build_stabn_head(cfg, backbone):
         att_dropout_rate=st.ATT_DROPOUT_RATE,
         att_loss_weight=weight,
     )
+    set_block_bn_updates([backbone.s2, backbone.s3, backbone.s4, backbone.s5, head.att_res5],
+                         cfg.MODEL.BACKBONE.BN_MOMENTUM, st.BLOCK_BN_UPDATES)
+    return head
+
+
+def set_block_bn_updates(stages, momentum, updates):
+    """Give every BatchNorm of ``stages`` the momentum of ``updates`` successive updates with the same batch
+    statistics, ``1 - (1 - momentum) ** updates``: the official blocks run under reentrant
+    ``torch.utils.checkpoint``, whose recomputation in the backward pass updates their running
+    statistics a second time per step (``MODEL.STABN.BLOCK_BN_UPDATES 2``)."""
+    effective = float(momentum) if updates == 1 else 1.0 - (1.0 - float(momentum)) ** int(updates)
+    for stage in stages:
+        for m in stage.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = effective

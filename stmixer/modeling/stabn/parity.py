@@ -96,7 +96,8 @@ def build_fixture_model(fixture, dtype=torch.float64, device="cpu"):
 def run_stabn_fixture(fixture, dtype=torch.float64, device="cpu"):
     """Our outputs on the fixture, as float64 arrays under ``expected.npz``'s names: ``{eval,train}/``
     ``logits``, ``att_logits``, ``spatial_attention``, ``temporal_attention``; ``train/loss_cls``,
-    ``train/loss_att`` and ``train/grad/<parameter>`` (the gradient at the fixture's flat indices).
+    ``train/loss_att``, ``train/grad/<parameter>`` (the gradient at the fixture's flat indices) and
+    ``train/running_{mean,var}/<BatchNorm>`` (after the training step).
     Train mode: BatchNorm with batch statistics, dropout off (as the fixture was made)."""
     model, manifest, video, labels = build_fixture_model(fixture, dtype, device)
     captured = {}
@@ -122,6 +123,10 @@ def run_stabn_fixture(fixture, dtype=torch.float64, device="cpu"):
     out.update(arrays("train"))
     out["train/loss_cls"] = np.asarray(losses["loss_cls"].item())
     out["train/loss_att"] = np.asarray(losses["loss_att"].item())
+    modules = dict(model.named_modules())
+    for name in manifest.get("bn_layers", {}):
+        out[f"train/running_mean/{name}"] = modules[name].running_mean.detach().double().cpu().numpy()
+        out[f"train/running_var/{name}"] = modules[name].running_var.detach().double().cpu().numpy()
     params = dict(model.named_parameters())
     for name, index in manifest["grad_index"].items():
         out[f"train/grad/{name}"] = params[name].grad.detach().double().cpu().numpy().reshape(-1)[np.asarray(index)]
