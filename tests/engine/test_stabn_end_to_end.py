@@ -85,13 +85,14 @@ def test_test_net_writes_attention_maps_of_every_view(trained, stabn_data):
     assert len(list(folder.glob("*.npz"))) == 3 * len(val)
 
 
-def test_demo_classifies_one_video_and_writes_its_attention_maps(repo_root, trained, stabn_data, tmp_path):
+def test_demo_classifies_one_video_and_writes_its_attention_maps(repo_root, trained, stabn_data, tmp_path,
+                                                                isolated_logger, monkeypatch):
+    monkeypatch.chdir(repo_root)
     video = sorted((stabn_data / "rawframes").iterdir())[0]
     out_json, att = tmp_path / "classes.json", tmp_path / "att"
-    run_python(["demo.py", "--config-file", CONFIG, "--input", str(video), "--input-fps", "30", "--json",
-                str(out_json), "--attention", str(att), "--labelmap", str(stabn_data / "classes.txt"), "--topk", "2",
-                "--no-progress", *tiny_opts(stabn_data, tmp_path / "out"),
-                "MODEL.WEIGHT", str(trained / "model_final.pth")], repo_root)
+    demo_main(["--config-file", CONFIG, "--input", str(video), "--input-fps", "30", "--json", str(out_json),
+               "--attention", str(att), "--labelmap", str(stabn_data / "classes.txt"), "--topk", "2", "--no-progress",
+               *tiny_opts(stabn_data, tmp_path / "out"), "MODEL.WEIGHT", str(trained / "model_final.pth")])
     result = json.loads(out_json.read_text())
     assert result["views"] == 3 and len(result["classes"]) == 2
     names = (stabn_data / "classes.txt").read_text().split()

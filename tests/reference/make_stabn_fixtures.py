@@ -13,7 +13,7 @@ seed (the rule is ``seeded_tensor`` below; our test regenerates the same weights
   its shape and float64 sum (so the other side can check its regenerated weights), the labels,
   the gradient sample indices;
 * ``config.yaml``: our config of the same model (``Recognizer3D`` + ``stabn`` head);
-* ``expected.npz`` (float64): eval- and train-mode perception logits, attention logits, spatial and
+* ``expected.npz`` (float64, names prefixed ``f64/``): eval- and train-mode perception logits, attention logits, spatial and
   temporal attention maps, both losses, gradients of a few parameters sampled at fixed flat
   indices, and six BatchNorms' running statistics after the training step (names: ours).
 
@@ -212,7 +212,8 @@ def main(argv=None):
     }
     (args.out / "stabn.json").write_text(json.dumps(manifest, indent=0) + "\n")
     (args.out / "config.yaml").write_text(CONFIG_YAML.format(classes=CLASSES, frames=FRAMES, size=SIZE))
-    np.savez_compressed(args.out / "expected.npz", **out)
+    # names prefixed with the precision, as stmixer.tools.parity_check reads expected.npz
+    np.savez_compressed(args.out / "expected.npz", **{f"f64/{name}": value for name, value in out.items()})
     print(f"wrote {len(out)} arrays, {len(keys)} weight entries to {args.out}")
 
 
