@@ -152,3 +152,48 @@ def test_block_batchnorms_reproduce_the_double_update_of_the_official_checkpoint
     bn = torch.nn.BatchNorm3d(2, momentum=0.19)
     bn(x)
     torch.testing.assert_close(bn.running_mean, double)
+
+
+def _official_name(ours):
+    """The official key of one of our keys (the inverse of ``official_key``, written out for the test)."""
+    import re
+
+    sub = {"branch2.a": "conv1", "branch2.a_bn": "bn1", "branch2.b": "conv2", "branch2.b_bn": "bn2",
+           "branch2.c": "conv3", "branch2.c_bn": "bn3", "branch1": "downsample.0", "branch1_bn": "downsample.1"}
+    m = re.match(r"(backbone\.s(\d)|head\.att_res5)\.pathway0_res(\d+)\.(branch2\.[abc](?:_bn)?|branch1(?:_bn)?)\.(\w+)$",
+                 ours)
+    if m:
+        layer = "att_layer4" if m.group(1) == "head.att_res5" else f"layer{int(m.group(2)) - 1}"
+        return f"backbone.{layer}.{m.group(3)}.{sub[m.group(4)]}.{m.group(5)}"
+    module, leaf = ours.rsplit(".", 1)
+    table = {"backbone.s1.pathway0_stem.conv": "backbone.conv1", "backbone.s1.pathway0_stem.bn": "backbone.bn1",
+             "head.att_bn": "backbone.bn_att", "head.att_conv": "backbone.att_conv",
+             "head.att_conv_bn": "backbone.bn_att2", "head.temporal_conv": "backbone.t_att_conv",
+             "head.temporal_bn": "backbone.t_bn_att", "head.temporal_frame_conv": "backbone.t_att_conv2",
+             "head.temporal_fc1": "backbone.fc1", "head.temporal_fc2": "backbone.fc2",
+             "head.spatial_conv": "backbone.att_conv3", "head.spatial_bn": "backbone.bn_att3",
+             "head.att_cls_conv": "backbone.att_conv2", "head.att_fc": "necks.att_head.fc",
+             "head.fuse_conv": "backbone.t_att_conv3", "head.fuse_bn": "backbone.bn_att4",
+             "head.fc_cls": "cls_head.fc_cls"}
+    return f"{table[module]}.{leaf}"
+
+
+def test_an_official_checkpoint_converts_and_loads_through_model_weight(tmp_path):
+    """An mmcv-layout official file (``state_dict`` with ``module.`` prefixes, the unused TPN neck) ->
+    ``python -m stmixer.modeling.stabn.convert`` -> our loader, every key matched, tensors unchanged."""
+    from stmixer.checkpoint import load_weights
+    from stmixer.modeling.stabn.convert import main as convert_main
+
+    cfg = tiny_stabn_cfg("RESNET.DEPTH", "50", "RESNET.TRANS_FUNC", "bottleneck_transform",
+                         "RESNET.NUM_BLOCK_TEMP_KERNEL", "[[3], [4], [6], [3]]")
+    torch.manual_seed(0)
+    source = build_detector(cfg)
+    official = {f"module.{_official_name(k)}": v.clone() for k, v in source.state_dict().items()}
+    official["module.necks.level_fusion_op.fusion_conv.0.weight"] = torch.zeros(2, 2, 1, 1, 1)
+    torch.save({"meta": {"epoch": 150}, "state_dict": official}, tmp_path / "official.pth")
+    convert_main([str(tmp_path / "official.pth"), str(tmp_path / "ours.pth")])
+    torch.manual_seed(1)
+    model = build_detector(cfg)
+    load_weights(model, str(tmp_path / "ours.pth"))
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
