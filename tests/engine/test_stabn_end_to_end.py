@@ -125,7 +125,8 @@ def test_save_attention_with_a_head_without_attention_is_a_user_error(tmp_path):
                          "MODEL.RECOGNIZER.NUM_CLASSES", "3", "MODEL.BACKBONE.CONV_BODY", "PySlowonly",
                          "MODEL.BACKBONE.PATHWAYS", "1", "DATA.INPUT_CHANNEL_NUM", "[3]", "RESNET.DEPTH", "18",
                          "RESNET.TRANS_FUNC", "basic_transform", "RESNET.WIDTH_PER_GROUP", "4",
-                         "RESNET.NUM_BLOCK_TEMP_KERNEL", "[[2], [2], [2], [2]]", "MODEL.BACKBONE.CHANNELS_LAST", "False",
+                         "RESNET.NUM_BLOCK_TEMP_KERNEL", "[[2], [2], [2], [2]]",
+                         "MODEL.BACKBONE.CHANNELS_LAST", "False",
                          "OUTPUT_DIR", str(tmp_path), "TEST.SAVE_ATTENTION", "att"])
     model = build_detector(cfg).eval()
     on_batch, handle = attention_saver(cfg, None, model)
@@ -141,7 +142,8 @@ def test_save_attention_with_a_head_without_attention_is_a_user_error(tmp_path):
 def test_attention_panel_and_jet(tmp_path):
     """jet: dark blue at 0, green at 0.5, dark red at 1; the panel blends 0.6 frame + 0.4 jet(spatial) under a
     strip of jet(temporal) per frame."""
-    assert jet(0.0).tolist() == [0, 0, 128] and jet(0.5).tolist() == [128, 255, 128] and jet(1.0).tolist() == [128, 0, 0]
+    assert jet(0.0).tolist() == [0, 0, 128] and jet(0.5).tolist() == [128, 255, 128]
+    assert jet(1.0).tolist() == [128, 0, 0]
     frames = np.full((2, 16, 16, 3), 100, dtype=np.uint8)
     spatial = np.zeros((2, 2, 2))
     spatial[1] = 1.0

@@ -122,7 +122,8 @@ def test_input_size_frames_and_classes_come_from_the_config(size, frames, classe
 
 def test_a_multi_pathway_backbone_is_a_config_error():
     cfg = tiny_stabn_cfg("MODEL.BACKBONE.CONV_BODY", "PySlowfast-R50", "MODEL.BACKBONE.PATHWAYS", "2",
-                         "DATA.INPUT_CHANNEL_NUM", "[3, 3]", "RESNET.NUM_BLOCK_TEMP_KERNEL", "[[2, 2], [2, 2], [2, 2], [2, 2]]",
+                         "DATA.INPUT_CHANNEL_NUM", "[3, 3]",
+                         "RESNET.NUM_BLOCK_TEMP_KERNEL", "[[2, 2], [2, 2], [2, 2], [2, 2]]",
                          "RESNET.SPATIAL_STRIDES", "[[1, 1], [2, 2], [2, 2], [2, 2]]",
                          "RESNET.SPATIAL_DILATIONS", "[[1, 1], [1, 1], [1, 1], [1, 1]]",
                          "NONLOCAL.LOCATION", "[[[], []], [[], []], [[], []], [[], []]]",
@@ -160,8 +161,8 @@ def _official_name(ours):
 
     sub = {"branch2.a": "conv1", "branch2.a_bn": "bn1", "branch2.b": "conv2", "branch2.b_bn": "bn2",
            "branch2.c": "conv3", "branch2.c_bn": "bn3", "branch1": "downsample.0", "branch1_bn": "downsample.1"}
-    m = re.match(r"(backbone\.s(\d)|head\.att_res5)\.pathway0_res(\d+)\.(branch2\.[abc](?:_bn)?|branch1(?:_bn)?)\.(\w+)$",
-                 ours)
+    m = re.match(r"(backbone\.s(\d)|head\.att_res5)\.pathway0_res(\d+)\."
+                 r"(branch2\.[abc](?:_bn)?|branch1(?:_bn)?)\.(\w+)$", ours)
     if m:
         layer = "att_layer4" if m.group(1) == "head.att_res5" else f"layer{int(m.group(2)) - 1}"
         return f"backbone.{layer}.{m.group(3)}.{sub[m.group(4)]}.{m.group(5)}"

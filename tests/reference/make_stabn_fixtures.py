@@ -13,9 +13,10 @@ seed (the rule is ``seeded_tensor`` below; our test regenerates the same weights
   its shape and float64 sum (so the other side can check its regenerated weights), the labels,
   the gradient sample indices;
 * ``config.yaml``: our config of the same model (``Recognizer3D`` + ``stabn`` head);
-* ``expected.npz`` (float64, names prefixed ``f64/``): eval- and train-mode perception logits, attention logits, spatial and
-  temporal attention maps, both losses, gradients of a few parameters sampled at fixed flat
-  indices, and six BatchNorms' running statistics after the training step (names: ours).
+* ``expected.npz`` (float64, names prefixed ``f64/``): eval- and train-mode perception logits,
+  attention logits, spatial and temporal attention maps, both losses, gradients of a few parameters
+  sampled at fixed flat indices, and six BatchNorms' running statistics after the training step
+  (names: ours).
 
 The whole model runs in float64. Train mode = BatchNorm with batch statistics and dropout off (the
 two dropout layers are put in eval mode so the run is deterministic).
