@@ -566,6 +566,19 @@ _C.MODEL.RECOGNIZER.DROPOUT_RATE = 0.5
 _C.MODEL.RECOGNIZER.LABEL_SMOOTHING = 0.0
 
 # ---------------------------------------------------------------------------
+# (stmixer) ST-ABN: the "stabn" recognizer head (MODEL.RECOGNIZER.HEAD "stabn", backbone PySlowonly; docs/stabn.md)
+# ---------------------------------------------------------------------------
+_C.MODEL.STABN = CN()
+# Dropout rate before the attention branch's classifier Linear(K * DATA.NUM_FRAMES, K) (official Att_branch: 0.5); the perception classifier uses MODEL.RECOGNIZER.DROPOUT_RATE.
+_C.MODEL.STABN.ATT_DROPOUT_RATE = 0.5
+# Weight of the attention-branch cross entropy, used only with APPLY_ATT_LOSS_WEIGHT (the official config declares loss_weight=0.5).
+_C.MODEL.STABN.ATT_LOSS_WEIGHT = 0.5
+# False (official behaviour): the declared ATT_LOSS_WEIGHT is never applied, loss = CE(perception) + CE(attention); True: CE(perception) + ATT_LOSS_WEIGHT x CE(attention).
+_C.MODEL.STABN.APPLY_ATT_LOSS_WEIGHT = False
+# BatchNorm running-statistics updates per training step in the residual blocks (backbone res2..res5 and the attention branch's res5): 2 reproduces the official code, whose activation checkpointing (with_cp=True) recomputes every block in the backward pass and so updates them twice (= one update with momentum 1 - (1 - MODEL.BACKBONE.BN_MOMENTUM)^2); 1 = once.
+_C.MODEL.STABN.BLOCK_BN_UPDATES = 2
+
+# ---------------------------------------------------------------------------
 # Two-stage detectors (MODEL.META_ARCHITECTURE "FastRCNN", mmaction2's FastRCNN + AVARoIHead)
 # The backbone's last stage feeds the RoI head; mmaction2's layout has res5 at spatial stride 1
 # (RESNET.SPATIAL_STRIDES [[1], [2], [2], [1]], per pathway for SlowFast): feature stride 16.
@@ -785,6 +798,8 @@ _C.TEST.VIDEOS_PER_BATCH = 16
 _C.TEST.EVAL_PROTOCOL = "stmixer"
 # (stmixer) Refuse suspicious evaluation inputs (boxes outside [0, 1] or inverted, repeated detection rows, videos unknown to the ground truth) instead of logging a warning summary.
 _C.TEST.STRICT_EVAL = False
+# (stmixer) Recognition: folder to write per-view attention maps to ("" = off; relative to OUTPUT_DIR): <video>_clip<c>_crop<k>.npz (spatial_attention [T, h, w], temporal_attention [T], scores [K]) and .png overlays; needs a head with attention maps (MODEL.RECOGNIZER.HEAD "stabn").
+_C.TEST.SAVE_ATTENTION = ""
 
 # ---------------------------------------------------------------------------
 # Misc

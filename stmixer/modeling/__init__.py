@@ -9,6 +9,7 @@ from .recognizer import HEAD_REGISTRY, Recognizer3D  # noqa: E402  (registers th
 from .sparse_rcnn import SparseRCNN  # noqa: E402,F401  (registers the Sparse R-CNN detector)
 from .tuber import TubeR  # noqa: E402,F401  (registers the TubeR detector)
 from . import evad  # noqa: E402,F401  (registers the EVAD detector)
+from . import stabn  # noqa: E402,F401  (registers the ST-ABN recognizer head)
 
 __all__ = ["STMDetector", "FastRCNN", "Recognizer3D", "HEAD_REGISTRY", "BACKBONE_REGISTRY", "DETECTOR_REGISTRY",
            "build_backbone", "build_detector", "build_neck"]

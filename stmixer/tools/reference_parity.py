@@ -42,6 +42,8 @@ A folder whose ``case.json`` names a ``sparse_rcnn/...`` model is a Sparse R-CNN
 ``stmixer.modeling.sparse_rcnn.parity``.
 A folder of ``<case>.json`` (``"model": "TubeR"``) + ``<case>.npz`` is a TubeR fixture, run by
 ``stmixer.modeling.tuber.parity`` (its docstring gives the layout and the output names).
+A folder with ``stabn.json`` (model "ST-ABN") is a fixture of the official ST-ABN recognizer, run by
+``stmixer.modeling.stabn.parity`` (its docstring gives the layout and the output names).
 
 Runs on the CPU with 1 thread by default, as the fixtures were generated, so
 float32 results are reproducible across machines (``--threads`` changes it).
@@ -72,6 +74,7 @@ FAMILY_FIXTURES = (
     (".mmaction2_parity", "is_mmaction2_fixture", "run_mmaction2_fixture", "MMAction2FixtureError"),
     ("..modeling.sparse_rcnn.parity", "is_sparse_rcnn_fixture", "run_sparse_rcnn_fixture", "SparseRCNNFixtureError"),
     ("..modeling.tuber.parity", "is_tuber_fixture", "run_tuber_fixture", "TubeRFixtureError"),
+    ("..modeling.stabn.parity", "is_stabn_fixture", "run_stabn_fixture", "STABNFixtureError"),
 )
 
 PRECISIONS = {"f32": torch.float32, "f64": torch.float64}
