@@ -1,0 +1,259 @@
+"""Deformable TubeR's attention and transformer, held to the TubeR fork's Deformable DETR code.
+
+Fixtures: tests/reference/tuber/deformable (made by tests/reference/make_query_detector_fixtures.py
+--sections deformable from the fork at 50cd09b^, its CUDA op replaced by its own pure-PyTorch
+reference function). Every weight and input is regenerated from tests/reference/tuber/recipe.py by the
+``[name, shape, kind]`` lists of the fixture json; float64 results must agree within F64_TOL x max|value|.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stmixer.modeling.layers import MSDeformAttn, ms_deform_attn_pytorch
+from stmixer.modeling.tuber.deformable_transformer import DeformableTransformer
+
+TUBER = Path(__file__).resolve().parents[1] / "reference" / "tuber"
+FIXTURES = TUBER / "deformable"
+F64_TOL = 1e-9
+# float32 run vs the float64 answers, relative to max|value|: measured worst 6.0e-7 (hs, transformer_d3);
+# ~30x margin for other CPUs / BLAS kernels.
+F32_TOL = 2e-5
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("tuber_fixture_recipe", TUBER / "recipe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+recipe = _recipe()
+
+
+def _load(case):
+    return json.loads((FIXTURES / f"{case}.json").read_text()), np.load(FIXTURES / f"{case}.npz")
+
+
+def _arrays(entries, seed):
+    return {n: torch.from_numpy(recipe.fake_value(seed, n, tuple(s), k)) for n, s, k in entries}
+
+
+def _close(ours, expected, name, tol=F64_TOL):
+    ours = ours.detach().numpy() if torch.is_tensor(ours) else np.asarray(ours)
+    assert ours.shape == expected.shape, (name, ours.shape, expected.shape)
+    scale = max(np.abs(expected).max(), 1e-300)
+    err = np.abs(ours - expected).max() / scale
+    assert err <= tol, f"{name}: relative error {err:.3g} > {tol}"
+    return err
+
+
+class MLP(nn.Module):
+    """DETR's box head ``MLP(C, C, 4, 3)`` (ReLU between layers), the refinement hook of the fixtures."""
+
+    def __init__(self, input_dim, hidden_dim, output_dim, num_layers):
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, dims[1:] + [output_dim]))
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
+        return x
+
+
+def _init_stats_match(module, init_stats):
+    state = module.state_dict()
+    assert list(state) == list(init_stats)
+    for k, v in state.items():
+        v = v.detach().double().numpy()
+        exp = init_stats[k]
+        assert list(v.shape) == exp["shape"], k
+        assert abs(v.sum() - exp["sum"]) <= 1e-9 * max(1.0, abs(exp["sum"])), k
+        assert abs((v * v).sum() - exp["sum_sq"]) <= 1e-9 * max(1.0, exp["sum_sq"]), k
+
+
+# ------------------------------------------------------------------------------------------------ function
+@pytest.mark.tuber
+def test_function_matches_official_core():
+    meta, exp = _load("msda_function")
+    arr = _arrays(meta["inputs"], meta["seed"])
+    n, lq, m, d = exp["out"].shape[0], exp["out"].shape[1], *arr["value"].shape[2:]
+    nl = len(meta["spatial_shapes"])
+    value = arr["value"].requires_grad_(True)
+    locations = (0.5 + 0.6 * arr["locations_raw"]).requires_grad_(True)
+    weights = arr["weight_logits"].softmax(-1).view(n, lq, m, nl, -1).detach().requires_grad_(True)
+    shapes = torch.as_tensor(meta["spatial_shapes"], dtype=torch.long)
+    out = ms_deform_attn_pytorch(value, shapes, locations, weights)
+    (out * arr["grad_weight"]).sum().backward()
+    _close(out, exp["out"], "out")
+    _close(value.grad, exp["grad/value"], "grad/value")
+    _close(locations.grad, exp["grad/locations"], "grad/locations")
+    _close(weights.grad, exp["grad/weights"], "grad/weights")
+    # the fixture exercises the border: some locations lie outside [0, 1] (zero padding)
+    assert ((locations < 0) | (locations > 1)).any()
+    # a list of pairs works as the [L, 2] tensor does
+    assert torch.equal(ms_deform_attn_pytorch(value, meta["spatial_shapes"], locations, weights), out)
+
+
+@pytest.mark.tuber
+def test_function_convention_is_checked():
+    """align_corners=True (a plausible slip) moves the answer far outside the tolerance."""
+    meta, exp = _load("msda_function")
+    arr = _arrays(meta["inputs"], meta["seed"])
+    value, nl = arr["value"], len(meta["spatial_shapes"])
+    n, lq, m, d = *exp["out"].shape[:2], *value.shape[2:]
+    locations = 0.5 + 0.6 * arr["locations_raw"]
+    weights = arr["weight_logits"].softmax(-1).view(n, lq, m, nl, -1)
+    grid_sample = F.grid_sample
+
+    def corners(*args, **kwargs):
+        return grid_sample(*args, **{**kwargs, "align_corners": True})
+
+    F.grid_sample = corners
+    try:
+        wrong = ms_deform_attn_pytorch(value, meta["spatial_shapes"], locations, weights)
+    finally:
+        F.grid_sample = grid_sample
+    with pytest.raises(AssertionError):
+        _close(wrong, exp["out"], "out")
+
+
+def test_function_gradcheck():
+    torch.manual_seed(0)
+    shapes = [(3, 4), (2, 2)]
+    value = torch.randn(1, sum(h * w for h, w in shapes), 2, 3, dtype=torch.float64, requires_grad=True)
+    # keep sampling points off the pixel-centre lines, where bilinear interpolation has kinks
+    locations = (torch.rand(1, 2, 2, 2, 2, 2, dtype=torch.float64) * 0.9 + 0.05 + 0.013).requires_grad_(True)
+    weights = torch.rand(1, 2, 2, 2, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v, loc, w: ms_deform_attn_pytorch(v, shapes, loc, w),
+                                    (value, locations, weights), eps=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ module
+@pytest.mark.tuber
+def test_module_matches_official():
+    meta, exp = _load("msda_module")
+    module = MSDeformAttn(**meta["module_args"]).double().eval()
+    assert [[k, list(v.shape)] for k, v in module.state_dict().items()] == [[k, s] for k, s, _ in meta["manifest"]]
+    module.load_state_dict({k: v for k, v in _arrays(meta["manifest"], meta["seed"]).items()})
+    arr = _arrays(meta["inputs"], meta["seed"])
+    shapes = torch.as_tensor(meta["spatial_shapes"], dtype=torch.long)
+    start = torch.cat((shapes.new_zeros((1,)), shapes.prod(1).cumsum(0)[:-1]))
+    mask = torch.from_numpy(exp["padding_mask"])
+    out2 = module(arr["query"], 0.5 + 0.5 * arr["ref_points_raw"], arr["input_flatten"], shapes, start, mask)
+    out4 = module(arr["query"], 0.5 + 0.45 * arr["ref_boxes_raw"], arr["input_flatten"], shapes, start, None)
+    ((out2 + out4) * arr["grad_weight"]).sum().backward()
+    _close(out2, exp["out_points"], "out_points")
+    _close(out4, exp["out_boxes"], "out_boxes")
+    params = dict(module.named_parameters())
+    for name in meta["grad_params"]:
+        _close(params[name].grad, exp[f"grad/{name}"], f"grad/{name}")
+
+
+@pytest.mark.tuber
+def test_module_initialization_matches_official():
+    meta, exp = _load("msda_module")
+    torch.manual_seed(meta["seed"])
+    module = MSDeformAttn(**meta["module_args"])
+    _init_stats_match(module, meta["init_stats"])
+    assert np.array_equal(module.sampling_offsets.bias.detach().double().numpy(), exp["init/sampling_offsets.bias"])
+
+
+def test_module_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="divisible"):
+        MSDeformAttn(d_model=10, n_heads=4)
+    module = MSDeformAttn(d_model=8, n_levels=1, n_heads=2, n_points=1)
+    shapes = torch.tensor([[2, 3]])
+    with pytest.raises(ValueError, match="positions"):
+        module(torch.zeros(1, 1, 8), torch.zeros(1, 1, 1, 2), torch.zeros(1, 5, 8), shapes)
+    with pytest.raises(ValueError, match="end in 2"):
+        module(torch.zeros(1, 1, 8), torch.zeros(1, 1, 1, 3), torch.zeros(1, 6, 8), shapes)
+
+
+# ------------------------------------------------------------------------------------------------ transformer
+def _transformer(meta):
+    args = dict(meta["transformer_args"])
+    model = DeformableTransformer(return_intermediate_dec=meta["options"]["intermediate"], **args)
+    if meta["options"]["refine"]:
+        c = args["d_model"]
+        model.decoder.bbox_embed = nn.ModuleList(MLP(c, c, 4, 3) for _ in range(model.decoder.num_layers))
+    return model
+
+
+@pytest.mark.tuber
+@pytest.mark.parametrize("case", ["transformer_d2", "transformer_d3", "transformer_plain"])
+def test_transformer_matches_official(case):
+    meta, exp = _load(case)
+    model = _transformer(meta).double().eval()
+    assert list(model.state_dict()) == meta["official_state_dict_keys"]
+    model.load_state_dict(_arrays(meta["manifest"], meta["seed"]))
+    arr = _arrays(meta["inputs"], meta["seed"])
+    for key in ("src_l0", "query_embed", "pos_l3"):
+        arr[key].requires_grad_(True)
+    levels = len(meta["level_shapes"])
+    masks = [torch.from_numpy(exp[f"mask_l{lvl}"]) for lvl in range(levels)]
+    if not any(m.any() for m in masks):
+        masks = None  # no padding: the default
+    captured = {}
+    model.encoder.register_forward_hook(lambda mod, args, out: captured.__setitem__("memory", out))
+    hs, init_ref, inter_refs, enc_class, enc_coord = model([arr[f"src_l{i}"] for i in range(levels)], masks,
+                                                           [arr[f"pos_l{i}"] for i in range(levels)],
+                                                           arr["query_embed"])
+    assert enc_class is None and enc_coord is None
+    loss = (hs * arr["grad_weight_hs"]).sum() + (init_ref * arr["grad_weight_ref"]).sum()
+    loss.backward()
+    _close(captured["memory"], exp["memory"], "memory")
+    _close(hs, exp["hs"], "hs")
+    _close(init_ref, exp["init_reference"], "init_reference")
+    _close(inter_refs, exp["inter_references"], "inter_references")
+    for key in ("src_l0", "pos_l3", "query_embed"):
+        _close(arr[key].grad, exp[f"grad/input/{key}"], f"grad/input/{key}")
+    params = dict(model.named_parameters())
+    for name in meta["grad_params"]:
+        _close(params[name].grad, exp[f"grad/{name}"], f"grad/{name}")
+
+
+@pytest.mark.tuber
+@pytest.mark.parametrize("case", ["transformer_d2", "transformer_d3"])
+def test_transformer_float32_matches_official_float64(case):
+    meta, exp = _load(case)
+    model = _transformer(meta).eval()
+    model.load_state_dict({k: v.float() for k, v in _arrays(meta["manifest"], meta["seed"]).items()})
+    arr = {k: v.float() for k, v in _arrays(meta["inputs"], meta["seed"]).items()}
+    levels = len(meta["level_shapes"])
+    masks = [torch.from_numpy(exp[f"mask_l{lvl}"]) for lvl in range(levels)]
+    with torch.no_grad():
+        hs, init_ref, inter_refs, _, _ = model([arr[f"src_l{i}"] for i in range(levels)], masks,
+                                               [arr[f"pos_l{i}"] for i in range(levels)], arr["query_embed"])
+    assert hs.dtype == torch.float32
+    _close(hs.double(), exp["hs"], "hs", F32_TOL)
+    _close(init_ref.double(), exp["init_reference"], "init_reference", F32_TOL)
+    _close(inter_refs.double(), exp["inter_references"], "inter_references", F32_TOL)
+
+
+@pytest.mark.tuber
+@pytest.mark.parametrize("case", ["transformer_d2", "transformer_plain"])
+def test_transformer_initialization_matches_official(case):
+    meta, _ = _load(case)
+    torch.manual_seed(meta["seed"])
+    model = DeformableTransformer(return_intermediate_dec=meta["options"]["intermediate"], **meta["transformer_args"])
+    _init_stats_match(model, meta["init_stats"])
+
+
+def test_transformer_float32_and_level_count():
+    torch.manual_seed(0)
+    model = DeformableTransformer(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=32,
+                                  return_intermediate_dec=True, num_feature_levels=2, dec_n_points=2, enc_n_points=2)
+    srcs = [torch.randn(1, 32, 4, 4), torch.randn(1, 32, 2, 2)]
+    hs, ref, refs, _, _ = model(srcs, None, [torch.zeros_like(s) for s in srcs], torch.randn(3, 64))
+    assert hs.shape == (2, 1, 3, 32) and hs.dtype == torch.float32 and refs.shape == (2, 1, 3, 2)
+    assert torch.isfinite(hs).all()
+    with pytest.raises(ValueError, match="2 levels"):
+        model(srcs[:1], None, srcs[:1], torch.randn(3, 64))
