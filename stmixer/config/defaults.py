@@ -209,6 +209,60 @@ _C.MODEL.CSN.BN_EPSILON = 1e-3
 # Parameters with requires_grad=False: -1 none, k >= 0 the stem and layer1..layer k (TubeR freezes 2 when it starts from Kinetics weights).
 _C.MODEL.CSN.FROZEN_STAGES = -1
 
+# TubeR (MODEL.META_ARCHITECTURE "TubeR", stmixer/modeling/tuber/, docs/tuber.md; official yaml key in brackets)
+_C.MODEL.TUBER = CN()
+# Encoder-decoder between the projected backbone map and the heads, from TUBER_TRANSFORMER_REGISTRY: "detr" (TubeR's).
+_C.MODEL.TUBER.TRANSFORMER = "detr"
+# Width D of the transformer, queries and heads [D_MODEL]; TubeR's action cross-attention only fits 256.
+_C.MODEL.TUBER.D_MODEL = 256
+# Attention heads of the transformer [NHEAD].
+_C.MODEL.TUBER.NHEAD = 8
+# Encoder layers [ENC_LAYERS].
+_C.MODEL.TUBER.ENC_LAYERS = 6
+# Decoder layers [DEC_LAYERS] (one prediction per layer; all supervised with DEEP_SUPERVISION).
+_C.MODEL.TUBER.DEC_LAYERS = 6
+# FFN width of the transformer layers [DIM_FEEDFORWARD]; TubeR also uses it as the input width of input_proj / class_proj.
+_C.MODEL.TUBER.DIM_FEEDFORWARD = 2048
+# Dropout of the transformer layers [DROPOUT].
+_C.MODEL.TUBER.DROPOUT = 0.1
+# Pre-norm transformer layers [NORMALIZE_BEFORE] (TubeR: False, post-norm).
+_C.MODEL.TUBER.NORMALIZE_BEFORE = False
+# Tubelet queries per clip [QUERY_NUM].
+_C.MODEL.TUBER.NUM_QUERIES = 15
+# Temporal pooling of the backbone map before the transformer [TEMPORAL_DS_STRATEGY]: "decode" (a learned query), "avg", "max" or "center" (middle frame).
+_C.MODEL.TUBER.TEMPORAL_POOL = "decode"
+# Input width of input_proj and class_proj; 0: DIM_FEEDFORWARD, as TubeR (which must equal the backbone's 2048 channels).
+_C.MODEL.TUBER.PROJ_IN_CHANNELS = 0
+# Width of the action cross-attention (TubeR hard-codes 256, whatever D_MODEL).
+_C.MODEL.TUBER.CROSS_ATTN_DIM = 256
+# Compute the 3-D sine positions in float32 whatever the feature dtype, as TubeR (False: in the features' dtype).
+_C.MODEL.TUBER.POSITION_FLOAT32 = True
+# Matching cost weights: actor-switch probability [MATCHER.COST_CLASS], L1 of normalized cxcywh [COST_BBOX], GIoU [COST_GIOU].
+_C.MODEL.TUBER.COST_CLASS = 12.0
+_C.MODEL.TUBER.COST_BBOX = 5.0
+_C.MODEL.TUBER.COST_GIOU = 2.0
+# Loss weights: action loss [LOSS_COFS.DICE_COF], L1 [BBOX_COF], GIoU [GIOU_COF], actor switch (TubeR: 1).
+_C.MODEL.TUBER.ACTION_WEIGHT = 12.0
+_C.MODEL.TUBER.L1_WEIGHT = 5.0
+_C.MODEL.TUBER.GIOU_WEIGHT = 2.0
+_C.MODEL.TUBER.SWITCH_WEIGHT = 1.0
+# Weight of matched queries in the action BCE (unmatched: 1) [LOSS_COFS.WEIGHT].
+_C.MODEL.TUBER.MATCHED_WEIGHT = 10.0
+# Switch cross-entropy weight of the "no actor" class [LOSS_COFS.EOS_COF].
+_C.MODEL.TUBER.EOS_COEF = 0.1
+# Action loss: "bce" (TubeR) or "focal" (the seed branch's focal form, gamma FOCAL_GAMMA).
+_C.MODEL.TUBER.CLASS_LOSS = "bce"
+# Focusing exponent of CLASS_LOSS "focal".
+_C.MODEL.TUBER.FOCAL_GAMMA = 2.0
+# Supervise every decoder layer [TRAIN.AUX_LOSS].
+_C.MODEL.TUBER.DEEP_SUPERVISION = True
+# Reproduce TubeR's float32 loss hard-codes (float32 num_boxes makes L1 / GIoU float32 for float64 predictions); False: float64-clean.
+_C.MODEL.TUBER.LOSS_FLOAT32 = True
+# Inference: an actor-switch probability at or below this zeroes a query's action scores (TubeR's PostProcessAVA: 0.8).
+_C.MODEL.TUBER.SWITCH_THRESHOLD = 0.8
+# DETR weights (.pth with transformer.* / query_embed / bbox_embed keys) loaded into the head after MODEL.WEIGHT; empty for none [PRETRAIN_TRANSFORMER_DIR].
+_C.MODEL.TUBER.DETR_WEIGHT = ""
+
 # ---------------------------------------------------------------------------
 # Long-term feature bank (mmaction2's LFB; shared heads FBONonLocal / FBOMax / FBOAvg / LFBInfer)
 # ---------------------------------------------------------------------------

@@ -50,6 +50,8 @@ CHOICES = {
     "RECOGNITION.SAMPLING": ("dense", "segments"),
     "RECOGNITION.TEST_NUM_CROPS": (1, 3),
     "RECOGNITION.OUT_OF_BOUND": ("loop", "repeat_last"),
+    "MODEL.TUBER.TEMPORAL_POOL": ("decode", "avg", "max", "center"),
+    "MODEL.TUBER.CLASS_LOSS": ("bce", "focal"),
 }
 # String keys compared without case.
 CASELESS_CHOICES = {

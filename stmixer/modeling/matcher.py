@@ -29,14 +29,21 @@ class HungarianMatcher:
     - giou_weight * GIoU(box_q, gt_j)``, with ``p_person`` the softmax of the
     objectness logits at column 0, L1 on clip-normalized xyxy and GIoU on pixels.
     Action logits do not enter the cost.
+
+    TubeR (``stmixer.modeling.tuber``): ``person_index=1`` (its 3-way actor switch: column 1 is
+    "actor") and ``l1_space="cxcywh"`` (L1 between clip-normalized center-size boxes).
     """
 
-    def __init__(self, class_weight=1.0, l1_weight=1.0, giou_weight=1.0):
+    def __init__(self, class_weight=1.0, l1_weight=1.0, giou_weight=1.0, person_index=0, l1_space="xyxy"):
         if class_weight == 0 and l1_weight == 0 and giou_weight == 0:
             raise ValueError("HungarianMatcher: the class, L1 and GIoU cost weights cannot all be 0")
+        if l1_space not in ("xyxy", "cxcywh"):
+            raise ValueError(f"HungarianMatcher: l1_space = {l1_space!r}, expected 'xyxy' or 'cxcywh'")
         self.class_weight = class_weight
         self.l1_weight = l1_weight
         self.giou_weight = giou_weight
+        self.person_index = person_index
+        self.l1_space = l1_space
 
     @torch.no_grad()
     def cost_matrix(self, cls_logits, boxes, gt_boxes, whwh):
@@ -64,10 +71,13 @@ class HungarianMatcher:
         dtype = gt_boxes.dtype
         with torch.autocast(device_type=cls_logits.device.type, enabled=False):
             cls_logits, boxes = cls_logits.to(dtype), boxes.to(dtype)
-            person = cls_logits.softmax(-1)[..., 0:1]
+            person = cls_logits.softmax(-1)[..., self.person_index:self.person_index + 1]
             cost_class = -person.expand(-1, -1, gt_boxes.size(1))
             scale = whwh[:, None, :]
-            cost_l1 = torch.cdist(boxes / scale, gt_boxes / scale, p=1)
+            if self.l1_space == "cxcywh":
+                cost_l1 = torch.cdist(xyxy_to_cxcywh(boxes / scale), xyxy_to_cxcywh(gt_boxes / scale), p=1)
+            else:
+                cost_l1 = torch.cdist(boxes / scale, gt_boxes / scale, p=1)
             cost_giou = -generalized_box_iou(boxes[:, :, None], gt_boxes[:, None])
             return self.l1_weight * cost_l1 + self.class_weight * cost_class + self.giou_weight * cost_giou
 
@@ -112,6 +122,12 @@ class HungarianMatcher:
         """Reference path of ``__call__``: one cost matrix and one device-to-host copy per clip (same results)."""
         return [_solve_clip(i, self.cost_matrix(cls_logits[i], boxes[i], t["boxes"], t["whwh"]).cpu(), cls_logits, boxes)
                 for i, t in enumerate(targets)]
+
+
+def xyxy_to_cxcywh(boxes):
+    """``[..., 4]`` x1,y1,x2,y2 -> center x, center y, width, height (same units)."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1), dim=-1)
 
 
 def _solve_clip(i, cost, cls_logits, boxes):

@@ -1,0 +1,10 @@
+"""TubeR (issue #17): tubelet transformer on the ir-CSN backbone; docs/tuber.md."""
+
+from .criterion import TubeRCriterion  # noqa: F401
+from .detector import TubeR  # noqa: F401  (registers the detector)
+from .head import TubeRHead  # noqa: F401
+from .position_encoding import PositionEmbeddingSine3D  # noqa: F401
+from .transformer import TUBER_TRANSFORMER_REGISTRY, DETRTransformer  # noqa: F401
+
+__all__ = ["TubeR", "TubeRHead", "TubeRCriterion", "PositionEmbeddingSine3D", "DETRTransformer",
+           "TUBER_TRANSFORMER_REGISTRY"]
