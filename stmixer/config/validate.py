@@ -52,6 +52,8 @@ CHOICES = {
     "RECOGNITION.OUT_OF_BOUND": ("loop", "repeat_last"),
     "MODEL.TUBER.TEMPORAL_POOL": ("decode", "avg", "max", "center"),
     "MODEL.TUBER.CLASS_LOSS": ("bce", "focal"),
+    "MODEL.TUBER.DEFORMABLE.VARIANT": ("D2", "D3", "D4"),
+    "MODEL.TUBER.DEFORMABLE.NUM_FEATURE_LEVELS": (4,),
 }
 # String keys compared without case.
 CASELESS_CHOICES = {

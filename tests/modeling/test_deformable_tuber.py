@@ -257,3 +257,107 @@ def test_transformer_float32_and_level_count():
     assert torch.isfinite(hs).all()
     with pytest.raises(ValueError, match="2 levels"):
         model(srcs[:1], None, srcs[:1], torch.randn(3, 64))
+
+
+# ------------------------------------------------------------------------------------------------ detector
+CONFIGS = Path(__file__).resolve().parents[2] / "config_files" / "tuber"
+TINY = ["MODEL.TUBER.D_MODEL", 32, "MODEL.TUBER.NHEAD", 4, "MODEL.TUBER.ENC_LAYERS", 1, "MODEL.TUBER.DEC_LAYERS", 2,
+        "MODEL.TUBER.DIM_FEEDFORWARD", 32, "MODEL.TUBER.NUM_QUERIES", 3, "MODEL.TUBER.CROSS_ATTN_DIM", 32,
+        "MODEL.TUBER.DEFORMABLE.ENC_N_POINTS", 2, "MODEL.TUBER.DEFORMABLE.DEC_N_POINTS", 1, "DATA.NUM_FRAMES", 8]
+
+
+def _tiny_detector(variant, extra=()):
+    from stmixer.config import load_config
+    from stmixer.modeling import build_detector
+
+    cfg = load_config(str(CONFIGS / f"{variant}_TubeR_CSN50_AVA21.yaml"), TINY + list(extra), freeze=False)
+    torch.manual_seed(0)
+    return cfg, build_detector(cfg)
+
+
+@pytest.mark.parametrize("variant", ["D2", "D3", "D4"])
+def test_config_builds_and_runs_on_cpu(variant):
+    """Each D-TubeR config merges onto get_cfg, builds the TubeR detector with the deformable transformer and its
+    variant's head, and runs a tiny eval forward (STMDetector contract) and a train step."""
+    cfg, model = _tiny_detector(variant)
+    assert cfg.MODEL.TUBER.TRANSFORMER == "deformable" and cfg.MODEL.TUBER.DEFORMABLE.VARIANT == variant
+    head = model.tuber_head
+    assert head.variant == variant and head.deformable.decoder.bbox_embed is head.bbox_embed
+    video = torch.randn(2, 3, 8, 64, 48)
+    whwh = torch.tensor([[48.0, 64, 48, 64], [40, 64, 40, 64]])
+    model.eval()
+    with torch.no_grad():
+        detections = model(video, None, whwh)
+    assert len(detections) == 2
+    assert detections[0]["scores"].shape == (3, 80) and detections[0]["boxes"].shape == (3, 4)
+    assert ((detections[1]["boxes"] >= 0) & (detections[1]["boxes"] <= 1)).all()
+    model.train()
+    losses = model(video, None, whwh, [torch.tensor([[1.0, 2, 30, 40]]), torch.tensor([[5.0, 5, 20, 60]])],
+                   [torch.eye(80)[:1], torch.eye(80)[2:3]])
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    deformable = head.deformable
+    assert deformable.level_embed.grad is not None and head.input_proj[3][0].weight.grad is not None
+    assert deformable.encoder.layers[0].self_attn.sampling_offsets.weight.grad.abs().sum() > 0
+
+
+def test_variant_parameter_layout():
+    """Module names are the fork's (a fork checkpoint's keys are ours below ``tuber_head.``)."""
+    keys = {v: set(_tiny_detector(v)[1].tuber_head.state_dict()) for v in ("D2", "D3", "D4")}
+    assert {"conv3d_0.0.0.weight", "conv3d_0.2.1.running_var", "conv3d_3.0.0.weight", "query_embed.weight",
+            "class_embed.1.weight", "bbox_embed.1.layers.2.bias", "transformer.decoder.bbox_embed.0.layers.0.weight",
+            "input_proj.3.0.weight", "input_proj.0.1.weight", "class_embed_b.weight"} <= keys["D2"]
+    assert {"transformer1.decoder.norm.weight", "transformer2.level_embed", "query_embed2.weight",
+            "bbox_embed2.layers.0.weight", "query_pool.weight", "pool_decoder.layers.0.multihead_attn.in_proj_weight",
+            "pool_decoder.norm.weight"} <= keys["D3"]
+    assert {"class_proj.weight", "encoder.layers.0.self_attn_t.in_proj_weight", "cross_attn.in_proj_weight",
+            "class_fc.weight", "transformer.level_embed"} <= keys["D4"]
+    assert not any(k.startswith("class_embed.") for k in keys["D4"])
+    # D2's temporal kernels from a 32-frame clip: 9, 5, 4 (layer2: 16 -> 8 -> 4 -> 1 frames)
+    from stmixer.modeling.tuber.deformable_tuber import d2_temporal_kernels
+    assert d2_temporal_kernels(32, 4) == [9, 5, 4]
+
+
+def test_batch_time_mix_reproduces_the_fork_regrouping():
+    from stmixer.modeling.tuber.deformable_tuber import clips_of, frames_of
+
+    x = torch.arange(2 * 3).view(2, 1, 3, 1, 1).float()  # clip b, frame t -> value 3b + t
+    frames = frames_of(x)  # time-major rows t*B + b
+    assert frames.flatten().tolist() == [0, 3, 1, 4, 2, 5]
+    assert clips_of(frames, 2, False).flatten().tolist() == [0, 1, 2, 3, 4, 5]
+    # the fork's reshape(B, T): "clip" 0 reads frames 0 of clips 0 and 1, then frame 1 of clip 0
+    assert clips_of(frames, 2, True).flatten().tolist() == [0, 3, 1, 4, 2, 5]
+    # one clip per batch: no difference
+    assert torch.equal(clips_of(frames_of(x[:1]), 1, True), clips_of(frames_of(x[:1]), 1, False))
+
+
+def test_bad_variant_is_a_config_error():
+    from stmixer.config import load_config
+    from stmixer.config.config import ConfigError
+
+    with pytest.raises(ConfigError, match="MODEL.TUBER.DEFORMABLE.VARIANT"):
+        load_config(str(CONFIGS / "D2_TubeR_CSN50_AVA21.yaml"), ["MODEL.TUBER.DEFORMABLE.VARIANT", "D5"])
+
+
+def test_slot_interface_forward():
+    """The "deformable" transformer also meets docs/tuber.md's interface (lists of [B, D, 1, H, W] levels,
+    [Q, 2D] queries) and agrees with the Deformable DETR call it wraps."""
+    from stmixer.modeling.tuber.deformable_tuber import DeformableTubeRTransformer
+
+    torch.manual_seed(0)
+    model = DeformableTubeRTransformer(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=2,
+                                       dim_feedforward=32, return_intermediate_dec=True, num_feature_levels=2,
+                                       dec_n_points=2, enc_n_points=2).eval()
+    assert model.multi_scale and model.num_decoder_layers == 2 and model.query_dim == 64
+    srcs = [torch.randn(2, 32, 1, 4, 3), torch.randn(2, 32, 1, 2, 2)]
+    masks = [torch.zeros(2, 1, 4, 3, dtype=torch.bool), torch.zeros(2, 1, 2, 2, dtype=torch.bool)]
+    pos = [torch.randn_like(s) for s in srcs]
+    query = torch.randn(5, 64)
+    hs, memory, extras = model(srcs, masks, query, pos)
+    assert hs.shape == (2, 2, 5, 32) and [m.shape for m in memory] == [s.shape for s in srcs]
+    ref = DeformableTransformer.forward(model, [s[:, :, 0] for s in srcs], None, [p[:, :, 0] for p in pos], query)
+    assert torch.equal(hs, ref[0])
+    assert torch.equal(extras["reference_points"][0], ref[1]) and torch.equal(extras["reference_points"][1], ref[2][0])
+    with pytest.raises(ValueError, match="query_dim"):
+        model(srcs, masks, query[:, :32], pos)

@@ -293,6 +293,13 @@ class DeformableTransformer(nn.Module):
             ``init_reference`` ``[B, Q, 2]`` normalized ``(x, y)`` = ``sigmoid(reference_points(pos))``,
             ``inter_references`` ``[D, B, Q, 2 or 4]`` the reference each decoder layer produced.
         """
+        levels = self.encode(srcs, masks, pos_embeds)
+        hs, init_reference, inter_references = self.decode(levels, query_embed)
+        return hs, init_reference, inter_references, None, None
+
+    def encode(self, srcs, masks, pos_embeds):
+        """The encoder part of ``forward``: a dict with ``memory`` ``[B, S, C]``, ``mask`` ``[B, S]``,
+        ``spatial_shapes``, ``level_start_index``, ``valid_ratios`` (what ``decode`` takes)."""
         if len(srcs) != self.num_feature_levels or len(pos_embeds) != len(srcs):
             raise ValueError(f"deformable transformer: built for {self.num_feature_levels} levels, got "
                              f"{len(srcs)} maps and {len(pos_embeds)} positional embeddings")
@@ -301,6 +308,12 @@ class DeformableTransformer(nn.Module):
                      for s in srcs]
         src, mask, pos, spatial_shapes, level_start_index, valid_ratios = self.flatten_levels(srcs, masks, pos_embeds)
         memory = self.encoder(src, spatial_shapes, level_start_index, valid_ratios, pos, mask)
+        return {"memory": memory, "mask": mask, "spatial_shapes": spatial_shapes,
+                "level_start_index": level_start_index, "valid_ratios": valid_ratios}
+
+    def decode(self, levels, query_embed):
+        """The decoder part of ``forward`` on ``encode``'s dict: ``(hs, init_reference, inter_references)``."""
+        memory = levels["memory"]
         bs, _, c = memory.shape
         if query_embed.dim() == 2:
             query_pos, tgt = torch.split(query_embed, c, dim=1)
@@ -309,6 +322,7 @@ class DeformableTransformer(nn.Module):
         else:
             query_pos, tgt = torch.split(query_embed, c, dim=2)
         reference_points = self.reference_points(query_pos).sigmoid()
-        hs, inter_references = self.decoder(tgt, reference_points, memory, spatial_shapes, level_start_index,
-                                            valid_ratios, query_pos, mask)
-        return hs, reference_points, inter_references, None, None
+        hs, inter_references = self.decoder(tgt, reference_points, memory, levels["spatial_shapes"],
+                                            levels["level_start_index"], levels["valid_ratios"], query_pos,
+                                            levels["mask"])
+        return hs, reference_points, inter_references

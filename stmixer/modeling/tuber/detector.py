@@ -55,7 +55,10 @@ class TubeR(nn.Module):
 
     def predictions(self, slow_video, whwh, trace=None):
         """Per-layer head outputs (``TubeRHead.forward``) of a clip batch ``[B, 3, T, H, W]``."""
-        x = self.backbone.last_stage([slow_video])[0]
+        if getattr(self.tuber_head, "multi_level", False):  # Deformable TubeR: every CSN stage
+            x = self.backbone([slow_video])
+        else:
+            x = self.backbone.last_stage([slow_video])[0]
         if trace is not None:
             trace["backbone"] = x
         return self.tuber_head(x, pixel_padding_mask(slow_video, whwh), trace=trace)
@@ -121,7 +124,9 @@ def build_tuber(cfg):
         raise ConfigError(f"MODEL.BACKBONE.CONV_BODY = {cfg.MODEL.BACKBONE.CONV_BODY!r}: TubeR expects an ir-CSN "
                           "backbone (CSN-50 / CSN-152)")
     transformer = lookup(TUBER_TRANSFORMER_REGISTRY, cfg.MODEL.TUBER.TRANSFORMER)(cfg)
-    model = TubeR(backbone, build_tuber_head(cfg, transformer), build_tuber_criterion(cfg),
+    # a transformer that brings its own head (Deformable TubeR's D2/D3/D4) builds it
+    head = transformer.build_head(cfg) if hasattr(transformer, "build_head") else build_tuber_head(cfg, transformer)
+    model = TubeR(backbone, head, build_tuber_criterion(cfg),
                   cfg.MODEL.TUBER.SWITCH_THRESHOLD)
     if cfg.MODEL.TUBER.DETR_WEIGHT:
         from .detr_weights import load_detr_weights
