@@ -42,11 +42,21 @@ def _load(case):
 
 
 def _arrays(entries, seed):
-    return {n: torch.from_numpy(recipe.fake_value(seed, n, tuple(s), k)) for n, s, k in entries}
+    """``{name: tensor}`` for ``[name, shape, kind]`` (inputs) or ``[name, shape, kind, recipe name]`` (weights)."""
+    return {e[0]: torch.from_numpy(recipe.fake_value(seed, e[-1] if len(e) == 4 else e[0], tuple(e[1]), e[2]))
+            for e in entries}
 
 
-def _close(ours, expected, name, tol=F64_TOL):
+def _close(ours, expected, name, tol=F64_TOL, meta=None):
+    """max|ours - expected| <= tol * max|expected|; arrays the fixture stores sampled (``meta["sampled"]``: every
+    step-th element of the flattened array) are sampled the same way, and their full sum is checked too."""
     ours = ours.detach().numpy() if torch.is_tensor(ours) else np.asarray(ours)
+    step = (meta or {}).get("sampled", {}).get(name)
+    if step:
+        full = meta["stats"][name]
+        assert list(ours.shape) == full["shape"], (name, ours.shape, full["shape"])
+        assert abs(ours.sum() - full["sum"]) <= tol * max(1.0, np.sqrt(full["sum_sq"])), f"{name}: sum"
+        ours = ours.reshape(-1)[::step]
     assert ours.shape == expected.shape, (name, ours.shape, expected.shape)
     scale = max(np.abs(expected).max(), 1e-300)
     err = np.abs(ours - expected).max() / scale
@@ -92,10 +102,10 @@ def test_function_matches_official_core():
     shapes = torch.as_tensor(meta["spatial_shapes"], dtype=torch.long)
     out = ms_deform_attn_pytorch(value, shapes, locations, weights)
     (out * arr["grad_weight"]).sum().backward()
-    _close(out, exp["out"], "out")
-    _close(value.grad, exp["grad/value"], "grad/value")
-    _close(locations.grad, exp["grad/locations"], "grad/locations")
-    _close(weights.grad, exp["grad/weights"], "grad/weights")
+    _close(out, exp["out"], "out", meta=meta)
+    _close(value.grad, exp["grad/value"], "grad/value", meta=meta)
+    _close(locations.grad, exp["grad/locations"], "grad/locations", meta=meta)
+    _close(weights.grad, exp["grad/weights"], "grad/weights", meta=meta)
     # the fixture exercises the border: some locations lie outside [0, 1] (zero padding)
     assert ((locations < 0) | (locations > 1)).any()
     # a list of pairs works as the [L, 2] tensor does
@@ -122,7 +132,7 @@ def test_function_convention_is_checked():
     finally:
         F.grid_sample = grid_sample
     with pytest.raises(AssertionError):
-        _close(wrong, exp["out"], "out")
+        _close(wrong, exp["out"], "out", meta=meta)
 
 
 def test_function_gradcheck():
@@ -141,7 +151,7 @@ def test_function_gradcheck():
 def test_module_matches_official():
     meta, exp = _load("msda_module")
     module = MSDeformAttn(**meta["module_args"]).double().eval()
-    assert [[k, list(v.shape)] for k, v in module.state_dict().items()] == [[k, s] for k, s, _ in meta["manifest"]]
+    assert [[k, list(v.shape)] for k, v in module.state_dict().items()] == [m[:2] for m in meta["manifest"]]
     module.load_state_dict({k: v for k, v in _arrays(meta["manifest"], meta["seed"]).items()})
     arr = _arrays(meta["inputs"], meta["seed"])
     shapes = torch.as_tensor(meta["spatial_shapes"], dtype=torch.long)
@@ -209,15 +219,15 @@ def test_transformer_matches_official(case):
     assert enc_class is None and enc_coord is None
     loss = (hs * arr["grad_weight_hs"]).sum() + (init_ref * arr["grad_weight_ref"]).sum()
     loss.backward()
-    _close(captured["memory"], exp["memory"], "memory")
-    _close(hs, exp["hs"], "hs")
-    _close(init_ref, exp["init_reference"], "init_reference")
-    _close(inter_refs, exp["inter_references"], "inter_references")
+    _close(captured["memory"], exp["memory"], "memory", meta=meta)
+    _close(hs, exp["hs"], "hs", meta=meta)
+    _close(init_ref, exp["init_reference"], "init_reference", meta=meta)
+    _close(inter_refs, exp["inter_references"], "inter_references", meta=meta)
     for key in ("src_l0", "pos_l3", "query_embed"):
-        _close(arr[key].grad, exp[f"grad/input/{key}"], f"grad/input/{key}")
+        _close(arr[key].grad, exp[f"grad/input/{key}"], f"grad/input/{key}", meta=meta)
     params = dict(model.named_parameters())
     for name in meta["grad_params"]:
-        _close(params[name].grad, exp[f"grad/{name}"], f"grad/{name}")
+        _close(params[name].grad, exp[f"grad/{name}"], f"grad/{name}", meta=meta)
 
 
 @pytest.mark.tuber
@@ -233,9 +243,9 @@ def test_transformer_float32_matches_official_float64(case):
         hs, init_ref, inter_refs, _, _ = model([arr[f"src_l{i}"] for i in range(levels)], masks,
                                                [arr[f"pos_l{i}"] for i in range(levels)], arr["query_embed"])
     assert hs.dtype == torch.float32
-    _close(hs.double(), exp["hs"], "hs", F32_TOL)
-    _close(init_ref.double(), exp["init_reference"], "init_reference", F32_TOL)
-    _close(inter_refs.double(), exp["inter_references"], "inter_references", F32_TOL)
+    _close(hs.double(), exp["hs"], "hs", F32_TOL, meta)
+    _close(init_ref.double(), exp["init_reference"], "init_reference", F32_TOL, meta)
+    _close(inter_refs.double(), exp["inter_references"], "inter_references", F32_TOL, meta)
 
 
 @pytest.mark.tuber
@@ -361,3 +371,67 @@ def test_slot_interface_forward():
     assert torch.equal(extras["reference_points"][0], ref[1]) and torch.equal(extras["reference_points"][1], ref[2][0])
     with pytest.raises(ValueError, match="query_dim"):
         model(srcs, masks, query[:, :32], pos)
+
+
+# ------------------------------------------------------------------------------------------------ whole heads
+def _our_head(meta):
+    from stmixer.modeling.tuber.deformable_tuber import DeformableTubeRHead, DeformableTubeRTransformer
+    from stmixer.modeling.tuber.transformer import DETRTransformer
+
+    d, t = meta["d_model"], meta["deformable"]
+    deformable = DeformableTubeRTransformer(d_model=d, nhead=t["nhead"], num_encoder_layers=t["enc_layers"],
+                                            num_decoder_layers=t["dec_layers"], dim_feedforward=t["dim_feedforward"],
+                                            return_intermediate_dec=True, num_feature_levels=4,
+                                            dec_n_points=t["dec_points"], enc_n_points=t["enc_points"])
+    detr = DETRTransformer(d, 4, 1, 2, 64, 0.1, "relu", False) if meta["variant"] == "D3" else None
+    return DeformableTubeRHead(deformable, meta["variant"], num_queries=meta["queries"], num_actions=meta["actions"],
+                               level_channels=tuple(meta["level_channels"][1:]), num_frames=meta["frames"],
+                               batch_time_mix=True, detr_transformer=detr)
+
+
+# modules the fork builds but never calls (not built here)
+UNUSED = {"D2": ("class_proj.", "encoder.", "cross_attn."), "D3": ("encoder.", "cross_attn."), "D4": ()}
+
+
+@pytest.mark.tuber
+@pytest.mark.parametrize("case", ["head_d2", "head_d3", "head_d4"])
+def test_head_matches_official(case):
+    """The whole Deformable TubeR after the backbone (stage outputs in, per-layer predictions out) against the fork's
+    ``DETR`` of deformable_tuber{2,3,4}.py fed the same stage outputs, two clips per batch (the fork's regrouping)."""
+    meta, exp = _load(case)
+    head = _our_head(meta).double().eval()
+    official = meta["official_state_dict_keys"]
+    ours = [k for k in head.state_dict() if not k.endswith("num_batches_tracked")]
+    assert sorted(ours) == sorted(k for k in official if not k.endswith("num_batches_tracked") and
+                                  not k.startswith(UNUSED[meta["variant"]] or ("\0",)))
+    weights = _arrays(meta["manifest"], meta["seed"])
+    missing, unexpected = head.load_state_dict({k: v for k, v in weights.items() if k in set(ours)}, strict=False)
+    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing)
+    arr = _arrays(meta["inputs"], meta["seed"])
+    levels = [arr[f"layer{i + 1}"].requires_grad_(i in (1, 3)) for i in range(4)]
+    out = head(levels, torch.zeros(meta["batch"], *meta["clip_size"], dtype=torch.bool))
+    pairs = {"pred_logits": out["logits"], "pred_boxes": out["boxes"], "pred_logits_b": out["logits_b"]}
+    loss = sum((v * arr[f"grad_weight_{k}"]).sum() for k, v in pairs.items())
+    loss.backward()
+    for key, value in pairs.items():
+        _close(value, exp[f"out/{key}"], f"out/{key}", meta=meta)
+    _close(levels[1].grad, exp["grad/input/layer2"], "grad/input/layer2", meta=meta)
+    _close(levels[3].grad, exp["grad/input/layer4"], "grad/input/layer4", meta=meta)
+    params = head.state_dict(keep_vars=True)
+    for name in meta["grad_params"]:
+        _close(params[name].grad, exp[f"grad/{name}"], f"grad/{name}", meta=meta)
+
+
+@pytest.mark.tuber
+def test_head_without_batch_time_mix_differs():
+    """With two clips per batch the fork's regrouping matters: per-clip pooling moves D2's outputs off the fixture."""
+    meta, exp = _load("head_d2")
+    head = _our_head(meta).double().eval()
+    head.batch_time_mix = False
+    weights = _arrays(meta["manifest"], meta["seed"])
+    head.load_state_dict({k: v for k, v in weights.items() if k in head.state_dict()}, strict=False)
+    arr = _arrays(meta["inputs"], meta["seed"])
+    with torch.no_grad():
+        out = head([arr[f"layer{i + 1}"] for i in range(4)], torch.zeros(2, *meta["clip_size"], dtype=torch.bool))
+    with pytest.raises(AssertionError):
+        _close(out["logits"], exp["out/pred_logits"], "out/pred_logits", meta=meta)

@@ -13,7 +13,12 @@ about the compiled CUDA op only:
 2. ``MSDeformAttnFunction`` as seen by ``ops/modules/ms_deform_attn.py`` replaced by a wrapper whose
    ``apply(value, shapes, level_start, locations, weights, im2col_step)`` returns the fork's own
    pure-PyTorch ``ms_deform_attn_core_pytorch(value, shapes, locations, weights)`` (the function
-   Deformable DETR tests its CUDA kernel against).
+   Deformable DETR tests its CUDA kernel against);
+
+and one about a path: ``deformable_tuber{2,3,4}.py`` were moved to ``models/old_models/`` with their
+imports left at ``models.deformable_detr.*``, so that name is pointed at the (shimmed) modules of
+``models.old_models.deformable_detr``. The whole-head cases replace the CSN by given stage outputs inside
+the fork's own ``Backbone.forward`` / ``Joiner`` (``fake_joiner``).
 
 Cases (all float64, eval mode, every weight and input from tests/reference/tuber/recipe.py by name;
 the json lists ``[name, shape, kind]`` of each):
@@ -65,26 +70,41 @@ MODULE_GRADS = ("sampling_offsets.weight", "sampling_offsets.bias", "attention_w
 
 
 def param_kind(name, shape):
-    """Recipe kind of a parameter: matrices fan-in uniform, LayerNorm scales in [0.5, 1], biases small,
-    embeddings in [-1, 1]."""
-    if name == "level_embed" or name.endswith("query_embed"):
+    """Recipe kind of a parameter or buffer: matrices fan-in uniform, norm scales (1-d weights) in [0.5, 1],
+    BatchNorm running statistics, biases small, embeddings in [-1, 1]."""
+    if name.endswith("level_embed") or name.endswith("query_embed"):
         return "input"
+    if name.endswith("running_var"):
+        return "bn_var"
+    if name.endswith("running_mean"):
+        return "bn_mean"
     if len(shape) >= 2:
         return "conv_weight"
-    if ".norm" in name and name.endswith(".weight"):
+    if name.endswith(".weight"):
         return "bn_weight"
     return "bias"
 
 
+def canonical(name):
+    """One value for the box heads a decoder shares with its detector (``[transformer.]decoder.bbox_embed.*``
+    is ``bbox_embed.*``): the recipe keys them by the detector's name."""
+    for prefix in ("transformer.decoder.bbox_embed.", "transformer2.decoder.bbox_embed."):
+        if name.startswith(prefix):
+            return "bbox_embed." + name[len(prefix):]
+    return name
+
+
 def manifest_of(module):
-    return [[k, list(v.shape), param_kind(k, tuple(v.shape))] for k, v in module.state_dict().items()]
+    """``[[state-dict key, shape, recipe kind, recipe name]]`` (BatchNorm counters left out)."""
+    return [[k, list(v.shape), param_kind(k, tuple(v.shape)), canonical(k)] for k, v in module.state_dict().items()
+            if not k.endswith("num_batches_tracked")]
 
 
 def recipe_state(manifest, seed):
     import torch
     from recipe import fake_value
 
-    return {name: torch.from_numpy(fake_value(seed, name, tuple(shape), kind)) for name, shape, kind in manifest}
+    return {name: torch.from_numpy(fake_value(seed, key, tuple(shape), kind)) for name, shape, kind, key in manifest}
 
 
 def level_masks(batch, shapes, pad):
@@ -124,6 +144,10 @@ def load_fork(fork):
 
     mod.MSDeformAttnFunction = PyTorchPath
     assert dt.MSDeformAttn is mod.MSDeformAttn
+    # the variants (moved to models/old_models/ without their imports updated) import the transformer from its
+    # old place models/deformable_detr/: point that name at the same (shimmed) modules
+    for key in [k for k in sys.modules if k.startswith("models.old_models.deformable_detr")]:
+        sys.modules[key.replace("models.old_models.", "models.", 1)] = sys.modules[key]
     torch.set_default_dtype(torch.float32)
     return dt, mod, func, criterion.MLP
 
@@ -262,10 +286,136 @@ def run_transformer_case(dt, mlp, name, seed, options, versions):
     return meta, arrays
 
 
+# arrays larger than this are stored as every step-th element of their flattened form (meta "sampled": step;
+# their full statistics stay in "stats"), which keeps each fixture under 2 MiB
+SAMPLE_LIMIT = 4096
+
+
 def write(out_dir, name, meta, arrays):
+    sampled = {}
+    for key, value in list(arrays.items()):
+        if value.size > SAMPLE_LIMIT and value.dtype != bool:
+            step = -(-value.size // SAMPLE_LIMIT)
+            arrays[key] = value.reshape(-1)[::step]
+            sampled[key] = step
+    meta["sampled"] = sampled
     (out_dir / f"{name}.json").write_text(json.dumps(meta, indent=0) + "\n")
     np.savez_compressed(out_dir / f"{name}.npz", **arrays)
     print(name, {k: v["shape"] for k, v in meta["stats"].items()})
+
+
+# whole-head cases: name -> (variant, seed, d_model, channels of CSN layer1..layer4). The fork's D4 hard-codes its
+# action cross-attention to width 256, so its case runs at D = 256.
+HEAD_CASES = {
+    "head_d2": ("D2", 10, 32, (16, 64, 48, 40)),
+    "head_d3": ("D3", 11, 32, (16, 64, 48, 40)),
+    "head_d4": ("D4", 12, 256, (16, 64, 48, 40)),
+}
+HEAD_FRAMES, HEAD_SIZE, HEAD_BATCH, HEAD_QUERIES, HEAD_ACTIONS = 32, (64, 48), 2, 4, 6
+# CSN layer1..layer4 for a 32-frame 64x48 clip with LAST_STRIDE False: temporal strides 1, 2, 4, 8; spatial 4, 8, 16, 16
+HEAD_LEVELS = [(32, 16, 12), (16, 8, 6), (8, 4, 3), (4, 4, 3)]
+HEAD_GRADS = {
+    "common": ("input_proj.0.0.weight", "input_proj.3.0.weight", "input_proj.2.1.bias", "class_embed_b.weight"),
+    "D2": ("conv3d_0.0.0.weight", "conv3d_3.0.1.weight", "query_embed.weight", "transformer.level_embed",
+           "transformer.encoder.layers.0.self_attn.sampling_offsets.weight", "class_embed.1.weight",
+           "bbox_embed.0.layers.2.weight"),
+    "D3": ("query_pool.weight", "pool_decoder.layers.0.linear1.weight", "query_embed.weight", "query_embed2.weight",
+           "transformer2.level_embed", "transformer1.decoder.layers.0.multihead_attn.in_proj_weight",
+           "bbox_embed2.layers.0.weight", "class_embed.0.weight"),
+    "D4": ("query_pool.weight", "pool_decoder.layers.0.multihead_attn.in_proj_weight", "query_embed.weight",
+           "transformer.level_embed", "class_proj.weight", "encoder.layers.0.self_attn_t.in_proj_weight",
+           "cross_attn.in_proj_weight", "class_fc.weight", "bbox_embed.1.layers.0.weight"),
+}
+
+
+def fake_joiner(levels, channels, d_model):
+    """The fork's ``Joiner(Backbone, PositionEmbeddingSine)`` with its CSN replaced by the given stage outputs:
+    the fork's own ``Backbone.forward`` (masks, time-major flattening) and 2-D sine positions run on them."""
+    import torch
+    from torch import nn
+
+    import models.backbone_3d_builder2 as builder
+    from models.seqformer.position_encoding import PositionEmbeddingSine
+
+    class Body(nn.Module):
+        def forward(self, _video):
+            return {str(i): x for i, x in enumerate(levels)}
+
+    backbone = builder.Backbone.__new__(builder.Backbone)
+    nn.Module.__init__(backbone)
+    backbone.body = Body()
+    backbone.backbone_name = "CSN-50"
+    backbone.temporal_ds_strategy = "decode"
+    backbone.strides = [8, 16, 32]
+    backbone.num_channels = list(channels[1:])
+    assert torch.is_tensor(levels[0])
+    return builder.Joiner(backbone, PositionEmbeddingSine(d_model // 2, normalize=True))
+
+
+def build_official_head(dt, variant, d_model, channels, levels):
+    import importlib
+    from types import SimpleNamespace
+
+    from models.transformer.transformer import build_transformer
+
+    deformable = dt.DeformableTransformer(d_model=d_model, nhead=8 if d_model == 256 else 4, num_encoder_layers=1,
+                                          num_decoder_layers=2, dim_feedforward=64, dropout=0.1, activation="relu",
+                                          return_intermediate_dec=True, num_feature_levels=4, dec_n_points=2,
+                                          enc_n_points=2, two_stage=False, two_stage_num_proposals=HEAD_QUERIES)
+    common = dict(num_classes=HEAD_ACTIONS, num_queries=HEAD_QUERIES, num_feature_levels=4, num_frames=HEAD_FRAMES,
+                  hidden_dim=d_model, temporal_length=HEAD_FRAMES, aux_loss=True, generate_lfb=False,
+                  backbone_name="CSN-50", ds_rate=8, last_stride=False, dataset_mode="ava")
+    backbone = fake_joiner(levels, channels, d_model)
+    module = importlib.import_module(f"models.old_models.deformable_tuber{variant[1]}")
+    if variant == "D3":
+        model_cfg = SimpleNamespace(D_MODEL=d_model, DROPOUT=0.1, NHEAD=4, DIM_FEEDFORWARD=64, ENC_LAYERS=1,
+                                    DEC_LAYERS=2, NORMALIZE_BEFORE=False, TEMP_LEN=HEAD_FRAMES, DS_RATE=8,
+                                    SINGLE_FRAME=True)
+        detr = build_transformer(SimpleNamespace(CONFIG=SimpleNamespace(MODEL=model_cfg)))
+        return module.DETR(backbone, transformer1=detr, transformer2=deformable, **common)
+    return module.DETR(backbone, deformable, **common)
+
+
+def run_head_case(dt, name, variant, seed, d_model, channels, versions):
+    import torch
+    from recipe import fake_value
+
+    from utils.misc import NestedTensor
+
+    inputs = [[f"layer{i + 1}", [HEAD_BATCH, c, *HEAD_LEVELS[i]], "input"] for i, c in enumerate(channels)]
+    arr = {n: torch.from_numpy(fake_value(seed, n, tuple(s), k)) for n, s, k in inputs}
+    levels = [arr[f"layer{i + 1}"].requires_grad_(i in (1, 3)) for i in range(4)]
+    model = build_official_head(dt, variant, d_model, channels, levels).double().eval()
+    manifest = [m for m in manifest_of(model) if not m[0].startswith("backbone.")]
+    model.load_state_dict(recipe_state(manifest, seed), strict=False)
+    video = torch.zeros(HEAD_BATCH, 3, HEAD_FRAMES, *HEAD_SIZE, dtype=torch.float64)
+    samples = NestedTensor(video, torch.zeros(HEAD_BATCH, *HEAD_SIZE, dtype=torch.bool))
+    out = model(samples)
+    per_layer = {key: torch.stack([a[key] for a in out["aux_outputs"]] + [out[key]])
+                 for key in ("pred_logits", "pred_boxes", "pred_logits_b")}
+    grad_inputs = [[f"grad_weight_{k}", list(v.shape), "input"] for k, v in per_layer.items()]
+    gw = {n: torch.from_numpy(fake_value(seed, n, tuple(s), k)) for n, s, k in grad_inputs}
+    loss = sum((v * gw[f"grad_weight_{k}"]).sum() for k, v in per_layer.items())
+    loss.backward()
+    params = model.state_dict(keep_vars=True)  # every name, also of the box heads the decoder shares
+    grads = HEAD_GRADS["common"] + HEAD_GRADS[variant]
+    arrays = {f"out/{k}": v.detach().numpy() for k, v in per_layer.items()}
+    arrays["grad/input/layer2"] = levels[1].grad.numpy()
+    arrays["grad/input/layer4"] = levels[3].grad.numpy()
+    for p in grads:
+        arrays[f"grad/{p}"] = params[p].grad.numpy()
+    meta = {"case": name, "variant": variant, "seed": seed, "d_model": d_model, "level_channels": list(channels),
+            "frames": HEAD_FRAMES, "clip_size": list(HEAD_SIZE), "batch": HEAD_BATCH, "queries": HEAD_QUERIES,
+            "actions": HEAD_ACTIONS, "deformable": {"nhead": 8 if d_model == 256 else 4, "enc_layers": 1,
+                                                     "dec_layers": 2, "dim_feedforward": 64, "enc_points": 2,
+                                                     "dec_points": 2},
+            "manifest": manifest, "inputs": inputs + grad_inputs, "grad_params": list(grads),
+            "official_state_dict_keys": [k for k in model.state_dict() if not k.startswith("backbone.")],
+            "loss": "sum over pred_logits / pred_boxes / pred_logits_b (every layer, aux first) of value * weight",
+            "official_call": f"models/old_models/deformable_tuber{variant[1]}.py DETR(fake Joiner, ...); eval; "
+                             "samples = NestedTensor(zeros [B, 3, 32, 64, 48], mask all False)",
+            "stats": {k: stats(v) for k, v in arrays.items()}, "versions": versions}
+    return meta, arrays
 
 
 def run_deformable_section(fork, out, versions):
@@ -277,3 +427,5 @@ def run_deformable_section(fork, out, versions):
     write(out_dir, "msda_module", *run_module_case(mod, out_dir, versions))
     for name, (seed, options) in TRANSFORMER_CASES.items():
         write(out_dir, name, *run_transformer_case(dt, mlp, name, seed, options, versions))
+    for name, (variant, seed, d_model, channels) in HEAD_CASES.items():
+        write(out_dir, name, *run_head_case(dt, name, variant, seed, d_model, channels, versions))
