@@ -36,6 +36,8 @@ Fixture kinds are told apart by their inputs:
 
 A folder with ``mmaction2.json`` is a fixture of mmaction2's two-stage detectors (``FastRCNN``),
 run by ``stmixer.tools.mmaction2_parity`` (its docstring gives the layout and the output names).
+A folder of Deformable TubeR cases (``<case>.json`` naming ``msda_*`` / ``transformer_*`` / ``head_*``) is
+run by ``stmixer.tools.deformable_parity``.
 
 Runs on the CPU with 1 thread by default, as the fixtures were generated, so
 float32 results are reproducible across machines (``--threads`` changes it).
@@ -364,6 +366,14 @@ def run_fixture(fixture, precision="f64", device="cpu", state_dict=None):
         try:
             arrays = run_mmaction2_fixture(fixture, dtype, device)
         except MMAction2FixtureError as e:
+            raise FixtureError(str(e)) from None
+        return {f"{precision}/{name}": value for name, value in arrays.items()}
+    from .deformable_parity import DeformableFixtureError, is_deformable_fixture, run_deformable_fixture
+
+    if is_deformable_fixture(fixture):  # Deformable TubeR (issue #17): one json + npz per case (see that module)
+        try:
+            arrays = run_deformable_fixture(fixture, dtype, device)
+        except DeformableFixtureError as e:
             raise FixtureError(str(e)) from None
         return {f"{precision}/{name}": value for name, value in arrays.items()}
     for name in ("config.yaml", "inputs.npz"):

@@ -375,18 +375,9 @@ def test_slot_interface_forward():
 
 # ------------------------------------------------------------------------------------------------ whole heads
 def _our_head(meta):
-    from stmixer.modeling.tuber.deformable_tuber import DeformableTubeRHead, DeformableTubeRTransformer
-    from stmixer.modeling.tuber.transformer import DETRTransformer
+    from stmixer.tools.deformable_parity import build_head
 
-    d, t = meta["d_model"], meta["deformable"]
-    deformable = DeformableTubeRTransformer(d_model=d, nhead=t["nhead"], num_encoder_layers=t["enc_layers"],
-                                            num_decoder_layers=t["dec_layers"], dim_feedforward=t["dim_feedforward"],
-                                            return_intermediate_dec=True, num_feature_levels=4,
-                                            dec_n_points=t["dec_points"], enc_n_points=t["enc_points"])
-    detr = DETRTransformer(d, 4, 1, 2, 64, 0.1, "relu", False) if meta["variant"] == "D3" else None
-    return DeformableTubeRHead(deformable, meta["variant"], num_queries=meta["queries"], num_actions=meta["actions"],
-                               level_channels=tuple(meta["level_channels"][1:]), num_frames=meta["frames"],
-                               batch_time_mix=True, detr_transformer=detr)
+    return build_head(meta)
 
 
 # modules the fork builds but never calls (not built here)
@@ -435,3 +426,25 @@ def test_head_without_batch_time_mix_differs():
         out = head([arr[f"layer{i + 1}"] for i in range(4)], torch.zeros(2, *meta["clip_size"], dtype=torch.bool))
     with pytest.raises(AssertionError):
         _close(out["logits"], exp["out/pred_logits"], "out/pred_logits", meta=meta)
+
+
+@pytest.mark.tuber
+def test_reference_parity_tool_writes_every_fixture_array(tmp_path):
+    """``python -m stmixer.tools.reference_parity --fixture tests/reference/tuber/deformable`` writes every array of
+    every case under ``f64/<case>/<name>`` with the stored shapes, matching within F64_TOL."""
+    from stmixer.tools import reference_parity
+
+    out = tmp_path / "out.npz"
+    assert reference_parity.main(["--fixture", str(FIXTURES), "--out", str(out), "--precision", "f64"]) == 0
+    written = np.load(out)
+    expected_names = []
+    for path in sorted(FIXTURES.glob("*.npz")):
+        with np.load(path) as exp:
+            for name in exp.files:
+                key = f"f64/{path.stem}/{name}"
+                expected_names.append(key)
+                if exp[name].dtype == bool:
+                    assert np.array_equal(written[key], exp[name]), key
+                else:
+                    _close(written[key], exp[name], key)
+    assert sorted(written.files) == sorted(expected_names)

@@ -1,0 +1,213 @@
+"""Run the Deformable TubeR fixtures (tests/reference/tuber/deformable) through our code.
+
+``python -m stmixer.tools.reference_parity --fixture tests/reference/tuber/deformable --out OUT.npz`` comes
+here (``is_deformable_fixture``): the folder holds one ``<case>.json`` + ``<case>.npz`` per case, made by
+tests/reference/make_query_detector_fixtures.py --sections deformable from the TubeR fork (its README).
+Every weight and input is rebuilt from the kit's ``recipe.py`` (``DIR/../recipe.py``) by the json's
+``[name, shape, kind(, recipe name)]`` lists; the model named by the case runs in the requested dtype and
+its results are written as ``<precision>/<case>/<name>`` with the names, shapes and sampling (json
+``sampled``) of ``<case>.npz``. The ``.npz`` answers are never read here.
+
+Cases (json ``case``): ``msda_function`` (``ms_deform_attn_pytorch``), ``msda_module`` (``MSDeformAttn``),
+``transformer_*`` (``DeformableTransformer`` with DETR box heads for refinement), ``head_*``
+(``DeformableTubeRHead`` of variant json ``variant`` on given CSN stage outputs).
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..modeling.layers import MSDeformAttn, ms_deform_attn_pytorch
+from ..modeling.tuber.deformable_transformer import DeformableTransformer
+from ..modeling.tuber.deformable_tuber import DeformableTubeRHead, DeformableTubeRTransformer
+from ..modeling.tuber.head import MLP
+from ..modeling.tuber.transformer import DETRTransformer
+
+CASE_PREFIXES = ("msda_function", "msda_module", "transformer_", "head_")
+
+
+class DeformableFixtureError(RuntimeError):
+    """A Deformable TubeR fixture folder that is incomplete or does not fit the model."""
+
+
+def case_files(fixture):
+    """``[(case name, json path)]`` of the Deformable TubeR cases in ``fixture`` (a folder)."""
+    fixture = Path(fixture)
+    if not fixture.is_dir():
+        return []
+    cases = []
+    for path in sorted(fixture.glob("*.json")):
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        case = meta.get("case", "") if isinstance(meta, dict) else ""
+        if isinstance(case, str) and case.startswith(CASE_PREFIXES):
+            cases.append((case, path))
+    return cases
+
+
+def is_deformable_fixture(fixture):
+    return bool(case_files(fixture))
+
+
+def _recipe(fixture):
+    import importlib.util
+
+    path = Path(fixture).parent / "recipe.py"
+    if not path.is_file():
+        raise DeformableFixtureError(f"{fixture}: the weights and inputs need the kit's recipe.py at {path}")
+    spec = importlib.util.spec_from_file_location("stmixer_tuber_recipe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def recipe_arrays(recipe, entries, seed, dtype):
+    """``{name: tensor}`` for ``[name, shape, kind]`` (inputs) or ``[name, shape, kind, recipe name]`` (weights)."""
+    return {e[0]: torch.from_numpy(recipe.fake_value(seed, e[-1] if len(e) == 4 else e[0], tuple(e[1]), e[2]))
+            .to(dtype) for e in entries}
+
+
+def _load_weights(module, meta, recipe, dtype):
+    state = recipe_arrays(recipe, meta["manifest"], meta["seed"], dtype)
+    ours = module.state_dict()
+    missing, unexpected = module.load_state_dict({k: v for k, v in state.items() if k in ours}, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing:
+        raise DeformableFixtureError(f"{meta['case']}: the fixture has no weights for {missing[:5]}")
+
+
+def run_function(meta, recipe, dtype):
+    arr = recipe_arrays(recipe, meta["inputs"], meta["seed"], dtype)
+    value = arr["value"].requires_grad_(True)
+    n, lq = arr["locations_raw"].shape[:2]
+    m, nl = value.shape[2], len(meta["spatial_shapes"])
+    locations = (0.5 + 0.6 * arr["locations_raw"]).requires_grad_(True)
+    weights = arr["weight_logits"].softmax(-1).view(n, lq, m, nl, -1).detach().requires_grad_(True)
+    out = ms_deform_attn_pytorch(value, meta["spatial_shapes"], locations, weights)
+    (out * arr["grad_weight"]).sum().backward()
+    return {"out": out, "grad/value": value.grad, "grad/locations": locations.grad, "grad/weights": weights.grad}
+
+
+def run_module(meta, recipe, dtype):
+    torch.manual_seed(meta["seed"])
+    init = MSDeformAttn(**meta["module_args"])
+    module = MSDeformAttn(**meta["module_args"]).to(dtype).eval()
+    _load_weights(module, meta, recipe, dtype)
+    arr = recipe_arrays(recipe, meta["inputs"], meta["seed"], dtype)
+    shapes = torch.as_tensor(meta["spatial_shapes"], dtype=torch.long)
+    start = torch.cat((shapes.new_zeros((1,)), shapes.prod(1).cumsum(0)[:-1]))
+    n = arr["query"].shape[0]
+    mask = torch.cat([_level_mask(n, h, w, True).flatten(1) for h, w in meta["spatial_shapes"]], 1)
+    out2 = module(arr["query"], 0.5 + 0.5 * arr["ref_points_raw"], arr["input_flatten"], shapes, start, mask)
+    out4 = module(arr["query"], 0.5 + 0.45 * arr["ref_boxes_raw"], arr["input_flatten"], shapes, start, None)
+    ((out2 + out4) * arr["grad_weight"]).sum().backward()
+    params = dict(module.named_parameters())
+    result = {"out_points": out2, "out_boxes": out4, "padding_mask": mask,
+              "init/sampling_offsets.bias": init.sampling_offsets.bias.detach().to(dtype)}
+    result.update({f"grad/{p}": params[p].grad for p in meta["grad_params"]})
+    return result
+
+
+def _level_mask(batch, h, w, pad):
+    """The fixtures' padding: clip 1 padded on its last quarter of columns (at least one) and its last row."""
+    mask = torch.zeros(batch, h, w, dtype=torch.bool)
+    if pad and batch > 1:
+        mask[1, :, w - max(1, w // 4):] = True
+        if h > 1:
+            mask[1, h - 1:, :] = True
+    return mask
+
+
+def run_transformer(meta, recipe, dtype):
+    args, options = dict(meta["transformer_args"]), meta["options"]
+    model = DeformableTransformer(return_intermediate_dec=options["intermediate"], **args)
+    if options["refine"]:
+        c = args["d_model"]
+        model.decoder.bbox_embed = nn.ModuleList(MLP(c, c, 4, 3) for _ in range(model.decoder.num_layers))
+    model = model.to(dtype).eval()
+    _load_weights(model, meta, recipe, dtype)
+    arr = recipe_arrays(recipe, meta["inputs"], meta["seed"], dtype)
+    for key in ("src_l0", "query_embed", "pos_l3"):
+        arr[key].requires_grad_(True)
+    batch = meta["batch"]
+    masks = [_level_mask(batch, h, w, options["pad"]) for h, w in meta["level_shapes"]]
+    captured = {}
+    hook = model.encoder.register_forward_hook(lambda mod, inputs, out: captured.__setitem__("memory", out))
+    levels = range(len(meta["level_shapes"]))
+    hs, init_ref, inter_refs, _, _ = model([arr[f"src_l{i}"] for i in levels], masks if options["pad"] else None,
+                                           [arr[f"pos_l{i}"] for i in levels], arr["query_embed"])
+    hook.remove()
+    ((hs * arr["grad_weight_hs"]).sum() + (init_ref * arr["grad_weight_ref"]).sum()).backward()
+    params = dict(model.named_parameters())
+    result = {"memory": captured["memory"], "hs": hs, "init_reference": init_ref, "inter_references": inter_refs}
+    result.update({f"grad/input/{k}": arr[k].grad for k in ("src_l0", "pos_l3", "query_embed")})
+    result.update({f"mask_l{i}": m for i, m in enumerate(masks)})
+    result.update({f"grad/{p}": params[p].grad for p in meta["grad_params"]})
+    return result
+
+
+def build_head(meta):
+    """Our ``DeformableTubeRHead`` with the fixture's settings."""
+    d, t = meta["d_model"], meta["deformable"]
+    deformable = DeformableTubeRTransformer(d_model=d, nhead=t["nhead"], num_encoder_layers=t["enc_layers"],
+                                            num_decoder_layers=t["dec_layers"], dim_feedforward=t["dim_feedforward"],
+                                            return_intermediate_dec=True, num_feature_levels=4,
+                                            dec_n_points=t["dec_points"], enc_n_points=t["enc_points"])
+    detr = DETRTransformer(d, 4, 1, 2, 64, 0.1, "relu", False) if meta["variant"] == "D3" else None
+    return DeformableTubeRHead(deformable, meta["variant"], num_queries=meta["queries"], num_actions=meta["actions"],
+                               level_channels=tuple(meta["level_channels"][1:]), num_frames=meta["frames"],
+                               batch_time_mix=True, detr_transformer=detr)
+
+
+def run_head(meta, recipe, dtype):
+    head = build_head(meta).to(dtype).eval()
+    _load_weights(head, meta, recipe, dtype)
+    arr = recipe_arrays(recipe, meta["inputs"], meta["seed"], dtype)
+    levels = [arr[f"layer{i + 1}"].requires_grad_(i in (1, 3)) for i in range(4)]
+    out = head(levels, torch.zeros(meta["batch"], *meta["clip_size"], dtype=torch.bool))
+    pairs = {"pred_logits": out["logits"], "pred_boxes": out["boxes"], "pred_logits_b": out["logits_b"]}
+    sum((v * arr[f"grad_weight_{k}"]).sum() for k, v in pairs.items()).backward()
+    params = head.state_dict(keep_vars=True)
+    result = {f"out/{k}": v for k, v in pairs.items()}
+    result.update({"grad/input/layer2": levels[1].grad, "grad/input/layer4": levels[3].grad})
+    result.update({f"grad/{p}": params[p].grad for p in meta["grad_params"]})
+    return result
+
+
+def run_case(meta, recipe, dtype=torch.float64):
+    """Our full-size results of one case: ``{name: tensor}`` (names of the case's ``.npz``)."""
+    case = meta["case"]
+    if case == "msda_function":
+        return run_function(meta, recipe, dtype)
+    if case == "msda_module":
+        return run_module(meta, recipe, dtype)
+    if case.startswith("transformer_"):
+        return run_transformer(meta, recipe, dtype)
+    return run_head(meta, recipe, dtype)
+
+
+def as_stored(meta, name, value, dtype):
+    """``value`` as the fixture stores it: numpy in ``dtype`` (bool / int kept), sampled per json ``sampled``."""
+    value = value.detach().cpu()
+    value = value.numpy() if not value.is_floating_point() else value.to(dtype).numpy()
+    step = meta.get("sampled", {}).get(name)
+    return value.reshape(-1)[::step] if step else value
+
+
+def run_deformable_fixture(fixture, dtype=torch.float64, device="cpu"):
+    """``{"<case>/<name>": array}`` for every case of the folder (see the module docstring)."""
+    if torch.device(device).type != "cpu":
+        raise DeformableFixtureError("the Deformable TubeR fixtures run on the CPU (recipe tensors are built there)")
+    recipe = _recipe(fixture)
+    out = {}
+    for case, path in case_files(fixture):
+        meta = json.loads(path.read_text())
+        for name, value in run_case(meta, recipe, dtype).items():
+            out[f"{case}/{name}"] = as_stored(meta, name, value, dtype)
+    return out
