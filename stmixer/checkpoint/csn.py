@@ -136,6 +136,19 @@ def tuber_key(key):
     return f"{TUBER_HEAD}.{key}"
 
 
+def deformable_tuber_unused(keys):
+    """Key prefixes of a Deformable TubeR checkpoint (the TubeR fork's D2 / D3 / D4, docs/deformable_tuber.md) that
+    its model builds but never calls, to be dropped: the backbone wrapper's temporal pooling (every variant pools
+    per level in the head), and D2's ``class_proj`` / ``encoder`` / ``cross_attn``, D3's ``encoder`` /
+    ``cross_attn``. Empty for TubeR itself (no ``transformer.level_embed`` / ``transformer2.level_embed``)."""
+    if "transformer2.level_embed" in keys:  # D3
+        return TUBER_WRAPPER_PARTS + ("encoder.", "cross_attn.")
+    if "transformer.level_embed" in keys:
+        unused = ("class_proj.", "encoder.", "cross_attn.") if "conv3d_0.0.0.weight" in keys else ()  # D2 / D4
+        return TUBER_WRAPPER_PARTS + unused
+    return ()
+
+
 def is_tuber(keys):
     """True when the (normalized) keys hold a TubeR model (its CSN lives below ``backbone.body.``)."""
     return any(k.startswith(TUBER_BODY + "conv1.") for k in keys)

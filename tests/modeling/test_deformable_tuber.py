@@ -448,3 +448,39 @@ def test_reference_parity_tool_writes_every_fixture_array(tmp_path):
                 else:
                     _close(written[key], exp[name], key)
     assert sorted(written.files) == sorted(expected_names)
+
+
+@pytest.mark.parametrize("variant", ["D2", "D3", "D4"])
+def test_fork_checkpoint_loads(variant, tmp_path):
+    """A fork checkpoint (DDP ``module.`` keys, CSN below ``backbone.body.``, the head's modules at the top, plus the
+    backbone wrapper's unused temporal pooling and the modules the variant never calls) loads strictly through
+    ``load_weights`` (format ``tuber``): every used tensor lands, the unused ones are dropped."""
+    from stmixer.checkpoint import load_weights
+
+    _, source = _tiny_detector(variant)
+    fork = {}
+    for key, value in source.state_dict().items():
+        value = value + 1 if value.is_floating_point() else value
+        if key.startswith("backbone."):
+            fork["backbone.body." + key[len("backbone."):]] = value
+        elif key.startswith("tuber_head."):
+            fork[key[len("tuber_head."):]] = value
+    fork["backbone.body.out_fc.weight"] = torch.zeros(400, 2048)
+    fork["backbone.query_pool.weight"] = torch.zeros(1, 2048)
+    fork["backbone.pool_decoder.layers.0.linear1.weight"] = torch.zeros(2048, 2048)
+    unused = {"D2": ("class_proj.weight", "encoder.layers.0.linear1.weight", "cross_attn.in_proj_weight"),
+              "D3": ("encoder.layers.0.linear1.weight", "cross_attn.in_proj_weight"), "D4": ()}[variant]
+    for key in unused:
+        fork[key] = torch.zeros(3, 3)
+    path = tmp_path / "fork.pth"
+    torch.save({"model": {"module." + k: v for k, v in fork.items()}, "epoch": 3}, path)
+    _, model = _tiny_detector(variant)
+    report = load_weights(model, str(path), log=None)
+    assert report.ok
+    head = model.tuber_head
+    expected = source.tuber_head.state_dict()
+    for key in ("query_embed.weight", "input_proj.3.0.weight", "class_embed_b.bias", "bbox_embed.0.layers.2.bias"):
+        assert torch.equal(head.state_dict()[key], expected[key] + 1), key
+    assert torch.equal(head.deformable.level_embed, source.tuber_head.deformable.level_embed + 1)
+    if variant != "D2":
+        assert torch.equal(head.query_pool.weight, source.tuber_head.query_pool.weight + 1)
