@@ -152,3 +152,13 @@ def deformable_tuber_unused(keys):
 def is_tuber(keys):
     """True when the (normalized) keys hold a TubeR model (its CSN lives below ``backbone.body.``)."""
     return any(k.startswith(TUBER_BODY + "conv1.") for k in keys)
+
+
+# DETR checkpoints: the parts TubeR's load_detr_weights takes (models/../utils/model_utils.py).
+DETR_PARTS = ("transformer.", "query_embed.", "bbox_embed.")
+
+
+def detr_key(key):
+    """Detector key of a DETR state-dict key (``module.`` already removed): ``tuber_head.<key>`` for the
+    transformer, the queries and the box MLP; None (dropped) for the rest (class_embed, input_proj, backbone)."""
+    return f"{TUBER_HEAD}.{key}" if key.startswith(DETR_PARTS) else None

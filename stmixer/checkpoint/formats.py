@@ -42,6 +42,9 @@ other top-level entries untouched. Formats (ids in ``FORMATS``):
   "config": yacs CfgNode (read as an inert placeholder)}``: ``backbone.body.*`` -> ``backbone.*``
   (CSN), ``backbone.body.out_fc.*`` dropped, everything else kept below ``tuber_head.``
   (``csn.tuber_key``).
+* ``detr`` — DETR checkpoints (COCO ``detr-r50``, or TubeR's ``detr.pth``; ``module.`` prefix or not):
+  ``transformer.*``, ``query_embed.weight``, ``bbox_embed.*`` -> ``tuber_head.*`` (``csn.detr_key``), the rest
+  dropped; ``MODEL.TUBER.DETR_WEIGHT`` loads them (``stmixer.modeling.tuber.detr_weights``).
 * ``evad`` — official EVAD checkpoints (PySlowFast ``{"epoch", "model_state", "optimizer_state", "cfg"}``
   of the whole ``EVAD`` model): the ViT keys (``patch_embed.*``, ``blocks.*``, ``norm.*``, ``pos_embed``) go
   to ``backbone.*`` under the same names, the FPN (``fpn_lateral{2..5}.*``, ``fpn_output{2..5}.*``) to
@@ -91,6 +94,7 @@ FORMATS = {
     "mmaction2": "mmaction2 checkpoint",
     "caffe2_csn": "VMZ Caffe2 ir-CSN weights",
     "tuber": "TubeR checkpoint",
+    "detr": "DETR weights (transformer, queries, box MLP for TubeR)",
     "evad": "official EVAD checkpoint",
 }
 
@@ -297,6 +301,8 @@ def _layout(keys):
         return "mmaction2"
     if csn.is_tuber(keys):
         return "tuber"
+    if {"transformer", "query_embed"} <= roots and not roots & set(DETECTOR_PARTS) - {"backbone"}:
+        return "detr"
     if roots & set(DETECTOR_PARTS):
         return "detector"
     if "det_head" in roots and roots & {"patch_embed", "blocks"}:
@@ -346,6 +352,14 @@ def _from_state_dict(path, state_dict, extras, wrapper=None):
             else:
                 mapped[target] = v
         fmt, expected_missing = "tuber", frozenset()
+    elif layout == "detr":
+        for k, v in state_dict.items():
+            target = csn.detr_key(k)
+            if target is None:
+                drop("DETR parts TubeR does not take (COCO classifier, 2-D input_proj, ResNet backbone)", k)
+            else:
+                mapped[target] = v
+        fmt, expected_missing = "detr", frozenset()
     elif layout == "evad":
         for k, v in state_dict.items():
             root = k.split(".", 1)[0]

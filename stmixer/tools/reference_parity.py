@@ -36,6 +36,8 @@ Fixture kinds are told apart by their inputs:
 
 A folder with ``mmaction2.json`` is a fixture of mmaction2's two-stage detectors (``FastRCNN``),
 run by ``stmixer.tools.mmaction2_parity`` (its docstring gives the layout and the output names).
+A folder of ``<case>.json`` (``"model": "TubeR"``) + ``<case>.npz`` is a TubeR fixture, run by
+``stmixer.modeling.tuber.parity`` (its docstring gives the layout and the output names).
 A folder of Deformable TubeR cases (``<case>.json`` naming ``msda_*`` / ``transformer_*`` / ``head_*``) is
 run by ``stmixer.tools.deformable_parity``.
 
@@ -366,6 +368,14 @@ def run_fixture(fixture, precision="f64", device="cpu", state_dict=None):
         try:
             arrays = run_mmaction2_fixture(fixture, dtype, device)
         except MMAction2FixtureError as e:
+            raise FixtureError(str(e)) from None
+        return {f"{precision}/{name}": value for name, value in arrays.items()}
+    from ..modeling.tuber.parity import TubeRFixtureError, is_tuber_fixture, run_tuber_fixture
+
+    if is_tuber_fixture(fixture):  # TubeR (tests/reference/tuber/tuber): its own layout (see that module)
+        try:
+            arrays = run_tuber_fixture(fixture, dtype, device)
+        except TubeRFixtureError as e:
             raise FixtureError(str(e)) from None
         return {f"{precision}/{name}": value for name, value in arrays.items()}
     from .deformable_parity import DeformableFixtureError, is_deformable_fixture, run_deformable_fixture

@@ -20,6 +20,8 @@ Section ``csn`` (the ir-CSN backbones, ``models/backbones/ir_CSN_{50,152}.py``),
    parameters of ``sum(layer4 * w)``, and one training-mode forward (batch statistics, running
    statistics updated with momentum 0.1).
 
+Section ``tuber`` (the whole TubeR detector in float64): ``query_fixtures_tuber.py``.
+
 Writes ``csn/<case>.json`` (manifest of blob names and shapes, the official state-dict keys, the
 frozen parameters, statistics of every output, versions) and ``csn/<case>.npz`` (layer4 in full,
 layer1..3 as channel slices ``[:, ::CHANNEL_STEP]``, the gradients, the training-mode results).
@@ -168,7 +170,7 @@ def main(argv=None):
     parser.add_argument("--fork-commit", default="unknown", help="fork commit, recorded in the deformable fixtures")
     parser.add_argument("--out", required=True, help="output folder (tests/reference/tuber)")
     parser.add_argument("--commit", default="unknown", help="official commit, recorded in the fixtures")
-    parser.add_argument("--sections", nargs="+", default=["csn"], choices=["csn", "deformable"])
+    parser.add_argument("--sections", nargs="+", default=["csn", "tuber"], choices=["csn", "tuber", "deformable"])
     args = parser.parse_args(argv)
     if "deformable" in args.sections and not args.fork:
         parser.error("--sections deformable needs --fork")
@@ -189,6 +191,11 @@ def main(argv=None):
         out.mkdir(parents=True, exist_ok=True)
         for name, (depth, seed, in_shape, full) in CASES.items():
             run_csn_case(official, name, depth, seed, in_shape, full, out, versions)
+    if "tuber" in args.sections:  # the TubeR detector: tests/reference/query_fixtures_tuber.py
+        sys.path.insert(0, str(HERE))
+        import query_fixtures_tuber
+
+        query_fixtures_tuber.run(tuber, args.out, versions)
     if "deformable" in args.sections:
         from query_fixtures_deformable import run_deformable_section  # noqa: E402  (this folder, on sys.path)
 

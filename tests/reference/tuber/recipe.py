@@ -69,3 +69,40 @@ def fake_input(seed, shape):
 def grad_weight(seed, shape):
     """Weights of the scalar ``sum(layer4 * w)`` whose gradients the fixtures store."""
     return fake_value(seed, "grad_weight", tuple(shape), "input")
+
+
+def tuber_param_kind(name, shape):
+    """Generator kind of a TubeR state-dict entry (official names; ``backbone.body.*`` is the CSN)."""
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf == "running_mean":
+        return "bn_mean"
+    if leaf == "running_var":
+        return "bn_var"
+    if name.endswith(("query_embed.weight", "query_pool.weight")):
+        return "input"
+    if len(shape) >= 2:
+        return "conv_weight"
+    if leaf == "weight":  # BatchNorm / LayerNorm scales
+        return "bn_weight"
+    return "bias"
+
+
+def tuber_state(seed, entries):
+    """``{name: float64 array}`` for ``[[name, shape]]`` TubeR state-dict entries (no num_batches_tracked)."""
+    return {name: fake_value(seed, name, tuple(shape), tuber_param_kind(name, shape)) for name, shape in entries}
+
+
+def tuber_targets(seed, counts, num_actions):
+    """Ground truth per clip: ``(boxes [n, 4] normalized cxcywh, labels [n, A] multi-hot float64)``."""
+    out = []
+    for i, n in enumerate(counts):
+        u = fake_value(seed, f"target_boxes_{i}", (n, 4), "input") * 0.5 + 0.5  # [0, 1]
+        w = 0.2 + 0.5 * u[:, 2]
+        h = 0.2 + 0.5 * u[:, 3]
+        cx = w / 2 + (1 - w) * u[:, 0]
+        cy = h / 2 + (1 - h) * u[:, 1]
+        boxes = np.stack([cx, cy, w, h], axis=1).astype(np.float32).astype(np.float64)
+        labels = (fake_value(seed, f"target_labels_{i}", (n, num_actions), "input") > 0.9).astype(np.float64)
+        labels[np.arange(n), np.arange(n) % num_actions] = 1.0
+        out.append((boxes, labels))
+    return out

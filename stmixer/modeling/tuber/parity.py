@@ -1,0 +1,204 @@
+"""TubeR reference fixtures (tests/reference/tuber/tuber, ``model: "TubeR"``) run through our model.
+
+Used by ``python -m stmixer.tools.reference_parity --fixture DIR`` (a folder of ``<case>.json`` +
+``<case>.npz`` made by ``tests/reference/make_query_detector_fixtures.py --sections tuber``) and by
+tests/modeling/test_tuber.py. The fixture's weights are the seed recipe (``DIR/../recipe.py``:
+``tuber_state(seed, official names and shapes)``) loaded through ``stmixer.checkpoint`` as a TubeR
+``.pth``; the inputs are the recipe's clips (zero-padded to one size, ``whwh`` the unpadded sizes) and
+ground truth (normalized cxcywh -> absolute xyxy pixels).
+
+Outputs (the fixture's names; ``<case>/`` in front when the folder holds several cases):
+``trace/{backbone,pooled,context}`` (channel slices ``[:, ::slice]`` / ``[..., ::slice]``),
+``trace/{pos,memory,hs,mask}``, ``out/{logits_b,boxes,logits}/layer{k}``, ``grad/<official name>``,
+``grad_focal/<official name>`` (first 3), ``det/{scores,boxes_normalized,switch}`` (our boxes are clamped
+to [0, 1]; the official ones are not), and ours only: ``loss/<name>`` / ``loss_focal/<name>``
+(unweighted, as the official loss dict), ``match/layer{k}_{src,tgt}_b{i}``.
+Everything runs in eval mode (the fixtures' mode: no dropout, BatchNorm running statistics).
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MODEL_NAME = "TubeR"
+
+
+class TubeRFixtureError(RuntimeError):
+    """A TubeR fixture folder that is incomplete."""
+
+
+def fixture_cases(fixture):
+    """``[(name, meta)]`` of the TubeR cases (json ``"model": "TubeR"`` with an ``.npz`` beside) in ``fixture``."""
+    cases = []
+    for path in sorted(Path(fixture).glob("*.json")):
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict) and meta.get("model") == MODEL_NAME and path.with_suffix(".npz").is_file():
+            cases.append((path.stem, meta))
+    return cases
+
+
+def is_tuber_fixture(fixture):
+    return Path(fixture).is_dir() and bool(fixture_cases(fixture))
+
+
+def load_recipe(fixture):
+    path = Path(fixture).parent / "recipe.py"
+    if not path.is_file():
+        raise TubeRFixtureError(f"{fixture}: the TubeR fixtures need their seed recipe {path}")
+    spec = importlib.util.spec_from_file_location("stmixer_tuber_recipe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fixture_config(meta):
+    """Our config of the fixture's official config (TubeR_CSN50_AVA21 + the case's overrides)."""
+    from ...config import get_cfg
+
+    cfg = get_cfg()
+    cfg.MODEL.META_ARCHITECTURE = "TubeR"
+    cfg.MODEL.BACKBONE.CONV_BODY = "CSN-50"
+    cfg.MODEL.BACKBONE.CHANNELS_LAST = False
+    over = meta.get("overrides", {})
+    cfg.MODEL.TUBER.ENC_LAYERS = over.get("ENC_LAYERS", 6)
+    cfg.MODEL.TUBER.DEC_LAYERS = over.get("DEC_LAYERS", 6)
+    cfg.MODEL.TUBER.NUM_QUERIES = over.get("QUERY_NUM", 15)
+    cfg.DATA.NUM_FRAMES = over.get("TEMP_LEN", 32)
+    return cfg
+
+
+def official_state(meta, recipe):
+    """The fixture's weights under the official TubeR state-dict names (float64 tensors)."""
+    values = recipe.tuber_state(meta["seed"], meta["official_state_dict"])
+    return {k: torch.from_numpy(v) for k, v in values.items()}
+
+
+def build_loaded(meta, recipe, dtype, **overrides):
+    """Our TubeR of the fixture (``MODEL.TUBER`` ``overrides``), weights loaded as a TubeR ``.pth``, in eval mode;
+    returns ``(model, LoadReport)``."""
+    from ...checkpoint import checkpoint_from_object, load_weights
+    from ..build import build_detector
+
+    cfg = fixture_config(meta)
+    for key, value in overrides.items():
+        setattr(cfg.MODEL.TUBER, key, value)
+    model = build_detector(cfg)
+    report = load_weights(model, checkpoint_from_object({"model": official_state(meta, recipe)}, "tuber-fixture"),
+                          log=None)
+    return model.to(dtype).eval(), report
+
+
+def fixture_inputs(meta, recipe, dtype):
+    """``(video [B, 3, T, H, W] zero-padded, whwh [B, 4])`` of the fixture's clips."""
+    seed, sizes = meta["seed"], meta["clip_sizes"]
+    H, W = max(s[1] for s in sizes), max(s[2] for s in sizes)
+    video = torch.zeros(len(sizes), 3, sizes[0][0], H, W, dtype=torch.float64)
+    for i, (t, h, w) in enumerate(sizes):
+        clip = (recipe.fake_input(seed, (3, t, h, w)) if i == 0
+                else recipe.fake_value(seed, f"input_{i}", (3, t, h, w), "input"))
+        video[i, :, :, :h, :w] = torch.from_numpy(clip)
+    whwh = torch.tensor([[w, h, w, h] for _, h, w in sizes], dtype=torch.float64)
+    return video.to(dtype), whwh.to(dtype)
+
+
+def fixture_targets(meta, arrays, whwh):
+    """Ground truth ``(boxes: B x [n, 4] absolute xyxy, labels: B x [n, A])`` from the fixture's cxcywh."""
+    boxes, labels = [], []
+    for i in range(len(meta["gt_counts"])):
+        c = torch.from_numpy(np.asarray(arrays[f"target/boxes_cxcywh_{i}"]))
+        xyxy = torch.cat([c[:, :2] - c[:, 2:] / 2, c[:, :2] + c[:, 2:] / 2], dim=1)
+        boxes.append((xyxy * whwh[i].double()).to(whwh.dtype))
+        labels.append(torch.from_numpy(np.asarray(arrays[f"target/labels_{i}"])).to(whwh.dtype))
+    return boxes, labels
+
+
+def our_param(name):
+    """Our parameter path of an official TubeR name."""
+    if name.startswith("backbone.body."):
+        return "backbone." + name[len("backbone.body."):]
+    if name.startswith(("backbone.query_pool", "backbone.pool_decoder")):
+        return "tuber_head." + name[len("backbone."):]
+    return "tuber_head." + name
+
+
+def loss_pass(model, meta, recipe, arrays, dtype, params):
+    """Train-mode forward with every module in eval mode (the fixtures' mode), backward of the sum of
+    the weighted terms; returns ``(loss dict, trace, {official param name: grad})``."""
+    model.train()
+    for m in model.modules():
+        if m is not model:
+            m.eval()
+    video, whwh = fixture_inputs(meta, recipe, dtype)
+    boxes, labels = fixture_targets(meta, arrays, whwh)
+    trace = {}
+    model.zero_grad()
+    losses = model(video, None, whwh, boxes, labels, trace=trace)
+    sum(losses.values()).backward()
+    named = dict(model.named_parameters())
+    grads = {p: named[our_param(p)].grad.detach().clone() for p in params}
+    model.eval()
+    return losses, trace, grads
+
+
+def run_case(meta, arrays, recipe, dtype, device="cpu"):
+    """Every output of one case (names in the module docstring)."""
+    out = {}
+    model, _ = build_loaded(meta, recipe, dtype)
+    model.to(device)
+    step = meta.get("slice", 8)
+    weights = meta["weight_dict"]
+    losses, trace, grads = loss_pass(model, meta, recipe, arrays, dtype, meta["grad_params"])
+    out["trace/backbone"] = trace["backbone"][:, ::step]
+    out["trace/pooled"] = trace["pooled"][:, ::step]
+    out["trace/context"] = trace["context"][..., ::step]
+    for key in ("pos", "memory", "hs"):
+        out[f"trace/{key}"] = trace[key]
+    for key, value in losses.items():
+        out[f"loss/{key}"] = value.detach() / weights[key]
+    for key, matches in trace.items():
+        if key.startswith("match/"):
+            for i, m in enumerate(matches):
+                out[f"{key}_src_b{i}"] = m.src
+                out[f"{key}_tgt_b{i}"] = m.tgt
+    out.update({f"grad/{p}": g for p, g in grads.items()})
+    model.criterion.class_loss = "focal"
+    focal, _, focal_grads = loss_pass(model, meta, recipe, arrays, dtype, meta["grad_params"][:3])
+    model.criterion.class_loss = "bce"
+    out.update({f"loss_focal/{k}": v.detach() / weights[k] for k, v in focal.items()})
+    out.update({f"grad_focal/{p}": g for p, g in focal_grads.items()})
+    video, whwh = fixture_inputs(meta, recipe, dtype)
+    with torch.no_grad():
+        heads = model.predictions(video.to(device), whwh.to(device))
+        detections = model.detections(heads)
+    for k in range(heads["boxes"].shape[0]):
+        for key in ("logits_b", "boxes", "logits"):
+            out[f"out/{key}/layer{k}"] = heads[key][k]
+    out["det/scores"] = torch.stack([d["scores"] for d in detections])
+    out["det/boxes_normalized"] = torch.stack([d["boxes"] for d in detections])
+    out["det/switch"] = torch.stack([d["person_scores"] for d in detections])[..., None]
+    result = {}
+    for name, value in out.items():
+        value = torch.as_tensor(value).detach().cpu()
+        result[name] = value.to(dtype).numpy() if value.is_floating_point() else value.to(torch.int64).numpy()
+    return result
+
+
+def run_tuber_fixture(fixture, dtype, device="cpu"):
+    """Outputs of every case in the folder (see module docstring)."""
+    cases = fixture_cases(fixture)
+    if not cases:
+        raise TubeRFixtureError(f"{fixture}: no <case>.json with \"model\": \"TubeR\" and its .npz")
+    recipe = load_recipe(fixture)
+    out = {}
+    for name, meta in cases:
+        with np.load(Path(fixture) / f"{name}.npz") as data:
+            arrays = {k: data[k] for k in data.files}
+        prefix = f"{name}/" if len(cases) > 1 else ""
+        out.update({prefix + k: v for k, v in run_case(meta, arrays, recipe, dtype, device).items()})
+    return out

@@ -1,0 +1,244 @@
+"""TubeR (``MODEL.META_ARCHITECTURE "TubeR"``) held to the official code, plus its config / weight paths.
+
+The ``tuber``-marked tests rebuild the fixture's model (tests/reference/tuber/tuber, made by
+tests/reference/make_query_detector_fixtures.py --sections tuber from amazon-science/tubelet-transformer
+``models/tuber_ava.py``): weights from the seed recipe under the official state-dict names, loaded through
+``stmixer.checkpoint`` (the TubeR ``.pth`` layout), the same two clips (the second one padded), the same
+ground truth. float64: every intermediate, output, loss and gradient within F64_TOL x max|value|; the
+Hungarian matches identical. float32: within F32_TOL.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stmixer.modeling import build_detector
+from stmixer.modeling.tuber import parity
+
+TUBER = Path(__file__).resolve().parents[1] / "reference" / "tuber"
+FIXTURES = TUBER / "tuber"
+CASE = "tuber_csn50"
+F64_TOL = 1e-9
+# float32 forward vs the float64 answers, relative to max|value| of each array: measured worst 9.5e-7
+# (encoder memory; CSN output 6.7e-7, heads <= 6.6e-7); ~10x margin for other CPUs / BLAS kernels.
+F32_TOL = 1e-5
+
+
+recipe = parity.load_recipe(FIXTURES)
+
+
+def tiny_cfg(meta=None):
+    """Our config of the fixture's official config (TubeR_CSN50_AVA21 + the case's overrides)."""
+    return parity.fixture_config(meta or {"overrides": {"ENC_LAYERS": 2, "DEC_LAYERS": 2, "QUERY_NUM": 4,
+                                                        "TEMP_LEN": 16}})
+
+
+@pytest.fixture(scope="module")
+def fixture():
+    meta = json.loads((FIXTURES / f"{CASE}.json").read_text())
+    with np.load(FIXTURES / f"{CASE}.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    return meta, arrays
+
+
+def build_loaded(meta, dtype, **overrides):
+    return parity.build_loaded(meta, recipe, dtype, **overrides)
+
+
+def inputs(meta, dtype):
+    return parity.fixture_inputs(meta, recipe, dtype)
+
+
+def run_train(model, meta, arrays, dtype, params):
+    return parity.loss_pass(model, meta, recipe, arrays, dtype, params)
+
+
+def rel(ours, expected):
+    ours = ours.detach().double().numpy() if torch.is_tensor(ours) else np.asarray(ours, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert ours.shape == expected.shape, (ours.shape, expected.shape)
+    return float(np.abs(ours - expected).max() / max(np.abs(expected).max(), 1e-300))
+
+
+@pytest.fixture(scope="module")
+def f64_run(fixture):
+    meta, arrays = fixture
+    model, report = build_loaded(meta, torch.float64)
+    losses, trace, grads = run_train(model, meta, arrays, torch.float64, meta["grad_params"])
+    model.criterion.class_loss = "focal"
+    focal, _, focal_grads = run_train(model, meta, arrays, torch.float64, meta["grad_params"][:3])
+    model.criterion.class_loss = "bce"
+    video, whwh = inputs(meta, torch.float64)
+    with torch.no_grad():
+        detections = model(video, None, whwh)
+    return model, report, losses, trace, grads, focal, focal_grads, detections
+
+
+@pytest.mark.tuber
+def test_tuber_checkpoint_layout_loads_every_official_key(f64_run, fixture):
+    meta, _ = fixture
+    report = f64_run[1]
+    assert report.ok, report.table()
+    official = {name for name, _ in meta["official_state_dict"] if not name.startswith("backbone.body.out_fc.")}
+    assert len(official) == len(report.loaded)
+
+
+@pytest.mark.tuber
+def test_tuber_intermediates_and_outputs_match_official_float64(f64_run, fixture):
+    meta, arrays = fixture
+    _, _, _, trace, _, _, _, _ = f64_run
+    step = meta["slice"]
+    assert rel(trace["backbone"][:, ::step], arrays["trace/backbone"]) <= F64_TOL
+    assert rel(trace["pooled"][:, ::step], arrays["trace/pooled"]) <= F64_TOL
+    assert rel(trace["pos"], arrays["trace/pos"]) <= F64_TOL
+    assert rel(trace["memory"], arrays["trace/memory"]) <= F64_TOL
+    assert rel(trace["hs"], arrays["trace/hs"]) <= F64_TOL
+    assert rel(trace["context"][..., ::step], arrays["trace/context"]) <= F64_TOL
+
+
+@pytest.mark.tuber
+def test_tuber_per_layer_heads_match_official_float64(fixture):
+    meta, arrays = fixture
+    model, _ = build_loaded(meta, torch.float64)
+    video, whwh = inputs(meta, torch.float64)
+    with torch.no_grad():
+        out = model.predictions(video, whwh)
+    for k in range(meta["overrides"]["DEC_LAYERS"]):
+        for key in ("logits_b", "boxes", "logits"):
+            assert rel(out[key][k], arrays[f"out/{key}/layer{k}"]) <= F64_TOL, (key, k)
+
+
+@pytest.mark.tuber
+def test_tuber_matches_losses_and_gradients_match_official_float64(f64_run, fixture):
+    meta, arrays = fixture
+    _, _, losses, trace, grads, focal, focal_grads, _ = f64_run
+    L = meta["overrides"]["DEC_LAYERS"]
+    for k in range(L):
+        ours = [[m.src.tolist(), m.tgt.tolist()] for m in trace[f"match/layer{k}"]]
+        assert ours == meta["matches"][f"layer{k}"], k
+    weights = meta["weight_dict"]
+    for key, expected in meta["losses"].items():
+        if key in ("class_error", "total"):
+            continue
+        ours = losses[key] / weights[key]
+        assert str(ours.dtype).replace("torch.", "") == expected["dtype"], key  # float32 box terms (LOSS_FLOAT32)
+        assert abs(float(ours.detach()) - expected["value"]) <= F64_TOL * abs(expected["value"]), key
+    for p in meta["grad_params"]:
+        assert rel(grads[p], arrays[f"grad/{p}"]) <= F64_TOL, p
+    for key, expected in meta["focal_losses"].items():
+        if key in ("class_error", "total"):
+            continue
+        assert abs(float(focal[key].detach() / weights[key]) - expected) <= F64_TOL * abs(expected), key
+    for p in meta["grad_params"][:3]:
+        assert rel(focal_grads[p], arrays[f"grad_focal/{p}"]) <= F64_TOL, p
+
+
+@pytest.mark.tuber
+def test_tuber_detections_match_official_postprocess(f64_run, fixture):
+    _, arrays = fixture
+    detections = f64_run[7]
+    for i, det in enumerate(detections):
+        assert rel(det["scores"], arrays["det/scores"][i]) <= F64_TOL
+        assert rel(det["boxes"], np.clip(arrays["det/boxes_normalized"][i], 0, 1)) <= F64_TOL
+        assert rel(det["person_scores"], arrays["det/switch"][i][:, 0]) <= F64_TOL
+
+
+@pytest.mark.tuber
+def test_tuber_float64_clean_loss_path_keeps_float64(fixture):
+    """LOSS_FLOAT32 False: every term float64, box terms equal to the official float32 ones within float32 rounding."""
+    meta, arrays = fixture
+    model, _ = build_loaded(meta, torch.float64, LOSS_FLOAT32=False)
+    losses, _, _ = run_train(model, meta, arrays, torch.float64, [])
+    assert all(v.dtype == torch.float64 for v in losses.values())
+    weights = meta["weight_dict"]
+    for key in ("loss_bbox", "loss_giou", "loss_bbox_0"):
+        expected = meta["losses"][key]["value"]
+        diff = abs(float(losses[key].detach() / weights[key]) - expected)
+        assert 0 < diff <= 1e-7 * abs(expected), key  # the official value is float32-rounded
+
+
+@pytest.mark.tuber
+def test_tuber_float32_within_tolerance(fixture):
+    meta, arrays = fixture
+    model, _ = build_loaded(meta, torch.float32)
+    video, whwh = inputs(meta, torch.float32)
+    trace = {}
+    with torch.no_grad():
+        out = model.predictions(video, whwh, trace=trace)
+    step = meta["slice"]
+    worst = max(rel(trace["backbone"][:, ::step], arrays["trace/backbone"]), rel(trace["memory"], arrays["trace/memory"]),
+                rel(trace["hs"], arrays["trace/hs"]),
+                *(rel(out[key][k], arrays[f"out/{key}/layer{k}"]) for key in ("logits_b", "boxes", "logits")
+                  for k in range(meta["overrides"]["DEC_LAYERS"])))
+    assert worst <= F32_TOL, worst
+
+
+def _fake_detr(model, prefix=""):
+    """A DETR checkpoint with the real key layout (COCO detr-r50: 100 queries, 92 classes, 2-D input_proj)."""
+    gen = torch.Generator().manual_seed(0)
+    sd = {}
+    for k, v in model.tuber_head.transformer.state_dict().items():
+        sd[f"{prefix}transformer.{k}"] = torch.randn(v.shape, generator=gen)
+    for k, v in model.tuber_head.bbox_embed.state_dict().items():
+        sd[f"{prefix}bbox_embed.{k}"] = torch.randn(v.shape, generator=gen)
+    sd[f"{prefix}query_embed.weight"] = torch.randn(100, 256, generator=gen)
+    sd[f"{prefix}class_embed.weight"] = torch.randn(92, 256, generator=gen)
+    sd[f"{prefix}class_embed.bias"] = torch.randn(92, generator=gen)
+    sd[f"{prefix}input_proj.weight"] = torch.randn(256, 2048, 1, 1, generator=gen)
+    sd[f"{prefix}input_proj.bias"] = torch.randn(256, generator=gen)
+    sd[f"{prefix}backbone.0.body.conv1.weight"] = torch.randn(64, 3, 7, 7, generator=gen)
+    sd[f"{prefix}backbone.0.body.layer1.0.bn1.running_mean"] = torch.randn(64, generator=gen)
+    return sd
+
+
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_detr_weight_loads_transformer_queries_and_box_mlp(tmp_path, prefix):
+    """MODEL.TUBER.DETR_WEIGHT: COCO DETR layout (and TubeR's module.-prefixed detr.pth) -> tuber_head, first Q
+    queries, the rest dropped; TubeR's own loader loads nothing from the un-prefixed file (documented)."""
+    cfg = tiny_cfg()
+    model = build_detector(cfg)
+    sd = _fake_detr(model, prefix)
+    path = tmp_path / "detr.pth"
+    torch.save({"model": sd}, path)
+    before = model.tuber_head.input_proj.weight.clone()
+    cfg.MODEL.TUBER.DETR_WEIGHT = str(path)
+    loaded = build_detector(cfg)
+    assert torch.equal(loaded.tuber_head.query_embed.weight, sd[f"{prefix}query_embed.weight"][:4])
+    key = "transformer.decoder.layers.1.multihead_attn.in_proj_weight"
+    assert torch.equal(loaded.tuber_head.state_dict()[key], sd[prefix + key])
+    assert torch.equal(loaded.tuber_head.bbox_embed.layers[2].bias, sd[f"{prefix}bbox_embed.layers.2.bias"])
+    assert before.shape == loaded.tuber_head.input_proj.weight.shape  # not from the file (2-D conv there)
+    from stmixer.modeling.tuber.detr_weights import load_detr_weights
+
+    report = load_detr_weights(loaded, path, log=None)
+    assert report.ok and len(report.loaded) == len([k for k in sd if k.split(".")[len(prefix.split(".")) - 1]
+                                                    in ("transformer", "bbox_embed", "query_embed")])
+    assert sum(len(v) for v in report.dropped.values()) == 6 + 1  # 6 DETR-only tensors + the cut queries
+
+
+def test_detr_weight_rejects_a_tuber_checkpoint(tmp_path):
+    from stmixer.checkpoint import CheckpointFormatError
+    from stmixer.modeling.tuber.detr_weights import load_detr_weights
+
+    model = build_detector(tiny_cfg())
+    path = tmp_path / "tuber.pth"
+    torch.save({"model": {"backbone.body.conv1.weight": torch.zeros(64, 3, 3, 7, 7)}}, path)
+    with pytest.raises(CheckpointFormatError, match="MODEL.TUBER.DETR_WEIGHT"):
+        load_detr_weights(model, path, log=None)
+
+
+@pytest.mark.tuber
+def test_reference_parity_accepts_the_tuber_fixtures(tmp_path, fixture):
+    """python -m stmixer.tools.reference_parity --fixture tests/reference/tuber/tuber writes the fixture's names."""
+    from stmixer.tools import reference_parity
+
+    _, arrays = fixture
+    out = tmp_path / "out.npz"
+    assert reference_parity.main(["--fixture", str(FIXTURES), "--out", str(out), "--precision", "f32"]) == 0
+    with np.load(out) as ours:
+        for name in ("trace/memory", "out/logits/layer1", "grad/query_embed.weight", "det/scores"):
+            assert rel(ours[f"f32/{name}"], arrays[name]) <= 20 * F32_TOL, name  # gradients: 1.3e-5 measured
+        assert "f32/match/layer1_src_b1" in ours.files and "f32/loss/loss_ce" in ours.files
