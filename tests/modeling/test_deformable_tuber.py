@@ -484,3 +484,26 @@ def test_fork_checkpoint_loads(variant, tmp_path):
     assert torch.equal(head.deformable.level_embed, source.tuber_head.deformable.level_embed + 1)
     if variant != "D2":
         assert torch.equal(head.query_pool.weight, source.tuber_head.query_pool.weight + 1)
+
+
+def test_tiny_synthetic_config_builds_and_steps():
+    from stmixer.config import load_config
+    from stmixer.modeling import build_detector
+
+    cfg = load_config(str(CONFIGS.parent / "synthetic" / "tiny-d2-tuber.yaml"), ["DATA.NUM_FRAMES", 8], freeze=False)
+    torch.manual_seed(0)
+    model = build_detector(cfg).train()
+    video = torch.randn(1, 3, 8, 64, 96)
+    whwh = torch.tensor([[96.0, 64, 96, 64]])
+    losses = model(video, None, whwh, [torch.tensor([[10.0, 5, 50, 60]])], [torch.eye(9)[4:5]])
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_config_errors_name_the_key():
+    from stmixer.config.config import ConfigError
+
+    with pytest.raises(ConfigError, match="MODEL.TUBER.D_MODEL"):
+        _tiny_detector("D2", ["MODEL.TUBER.D_MODEL", 48, "MODEL.TUBER.NHEAD", 4])
+    with pytest.raises(ConfigError, match="MODEL.TUBER.CROSS_ATTN_DIM"):
+        _tiny_detector("D4", ["MODEL.TUBER.CROSS_ATTN_DIM", 256])
