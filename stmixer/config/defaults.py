@@ -262,6 +262,8 @@ _C.MODEL.TUBER.LOSS_FLOAT32 = True
 _C.MODEL.TUBER.SWITCH_THRESHOLD = 0.8
 # DETR weights (.pth with transformer.* / query_embed / bbox_embed keys) loaded into the head after MODEL.WEIGHT; empty for none [PRETRAIN_TRANSFORMER_DIR].
 _C.MODEL.TUBER.DETR_WEIGHT = ""
+# Learning-rate factor of the backbone and the "decode" temporal pooling (TubeR: LR_BACKBONE / LR = 1e-5 / 1e-4; its grouping matches "backbone" in names).
+_C.MODEL.TUBER.BACKBONE_LR_FACTOR = 0.1
 
 # Deformable TubeR (MODEL.TUBER.TRANSFORMER "deformable": the TubeR fork's D2/D3/D4, docs/deformable_tuber.md)
 _C.MODEL.TUBER.DEFORMABLE = CN()

@@ -11,6 +11,8 @@ Official grouping (default, ``SOLVER.DECAY_NORM_AND_BIAS: True``):
   depth + 1 = the rest) is scaled by ``ViT.LAYER_DECAY ** (depth + 1 - l)``. The
   official code computes these scales but never applies them (its configs use 1.0,
   where both agree); here they are applied.
+A model with a method ``param_lr_scale(name) -> float`` scales the learning rate of each parameter
+by it (TubeR: ``MODEL.TUBER.BACKBONE_LR_FACTOR`` for its backbone and temporal pooling).
 ``SOLVER.DECAY_NORM_AND_BIAS: False`` also exempts every other 1-D parameter
 (norm scales, biases) of neck and decoder from weight decay.
 """
@@ -38,10 +40,11 @@ def build_param_groups(model, cfg, vit_layer_id=None):
     is_vit = "vit" in cfg.MODEL.BACKBONE.CONV_BODY.lower()
     depth = cfg.ViT.DEPTH
     groups = {}
+    model_lr_scale = getattr(model, "param_lr_scale", None)  # a model's own per-parameter factor (TubeR's backbone)
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        lr_scale = 1.0
+        lr_scale = 1.0 if model_lr_scale is None else model_lr_scale(name)
         if name.startswith("backbone."):
             inner = name[len("backbone."):]
             if is_vit:

@@ -507,3 +507,13 @@ def test_config_errors_name_the_key():
         _tiny_detector("D2", ["MODEL.TUBER.D_MODEL", 48, "MODEL.TUBER.NHEAD", 4])
     with pytest.raises(ConfigError, match="MODEL.TUBER.CROSS_ATTN_DIM"):
         _tiny_detector("D4", ["MODEL.TUBER.CROSS_ATTN_DIM", 256])
+
+
+def test_learning_rate_groups_follow_the_fork():
+    """The fork puts only names containing "backbone" (the CSN) in its LR_BACKBONE group: D3/D4's per-level pooling
+    sits in the head and trains at the full rate."""
+    cfg, model = _tiny_detector("D3", ["MODEL.TUBER.BACKBONE_LR_FACTOR", 0.25])
+    assert model.param_lr_scale("backbone.conv1.weight") == 0.25
+    assert model.param_lr_scale("tuber_head.query_pool.weight") == 1.0
+    assert model.param_lr_scale("tuber_head.pool_decoder.layers.0.linear1.weight") == 1.0
+    assert model.param_lr_scale("tuber_head.transformer2.level_embed") == 1.0

@@ -78,7 +78,7 @@ class TubeRCriterion(nn.Module):
         self.float32_quirks = float32_quirks
         empty_weight = torch.ones(3, dtype=torch.float32)
         empty_weight[-1] = eos_coef
-        self.register_buffer("empty_weight", empty_weight)
+        self.register_buffer("empty_weight", empty_weight, persistent=False)  # rebuilt from the config, not saved
 
     def normalized_targets(self, targets):
         """Targets for matching: "boxes" clip-normalized xyxy (``boxes / whwh``), "whwh" ones."""

@@ -14,6 +14,7 @@ import logging
 import torch
 from torch import nn
 
+from ...config import ConfigError
 from ..build import DETECTOR_REGISTRY, build_backbone, lookup
 from ..matcher import HungarianMatcher
 from .criterion import TubeRCriterion, cxcywh_to_xyxy
@@ -40,18 +41,30 @@ class TubeR(nn.Module):
         backbone: ``IrCSN`` (``last_stage``).
         head: ``TubeRHead``.
         criterion: ``TubeRCriterion``.
+        backbone_lr_factor: learning-rate factor of the backbone and the temporal pooling (``param_lr_scale``).
         switch_threshold: inference: action scores of queries whose actor probability is at or below it are 0
             (TubeR's ``PostProcessAVA``: ``sigmoid(logits) * p * (p > 0.8)``).
     """
 
     task = "detection"
 
-    def __init__(self, backbone, head, criterion, switch_threshold=0.8):
+    def __init__(self, backbone, head, criterion, switch_threshold=0.8, backbone_lr_factor=1.0):
         super().__init__()
         self.backbone = backbone
         self.tuber_head = head
         self.criterion = criterion
         self.switch_threshold = switch_threshold
+        self.backbone_lr_factor = backbone_lr_factor
+
+    def param_lr_scale(self, name):
+        """Learning-rate factor of parameter ``name`` (``stmixer.solver``): ``backbone_lr_factor`` for the CSN
+        and the temporal pooling (TubeR's ``backbone.*`` groups, LR_BACKBONE), 1 for the rest."""
+        # Deformable TubeR's pooling lives in its head, outside the fork's "backbone" learning-rate group
+        pooling = () if getattr(self.tuber_head, "multi_level", False) else ("tuber_head.query_pool.",
+                                                                                 "tuber_head.pool_decoder.")
+        if name.startswith(("backbone.",) + pooling):
+            return self.backbone_lr_factor
+        return 1.0
 
     def predictions(self, slow_video, whwh, trace=None):
         """Per-layer head outputs (``TubeRHead.forward``) of a clip batch ``[B, 3, T, H, W]``."""
@@ -117,17 +130,15 @@ def build_tuber_criterion(cfg):
 @DETECTOR_REGISTRY.register("TubeR")
 def build_tuber(cfg):
     """TubeR from MODEL.BACKBONE.* / MODEL.CSN.* (the ir-CSN) and MODEL.TUBER.*; loads MODEL.TUBER.DETR_WEIGHT."""
-    backbone = build_backbone(cfg)
-    if not hasattr(backbone, "last_stage"):
-        from ...config import ConfigError
-
+    if not str(cfg.MODEL.BACKBONE.CONV_BODY).startswith("CSN-"):
         raise ConfigError(f"MODEL.BACKBONE.CONV_BODY = {cfg.MODEL.BACKBONE.CONV_BODY!r}: TubeR expects an ir-CSN "
-                          "backbone (CSN-50 / CSN-152)")
+                          "backbone (CSN-50 / CSN-152), whose 2048-channel last stage its heads read")
+    backbone = build_backbone(cfg)
     transformer = lookup(TUBER_TRANSFORMER_REGISTRY, cfg.MODEL.TUBER.TRANSFORMER)(cfg)
     # a transformer that brings its own head (Deformable TubeR's D2/D3/D4) builds it
     head = transformer.build_head(cfg) if hasattr(transformer, "build_head") else build_tuber_head(cfg, transformer)
-    model = TubeR(backbone, head, build_tuber_criterion(cfg),
-                  cfg.MODEL.TUBER.SWITCH_THRESHOLD)
+    model = TubeR(backbone, head, build_tuber_criterion(cfg), cfg.MODEL.TUBER.SWITCH_THRESHOLD,
+                  cfg.MODEL.TUBER.BACKBONE_LR_FACTOR)
     if cfg.MODEL.TUBER.DETR_WEIGHT:
         from .detr_weights import load_detr_weights
 
