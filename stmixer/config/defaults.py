@@ -276,6 +276,8 @@ _C.MODEL.TUBER.DEFORMABLE.ENC_N_POINTS = 4
 _C.MODEL.TUBER.DEFORMABLE.DEC_N_POINTS = 4
 # Reproduce the fork's time-major/batch-major regrouping before temporal pooling (clips of a batch mix when B > 1); False: each clip pools its own frames.
 _C.MODEL.TUBER.DEFORMABLE.BATCH_TIME_MIX = True
+# Inference scores gated by the actor switch as TubeR (sigmoid * p * (p > SWITCH_THRESHOLD)); False: the fork's PostProcessAVA, which overwrites the gated scores with sigmoid(logits).
+_C.MODEL.TUBER.DEFORMABLE.SWITCH_GATE = False
 
 # ---------------------------------------------------------------------------
 # Long-term feature bank (mmaction2's LFB; shared heads FBONonLocal / FBOMax / FBOAvg / LFBInfer)

@@ -54,6 +54,8 @@ CHOICES = {
     "MODEL.TUBER.CLASS_LOSS": ("bce", "focal"),
     "MODEL.TUBER.DEFORMABLE.VARIANT": ("D2", "D3", "D4"),
     "MODEL.TUBER.DEFORMABLE.NUM_FEATURE_LEVELS": (4,),
+    "MODEL.TUBER.DEFORMABLE.BATCH_TIME_MIX": (True, False),
+    "MODEL.TUBER.DEFORMABLE.SWITCH_GATE": (True, False),
 }
 # String keys compared without case.
 CASELESS_CHOICES = {

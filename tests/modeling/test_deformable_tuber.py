@@ -517,3 +517,19 @@ def test_learning_rate_groups_follow_the_fork():
     assert model.param_lr_scale("tuber_head.query_pool.weight") == 1.0
     assert model.param_lr_scale("tuber_head.pool_decoder.layers.0.linear1.weight") == 1.0
     assert model.param_lr_scale("tuber_head.transformer2.level_embed") == 1.0
+
+
+def test_switch_gate_follows_the_fork_by_default():
+    """The fork's PostProcessAVA overwrites the switch-gated scores with sigmoid(logits): the default; SWITCH_GATE True
+    gates as TubeR."""
+    _, model = _tiny_detector("D2")
+    model.eval()
+    video, whwh = torch.randn(1, 3, 8, 64, 48), torch.tensor([[48.0, 64, 48, 64]])
+    with torch.no_grad():
+        out = model.predictions(video, whwh)
+        plain = model.detections(out)[0]["scores"]
+        model.tuber_head.switch_gate = True
+        gated = model.detections(out)[0]["scores"]
+    assert torch.equal(plain, out["logits"][-1][0].sigmoid())
+    p = out["logits_b"][-1][0].softmax(-1)[:, 1]
+    assert torch.equal(gated, out["logits"][-1][0].sigmoid() * ((p > 0.8).float() * p)[:, None])

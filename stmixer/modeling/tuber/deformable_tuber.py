@@ -25,7 +25,9 @@ Outputs follow ``TubeRHead``'s contract (per decoder layer ``logits_b`` ``[L, B,
 ``[L, B, Q, 4]`` normalized cxcywh of the padded clip, ``logits`` ``[L, B, Q, A]``), so TubeR's
 criterion, matcher and detections are used unchanged.
 
-Reproduced quirk (``batch_time_mix``, ``MODEL.TUBER.DEFORMABLE.BATCH_TIME_MIX``, default True as the
+Reproduced quirks: inference scores are ``sigmoid(logits)`` without the actor-switch gate
+(``switch_gate``, ``MODEL.TUBER.DEFORMABLE.SWITCH_GATE`` False, as the fork's ``PostProcessAVA``); and
+(``batch_time_mix``, ``MODEL.TUBER.DEFORMABLE.BATCH_TIME_MIX``, default True as the
 fork): the fork's backbone flattens every level time-major (``[T*B, C, H, W]``, frame ``t`` of clip ``b``
 at row ``t*B + b``) and the variants regroup it batch-major (``reshape(B, T, ...)``), so with more than
 one clip per batch the temporal pooling of "clip" ``b`` reads rows ``b*T .. b*T + T - 1``, frames of
@@ -158,13 +160,16 @@ class DeformableTubeRHead(nn.Module):
         detr_transformer: D3's ``transformer1`` (TubeR's ``DETRTransformer``), else None.
         pool_heads: heads of D3/D4's LSTR pool decoder (8; its FFN width is D).
         cross_attn_dim, context_ffn: D4's action cross-attention width (256) and context-encoder FFN (2048).
+        switch_gate: read by ``TubeR.detections``: gate the action scores by the actor switch as TubeR (True), or
+            not, as the fork's ``PostProcessAVA`` (False, the fork's evaluation: it computes the gated scores and
+            then overwrites them with ``sigmoid(logits)``).
     """
 
     multi_level = True
 
     def __init__(self, transformer, variant="D2", num_queries=15, num_actions=80, level_channels=(512, 1024, 2048),
                  num_frames=32, batch_time_mix=True, detr_transformer=None, pool_heads=8, cross_attn_dim=256,
-                 context_ffn=2048):
+                 context_ffn=2048, switch_gate=False):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"DeformableTubeRHead: variant {variant!r}, expected one of {VARIANTS}")
@@ -178,6 +183,7 @@ class DeformableTubeRHead(nn.Module):
         num_dec = transformer.decoder.num_layers
         self.variant = variant
         self.batch_time_mix = batch_time_mix
+        self.switch_gate = switch_gate
         self.hidden_dim = d
         self.num_queries = num_queries
         self.num_frames = num_frames
@@ -334,7 +340,7 @@ def build_deformable_tuber_head(cfg, transformer):
     return DeformableTubeRHead(transformer, variant, num_queries=t.NUM_QUERIES,
                                num_actions=cfg.MODEL.STM.ACTION_CLASSES, num_frames=cfg.DATA.NUM_FRAMES,
                                batch_time_mix=t.DEFORMABLE.BATCH_TIME_MIX, detr_transformer=detr,
-                               cross_attn_dim=t.CROSS_ATTN_DIM)
+                               cross_attn_dim=t.CROSS_ATTN_DIM, switch_gate=t.DEFORMABLE.SWITCH_GATE)
 
 
 @TUBER_TRANSFORMER_REGISTRY.register("deformable")

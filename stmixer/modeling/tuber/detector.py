@@ -101,6 +101,8 @@ class TubeR(nn.Module):
         """STMDetector-contract detections of the last layer (see ``forward``)."""
         p_actor = out["logits_b"][-1].softmax(-1)[..., 1]
         gate = (p_actor > self.switch_threshold).to(p_actor.dtype) * p_actor
+        if not getattr(self.tuber_head, "switch_gate", True):  # the TubeR fork's PostProcessAVA (Deformable TubeR)
+            gate = torch.ones_like(p_actor)
         scores = out["logits"][-1].sigmoid() * gate[..., None]
         boxes = cxcywh_to_xyxy(out["boxes"][-1]).clamp(0, 1)
         Q = boxes.shape[1]
