@@ -250,7 +250,8 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "config_files" / "tuber"
 def test_tuber_configs_cover_the_seed_table_and_the_official_configs():
     names = {p.stem for p in CONFIGS}
     assert names == {"TubeR_CSN50_AVA21", "TubeR_CSN50_AVA21_focal", "TubeR_CSN50_AVA21_detr_coco",
-                     "TubeR_CSN50_AVA21_no_detr_30ep", "TubeR_CSN152_AVA21", "TubeR_CSN152_AVA22"}
+                     "TubeR_CSN50_AVA21_no_detr_30ep", "TubeR_CSN152_AVA21", "TubeR_CSN152_AVA22",
+                     "D2_TubeR_CSN50_AVA21", "D3_TubeR_CSN50_AVA21", "D4_TubeR_CSN50_AVA21"}  # Deformable TubeR
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -261,7 +262,8 @@ def test_tuber_config_builds_and_runs_a_tiny_forward(path):
     cfg = load_config(str(path), ["MODEL.TUBER.DETR_WEIGHT", ""])
     torch.manual_seed(0)
     model = build_detector(cfg).eval()
-    assert model.tuber_head.temporal_pool == cfg.MODEL.TUBER.TEMPORAL_POOL
+    if cfg.MODEL.TUBER.TRANSFORMER != "deformable":  # Deformable TubeR pools per level in its own head
+        assert model.tuber_head.temporal_pool == cfg.MODEL.TUBER.TEMPORAL_POOL
     assert model.criterion.class_loss == cfg.MODEL.TUBER.CLASS_LOSS
     video = torch.randn(1, 3, cfg.DATA.NUM_FRAMES, 32, 32)  # 32 frames: "avg" pools the 4 of layer4
     whwh = torch.tensor([[32.0, 32.0, 32.0, 32.0]])
