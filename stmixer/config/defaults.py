@@ -271,8 +271,9 @@ _C.MODEL.TUBER.DEFORMABLE = CN()
 _C.MODEL.TUBER.DEFORMABLE.VARIANT = "D2"
 # Feature levels of the deformable attention [NUM_FEATURE_LEVELS]: CSN layer2..layer4 + one extra stride-2 level (only 4 is supported).
 _C.MODEL.TUBER.DEFORMABLE.NUM_FEATURE_LEVELS = 4
-# Sampling points per head and level in the encoder [NUM_ENC_N_POINTS] and the decoder [NUM_DEC_N_POINTS].
+# Sampling points per head and level in the encoder's deformable attention [NUM_ENC_N_POINTS].
 _C.MODEL.TUBER.DEFORMABLE.ENC_N_POINTS = 4
+# Sampling points per head and level in the decoder's deformable cross-attention [NUM_DEC_N_POINTS].
 _C.MODEL.TUBER.DEFORMABLE.DEC_N_POINTS = 4
 # Reproduce the fork's time-major/batch-major regrouping before temporal pooling (clips of a batch mix when B > 1); False: each clip pools its own frames.
 _C.MODEL.TUBER.DEFORMABLE.BATCH_TIME_MIX = True
