@@ -237,14 +237,19 @@ _C.MODEL.TUBER.PROJ_IN_CHANNELS = 0
 _C.MODEL.TUBER.CROSS_ATTN_DIM = 256
 # Compute the 3-D sine positions in float32 whatever the feature dtype, as TubeR (False: in the features' dtype).
 _C.MODEL.TUBER.POSITION_FLOAT32 = True
-# Matching cost weights: actor-switch probability [MATCHER.COST_CLASS], L1 of normalized cxcywh [COST_BBOX], GIoU [COST_GIOU].
+# Matching cost weight of the actor-switch probability [MATCHER.COST_CLASS].
 _C.MODEL.TUBER.COST_CLASS = 12.0
+# Matching cost weight of the L1 distance of clip-normalized cxcywh boxes [MATCHER.COST_BBOX].
 _C.MODEL.TUBER.COST_BBOX = 5.0
+# Matching cost weight of the GIoU [MATCHER.COST_GIOU].
 _C.MODEL.TUBER.COST_GIOU = 2.0
-# Loss weights: action loss [LOSS_COFS.DICE_COF], L1 [BBOX_COF], GIoU [GIOU_COF], actor switch (TubeR: 1).
+# Loss weight of the action loss loss_ce [LOSS_COFS.DICE_COF].
 _C.MODEL.TUBER.ACTION_WEIGHT = 12.0
+# Loss weight of the box L1 loss_bbox [LOSS_COFS.BBOX_COF].
 _C.MODEL.TUBER.L1_WEIGHT = 5.0
+# Loss weight of loss_giou [LOSS_COFS.GIOU_COF].
 _C.MODEL.TUBER.GIOU_WEIGHT = 2.0
+# Loss weight of the actor-switch cross-entropy loss_ce_b (TubeR: 1).
 _C.MODEL.TUBER.SWITCH_WEIGHT = 1.0
 # Weight of matched queries in the action BCE (unmatched: 1) [LOSS_COFS.WEIGHT].
 _C.MODEL.TUBER.MATCHED_WEIGHT = 10.0

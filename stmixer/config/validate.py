@@ -276,6 +276,27 @@ def _pathway_problems(cfg):
             yield key, f"expected 4 stages of {pathways} entries each (MODEL.BACKBONE.PATHWAYS = {pathways})"
 
 
+def _tuber_problems(cfg):
+    """TubeR (``MODEL.META_ARCHITECTURE "TubeR"``): the widths its hard-coded parts need (docs/tuber.md)."""
+    if cfg.MODEL.META_ARCHITECTURE != "TubeR":
+        return
+    t = cfg.MODEL.TUBER
+    for key in ("D_MODEL", "NHEAD", "ENC_LAYERS", "DEC_LAYERS", "NUM_QUERIES", "DIM_FEEDFORWARD"):
+        value = t[key]
+        if not (_is_number(value) and value > 0):
+            yield f"MODEL.TUBER.{key}", "expected a number > 0"
+            return
+    if t.D_MODEL % 8 or t.D_MODEL % t.NHEAD:
+        yield "MODEL.TUBER.D_MODEL", f"expected a multiple of 8 (3-D positions) and of MODEL.TUBER.NHEAD = {t.NHEAD}"
+    if t.CROSS_ATTN_DIM != t.D_MODEL:
+        yield "MODEL.TUBER.CROSS_ATTN_DIM", f"expected MODEL.TUBER.D_MODEL = {t.D_MODEL} (the action cross-attention " \
+                                            "reads the decoder outputs)"
+    if (t.PROJ_IN_CHANNELS or t.DIM_FEEDFORWARD) != 2048:
+        key = "MODEL.TUBER.PROJ_IN_CHANNELS" if t.PROJ_IN_CHANNELS else "MODEL.TUBER.DIM_FEEDFORWARD"
+        yield key, ("expected 2048, the ir-CSN channels input_proj / class_proj read (TubeR ties their input width "
+                    "to DIM_FEEDFORWARD; set MODEL.TUBER.PROJ_IN_CHANNELS 2048 to change DIM_FEEDFORWARD alone)")
+
+
 def validate_config(cfg):
     """Raise one ConfigError listing every impossible value of ``cfg`` (a merged config tree).
 
@@ -284,7 +305,7 @@ def validate_config(cfg):
     """
     origins = cfg.__dict__.get("_key_origins", {})
     problems = []
-    for key, expected in list(_value_problems(cfg)) + list(_model_problems(cfg)):
+    for key, expected in list(_value_problems(cfg)) + list(_model_problems(cfg)) + list(_tuber_problems(cfg)):
         entry = f"{key} = {_get(cfg, key)!r}: {expected}"
         if key in origins:
             entry += " (set on the command line)" if origins[key] == "command line" else f" (set at {origins[key]})"

@@ -22,7 +22,8 @@ motion plain within 8 frames at rate 4 (about 1 s) and within 4 frames at rate 1
 
 Files (defaults of the config, so only ``DATA.PATH_TO_DATA_DIR`` needs setting):
 ``frames/<video>/<video>_%06d.jpg`` (30 fps, frame 1 = second 900),
-``frame_lists/{train,val}.csv``, ``annotations_v2.2/ava_{train,val}_v2.2.csv``,
+``frame_lists/{train,val}.csv``, ``annotations_v2.2/ava_{train,val}_v2.2.csv`` (and TubeR's JSON form of
+it, ``annotations_v2.2/ava_{train,val}_v22.json``, ``stmixer.data.tuber_json``),
 ``annotations_v2.2/ava_action_list_v2.2_for_activitynet_2019.pbtxt``,
 ``annotations_v2.2/ava_val_excluded_timestamps_v2.2.csv``,
 ``annotations_v2.2/ava_{train,val}_predicted_boxes.csv``, the same fake detections as mmaction2's
@@ -64,11 +65,13 @@ from ..ava_files import (
     FRAME_LIST_HEADER,
     KeyframeSpan,
     ava_frame_name,
+    read_box_csv,
     second_to_frame_index,
     write_label_map,
 )
 from ..utils.io import atomic_open
 from .proposals import proposal_key
+from .tuber_json import write_tuber_json
 
 SHAPES = ("disc", "square", "triangle", "cross")
 MARKINGS = ("striped", "spot")
@@ -503,6 +506,9 @@ def write_annotations(specs, out_dir, seed, annotation_dir="annotations_v2.2", p
             predicted_rows.extend(predicted_box_rows(spec, boxes, rng))
         _write_lines(os.path.join(out_dir, "frame_lists", f"{split}.csv"), [FRAME_LIST_HEADER] + frame_rows)
         _write_lines(os.path.join(ann, f"ava_{split}_v2.2.csv"), gt_rows)
+        # TubeR's JSON form of the same ground truth (stmixer.data.tuber_json)
+        write_tuber_json(os.path.join(ann, f"ava_{split}_v22.json"),
+                         read_box_csv(os.path.join(ann, f"ava_{split}_v2.2.csv")))
         _write_lines(os.path.join(ann, f"ava_{split}_predicted_boxes.csv"), predicted_rows)
         write_proposal_file(os.path.join(ann, PROPOSAL_FILE.format(split=split, ext=proposals_format)),
                             predicted_rows, proposals_format)

@@ -299,3 +299,34 @@ def test_tuber_rejects_a_backbone_without_the_csn_map():
     cfg.MODEL.BACKBONE.CONV_BODY = "PySlowonly"
     with pytest.raises(ConfigError, match="MODEL.BACKBONE.CONV_BODY"):
         build_detector(cfg)
+
+
+def test_tuber_config_checks_name_the_widths_its_hard_codes_need():
+    from stmixer.config import ConfigError, validate_config
+
+    cfg = tiny_cfg()
+    cfg.MODEL.TUBER.D_MODEL = 128
+    cfg.MODEL.TUBER.DIM_FEEDFORWARD = 1024
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg)
+    assert "MODEL.TUBER.CROSS_ATTN_DIM" in str(info.value) and "MODEL.TUBER.DIM_FEEDFORWARD" in str(info.value)
+    cfg.MODEL.TUBER.CROSS_ATTN_DIM = 128
+    cfg.MODEL.TUBER.PROJ_IN_CHANNELS = 2048
+    validate_config(cfg)  # a 128-wide TubeR with a 1024-wide FFN is buildable
+    model = build_detector(cfg).eval()
+    with torch.no_grad():
+        det = model(torch.randn(1, 3, 16, 32, 32), None, torch.tensor([[32.0, 32.0, 32.0, 32.0]]))
+    assert det[0]["scores"].shape == (4, 80)
+
+
+def test_tuber_losses_under_bf16_autocast_are_float32_and_finite():
+    cfg = tiny_cfg()
+    model = build_detector(cfg).train()
+    video = torch.randn(1, 3, 16, 32, 32)
+    whwh = torch.tensor([[32.0, 32.0, 32.0, 32.0]])
+    labels = torch.zeros(1, 80)
+    labels[0, 3] = 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(video, None, whwh, [torch.tensor([[2.0, 3.0, 20.0, 30.0]])], [labels])
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()

@@ -94,6 +94,14 @@ class TubeRCriterion(nn.Module):
                 "whwh" ``[4]`` the size the boxes are normalized by.
             trace: optional dict; receives ``match/layer{k}`` (list of ``Match`` per clip).
         """
+        with torch.autocast(device_type=outputs["boxes"].device.type, enabled=False):
+            # mixed precision: the matching and the losses in float32 (BCE on half-precision probabilities is unsafe)
+            low = (torch.float16, torch.bfloat16)
+            outputs = {k: v.float() if v.dtype in low else v for k, v in outputs.items()}
+            targets = [{k: v.float() if v.dtype in low else v for k, v in t.items()} for t in targets]
+            return self._forward(outputs, targets, trace)
+
+    def _forward(self, outputs, targets, trace):
         L = outputs["boxes"].shape[0]
         final = L - 1
         layers = [final] + (list(range(final)) if self.deep_supervision else [])
