@@ -503,8 +503,8 @@ def test_tiny_synthetic_config_builds_and_steps():
 def test_config_errors_name_the_key():
     from stmixer.config.config import ConfigError
 
-    with pytest.raises(ConfigError, match="MODEL.TUBER.D_MODEL"):
-        _tiny_detector("D2", ["MODEL.TUBER.D_MODEL", 48, "MODEL.TUBER.NHEAD", 4])
+    with pytest.raises(ConfigError, match="MODEL.TUBER.D_MODEL.*GroupNorm"):
+        _tiny_detector("D2", ["MODEL.TUBER.D_MODEL", 48, "MODEL.TUBER.NHEAD", 4, "MODEL.TUBER.CROSS_ATTN_DIM", 48])
     with pytest.raises(ConfigError, match="MODEL.TUBER.CROSS_ATTN_DIM"):
         _tiny_detector("D4", ["MODEL.TUBER.CROSS_ATTN_DIM", 256])
 

@@ -323,16 +323,8 @@ class DeformableTubeRHead(nn.Module):
 
 
 def build_deformable_tuber_head(cfg, transformer):
-    from ...config import ConfigError
-
-    t = cfg.MODEL.TUBER
+    t = cfg.MODEL.TUBER  # widths checked by stmixer.config.validate (_tuber_problems)
     variant = t.DEFORMABLE.VARIANT
-    if t.D_MODEL % 32:
-        raise ConfigError(f"MODEL.TUBER.D_MODEL = {t.D_MODEL}: Deformable TubeR's input projections use "
-                          "GroupNorm(32, D_MODEL); expected a multiple of 32")
-    if variant == "D4" and t.CROSS_ATTN_DIM != t.D_MODEL:
-        raise ConfigError(f"MODEL.TUBER.CROSS_ATTN_DIM = {t.CROSS_ATTN_DIM}: D4's action cross-attention reads the "
-                          f"decoder output, so it must equal MODEL.TUBER.D_MODEL ({t.D_MODEL})")
     detr = None
     if variant == "D3":
         detr = DETRTransformer(t.D_MODEL, t.NHEAD, t.ENC_LAYERS, t.DEC_LAYERS, t.DIM_FEEDFORWARD, t.DROPOUT, "relu",
