@@ -125,9 +125,20 @@ def blob_names(depth):
     return names
 
 
+# The TubeR fork's Deformable TubeR (``backbone_3d_builder2``) wraps TubeR's Backbone in a Joiner (backbone,
+# positions): its keys are ``backbone.0.body.*``, ``backbone.0.query_pool.*``, ... for TubeR's ``backbone.*``.
+TUBER_JOINER = "backbone.0."
+
+
+def tuber_unjoin(key):
+    """A TubeR-fork Joiner key (``backbone.0.<rest>``) as TubeR's (``backbone.<rest>``); other keys unchanged."""
+    return "backbone." + key[len(TUBER_JOINER):] if key.startswith(TUBER_JOINER) else key
+
+
 def tuber_key(key):
     """Detector key of a TubeR state-dict key (``module.`` already removed), or None to drop it
     (the CSN classifier ``backbone.body.out_fc.*``)."""
+    key = tuber_unjoin(key)
     if key.startswith(TUBER_BODY):
         rest = key[len(TUBER_BODY):]
         return None if rest.startswith("out_fc.") else "backbone." + rest
@@ -151,7 +162,7 @@ def deformable_tuber_unused(keys):
 
 def is_tuber(keys):
     """True when the (normalized) keys hold a TubeR model (its CSN lives below ``backbone.body.``)."""
-    return any(k.startswith(TUBER_BODY + "conv1.") for k in keys)
+    return any(tuber_unjoin(k).startswith(TUBER_BODY + "conv1.") for k in keys)
 
 
 # DETR checkpoints: the parts TubeR's load_detr_weights takes (models/../utils/model_utils.py).

@@ -342,10 +342,10 @@ def _from_state_dict(path, state_dict, extras, wrapper=None):
                 mapped[k] = v
         fmt, expected_missing = "mmaction2", frozenset()
     elif layout == "tuber":
-        unused = csn.deformable_tuber_unused(set(state_dict))
+        unused = csn.deformable_tuber_unused({csn.tuber_unjoin(k) for k in state_dict})
         for k, v in state_dict.items():
             target = csn.tuber_key(k)
-            if unused and k.startswith(unused):
+            if unused and csn.tuber_unjoin(k).startswith(unused):
                 drop("Deformable TubeR modules the fork builds but never calls", k)
             elif target is None:
                 drop("classifier head (TubeR's unused CSN out_fc)", k)

@@ -10,7 +10,9 @@ its results are written as ``<precision>/<case>/<name>`` with the names, shapes 
 
 Cases (json ``case``): ``msda_function`` (``ms_deform_attn_pytorch``), ``msda_module`` (``MSDeformAttn``),
 ``transformer_*`` (``DeformableTransformer`` with DETR box heads for refinement), ``head_*``
-(``DeformableTubeRHead`` of variant json ``variant`` on given CSN stage outputs).
+(``DeformableTubeRHead`` of variant json ``variant`` on given CSN stage outputs), ``detector_*`` (the whole
+TubeR detector of that variant, the fork's weights loaded as a fork checkpoint; also writes ``loss/*`` and
+``match/*``, which the fork's answers keep in the json).
 """
 
 import json
@@ -27,7 +29,7 @@ from ..modeling.tuber.deformable_tuber import DeformableTubeRHead, DeformableTub
 from ..modeling.tuber.head import MLP
 from ..modeling.tuber.transformer import DETRTransformer
 
-CASE_PREFIXES = ("msda_function", "msda_module", "transformer_", "head_")
+CASE_PREFIXES = ("msda_function", "msda_module", "transformer_", "head_", "detector_")
 
 
 class DeformableFixtureError(RuntimeError):
@@ -180,9 +182,93 @@ def run_head(meta, recipe, dtype):
     return result
 
 
+def detector_config(meta):
+    """Our config of the fork's D2 yaml (config_files/tuber/D2_TubeR_CSN50_AVA21.yaml) with the case's overrides."""
+    from ..config import get_cfg
+
+    cfg = get_cfg()
+    cfg.MODEL.META_ARCHITECTURE = "TubeR"
+    cfg.MODEL.BACKBONE.CONV_BODY = "CSN-50"
+    cfg.MODEL.BACKBONE.CHANNELS_LAST = False
+    cfg.MODEL.CSN.LAST_STRIDE = False
+    cfg.MODEL.STM.ACTION_CLASSES = 80
+    cfg.DATA.NUM_FRAMES = meta["clip_sizes"][0][0]
+    t = cfg.MODEL.TUBER
+    t.TRANSFORMER, t.DEFORMABLE.VARIANT = "deformable", meta["variant"]
+    over = meta["overrides"]
+    t.ENC_LAYERS, t.DEC_LAYERS, t.NUM_QUERIES = over["ENC_LAYERS"], over["DEC_LAYERS"], over["QUERY_NUM"]
+    t.COST_CLASS, t.COST_BBOX, t.COST_GIOU = 12.0, 5.0, 2.0
+    t.ACTION_WEIGHT, t.L1_WEIGHT, t.GIOU_WEIGHT, t.SWITCH_WEIGHT = 12.0, 5.0, 2.0, 1.0
+    t.MATCHED_WEIGHT, t.EOS_COEF = 10.0, 0.1
+    return cfg
+
+
+def our_detector_param(name):
+    """Our parameter path of a fork D-TubeR name (``backbone.0.body.*`` is the CSN)."""
+    from ..checkpoint.csn import tuber_key
+
+    return tuber_key(name)
+
+
+def run_detector(meta, recipe, dtype):
+    """The whole detector: weights as a fork checkpoint through ``load_weights`` (format ``tuber``), the recipe's
+    clips and ground truth; per-layer predictions, unweighted losses, matches, gradients, detections."""
+    from ..checkpoint import checkpoint_from_object, load_weights
+    from ..modeling.build import build_detector
+
+    values = recipe.tuber_state(meta["seed"], meta["official_state_dict"])
+    for k in values:
+        if k.startswith("transformer.decoder.bbox_embed."):
+            values[k] = values["bbox_embed." + k[len("transformer.decoder.bbox_embed."):]]
+    model = build_detector(detector_config(meta))
+    report = load_weights(model, checkpoint_from_object({"model": {k: torch.from_numpy(v) for k, v in values.items()}},
+                                                        "fork-fixture"), log=None)
+    if not report.ok:
+        raise DeformableFixtureError(f"{meta['case']}: the fork's weights do not load:\n{report.table()}")
+    model = model.to(dtype)
+    seed, sizes = meta["seed"], meta["clip_sizes"]
+    video = torch.stack([torch.from_numpy(recipe.fake_input(seed, (3,) + tuple(s)) if i == 0 else
+                                          recipe.fake_value(seed, f"input_{i}", (3,) + tuple(s), "input"))
+                         for i, s in enumerate(sizes)]).to(dtype)
+    whwh = torch.tensor([[w, h, w, h] for _, h, w in sizes], dtype=dtype)
+    boxes, labels = [], []
+    for i, (b, lab) in enumerate(recipe.tuber_targets(seed, meta["gt_counts"], 80)):
+        c = torch.from_numpy(b)
+        boxes.append((torch.cat([c[:, :2] - c[:, 2:] / 2, c[:, :2] + c[:, 2:] / 2], 1) * whwh[i].double()).to(dtype))
+        labels.append(torch.from_numpy(lab).to(dtype))
+    model.train()
+    for m in model.modules():  # the fixture's mode: a training forward (losses) with eval-mode modules
+        if m is not model:
+            m.eval()
+    trace = {}
+    losses = model(video, None, whwh, boxes, labels, trace=trace)
+    sum(losses.values()).backward()
+    params = model.state_dict(keep_vars=True)
+    result = {f"grad/{p}": params[our_detector_param(p)].grad for p in meta["grad_params"]}
+    result.update({f"loss/{k}": v.detach() / meta["weight_dict"][k] for k, v in losses.items()})
+    for key, matches in trace.items():
+        if key.startswith("match/"):
+            for i, m in enumerate(matches):
+                result[f"{key}_src_b{i}"], result[f"{key}_tgt_b{i}"] = m.src, m.tgt
+    model.eval()
+    with torch.no_grad():
+        heads = model.predictions(video, whwh)
+        detections = model.detections(heads)
+    for k in range(heads["boxes"].shape[0]):
+        for key in ("logits_b", "boxes", "logits"):
+            result[f"out/{key}/layer{k}"] = heads[key][k]
+    result["det/scores"] = torch.stack([d["scores"] for d in detections])
+    result["det/boxes_normalized"] = torch.stack([d["boxes"] for d in detections])
+    result["det/switch"] = torch.stack([d["person_scores"] for d in detections])[..., None]
+    return result
+
+
 def run_case(meta, recipe, dtype=torch.float64):
-    """Our full-size results of one case: ``{name: tensor}`` (names of the case's ``.npz``)."""
+    """Our full-size results of one case: ``{name: tensor}`` (names of the case's ``.npz``, and for the detector
+    ours only: ``loss/<name>`` unweighted, ``match/layer{k}_{src,tgt}_b{i}``)."""
     case = meta["case"]
+    if case.startswith("detector_"):
+        return run_detector(meta, recipe, dtype)
     if case == "msda_function":
         return run_function(meta, recipe, dtype)
     if case == "msda_module":

@@ -418,6 +418,116 @@ def run_head_case(dt, name, variant, seed, d_model, channels, versions):
     return meta, arrays
 
 
+# whole-detector case: the fork's D2 build_model (its CSN-50, criterion, PostProcessAVA) from its own yaml with
+# these overrides, two equal-size clips (the fork's time/batch regrouping shows; no padding), recipe weights
+DETECTOR_CASE = {"name": "detector_d2", "seed": 20, "overrides": {"ENC_LAYERS": 1, "DEC_LAYERS": 2, "QUERY_NUM": 5},
+                 "clip_sizes": [[32, 32, 48], [32, 32, 48]], "gt_counts": [2, 1]}
+# parameters the fork's D2 builds but never calls (their values are not part of the fixture)
+D2_UNUSED = ("backbone.0.query_pool.", "backbone.0.pool_decoder.", "class_proj.", "encoder.", "cross_attn.")
+DETECTOR_GRADS = ("backbone.0.body.conv1.weight", "backbone.0.body.layer2.0.conv3.weight", "input_proj.0.0.weight",
+                  "conv3d_1.0.0.weight", "transformer.level_embed",
+                  "transformer.decoder.layers.1.cross_attn.sampling_offsets.weight", "query_embed.weight",
+                  "class_embed.1.weight", "bbox_embed.0.layers.0.weight", "class_embed_b.bias")
+
+
+class _Float64Full:
+    """``torch`` as the fork's criterion sees it: ``full(dtype=float32)`` gives float64, so its BCE targets and
+    weights follow a float64 model (the same shim as the TubeR section's)."""
+
+    def __init__(self, torch):
+        self._torch = torch
+
+    def __getattr__(self, name):
+        return getattr(self._torch, name)
+
+    def full(self, *args, dtype=None, **kwargs):
+        return self._torch.full(*args, dtype=self._torch.float64 if dtype is self._torch.float32 else dtype, **kwargs)
+
+
+def run_detector_case(fork, versions):
+    """The fork's whole D2 (``models/old_models/deformable_tuber2.py`` ``build_model``) in float64, eval mode."""
+    import contextlib
+    import io
+
+    import torch
+    from recipe import GEN_VERSION, fake_input, fake_value, tuber_state, tuber_targets
+
+    from pipelines.video_action_recognition_config import get_cfg_defaults
+
+    case = DETECTOR_CASE
+    seed = case["seed"]
+    cfg = get_cfg_defaults()
+    cfg.merge_from_file(str(Path(fork) / "configuration" / "old_models" / "D2_TubeR_CSN50_AVA21.yaml"))
+    for key, value in case["overrides"].items():
+        setattr(cfg.CONFIG.MODEL, key, value)
+    cfg.CONFIG.MODEL.PRETRAINED = False
+    with contextlib.redirect_stdout(io.StringIO()):
+        import models.criterion as official_criterion
+        from models.old_models.deformable_tuber2 import build_model
+
+        torch.manual_seed(seed)
+        model, criterion, postprocess = build_model(cfg)
+    state = model.state_dict()
+    entries = [[k, list(v.shape)] for k, v in state.items()
+               if not k.endswith("num_batches_tracked") and not k.startswith(D2_UNUSED)]
+    values = tuber_state(seed, entries)
+    for k in values:  # one value for the box heads the decoder shares
+        if k.startswith("transformer.decoder.bbox_embed."):
+            values[k] = values["bbox_embed." + k[len("transformer.decoder.bbox_embed."):]]
+    model.load_state_dict({k: torch.from_numpy(values[k]).to(v.dtype) if k in values else v
+                           for k, v in state.items()})
+    model.double().eval()
+    criterion.double()
+    clips = [torch.from_numpy(fake_input(seed, (3,) + tuple(s)) if i == 0 else
+                              fake_value(seed, f"input_{i}", (3,) + tuple(s), "input"))
+             for i, s in enumerate(case["clip_sizes"])]
+    num_classes = cfg.CONFIG.DATA.NUM_CLASSES
+    gts = tuber_targets(seed, case["gt_counts"], num_classes)
+    targets = [{"boxes": torch.from_numpy(np.concatenate([np.full((len(b), 1), float(i)), b], axis=1)),
+                "labels": torch.from_numpy(lab)} for i, (b, lab) in enumerate(gts)]
+    official_criterion.torch = _Float64Full(torch)
+    try:
+        outputs = model(clips)
+        layers = [*outputs["aux_outputs"], {k: outputs[k] for k in ("pred_logits", "pred_boxes", "pred_logits_b")}]
+        arrays = {}
+        for k, layer in enumerate(layers):
+            for key, ours in (("pred_logits_b", "logits_b"), ("pred_boxes", "boxes"), ("pred_logits", "logits")):
+                arrays[f"out/{ours}/layer{k}"] = layer[key].detach().numpy()
+        matches = {f"layer{k}": [[i.tolist(), j.tolist()] for i, j in criterion.matcher(layer, targets)]
+                   for k, layer in enumerate(layers)}
+        loss_dict = criterion(outputs, targets)
+    finally:
+        official_criterion.torch = torch
+    weight_dict = criterion.weight_dict
+    losses = {k: float(v.detach()) for k, v in loss_dict.items() if torch.is_tensor(v) and k in weight_dict}
+    total = sum(loss_dict[k] * weight_dict[k] for k in losses)
+    model.zero_grad()
+    total.backward()
+    params = model.state_dict(keep_vars=True)
+    for p in DETECTOR_GRADS:
+        arrays[f"grad/{p}"] = params[p].grad.numpy()
+    with torch.no_grad():
+        sizes_hw = torch.tensor([[s[1], s[2]] for s in case["clip_sizes"]], dtype=torch.float64)
+        scores, boxes, switch = postprocess["bbox"](model(clips), sizes_hw)
+    arrays["det/scores"] = scores
+    arrays["det/boxes_normalized"] = boxes / np.stack([sizes_hw[:, 1], sizes_hw[:, 0]] * 2, axis=1)[:, None]
+    arrays["det/switch"] = switch
+    for i, (b, lab) in enumerate(gts):
+        arrays[f"target/boxes_cxcywh_{i}"] = b
+        arrays[f"target/labels_{i}"] = lab
+    meta = {"case": case["name"], "variant": "D2", "seed": seed, "gen_version": GEN_VERSION,
+            "clip_sizes": case["clip_sizes"], "gt_counts": case["gt_counts"], "overrides": case["overrides"],
+            "official_config": "configuration/old_models/D2_TubeR_CSN50_AVA21.yaml",
+            "official_call": "models.old_models.deformable_tuber2.build_model(cfg) -> model(list of clips), "
+                             "criterion(outputs, targets), PostProcessAVA(outputs, sizes)",
+            "official_state_dict": entries, "unused_prefixes": list(D2_UNUSED),
+            "weight_dict": {k: float(v) for k, v in weight_dict.items()}, "losses": losses,
+            "total_loss": float(total.detach()), "matches": matches, "grad_params": list(DETECTOR_GRADS),
+            "mode": "eval (no dropout, BatchNorm running statistics), float64", "versions": versions,
+            "stats": {k: stats(v) for k, v in arrays.items()}}
+    return meta, arrays
+
+
 def run_deformable_section(fork, out, versions):
     """Write ``<out>/deformable/<case>.{json,npz}`` for every case."""
     dt, mod, func, mlp = load_fork(Path(fork).resolve())
@@ -429,3 +539,4 @@ def run_deformable_section(fork, out, versions):
         write(out_dir, name, *run_transformer_case(dt, mlp, name, seed, options, versions))
     for name, (variant, seed, d_model, channels) in HEAD_CASES.items():
         write(out_dir, name, *run_head_case(dt, name, variant, seed, d_model, channels, versions))
+    write(out_dir, DETECTOR_CASE["name"], *run_detector_case(fork, versions))
