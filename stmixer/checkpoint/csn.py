@@ -162,7 +162,11 @@ def deformable_tuber_unused(keys):
 
 def is_tuber(keys):
     """True when the (normalized) keys hold a TubeR model (its CSN lives below ``backbone.body.``)."""
-    return any(tuber_unjoin(k).startswith(TUBER_BODY + "conv1.") for k in keys)
+    if any(k.startswith(TUBER_BODY + "conv1.") for k in keys):
+        return True
+    # the fork's Deformable TubeR (Joiner keys); DETR's own checkpoints also nest a backbone.0.body (a ResNet)
+    deformable = "transformer.level_embed" in keys or "transformer2.level_embed" in keys
+    return deformable and any(k.startswith(TUBER_JOINER + "body.conv1.") for k in keys)
 
 
 # DETR checkpoints: the parts TubeR's load_detr_weights takes (models/../utils/model_utils.py).
