@@ -1,6 +1,6 @@
 """train_net.py with TubeR (MODEL.META_ARCHITECTURE "TubeR", config_files/synthetic/tiny-tuber.yaml) on synthetic
 data: training (loss terms of every decoder layer logged), checkpoint, evaluation (frame-mAP over every query's
-detections), then test_net.py on the saved checkpoint. Pipeline correctness only (a few iterations)."""
+detections). Pipeline correctness only (a few iterations)."""
 
 import json
 
@@ -25,10 +25,4 @@ def test_tuber_trains_and_evaluates_on_synthetic_data(repo_root, tmp_path):
     assert metrics["num_keyframes"] >= 1 and 0.0 <= metrics["mAP"] <= 1.0
     log = (out / "log.txt").read_text()
     assert "loss_ce_b_0" in log and "loss_giou" in log
-    checkpoint = out / "model_final.pth"
-    assert checkpoint.is_file()
-    out2 = tmp_path / "test"
-    run_python(["test_net.py", "--config-file", CONFIG, *common, "OUTPUT_DIR", str(out2),
-                "MODEL.WEIGHT", str(checkpoint)], repo_root)
-    again = json.loads((out2 / "inference" / "ava_v2.2" / "frame_map.json").read_text())
-    assert again["mAP"] == metrics["mAP"]
+    assert (out / "model_final.pth").is_file()

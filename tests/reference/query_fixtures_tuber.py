@@ -15,7 +15,9 @@ imports resolve (nothing is copied). Per case (``CASES``):
    every layer (switch logits, boxes, action logits);
 4. ground truth from the recipe (normalized cxcywh, multi-hot) -> the official matcher's indices for
    every layer, the official criterion's loss dict, the weighted sum's gradients of a few parameters;
-   then the same with the focal action loss, and the official ``PostProcessAVA`` detections.
+   then the same with the focal action loss, and the official ``PostProcessAVA`` detections;
+5. training mode with every dropout probability set to 0 (BatchNorm on batch statistics): the last
+   layer's outputs, the loss dict, 5 gradients and two BatchNorm running statistics after the step.
 
 Shims (the official code as is does not run in float64, and has no focal switch):
 
@@ -28,6 +30,7 @@ Shims (the official code as is does not run in float64, and has no focal switch)
 """
 
 import contextlib
+import importlib.util
 import io
 import json
 import sys
@@ -45,6 +48,8 @@ GRAD_PARAMS = ("query_embed.weight", "class_fc.bias", "class_embed_b.weight", "b
                "transformer.decoder.layers.1.linear2.bias", "transformer.encoder.layers.0.self_attn.out_proj.bias",
                "encoder.layers.0.norm2.weight", "cross_attn.in_proj_bias", "backbone.pool_decoder.norm.weight",
                "backbone.body.layer4.2.bn4.bias")
+# BatchNorm statistics recorded after the training-mode forward.
+TRAIN_BUFFERS = ("backbone.body.bn1.running_mean", "backbone.body.layer4.2.bn4.running_var")
 SLICE = 8  # channel step of the large maps stored as slices
 
 
@@ -182,17 +187,46 @@ def run_case(root, name, seed, overrides, sizes, counts, out_dir, versions):
     arrays["det/scores"] = scores
     arrays["det/boxes_normalized"] = boxes / np.stack([sizes_hw[:, 1], sizes_hw[:, 0]] * 2, axis=1)[:, None]
     arrays["det/switch"] = output_b
+    # training mode (BatchNorm on batch statistics, running statistics updated) with every dropout at 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        elif isinstance(m, torch.nn.MultiheadAttention):
+            m.dropout = 0.0
+        elif hasattr(m, "dropout") and isinstance(m.dropout, float):  # the pool decoder's DotProductAttention
+            m.dropout = 0.0
+    model.train()
+    official_criterion.torch = _Float64Full(torch)
+    try:
+        train_out = model(clips)
+        train_losses = criterion(train_out, targets)
+    finally:
+        official_criterion.torch = torch
+    train_total = sum(train_losses[k] * weight_dict[k] for k in train_losses if k in weight_dict)
+    model.zero_grad()
+    train_total.backward()
+    for key, ours in (("pred_logits_b", "logits_b"), ("pred_boxes", "boxes"), ("pred_logits", "logits")):
+        arrays[f"train/out/{ours}"] = train_out[key].detach().numpy()
+    for p in GRAD_PARAMS[:5]:
+        arrays[f"train/grad/{p}"] = params[p].grad.numpy()
+    buffers = model.state_dict()
+    for b in TRAIN_BUFFERS:
+        arrays[f"train/{b}"] = buffers[b].numpy()
+    train_loss_values = {k: float(v.detach() if torch.is_tensor(v) else v) for k, v in train_losses.items()}
+    model.eval()
     for i, (b, lab) in enumerate(gts):
         arrays[f"target/boxes_cxcywh_{i}"] = b
         arrays[f"target/labels_{i}"] = lab
     meta = {
-        "case": name, "seed": seed, "gen_version": GEN_VERSION, "model": "TubeR", "clip_sizes": [list(s) for s in sizes],
+        "case": name, "seed": seed, "gen_version": GEN_VERSION, "model": "TubeR",
+        "clip_sizes": [list(s) for s in sizes],
         "gt_counts": counts, "overrides": overrides, "slice": SLICE,
         "official_config": "configuration/TubeR_CSN50_AVA21.yaml",
         "official_call": "models.tuber_ava.build_model(cfg) -> model(list of clips), criterion(outputs, targets), "
                          "PostProcessAVA(outputs, sizes)",
         "official_state_dict": entries, "weight_dict": {k: float(v) for k, v in weight_dict.items()},
-        "losses": losses, "focal_losses": focal_losses, "matches": matches, "stats": out_stats,
+        "losses": losses, "focal_losses": focal_losses, "train_losses": train_loss_values,
+        "train_buffers": list(TRAIN_BUFFERS), "matches": matches, "stats": out_stats,
         "grad_params": list(GRAD_PARAMS), "mode": "eval (no dropout, BatchNorm running statistics), float64",
         "versions": versions,
     }
@@ -212,9 +246,7 @@ def run(tuber_root, out_root, versions):
     root = Path(tuber_root).resolve()
     sys.path.insert(0, str(root))
     if "cv2" not in sys.modules:  # models/transformer/position_encoding.py imports cv2 and never uses it
-        try:
-            import cv2  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("cv2") is None:
             sys.modules["cv2"] = types.ModuleType("cv2")
     out = Path(out_root) / "tuber"
     out.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,6 @@ the resized clip with its unpadded size ``whwh``; detections normalized xyxy); i
 heads predict clip-normalized cxcywh (normalized by the unpadded size, DETR's convention).
 """
 
-import logging
-
 import torch
 from torch import nn
 
@@ -20,8 +18,6 @@ from ..matcher import HungarianMatcher
 from .criterion import TubeRCriterion, cxcywh_to_xyxy
 from .head import TubeRHead
 from .transformer import TUBER_TRANSFORMER_REGISTRY
-
-logger = logging.getLogger(__name__)
 
 
 def pixel_padding_mask(video, whwh):
@@ -41,9 +37,9 @@ class TubeR(nn.Module):
         backbone: ``IrCSN`` (``last_stage``).
         head: ``TubeRHead``.
         criterion: ``TubeRCriterion``.
-        backbone_lr_factor: learning-rate factor of the backbone and the temporal pooling (``param_lr_scale``).
         switch_threshold: inference: action scores of queries whose actor probability is at or below it are 0
             (TubeR's ``PostProcessAVA``: ``sigmoid(logits) * p * (p > 0.8)``).
+        backbone_lr_factor: learning-rate factor of the backbone and the temporal pooling (``param_lr_scale``).
     """
 
     task = "detection"

@@ -13,7 +13,9 @@ Outputs (the fixture's names; ``<case>/`` in front when the folder holds several
 ``grad_focal/<official name>`` (first 3), ``det/{scores,boxes_normalized,switch}`` (our boxes are clamped
 to [0, 1]; the official ones are not), and ours only: ``loss/<name>`` / ``loss_focal/<name>``
 (unweighted, as the official loss dict), ``match/layer{k}_{src,tgt}_b{i}``.
-Everything runs in eval mode (the fixtures' mode: no dropout, BatchNorm running statistics).
+Everything runs in eval mode (the fixtures' mode: no dropout, BatchNorm running statistics), except the
+``train/`` section (``train/out/{logits_b,boxes,logits}`` of the last layer, ``train/loss/<name>``,
+``train/grad/<name>``, ``train/<BatchNorm buffer>``): training mode with every dropout at 0.
 """
 
 import importlib.util
@@ -146,6 +148,29 @@ def loss_pass(model, meta, recipe, arrays, dtype, params):
     return losses, trace, grads
 
 
+def train_pass(model, meta, recipe, arrays, dtype, params):
+    """Training mode with every dropout probability 0 (the fixture's ``train/`` section): one forward (BatchNorm
+    on batch statistics, running statistics updated), the loss, backward. Returns ``(head outputs, loss dict,
+    {official param name: grad})``."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        elif isinstance(m, torch.nn.MultiheadAttention):
+            m.dropout = 0.0
+    model.train()
+    video, whwh = fixture_inputs(meta, recipe, dtype)
+    boxes, labels = fixture_targets(meta, arrays, whwh)
+    model.zero_grad()
+    out = model.predictions(video, whwh)
+    targets = [{"boxes": b, "actions": a, "whwh": s} for b, a, s in zip(boxes, labels, whwh)]
+    losses = model.criterion(out, targets)
+    sum(losses.values()).backward()
+    named = dict(model.named_parameters())
+    grads = {p: named[our_param(p)].grad.detach().clone() for p in params}
+    model.eval()
+    return out, losses, grads
+
+
 def run_case(meta, arrays, recipe, dtype, device="cpu"):
     """Every output of one case (names in the module docstring)."""
     out = {}
@@ -182,6 +207,16 @@ def run_case(meta, arrays, recipe, dtype, device="cpu"):
     out["det/scores"] = torch.stack([d["scores"] for d in detections])
     out["det/boxes_normalized"] = torch.stack([d["boxes"] for d in detections])
     out["det/switch"] = torch.stack([d["person_scores"] for d in detections])[..., None]
+    if "train_losses" in meta:
+        heads, train_losses, train_grads = train_pass(model, meta, recipe, arrays, dtype,
+                                                      meta["grad_params"][:5])
+        for key in ("logits_b", "boxes", "logits"):
+            out[f"train/out/{key}"] = heads[key][-1]
+        out.update({f"train/loss/{k}": v.detach() / weights[k] for k, v in train_losses.items()})
+        out.update({f"train/grad/{p}": g for p, g in train_grads.items()})
+        state = model.state_dict()
+        for name in meta.get("train_buffers", []):
+            out[f"train/{name}"] = state[our_param(name)]
     result = {}
     for name, value in out.items():
         value = torch.as_tensor(value).detach().cpu()
