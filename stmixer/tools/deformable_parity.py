@@ -18,9 +18,7 @@ TubeR detector of that variant, the fork's weights loaded as a fork checkpoint; 
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..modeling.layers import MSDeformAttn, ms_deform_attn_pytorch

@@ -94,7 +94,7 @@ def _init_stats_match(module, init_stats):
 def test_function_matches_official_core():
     meta, exp = _load("msda_function")
     arr = _arrays(meta["inputs"], meta["seed"])
-    n, lq, m, d = exp["out"].shape[0], exp["out"].shape[1], *arr["value"].shape[2:]
+    n, lq, m = exp["out"].shape[0], exp["out"].shape[1], arr["value"].shape[2]
     nl = len(meta["spatial_shapes"])
     value = arr["value"].requires_grad_(True)
     locations = (0.5 + 0.6 * arr["locations_raw"]).requires_grad_(True)
@@ -118,7 +118,7 @@ def test_function_convention_is_checked():
     meta, exp = _load("msda_function")
     arr = _arrays(meta["inputs"], meta["seed"])
     value, nl = arr["value"], len(meta["spatial_shapes"])
-    n, lq, m, d = *exp["out"].shape[:2], *value.shape[2:]
+    n, lq, m = *exp["out"].shape[:2], value.shape[2]
     locations = 0.5 + 0.6 * arr["locations_raw"]
     weights = arr["weight_logits"].softmax(-1).view(n, lq, m, nl, -1)
     grid_sample = F.grid_sample
