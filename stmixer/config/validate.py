@@ -293,7 +293,8 @@ def _tuber_problems(cfg):
                                             "reads the decoder outputs)"
     if t.TRANSFORMER == "deformable":  # Deformable TubeR: its own projections of every CSN level
         if t.D_MODEL % 32:
-            yield "MODEL.TUBER.D_MODEL", "expected a multiple of 32 (Deformable TubeR's input projections use GroupNorm(32))"
+            yield "MODEL.TUBER.D_MODEL", ("expected a multiple of 32 (Deformable TubeR's input projections use "
+                                          "GroupNorm(32))")
         return
     if (t.PROJ_IN_CHANNELS or t.DIM_FEEDFORWARD) != 2048:
         key = "MODEL.TUBER.PROJ_IN_CHANNELS" if t.PROJ_IN_CHANNELS else "MODEL.TUBER.DIM_FEEDFORWARD"

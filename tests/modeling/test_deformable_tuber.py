@@ -574,7 +574,8 @@ def test_whole_d2_detector_matches_the_fork():
         assert ours.dtype == (torch.float32 if key.startswith(("loss_bbox", "loss_giou")) else torch.float64), key
     for layer, matches in meta["matches"].items():
         for i, (src, tgt) in enumerate(matches):
-            assert result[f"match/{layer}_src_b{i}"].tolist() == src and result[f"match/{layer}_tgt_b{i}"].tolist() == tgt
+            assert result[f"match/{layer}_src_b{i}"].tolist() == src, (layer, i)
+            assert result[f"match/{layer}_tgt_b{i}"].tolist() == tgt, (layer, i)
     # the tool's config is config_files/tuber/D2_TubeR_CSN50_AVA21.yaml with the case's overrides
     over = meta["overrides"]
     yaml_cfg = load_config(str(CONFIGS / "D2_TubeR_CSN50_AVA21.yaml"),

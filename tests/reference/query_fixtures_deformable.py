@@ -61,7 +61,8 @@ BATCH, QUERIES = 2, 5
 LEVEL_SHAPES = [(8, 6), (4, 3), (4, 3), (2, 2)]
 TRANSFORMER_GRADS = ("level_embed", "reference_points.weight", "encoder.layers.0.self_attn.sampling_offsets.weight",
                      "encoder.layers.1.self_attn.value_proj.weight", "encoder.layers.1.norm2.weight",
-                     "decoder.layers.0.cross_attn.attention_weights.weight", "decoder.layers.0.cross_attn.output_proj.bias",
+                     "decoder.layers.0.cross_attn.attention_weights.weight",
+                     "decoder.layers.0.cross_attn.output_proj.bias",
                      "decoder.layers.1.self_attn.in_proj_weight", "decoder.layers.1.linear2.weight")
 MODULE_ARGS = {"d_model": 16, "n_levels": 3, "n_heads": 4, "n_points": 2}
 MODULE_SHAPES = [(4, 6), (2, 3), (1, 2)]
