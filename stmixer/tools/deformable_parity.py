@@ -258,6 +258,22 @@ def run_detector(meta, recipe, dtype):
     result["det/scores"] = torch.stack([d["scores"] for d in detections])
     result["det/boxes_normalized"] = torch.stack([d["boxes"] for d in detections])
     result["det/switch"] = torch.stack([d["person_scores"] for d in detections])[..., None]
+    if "train_buffers" in meta:  # one training-mode forward, every dropout at 0
+        for m in model.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = 0.0
+            if isinstance(m, nn.MultiheadAttention):
+                m.dropout = 0.0
+        model.train()
+        with torch.no_grad():
+            heads = model.predictions(video, whwh)
+        for k in range(heads["boxes"].shape[0]):
+            for key in ("logits_b", "boxes", "logits"):
+                result[f"train/out/{key}/layer{k}"] = heads[key][k]
+        buffers = model.state_dict()
+        for name in meta["train_buffers"]:
+            result[f"train/{name}"] = buffers[our_detector_param(name)]
+        model.eval()
     return result
 
 

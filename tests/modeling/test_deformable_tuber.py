@@ -556,8 +556,9 @@ def test_head_float32_matches_official_float64(case):
 def test_whole_d2_detector_matches_the_fork():
     """config D2 (CSN-50, deformable transformer 1+2 layers, 5 queries) with the fork's weights loaded as a fork
     checkpoint (``backbone.0.body.*``, unused modules dropped), two 32-frame 32x48 clips: every layer's predictions,
-    the unweighted losses (float32 L1 / GIoU as the fork), the Hungarian matches, gradients and the (ungated)
-    detections against the fork's ``deformable_tuber2.build_model`` with its criterion and PostProcessAVA."""
+    the unweighted losses (float32 L1 / GIoU as the fork), the Hungarian matches, gradients, the (ungated)
+    detections and a training-mode forward (batch statistics, the fork's time/batch regrouping, running statistics)
+    against the fork's ``deformable_tuber2.build_model`` with its criterion and PostProcessAVA."""
     from stmixer.config import load_config
     from stmixer.tools.deformable_parity import detector_config, run_case
 

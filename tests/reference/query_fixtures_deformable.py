@@ -430,6 +430,9 @@ DETECTOR_GRADS = ("backbone.0.body.conv1.weight", "backbone.0.body.layer2.0.conv
                   "transformer.decoder.layers.1.cross_attn.sampling_offsets.weight", "query_embed.weight",
                   "class_embed.1.weight", "bbox_embed.0.layers.0.weight", "class_embed_b.bias")
 
+DETECTOR_TRAIN_BUFFERS = ("backbone.0.body.bn1.running_mean", "backbone.0.body.layer4.2.bn4.running_var",
+                          "conv3d_0.2.1.running_mean", "conv3d_3.0.1.running_var")
+
 
 class _Float64Full:
     """``torch`` as the fork's criterion sees it: ``full(dtype=float32)`` gives float64, so its BCE targets and
@@ -516,6 +519,22 @@ def run_detector_case(fork, versions):
     for i, (b, lab) in enumerate(gts):
         arrays[f"target/boxes_cxcywh_{i}"] = b
         arrays[f"target/labels_{i}"] = lab
+    # training mode (BatchNorm batch statistics, running statistics updated) with every dropout at 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if isinstance(m, torch.nn.MultiheadAttention):
+            m.dropout = 0.0
+    model.train()
+    with torch.no_grad():
+        outputs = model(clips)
+    layers = [*outputs["aux_outputs"], {k: outputs[k] for k in ("pred_logits", "pred_boxes", "pred_logits_b")}]
+    for k, layer in enumerate(layers):
+        for key, ours in (("pred_logits_b", "logits_b"), ("pred_boxes", "boxes"), ("pred_logits", "logits")):
+            arrays[f"train/out/{ours}/layer{k}"] = layer[key].numpy()
+    buffers = model.state_dict()
+    for name in DETECTOR_TRAIN_BUFFERS:
+        arrays[f"train/{name}"] = buffers[name].numpy()
     meta = {"case": case["name"], "variant": "D2", "seed": seed, "gen_version": GEN_VERSION,
             "clip_sizes": case["clip_sizes"], "gt_counts": case["gt_counts"], "overrides": case["overrides"],
             "official_config": "configuration/old_models/D2_TubeR_CSN50_AVA21.yaml",
@@ -524,7 +543,9 @@ def run_detector_case(fork, versions):
             "official_state_dict": entries, "unused_prefixes": list(D2_UNUSED),
             "weight_dict": {k: float(v) for k, v in weight_dict.items()}, "losses": losses,
             "total_loss": float(total.detach()), "matches": matches, "grad_params": list(DETECTOR_GRADS),
-            "mode": "eval (no dropout, BatchNorm running statistics), float64", "versions": versions,
+            "mode": "eval (no dropout, BatchNorm running statistics), float64; train/*: one training-mode forward "
+                    "(dropout 0) after everything else", "train_buffers": list(DETECTOR_TRAIN_BUFFERS),
+            "versions": versions,
             "stats": {k: stats(v) for k, v in arrays.items()}}
     return meta, arrays
 
