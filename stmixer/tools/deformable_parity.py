@@ -181,7 +181,8 @@ def run_head(meta, recipe, dtype):
 
 
 def detector_config(meta):
-    """Our config of the fork's D2 yaml (config_files/tuber/D2_TubeR_CSN50_AVA21.yaml) with the case's overrides."""
+    """Our config of the fork's yaml of the case's variant (config_files/tuber/D{2,3,4}_TubeR_CSN50_AVA21.yaml) with
+    the case's overrides."""
     from ..config import get_cfg
 
     cfg = get_cfg()
@@ -195,9 +196,12 @@ def detector_config(meta):
     t.TRANSFORMER, t.DEFORMABLE.VARIANT = "deformable", meta["variant"]
     over = meta["overrides"]
     t.ENC_LAYERS, t.DEC_LAYERS, t.NUM_QUERIES = over["ENC_LAYERS"], over["DEC_LAYERS"], over["QUERY_NUM"]
-    t.COST_CLASS, t.COST_BBOX, t.COST_GIOU = 12.0, 5.0, 2.0
-    t.ACTION_WEIGHT, t.L1_WEIGHT, t.GIOU_WEIGHT, t.SWITCH_WEIGHT = 12.0, 5.0, 2.0, 1.0
-    t.MATCHED_WEIGHT, t.EOS_COEF = 10.0, 0.1
+    costs = meta["official_costs"]
+    t.COST_CLASS, t.COST_BBOX, t.COST_GIOU = (costs[f"MATCHER.{k}"] for k in ("COST_CLASS", "COST_BBOX", "COST_GIOU"))
+    t.ACTION_WEIGHT, t.L1_WEIGHT, t.GIOU_WEIGHT, t.SWITCH_WEIGHT = (
+        costs["LOSS_COFS.DICE_COF"], costs["LOSS_COFS.BBOX_COF"], costs["LOSS_COFS.GIOU_COF"], 1.0)
+    t.MATCHED_WEIGHT, t.EOS_COEF = costs["LOSS_COFS.WEIGHT"], costs["LOSS_COFS.EOS_COF"]
+    t.BACKBONE_LR_FACTOR = {"D2": 0.1, "D3": 1 / 21, "D4": 1.0}[meta["variant"]]  # LR_BACKBONE / LR (training)
     return cfg
 
 
@@ -215,9 +219,10 @@ def run_detector(meta, recipe, dtype):
     from ..modeling.build import build_detector
 
     values = recipe.tuber_state(meta["seed"], meta["official_state_dict"])
-    for k in values:
-        if k.startswith("transformer.decoder.bbox_embed."):
-            values[k] = values["bbox_embed." + k[len("transformer.decoder.bbox_embed."):]]
+    for k in values:  # one value for the box heads the decoder shares
+        for prefix in ("transformer.decoder.bbox_embed.", "transformer2.decoder.bbox_embed."):
+            if k.startswith(prefix):
+                values[k] = values["bbox_embed." + k[len(prefix):]]
     model = build_detector(detector_config(meta))
     report = load_weights(model, checkpoint_from_object({"model": {k: torch.from_numpy(v) for k, v in values.items()}},
                                                         "fork-fixture"), log=None)

@@ -419,20 +419,38 @@ def run_head_case(dt, name, variant, seed, d_model, channels, versions):
     return meta, arrays
 
 
-# whole-detector case: the fork's D2 build_model (its CSN-50, criterion, PostProcessAVA) from its own yaml with
-# these overrides, two equal-size clips (the fork's time/batch regrouping shows; no padding), recipe weights
-DETECTOR_CASE = {"name": "detector_d2", "seed": 20, "overrides": {"ENC_LAYERS": 1, "DEC_LAYERS": 2, "QUERY_NUM": 5},
-                 "clip_sizes": [[32, 32, 48], [32, 32, 48]], "gt_counts": [2, 1]}
-# parameters the fork's D2 builds but never calls (their values are not part of the fixture)
-D2_UNUSED = ("backbone.0.query_pool.", "backbone.0.pool_decoder.", "class_proj.", "encoder.", "cross_attn.")
-DETECTOR_GRADS = ("backbone.0.body.conv1.weight", "backbone.0.body.layer2.0.conv3.weight", "input_proj.0.0.weight",
-                  "conv3d_1.0.0.weight", "transformer.level_embed",
-                  "transformer.decoder.layers.1.cross_attn.sampling_offsets.weight", "query_embed.weight",
-                  "class_embed.1.weight", "bbox_embed.0.layers.0.weight", "class_embed_b.bias")
-
-DETECTOR_TRAIN_BUFFERS = ("backbone.0.body.bn1.running_mean", "backbone.0.body.layer4.2.bn4.running_var",
-                          "conv3d_0.2.1.running_mean", "conv3d_3.0.1.running_var")
-
+# whole-detector cases: the fork's build_model of each variant (its CSN-50, criterion, PostProcessAVA) from its
+# own yaml with these overrides, two equal-size clips (the fork's time/batch regrouping shows; no padding),
+# recipe weights except for the parameters the variant builds but never calls
+_CSN_GRADS = ("backbone.0.body.conv1.weight", "backbone.0.body.layer2.0.conv3.weight", "input_proj.0.0.weight",
+              "class_embed_b.bias")
+_CSN_BUFFERS = ("backbone.0.body.bn1.running_mean", "backbone.0.body.layer4.2.bn4.running_var")
+_WRAPPER = ("backbone.0.query_pool.", "backbone.0.pool_decoder.")
+DETECTOR_CASES = {
+    "detector_d2": {
+        "variant": "D2", "seed": 20, "unused": _WRAPPER + ("class_proj.", "encoder.", "cross_attn."),
+        "grads": _CSN_GRADS + ("conv3d_1.0.0.weight", "transformer.level_embed",
+                               "transformer.decoder.layers.1.cross_attn.sampling_offsets.weight", "query_embed.weight",
+                               "class_embed.1.weight", "bbox_embed.0.layers.0.weight"),
+        "buffers": _CSN_BUFFERS + ("conv3d_0.2.1.running_mean", "conv3d_3.0.1.running_var")},
+    "detector_d3": {
+        "variant": "D3", "seed": 21, "unused": _WRAPPER + ("encoder.", "cross_attn."),
+        "grads": _CSN_GRADS + ("query_pool.weight", "pool_decoder.layers.0.linear1.weight", "query_embed.weight",
+                               "query_embed2.weight", "transformer1.encoder.layers.0.self_attn.in_proj_weight",
+                               "transformer2.level_embed", "bbox_embed2.layers.2.weight", "class_embed.1.weight"),
+        "buffers": _CSN_BUFFERS},
+    "detector_d4": {
+        "variant": "D4", "seed": 22, "unused": _WRAPPER,
+        "grads": _CSN_GRADS + ("query_pool.weight", "transformer.level_embed", "class_proj.weight",
+                               "encoder.layers.0.self_attn_s.in_proj_weight", "cross_attn.in_proj_weight",
+                               "class_fc.weight", "bbox_embed.1.layers.0.weight"),
+        "buffers": _CSN_BUFFERS},
+}
+DETECTOR_COMMON = {"overrides": {"ENC_LAYERS": 1, "DEC_LAYERS": 2, "QUERY_NUM": 5},
+                   "clip_sizes": [[32, 32, 48], [32, 32, 48]], "gt_counts": [2, 1]}
+# the fork's matcher and loss settings (CONFIG.MATCHER / CONFIG.LOSS_COFS) recorded with each case
+OFFICIAL_COSTS = {"MATCHER": ("COST_CLASS", "COST_BBOX", "COST_GIOU"),
+                  "LOSS_COFS": ("DICE_COF", "BBOX_COF", "GIOU_COF", "WEIGHT", "EOS_COF")}
 
 class _Float64Full:
     """``torch`` as the fork's criterion sees it: ``full(dtype=float32)`` gives float64, so its BCE targets and
@@ -448,8 +466,9 @@ class _Float64Full:
         return self._torch.full(*args, dtype=self._torch.float64 if dtype is self._torch.float32 else dtype, **kwargs)
 
 
-def run_detector_case(fork, versions):
-    """The fork's whole D2 (``models/old_models/deformable_tuber2.py`` ``build_model``) in float64, eval mode."""
+def run_detector_case(fork, name, versions):
+    """The fork's whole detector of a variant (``models/old_models/deformable_tuber{2,3,4}.py`` ``build_model``) in
+    float64, eval mode, then one training-mode forward."""
     import contextlib
     import io
 
@@ -458,26 +477,28 @@ def run_detector_case(fork, versions):
 
     from pipelines.video_action_recognition_config import get_cfg_defaults
 
-    case = DETECTOR_CASE
-    seed = case["seed"]
+    case = {**DETECTOR_COMMON, **DETECTOR_CASES[name]}
+    seed, variant = case["seed"], case["variant"]
     cfg = get_cfg_defaults()
-    cfg.merge_from_file(str(Path(fork) / "configuration" / "old_models" / "D2_TubeR_CSN50_AVA21.yaml"))
+    cfg.merge_from_file(str(Path(fork) / "configuration" / "old_models" / f"{variant}_TubeR_CSN50_AVA21.yaml"))
     for key, value in case["overrides"].items():
         setattr(cfg.CONFIG.MODEL, key, value)
     cfg.CONFIG.MODEL.PRETRAINED = False
     with contextlib.redirect_stdout(io.StringIO()):
         import models.criterion as official_criterion
-        from models.old_models.deformable_tuber2 import build_model
+        import importlib
 
+        build_model = importlib.import_module(f"models.old_models.deformable_tuber{variant[1]}").build_model
         torch.manual_seed(seed)
         model, criterion, postprocess = build_model(cfg)
     state = model.state_dict()
     entries = [[k, list(v.shape)] for k, v in state.items()
-               if not k.endswith("num_batches_tracked") and not k.startswith(D2_UNUSED)]
+               if not k.endswith("num_batches_tracked") and not k.startswith(case["unused"])]
     values = tuber_state(seed, entries)
     for k in values:  # one value for the box heads the decoder shares
-        if k.startswith("transformer.decoder.bbox_embed."):
-            values[k] = values["bbox_embed." + k[len("transformer.decoder.bbox_embed."):]]
+        for prefix in ("transformer.decoder.bbox_embed.", "transformer2.decoder.bbox_embed."):
+            if k.startswith(prefix):
+                values[k] = values["bbox_embed." + k[len(prefix):]]
     model.load_state_dict({k: torch.from_numpy(values[k]).to(v.dtype) if k in values else v
                            for k, v in state.items()})
     model.double().eval()
@@ -508,7 +529,7 @@ def run_detector_case(fork, versions):
     model.zero_grad()
     total.backward()
     params = model.state_dict(keep_vars=True)
-    for p in DETECTOR_GRADS:
+    for p in case["grads"]:
         arrays[f"grad/{p}"] = params[p].grad.numpy()
     with torch.no_grad():
         sizes_hw = torch.tensor([[s[1], s[2]] for s in case["clip_sizes"]], dtype=torch.float64)
@@ -520,10 +541,10 @@ def run_detector_case(fork, versions):
         arrays[f"target/boxes_cxcywh_{i}"] = b
         arrays[f"target/labels_{i}"] = lab
     # training mode (BatchNorm batch statistics, running statistics updated) with every dropout at 0
-    for m in model.modules():
+    for m in model.modules():  # nn.Dropout, and every attention keeping its rate as a float ``dropout``
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
-        if isinstance(m, torch.nn.MultiheadAttention):
+        if isinstance(getattr(m, "dropout", None), float):  # nn.MultiheadAttention, the LSTR's DotProductAttention
             m.dropout = 0.0
     model.train()
     with torch.no_grad():
@@ -533,18 +554,20 @@ def run_detector_case(fork, versions):
         for key, ours in (("pred_logits_b", "logits_b"), ("pred_boxes", "boxes"), ("pred_logits", "logits")):
             arrays[f"train/out/{ours}/layer{k}"] = layer[key].numpy()
     buffers = model.state_dict()
-    for name in DETECTOR_TRAIN_BUFFERS:
-        arrays[f"train/{name}"] = buffers[name].numpy()
-    meta = {"case": case["name"], "variant": "D2", "seed": seed, "gen_version": GEN_VERSION,
+    for key in case["buffers"]:
+        arrays[f"train/{key}"] = buffers[key].numpy()
+    meta = {"case": name, "variant": variant, "seed": seed, "gen_version": GEN_VERSION,
             "clip_sizes": case["clip_sizes"], "gt_counts": case["gt_counts"], "overrides": case["overrides"],
-            "official_config": "configuration/old_models/D2_TubeR_CSN50_AVA21.yaml",
-            "official_call": "models.old_models.deformable_tuber2.build_model(cfg) -> model(list of clips), "
+            "official_config": f"configuration/old_models/{variant}_TubeR_CSN50_AVA21.yaml",
+            "official_costs": {f"{node}.{k}": float(getattr(getattr(cfg.CONFIG, node), k))
+                               for node, keys in OFFICIAL_COSTS.items() for k in keys},
+            "official_call": f"models.old_models.deformable_tuber{variant[1]}.build_model(cfg) -> model(list of clips), "
                              "criterion(outputs, targets), PostProcessAVA(outputs, sizes)",
-            "official_state_dict": entries, "unused_prefixes": list(D2_UNUSED),
+            "official_state_dict": entries, "unused_prefixes": list(case["unused"]),
             "weight_dict": {k: float(v) for k, v in weight_dict.items()}, "losses": losses,
-            "total_loss": float(total.detach()), "matches": matches, "grad_params": list(DETECTOR_GRADS),
+            "total_loss": float(total.detach()), "matches": matches, "grad_params": list(case["grads"]),
             "mode": "eval (no dropout, BatchNorm running statistics), float64; train/*: one training-mode forward "
-                    "(dropout 0) after everything else", "train_buffers": list(DETECTOR_TRAIN_BUFFERS),
+                    "(dropout 0) after everything else", "train_buffers": list(case["buffers"]),
             "versions": versions,
             "stats": {k: stats(v) for k, v in arrays.items()}}
     return meta, arrays
@@ -561,4 +584,5 @@ def run_deformable_section(fork, out, versions):
         write(out_dir, name, *run_transformer_case(dt, mlp, name, seed, options, versions))
     for name, (variant, seed, d_model, channels) in HEAD_CASES.items():
         write(out_dir, name, *run_head_case(dt, name, variant, seed, d_model, channels, versions))
-    write(out_dir, DETECTOR_CASE["name"], *run_detector_case(fork, versions))
+    for name in DETECTOR_CASES:
+        write(out_dir, name, *run_detector_case(fork, name, versions))
