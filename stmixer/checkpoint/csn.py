@@ -125,9 +125,20 @@ def blob_names(depth):
     return names
 
 
+# The TubeR fork's Deformable TubeR (``backbone_3d_builder2``) wraps TubeR's Backbone in a Joiner (backbone,
+# positions): its keys are ``backbone.0.body.*``, ``backbone.0.query_pool.*``, ... for TubeR's ``backbone.*``.
+TUBER_JOINER = "backbone.0."
+
+
+def tuber_unjoin(key):
+    """A TubeR-fork Joiner key (``backbone.0.<rest>``) as TubeR's (``backbone.<rest>``); other keys unchanged."""
+    return "backbone." + key[len(TUBER_JOINER):] if key.startswith(TUBER_JOINER) else key
+
+
 def tuber_key(key):
     """Detector key of a TubeR state-dict key (``module.`` already removed), or None to drop it
     (the CSN classifier ``backbone.body.out_fc.*``)."""
+    key = tuber_unjoin(key)
     if key.startswith(TUBER_BODY):
         rest = key[len(TUBER_BODY):]
         return None if rest.startswith("out_fc.") else "backbone." + rest
@@ -136,9 +147,26 @@ def tuber_key(key):
     return f"{TUBER_HEAD}.{key}"
 
 
+def deformable_tuber_unused(keys):
+    """Key prefixes of a Deformable TubeR checkpoint (the TubeR fork's D2 / D3 / D4, docs/deformable_tuber.md) that
+    its model builds but never calls, to be dropped: the backbone wrapper's temporal pooling (every variant pools
+    per level in the head), and D2's ``class_proj`` / ``encoder`` / ``cross_attn``, D3's ``encoder`` /
+    ``cross_attn``. Empty for TubeR itself (no ``transformer.level_embed`` / ``transformer2.level_embed``)."""
+    if "transformer2.level_embed" in keys:  # D3
+        return TUBER_WRAPPER_PARTS + ("encoder.", "cross_attn.")
+    if "transformer.level_embed" in keys:
+        unused = ("class_proj.", "encoder.", "cross_attn.") if "conv3d_0.0.0.weight" in keys else ()  # D2 / D4
+        return TUBER_WRAPPER_PARTS + unused
+    return ()
+
+
 def is_tuber(keys):
     """True when the (normalized) keys hold a TubeR model (its CSN lives below ``backbone.body.``)."""
-    return any(k.startswith(TUBER_BODY + "conv1.") for k in keys)
+    if any(k.startswith(TUBER_BODY + "conv1.") for k in keys):
+        return True
+    # the fork's Deformable TubeR (Joiner keys); DETR's own checkpoints also nest a backbone.0.body (a ResNet)
+    deformable = "transformer.level_embed" in keys or "transformer2.level_embed" in keys
+    return deformable and any(k.startswith(TUBER_JOINER + "body.conv1.") for k in keys)
 
 
 # DETR checkpoints: the parts TubeR's load_detr_weights takes (models/../utils/model_utils.py).

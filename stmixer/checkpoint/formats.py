@@ -41,7 +41,9 @@ other top-level entries untouched. Formats (ids in ``FORMATS``):
 * ``tuber`` — TubeR checkpoints ``{"model": ..., "optimizer", "lr_scheduler", "epoch",
   "config": yacs CfgNode (read as an inert placeholder)}``: ``backbone.body.*`` -> ``backbone.*``
   (CSN), ``backbone.body.out_fc.*`` dropped, everything else kept below ``tuber_head.``
-  (``csn.tuber_key``).
+  (``csn.tuber_key``). The TubeR fork's Deformable TubeR checkpoints (``backbone.0.body.*``, a Joiner,
+  with a deformable ``transformer[2].level_embed``) map the same way, minus the modules they never call
+  (``csn.deformable_tuber_unused``; docs/deformable_tuber.md).
 * ``detr`` — DETR checkpoints (COCO ``detr-r50``, or TubeR's ``detr.pth``; ``module.`` prefix or not):
   ``transformer.*``, ``query_embed.weight``, ``bbox_embed.*`` -> ``tuber_head.*`` (``csn.detr_key``), the rest
   dropped; ``MODEL.TUBER.DETR_WEIGHT`` loads them (``stmixer.modeling.tuber.detr_weights``).
@@ -342,9 +344,12 @@ def _from_state_dict(path, state_dict, extras, wrapper=None):
                 mapped[k] = v
         fmt, expected_missing = "mmaction2", frozenset()
     elif layout == "tuber":
+        unused = csn.deformable_tuber_unused({csn.tuber_unjoin(k) for k in state_dict})
         for k, v in state_dict.items():
             target = csn.tuber_key(k)
-            if target is None:
+            if unused and csn.tuber_unjoin(k).startswith(unused):
+                drop("Deformable TubeR modules the fork builds but never calls", k)
+            elif target is None:
                 drop("classifier head (TubeR's unused CSN out_fc)", k)
             else:
                 mapped[target] = v

@@ -270,6 +270,21 @@ _C.MODEL.TUBER.DETR_WEIGHT = ""
 # Learning-rate factor of the backbone and the "decode" temporal pooling (TubeR: LR_BACKBONE / LR = 1e-5 / 1e-4; its grouping matches "backbone" in names).
 _C.MODEL.TUBER.BACKBONE_LR_FACTOR = 0.1
 
+# Deformable TubeR (MODEL.TUBER.TRANSFORMER "deformable": the TubeR fork's D2/D3/D4, docs/deformable_tuber.md)
+_C.MODEL.TUBER.DEFORMABLE = CN()
+# Which of the fork's detectors: "D2" (vanilla), "D3" (DETR + Deformable DETR) or "D4" (Deformable DETR + TubeR's action branch).
+_C.MODEL.TUBER.DEFORMABLE.VARIANT = "D2"
+# Feature levels of the deformable attention [NUM_FEATURE_LEVELS]: CSN layer2..layer4 + one extra stride-2 level (only 4 is supported).
+_C.MODEL.TUBER.DEFORMABLE.NUM_FEATURE_LEVELS = 4
+# Sampling points per head and level in the encoder's deformable attention [NUM_ENC_N_POINTS].
+_C.MODEL.TUBER.DEFORMABLE.ENC_N_POINTS = 4
+# Sampling points per head and level in the decoder's deformable cross-attention [NUM_DEC_N_POINTS].
+_C.MODEL.TUBER.DEFORMABLE.DEC_N_POINTS = 4
+# Reproduce the fork's time-major/batch-major regrouping before temporal pooling (clips of a batch mix when B > 1); False: each clip pools its own frames.
+_C.MODEL.TUBER.DEFORMABLE.BATCH_TIME_MIX = True
+# Inference scores gated by the actor switch as TubeR (sigmoid * p * (p > SWITCH_THRESHOLD)); False: the fork's PostProcessAVA, which overwrites the gated scores with sigmoid(logits).
+_C.MODEL.TUBER.DEFORMABLE.SWITCH_GATE = False
+
 # ---------------------------------------------------------------------------
 # Long-term feature bank (mmaction2's LFB; shared heads FBONonLocal / FBOMax / FBOAvg / LFBInfer)
 # ---------------------------------------------------------------------------

@@ -55,6 +55,10 @@ CHOICES = {
     "MODEL.SPARSE_RCNN.MATCH_CLASS_COST": ("per_target", "batch_union"),
     "MODEL.TUBER.TEMPORAL_POOL": ("decode", "avg", "max", "center"),
     "MODEL.TUBER.CLASS_LOSS": ("bce", "focal"),
+    "MODEL.TUBER.DEFORMABLE.VARIANT": ("D2", "D3", "D4"),
+    "MODEL.TUBER.DEFORMABLE.NUM_FEATURE_LEVELS": (4,),
+    "MODEL.TUBER.DEFORMABLE.BATCH_TIME_MIX": (True, False),
+    "MODEL.TUBER.DEFORMABLE.SWITCH_GATE": (True, False),
 }
 # String keys compared without case.
 CASELESS_CHOICES = {
@@ -323,6 +327,11 @@ def _tuber_problems(cfg):
     if t.CROSS_ATTN_DIM != t.D_MODEL:
         yield "MODEL.TUBER.CROSS_ATTN_DIM", f"expected MODEL.TUBER.D_MODEL = {t.D_MODEL} (the action cross-attention " \
                                             "reads the decoder outputs)"
+    if t.TRANSFORMER == "deformable":  # Deformable TubeR: its own projections of every CSN level
+        if t.D_MODEL % 32:
+            yield "MODEL.TUBER.D_MODEL", ("expected a multiple of 32 (Deformable TubeR's input projections use "
+                                          "GroupNorm(32))")
+        return
     if (t.PROJ_IN_CHANNELS or t.DIM_FEEDFORWARD) != 2048:
         key = "MODEL.TUBER.PROJ_IN_CHANNELS" if t.PROJ_IN_CHANNELS else "MODEL.TUBER.DIM_FEEDFORWARD"
         yield key, ("expected 2048, the ir-CSN channels input_proj / class_proj read (TubeR ties their input width "

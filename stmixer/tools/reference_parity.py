@@ -44,6 +44,8 @@ A folder of ``<case>.json`` (``"model": "TubeR"``) + ``<case>.npz`` is a TubeR f
 ``stmixer.modeling.tuber.parity`` (its docstring gives the layout and the output names).
 A folder with ``stabn.json`` (model "ST-ABN") is a fixture of the official ST-ABN recognizer, run by
 ``stmixer.modeling.stabn.parity`` (its docstring gives the layout and the output names).
+A folder of Deformable TubeR cases (``<case>.json`` naming ``msda_*`` / ``transformer_*`` / ``head_*``) is
+run by ``stmixer.tools.deformable_parity``.
 
 Runs on the CPU with 1 thread by default, as the fixtures were generated, so
 float32 results are reproducible across machines (``--threads`` changes it).
@@ -75,6 +77,7 @@ FAMILY_FIXTURES = (
     ("..modeling.sparse_rcnn.parity", "is_sparse_rcnn_fixture", "run_sparse_rcnn_fixture", "SparseRCNNFixtureError"),
     ("..modeling.tuber.parity", "is_tuber_fixture", "run_tuber_fixture", "TubeRFixtureError"),
     ("..modeling.stabn.parity", "is_stabn_fixture", "run_stabn_fixture", "STABNFixtureError"),
+    (".deformable_parity", "is_deformable_fixture", "run_deformable_fixture", "DeformableFixtureError"),
 )
 
 PRECISIONS = {"f32": torch.float32, "f64": torch.float64}

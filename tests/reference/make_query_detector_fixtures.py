@@ -165,17 +165,23 @@ def run_csn_case(official, name, depth, seed, in_shape, full, out_dir, versions)
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tuber", required=True, help="checkout of amazon-science/tubelet-transformer")
+    parser.add_argument("--tuber", help="checkout of amazon-science/tubelet-transformer (sections csn, ...)")
+    parser.add_argument("--fork", help="checkout of jinsingsangsung/tuber at 50cd09b^ (section deformable)")
+    parser.add_argument("--fork-commit", default="unknown", help="fork commit, recorded in the deformable fixtures")
     parser.add_argument("--out", required=True, help="output folder (tests/reference/tuber)")
     parser.add_argument("--commit", default="unknown", help="official commit, recorded in the fixtures")
-    parser.add_argument("--sections", nargs="+", default=["csn", "tuber"], choices=["csn", "tuber"])
+    parser.add_argument("--sections", nargs="+", default=["csn", "tuber"], choices=["csn", "tuber", "deformable"])
     args = parser.parse_args(argv)
+    if "deformable" in args.sections and not args.fork:
+        parser.error("--sections deformable needs --fork")
+    if set(args.sections) - {"deformable"} and not args.tuber:
+        parser.error("--tuber is required for sections other than deformable")
     sys.path.insert(0, str(HERE / "tuber"))  # recipe.py
     import scipy
     import torch
 
     torch.manual_seed(0)
-    tuber = Path(args.tuber).resolve()
+    tuber = Path(args.tuber).resolve() if args.tuber else None
     versions = {"tuber_commit": args.commit, "torch": torch.__version__, "numpy": np.__version__,
                 "scipy": scipy.__version__}
     if "csn" in args.sections:
@@ -190,6 +196,10 @@ def main(argv=None):
         import query_fixtures_tuber
 
         query_fixtures_tuber.run(tuber, args.out, versions)
+    if "deformable" in args.sections:
+        from query_fixtures_deformable import run_deformable_section  # noqa: E402  (this folder, on sys.path)
+
+        run_deformable_section(args.fork, args.out, {**versions, "tuber_commit": None, "fork_commit": args.fork_commit})
 
 
 if __name__ == "__main__":

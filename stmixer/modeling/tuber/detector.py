@@ -56,13 +56,19 @@ class TubeR(nn.Module):
         """``(lr multiplier, exempt from weight decay)`` of parameter ``name`` (``stmixer.solver``):
         ``backbone_lr_factor`` for the CSN and the temporal pooling (TubeR's ``backbone.*`` groups,
         LR_BACKBONE), 1 for the rest; weight decay as grouped."""
-        if name.startswith(("backbone.", "tuber_head.query_pool.", "tuber_head.pool_decoder.")):
+        # Deformable TubeR's pooling lives in its head, outside the fork's "backbone" learning-rate group
+        pooling = () if getattr(self.tuber_head, "multi_level", False) else ("tuber_head.query_pool.",
+                                                                                 "tuber_head.pool_decoder.")
+        if name.startswith(("backbone.",) + pooling):
             return self.backbone_lr_factor, False
         return 1.0, False
 
     def predictions(self, slow_video, whwh, trace=None):
         """Per-layer head outputs (``TubeRHead.forward``) of a clip batch ``[B, 3, T, H, W]``."""
-        x = self.backbone.last_stage([slow_video])[0]
+        if getattr(self.tuber_head, "multi_level", False):  # Deformable TubeR: every CSN stage
+            x = self.backbone([slow_video])
+        else:
+            x = self.backbone.last_stage([slow_video])[0]
         if trace is not None:
             trace["backbone"] = x
         return self.tuber_head(x, pixel_padding_mask(slow_video, whwh), trace=trace)
@@ -92,6 +98,8 @@ class TubeR(nn.Module):
         """STMDetector-contract detections of the last layer (see ``forward``)."""
         p_actor = out["logits_b"][-1].softmax(-1)[..., 1]
         gate = (p_actor > self.switch_threshold).to(p_actor.dtype) * p_actor
+        if not getattr(self.tuber_head, "switch_gate", True):  # the TubeR fork's PostProcessAVA (Deformable TubeR)
+            gate = torch.ones_like(p_actor)
         scores = out["logits"][-1].sigmoid() * gate[..., None]
         boxes = cxcywh_to_xyxy(out["boxes"][-1]).clamp(0, 1)
         Q = boxes.shape[1]
@@ -126,8 +134,10 @@ def build_tuber(cfg):
                           "backbone (CSN-50 / CSN-152), whose 2048-channel last stage its heads read")
     backbone = build_backbone(cfg)
     transformer = lookup(TUBER_TRANSFORMER_REGISTRY, cfg.MODEL.TUBER.TRANSFORMER)(cfg)
-    model = TubeR(backbone, build_tuber_head(cfg, transformer), build_tuber_criterion(cfg),
-                  cfg.MODEL.TUBER.SWITCH_THRESHOLD, cfg.MODEL.TUBER.BACKBONE_LR_FACTOR)
+    # a transformer that brings its own head (Deformable TubeR's D2/D3/D4) builds it
+    head = transformer.build_head(cfg) if hasattr(transformer, "build_head") else build_tuber_head(cfg, transformer)
+    model = TubeR(backbone, head, build_tuber_criterion(cfg), cfg.MODEL.TUBER.SWITCH_THRESHOLD,
+                  cfg.MODEL.TUBER.BACKBONE_LR_FACTOR)
     if cfg.MODEL.TUBER.DETR_WEIGHT:
         from .detr_weights import load_detr_weights
 
