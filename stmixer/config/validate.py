@@ -55,6 +55,7 @@ CHOICES = {
     "MODEL.SPARSE_RCNN.MATCH_CLASS_COST": ("per_target", "batch_union"),
     "MODEL.TUBER.TEMPORAL_POOL": ("decode", "avg", "max", "center"),
     "MODEL.TUBER.CLASS_LOSS": ("bce", "focal"),
+    "MODEL.TUBER.HEAD": ("ava", "frame"),
 }
 # String keys compared without case.
 CASELESS_CHOICES = {
