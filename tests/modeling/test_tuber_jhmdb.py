@@ -147,3 +147,28 @@ def test_tuber_head_key_is_checked():
     cfg.MODEL.TUBER.HEAD = "jhmdb"
     with pytest.raises(ConfigError, match="MODEL.TUBER.HEAD"):
         validate_config(cfg)
+
+
+def test_detr_weight_into_the_frame_head_loads_all_but_the_queries(tmp_path):
+    """TubeR's load_detr_weights crashes on its JHMDB model (10 DETR rows into the [10 * 32, D] per-frame queries);
+    ours loads the transformer and the box MLP and keeps the per-frame queries' initialization (reported)."""
+    from stmixer.modeling.tuber.detr_weights import load_detr_weights
+
+    meta = {"model": parity.FRAME_MODEL_NAME, "overrides": {"ENC_LAYERS": 1, "DEC_LAYERS": 1, "QUERY_NUM": 2,
+                                                             "TEMP_LEN": 8}}
+    cfg = parity.fixture_config(meta)
+    torch.manual_seed(0)
+    model = build_detector(cfg)
+    gen = torch.Generator().manual_seed(0)  # a COCO DETR layout: 100 queries, its classifier
+    sd = {f"{part}.{k}": torch.randn(v.shape, generator=gen, dtype=torch.float64).float()
+          for part in ("transformer", "bbox_embed") for k, v in getattr(model.tuber_head, part).state_dict().items()}
+    sd.update({"query_embed.weight": torch.randn(100, 256, generator=gen), "class_embed.weight": torch.randn(92, 256),
+               "class_embed.bias": torch.randn(92)})
+    path = tmp_path / "detr.pth"
+    torch.save({"model": sd}, path)
+    queries = model.tuber_head.query_embed.weight.detach().clone()
+    report = load_detr_weights(model, path, log=None)
+    assert report.ok
+    assert torch.equal(model.tuber_head.query_embed.weight, queries)  # 16 per-frame queries: not DETR's first 16
+    assert torch.equal(model.tuber_head.bbox_embed.layers[2].bias, sd["bbox_embed.layers.2.bias"])
+    assert any("query_embed" in reason for reason in report.dropped)
