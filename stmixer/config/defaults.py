@@ -269,6 +269,8 @@ _C.MODEL.TUBER.SWITCH_THRESHOLD = 0.8
 _C.MODEL.TUBER.DETR_WEIGHT = ""
 # Learning-rate factor of the backbone and the "decode" temporal pooling (TubeR: LR_BACKBONE / LR = 1e-5 / 1e-4; its grouping matches "backbone" in names).
 _C.MODEL.TUBER.BACKBONE_LR_FACTOR = 0.1
+# Heads: "ava" (3-way actor switch per query, sigmoid actions) or "frame" (JHMDB / UCF101-24: NUM_QUERIES per frame of the clip, 2-way clip switch, softmax actions with "no action"; CLASS_LOSS ignored).
+_C.MODEL.TUBER.HEAD = "ava"
 
 # Deformable TubeR (MODEL.TUBER.TRANSFORMER "deformable": the TubeR fork's D2/D3/D4, docs/deformable_tuber.md)
 _C.MODEL.TUBER.DEFORMABLE = CN()

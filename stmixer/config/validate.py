@@ -59,6 +59,7 @@ CHOICES = {
     "MODEL.TUBER.DEFORMABLE.NUM_FEATURE_LEVELS": (4,),
     "MODEL.TUBER.DEFORMABLE.BATCH_TIME_MIX": (True, False),
     "MODEL.TUBER.DEFORMABLE.SWITCH_GATE": (True, False),
+    "MODEL.TUBER.HEAD": ("ava", "frame"),
 }
 # String keys compared without case.
 CASELESS_CHOICES = {

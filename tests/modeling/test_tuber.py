@@ -247,7 +247,8 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "config_files" / "tuber"
 def test_tuber_configs_cover_the_seed_table_and_the_official_configs():
     names = {p.stem for p in CONFIGS}
     assert names == {"TubeR_CSN50_AVA21", "TubeR_CSN50_AVA21_focal", "TubeR_CSN50_AVA21_detr_coco",
-                     "TubeR_CSN50_AVA21_no_detr_30ep", "TubeR_CSN152_AVA21", "TubeR_CSN152_AVA22"}
+                     "TubeR_CSN50_AVA21_no_detr_30ep", "TubeR_CSN152_AVA21", "TubeR_CSN152_AVA22",
+                     "TubeR_CSN152_JHMDB", "TubeR_CSN152_UCF24"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -259,13 +260,16 @@ def test_tuber_config_builds_and_runs_a_tiny_forward(path):
     torch.manual_seed(0)
     model = build_detector(cfg).eval()
     assert model.tuber_head.temporal_pool == cfg.MODEL.TUBER.TEMPORAL_POOL
-    assert model.criterion.class_loss == cfg.MODEL.TUBER.CLASS_LOSS
+    frame = cfg.MODEL.TUBER.HEAD == "frame"  # JHMDB / UCF101-24 (tests/modeling/test_tuber_jhmdb.py)
+    assert model.criterion.class_loss == ("softmax" if frame else cfg.MODEL.TUBER.CLASS_LOSS)
     video = torch.randn(1, 3, cfg.DATA.NUM_FRAMES, 32, 32)  # 32 frames: "avg" pools the 4 of layer4
     whwh = torch.tensor([[32.0, 32.0, 32.0, 32.0]])
     with torch.no_grad():
         det = model(video, None, whwh)
-    Q = cfg.MODEL.TUBER.NUM_QUERIES
-    assert det[0]["scores"].shape == (Q, 80) and det[0]["boxes"].shape == (Q, 4)
+    Q, A = cfg.MODEL.TUBER.NUM_QUERIES, cfg.MODEL.STM.ACTION_CLASSES
+    n = len(det[0]["boxes"])  # "frame": the key frame's queries whose best class is an action
+    assert (n <= Q) if frame else (n == Q)
+    assert det[0]["scores"].shape == (n, A) and det[0]["boxes"].shape == (n, 4)
     assert torch.isfinite(det[0]["scores"]).all() and (det[0]["boxes"] >= 0).all() and (det[0]["boxes"] <= 1).all()
 
 

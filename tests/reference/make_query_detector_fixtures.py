@@ -22,6 +22,8 @@ Section ``csn`` (the ir-CSN backbones, ``models/backbones/ir_CSN_{50,152}.py``),
 
 Section ``tuber`` (the whole TubeR detector in float64): ``query_fixtures_tuber.py``.
 
+Section ``tuber_jhmdb`` (TubeR's JHMDB / UCF101-24 model in float64): ``query_fixtures_tuber_jhmdb.py``.
+
 Writes ``csn/<case>.json`` (manifest of blob names and shapes, the official state-dict keys, the
 frozen parameters, statistics of every output, versions) and ``csn/<case>.npz`` (layer4 in full,
 layer1..3 as channel slices ``[:, ::CHANNEL_STEP]``, the gradients, the training-mode results).
@@ -170,7 +172,8 @@ def main(argv=None):
     parser.add_argument("--fork-commit", default="unknown", help="fork commit, recorded in the deformable fixtures")
     parser.add_argument("--out", required=True, help="output folder (tests/reference/tuber)")
     parser.add_argument("--commit", default="unknown", help="official commit, recorded in the fixtures")
-    parser.add_argument("--sections", nargs="+", default=["csn", "tuber"], choices=["csn", "tuber", "deformable"])
+    parser.add_argument("--sections", nargs="+", default=["csn", "tuber", "tuber_jhmdb"],
+                        choices=["csn", "tuber", "tuber_jhmdb", "deformable"])
     args = parser.parse_args(argv)
     if "deformable" in args.sections and not args.fork:
         parser.error("--sections deformable needs --fork")
@@ -200,6 +203,11 @@ def main(argv=None):
         from query_fixtures_deformable import run_deformable_section  # noqa: E402  (this folder, on sys.path)
 
         run_deformable_section(args.fork, args.out, {**versions, "tuber_commit": None, "fork_commit": args.fork_commit})
+    if "tuber_jhmdb" in args.sections:  # TubeR's JHMDB / UCF101-24 model: tests/reference/query_fixtures_tuber_jhmdb.py
+        sys.path.insert(0, str(HERE))
+        import query_fixtures_tuber_jhmdb
+
+        query_fixtures_tuber_jhmdb.run(tuber, args.out, versions)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,18 @@ Weighted loss dict: ``loss_ce`` x 12, ``loss_ce_b`` x 1, ``loss_bbox`` x 5, ``lo
 ``weight_dict``; ``MODEL.TUBER.LOSS_WEIGHTS``), last layer first, then layer i (0-based) of the earlier
 ones with suffix ``_{i}`` (deep supervision, ``AUX_LOSS``); TubeR's trainer sums them
 (``MODEL.STM.LOSS_REDUCTION: "sum"`` in the TubeR configs). Every term is a 0-dim tensor.
+
+JHMDB / UCF101-24 (``MODEL.TUBER.HEAD "frame"``: ``class_loss="softmax"``, ``switch="clip"``; TubeR's
+``models/criterion.py`` ``SetCriterion`` with ``models/detr/matcher_ucf.py``), on the key frame's queries:
+
+* matching: ``cost = 5 * L1(cxcywh) - 1 * softmax(logits)[class of the gt] - 2 * GIoU`` (the shared matcher with
+  int64 "labels": the ground truth's action, the first positive column of its multi-hot row);
+* ``loss_ce``: ``A + 1``-way cross-entropy over all queries, target the matched ground truth's action, "no
+  action" (the last column) for unmatched queries, class weights ``[1, ..., 1, eos_coef]`` (built in float32
+  as TubeR's buffer, so ``eos_coef`` is float32(0.1) in float64 too), weighted mean;
+* ``loss_ce_b``: 2-way cross-entropy of the clip switch ``[B, 2]``, target 1 when the clip has ground truth
+  (TubeR's ``vis``), mean over clips; ``loss_bbox`` / ``loss_giou`` as on AVA;
+* weights (``Tuber_CSN152_JHMDB.yaml``): ``loss_ce`` x 1, ``loss_ce_b`` x 1, ``loss_bbox`` x 5, ``loss_giou`` x 2.
 """
 
 from collections import OrderedDict
@@ -39,7 +51,8 @@ from torch import nn
 from ...structures.boxes import generalized_box_iou
 from ..matcher import xyxy_to_cxcywh
 
-CLASS_LOSSES = ("bce", "focal")
+CLASS_LOSSES = ("bce", "focal", "softmax")
+SWITCHES = ("query", "clip")
 TERMS = ("loss_ce", "loss_ce_b", "loss_bbox", "loss_giou")
 ACTOR, NO_ACTOR = 1, 2
 
@@ -59,13 +72,19 @@ class TubeRCriterion(nn.Module):
         class_loss: "bce" | "focal"; focal_gamma: g of "focal" (2).
         deep_supervision: supervise every decoder layer (TubeR: ``AUX_LOSS True``).
         float32_quirks: see module docstring.
+        switch: "query" (AVA: 3-way per query) or "clip" (JHMDB / UCF: 2-way per clip, target "clip has
+            ground truth"); class_loss "softmax" (JHMDB / UCF) matches on the action logits instead of the switch.
     """
 
     def __init__(self, matcher, weights, matched_weight=10.0, eos_coef=0.1, class_loss="bce", focal_gamma=2.0,
-                 deep_supervision=True, float32_quirks=True):
+                 deep_supervision=True, float32_quirks=True, switch="query"):
         super().__init__()
         if class_loss not in CLASS_LOSSES:
             raise ValueError(f"TubeRCriterion: class_loss = {class_loss!r}, expected one of {CLASS_LOSSES}")
+        if switch not in SWITCHES:
+            raise ValueError(f"TubeRCriterion: switch = {switch!r}, expected one of {SWITCHES}")
+        self.switch = switch
+        self.eos_coef = eos_coef
         missing = set(TERMS) - set(weights)
         if missing:
             raise ValueError(f"TubeRCriterion: no weight given for {sorted(missing)}")
@@ -81,8 +100,13 @@ class TubeRCriterion(nn.Module):
         self.register_buffer("empty_weight", empty_weight, persistent=False)  # rebuilt from the config, not saved
 
     def normalized_targets(self, targets):
-        """Targets for matching: "boxes" clip-normalized xyxy (``boxes / whwh``), "whwh" ones."""
-        return [{"boxes": t["boxes"] / t["whwh"], "whwh": torch.ones_like(t["whwh"])} for t in targets]
+        """Targets for matching: "boxes" clip-normalized xyxy (``boxes / whwh``), "whwh" ones; class_loss
+        "softmax": "labels" int64 ``[n]``, the action of each ground truth (first positive column)."""
+        out = [{"boxes": t["boxes"] / t["whwh"], "whwh": torch.ones_like(t["whwh"])} for t in targets]
+        if self.class_loss == "softmax":
+            for o, t in zip(out, targets):
+                o["labels"] = t["actions"].argmax(-1)
+        return out
 
     def forward(self, outputs, targets, trace=None):
         """Weighted loss dict of the per-layer predictions.
@@ -107,7 +131,8 @@ class TubeRCriterion(nn.Module):
         layers = [final] + (list(range(final)) if self.deep_supervision else [])
         norm_targets = self.normalized_targets(targets)
         B = len(targets)
-        folded = self.matcher(torch.cat([outputs["logits_b"][k] for k in layers]),
+        match_logits = outputs["logits"] if self.class_loss == "softmax" else outputs["logits_b"]
+        folded = self.matcher(torch.cat([match_logits[k] for k in layers]),
                               torch.cat([cxcywh_to_xyxy(outputs["boxes"][k]) for k in layers]),
                               norm_targets * len(layers))
         count = sum(len(t["boxes"]) for t in targets)
@@ -121,6 +146,8 @@ class TubeRCriterion(nn.Module):
         offsets = [0]
         for t in targets:
             offsets.append(offsets[-1] + len(t["boxes"]))
+        visible = torch.tensor([int(len(t["boxes"]) > 0) for t in targets], dtype=torch.int64,
+                               device=outputs["boxes"].device)
         losses = OrderedDict()
         for j, k in enumerate(layers):
             matches = folded[j * B:(j + 1) * B]
@@ -131,19 +158,45 @@ class TubeRCriterion(nn.Module):
             src_idx = torch.cat([m.src for m in matches]).to(device)
             tgt_idx = torch.cat([m.tgt + offsets[i] for i, m in enumerate(matches)]).to(device)
             terms = self.layer_losses(outputs["logits_b"][k], outputs["boxes"][k], outputs["logits"][k],
-                                      (batch_idx, src_idx), gt_xyxy[tgt_idx], gt_actions[tgt_idx], num_boxes)
+                                      (batch_idx, src_idx), gt_xyxy[tgt_idx], gt_actions[tgt_idx], num_boxes,
+                                      visible)
             suffix = "" if k == final else f"_{k}"
             for name in TERMS:
                 losses[name + suffix] = terms[name] * self.weights[name]
         return losses
 
-    def layer_losses(self, logits_b, boxes, logits, idx, gt_xyxy, gt_actions, num_boxes):
+    def layer_losses(self, logits_b, boxes, logits, idx, gt_xyxy, gt_actions, num_boxes, visible=None):
         """Unweighted terms of one layer; ``idx`` = (clip, query) of the matched pairs, ``gt_xyxy`` /
-        ``gt_actions`` their ground truth (normalized xyxy, multi-hot)."""
+        ``gt_actions`` their ground truth (normalized xyxy, multi-hot); ``visible`` int64 ``[B]``: the clip has
+        ground truth (switch "clip")."""
+        if self.switch == "clip":
+            loss_ce_b = F.cross_entropy(logits_b, visible)
+        else:
+            target_b = torch.full(logits_b.shape[:2], NO_ACTOR, dtype=torch.int64, device=logits_b.device)
+            target_b[idx] = ACTOR
+            loss_ce_b = F.cross_entropy(logits_b.transpose(1, 2), target_b, self.empty_weight.to(logits_b.dtype))
+        if self.class_loss == "softmax":
+            loss_ce = self.softmax_action_loss(logits, idx, gt_actions)
+        else:
+            loss_ce = self.sigmoid_action_loss(logits, idx, gt_actions)
+        src = boxes[idx]
+        loss_bbox = F.l1_loss(src, xyxy_to_cxcywh(gt_xyxy), reduction="none").sum() / num_boxes
+        loss_giou = (1 - generalized_box_iou(cxcywh_to_xyxy(src), gt_xyxy)).sum() / num_boxes
+        return {"loss_ce": loss_ce, "loss_ce_b": loss_ce_b, "loss_bbox": loss_bbox.reshape(()),
+                "loss_giou": loss_giou.reshape(())}
+
+    def softmax_action_loss(self, logits, idx, gt_actions):
+        """``A + 1``-way weighted cross-entropy (JHMDB / UCF); see module docstring."""
+        num_columns = logits.shape[-1]
+        target = torch.full(logits.shape[:2], num_columns - 1, dtype=torch.int64, device=logits.device)
+        target[idx] = gt_actions.argmax(-1)
+        weight = torch.ones(num_columns, dtype=torch.float32, device=logits.device)
+        weight[-1] = self.eos_coef
+        return F.cross_entropy(logits.transpose(1, 2), target, weight.to(logits.dtype))
+
+    def sigmoid_action_loss(self, logits, idx, gt_actions):
+        """Weighted BCE or focal over the ``A`` action columns (AVA); see module docstring."""
         dtype = logits.dtype
-        target_b = torch.full(logits_b.shape[:2], NO_ACTOR, dtype=torch.int64, device=logits_b.device)
-        target_b[idx] = ACTOR
-        loss_ce_b = F.cross_entropy(logits_b.transpose(1, 2), target_b, self.empty_weight.to(logits_b.dtype))
         hard = torch.float32 if self.float32_quirks else dtype  # TubeR: dtype=float32 (cast below, see docstring)
         target = torch.zeros(logits.shape, dtype=hard, device=logits.device)
         weights = torch.ones(logits.shape[:2], dtype=hard, device=logits.device)
@@ -157,8 +210,4 @@ class TubeRCriterion(nn.Module):
             eps, g = 1e-8, self.focal_gamma
             loss_ce = -(((1 - prob) ** g * target * torch.log(prob + eps)
                          + prob ** g * (1 - target) * torch.log(1 - prob + eps)) * weights).sum()
-        src = boxes[idx]
-        loss_bbox = F.l1_loss(src, xyxy_to_cxcywh(gt_xyxy), reduction="none").sum() / num_boxes
-        loss_giou = (1 - generalized_box_iou(cxcywh_to_xyxy(src), gt_xyxy)).sum() / num_boxes
-        return {"loss_ce": loss_ce, "loss_ce_b": loss_ce_b, "loss_bbox": loss_bbox.reshape(()),
-                "loss_giou": loss_giou.reshape(())}
+        return loss_ce

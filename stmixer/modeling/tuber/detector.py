@@ -64,7 +64,8 @@ class TubeR(nn.Module):
         return 1.0, False
 
     def predictions(self, slow_video, whwh, trace=None):
-        """Per-layer head outputs (``TubeRHead.forward``) of a clip batch ``[B, 3, T, H, W]``."""
+        """Per-layer head outputs (``TubeRHead.forward``: all ``query_frames * num_queries`` queries) of a clip
+        batch ``[B, 3, T, H, W]``; ``forward`` reads the key frame's queries of them."""
         if getattr(self.tuber_head, "multi_level", False):  # Deformable TubeR: every CSN stage
             x = self.backbone([slow_video])
         else:
@@ -84,10 +85,11 @@ class TubeR(nn.Module):
 
         Returns:
             eval: per clip ``{"scores": [Q, A], "boxes": [Q, 4] normalized xyxy clamped to [0, 1],
-            "query_indices": [Q], "person_scores": [Q]}`` (every query, as TubeR's AVA evaluation);
+            "query_indices": [Q], "person_scores": [Q]}`` (every query, as TubeR's AVA evaluation; head
+            "frame": see ``frame_detections``);
             train: ordered dict of weighted loss terms (``TubeRCriterion``).
         """
-        out = self.predictions(slow_video, whwh, trace)
+        out = self.tuber_head.key_frame_outputs(self.predictions(slow_video, whwh, trace))
         if self.training:
             targets = [{"boxes": b, "actions": a.to(b.dtype), "whwh": s.to(b.dtype)}
                        for b, a, s in zip(gt_boxes, gt_labels, whwh)]
@@ -95,7 +97,9 @@ class TubeR(nn.Module):
         return self.detections(out)
 
     def detections(self, out):
-        """STMDetector-contract detections of the last layer (see ``forward``)."""
+        """STMDetector-contract detections of the last layer (see ``forward``) of the key frame's outputs."""
+        if getattr(self.tuber_head, "switch", "query") == "clip":  # Deformable TubeR's head has the query switch
+            return self.frame_detections(out)
         p_actor = out["logits_b"][-1].softmax(-1)[..., 1]
         gate = (p_actor > self.switch_threshold).to(p_actor.dtype) * p_actor
         if not getattr(self.tuber_head, "switch_gate", True):  # the TubeR fork's PostProcessAVA (Deformable TubeR)
@@ -107,23 +111,51 @@ class TubeR(nn.Module):
         return [{"scores": scores[i], "boxes": boxes[i], "query_indices": keep, "person_scores": p_actor[i]}
                 for i in range(boxes.shape[0])]
 
+    def frame_detections(self, out):
+        """JHMDB / UCF101-24 detections (head "frame"), as TubeR's evaluation reads its ``PostProcess`` output
+        (``evaluates/evaluate_ucf.py``): per key-frame query ``p = softmax(logits)`` over ``A + 1``; a query whose
+        argmax is "no action" (the last column) is dropped; the others keep one score, ``p`` of their best
+        action, in that action's column (the other columns 0).
+
+        Returns per clip ``{"scores": [n, A], "boxes": [n, 4] normalized xyxy clamped to [0, 1],
+        "query_indices": [n] (kept queries of the key frame, ascending), "person_scores": [n]}`` with
+        ``person_scores`` the clip switch's probability that an actor is visible (TubeR writes it, its
+        evaluation does not use it).
+        """
+        prob = out["logits"][-1].softmax(-1)
+        A = prob.shape[-1] - 1
+        best, label = prob[..., :A].max(-1)
+        keep = prob.argmax(-1) != A
+        scores = torch.zeros_like(prob[..., :A]).scatter_(-1, label[..., None], best[..., None])
+        boxes = cxcywh_to_xyxy(out["boxes"][-1]).clamp(0, 1)
+        p_visible = out["logits_b"][-1].softmax(-1)[:, 1]
+        result = []
+        for i in range(boxes.shape[0]):
+            index = keep[i].nonzero().flatten()
+            result.append({"scores": scores[i, index], "boxes": boxes[i, index], "query_indices": index,
+                           "person_scores": p_visible[i].expand(len(index))})
+        return result
+
 
 def build_tuber_head(cfg, transformer):
     t = cfg.MODEL.TUBER
+    frame = t.HEAD == "frame"  # JHMDB / UCF101-24: per-frame queries, clip switch, "no action" class
     return TubeRHead(
         transformer, num_queries=t.NUM_QUERIES, num_actions=cfg.MODEL.STM.ACTION_CLASSES, backbone_channels=2048,
         input_channels=t.PROJ_IN_CHANNELS or t.DIM_FEEDFORWARD, temporal_pool=t.TEMPORAL_POOL,
         pool_frames=max(cfg.DATA.NUM_FRAMES // 8, 1), cross_attn_dim=t.CROSS_ATTN_DIM,
-        position_float32=t.POSITION_FLOAT32)
+        position_float32=t.POSITION_FLOAT32, switch="clip" if frame else "query",
+        query_frames=cfg.DATA.NUM_FRAMES if frame else 1, no_action_class=frame)
 
 
 def build_tuber_criterion(cfg):
     t = cfg.MODEL.TUBER
+    frame = t.HEAD == "frame"
     matcher = HungarianMatcher(t.COST_CLASS, t.COST_BBOX, t.COST_GIOU, person_index=1, l1_space="cxcywh")
     weights = {"loss_ce": t.ACTION_WEIGHT, "loss_ce_b": t.SWITCH_WEIGHT, "loss_bbox": t.L1_WEIGHT,
                "loss_giou": t.GIOU_WEIGHT}
-    return TubeRCriterion(matcher, weights, t.MATCHED_WEIGHT, t.EOS_COEF, t.CLASS_LOSS, t.FOCAL_GAMMA,
-                          t.DEEP_SUPERVISION, t.LOSS_FLOAT32)
+    return TubeRCriterion(matcher, weights, t.MATCHED_WEIGHT, t.EOS_COEF, "softmax" if frame else t.CLASS_LOSS,
+                          t.FOCAL_GAMMA, t.DEEP_SUPERVISION, t.LOSS_FLOAT32, switch="clip" if frame else "query")
 
 
 @DETECTOR_REGISTRY.register("TubeR")

@@ -10,6 +10,11 @@ the usual load table; every other model key keeps its value (reported as not sto
 TubeR's loader selects keys by their *second* dotted component, so it only loads files whose keys carry
 a ``module.`` prefix (TubeR's own ``detr.pth``); on the COCO DETR release (no prefix) it silently loads
 nothing. This loader takes both layouts (a silent no-op is not reproduced).
+
+JHMDB / UCF101-24 head (``MODEL.TUBER.HEAD "frame"``, ``query_frames`` F > 1): TubeR's loader copies the first
+``QUERY_NUM`` DETR queries into the ``[QUERY_NUM * TEMP_LEN, D]`` ``query_embed`` and crashes
+(``load_state_dict`` size mismatch); here DETR's queries are not loaded for such a head (reported as dropped;
+the per-frame queries keep their initialization), the transformer and the box MLP are.
 """
 
 import dataclasses
@@ -40,6 +45,11 @@ def load_detr_weights(model, path, log=logger):
     state = dict(contents.state_dict)
     dropped = {r: list(v) for r, v in contents.dropped.items()}
     model_state = unwrap_model(model).state_dict()
+    head = getattr(unwrap_model(model), "tuber_head", None)
+    if QUERY_KEY in state and getattr(head, "query_frames", 1) > 1:  # TubeR crashes here (module docstring)
+        dropped["query_embed (the per-frame queries of MODEL.TUBER.HEAD \"frame\" keep their initialization)"] = [
+            QUERY_KEY]
+        del state[QUERY_KEY]
     if QUERY_KEY in state and QUERY_KEY in model_state:
         q = model_state[QUERY_KEY].shape[0]
         if state[QUERY_KEY].shape[0] > q:  # TubeR keeps the first QUERY_NUM queries

@@ -28,6 +28,18 @@ Quirks of the official code reproduced, each behind an argument:
 * the context encoder is ``(D, 8 heads, FFN 2048, dropout 0.1)`` whatever the transformer's settings
   (``context_ffn``), and it runs on L copies of the class map (one per decoder layer, as TubeR
   repeats it: independent dropout in training, identical values in eval).
+
+JHMDB / UCF101-24 head (``head="frame"``, ``MODEL.TUBER.HEAD``; TubeR's ``models/tuber_ava.py`` with
+``DATASET_NAME != "ava"``, the model its ``train_tuber_jhmdb.py`` / ``eval_tuber_jhmdb.py`` build):
+
+* ``query_frames`` = F (TubeR: ``TEMP_LEN``) groups of Q queries, ``query_embed`` ``[F*Q, D]``, frame-major
+  (query ``f*Q + j`` is slot j of frame f); the decoder and the heads run on all F*Q queries, the
+  criterion and the detections read the key frame's group (``key_frame_outputs``: frame ``F // 2``,
+  TubeR's ``key_pos = clip_len // 2``);
+* the switch is 2-way and per clip: ``class_embed_b`` = ``Linear(C, 2)`` on the spatio-temporal average of
+  the un-pooled backbone map (column 1 "an actor is visible on the key frame"), the same for every
+  decoder layer;
+* ``class_fc`` has ``A + 1`` outputs (softmax; the last is "no action").
 """
 
 import copy
@@ -39,6 +51,7 @@ from torch import nn
 from .position_encoding import PositionEmbeddingSine3D
 
 TEMPORAL_POOLS = ("decode", "avg", "max", "center")
+SWITCHES = ("query", "clip")
 
 
 class MLP(nn.Module):
@@ -159,15 +172,23 @@ class TubeRHead(nn.Module):
         context_ffn, context_heads, context_dropout: the context encoder layer (2048, 8, 0.1).
         class_dropout: dropout before ``class_fc`` (0.5).
         position_float32: see ``PositionEmbeddingSine3D``.
+        switch: "query" (AVA: 3-way ``Linear(D, 3)`` per query and layer) or "clip" (JHMDB / UCF: 2-way
+            ``Linear(backbone_channels, 2)`` on the averaged backbone map); see module docstring.
+        query_frames: F groups of ``num_queries`` queries (AVA 1; JHMDB / UCF: the clip length).
+        no_action_class: ``class_fc`` has ``num_actions + 1`` outputs (softmax with "no action" last).
     """
 
     def __init__(self, transformer, num_queries=15, num_actions=80, backbone_channels=2048, input_channels=2048,
                  temporal_pool="decode", pool_frames=4, pool_heads=8, pool_ffn=2048, cross_attn_dim=256,
                  cross_attn_heads=8, context_ffn=2048, context_heads=8, context_dropout=0.1, class_dropout=0.5,
-                 position_float32=True):
+                 position_float32=True, switch="query", query_frames=1, no_action_class=False):
         super().__init__()
         if temporal_pool not in TEMPORAL_POOLS:
             raise ValueError(f"TubeRHead: temporal_pool = {temporal_pool!r}, expected one of {TEMPORAL_POOLS}")
+        if switch not in SWITCHES:
+            raise ValueError(f"TubeRHead: switch = {switch!r}, expected one of {SWITCHES}")
+        if query_frames < 1:
+            raise ValueError(f"TubeRHead: query_frames = {query_frames}, expected >= 1")
         hidden = transformer.d_model
         self.temporal_pool = temporal_pool
         if temporal_pool == "decode":
@@ -179,17 +200,19 @@ class TubeRHead(nn.Module):
             self.pool = pool((pool_frames, 1, 1))
         self.position = PositionEmbeddingSine3D(hidden, normalize=True, float32_compute=position_float32)
         self.transformer = transformer
-        self.query_embed = nn.Embedding(num_queries, hidden)
+        self.query_embed = nn.Embedding(num_queries * query_frames, hidden)
         self.input_proj = nn.Conv3d(input_channels, hidden, kernel_size=1)
         self.class_proj = nn.Conv3d(input_channels, hidden, kernel_size=1)
         self.encoder = ContextEncoder(ContextEncoderLayer(hidden, context_heads, context_ffn, context_dropout), 1)
         self.cross_attn = nn.MultiheadAttention(cross_attn_dim, num_heads=cross_attn_heads, dropout=0.1)
-        self.class_embed_b = nn.Linear(hidden, 3)
+        self.switch = switch
+        self.class_embed_b = nn.Linear(hidden, 3) if switch == "query" else nn.Linear(backbone_channels, 2)
         self.bbox_embed = MLP(hidden, hidden, 4, 3)
-        self.class_fc = nn.Linear(hidden, num_actions)
+        self.class_fc = nn.Linear(hidden, num_actions + int(no_action_class))
         self.dropout = nn.Dropout(class_dropout)
         self.hidden_dim = hidden
         self.num_queries = num_queries
+        self.query_frames = query_frames
 
     def pool_time(self, x):
         """``[B, C, T', H', W']`` -> ``[B, C, 1, H', W']`` (``temporal_pool``)."""
@@ -212,8 +235,9 @@ class TubeRHead(nn.Module):
             trace: optional dict: receives "pooled", "pos", "memory", "hs", "context".
 
         Returns:
-            dict of per-layer tensors ``[L, B, Q, *]``: "logits_b" (3 switch logits), "boxes" (normalized
-            cxcywh), "logits" (A action logits).
+            dict of per-layer tensors ``[L, B, F*Q, *]`` (F = ``query_frames``, 1 on AVA): "logits_b" (3 switch
+            logits; switch "clip": ``[L, B, 2]``, one pair per clip), "boxes" (normalized cxcywh), "logits"
+            (A action logits; ``no_action_class``: A + 1).
         """
         pooled = self.pool_time(x)
         mask = F.interpolate(pixel_mask[None].float(), size=pooled.shape[-2:]).to(torch.bool)[0]
@@ -224,8 +248,11 @@ class TubeRHead(nn.Module):
             hs, memory, extras = self.transformer([src], [mask], self.query_embed.weight, [pos])
         else:
             hs, memory, extras = self.transformer(src, mask, self.query_embed.weight, pos)
-        logits_b = self.class_embed_b(hs)
         L, B, Q, D = hs.shape
+        if self.switch == "query":
+            logits_b = self.class_embed_b(hs)
+        else:  # TubeR: class_embed_b(AdaptiveAvgPool3d(1)(x)), repeated for every layer
+            logits_b = self.class_embed_b(F.adaptive_avg_pool3d(x, 1).flatten(1))[None].repeat(L, 1, 1)
         src_c = self.class_proj(x)
         tokens = src_c.view(1, B, D, -1).repeat(L, 1, 1, 1).view(L * B, D, -1).permute(2, 0, 1).contiguous()
         tokens = self.encoder(tokens, src_c.shape[2:])
@@ -240,6 +267,15 @@ class TubeRHead(nn.Module):
         if trace is not None:
             trace.update({"pooled": pooled, "pos": pos, "memory": memory, "hs": hs, "context": tokens})
         return {"logits_b": logits_b, "boxes": boxes, "logits": logits}
+
+    def key_frame_outputs(self, out):
+        """The key frame's ``num_queries`` queries of ``forward``'s outputs (``query_frames`` > 1: group
+        ``query_frames // 2``, TubeR's ``key_pos``); the outputs themselves when ``query_frames`` is 1."""
+        if self.query_frames == 1:
+            return out
+        start = (self.query_frames // 2) * self.num_queries
+        picked = {k: v[:, :, start:start + self.num_queries] for k, v in out.items() if k in ("boxes", "logits")}
+        return {**out, **picked}
 
 
 def _refine(delta, reference, eps=1e-5):

@@ -16,6 +16,15 @@ to [0, 1]; the official ones are not), and ours only: ``loss/<name>`` / ``loss_f
 Everything runs in eval mode (the fixtures' mode: no dropout, BatchNorm running statistics), except the
 ``train/`` section (``train/out/{logits_b,boxes,logits}`` of the last layer, ``train/loss/<name>``,
 ``train/grad/<name>``, ``train/<BatchNorm buffer>``): training mode with every dropout at 0.
+
+JHMDB / UCF101-24 fixtures (tests/reference/tuber/tuber_jhmdb, ``model: "TubeR-frame"``, made by
+``--sections tuber_jhmdb`` from TubeR's ``Tuber_CSN152_JHMDB.yaml`` on CSN-50): ``MODEL.TUBER.HEAD "frame"``;
+outputs (``run_frame_case``) ``trace/{backbone,pooled,memory,pos}`` (``[:, ::slice]``),
+``trace/{context,hs}`` (``[..., ::slice]``), ``out/{logits_b,boxes,logits}/layer{k}`` (all frames' queries),
+``grad/<official name>``, ``det/{scores,boxes_normalized,switch}`` (TubeR's ``PostProcess`` of every query:
+``A + 1`` softmax, unclamped boxes, ``[B, 1]`` actor-visible probability), ``eval/{boxes_normalized,labels,
+scores}_{b}`` (our detections of clip b: the rows TubeR's evaluation keeps, sorted by descending score, labels
+0-based), and ours only: ``loss/<name>``, ``match/layer{k}_{src,tgt}_b{i}``.
 """
 
 import importlib.util
@@ -25,7 +34,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .criterion import cxcywh_to_xyxy
+
 MODEL_NAME = "TubeR"
+FRAME_MODEL_NAME = "TubeR-frame"  # TubeR's JHMDB / UCF101-24 model (MODEL.TUBER.HEAD "frame")
 
 
 class TubeRFixtureError(RuntimeError):
@@ -33,14 +45,16 @@ class TubeRFixtureError(RuntimeError):
 
 
 def fixture_cases(fixture):
-    """``[(name, meta)]`` of the TubeR cases (json ``"model": "TubeR"`` with an ``.npz`` beside) in ``fixture``."""
+    """``[(name, meta)]`` of the TubeR cases (json ``"model": "TubeR"`` or ``"TubeR-frame"`` with an ``.npz``
+    beside) in ``fixture``."""
     cases = []
     for path in sorted(Path(fixture).glob("*.json")):
         try:
             meta = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(meta, dict) and meta.get("model") == MODEL_NAME and path.with_suffix(".npz").is_file():
+        if (isinstance(meta, dict) and meta.get("model") in (MODEL_NAME, FRAME_MODEL_NAME)
+                and path.with_suffix(".npz").is_file()):
             cases.append((path.stem, meta))
     return cases
 
@@ -60,18 +74,25 @@ def load_recipe(fixture):
 
 
 def fixture_config(meta):
-    """Our config of the fixture's official config (TubeR_CSN50_AVA21 + the case's overrides)."""
+    """Our config of the fixture's official config (TubeR_CSN50_AVA21, or Tuber_CSN152_JHMDB for
+    ``"TubeR-frame"``, + the case's overrides)."""
     from ...config import get_cfg
 
     cfg = get_cfg()
     cfg.MODEL.META_ARCHITECTURE = "TubeR"
-    cfg.MODEL.BACKBONE.CONV_BODY = "CSN-50"
-    cfg.MODEL.BACKBONE.CHANNELS_LAST = False
     over = meta.get("overrides", {})
+    cfg.MODEL.BACKBONE.CONV_BODY = over.get("BACKBONE_NAME", "CSN-50")
+    cfg.MODEL.BACKBONE.CHANNELS_LAST = False
     cfg.MODEL.TUBER.ENC_LAYERS = over.get("ENC_LAYERS", 6)
     cfg.MODEL.TUBER.DEC_LAYERS = over.get("DEC_LAYERS", 6)
     cfg.MODEL.TUBER.NUM_QUERIES = over.get("QUERY_NUM", 15)
     cfg.DATA.NUM_FRAMES = over.get("TEMP_LEN", 32)
+    if meta.get("model") == FRAME_MODEL_NAME:  # Tuber_CSN152_JHMDB.yaml (docs/tuber.md)
+        cfg.MODEL.TUBER.HEAD = "frame"
+        cfg.MODEL.TUBER.TEMPORAL_POOL = "center"  # its TEMPORAL_DS_STRATEGY "decoder"
+        cfg.MODEL.STM.ACTION_CLASSES = meta.get("num_classes", 21)
+        cfg.MODEL.TUBER.COST_CLASS = 1.0
+        cfg.MODEL.TUBER.ACTION_WEIGHT = 1.0
     return cfg
 
 
@@ -224,6 +245,49 @@ def run_case(meta, arrays, recipe, dtype, device="cpu"):
     return result
 
 
+def run_frame_case(meta, arrays, recipe, dtype, device="cpu"):
+    """Every output of one ``"TubeR-frame"`` case (names in the module docstring)."""
+    out = {}
+    model, _ = build_loaded(meta, recipe, dtype)
+    model.to(device)
+    step = meta.get("slice", 8)
+    weights = meta["weight_dict"]
+    losses, trace, grads = loss_pass(model, meta, recipe, arrays, dtype, meta["grad_params"])
+    for key in ("backbone", "pooled", "memory", "pos"):
+        out[f"trace/{key}"] = trace[key][:, ::step]
+    for key in ("context", "hs"):
+        out[f"trace/{key}"] = trace[key][..., ::step]
+    for key, value in losses.items():
+        out[f"loss/{key}"] = value.detach() / weights[key]
+    for key, matches in trace.items():
+        if key.startswith("match/"):
+            for i, m in enumerate(matches):
+                out[f"{key}_src_b{i}"] = m.src
+                out[f"{key}_tgt_b{i}"] = m.tgt
+    out.update({f"grad/{p}": g for p, g in grads.items()})
+    video, whwh = fixture_inputs(meta, recipe, dtype)
+    with torch.no_grad():
+        heads = model.predictions(video.to(device), whwh.to(device))
+        detections = model.detections(model.tuber_head.key_frame_outputs(heads))
+    for k in range(heads["boxes"].shape[0]):
+        for key in ("logits_b", "boxes", "logits"):
+            out[f"out/{key}/layer{k}"] = heads[key][k]
+    out["det/scores"] = heads["logits"][-1].softmax(-1)
+    out["det/boxes_normalized"] = cxcywh_to_xyxy(heads["boxes"][-1])
+    out["det/switch"] = heads["logits_b"][-1].softmax(-1)[:, 1:]
+    for b, det in enumerate(detections):
+        score, label = det["scores"].max(-1) if len(det["scores"]) else (det["scores"].new_zeros(0),) * 2
+        order = torch.argsort(-score, stable=True)
+        out[f"eval/boxes_normalized_{b}"] = det["boxes"][order]
+        out[f"eval/labels_{b}"] = label.long()[order]
+        out[f"eval/scores_{b}"] = score[order]
+    result = {}
+    for name, value in out.items():
+        value = torch.as_tensor(value).detach().cpu()
+        result[name] = value.to(dtype).numpy() if value.is_floating_point() else value.to(torch.int64).numpy()
+    return result
+
+
 def run_tuber_fixture(fixture, dtype, device="cpu"):
     """Outputs of every case in the folder (see module docstring)."""
     cases = fixture_cases(fixture)
@@ -235,5 +299,6 @@ def run_tuber_fixture(fixture, dtype, device="cpu"):
         with np.load(Path(fixture) / f"{name}.npz") as data:
             arrays = {k: data[k] for k in data.files}
         prefix = f"{name}/" if len(cases) > 1 else ""
-        out.update({prefix + k: v for k, v in run_case(meta, arrays, recipe, dtype, device).items()})
+        run = run_frame_case if meta.get("model") == FRAME_MODEL_NAME else run_case
+        out.update({prefix + k: v for k, v in run(meta, arrays, recipe, dtype, device).items()})
     return out
