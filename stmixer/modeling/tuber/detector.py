@@ -89,7 +89,9 @@ class TubeR(nn.Module):
             "frame": see ``frame_detections``);
             train: ordered dict of weighted loss terms (``TubeRCriterion``).
         """
-        out = self.tuber_head.key_frame_outputs(self.predictions(slow_video, whwh, trace))
+        out = self.predictions(slow_video, whwh, trace)
+        if hasattr(self.tuber_head, "key_frame_outputs"):  # TubeR's head (per-frame queries); not Deformable TubeR's
+            out = self.tuber_head.key_frame_outputs(out)
         if self.training:
             targets = [{"boxes": b, "actions": a.to(b.dtype), "whwh": s.to(b.dtype)}
                        for b, a, s in zip(gt_boxes, gt_labels, whwh)]
