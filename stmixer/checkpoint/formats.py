@@ -53,6 +53,11 @@ other top-level entries untouched. Formats (ids in ``FORMATS``):
   ``evad_fpn.*`` and the person detector and decoder (``det_head.*``, ``init_proposal_{features,boxes}.*``)
   to ``evad_head.*``, each under its official name; the loss buffer ``criterion.empty_weight`` is dropped
   (rebuilt from the config).
+* ``tuber_sparse_rcnn`` — the TubeR fork's Sparse R-CNN action detector (``{"model", "optimizer",
+  "lr_scheduler", "epoch", "config"}``; ``backbone.0.body.*`` next to ``init_proposal_boxes.weight`` and
+  ``head.head_series.*``): CSN -> ``backbone.*``, ``input_proj.{0,1,2}`` -> ``lateral_convs.*``, proposals and
+  stages -> ``head.*``; the unused temporal pooling decoder and the extra level the corrected detector
+  replaces are dropped with their reasons (``tuber_sparse``; docs/sparse_rcnn.md).
 
 For every format, a ``module.`` prefix carried by all keys is removed, and
 ``_orig_mod.`` path components (``torch.compile``) are removed. Tensors keep
@@ -66,13 +71,14 @@ import numpy as np
 import torch
 
 from ..utils.io import atomic_open
-from . import csn, mmaction2
+from . import csn, mmaction2, tuber_sparse
 from .caffe2 import caffe2_to_module_path
 from .errors import CheckpointError, CheckpointFormatError
 from .safe_unpickle import read_file
 
 # Top-level parts of the detector (the attribute names of STMDetector).
-DETECTOR_PARTS = ("backbone", "lateral_convs", "stm_head", "roi_head", "tuber_head", "evad_fpn", "evad_head")
+DETECTOR_PARTS = ("backbone", "lateral_convs", "stm_head", "roi_head", "tuber_head", "evad_fpn", "evad_head",
+                  "extra_convs")  # extra_convs: SparseRCNN's extra pyramid levels
 # Top-level parts of any model: the detectors' and the recognizers' classification head (Recognizer3D.head).
 MODEL_PARTS = DETECTOR_PARTS + ("head",)
 # Parts that --no-head leaves at their initialization (STMixer's decoder, the two-stage RoI head, TubeR's and
@@ -98,6 +104,7 @@ FORMATS = {
     "tuber": "TubeR checkpoint",
     "detr": "DETR weights (transformer, queries, box MLP for TubeR)",
     "evad": "official EVAD checkpoint",
+    "tuber_sparse_rcnn": "TubeR fork's Sparse R-CNN checkpoint",
 }
 
 _CONTAINERS = {"zip": "torch zip file", "torch_legacy": "legacy torch file", "pickle": "pickle",
@@ -301,6 +308,8 @@ def _layout(keys):
     roots = {k.split(".", 1)[0] for k in keys}
     if mmaction2.is_mmaction2(set(keys)):
         return "mmaction2"
+    if tuber_sparse.is_fork_sparse_rcnn(set(keys)):
+        return "tuber_sparse_rcnn"
     if csn.is_tuber(keys):
         return "tuber"
     if {"transformer", "query_embed"} <= roots and not roots & set(DETECTOR_PARTS) - {"backbone"}:
@@ -354,6 +363,14 @@ def _from_state_dict(path, state_dict, extras, wrapper=None):
             else:
                 mapped[target] = v
         fmt, expected_missing = "tuber", frozenset()
+    elif layout == "tuber_sparse_rcnn":
+        for k, v in state_dict.items():
+            target, reason = tuber_sparse.fork_key(k)
+            if target is None:
+                drop(reason, k)
+            else:
+                mapped[target] = v
+        fmt, expected_missing = "tuber_sparse_rcnn", frozenset()
     elif layout == "detr":
         for k, v in state_dict.items():
             target = csn.detr_key(k)
