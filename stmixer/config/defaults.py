@@ -208,6 +208,8 @@ _C.MODEL.CSN.LAST_STRIDE = False
 _C.MODEL.CSN.BN_EPSILON = 1e-3
 # Parameters with requires_grad=False: -1 none, k >= 0 the stem and layer1..layer k (TubeR freezes 2 when it starts from Kinetics weights).
 _C.MODEL.CSN.FROZEN_STAGES = -1
+# Temporal stride of layer2..layer4: 2 (TubeR's ir-CSN: T/8 frames out) or 1 (the TubeR fork's ir_CSN_50_variant, all T frames; its SeqFormer).
+_C.MODEL.CSN.TEMPORAL_STRIDE = 2
 
 # TubeR (MODEL.META_ARCHITECTURE "TubeR", stmixer/modeling/tuber/, docs/tuber.md; official yaml key in brackets)
 _C.MODEL.TUBER = CN()

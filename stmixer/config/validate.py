@@ -52,6 +52,7 @@ CHOICES = {
     "RECOGNITION.OUT_OF_BOUND": ("loop", "repeat_last"),
     "MODEL.TUBER.TEMPORAL_POOL": ("decode", "avg", "max", "center"),
     "MODEL.TUBER.CLASS_LOSS": ("bce", "focal"),
+    "MODEL.CSN.TEMPORAL_STRIDE": (1, 2),
     "MODEL.TUBER.DEFORMABLE.VARIANT": ("D2", "D3", "D4"),
     "MODEL.TUBER.DEFORMABLE.NUM_FEATURE_LEVELS": (4,),
     "MODEL.TUBER.DEFORMABLE.BATCH_TIME_MIX": (True, False),
