@@ -7,6 +7,7 @@ from .detector import STMDetector  # noqa: E402  (registers the detector)
 from .fast_rcnn import FastRCNN  # noqa: E402  (registers the two-stage detector)
 from .recognizer import HEAD_REGISTRY, Recognizer3D  # noqa: E402  (registers the recognizer and its heads)
 from .tuber import TubeR  # noqa: E402,F401  (registers the TubeR detector)
+from .seqformer import SeqFormer  # noqa: E402,F401  (registers the SeqFormer detector)
 
 __all__ = ["STMDetector", "FastRCNN", "Recognizer3D", "HEAD_REGISTRY", "BACKBONE_REGISTRY", "DETECTOR_REGISTRY",
            "build_backbone", "build_detector", "build_neck"]

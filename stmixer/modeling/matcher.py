@@ -32,13 +32,21 @@ class HungarianMatcher:
 
     TubeR (``stmixer.modeling.tuber``): ``person_index=1`` (its 3-way actor switch: column 1 is
     "actor") and ``l1_space="cxcywh"`` (L1 between clip-normalized center-size boxes).
+
+    ``class_cost="given"`` (SeqFormer, ``stmixer.modeling.seqformer``): ``cls_logits`` is a class cost
+    ``[B, Q, 1]`` per query computed by the caller (lower is better), used as it is in place of
+    ``-p_person``.
     """
 
-    def __init__(self, class_weight=1.0, l1_weight=1.0, giou_weight=1.0, person_index=0, l1_space="xyxy"):
+    def __init__(self, class_weight=1.0, l1_weight=1.0, giou_weight=1.0, person_index=0, l1_space="xyxy",
+                 class_cost="person_softmax"):
         if class_weight == 0 and l1_weight == 0 and giou_weight == 0:
             raise ValueError("HungarianMatcher: the class, L1 and GIoU cost weights cannot all be 0")
         if l1_space not in ("xyxy", "cxcywh"):
             raise ValueError(f"HungarianMatcher: l1_space = {l1_space!r}, expected 'xyxy' or 'cxcywh'")
+        if class_cost not in ("person_softmax", "given"):
+            raise ValueError(f"HungarianMatcher: class_cost = {class_cost!r}, expected 'person_softmax' or 'given'")
+        self.class_cost = class_cost
         self.class_weight = class_weight
         self.l1_weight = l1_weight
         self.giou_weight = giou_weight
@@ -71,8 +79,11 @@ class HungarianMatcher:
         dtype = gt_boxes.dtype
         with torch.autocast(device_type=cls_logits.device.type, enabled=False):
             cls_logits, boxes = cls_logits.to(dtype), boxes.to(dtype)
-            person = cls_logits.softmax(-1)[..., self.person_index:self.person_index + 1]
-            cost_class = -person.expand(-1, -1, gt_boxes.size(1))
+            if self.class_cost == "given":
+                cost_class = cls_logits.expand(-1, -1, gt_boxes.size(1))
+            else:
+                person = cls_logits.softmax(-1)[..., self.person_index:self.person_index + 1]
+                cost_class = -person.expand(-1, -1, gt_boxes.size(1))
             scale = whwh[:, None, :]
             if self.l1_space == "cxcywh":
                 cost_l1 = torch.cdist(xyxy_to_cxcywh(boxes / scale), xyxy_to_cxcywh(gt_boxes / scale), p=1)
