@@ -40,6 +40,8 @@ A folder of ``<case>.json`` (``"model": "TubeR"``) + ``<case>.npz`` is a TubeR f
 ``stmixer.modeling.tuber.parity`` (its docstring gives the layout and the output names).
 A folder of Deformable TubeR cases (``<case>.json`` naming ``msda_*`` / ``transformer_*`` / ``head_*``) is
 run by ``stmixer.tools.deformable_parity``.
+A folder of SeqFormer cases (``<case>.json`` with ``"model": "SeqFormer"``) is run by
+``stmixer.modeling.seqformer.parity``.
 
 Runs on the CPU with 1 thread by default, as the fixtures were generated, so
 float32 results are reproducible across machines (``--threads`` changes it).
@@ -384,6 +386,14 @@ def run_fixture(fixture, precision="f64", device="cpu", state_dict=None):
         try:
             arrays = run_deformable_fixture(fixture, dtype, device)
         except DeformableFixtureError as e:
+            raise FixtureError(str(e)) from None
+        return {f"{precision}/{name}": value for name, value in arrays.items()}
+    from ..modeling.seqformer.parity import SeqFormerFixtureError, is_seqformer_fixture, run_seqformer_fixture
+
+    if is_seqformer_fixture(fixture):  # SeqFormer (issue #17): one json ("model": "SeqFormer") + npz per case
+        try:
+            arrays = run_seqformer_fixture(fixture, dtype, device)
+        except SeqFormerFixtureError as e:
             raise FixtureError(str(e)) from None
         return {f"{precision}/{name}": value for name, value in arrays.items()}
     for name in ("config.yaml", "inputs.npz"):
