@@ -290,7 +290,7 @@ _C.MODEL.TUBER.DEFORMABLE.SWITCH_GATE = False
 # SeqFormer (MODEL.META_ARCHITECTURE "SeqFormer": the TubeR fork's SeqFormer, docs/seqformer.md; needs MODEL.CSN.TEMPORAL_STRIDE 1;
 # widths, queries, MATCHED_WEIGHT, LOSS_FLOAT32 and BACKBONE_LR_FACTOR from MODEL.TUBER; the fork's yaml key in brackets)
 _C.MODEL.SEQFORMER = CN()
-# Deformable-attention levels: CSN layer2..layer4 plus NUM_FEATURE_LEVELS - 3 extra stride-2 levels, at least 4 [SeqFormer.NUM_FEATURE_LEVELS].
+# Deformable-attention levels: CSN layer2..layer4 plus NUM_FEATURE_LEVELS - 3 extra stride-2 levels, at least 3 [SeqFormer.NUM_FEATURE_LEVELS].
 _C.MODEL.SEQFORMER.NUM_FEATURE_LEVELS = 4
 # Sampling points per head and level in the encoder's deformable attention [SeqFormer.NUM_ENC_N_POINTS].
 _C.MODEL.SEQFORMER.ENC_N_POINTS = 4

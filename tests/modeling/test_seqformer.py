@@ -160,17 +160,18 @@ def test_shared_heads_without_box_refinement():
     assert head.bbox_embed[0].layers[-1].bias[3].item() == -2.0
 
 
-def test_more_feature_levels_run():
+@pytest.mark.parametrize("levels", [3, 5])
+def test_other_feature_level_counts_run(levels):
     """NUM_FEATURE_LEVELS 5: the fork applies its extra stride-2 convolution to a regrouped 5-D map and crashes;
-    here every extra level is computed from the previous one's frames."""
-    model = build_detector(_tiny_cfg("MODEL.SEQFORMER.NUM_FEATURE_LEVELS", 5)).eval()
+    here every extra level is computed from the previous one's frames. 3: the CSN levels alone (as the fork)."""
+    model = build_detector(_tiny_cfg("MODEL.SEQFORMER.NUM_FEATURE_LEVELS", levels)).eval()
     video, whwh = _clips(size=(64, 64))
     trace = {}
     with torch.no_grad():
         model.predictions(video, whwh, trace)
     shapes = [tuple(s.shape[-2:]) for s in trace["srcs"]]
-    assert shapes == [(8, 8), (4, 4), (4, 4), (2, 2), (1, 1)]
-    assert len(model.tuber_head.input_proj) == 5
+    assert shapes == [(8, 8), (4, 4), (4, 4), (2, 2), (1, 1)][:levels]
+    assert len(model.tuber_head.input_proj) == levels
 
 
 def test_batch_without_ground_truth_gives_finite_losses():
@@ -209,7 +210,8 @@ def test_match_class_cost_sums_over_the_batch_union():
     cfg = _tiny_cfg()
     union = build_seqformer_criterion(cfg).present_classes(targets, 5, "cpu")
     assert union.tolist() == [[1, 0, 1, 0, 1]] * 2
-    own = build_seqformer_criterion(_tiny_cfg("MODEL.SEQFORMER.MATCH_BATCH_UNION", False)).present_classes(targets, 5, "cpu")
+    per_clip = build_seqformer_criterion(_tiny_cfg("MODEL.SEQFORMER.MATCH_BATCH_UNION", False))
+    own = per_clip.present_classes(targets, 5, "cpu")
     assert own.tolist() == [[1, 0, 0, 0, 0], [0, 0, 1, 0, 1]]
     p = logits.sigmoid()
     expected = (0.25 * (1 - p) ** 2 * -torch.log(p + 1e-8) - 0.75 * p ** 2 * -torch.log(1 - p + 1e-8))[..., [0, 2, 4]]
@@ -247,7 +249,7 @@ def test_fork_checkpoint_loads(tmp_path):
 
 def test_config_errors_name_the_key():
     for extra, key in ((("MODEL.CSN.TEMPORAL_STRIDE", 2), "MODEL.CSN.TEMPORAL_STRIDE"),
-                       (("MODEL.SEQFORMER.NUM_FEATURE_LEVELS", 3), "MODEL.SEQFORMER.NUM_FEATURE_LEVELS"),
+                       (("MODEL.SEQFORMER.NUM_FEATURE_LEVELS", 2), "MODEL.SEQFORMER.NUM_FEATURE_LEVELS"),
                        (("MODEL.TUBER.D_MODEL", 48), "MODEL.TUBER.D_MODEL")):
         with pytest.raises(ConfigError, match=key):
             build_detector(_tiny_cfg(*extra))
@@ -281,3 +283,27 @@ def test_fixture_config_is_the_yaml():
                 "BACKBONE_LR_FACTOR", "LOSS_FLOAT32", "DROPOUT"):
         assert yaml_cfg.MODEL.TUBER[key] == ours.MODEL.TUBER[key], key
     assert get_cfg().MODEL.CSN.TEMPORAL_STRIDE == 2  # TubeR's CSN stays the default
+
+
+# float32 run vs the float64 answers, relative to max|value| (measured worst, both cases): predictions and
+# detections 1.1e-6, losses 1.9e-7, gradients 1.3e-4 (the CSN's layer2 weights: a long float32 accumulation),
+# training-mode forward 4.7e-5 (BatchNorm batch statistics of 8 frames); ~15-20x margin.
+F32_TOL = {"out": 2e-5, "det": 2e-5, "grad": 2e-3, "train": 1e-3}
+
+
+@pytest.mark.tuber
+def test_whole_detector_float32_matches_the_fork_float64():
+    meta, exp = _load("seqformer_refine")
+    result = run_case(meta, recipe, torch.float32)
+    for key in exp.files:
+        if key.startswith("target/"):
+            continue
+        answer = np.clip(exp[key], 0, 1) if key == "det/boxes_normalized" else exp[key]
+        ours = result[key].detach().double().numpy().reshape(-1)[::meta.get("sampled", {}).get(key, 1)]
+        err = float(np.abs(ours - answer.reshape(-1)).max()) / float(np.abs(answer).max())
+        assert err <= F32_TOL[key.split("/")[0]], f"{key}: relative error {err:.3g}"
+    for key, value in meta["losses"].items():
+        assert abs(float(result[f"loss/{key}"]) - value) <= 1e-6 * abs(value), key
+    for layer, matches in meta["matches"].items():
+        for i, (src, tgt) in enumerate(matches):
+            assert result[f"match/{layer}_src_b{i}"].tolist() == src, (layer, i)

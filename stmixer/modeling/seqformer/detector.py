@@ -72,9 +72,9 @@ def build_seqformer(cfg):
                           "frame of layer2..layer4 at once, which needs the same frame count in each: expected 1 "
                           "(the TubeR fork's ir_CSN_50_variant)")
     t, s = cfg.MODEL.TUBER, cfg.MODEL.SEQFORMER
-    if not (isinstance(s.NUM_FEATURE_LEVELS, int) and s.NUM_FEATURE_LEVELS >= 4):
-        raise ConfigError(f"MODEL.SEQFORMER.NUM_FEATURE_LEVELS = {s.NUM_FEATURE_LEVELS!r}: expected an integer >= 4 "
-                          "(CSN layer2..layer4 plus at least one extra level, as the fork)")
+    if not (isinstance(s.NUM_FEATURE_LEVELS, int) and s.NUM_FEATURE_LEVELS >= 3):
+        raise ConfigError(f"MODEL.SEQFORMER.NUM_FEATURE_LEVELS = {s.NUM_FEATURE_LEVELS!r}: expected an integer >= 3 "
+                          "(CSN layer2..layer4, then extra stride-2 levels)")
     if t.D_MODEL % 32 or t.D_MODEL % t.NHEAD:
         raise ConfigError(f"MODEL.TUBER.D_MODEL = {t.D_MODEL!r}: SeqFormer expects a multiple of 32 (its input "
                           f"projections use GroupNorm(32)) and of MODEL.TUBER.NHEAD = {t.NHEAD}")

@@ -3,10 +3,9 @@
 From the CSN stages ``layer2..layer4`` (temporal stride 1: every stage keeps the clip's ``T`` frames, the
 fork's ``ir_CSN_50_variant``), per frame:
 
-* levels: ``input_proj[l]`` (1x1 conv + GroupNorm(32)) of layer2..layer4, then one extra level per further
-  ``NUM_FEATURE_LEVELS`` (3x3 stride-2 conv + GroupNorm(32): the first of layer4, each next one of the previous
-  extra level); masks resized from the clip's padding mask (nearest); DETR's normalized 2-D sine positions
-  (float32, cast);
+* levels: ``input_proj[l]`` (1x1 conv + GroupNorm(32)) of layer2..layer4, then ``NUM_FEATURE_LEVELS - 3`` extra
+  levels (3x3 stride-2 conv + GroupNorm(32): the first of layer4, each next one of the previous extra level);
+  masks resized from the clip's padding mask (nearest); DETR's normalized 2-D sine positions (float32, cast);
 * ``SeqFormerTransformer`` with ``query_embed`` ``[Q, 2C]``;
 * per decoder layer ``k``: actions ``class_embed[k](hs[k])`` ``[B, Q, A]``; boxes: per frame
   ``bbox_embed[k](hs_box[k]) + inverse_sigmoid(reference)`` (a 2-d reference shifts the centre only),
@@ -22,8 +21,9 @@ so with more than one clip per batch the "clip" ``b`` the transformer sees holds
 (and its valid ratios are those of its first frame). The fork's SeqFormer yaml trains one clip per GPU,
 where nothing changes. False regroups each clip's own frames.
 
-Fixed crash: with ``NUM_FEATURE_LEVELS > 4`` the fork applies a 2-D convolution to the regrouped 5-D map of
-the previous level; here every extra level is computed on the time-major frames.
+Fixed crashes: with ``NUM_FEATURE_LEVELS > 4`` the fork applies a 2-D convolution to the regrouped 5-D map of
+the previous level; here every extra level is computed on the time-major frames. ``NUM_FEATURE_LEVELS`` 1 or 2
+crash in the fork (more CSN levels than projections or level embeddings): the builder rejects them.
 
 Initialization as the fork: ``class_embed`` bias ``-log((1 - 0.01) / 0.01)``, last box layer zero with bias
 ``[2:] = -2`` on the first layer's head (box refinement) or the shared head, ``input_proj`` convs Xavier
@@ -46,7 +46,7 @@ BACKBONE_LEVELS = 3  # layer2..layer4 (the fork's Backbone returns layer1..layer
 
 class SeqFormerHead(nn.Module):
     """Args:
-        transformer: ``SeqFormerTransformer`` (``num_feature_levels >= 4``).
+        transformer: ``SeqFormerTransformer`` (``num_feature_levels >= 3``).
         num_queries: Q (the fork's yaml: 20).
         num_actions: A (80).
         level_channels: channels of CSN layer2..layer4 (512, 1024, 2048).
@@ -61,9 +61,9 @@ class SeqFormerHead(nn.Module):
                  box_refine=True, batch_time_mix=True):
         super().__init__()
         num_levels = transformer.num_feature_levels
-        if num_levels < BACKBONE_LEVELS + 1:
+        if num_levels < BACKBONE_LEVELS:
             raise ValueError(f"SeqFormerHead: {num_levels} feature levels; the fork's SeqFormer reads CSN layer2.."
-                             f"layer4 plus at least one extra level ({BACKBONE_LEVELS + 1} or more)")
+                             f"layer4 ({BACKBONE_LEVELS}) plus optional extra levels")
         d = transformer.d_model
         self.transformer = transformer
         self.num_queries = num_queries
