@@ -12,3 +12,6 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "evad: holds stmixer to reference fixtures made by running the official EVAD code "
                    "(tests/reference/evad)")
+    config.addinivalue_line(
+        "markers", "stabn: holds stmixer to reference fixtures made by running the official ST-ABN code "
+                   "(tests/reference/stabn)")

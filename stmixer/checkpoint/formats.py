@@ -375,7 +375,7 @@ def _from_state_dict(path, state_dict, extras, wrapper=None):
                 drop("loss buffers (rebuilt from the config)", k)
             else:
                 mapped[k] = v
-        fmt, expected_missing = "evad", frozenset()
+        fmt, expected_missing = "evad", frozenset()  # the criterion's empty_weight is not a state-dict entry
     elif layout == "detector":
         mapped.update(state_dict)
         fmt, expected_missing = "official_stmixer", frozenset()

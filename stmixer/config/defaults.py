@@ -469,6 +469,80 @@ _C.EVAD.KEEP_RATES = [1.0] * 12
 _C.EVAD.ENHANCED_WEIGHT = 1.0
 # The 4 ViT blocks (0-based, increasing) whose keyframe tokens feed the FPN at strides 4, 8, 16, 32 (official ViT.FPN_INDICES).
 _C.EVAD.FPN_INDICES = [2, 5, 8, 11]
+# EVAD detector (MODEL.META_ARCHITECTURE "EVAD"): context-refinement decoder width (official MODEL.CRD.EMBED_DIM; zoo 384 ViT-B, 512 ViT-L).
+_C.EVAD.DECODER_DIM = 384
+# Context-refinement decoder blocks; each classifies the persons (deep supervision) (official MODEL.CRD.DEPTH).
+_C.EVAD.DECODER_DEPTH = 6
+# Attention heads of the decoder blocks (official MODEL.CRD.NUM_HEADS).
+_C.EVAD.DECODER_HEADS = 6
+# MLP hidden width / decoder width (official MODEL.CRD.MLP_RATIO).
+_C.EVAD.DECODER_MLP_RATIO = 4.0
+# Dropout in the decoder MLPs and projections (official MODEL.CRD.DROP_RATE).
+_C.EVAD.DECODER_DROP_RATE = 0.0
+# Dropout on the decoder attention weights (official MODEL.CRD.ATTN_DROP_RATE).
+_C.EVAD.DECODER_ATTN_DROP_RATE = 0.0
+# Stochastic depth of the last decoder block, linear from 0 (official MODEL.CRD.DROP_PATH_RATE; zoo 0.1).
+_C.EVAD.DECODER_DROP_PATH_RATE = 0.0
+# Learn the decoder position table instead of the fixed sine table (official MODEL.CRD.USE_LEARNABLE_POS_EMB).
+_C.EVAD.DECODER_LEARNABLE_POS_EMB = False
+# Person-box enlargement (x, y) before the decoder's RoIAlign, fraction of the box size (official MODEL.CRD.ROI_EXTENSION; zoo [0.4, 0.2], the keep-1.0 row [0, 0]).
+_C.EVAD.ROI_EXTENSION = [0.0, 0.0]
+# RoIAlign bins per side on the restored token grid (official DETECTION.ROI_XFORM_RESOLUTION).
+_C.EVAD.ROI_RESOLUTION = 7
+# RoIAlign samples per bin and side on the token grid, 0 = adaptive (official ROI_BOX_HEAD.POOLER_SAMPLING_RATIO).
+_C.EVAD.ROI_SAMPLING_RATIO = 2
+# Width of the action classifier tower of each decoder block (official SparseRCNN.ACT_FC_DIM).
+_C.EVAD.ACT_FC_DIM = 2048
+# Linear-LayerNorm-ReLU layers of that tower (official SparseRCNN.NUM_ACT).
+_C.EVAD.NUM_ACT_LAYERS = 1
+# Weight of each decoder block's action BCE loss on the matched queries (official SparseRCNN.ACTION_WEIGHT).
+_C.EVAD.ACTION_WEIGHT = 12.0
+# Inference: queries with person probability >= this are reported; none -> all queries (official SparseRCNN.PERSON_THRESHOLD).
+_C.EVAD.PERSON_THRESHOLD = 0.7
+# Inference: keep only the k best action scores per person, 0 = all (official SparseRCNN.NUM_EVAL_ACT_CLASSES).
+_C.EVAD.NUM_EVAL_ACT_CLASSES = 0
+# Restore the kept tokens as the official code (k-th kept token at the k-th smallest kept position; docs/evad.md); False = at its own position.
+_C.EVAD.RESTORE_SHUFFLE = True
+# Training: probability per step of reading the action RoIs at the matched ground-truth boxes instead of the predicted ones (the official option has no effect: its replaced boxes are never read; 0 = official).
+_C.EVAD.GT_BOXES_PROB = 0.0
+# Learning-rate multiplier of the person stages and the context-refinement decoder (official det_head.*; SOLVER.LR_SCALE, zoo 8).
+_C.EVAD.HEAD_LR_SCALE = 1.0
+# EVAD's Sparse R-CNN person detector (stmixer.modeling.sparse_rcnn; official MODEL.SparseRCNN.*, ROI_BOX_HEAD.*).
+_C.EVAD.PERSON = CN()
+# Learned proposals (boxes and features) per clip (official NUM_PROPOSALS).
+_C.EVAD.PERSON.NUM_PROPOSALS = 100
+# Width of the proposal features, and of the FPN (official HIDDEN_DIM; the official FPN hard-codes 256).
+_C.EVAD.PERSON.HIDDEN_DIM = 256
+# Refinement stages, each supervised (official NUM_HEADS).
+_C.EVAD.PERSON.NUM_STAGES = 6
+# Attention heads of the proposal self-attention (official NHEADS).
+_C.EVAD.PERSON.NHEADS = 8
+# FFN hidden width of a stage (official DIM_FEEDFORWARD).
+_C.EVAD.PERSON.DIM_FEEDFORWARD = 2048
+# Dropout in the stages (official DROPOUT).
+_C.EVAD.PERSON.DROPOUT = 0.0
+# FFN activation: "relu", "gelu" or "glu" (official ACTIVATION).
+_C.EVAD.PERSON.ACTIVATION = "relu"
+# Inner width of the dynamic convolutions (official DIM_DYNAMIC).
+_C.EVAD.PERSON.DIM_DYNAMIC = 64
+# Parameter sets the dynamic layer generates (official NUM_DYNAMIC).
+_C.EVAD.PERSON.NUM_DYNAMIC = 2
+# Layers of the classification tower (official NUM_CLS).
+_C.EVAD.PERSON.NUM_CLS = 1
+# Layers of the box-regression tower (official NUM_REG).
+_C.EVAD.PERSON.NUM_REG = 3
+# RoIAlign bins per side on the FPN levels (official ROI_BOX_HEAD.POOLER_RESOLUTION).
+_C.EVAD.PERSON.POOLER_RESOLUTION = 7
+# RoIAlign samples per bin and side, 0 = adaptive (official ROI_BOX_HEAD.POOLER_SAMPLING_RATIO).
+_C.EVAD.PERSON.POOLER_SAMPLING_RATIO = 2
+# Loss and matching-cost weight of the person/no-object cross-entropy (official CLASS_WEIGHT).
+_C.EVAD.PERSON.CLASS_WEIGHT = 2.0
+# Loss and matching-cost weight of the GIoU term (official GIOU_WEIGHT).
+_C.EVAD.PERSON.GIOU_WEIGHT = 2.0
+# Loss and matching-cost weight of the L1 term on image-normalized boxes (official L1_WEIGHT).
+_C.EVAD.PERSON.L1_WEIGHT = 5.0
+# Cross-entropy weight of the no-object class (official NO_OBJECT_WEIGHT).
+_C.EVAD.PERSON.NO_OBJECT_WEIGHT = 0.1
 
 # ---------------------------------------------------------------------------
 # STMixer decoder and set loss
@@ -543,6 +617,19 @@ _C.MODEL.RECOGNIZER.DROPOUT_RATE = 0.5
 _C.MODEL.RECOGNIZER.LABEL_SMOOTHING = 0.0
 
 # ---------------------------------------------------------------------------
+# (stmixer) ST-ABN: the "stabn" recognizer head (MODEL.RECOGNIZER.HEAD "stabn", backbone PySlowonly; docs/stabn.md)
+# ---------------------------------------------------------------------------
+_C.MODEL.STABN = CN()
+# Dropout rate before the attention branch's classifier Linear(K * DATA.NUM_FRAMES, K) (official Att_branch: 0.5); the perception classifier uses MODEL.RECOGNIZER.DROPOUT_RATE.
+_C.MODEL.STABN.ATT_DROPOUT_RATE = 0.5
+# Weight of the attention-branch cross entropy, used only with APPLY_ATT_LOSS_WEIGHT (the official config declares loss_weight=0.5).
+_C.MODEL.STABN.ATT_LOSS_WEIGHT = 0.5
+# False (official behaviour): the declared ATT_LOSS_WEIGHT is never applied, loss = CE(perception) + CE(attention); True: CE(perception) + ATT_LOSS_WEIGHT x CE(attention).
+_C.MODEL.STABN.APPLY_ATT_LOSS_WEIGHT = False
+# BatchNorm running-statistics updates per training step in the residual blocks (backbone res2..res5 and the attention branch's res5): 2 reproduces the official code, whose activation checkpointing (with_cp=True) recomputes every block in the backward pass and so updates them twice (= one update with momentum 1 - (1 - MODEL.BACKBONE.BN_MOMENTUM)^2); 1 = once.
+_C.MODEL.STABN.BLOCK_BN_UPDATES = 2
+
+# ---------------------------------------------------------------------------
 # Two-stage detectors (MODEL.META_ARCHITECTURE "FastRCNN", mmaction2's FastRCNN + AVARoIHead)
 # The backbone's last stage feeds the RoI head; mmaction2's layout has res5 at spatial stride 1
 # (RESNET.SPATIAL_STRIDES [[1], [2], [2], [1]], per pathway for SlowFast): feature stride 16.
@@ -604,6 +691,69 @@ _C.MODEL.ROI_HEAD.ADD_GT_AS_PROPOSALS = True
 _C.MODEL.ROI_HEAD.POS_WEIGHT = 1.0
 # (mmaction2) Test time: an action's score counts as a detection only above this (mmaction2's action_thr); lower scores are set to 0.
 _C.MODEL.ROI_HEAD.ACTION_THR = 0.002
+
+# ---------------------------------------------------------------------------
+# Sparse R-CNN action detector (MODEL.META_ARCHITECTURE "SparseRCNN", the TubeR fork's; docs/sparse_rcnn.md)
+# backbone levels -> temporal pooling -> Conv2d 1x1 + GroupNorm -> learned proposals refined by dynamic
+# instance interaction stages; focal classifier over the MODEL.STM.ACTION_CLASSES actions.
+# ---------------------------------------------------------------------------
+_C.MODEL.SPARSE_RCNN = CN()
+# (sparsercnn) Learned proposal boxes / features per clip.
+_C.MODEL.SPARSE_RCNN.NUM_PROPOSALS = 300
+# (sparsercnn) Width of the proposal features, the projected feature maps and the stages.
+_C.MODEL.SPARSE_RCNN.HIDDEN_DIM = 256
+# (sparsercnn) Refinement stages (official key NUM_HEADS).
+_C.MODEL.SPARSE_RCNN.NUM_STAGES = 6
+# (sparsercnn) Attention heads of each stage's self-attention over the proposals.
+_C.MODEL.SPARSE_RCNN.NHEADS = 8
+# (sparsercnn) Hidden width of each stage's FFN.
+_C.MODEL.SPARSE_RCNN.DIM_FEEDFORWARD = 2048
+# (sparsercnn) Dropout probability in the stages (attention weights and residual branches).
+_C.MODEL.SPARSE_RCNN.DROPOUT = 0.0
+# (sparsercnn) FFN activation: "relu" or "gelu".
+_C.MODEL.SPARSE_RCNN.ACTIVATION = "relu"
+# (sparsercnn) Depth of the classification tower (Linear, LayerNorm, ReLU each).
+_C.MODEL.SPARSE_RCNN.NUM_CLS = 1
+# (sparsercnn) Depth of the box-regression tower.
+_C.MODEL.SPARSE_RCNN.NUM_REG = 3
+# (sparsercnn) Parameter sets DynamicConv generates per proposal (2: its two 1x1 convolutions).
+_C.MODEL.SPARSE_RCNN.NUM_DYNAMIC = 2
+# (sparsercnn) Inner width of the generated convolutions.
+_C.MODEL.SPARSE_RCNN.DIM_DYNAMIC = 64
+# (sparsercnn) RoIAlign (ROIAlignV2) output size per side (official MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION).
+_C.MODEL.SPARSE_RCNN.POOLER_RESOLUTION = 7
+# (sparsercnn) RoIAlign sampling points per bin side (official POOLER_SAMPLING_RATIO; 0 = adaptive).
+_C.MODEL.SPARSE_RCNN.SAMPLING_RATIO = 2
+# (stmixer) Strides in pixels of the levels the head reads (the backbone's last ones, then EXTRA_LEVELS), consecutive powers of 2.
+_C.MODEL.SPARSE_RCNN.FEATMAP_STRIDES = [4, 8, 16, 32]
+# (tuber fork) Levels added after the backbone's, each a Conv2d 3x3 stride 2 + GroupNorm of the previous one (the fork: 1).
+_C.MODEL.SPARSE_RCNN.EXTRA_LEVELS = 0
+# (tuber fork) Each level's frames are projected, then reduced over time: "max" (the fork), "mean" or "keyframe" (the middle slice only).
+_C.MODEL.SPARSE_RCNN.TEMPORAL_POOL = "max"
+# (tuber fork) GroupNorm groups of the per-level input projections.
+_C.MODEL.SPARSE_RCNN.PROJ_GN_GROUPS = 32
+# (sparsercnn) Weight of the focal class loss and of the class matching cost.
+_C.MODEL.SPARSE_RCNN.CLASS_WEIGHT = 2.0
+# (sparsercnn) Weight of the GIoU loss and matching cost.
+_C.MODEL.SPARSE_RCNN.GIOU_WEIGHT = 2.0
+# (sparsercnn) Weight of the L1 loss (image-normalized boxes) and matching cost.
+_C.MODEL.SPARSE_RCNN.L1_WEIGHT = 5.0
+# (sparsercnn) Supervise every stage (losses loss_*_k of stage k), not only the last.
+_C.MODEL.SPARSE_RCNN.DEEP_SUPERVISION = True
+# (sparsercnn) Focal loss alpha (loss and matching cost).
+_C.MODEL.SPARSE_RCNN.ALPHA = 0.25
+# (sparsercnn) Focal loss gamma.
+_C.MODEL.SPARSE_RCNN.GAMMA = 2.0
+# (tuber fork) Class loss: "focal" (Sparse R-CNN) or "bce" (the fork's SetCriterionAVA: BCE of the sigmoid, matched queries weighted MATCHED_WEIGHT, mean).
+_C.MODEL.SPARSE_RCNN.CLASS_LOSS = "focal"
+# (tuber fork) "bce" class loss: weight of the matched queries' elements (LOSS_COFS.WEIGHT 10); the others weigh 1.
+_C.MODEL.SPARSE_RCNN.MATCHED_WEIGHT = 10.0
+# (tuber fork) Matching class cost of a target: "per_target" (its own actions) or "batch_union" (the fork: the union of all the batch's target actions).
+_C.MODEL.SPARSE_RCNN.MATCH_CLASS_COST = "per_target"
+# (sparsercnn) Prior probability of the classifier's initial bias.
+_C.MODEL.SPARSE_RCNN.PRIOR_PROB = 0.01
+# (stmixer) Test time: proposals kept per clip, best person score (best action probability) first.
+_C.MODEL.SPARSE_RCNN.DETECTIONS_PER_CLIP = 100
 
 # ---------------------------------------------------------------------------
 # ACRN shared head of the two-stage detectors (mmaction2's ACRNHead; MODEL.ROI_HEAD.SHARED_HEAD "ACRN")
@@ -699,6 +849,8 @@ _C.TEST.VIDEOS_PER_BATCH = 16
 _C.TEST.EVAL_PROTOCOL = "stmixer"
 # (stmixer) Refuse suspicious evaluation inputs (boxes outside [0, 1] or inverted, repeated detection rows, videos unknown to the ground truth) instead of logging a warning summary.
 _C.TEST.STRICT_EVAL = False
+# (stmixer) Recognition: folder to write per-view attention maps to ("" = off; relative to OUTPUT_DIR): <video>_clip<c>_crop<k>.npz (spatial_attention [T, h, w], temporal_attention [T], scores [K]) and .png overlays; needs a head with attention maps (MODEL.RECOGNIZER.HEAD "stabn").
+_C.TEST.SAVE_ATTENTION = ""
 
 # ---------------------------------------------------------------------------
 # Misc

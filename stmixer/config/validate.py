@@ -50,6 +50,9 @@ CHOICES = {
     "RECOGNITION.SAMPLING": ("dense", "segments"),
     "RECOGNITION.TEST_NUM_CROPS": (1, 3),
     "RECOGNITION.OUT_OF_BOUND": ("loop", "repeat_last"),
+    "MODEL.SPARSE_RCNN.TEMPORAL_POOL": ("max", "mean", "keyframe"),
+    "MODEL.SPARSE_RCNN.CLASS_LOSS": ("focal", "bce"),
+    "MODEL.SPARSE_RCNN.MATCH_CLASS_COST": ("per_target", "batch_union"),
     "MODEL.TUBER.TEMPORAL_POOL": ("decode", "avg", "max", "center"),
     "MODEL.TUBER.CLASS_LOSS": ("bce", "focal"),
     "MODEL.CSN.TEMPORAL_STRIDE": (1, 2),
@@ -66,6 +69,7 @@ CHOICES = {
 CASELESS_CHOICES = {
     "MODEL.STM.ACTIVATION": ("relu", "gelu"),
     "SOLVER.OPTIMIZING_METHOD": ("adamw", "sgd"),
+    "MODEL.SPARSE_RCNN.ACTIVATION": ("relu", "gelu"),
 }
 POSITIVE = [
     "PROPOSALS.NUM_MAX",
@@ -110,6 +114,9 @@ UNIT_INTERVAL = [
     "MODEL.RECOGNIZER.DROPOUT_RATE", "MODEL.RECOGNIZER.LABEL_SMOOTHING",
 ]
 UNIT_INTERVAL += ["MODEL.LFB.ST_FEAT_DROPOUT", "MODEL.LFB.LT_FEAT_DROPOUT", "MODEL.LFB.NL_DROPOUT"]
+UNIT_INTERVAL += ["MODEL.STABN.ATT_DROPOUT_RATE"]
+NON_NEGATIVE += ["MODEL.STABN.ATT_LOSS_WEIGHT"]
+POSITIVE += ["MODEL.STABN.BLOCK_BN_UPDATES"]
 # Per-stage lists of the ResNet backbones: 4 stages, one entry per pathway.
 RESNET_STAGE_LISTS = [
     "RESNET.NUM_BLOCK_TEMP_KERNEL", "RESNET.SPATIAL_STRIDES", "RESNET.SPATIAL_DILATIONS",
@@ -217,6 +224,8 @@ def _model_problems(cfg):
         yield "MODEL.BACKBONE.CONV_BODY", (
             "a backbone whose 4 levels share their frame count for STMDetector: the ir-CSN levels have temporal "
             "strides 1, 2, 4, 8 (CSN is TubeR's backbone)")
+    if cfg.MODEL.META_ARCHITECTURE == "EVAD" and not str(body).startswith("EVAD-"):
+        yield "MODEL.BACKBONE.CONV_BODY", "expected an EVAD backbone (EVAD-ViT-B / EVAD-ViT-L) for the EVAD detector"
     vit = cfg.ViT
     if "vit" in str(body).lower():
         if _is_number(vit.NUM_HEADS) and vit.NUM_HEADS > 0 and vit.EMBED_DIM % vit.NUM_HEADS:
@@ -256,6 +265,33 @@ def _evad_problems(cfg, frames):
     if _is_number(frames) and frames % 2:
         yield "DATA.NUM_FRAMES", ("expected an even number of temporal tokens (DATA.NUM_FRAMES / ViT.TUBELET_SIZE) "
                                   "for EVAD")
+    e = cfg.EVAD
+    for key in ("DECODER_DIM", "DECODER_DEPTH", "DECODER_HEADS", "DECODER_MLP_RATIO", "ROI_RESOLUTION", "ACT_FC_DIM",
+                "NUM_ACT_LAYERS"):
+        if not (_is_number(e[key]) and e[key] > 0):
+            yield f"EVAD.{key}", "expected a number > 0"
+    if _is_number(e.DECODER_DIM) and _is_number(e.DECODER_HEADS) and e.DECODER_HEADS > 0 \
+            and e.DECODER_DIM % e.DECODER_HEADS:
+        yield "EVAD.DECODER_DIM", f"expected a multiple of EVAD.DECODER_HEADS = {e.DECODER_HEADS}"
+    for key in ("DECODER_DROP_RATE", "DECODER_ATTN_DROP_RATE", "DECODER_DROP_PATH_RATE", "PERSON_THRESHOLD",
+                "GT_BOXES_PROB"):
+        if not (_is_number(e[key]) and 0 <= e[key] <= 1):
+            yield f"EVAD.{key}", "expected a number in [0, 1]"
+    for key in ("ROI_SAMPLING_RATIO", "NUM_EVAL_ACT_CLASSES", "ACTION_WEIGHT", "HEAD_LR_SCALE"):
+        if not (_is_number(e[key]) and e[key] >= 0):
+            yield f"EVAD.{key}", "expected a number >= 0"
+    if not (len(e.ROI_EXTENSION) in (1, 2) and all(_is_number(v) and v >= 0 for v in e.ROI_EXTENSION)):
+        yield "EVAD.ROI_EXTENSION", "expected [x, y] (or one value for both), each >= 0"
+    for key in ("NUM_PROPOSALS", "HIDDEN_DIM", "NUM_STAGES", "NHEADS", "DIM_FEEDFORWARD", "DIM_DYNAMIC",
+                "NUM_DYNAMIC", "POOLER_RESOLUTION"):
+        if not (_is_number(e.PERSON[key]) and e.PERSON[key] > 0):
+            yield f"EVAD.PERSON.{key}", "expected a number > 0"
+    for key in ("NUM_CLS", "NUM_REG", "POOLER_SAMPLING_RATIO", "CLASS_WEIGHT", "GIOU_WEIGHT", "L1_WEIGHT",
+                "NO_OBJECT_WEIGHT", "DROPOUT"):
+        if not (_is_number(e.PERSON[key]) and e.PERSON[key] >= 0):
+            yield f"EVAD.PERSON.{key}", "expected a number >= 0"
+    if e.PERSON.ACTIVATION not in ("relu", "gelu", "glu"):
+        yield "EVAD.PERSON.ACTIVATION", "expected one of 'relu', 'gelu', 'glu'"
 
 
 def _frames_after(num_frames, divisor, key, exact=False):

@@ -88,6 +88,9 @@ def build_parser():
     parser.add_argument("--proposals-video-id", metavar="ID",
                         help="video id of the input in the --proposals file (default: the input's file stem)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--attention", metavar="DIR",
+                        help="recognizers (MODEL.META_ARCHITECTURE Recognizer3D, MODEL.RECOGNIZER.HEAD stabn): classify "
+                             "the video and write each test view's attention maps (.npz + .png overlay) to DIR")
     parser.add_argument("opts", nargs="*", metavar="KEY VALUE", help="config overrides")
     return parser
 
@@ -347,8 +350,8 @@ def main(argv=None):
     """``demo.py`` entry point: bad input ends with status 1 (2 for a bad config) and one ``error:`` line."""
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)
-    if not (args.output or args.json):
-        parser.error("give --output OUT.mp4, --json OUT.jsonl or both")
+    if not (args.output or args.json or args.attention):
+        parser.error("give --output OUT.mp4, --json OUT.jsonl or both (recognizers: --json and/or --attention DIR)")
     if args.keyframe_rate <= 0 or args.topk < 1 or not 0.0 <= args.threshold <= 1.0:
         parser.error("--keyframe-rate must be positive, --topk at least 1 and --threshold in [0, 1]")
     if (args.input_fps is not None and args.input_fps <= 0) or (args.batch_size is not None and args.batch_size < 1):
@@ -361,4 +364,12 @@ def main(argv=None):
     setup_logger("", 0)
     with exit_on_user_error(logger):
         set_threads(0, 1, cfg.NUM_THREADS, logger)
+        if describe(cfg).evaluator == "recognition":  # a recognizer: classify the video (recognition_demo)
+            from .recognition_demo import run_recognition_demo
+
+            run_recognition_demo(cfg, args)
+            return
+        if args.attention:
+            raise UserError("--attention writes a recognizer's attention maps; MODEL.META_ARCHITECTURE "
+                            f"{cfg.MODEL.META_ARCHITECTURE} is a detector")
         run_demo(cfg, args)

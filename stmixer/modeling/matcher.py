@@ -32,29 +32,32 @@ class HungarianMatcher:
 
     TubeR (``stmixer.modeling.tuber``): ``person_index=1`` (its 3-way actor switch: column 1 is
     "actor") and ``l1_space="cxcywh"`` (L1 between clip-normalized center-size boxes).
-
-    ``class_cost="given"`` (SeqFormer, ``stmixer.modeling.seqformer``): ``cls_logits`` is a class cost
-    ``[B, Q, 1]`` per query computed by the caller (lower is better), used as it is in place of
-    ``-p_person``.
     """
 
-    def __init__(self, class_weight=1.0, l1_weight=1.0, giou_weight=1.0, person_index=0, l1_space="xyxy",
-                 class_cost="person_softmax"):
+    def __init__(self, class_weight=1.0, l1_weight=1.0, giou_weight=1.0, class_cost="softmax", focal_alpha=0.25,
+                 focal_gamma=2.0, person_index=0, l1_space="xyxy"):
+        """``class_cost``: "softmax" (above) or "focal" (Sparse R-CNN / Deformable DETR: with ``p`` the sigmoid,
+        ``alpha (1 - p)^gamma (-log(p + 1e-8)) - (1 - alpha) p^gamma (-log(1 - p + 1e-8))``). When the targets
+        carry "labels" (int64 ``[n]`` class indices or float ``[n, C]`` multi-hot), the class cost of a target
+        is that of its class column (summed over the positive columns of a multi-hot row) instead of column
+        ``person_index``. ``l1_space``: "xyxy" or "cxcywh" (the space of the L1 cost, clip-normalized)."""
         if class_weight == 0 and l1_weight == 0 and giou_weight == 0:
             raise ValueError("HungarianMatcher: the class, L1 and GIoU cost weights cannot all be 0")
+        if class_cost not in ("softmax", "focal"):
+            raise ValueError(f"HungarianMatcher: class_cost {class_cost!r}; expected 'softmax' or 'focal'")
         if l1_space not in ("xyxy", "cxcywh"):
             raise ValueError(f"HungarianMatcher: l1_space = {l1_space!r}, expected 'xyxy' or 'cxcywh'")
-        if class_cost not in ("person_softmax", "given"):
-            raise ValueError(f"HungarianMatcher: class_cost = {class_cost!r}, expected 'person_softmax' or 'given'")
-        self.class_cost = class_cost
         self.class_weight = class_weight
         self.l1_weight = l1_weight
         self.giou_weight = giou_weight
+        self.class_cost = class_cost
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
         self.person_index = person_index
         self.l1_space = l1_space
 
     @torch.no_grad()
-    def cost_matrix(self, cls_logits, boxes, gt_boxes, whwh):
+    def cost_matrix(self, cls_logits, boxes, gt_boxes, whwh, gt_classes=None):
         """Cost ``[Q, n]`` of assigning each query of one clip to each of its ground-truth boxes.
 
         Computed in the ground truth's dtype (float32 under autocast), with autocast off.
@@ -64,26 +67,36 @@ class HungarianMatcher:
             boxes: ``[Q, 4]`` predicted absolute xyxy pixels.
             gt_boxes: ``[n, 4]`` ground-truth absolute xyxy pixels.
             whwh: ``[4]`` clip size (w, h, w, h).
+            gt_classes: optional ``[n, C]`` float class weights of the targets (``target_class_weights``).
         """
-        return self.batched_cost(cls_logits[None], boxes[None], gt_boxes[None], whwh[None])[0]
+        return self.batched_cost(cls_logits[None], boxes[None], gt_boxes[None], whwh[None],
+                                 None if gt_classes is None else gt_classes[None])[0]
 
     @torch.no_grad()
-    def batched_cost(self, cls_logits, boxes, gt_boxes, whwh):
+    def batched_cost(self, cls_logits, boxes, gt_boxes, whwh, gt_classes=None):
         """Costs ``[B, Q, N]`` of clips whose ground truth is padded to N boxes (padding columns: ignore them).
 
         Args:
             cls_logits: ``[B, Q, K + 1]``; boxes: ``[B, Q, 4]`` absolute xyxy pixels.
             gt_boxes: ``[B, N, 4]`` absolute xyxy pixels (padding rows must be boxes of positive area).
             whwh: ``[B, 4]`` clip sizes.
+            gt_classes: optional ``[B, N, C]`` float class weights (one-hot rows for class indices); None:
+                the class cost is column 0's (person).
         """
         dtype = gt_boxes.dtype
         with torch.autocast(device_type=cls_logits.device.type, enabled=False):
             cls_logits, boxes = cls_logits.to(dtype), boxes.to(dtype)
-            if self.class_cost == "given":
-                cost_class = cls_logits.expand(-1, -1, gt_boxes.size(1))
+            if self.class_cost == "focal":
+                prob = cls_logits.sigmoid()
+                neg = (1 - self.focal_alpha) * (prob ** self.focal_gamma) * (-(1 - prob + 1e-8).log())
+                pos = self.focal_alpha * ((1 - prob) ** self.focal_gamma) * (-(prob + 1e-8).log())
+                per_class = pos - neg
             else:
-                person = cls_logits.softmax(-1)[..., self.person_index:self.person_index + 1]
-                cost_class = -person.expand(-1, -1, gt_boxes.size(1))
+                per_class = -cls_logits.softmax(-1)
+            if gt_classes is None:
+                cost_class = per_class[..., self.person_index:self.person_index + 1].expand(-1, -1, gt_boxes.size(1))
+            else:
+                cost_class = per_class @ gt_classes.to(dtype).transpose(1, 2)
             scale = whwh[:, None, :]
             if self.l1_space == "cxcywh":
                 cost_l1 = torch.cdist(xyxy_to_cxcywh(boxes / scale), xyxy_to_cxcywh(gt_boxes / scale), p=1)
@@ -125,14 +138,33 @@ class HungarianMatcher:
                 if n:
                     gt[i, :n] = target["boxes"]
             whwh = torch.stack([t["whwh"] for t in targets]).to(dtype)
-            host = self.batched_cost(cls_logits, boxes, gt, whwh).cpu()
+            classes = None
+            if any("labels" in t for t in targets):
+                classes = gt.new_zeros(B, N, cls_logits.size(-1))
+                for i, (target, n) in enumerate(zip(targets, counts)):
+                    if n:
+                        classes[i, :n] = target_class_weights(target["labels"], cls_logits.size(-1), dtype)
+            host = self.batched_cost(cls_logits, boxes, gt, whwh, classes).cpu()
         return [_solve_clip(i, host[i, :, :n], cls_logits, boxes) for i, n in enumerate(counts)]
 
     @torch.no_grad()
     def match_per_clip(self, cls_logits, boxes, targets):
         """Reference path of ``__call__``: one cost matrix and one device-to-host copy per clip (same results)."""
-        return [_solve_clip(i, self.cost_matrix(cls_logits[i], boxes[i], t["boxes"], t["whwh"]).cpu(), cls_logits, boxes)
-                for i, t in enumerate(targets)]
+        return [_solve_clip(i, self.cost_matrix(
+            cls_logits[i], boxes[i], t["boxes"], t["whwh"],
+            target_class_weights(t["labels"], cls_logits.size(-1), t["boxes"].dtype) if "labels" in t else None).cpu(),
+            cls_logits, boxes) for i, t in enumerate(targets)]
+
+
+def target_class_weights(labels, num_columns, dtype):
+    """``[n, C]`` float class weights of a target's "labels": one-hot rows of int64 ``[n]`` class indices,
+    or a float ``[n, C]`` multi-hot as given."""
+    if labels.dtype in (torch.int64, torch.int32) and labels.dim() == 1:
+        return torch.nn.functional.one_hot(labels.long(), num_columns).to(dtype)
+    if labels.dim() != 2 or labels.size(1) != num_columns:
+        raise ValueError(f"target labels of shape {list(labels.shape)}: expected int64 [n] class indices or a "
+                         f"float [n, {num_columns}] multi-hot")
+    return labels.to(dtype)
 
 
 def xyxy_to_cxcywh(boxes):

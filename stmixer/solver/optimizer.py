@@ -11,8 +11,9 @@ Official grouping (default, ``SOLVER.DECAY_NORM_AND_BIAS: True``):
   depth + 1 = the rest) is scaled by ``ViT.LAYER_DECAY ** (depth + 1 - l)``. The
   official code computes these scales but never applies them (its configs use 1.0,
   where both agree); here they are applied.
-A model with a method ``param_lr_scale(name) -> float`` scales the learning rate of each parameter
-by it (TubeR: ``MODEL.TUBER.BACKBONE_LR_FACTOR`` for its backbone and temporal pooling).
+A model with a method ``param_optim_overrides(name) -> (lr multiplier, exempt from decay)`` adjusts
+single parameters after the grouping above (EVAD: ``EVAD.HEAD_LR_SCALE`` for its heads and no decay
+on the decoder's mask token; TubeR: ``MODEL.TUBER.BACKBONE_LR_FACTOR`` for its backbone and pooling).
 ``SOLVER.DECAY_NORM_AND_BIAS: False`` also exempts every other 1-D parameter
 (norm scales, biases) of neck and decoder from weight decay.
 """
@@ -40,11 +41,13 @@ def build_param_groups(model, cfg, vit_layer_id=None):
     is_vit = "vit" in cfg.MODEL.BACKBONE.CONV_BODY.lower()
     depth = cfg.ViT.DEPTH
     groups = {}
-    model_lr_scale = getattr(model, "param_lr_scale", None)  # a model's own per-parameter factor (TubeR's backbone)
+    # a detector may override single parameters: name -> (lr multiplier, exempt from decay) (EVAD's heads,
+    # TubeR's backbone)
+    overrides = getattr(model, "param_optim_overrides", None)
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        lr_scale = 1.0 if model_lr_scale is None else model_lr_scale(name)
+        lr_scale = 1.0
         if name.startswith("backbone."):
             inner = name[len("backbone."):]
             if is_vit:
@@ -61,6 +64,9 @@ def build_param_groups(model, cfg, vit_layer_id=None):
             decay = 0.0
         else:
             decay = cfg.SOLVER.WEIGHT_DECAY
+        if overrides is not None:
+            lr_mult, no_decay = overrides(name)
+            lr_scale, decay = lr_scale * lr_mult, (0.0 if no_decay else decay)
         group = groups.setdefault((decay, lr_scale), {"params": [], "names": [], "weight_decay": decay, "lr_scale": lr_scale})
         group["params"].append(param)
         group["names"].append(name)

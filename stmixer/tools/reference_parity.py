@@ -36,8 +36,14 @@ Fixture kinds are told apart by their inputs:
 
 A folder with ``mmaction2.json`` is a fixture of mmaction2's two-stage detectors (``FastRCNN``),
 run by ``stmixer.tools.mmaction2_parity`` (its docstring gives the layout and the output names).
+A folder whose ``cases.json`` names the model "EVAD" is an EVAD detector fixture, run by
+``stmixer.modeling.evad.parity`` (outputs ``<case>/<answer name>``).
+A folder whose ``case.json`` names a ``sparse_rcnn/...`` model is a Sparse R-CNN head fixture, run by
+``stmixer.modeling.sparse_rcnn.parity``.
 A folder of ``<case>.json`` (``"model": "TubeR"``) + ``<case>.npz`` is a TubeR fixture, run by
 ``stmixer.modeling.tuber.parity`` (its docstring gives the layout and the output names).
+A folder with ``stabn.json`` (model "ST-ABN") is a fixture of the official ST-ABN recognizer, run by
+``stmixer.modeling.stabn.parity`` (its docstring gives the layout and the output names).
 A folder of Deformable TubeR cases (``<case>.json`` naming ``msda_*`` / ``transformer_*`` / ``head_*``) is
 run by ``stmixer.tools.deformable_parity``.
 A folder of SeqFormer cases (``<case>.json`` with ``"model": "SeqFormer"``) is run by
@@ -48,6 +54,7 @@ float32 results are reproducible across machines (``--threads`` changes it).
 """
 
 import argparse
+import importlib
 import importlib.util
 import json
 import sys
@@ -63,6 +70,18 @@ from ..modeling.losses import reduce_losses
 from ..modeling.trace import Trace
 from ..utils.env import find_shared_dir
 from ..utils.io import atomic_open
+
+# The other families' fixtures, tried in order before the STMixer layout: (module, is_fixture, run, error class).
+# Each module's docstring gives its layout and output names.
+FAMILY_FIXTURES = (
+    ("..modeling.evad.parity", "is_evad_fixture", "run_evad_fixture", "EVADFixtureError"),
+    (".mmaction2_parity", "is_mmaction2_fixture", "run_mmaction2_fixture", "MMAction2FixtureError"),
+    ("..modeling.sparse_rcnn.parity", "is_sparse_rcnn_fixture", "run_sparse_rcnn_fixture", "SparseRCNNFixtureError"),
+    ("..modeling.tuber.parity", "is_tuber_fixture", "run_tuber_fixture", "TubeRFixtureError"),
+    ("..modeling.stabn.parity", "is_stabn_fixture", "run_stabn_fixture", "STABNFixtureError"),
+    (".deformable_parity", "is_deformable_fixture", "run_deformable_fixture", "DeformableFixtureError"),
+    ("..modeling.seqformer.parity", "is_seqformer_fixture", "run_seqformer_fixture", "SeqFormerFixtureError"),
+)
 
 PRECISIONS = {"f32": torch.float32, "f64": torch.float64}
 # Per-stage trace entries written as [S, ...] arrays.
@@ -364,38 +383,14 @@ def run_fixture(fixture, precision="f64", device="cpu", state_dict=None):
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}; expected one of {sorted(PRECISIONS)}")
     dtype = PRECISIONS[precision]
-    from .mmaction2_parity import MMAction2FixtureError, is_mmaction2_fixture, run_mmaction2_fixture
-
-    if is_mmaction2_fixture(fixture):  # mmaction2's two-stage detectors: their own layout (see that module)
-        try:
-            arrays = run_mmaction2_fixture(fixture, dtype, device)
-        except MMAction2FixtureError as e:
-            raise FixtureError(str(e)) from None
-        return {f"{precision}/{name}": value for name, value in arrays.items()}
-    from ..modeling.tuber.parity import TubeRFixtureError, is_tuber_fixture, run_tuber_fixture
-
-    if is_tuber_fixture(fixture):  # TubeR (tests/reference/tuber/tuber): its own layout (see that module)
-        try:
-            arrays = run_tuber_fixture(fixture, dtype, device)
-        except TubeRFixtureError as e:
-            raise FixtureError(str(e)) from None
-        return {f"{precision}/{name}": value for name, value in arrays.items()}
-    from .deformable_parity import DeformableFixtureError, is_deformable_fixture, run_deformable_fixture
-
-    if is_deformable_fixture(fixture):  # Deformable TubeR (issue #17): one json + npz per case (see that module)
-        try:
-            arrays = run_deformable_fixture(fixture, dtype, device)
-        except DeformableFixtureError as e:
-            raise FixtureError(str(e)) from None
-        return {f"{precision}/{name}": value for name, value in arrays.items()}
-    from ..modeling.seqformer.parity import SeqFormerFixtureError, is_seqformer_fixture, run_seqformer_fixture
-
-    if is_seqformer_fixture(fixture):  # SeqFormer (issue #17): one json ("model": "SeqFormer") + npz per case
-        try:
-            arrays = run_seqformer_fixture(fixture, dtype, device)
-        except SeqFormerFixtureError as e:
-            raise FixtureError(str(e)) from None
-        return {f"{precision}/{name}": value for name, value in arrays.items()}
+    for module, is_family, run_family, family_error in FAMILY_FIXTURES:
+        family = importlib.import_module(module, __package__)
+        if getattr(family, is_family)(fixture):  # another family's layout (see that module's docstring)
+            try:
+                arrays = getattr(family, run_family)(fixture, dtype, device)
+            except getattr(family, family_error) as e:
+                raise FixtureError(str(e)) from None
+            return {f"{precision}/{name}": value for name, value in arrays.items()}
     for name in ("config.yaml", "inputs.npz"):
         if not (fixture / name).is_file():
             raise FixtureError(f"{fixture}: missing {name}")

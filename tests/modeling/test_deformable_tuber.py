@@ -525,10 +525,10 @@ def test_learning_rate_groups_follow_the_fork():
     """The fork puts only names containing "backbone" (the CSN) in its LR_BACKBONE group: D3/D4's per-level pooling
     sits in the head and trains at the full rate."""
     cfg, model = _tiny_detector("D3", ["MODEL.TUBER.BACKBONE_LR_FACTOR", 0.25])
-    assert model.param_lr_scale("backbone.conv1.weight") == 0.25
-    assert model.param_lr_scale("tuber_head.query_pool.weight") == 1.0
-    assert model.param_lr_scale("tuber_head.pool_decoder.layers.0.linear1.weight") == 1.0
-    assert model.param_lr_scale("tuber_head.transformer2.level_embed") == 1.0
+    assert model.param_optim_overrides("backbone.conv1.weight")[0] == 0.25
+    assert model.param_optim_overrides("tuber_head.query_pool.weight")[0] == 1.0
+    assert model.param_optim_overrides("tuber_head.pool_decoder.layers.0.linear1.weight")[0] == 1.0
+    assert model.param_optim_overrides("tuber_head.transformer2.level_embed")[0] == 1.0
 
 
 def test_switch_gate_follows_the_fork_by_default():
@@ -596,3 +596,20 @@ def test_whole_detector_matches_the_fork(case):
                            ["MODEL.TUBER.ENC_LAYERS", over["ENC_LAYERS"], "MODEL.TUBER.DEC_LAYERS", over["DEC_LAYERS"],
                             "MODEL.TUBER.NUM_QUERIES", over["QUERY_NUM"], "MODEL.BACKBONE.CHANNELS_LAST", False])
     assert yaml_cfg.MODEL.dump() == detector_config(meta).MODEL.dump()
+
+
+@pytest.mark.parametrize("variant", ["D2", "D3", "D4"])
+def test_full_size_config_builds_and_detects(variant):
+    """config_files/tuber/D{2,3,4}_TubeR_CSN50_AVA21.yaml as shipped (width 256, 6+6 layers, 15 queries, 32
+    frames) merges onto get_cfg, builds and detects on a small CPU clip."""
+    from stmixer.config import load_config
+    from stmixer.modeling import build_detector
+
+    cfg = load_config(str(CONFIGS / f"{variant}_TubeR_CSN50_AVA21.yaml"))
+    torch.manual_seed(0)
+    model = build_detector(cfg).eval()
+    assert model.tuber_head.variant == variant and model.tuber_head.deformable.decoder.num_layers == 6
+    with torch.no_grad():
+        det = model(torch.randn(1, 3, 32, 32, 32), None, torch.tensor([[32.0, 32.0, 32.0, 32.0]]))
+    assert det[0]["scores"].shape == (15, 80) and torch.isfinite(det[0]["scores"]).all()
+    assert ((det[0]["boxes"] >= 0) & (det[0]["boxes"] <= 1)).all()

@@ -228,7 +228,7 @@ def test_official_evad_checkpoint_of_another_depth_is_refused(tmp_path):
 def _tiny_cfg():
     cfg = get_cfg()
     cfg.MODEL.BACKBONE.CONV_BODY = "EVAD-ViT-B"
-    cfg.MODEL.META_ARCHITECTURE = "EVAD"  # EVAD's detector (not built yet); STMixer's cannot read EVADFeatures
+    cfg.MODEL.META_ARCHITECTURE = "EVAD"  # STMixer's detector cannot read EVADFeatures
     cfg.DATA.NUM_FRAMES = 8
     cfg.ViT.merge_from_list(["EMBED_DIM", 24, "DEPTH", 4, "NUM_HEADS", 3, "PATCH_SIZE", 4, "PRETRAIN_IMG_SIZE", 16,
                              "DROP_PATH_RATE", 0.0])

@@ -17,7 +17,7 @@ import torch
 
 from stmixer.config import ConfigError, get_cfg, load_config
 from stmixer.modeling import build_detector
-from stmixer.modeling.seqformer import SeqFormer, focal_class_cost
+from stmixer.modeling.seqformer import SeqFormer
 from stmixer.modeling.seqformer.parity import run_case, seqformer_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -202,21 +202,25 @@ def test_batch_time_mix_reproduces_the_fork_regrouping():
 
 def test_match_class_cost_sums_over_the_batch_union():
     """The fork's matching class cost of a query sums the focal terms over the action classes present anywhere in the
-    batch (MATCH_BATCH_UNION True); False: the clip's own classes."""
+    batch (MATCH_BATCH_UNION True); False: the clip's own classes. It does not depend on the ground-truth box."""
     from stmixer.modeling.seqformer.detector import build_seqformer_criterion
 
-    logits = torch.randn(2, 3, 5, dtype=torch.float64)
     targets = [{"actions": torch.tensor([[1.0, 0, 0, 0, 0]])}, {"actions": torch.tensor([[0.0, 0, 1, 0, 1]])}]
-    cfg = _tiny_cfg()
-    union = build_seqformer_criterion(cfg).present_classes(targets, 5, "cpu")
+    union = build_seqformer_criterion(_tiny_cfg()).present_classes(targets, 5, "cpu")
     assert union.tolist() == [[1, 0, 1, 0, 1]] * 2
     per_clip = build_seqformer_criterion(_tiny_cfg("MODEL.SEQFORMER.MATCH_BATCH_UNION", False))
-    own = per_clip.present_classes(targets, 5, "cpu")
-    assert own.tolist() == [[1, 0, 0, 0, 0], [0, 0, 1, 0, 1]]
+    assert per_clip.present_classes(targets, 5, "cpu").tolist() == [[1, 0, 0, 0, 0], [0, 0, 1, 0, 1]]
+    matcher = build_seqformer_criterion(_tiny_cfg("MODEL.SEQFORMER.COST_BBOX", 0.0, "MODEL.SEQFORMER.COST_GIOU",
+                                                  0.0)).matcher
+    logits = torch.randn(2, 3, 5, dtype=torch.float64)
+    boxes = torch.tensor([[0.1, 0.1, 0.5, 0.5]], dtype=torch.float64).expand(2, 3, 4)
+    gt = torch.tensor([[[0.2, 0.2, 0.6, 0.7], [0.0, 0.1, 0.3, 0.3]]], dtype=torch.float64).expand(2, 2, 4)
+    cost = matcher.batched_cost(logits, boxes, gt, torch.ones(2, 4, dtype=torch.float64),
+                                union[:, None].expand(2, 2, 5))
     p = logits.sigmoid()
-    expected = (0.25 * (1 - p) ** 2 * -torch.log(p + 1e-8) - 0.75 * p ** 2 * -torch.log(1 - p + 1e-8))[..., [0, 2, 4]]
-    assert torch.allclose(focal_class_cost(logits, union), expected.sum(-1, keepdim=True), rtol=1e-12)
-    assert not torch.allclose(focal_class_cost(logits, union)[0], focal_class_cost(logits, own)[0])
+    focal = 0.25 * (1 - p) ** 2 * -torch.log(p + 1e-8) - 0.75 * p ** 2 * -torch.log(1 - p + 1e-8)
+    expected = 2.0 * focal[..., [0, 2, 4]].sum(-1, keepdim=True).expand(2, 3, 2)
+    assert torch.allclose(cost, expected, rtol=1e-12, atol=0)
 
 
 def test_fork_checkpoint_loads(tmp_path):
@@ -260,9 +264,9 @@ def test_config_errors_name_the_key():
 def test_learning_rate_groups_follow_the_fork():
     """The fork gives names containing "backbone" LR_BACKBONE (1e-5 of 2e-4); everything else LR."""
     model = build_detector(_tiny_cfg())
-    assert model.param_lr_scale("backbone.conv1.weight") == 0.05
-    assert model.param_lr_scale("tuber_head.query_embed.weight") == 1.0
-    assert model.param_lr_scale("tuber_head.transformer.level_embed") == 1.0
+    assert model.param_optim_overrides("backbone.conv1.weight")[0] == 0.05
+    assert model.param_optim_overrides("tuber_head.query_embed.weight")[0] == 1.0
+    assert model.param_optim_overrides("tuber_head.transformer.level_embed")[0] == 1.0
 
 
 def test_fixture_config_is_the_yaml():

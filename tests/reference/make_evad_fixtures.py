@@ -1,6 +1,11 @@
 """Build the EVAD backbone fixtures by running the official EVAD code (float64, seeded).
 
-    python tests/reference/make_evad_fixtures.py --evad /tmp/evad --out tests/reference/evad --commit <sha>
+    python tests/reference/make_evad_fixtures.py --evad /tmp/evad --out tests/reference/evad --commit <sha> \
+        [--sections backbone detector] [--detectron2 /tmp/detectron2]
+
+Section ``backbone`` (this file, described below) writes ``<out>``; section ``detector`` (the whole official
+EVAD detector: FPN, Sparse R-CNN person detector, context-refinement decoder, losses; see
+``make_evad_detector_fixtures.py``, which needs ``--detectron2``) writes ``<out>/detector``.
 
 ``--evad`` is a checkout (or ``git archive``) of MCG-NJU/EVAD. Two of its files are executed, loaded
 by path: ``projects/evad/models/vit_model.py`` (``PatchEmbed``, ``KTPBlock``, ``KTPAttention``, the
@@ -232,10 +237,25 @@ def main():
     parser.add_argument("--evad", required=True, help="checkout of MCG-NJU/EVAD")
     parser.add_argument("--out", required=True, help="output folder (tests/reference/evad)")
     parser.add_argument("--commit", default="", help="the EVAD commit, recorded in cases.json")
+    parser.add_argument("--detectron2", default="", help="detectron2 source checkout (section detector)")
+    parser.add_argument("--sections", nargs="+", default=["backbone", "detector"], choices=["backbone", "detector"],
+                        help="what to make: the backbone fixtures (<out>) and/or the detector ones (<out>/detector)")
     args = parser.parse_args()
+    if "detector" in args.sections and not args.detectron2:
+        parser.error("--sections detector needs --detectron2 PATH (a checkout of facebookresearch/detectron2)")
     _, builder = install_shims(args.evad)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if "backbone" in args.sections:
+        make_backbone(builder, out, args.commit)
+    if "detector" in args.sections:
+        import make_evad_detector_fixtures as detector  # noqa: E402  (sibling module, loads detectron2 files)
+
+        detector.make_detector(args.evad, args.detectron2, out / "detector", args.commit)
+
+
+def make_backbone(builder, out, commit):
+    """The backbone section: <out>/inputs.npz, <out>/<case>.npz, cases.json, key_layout.json."""
     template = build_official(builder, [1.0] * MODEL["depth"], 1.0, True, None)
     state = random_state(template, SEED)
     clip = torch.randn(CLIP, generator=torch.Generator().manual_seed(SEED + 1), dtype=torch.float64)
@@ -246,7 +266,7 @@ def main():
         np.savez_compressed(out / f"{name}.npz", **arrays)
         cases[name] = info
     (out / "key_layout.json").write_text(json.dumps(official_key_layout(builder)) + "\n")
-    meta = dict(evad_commit=args.commit, torch=torch.__version__, seed=SEED, model=MODEL, fpn_indices=FPN_INDICES,
+    meta = dict(evad_commit=commit, torch=torch.__version__, seed=SEED, model=MODEL, fpn_indices=FPN_INDICES,
                 clip=list(CLIP), grad_params=GRAD_PARAMS, cases=cases)
     (out / "cases.json").write_text(json.dumps(meta, indent=1) + "\n")
 

@@ -2,7 +2,9 @@
 ``models/criterion.py`` ``SetCriterionAVA`` without an actor switch).
 
 Matching (per decoder layer and clip, ``stmixer.modeling.matcher.HungarianMatcher`` with
-``class_cost="given"``, ``l1_space="cxcywh"``, boxes normalized by the clip's unpadded size):
+``class_cost="focal"``, ``l1_space="cxcywh"``, boxes normalized by the clip's unpadded size; every ground truth
+of a clip carries the multi-hot of the classes ``U`` below as its "labels", so its class cost is the focal
+cost summed over ``U``):
 ``cost[q, j] = 5 * L1(cxcywh) + 2 * c_q - 2 * GIoU`` (``MODEL.SEQFORMER.COST_{BBOX,CLASS,GIOU}``, the fork's
 ``LOSS_COFS.{BBOX,DICE,GIOU}_COF``), where the class cost of query ``q`` does not depend on the ground truth
 ``j``: with ``p = sigmoid(logits_q)``, ``alpha = 0.25``, ``gamma = 2``,
@@ -43,33 +45,19 @@ from ..tuber.criterion import cxcywh_to_xyxy
 TERMS = ("loss_ce", "loss_bbox", "loss_giou")
 
 
-def focal_class_cost(logits, present, alpha=0.25, gamma=2.0):
-    """Per-query class cost ``[B, Q, 1]`` of the fork's matcher (module docstring).
-
-    Args:
-        logits: ``[B, Q, A]`` action logits.
-        present: ``[B, A]`` 0/1: the classes ``U`` each clip's cost sums over.
-    """
-    prob = logits.sigmoid()
-    neg = (1 - alpha) * (prob ** gamma) * (-(1 - prob + 1e-8).log())
-    pos = alpha * ((1 - prob) ** gamma) * (-(prob + 1e-8).log())
-    u = present[:, None, :].to(prob.dtype)
-    return (pos * u - neg * u).sum(-1, keepdim=True)
-
-
 class SeqFormerCriterion(nn.Module):
     """Args:
-        matcher: ``HungarianMatcher(cost_class, cost_bbox, cost_giou, l1_space="cxcywh", class_cost="given")``.
+        matcher: ``HungarianMatcher(cost_class, cost_bbox, cost_giou, class_cost="focal", focal_alpha=0.25,
+            focal_gamma=2, l1_space="cxcywh")``.
         weights: multiplier per term (``TERMS``).
         matched_weight: BCE weight of matched queries (10).
-        focal_alpha, focal_gamma: of the matching class cost (0.25, 2).
         match_batch_union: see the module docstring.
         deep_supervision: supervise every decoder layer.
         float32_quirks: see the module docstring.
     """
 
-    def __init__(self, matcher, weights, matched_weight=10.0, focal_alpha=0.25, focal_gamma=2.0,
-                 match_batch_union=True, deep_supervision=False, float32_quirks=True):
+    def __init__(self, matcher, weights, matched_weight=10.0, match_batch_union=True, deep_supervision=False,
+                 float32_quirks=True):
         super().__init__()
         missing = set(TERMS) - set(weights)
         if missing:
@@ -77,8 +65,6 @@ class SeqFormerCriterion(nn.Module):
         self.matcher = matcher
         self.weights = dict(weights)
         self.matched_weight = matched_weight
-        self.focal_alpha = focal_alpha
-        self.focal_gamma = focal_gamma
         self.match_batch_union = match_batch_union
         self.deep_supervision = deep_supervision
         self.float32_quirks = float32_quirks
@@ -89,7 +75,7 @@ class SeqFormerCriterion(nn.Module):
                                 torch.zeros(num_actions, dtype=torch.bool, device=device) for t in targets])
         if self.match_batch_union:
             per_clip = per_clip.any(0, keepdim=True).expand_as(per_clip)
-        return per_clip.to(torch.float32)
+        return per_clip.to(torch.float64)
 
     def forward(self, outputs, targets, trace=None):
         """Weighted loss dict of the per-layer predictions.
@@ -113,10 +99,9 @@ class SeqFormerCriterion(nn.Module):
         device = outputs["boxes"].device
         norm_targets = [{"boxes": t["boxes"] / t["whwh"], "whwh": torch.ones_like(t["whwh"])} for t in targets]
         present = self.present_classes(targets, outputs["logits"].shape[-1], device)
-        costs = torch.cat([focal_class_cost(outputs["logits"][k], present, self.focal_alpha, self.focal_gamma)
-                           for k in layers])
-        folded = self.matcher(costs, torch.cat([cxcywh_to_xyxy(outputs["boxes"][k]) for k in layers]),
-                              norm_targets * len(layers))
+        matching = [{**nt, "labels": present[i].expand(len(nt["boxes"]), -1)} for i, nt in enumerate(norm_targets)]
+        folded = self.matcher(torch.cat([outputs["logits"][k] for k in layers]),
+                              torch.cat([cxcywh_to_xyxy(outputs["boxes"][k]) for k in layers]), matching * len(layers))
         count = sum(len(t["boxes"]) for t in targets)
         if self.float32_quirks:
             num_boxes = torch.as_tensor([max(count, 1)], dtype=torch.float32, device=device)

@@ -39,7 +39,7 @@ class TubeR(nn.Module):
         criterion: ``TubeRCriterion``.
         switch_threshold: inference: action scores of queries whose actor probability is at or below it are 0
             (TubeR's ``PostProcessAVA``: ``sigmoid(logits) * p * (p > 0.8)``).
-        backbone_lr_factor: learning-rate factor of the backbone and the temporal pooling (``param_lr_scale``).
+        backbone_lr_factor: learning-rate factor of the backbone and the temporal pooling (``param_optim_overrides``).
     """
 
     task = "detection"
@@ -52,15 +52,16 @@ class TubeR(nn.Module):
         self.switch_threshold = switch_threshold
         self.backbone_lr_factor = backbone_lr_factor
 
-    def param_lr_scale(self, name):
-        """Learning-rate factor of parameter ``name`` (``stmixer.solver``): ``backbone_lr_factor`` for the CSN
-        and the temporal pooling (TubeR's ``backbone.*`` groups, LR_BACKBONE), 1 for the rest."""
+    def param_optim_overrides(self, name):
+        """``(lr multiplier, exempt from weight decay)`` of parameter ``name`` (``stmixer.solver``):
+        ``backbone_lr_factor`` for the CSN and the temporal pooling (TubeR's ``backbone.*`` groups,
+        LR_BACKBONE), 1 for the rest; weight decay as grouped."""
         # Deformable TubeR's pooling lives in its head, outside the fork's "backbone" learning-rate group
         pooling = () if getattr(self.tuber_head, "multi_level", False) else ("tuber_head.query_pool.",
                                                                                  "tuber_head.pool_decoder.")
         if name.startswith(("backbone.",) + pooling):
-            return self.backbone_lr_factor
-        return 1.0
+            return self.backbone_lr_factor, False
+        return 1.0, False
 
     def predictions(self, slow_video, whwh, trace=None):
         """Per-layer head outputs (``TubeRHead.forward``) of a clip batch ``[B, 3, T, H, W]``."""
