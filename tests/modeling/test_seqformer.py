@@ -149,6 +149,10 @@ def test_config_builds_and_runs_on_cpu():
                    [torch.eye(80)[:1], torch.eye(80)[3:4]])
     assert list(losses) == ["loss_ce", "loss_bbox", "loss_giou"]
     sum(losses.values()).backward()
+    # every parameter takes part in the graph, also the earlier layers' heads without deep supervision (the yaml's
+    # default): our DistributedDataParallel has no find_unused_parameters (the fork's has)
+    assert not model.criterion.deep_supervision
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
     assert model.tuber_head.transformer.decoder.layers[1].time_attention_weights.weight.grad.abs().sum() > 0
 
 
