@@ -316,8 +316,8 @@ _C.MODEL.SEQFORMER.CLASS_WEIGHT = 2.0
 _C.MODEL.SEQFORMER.L1_WEIGHT = 5.0
 # Loss weight of the GIoU term [MATCHER.COST_GIOU].
 _C.MODEL.SEQFORMER.GIOU_WEIGHT = 2.0
-# The fork's quirk: the matching class cost sums over the action classes of the whole batch (True) or of each clip (False).
-_C.MODEL.SEQFORMER.MATCH_BATCH_UNION = True
+# Matching class cost of a target: "batch_union" (the fork's quirk: the focal cost summed over the union of all the batch's target actions, the same for every target) or "per_target" (its own actions).
+_C.MODEL.SEQFORMER.MATCH_CLASS_COST = "batch_union"
 # The fork's quirk: time-major frames regrouped batch-major, so a batch of several clips mixes their frames (True) or not (False).
 _C.MODEL.SEQFORMER.BATCH_TIME_MIX = True
 

@@ -62,7 +62,7 @@ CHOICES = {
     "MODEL.TUBER.DEFORMABLE.SWITCH_GATE": (True, False),
     "MODEL.SEQFORMER.BOX_REFINE": (True, False),
     "MODEL.SEQFORMER.DEEP_SUPERVISION": (True, False),
-    "MODEL.SEQFORMER.MATCH_BATCH_UNION": (True, False),
+    "MODEL.SEQFORMER.MATCH_CLASS_COST": ("batch_union", "per_target"),
     "MODEL.SEQFORMER.BATCH_TIME_MIX": (True, False),
 }
 # String keys compared without case.

@@ -205,26 +205,28 @@ def test_batch_time_mix_reproduces_the_fork_regrouping():
 
 
 def test_match_class_cost_sums_over_the_batch_union():
-    """The fork's matching class cost of a query sums the focal terms over the action classes present anywhere in the
-    batch (MATCH_BATCH_UNION True); False: the clip's own classes. It does not depend on the ground-truth box."""
+    """The fork's matching class cost (MATCH_CLASS_COST "batch_union") sums the focal terms over the action classes
+    present anywhere in the batch, the same for every target; "per_target": each target's own actions."""
     from stmixer.modeling.seqformer.detector import build_seqformer_criterion
 
-    targets = [{"actions": torch.tensor([[1.0, 0, 0, 0, 0]])}, {"actions": torch.tensor([[0.0, 0, 1, 0, 1]])}]
-    union = build_seqformer_criterion(_tiny_cfg()).present_classes(targets, 5, "cpu")
-    assert union.tolist() == [[1, 0, 1, 0, 1]] * 2
-    per_clip = build_seqformer_criterion(_tiny_cfg("MODEL.SEQFORMER.MATCH_BATCH_UNION", False))
-    assert per_clip.present_classes(targets, 5, "cpu").tolist() == [[1, 0, 0, 0, 0], [0, 0, 1, 0, 1]]
+    targets = [{"actions": torch.tensor([[1.0, 0, 0, 0, 0]])},
+               {"actions": torch.tensor([[0.0, 0, 1, 0, 0], [0.0, 0, 0, 0, 1]])}]
+    union = build_seqformer_criterion(_tiny_cfg()).match_labels(targets)
+    assert [u.tolist() for u in union] == [[[1, 0, 1, 0, 1]], [[1, 0, 1, 0, 1]] * 2]
+    own = build_seqformer_criterion(_tiny_cfg("MODEL.SEQFORMER.MATCH_CLASS_COST", "per_target")).match_labels(targets)
+    assert [o.tolist() for o in own] == [t["actions"].tolist() for t in targets]
     matcher = build_seqformer_criterion(_tiny_cfg("MODEL.SEQFORMER.COST_BBOX", 0.0, "MODEL.SEQFORMER.COST_GIOU",
                                                   0.0)).matcher
-    logits = torch.randn(2, 3, 5, dtype=torch.float64)
-    boxes = torch.tensor([[0.1, 0.1, 0.5, 0.5]], dtype=torch.float64).expand(2, 3, 4)
-    gt = torch.tensor([[[0.2, 0.2, 0.6, 0.7], [0.0, 0.1, 0.3, 0.3]]], dtype=torch.float64).expand(2, 2, 4)
-    cost = matcher.batched_cost(logits, boxes, gt, torch.ones(2, 4, dtype=torch.float64),
-                                union[:, None].expand(2, 2, 5))
+    logits = torch.randn(1, 3, 5, dtype=torch.float64)
+    boxes = torch.tensor([0.1, 0.1, 0.5, 0.5], dtype=torch.float64).expand(1, 3, 4)
+    gt = torch.tensor([[[0.2, 0.2, 0.6, 0.7], [0.0, 0.1, 0.3, 0.3]]], dtype=torch.float64)
     p = logits.sigmoid()
     focal = 0.25 * (1 - p) ** 2 * -torch.log(p + 1e-8) - 0.75 * p ** 2 * -torch.log(1 - p + 1e-8)
-    expected = 2.0 * focal[..., [0, 2, 4]].sum(-1, keepdim=True).expand(2, 3, 2)
-    assert torch.allclose(cost, expected, rtol=1e-12, atol=0)
+    ones = torch.ones(1, 4, dtype=torch.float64)
+    cost = matcher.batched_cost(logits, boxes, gt, ones, union[1][None])
+    assert torch.allclose(cost, 2.0 * focal[..., [0, 2, 4]].sum(-1, keepdim=True).expand(1, 3, 2), rtol=1e-12)
+    cost = matcher.batched_cost(logits, boxes, gt, ones, own[1][None])
+    assert torch.allclose(cost, 2.0 * focal[..., [2, 4]], rtol=1e-12)
 
 
 def test_fork_checkpoint_loads(tmp_path):

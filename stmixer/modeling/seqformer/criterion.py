@@ -2,19 +2,17 @@
 ``models/criterion.py`` ``SetCriterionAVA`` without an actor switch).
 
 Matching (per decoder layer and clip, ``stmixer.modeling.matcher.HungarianMatcher`` with
-``class_cost="focal"``, ``l1_space="cxcywh"``, boxes normalized by the clip's unpadded size; every ground truth
-of a clip carries the multi-hot of the classes ``U`` below as its "labels", so its class cost is the focal
-cost summed over ``U``):
-``cost[q, j] = 5 * L1(cxcywh) + 2 * c_q - 2 * GIoU`` (``MODEL.SEQFORMER.COST_{BBOX,CLASS,GIOU}``, the fork's
-``LOSS_COFS.{BBOX,DICE,GIOU}_COF``), where the class cost of query ``q`` does not depend on the ground truth
-``j``: with ``p = sigmoid(logits_q)``, ``alpha = 0.25``, ``gamma = 2``,
+``class_cost="focal"``, ``l1_space="cxcywh"``, boxes normalized by the clip's unpadded size):
+``cost[q, j] = 5 * L1(cxcywh) + 2 * c_qj - 2 * GIoU`` (``MODEL.SEQFORMER.COST_{BBOX,CLASS,GIOU}``, the fork's
+``LOSS_COFS.{BBOX,DICE,GIOU}_COF``) with, for ``p = sigmoid(logits_q)``, ``alpha = 0.25``, ``gamma = 2``,
 
-    ``c_q = sum_{k in U} [alpha (1-p_k)^gamma (-log(p_k + 1e-8)) - (1-alpha) p_k^gamma (-log(1-p_k + 1e-8))]``
+    ``c_qj = sum_{k in U_j} [alpha (1-p_k)^gamma (-log(p_k + 1e-8)) - (1-alpha) p_k^gamma (-log(1-p_k + 1e-8))]``
 
-over the action classes ``U`` present in the ground truth. ``match_batch_union``
-(``MODEL.SEQFORMER.MATCH_BATCH_UNION``, default True as the fork): ``U`` is the union over *every clip of the
-batch* (the fork flattens the batch before building it), so one clip's matching depends on the other clips'
-labels; False: each clip's own classes.
+(the matcher sums it over the positive columns of each target's "labels"). ``match_class_cost``
+(``MODEL.SEQFORMER.MATCH_CLASS_COST``): "batch_union" (default, the fork's matcher): ``U_j`` is the union of the
+actions of *every* ground truth of the batch (the fork flattens the batch before building it), the same for
+every target, so the class cost only ranks queries and one clip's matching depends on the other clips'
+labels; "per_target": ``U_j`` is target ``j``'s own actions (as Sparse R-CNN's ``per_target``).
 
 Loss terms of a layer (TubeR's formulas, ``stmixer.modeling.tuber.criterion``):
 
@@ -43,6 +41,7 @@ from ..matcher import xyxy_to_cxcywh
 from ..tuber.criterion import cxcywh_to_xyxy
 
 TERMS = ("loss_ce", "loss_bbox", "loss_giou")
+MATCH_CLASS_COSTS = ("batch_union", "per_target")
 
 
 class SeqFormerCriterion(nn.Module):
@@ -51,31 +50,34 @@ class SeqFormerCriterion(nn.Module):
             focal_gamma=2, l1_space="cxcywh")``.
         weights: multiplier per term (``TERMS``).
         matched_weight: BCE weight of matched queries (10).
-        match_batch_union: see the module docstring.
+        match_class_cost: "batch_union" or "per_target" (see the module docstring).
         deep_supervision: supervise every decoder layer.
         float32_quirks: see the module docstring.
     """
 
-    def __init__(self, matcher, weights, matched_weight=10.0, match_batch_union=True, deep_supervision=False,
+    def __init__(self, matcher, weights, matched_weight=10.0, match_class_cost="batch_union", deep_supervision=False,
                  float32_quirks=True):
         super().__init__()
         missing = set(TERMS) - set(weights)
         if missing:
             raise ValueError(f"SeqFormerCriterion: no weight given for {sorted(missing)}")
+        if match_class_cost not in MATCH_CLASS_COSTS:
+            raise ValueError(f"SeqFormerCriterion: match_class_cost = {match_class_cost!r}, expected one of "
+                             f"{MATCH_CLASS_COSTS}")
         self.matcher = matcher
         self.weights = dict(weights)
         self.matched_weight = matched_weight
-        self.match_batch_union = match_batch_union
+        self.match_class_cost = match_class_cost
         self.deep_supervision = deep_supervision
         self.float32_quirks = float32_quirks
 
-    def present_classes(self, targets, num_actions, device):
-        """``[B, A]`` 0/1 classes each clip's matching cost sums over (batch union or per clip)."""
-        per_clip = torch.stack([(t["actions"].sum(0) > 0) if len(t["actions"]) else
-                                torch.zeros(num_actions, dtype=torch.bool, device=device) for t in targets])
-        if self.match_batch_union:
-            per_clip = per_clip.any(0, keepdim=True).expand_as(per_clip)
-        return per_clip.to(torch.float64)
+    def match_labels(self, targets):
+        """Per clip ``[n_i, A]``: the classes each ground truth's matching class cost sums over (module docstring)."""
+        labels = [t["actions"] for t in targets]
+        if self.match_class_cost == "per_target" or not labels:
+            return labels
+        union = (torch.cat(labels).sum(0) > 0).to(labels[0].dtype)
+        return [union.expand(len(a), -1) for a in labels]
 
     def forward(self, outputs, targets, trace=None):
         """Weighted loss dict of the per-layer predictions.
@@ -98,8 +100,7 @@ class SeqFormerCriterion(nn.Module):
         layers = [final] + (list(range(final)) if self.deep_supervision else [])
         device = outputs["boxes"].device
         norm_targets = [{"boxes": t["boxes"] / t["whwh"], "whwh": torch.ones_like(t["whwh"])} for t in targets]
-        present = self.present_classes(targets, outputs["logits"].shape[-1], device)
-        matching = [{**nt, "labels": present[i].expand(len(nt["boxes"]), -1)} for i, nt in enumerate(norm_targets)]
+        matching = [{**nt, "labels": labels} for nt, labels in zip(norm_targets, self.match_labels(targets))]
         folded = self.matcher(torch.cat([outputs["logits"][k] for k in layers]),
                               torch.cat([cxcywh_to_xyxy(outputs["boxes"][k]) for k in layers]), matching * len(layers))
         count = sum(len(t["boxes"]) for t in targets)

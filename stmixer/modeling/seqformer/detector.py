@@ -57,7 +57,7 @@ def build_seqformer_criterion(cfg):
     matcher = HungarianMatcher(s.COST_CLASS, s.COST_BBOX, s.COST_GIOU, class_cost="focal", focal_alpha=s.FOCAL_ALPHA,
                                focal_gamma=s.FOCAL_GAMMA, l1_space="cxcywh")
     weights = {"loss_ce": s.CLASS_WEIGHT, "loss_bbox": s.L1_WEIGHT, "loss_giou": s.GIOU_WEIGHT}
-    return SeqFormerCriterion(matcher, weights, t.MATCHED_WEIGHT, s.MATCH_BATCH_UNION, s.DEEP_SUPERVISION,
+    return SeqFormerCriterion(matcher, weights, t.MATCHED_WEIGHT, s.MATCH_CLASS_COST, s.DEEP_SUPERVISION,
                               t.LOSS_FLOAT32)
 
 
