@@ -24,7 +24,8 @@ Weights ``loss_ce`` x 2, ``loss_bbox`` x 5, ``loss_giou`` x 2 (the fork's ``weig
 ``MATCHER.COST_*``; ``MODEL.SEQFORMER.{CLASS,L1,GIOU}_WEIGHT``). Deep supervision (the fork's ``AUX_LOSS``,
 False in its SeqFormer yaml; ``MODEL.SEQFORMER.DEEP_SUPERVISION``): the earlier layers too, suffix ``_{i}``.
 
-Fixed silent failure: the fork divides by ``num_boxes`` = the batch's box count without a floor, so a batch
+``num_boxes``: the ground-truth boxes of this process's batch (the fork does not average it over processes,
+as TubeR). Fixed silent failure: the fork divides by ``num_boxes`` without a floor, so a batch
 without ground truth gives NaN box losses; here at least 1 (as TubeR's port). Float32 quirks
 (``MODEL.TUBER.LOSS_FLOAT32``): the same two as TubeR's criterion (float32 BCE targets, a float32
 ``num_boxes`` promoting the box terms of float64 predictions to float32).
