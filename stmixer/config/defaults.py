@@ -318,8 +318,8 @@ _C.MODEL.SEQFORMER.L1_WEIGHT = 5.0
 _C.MODEL.SEQFORMER.GIOU_WEIGHT = 2.0
 # Matching class cost of a target: "batch_union" (the fork's quirk: the focal cost summed over the union of all the batch's target actions, the same for every target) or "per_target" (its own actions).
 _C.MODEL.SEQFORMER.MATCH_CLASS_COST = "batch_union"
-# The fork's quirk: time-major frames regrouped batch-major, so a batch of several clips mixes their frames (True) or not (False).
-_C.MODEL.SEQFORMER.BATCH_TIME_MIX = True
+# The fork's quirk, time-major frames regrouped batch-major (a batch of several clips mixes their frames): "train" (in training only; inference per clip, so detections do not depend on the test batch), "always" (the fork's code, also at inference) or "never".
+_C.MODEL.SEQFORMER.BATCH_TIME_MIX = "train"
 
 # ---------------------------------------------------------------------------
 # Long-term feature bank (mmaction2's LFB; shared heads FBONonLocal / FBOMax / FBOAvg / LFBInfer)

@@ -63,7 +63,7 @@ CHOICES = {
     "MODEL.SEQFORMER.BOX_REFINE": (True, False),
     "MODEL.SEQFORMER.DEEP_SUPERVISION": (True, False),
     "MODEL.SEQFORMER.MATCH_CLASS_COST": ("batch_union", "per_target"),
-    "MODEL.SEQFORMER.BATCH_TIME_MIX": (True, False),
+    "MODEL.SEQFORMER.BATCH_TIME_MIX": ("train", "always", "never"),
 }
 # String keys compared without case.
 CASELESS_CHOICES = {

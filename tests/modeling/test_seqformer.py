@@ -188,20 +188,33 @@ def test_batch_without_ground_truth_gives_finite_losses():
 
 
 def test_batch_time_mix_reproduces_the_fork_regrouping():
-    """BATCH_TIME_MIX True (the fork): with two clips, "clip" 0 holds frames of both (time-major rows regrouped
-    batch-major), so its predictions change when clip 1 changes; False keeps clips independent. One clip: equal."""
+    """BATCH_TIME_MIX: with two clips, the fork's "clip" 0 holds frames of both (time-major rows regrouped
+    batch-major). "always": also at inference, so clip 0's detections change with clip 1; "train" (default): only
+    in training mode, inference is per clip (detections independent of the batch); "never": per clip always."""
     video, whwh = _clips()
     other = video.clone()
     other[1] = torch.flip(other[1], dims=(1,))  # clip 1's frames reversed
-    for mix in (True, False):
+    for mix in ("always", "train", "never"):
         torch.manual_seed(0)
         model = build_detector(_tiny_cfg("MODEL.SEQFORMER.BATCH_TIME_MIX", mix)).eval()
         with torch.no_grad():
             a = model.predictions(video, whwh)["logits"][-1, 0]
             b = model.predictions(other, whwh)["logits"][-1, 0]
             single = model.predictions(video[:1], whwh[:1])["logits"][-1, 0]
-        assert torch.allclose(a, b, atol=1e-6) != mix
-        assert torch.allclose(a, single, atol=1e-6) != mix
+        assert torch.allclose(a, b, atol=1e-6) != (mix == "always"), mix
+        assert torch.allclose(a, single, atol=1e-6) != (mix == "always"), mix
+        # the regrouping itself: frame 1 of "clip" 0 is frame 0 of clip 1 when mixing (time-major row 1)
+        head = model.tuber_head
+        feats = [torch.randn(2, c, 2, 4, 6) for c in (256, 512, 1024, 2048)]
+        mask = torch.zeros(2, 32, 48, dtype=torch.bool)
+        for training in (True, False):
+            head.train(training)
+            with torch.no_grad():
+                srcs = head.levels(feats, mask)[0]
+                proj = head.input_proj[0](feats[1][:, :, 0] if mix == "always" or (mix == "train" and training)
+                                          else feats[1][:, :, 1])
+            expected = proj[1] if mix == "always" or (mix == "train" and training) else proj[0]
+            assert torch.allclose(srcs[0][0, 1], expected, atol=1e-6), (mix, training)
 
 
 def test_match_class_cost_sums_over_the_batch_union():
@@ -264,7 +277,7 @@ def test_config_errors_name_the_key():
         with pytest.raises(ConfigError, match=key):
             build_detector(_tiny_cfg(*extra))
     with pytest.raises(ConfigError, match="MODEL.SEQFORMER.BATCH_TIME_MIX"):
-        load_config(str(CONFIG), ["MODEL.SEQFORMER.BATCH_TIME_MIX", "yes"])
+        load_config(str(CONFIG), ["MODEL.SEQFORMER.BATCH_TIME_MIX", "sometimes"])
 
 
 def test_learning_rate_groups_follow_the_fork():
@@ -284,7 +297,8 @@ def test_fixture_config_is_the_yaml():
         "MODEL.TUBER.NUM_QUERIES", over["QUERY_NUM"], "MODEL.TUBER.D_MODEL", over["D_MODEL"],
         "MODEL.TUBER.NHEAD", over["NHEAD"], "MODEL.TUBER.DIM_FEEDFORWARD", over["DIM_FEEDFORWARD"],
         "MODEL.SEQFORMER.ENC_N_POINTS", 3, "MODEL.SEQFORMER.DEC_N_POINTS", 2,
-        "MODEL.SEQFORMER.DEEP_SUPERVISION", True, "MODEL.BACKBONE.CHANNELS_LAST", False,
+        "MODEL.SEQFORMER.DEEP_SUPERVISION", True, "MODEL.SEQFORMER.BATCH_TIME_MIX", "always",
+        "MODEL.BACKBONE.CHANNELS_LAST", False,
         "DATA.NUM_FRAMES", meta["clip_sizes"][0][0]])
     ours = seqformer_config(meta)
     for node in ("SEQFORMER", "CSN"):

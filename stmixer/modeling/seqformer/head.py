@@ -15,11 +15,12 @@ fork's ``ir_CSN_50_variant``), per frame:
 and Deformable DETR's iterative refinement (``transformer.decoder.bbox_embed``); False: one head shared by
 all layers, references fixed.
 
-``batch_time_mix`` (``MODEL.SEQFORMER.BATCH_TIME_MIX``, default True as the fork): the fork's backbone
-flattens frames time-major (``[T*B, ...]``) and the head regroups them batch-major (``reshape(B, T, ...)``),
-so with more than one clip per batch the "clip" ``b`` the transformer sees holds frames of several clips
-(and its valid ratios are those of its first frame). The fork's SeqFormer yaml trains one clip per GPU,
-where nothing changes. False regroups each clip's own frames.
+``batch_time_mix`` (``MODEL.SEQFORMER.BATCH_TIME_MIX``): the fork's backbone flattens frames time-major
+(``[T*B, ...]``) and the head regroups them batch-major (``reshape(B, T, ...)``), so with more than one clip per
+batch the "clip" ``b`` the transformer sees holds frames of several clips (and its valid ratios are those of its
+first frame). "train" (default): reproduced in training mode, while inference regroups each clip's own frames,
+so detections do not depend on ``TEST.VIDEOS_PER_BATCH`` or the number of GPUs (the fork evaluates one clip
+per GPU, where both agree); "always": the fork's code, also at inference; "never": each clip's own frames.
 
 Fixed crashes: with ``NUM_FEATURE_LEVELS > 4`` the fork applies a 2-D convolution to the regrouped 5-D map of
 the previous level; here every extra level is computed on the time-major frames. ``NUM_FEATURE_LEVELS`` 1 or 2
@@ -42,6 +43,7 @@ from ..tuber.deformable_tuber import clips_of, frames_of, sine_position_2d
 from ..tuber.head import MLP
 
 BACKBONE_LEVELS = 3  # layer2..layer4 (the fork's Backbone returns layer1..layer4 and uses [1:])
+BATCH_TIME_MIX = ("train", "always", "never")
 
 
 class SeqFormerHead(nn.Module):
@@ -51,15 +53,17 @@ class SeqFormerHead(nn.Module):
         num_actions: A (80).
         level_channels: channels of CSN layer2..layer4 (512, 1024, 2048).
         box_refine: see the module docstring.
-        batch_time_mix: see the module docstring.
+        batch_time_mix: "train", "always" or "never" (see the module docstring).
     """
 
     multi_level = True  # the TubeR detector hands this head every CSN stage
     switch_gate = False  # no actor switch: TubeR.detections' gate is not applied
 
     def __init__(self, transformer, num_queries=20, num_actions=80, level_channels=(512, 1024, 2048),
-                 box_refine=True, batch_time_mix=True):
+                 box_refine=True, batch_time_mix="train"):
         super().__init__()
+        if batch_time_mix not in BATCH_TIME_MIX:
+            raise ValueError(f"SeqFormerHead: batch_time_mix = {batch_time_mix!r}, expected one of {BATCH_TIME_MIX}")
         num_levels = transformer.num_feature_levels
         if num_levels < BACKBONE_LEVELS:
             raise ValueError(f"SeqFormerHead: {num_levels} feature levels; the fork's SeqFormer reads CSN layer2.."
@@ -105,15 +109,16 @@ class SeqFormerHead(nn.Module):
         for lvl in range(BACKBONE_LEVELS, len(self.input_proj)):
             source = frames_of(feats[-1]) if lvl == BACKBONE_LEVELS else frames[-1]
             frames.append(self.input_proj[lvl](source))
+        mix = self.batch_time_mix == "always" or (self.batch_time_mix == "train" and self.training)
         srcs, masks, poses = [], [], []
         for src in frames:
             t = src.shape[0] // batch
             mask = F.interpolate(pixel_mask[None].float(), size=src.shape[-2:]).to(torch.bool)[0]
             mask = mask[None].expand(t, *mask.shape).flatten(0, 1)  # time-major, as the frames
             pos = sine_position_2d(mask, self.hidden_dim // 2, src.dtype)
-            srcs.append(clips_of(src, batch, self.batch_time_mix))
-            masks.append(clips_of(mask, batch, self.batch_time_mix))
-            poses.append(clips_of(pos, batch, self.batch_time_mix))
+            srcs.append(clips_of(src, batch, mix))
+            masks.append(clips_of(mask, batch, mix))
+            poses.append(clips_of(pos, batch, mix))
         return srcs, masks, poses
 
     def forward(self, feats, pixel_mask, trace=None):

@@ -81,6 +81,7 @@ def seqformer_config(meta):
         if fork in sf:
             s[ours] = sf[fork]
     s.DEEP_SUPERVISION = meta["aux_loss"]
+    s.BATCH_TIME_MIX = "always"  # the fork's code: its eval-mode forward of two clips mixes them too
     costs = meta["official_costs"]
     s.COST_CLASS, s.COST_BBOX, s.COST_GIOU = (costs[f"LOSS_COFS.{k}"] for k in ("DICE_COF", "BBOX_COF", "GIOU_COF"))
     s.CLASS_WEIGHT, s.L1_WEIGHT, s.GIOU_WEIGHT = (costs[f"MATCHER.{k}"] for k in ("COST_CLASS", "COST_BBOX",
