@@ -57,7 +57,6 @@ class SeqFormerHead(nn.Module):
     """
 
     multi_level = True  # the TubeR detector hands this head every CSN stage
-    switch_gate = False  # no actor switch: TubeR.detections' gate is not applied
 
     def __init__(self, transformer, num_queries=20, num_actions=80, level_channels=(512, 1024, 2048),
                  box_refine=True, batch_time_mix="train"):
