@@ -152,6 +152,10 @@ def deformable_tuber_unused(keys):
     its model builds but never calls, to be dropped: the backbone wrapper's temporal pooling (every variant pools
     per level in the head), and D2's ``class_proj`` / ``encoder`` / ``cross_attn``, D3's ``encoder`` /
     ``cross_attn``. Empty for TubeR itself (no ``transformer.level_embed`` / ``transformer2.level_embed``)."""
+    if "transformer.decoder.layers.0.time_attention_weights.weight" in keys:  # the fork's SeqFormer (docs/seqformer.md)
+        # its encoder attentions carry an output_proj_box they never call
+        return TUBER_WRAPPER_PARTS + tuple(sorted({k[:k.index(".output_proj_box.")] + ".output_proj_box." for k in keys
+                                                   if k.startswith("transformer.encoder.") and ".output_proj_box." in k}))
     if "transformer2.level_embed" in keys:  # D3
         return TUBER_WRAPPER_PARTS + ("encoder.", "cross_attn.")
     if "transformer.level_embed" in keys:

@@ -208,6 +208,8 @@ _C.MODEL.CSN.LAST_STRIDE = False
 _C.MODEL.CSN.BN_EPSILON = 1e-3
 # Parameters with requires_grad=False: -1 none, k >= 0 the stem and layer1..layer k (TubeR freezes 2 when it starts from Kinetics weights).
 _C.MODEL.CSN.FROZEN_STAGES = -1
+# Temporal stride of layer2..layer4: 2 (TubeR's ir-CSN: T/8 frames out) or 1 (the TubeR fork's ir_CSN_50_variant, all T frames; its SeqFormer).
+_C.MODEL.CSN.TEMPORAL_STRIDE = 2
 
 # TubeR (MODEL.META_ARCHITECTURE "TubeR", stmixer/modeling/tuber/, docs/tuber.md; official yaml key in brackets)
 _C.MODEL.TUBER = CN()
@@ -286,6 +288,40 @@ _C.MODEL.TUBER.DEFORMABLE.DEC_N_POINTS = 4
 _C.MODEL.TUBER.DEFORMABLE.BATCH_TIME_MIX = True
 # Inference scores gated by the actor switch as TubeR (sigmoid * p * (p > SWITCH_THRESHOLD)); False: the fork's PostProcessAVA, which overwrites the gated scores with sigmoid(logits).
 _C.MODEL.TUBER.DEFORMABLE.SWITCH_GATE = False
+
+# SeqFormer (MODEL.META_ARCHITECTURE "SeqFormer": the TubeR fork's SeqFormer, docs/seqformer.md; needs MODEL.CSN.TEMPORAL_STRIDE 1;
+# widths, queries, MATCHED_WEIGHT, LOSS_FLOAT32 and BACKBONE_LR_FACTOR from MODEL.TUBER; the fork's yaml key in brackets)
+_C.MODEL.SEQFORMER = CN()
+# Deformable-attention levels: CSN layer2..layer4 plus NUM_FEATURE_LEVELS - 3 extra stride-2 levels, at least 3 [SeqFormer.NUM_FEATURE_LEVELS].
+_C.MODEL.SEQFORMER.NUM_FEATURE_LEVELS = 4
+# Sampling points per head and level in the encoder's deformable attention [SeqFormer.NUM_ENC_N_POINTS].
+_C.MODEL.SEQFORMER.ENC_N_POINTS = 4
+# Sampling points per head and level in the decoder's deformable attention [SeqFormer.NUM_DEC_N_POINTS].
+_C.MODEL.SEQFORMER.DEC_N_POINTS = 4
+# Per-layer heads with iterative box refinement of every frame's reference (True) or one head shared by all layers [SeqFormer.BOX_REFINE].
+_C.MODEL.SEQFORMER.BOX_REFINE = True
+# Supervise every decoder layer, not only the last [TRAIN.AUX_LOSS].
+_C.MODEL.SEQFORMER.DEEP_SUPERVISION = False
+# Matching cost weight of the focal class cost [LOSS_COFS.DICE_COF].
+_C.MODEL.SEQFORMER.COST_CLASS = 2.0
+# Matching cost weight of the L1 distance of normalized cxcywh boxes [LOSS_COFS.BBOX_COF].
+_C.MODEL.SEQFORMER.COST_BBOX = 5.0
+# Matching cost weight of -GIoU [LOSS_COFS.GIOU_COF].
+_C.MODEL.SEQFORMER.COST_GIOU = 2.0
+# alpha of the focal matching class cost (the fork hard-codes 0.25).
+_C.MODEL.SEQFORMER.FOCAL_ALPHA = 0.25
+# gamma of the focal matching class cost (the fork hard-codes 2).
+_C.MODEL.SEQFORMER.FOCAL_GAMMA = 2.0
+# Loss weight of the action BCE [MATCHER.COST_CLASS].
+_C.MODEL.SEQFORMER.CLASS_WEIGHT = 2.0
+# Loss weight of the L1 box term [MATCHER.COST_BBOX].
+_C.MODEL.SEQFORMER.L1_WEIGHT = 5.0
+# Loss weight of the GIoU term [MATCHER.COST_GIOU].
+_C.MODEL.SEQFORMER.GIOU_WEIGHT = 2.0
+# Matching class cost of a target: "batch_union" (the fork's quirk: the focal cost summed over the union of all the batch's target actions, the same for every target) or "per_target" (its own actions).
+_C.MODEL.SEQFORMER.MATCH_CLASS_COST = "batch_union"
+# The fork's quirk, time-major frames regrouped batch-major (a batch of several clips mixes their frames): "train" (in training only; inference per clip, so detections do not depend on the test batch), "always" (the fork's code, also at inference) or "never".
+_C.MODEL.SEQFORMER.BATCH_TIME_MIX = "train"
 
 # ---------------------------------------------------------------------------
 # Long-term feature bank (mmaction2's LFB; shared heads FBONonLocal / FBOMax / FBOAvg / LFBInfer)

@@ -55,11 +55,16 @@ CHOICES = {
     "MODEL.SPARSE_RCNN.MATCH_CLASS_COST": ("per_target", "batch_union"),
     "MODEL.TUBER.TEMPORAL_POOL": ("decode", "avg", "max", "center"),
     "MODEL.TUBER.CLASS_LOSS": ("bce", "focal"),
+    "MODEL.CSN.TEMPORAL_STRIDE": (1, 2),
     "MODEL.TUBER.DEFORMABLE.VARIANT": ("D2", "D3", "D4"),
     "MODEL.TUBER.DEFORMABLE.NUM_FEATURE_LEVELS": (4,),
     "MODEL.TUBER.DEFORMABLE.BATCH_TIME_MIX": (True, False),
     "MODEL.TUBER.DEFORMABLE.SWITCH_GATE": (True, False),
     "MODEL.TUBER.HEAD": ("ava", "frame"),
+    "MODEL.SEQFORMER.BOX_REFINE": (True, False),
+    "MODEL.SEQFORMER.DEEP_SUPERVISION": (True, False),
+    "MODEL.SEQFORMER.MATCH_CLASS_COST": ("batch_union", "per_target"),
+    "MODEL.SEQFORMER.BATCH_TIME_MIX": ("train", "always", "never"),
 }
 # String keys compared without case.
 CASELESS_CHOICES = {

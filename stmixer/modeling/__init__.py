@@ -10,6 +10,7 @@ from .sparse_rcnn import SparseRCNN  # noqa: E402,F401  (registers the Sparse R-
 from .tuber import TubeR  # noqa: E402,F401  (registers the TubeR detector)
 from . import evad  # noqa: E402,F401  (registers the EVAD detector)
 from . import stabn  # noqa: E402,F401  (registers the ST-ABN recognizer head)
+from .seqformer import SeqFormer  # noqa: E402,F401  (registers the SeqFormer detector)
 
 __all__ = ["STMDetector", "FastRCNN", "Recognizer3D", "HEAD_REGISTRY", "BACKBONE_REGISTRY", "DETECTOR_REGISTRY",
            "build_backbone", "build_detector", "build_neck"]

@@ -46,6 +46,8 @@ A folder with ``stabn.json`` (model "ST-ABN") is a fixture of the official ST-AB
 ``stmixer.modeling.stabn.parity`` (its docstring gives the layout and the output names).
 A folder of Deformable TubeR cases (``<case>.json`` naming ``msda_*`` / ``transformer_*`` / ``head_*``) is
 run by ``stmixer.tools.deformable_parity``.
+A folder of SeqFormer cases (``<case>.json`` with ``"model": "SeqFormer"``) is run by
+``stmixer.modeling.seqformer.parity``.
 
 Runs on the CPU with 1 thread by default, as the fixtures were generated, so
 float32 results are reproducible across machines (``--threads`` changes it).
@@ -78,6 +80,7 @@ FAMILY_FIXTURES = (
     ("..modeling.tuber.parity", "is_tuber_fixture", "run_tuber_fixture", "TubeRFixtureError"),
     ("..modeling.stabn.parity", "is_stabn_fixture", "run_stabn_fixture", "STABNFixtureError"),
     (".deformable_parity", "is_deformable_fixture", "run_deformable_fixture", "DeformableFixtureError"),
+    ("..modeling.seqformer.parity", "is_seqformer_fixture", "run_seqformer_fixture", "SeqFormerFixtureError"),
 )
 
 PRECISIONS = {"f32": torch.float32, "f64": torch.float64}

@@ -21,6 +21,7 @@ Section ``csn`` (the ir-CSN backbones, ``models/backbones/ir_CSN_{50,152}.py``),
    statistics updated with momentum 0.1).
 
 Section ``tuber`` (the whole TubeR detector in float64): ``query_fixtures_tuber.py``.
+Section ``seqformer`` (the TubeR fork's SeqFormer, ``--fork``): ``query_fixtures_seqformer.py``.
 
 Section ``tuber_jhmdb`` (TubeR's JHMDB / UCF101-24 model in float64): ``query_fixtures_tuber_jhmdb.py``.
 
@@ -173,12 +174,12 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="output folder (tests/reference/tuber)")
     parser.add_argument("--commit", default="unknown", help="official commit, recorded in the fixtures")
     parser.add_argument("--sections", nargs="+", default=["csn", "tuber", "tuber_jhmdb"],
-                        choices=["csn", "tuber", "tuber_jhmdb", "deformable"])
+                        choices=["csn", "tuber", "tuber_jhmdb", "deformable", "seqformer"])
     args = parser.parse_args(argv)
-    if "deformable" in args.sections and not args.fork:
-        parser.error("--sections deformable needs --fork")
-    if set(args.sections) - {"deformable"} and not args.tuber:
-        parser.error("--tuber is required for sections other than deformable")
+    if {"deformable", "seqformer"} & set(args.sections) and not args.fork:
+        parser.error("--sections deformable / seqformer need --fork")
+    if set(args.sections) - {"deformable", "seqformer"} and not args.tuber:
+        parser.error("--tuber is required for sections other than deformable / seqformer")
     sys.path.insert(0, str(HERE / "tuber"))  # recipe.py
     import scipy
     import torch
@@ -208,6 +209,11 @@ def main(argv=None):
         import query_fixtures_tuber_jhmdb
 
         query_fixtures_tuber_jhmdb.run(tuber, args.out, versions)
+    if "seqformer" in args.sections:
+        sys.path.insert(0, str(HERE))
+        from query_fixtures_seqformer import run_seqformer_section  # noqa: E402  (this folder)
+
+        run_seqformer_section(args.fork, args.out, {**versions, "tuber_commit": None, "fork_commit": args.fork_commit})
 
 
 if __name__ == "__main__":

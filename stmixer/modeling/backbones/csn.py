@@ -136,13 +136,18 @@ class IrCSN(VideoResNet):
             ``tune_point=4`` (= ``frozen_stages=2``) only when it loads the Kinetics ``.mat``
             weights; BatchNorm statistics of frozen stages still update unless ``frozen_bn``.
         in_channels: input channels (3).
+        temporal_stride: temporal stride of layer2..layer4 (2: TubeR's ir-CSN, temporal strides 1, 2, 4, 8; 1: the
+            TubeR fork's ``ir_CSN_50_variant`` that its SeqFormer uses, every stage keeps all T frames; the
+            weights are the same).
     """
 
     num_pathways = 1
 
     def __init__(self, depth=50, last_stride=False, bn_eps=1e-3, bn_momentum=0.1, frozen_bn=False,
-                 frozen_stages=-1, in_channels=3):
+                 frozen_stages=-1, in_channels=3, temporal_stride=2):
         super().__init__(frozen_bn)
+        if temporal_stride not in (1, 2):
+            raise ValueError(f"MODEL.CSN.TEMPORAL_STRIDE: expected 1 or 2, got {temporal_stride}")
         if depth not in CSN_STAGE_DEPTHS:
             raise ValueError(f"ir-CSN depth {depth} is not supported; choices: {sorted(CSN_STAGE_DEPTHS)}")
         if not -1 <= frozen_stages <= 4:
@@ -155,13 +160,14 @@ class IrCSN(VideoResNet):
         self.maxpool = nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
         blocks = CSN_STAGE_DEPTHS[depth]
         # (in_planes, planes, spatial stride, temporal stride) of layer1..layer4
-        stages = [(64, 64, 1, 1), (256, 128, 2, 2), (512, 256, 2, 2), (1024, 512, 2 if last_stride else 1, 2)]
+        ts = temporal_stride
+        stages = [(64, 64, 1, 1), (256, 128, 2, ts), (512, 256, 2, ts), (1024, 512, 2 if last_stride else 1, ts)]
         for s, ((in_planes, planes, stride, t_stride), n) in enumerate(zip(stages, blocks)):
             self.add_module(f"layer{s + 1}", make_csn_stage(in_planes, planes, n, stride, t_stride, bn_eps,
                                                             bn_momentum))
         self.out_channels = list(CSN_OUT_CHANNELS)
         self.spatial_strides = [4, 8, 16, 32 if last_stride else 16]
-        self.temporal_strides = [1, 2, 4, 8]
+        self.temporal_strides = [1, ts, ts ** 2, ts ** 3]
         self.frozen_stages = frozen_stages
         self._freeze_stages()
 
@@ -207,6 +213,7 @@ def _build_csn(cfg, depth):
         frozen_bn=cfg.MODEL.BACKBONE.FROZEN_BN,
         frozen_stages=cfg.MODEL.CSN.FROZEN_STAGES,
         in_channels=cfg.DATA.INPUT_CHANNEL_NUM[0],
+        temporal_stride=cfg.MODEL.CSN.TEMPORAL_STRIDE,
     )
 
 
