@@ -1,6 +1,6 @@
 """train_net.py / test_net.py with Deformable TubeR (config_files/synthetic/tiny-d2-tuber.yaml: the fork's D2 on a
-random ir-CSN-50, shrunk; D3 and D4 by MODEL.TUBER.DEFORMABLE.VARIANT) on synthetic data: training, checkpoint, evaluation, then test_net.py on the saved
-checkpoint. Pipeline correctness only (a few iterations)."""
+random ir-CSN-50, shrunk; D3 and D4 by MODEL.TUBER.DEFORMABLE.VARIANT) on synthetic data: training, checkpoint,
+evaluation, then test_net.py on the saved checkpoint. Pipeline correctness only (a few iterations)."""
 
 import json
 
