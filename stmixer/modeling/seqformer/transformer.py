@@ -31,12 +31,11 @@ reference points normalized ``(x, y)`` (or boxes ``(cx, cy, w, h)``) of the vali
 valid ratios before sampling (Deformable DETR).
 """
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers.detr import clones
 from ..layers.ms_deform_attn import MSDeformAttn, ms_deform_attn_pytorch
 from ..tuber.deformable_transformer import (DeformableTransformer, DeformableTransformerEncoder,
                                             DeformableTransformerEncoderLayer, apply_ffn, ffn_block, inverse_sigmoid,
@@ -149,7 +148,7 @@ class SeqFormerDecoder(nn.Module):
 
     def __init__(self, decoder_layer, num_layers):
         super().__init__()
-        self.layers = nn.ModuleList([copy.deepcopy(decoder_layer) for _ in range(num_layers)])
+        self.layers = clones(decoder_layer, num_layers)
         self.num_layers = num_layers
         self.bbox_embed = None
 

@@ -27,21 +27,14 @@ Not reproduced: Deformable DETR's two-stage mode (``two_stage=True``: encoder pr
 queries): no Deformable TubeR variant uses it.
 """
 
-import copy
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..layers.detr import activation_fn, clones
 from ..layers.ms_deform_attn import MSDeformAttn
 
-ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "glu": F.glu}
-
-
 def _activation(name):
-    if name not in ACTIVATIONS:
-        raise ValueError(f"deformable transformer: activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
-    return ACTIVATIONS[name]
+    return activation_fn(name, "deformable transformer")
 
 
 def ffn_block(d_model, d_ffn, dropout, activation):
@@ -106,7 +99,7 @@ class DeformableTransformerEncoder(nn.Module):
 
     def __init__(self, encoder_layer, num_layers):
         super().__init__()
-        self.layers = nn.ModuleList([copy.deepcopy(encoder_layer) for _ in range(num_layers)])
+        self.layers = clones(encoder_layer, num_layers)
         self.num_layers = num_layers
 
     @staticmethod
@@ -172,7 +165,7 @@ class DeformableTransformerDecoder(nn.Module):
 
     def __init__(self, decoder_layer, num_layers, return_intermediate=False):
         super().__init__()
-        self.layers = nn.ModuleList([copy.deepcopy(decoder_layer) for _ in range(num_layers)])
+        self.layers = clones(decoder_layer, num_layers)
         self.num_layers = num_layers
         self.return_intermediate = return_intermediate
         self.bbox_embed = None
