@@ -23,7 +23,8 @@ from ..modeling.tuber.deformable_transformer import DeformableTransformer
 from ..modeling.tuber.deformable_tuber import DeformableTubeRHead, DeformableTubeRTransformer
 from ..modeling.tuber.head import MLP
 from ..modeling.tuber.parity import as_stored  # noqa: F401  (callers of this module use it)
-from ..modeling.tuber.parity import cxcywh_targets, fixture_inputs, fork_detector_outputs, json_cases, run_fork_fixture
+from ..modeling.tuber.parity import (cxcywh_targets, fixture_inputs, fork_detector_outputs, json_cases,
+                                     load_fork_detector, run_fork_fixture)
 from ..modeling.tuber.transformer import DETRTransformer
 
 CASE_PREFIXES = ("msda_function", "msda_module", "transformer_", "head_", "detector_")
@@ -192,20 +193,12 @@ def our_detector_param(name):
 def run_detector(meta, recipe, dtype):
     """The whole detector: weights as a fork checkpoint through ``load_weights`` (format ``tuber``), the recipe's
     clips and ground truth; per-layer predictions, unweighted losses, matches, gradients, detections."""
-    from ..checkpoint import checkpoint_from_object, load_weights
-    from ..modeling.build import build_detector
-
     values = recipe.tuber_state(meta["seed"], meta["official_state_dict"])
     for k in values:  # one value for the box heads the decoder shares
         for prefix in ("transformer.decoder.bbox_embed.", "transformer2.decoder.bbox_embed."):
             if k.startswith(prefix):
                 values[k] = values["bbox_embed." + k[len(prefix):]]
-    model = build_detector(detector_config(meta))
-    report = load_weights(model, checkpoint_from_object({"model": {k: torch.from_numpy(v) for k, v in values.items()}},
-                                                        "fork-fixture"), log=None)
-    if not report.ok:
-        raise DeformableFixtureError(f"{meta['case']}: the fork's weights do not load:\n{report.table()}")
-    model = model.to(dtype)
+    model = load_fork_detector(detector_config(meta), values, meta["case"], DeformableFixtureError, dtype)
     video, whwh = fixture_inputs(meta, recipe, dtype)
     boxes, labels = cxcywh_targets(recipe.tuber_targets(meta["seed"], meta["gt_counts"], 80), whwh)
     return fork_detector_outputs(model, meta, video, whwh, boxes, labels, our_detector_param,

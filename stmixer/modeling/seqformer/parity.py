@@ -14,7 +14,8 @@ answers are never read here.
 
 import torch
 
-from ..tuber.parity import cxcywh_targets, fixture_inputs, fork_detector_outputs, json_cases, run_fork_fixture
+from ..tuber.parity import (cxcywh_targets, fixture_inputs, fork_detector_outputs, json_cases, load_fork_detector,
+                            run_fork_fixture)
 
 
 class SeqFormerFixtureError(RuntimeError):
@@ -69,9 +70,7 @@ def seqformer_config(meta):
 
 def run_case(meta, recipe, dtype=torch.float64):
     """Our full-size results of one case ``{name: tensor}`` (module docstring)."""
-    from ...checkpoint import checkpoint_from_object, load_weights
     from ...checkpoint.csn import tuber_key
-    from ..build import build_detector
 
     values = recipe.tuber_state(meta["seed"], meta["official_state_dict"])
     for k in values:  # one value for the box heads the decoder shares (as the fixture)
@@ -82,12 +81,7 @@ def run_case(meta, recipe, dtype=torch.float64):
             for head in ("class_embed.", "bbox_embed."):
                 if k.startswith(head):
                     values[k] = values[head + "0." + k[len(head):].split(".", 1)[1]]
-    model = build_detector(seqformer_config(meta))
-    report = load_weights(model, checkpoint_from_object({"model": {k: torch.from_numpy(v) for k, v in values.items()}},
-                                                        "fork-fixture"), log=None)
-    if not report.ok:
-        raise SeqFormerFixtureError(f"{meta['case']}: the fork's weights do not load:\n{report.table()}")
-    model = model.to(dtype)
+    model = load_fork_detector(seqformer_config(meta), values, meta["case"], SeqFormerFixtureError, dtype)
     video, whwh = fixture_inputs(meta, recipe, dtype)
     boxes, labels = cxcywh_targets(recipe.tuber_targets(meta["seed"], meta["gt_counts"], 80), whwh)
     return fork_detector_outputs(model, meta, video, whwh, boxes, labels, tuber_key, ("logits", "boxes"),

@@ -200,6 +200,21 @@ def detection_outputs(detections, switch):
     return out
 
 
+def load_fork_detector(cfg, values, case, error, dtype):
+    """``build_detector(cfg)`` with ``values`` (``{fork state-dict name: numpy array}``) loaded as a fork
+    checkpoint (``stmixer.checkpoint.load_weights``, format ``tuber``), in ``dtype``; ``error`` naming ``case``
+    with the load report when a weight does not fit."""
+    from ...checkpoint import checkpoint_from_object, load_weights
+    from ..build import build_detector
+
+    model = build_detector(cfg)
+    report = load_weights(model, checkpoint_from_object({"model": {k: torch.from_numpy(v) for k, v in values.items()}},
+                                                        "fork-fixture"), log=None)
+    if not report.ok:
+        raise error(f"{case}: the fork's weights do not load:\n{report.table()}")
+    return model.to(dtype)
+
+
 def fork_detector_outputs(model, meta, video, whwh, boxes, labels, param_key, keys, switch):
     """One fork detector case (Deformable TubeR, SeqFormer): a training forward with eval-mode modules (weighted
     losses, backward of their sum), then eval-mode predictions and detections, then (json ``train_buffers``) a
@@ -305,23 +320,37 @@ def train_pass(model, meta, recipe, arrays, dtype, params):
     return out, losses, grads
 
 
-def run_case(meta, arrays, recipe, dtype, device="cpu"):
-    """Every output of one case (names in the module docstring)."""
-    out = {}
+def _loss_outputs(meta, arrays, recipe, dtype, device):
+    """Our loaded model of a case and the outputs of its eval-mode loss pass: ``(model, trace, {"loss/<name>"
+    (unweighted), "match/*", "grad/<official name>": tensor})``."""
     model, _ = build_loaded(meta, recipe, dtype)
     model.to(device)
+    losses, trace, grads = loss_pass(model, meta, recipe, arrays, dtype, meta["grad_params"])
+    out = {f"loss/{k}": v.detach() / meta["weight_dict"][k] for k, v in losses.items()}
+    out.update(match_outputs(trace))
+    out.update({f"grad/{p}": g for p, g in grads.items()})
+    return model, trace, out
+
+
+def _as_numpy(out, dtype):
+    """``{name: numpy}``: floating tensors in ``dtype``, the others int64."""
+    result = {}
+    for name, value in out.items():
+        value = torch.as_tensor(value).detach().cpu()
+        result[name] = value.to(dtype).numpy() if value.is_floating_point() else value.to(torch.int64).numpy()
+    return result
+
+
+def run_case(meta, arrays, recipe, dtype, device="cpu"):
+    """Every output of one case (names in the module docstring)."""
+    model, trace, out = _loss_outputs(meta, arrays, recipe, dtype, device)
     step = meta.get("slice", 8)
     weights = meta["weight_dict"]
-    losses, trace, grads = loss_pass(model, meta, recipe, arrays, dtype, meta["grad_params"])
     out["trace/backbone"] = trace["backbone"][:, ::step]
     out["trace/pooled"] = trace["pooled"][:, ::step]
     out["trace/context"] = trace["context"][..., ::step]
     for key in ("pos", "memory", "hs"):
         out[f"trace/{key}"] = trace[key]
-    for key, value in losses.items():
-        out[f"loss/{key}"] = value.detach() / weights[key]
-    out.update(match_outputs(trace))
-    out.update({f"grad/{p}": g for p, g in grads.items()})
     model.criterion.class_loss = "focal"
     focal, _, focal_grads = loss_pass(model, meta, recipe, arrays, dtype, meta["grad_params"][:3])
     model.criterion.class_loss = "bce"
@@ -345,29 +374,17 @@ def run_case(meta, arrays, recipe, dtype, device="cpu"):
         state = model.state_dict()
         for name in meta.get("train_buffers", []):
             out[f"train/{name}"] = state[our_param(name)]
-    result = {}
-    for name, value in out.items():
-        value = torch.as_tensor(value).detach().cpu()
-        result[name] = value.to(dtype).numpy() if value.is_floating_point() else value.to(torch.int64).numpy()
-    return result
+    return _as_numpy(out, dtype)
 
 
 def run_frame_case(meta, arrays, recipe, dtype, device="cpu"):
     """Every output of one ``"TubeR-frame"`` case (names in the module docstring)."""
-    out = {}
-    model, _ = build_loaded(meta, recipe, dtype)
-    model.to(device)
+    model, trace, out = _loss_outputs(meta, arrays, recipe, dtype, device)
     step = meta.get("slice", 8)
-    weights = meta["weight_dict"]
-    losses, trace, grads = loss_pass(model, meta, recipe, arrays, dtype, meta["grad_params"])
     for key in ("backbone", "pooled", "memory", "pos"):
         out[f"trace/{key}"] = trace[key][:, ::step]
     for key in ("context", "hs"):
         out[f"trace/{key}"] = trace[key][..., ::step]
-    for key, value in losses.items():
-        out[f"loss/{key}"] = value.detach() / weights[key]
-    out.update(match_outputs(trace))
-    out.update({f"grad/{p}": g for p, g in grads.items()})
     video, whwh = fixture_inputs(meta, recipe, dtype)
     with torch.no_grad():
         heads = model.predictions(video.to(device), whwh.to(device))
@@ -384,11 +401,7 @@ def run_frame_case(meta, arrays, recipe, dtype, device="cpu"):
         out[f"eval/boxes_normalized_{b}"] = det["boxes"][order]
         out[f"eval/labels_{b}"] = label.long()[order]
         out[f"eval/scores_{b}"] = score[order]
-    result = {}
-    for name, value in out.items():
-        value = torch.as_tensor(value).detach().cpu()
-        result[name] = value.to(dtype).numpy() if value.is_floating_point() else value.to(torch.int64).numpy()
-    return result
+    return _as_numpy(out, dtype)
 
 
 def run_tuber_fixture(fixture, dtype, device="cpu"):
