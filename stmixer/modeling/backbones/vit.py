@@ -279,7 +279,7 @@ class VisionTransformer3D(nn.Module):
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.out_channels = [embed_dim] * 4
-        self.apply(_init_vit_weights)
+        self.apply(init_vit_weights)
 
     def position_embedding(self, grid, dtype, device):
         """Position table for a token grid ``(t, h, w)``: ``[1, t*h*w, D]`` in ``dtype`` on ``device``
@@ -338,7 +338,7 @@ class VisionTransformer3D(nn.Module):
         return set(self._no_weight_decay)
 
 
-def _init_vit_weights(m):
+def init_vit_weights(m):
     """VideoMAE initialization: Linear xavier-uniform with zero bias, LayerNorm weight 1 and bias 0."""
     if isinstance(m, nn.Linear):
         nn.init.xavier_uniform_(m.weight)

@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import roi_align
 
-from ..backbones.vit import Block, position_embedding, sinusoid_position_table
+from ..backbones.vit import Block, init_vit_weights, position_embedding, sinusoid_position_table
 
 
 class ContextRefinementBlock(Block):
@@ -152,13 +152,7 @@ class ContextRefinement(nn.Module):
         """Official initialization: decoder Linear xavier-uniform / bias 0, LayerNorm 1 / 0, then xavier-uniform
         on every parameter of more than one dimension (``mask_token`` and ``pos_embed`` included)."""
         for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+            init_vit_weights(m)
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
