@@ -15,9 +15,6 @@ TubeR detector of that variant, the fork's weights loaded as a fork checkpoint; 
 ``match/*``, which the fork's answers keep in the json).
 """
 
-import json
-from pathlib import Path
-
 import torch
 from torch import nn
 
@@ -25,6 +22,9 @@ from ..modeling.layers import MSDeformAttn, ms_deform_attn_pytorch
 from ..modeling.tuber.deformable_transformer import DeformableTransformer
 from ..modeling.tuber.deformable_tuber import DeformableTubeRHead, DeformableTubeRTransformer
 from ..modeling.tuber.head import MLP
+from ..modeling.tuber.parity import as_stored  # noqa: F401  (callers of this module use it)
+from ..modeling.tuber.parity import (cxcywh_targets, fixture_inputs, fork_detector_outputs, json_cases,
+                                     load_fork_detector, run_fork_fixture)
 from ..modeling.tuber.transformer import DETRTransformer
 
 CASE_PREFIXES = ("msda_function", "msda_module", "transformer_", "head_", "detector_")
@@ -36,35 +36,13 @@ class DeformableFixtureError(RuntimeError):
 
 def case_files(fixture):
     """``[(case name, json path)]`` of the Deformable TubeR cases in ``fixture`` (a folder)."""
-    fixture = Path(fixture)
-    if not fixture.is_dir():
-        return []
-    cases = []
-    for path in sorted(fixture.glob("*.json")):
-        try:
-            meta = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        case = meta.get("case", "") if isinstance(meta, dict) else ""
-        if isinstance(case, str) and case.startswith(CASE_PREFIXES):
-            cases.append((case, path))
-    return cases
+    return [(meta["case"], path) for meta, path in
+            json_cases(fixture, lambda meta: isinstance(meta.get("case"), str)
+                       and meta["case"].startswith(CASE_PREFIXES))]
 
 
 def is_deformable_fixture(fixture):
     return bool(case_files(fixture))
-
-
-def _recipe(fixture):
-    import importlib.util
-
-    path = Path(fixture).parent / "recipe.py"
-    if not path.is_file():
-        raise DeformableFixtureError(f"{fixture}: the weights and inputs need the kit's recipe.py at {path}")
-    spec = importlib.util.spec_from_file_location("stmixer_tuber_recipe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def recipe_arrays(recipe, entries, seed, dtype):
@@ -215,71 +193,16 @@ def our_detector_param(name):
 def run_detector(meta, recipe, dtype):
     """The whole detector: weights as a fork checkpoint through ``load_weights`` (format ``tuber``), the recipe's
     clips and ground truth; per-layer predictions, unweighted losses, matches, gradients, detections."""
-    from ..checkpoint import checkpoint_from_object, load_weights
-    from ..modeling.build import build_detector
-
     values = recipe.tuber_state(meta["seed"], meta["official_state_dict"])
     for k in values:  # one value for the box heads the decoder shares
         for prefix in ("transformer.decoder.bbox_embed.", "transformer2.decoder.bbox_embed."):
             if k.startswith(prefix):
                 values[k] = values["bbox_embed." + k[len(prefix):]]
-    model = build_detector(detector_config(meta))
-    report = load_weights(model, checkpoint_from_object({"model": {k: torch.from_numpy(v) for k, v in values.items()}},
-                                                        "fork-fixture"), log=None)
-    if not report.ok:
-        raise DeformableFixtureError(f"{meta['case']}: the fork's weights do not load:\n{report.table()}")
-    model = model.to(dtype)
-    seed, sizes = meta["seed"], meta["clip_sizes"]
-    video = torch.stack([torch.from_numpy(recipe.fake_input(seed, (3,) + tuple(s)) if i == 0 else
-                                          recipe.fake_value(seed, f"input_{i}", (3,) + tuple(s), "input"))
-                         for i, s in enumerate(sizes)]).to(dtype)
-    whwh = torch.tensor([[w, h, w, h] for _, h, w in sizes], dtype=dtype)
-    boxes, labels = [], []
-    for i, (b, lab) in enumerate(recipe.tuber_targets(seed, meta["gt_counts"], 80)):
-        c = torch.from_numpy(b)
-        boxes.append((torch.cat([c[:, :2] - c[:, 2:] / 2, c[:, :2] + c[:, 2:] / 2], 1) * whwh[i].double()).to(dtype))
-        labels.append(torch.from_numpy(lab).to(dtype))
-    model.train()
-    for m in model.modules():  # the fixture's mode: a training forward (losses) with eval-mode modules
-        if m is not model:
-            m.eval()
-    trace = {}
-    losses = model(video, None, whwh, boxes, labels, trace=trace)
-    sum(losses.values()).backward()
-    params = model.state_dict(keep_vars=True)
-    result = {f"grad/{p}": params[our_detector_param(p)].grad for p in meta["grad_params"]}
-    result.update({f"loss/{k}": v.detach() / meta["weight_dict"][k] for k, v in losses.items()})
-    for key, matches in trace.items():
-        if key.startswith("match/"):
-            for i, m in enumerate(matches):
-                result[f"{key}_src_b{i}"], result[f"{key}_tgt_b{i}"] = m.src, m.tgt
-    model.eval()
-    with torch.no_grad():
-        heads = model.predictions(video, whwh)
-        detections = model.detections(heads)
-    for k in range(heads["boxes"].shape[0]):
-        for key in ("logits_b", "boxes", "logits"):
-            result[f"out/{key}/layer{k}"] = heads[key][k]
-    result["det/scores"] = torch.stack([d["scores"] for d in detections])
-    result["det/boxes_normalized"] = torch.stack([d["boxes"] for d in detections])
-    result["det/switch"] = torch.stack([d["person_scores"] for d in detections])[..., None]
-    if "train_buffers" in meta:  # one training-mode forward, every dropout at 0
-        for m in model.modules():
-            if isinstance(m, nn.Dropout):
-                m.p = 0.0
-            if isinstance(m, nn.MultiheadAttention):
-                m.dropout = 0.0
-        model.train()
-        with torch.no_grad():
-            heads = model.predictions(video, whwh)
-        for k in range(heads["boxes"].shape[0]):
-            for key in ("logits_b", "boxes", "logits"):
-                result[f"train/out/{key}/layer{k}"] = heads[key][k]
-        buffers = model.state_dict()
-        for name in meta["train_buffers"]:
-            result[f"train/{name}"] = buffers[our_detector_param(name)]
-        model.eval()
-    return result
+    model = load_fork_detector(detector_config(meta), values, meta["case"], DeformableFixtureError, dtype)
+    video, whwh = fixture_inputs(meta, recipe, dtype)
+    boxes, labels = cxcywh_targets(recipe.tuber_targets(meta["seed"], meta["gt_counts"], 80), whwh)
+    return fork_detector_outputs(model, meta, video, whwh, boxes, labels, our_detector_param,
+                                 ("logits_b", "boxes", "logits"), switch=True)
 
 
 def run_case(meta, recipe, dtype=torch.float64):
@@ -297,22 +220,7 @@ def run_case(meta, recipe, dtype=torch.float64):
     return run_head(meta, recipe, dtype)
 
 
-def as_stored(meta, name, value, dtype):
-    """``value`` as the fixture stores it: numpy in ``dtype`` (bool / int kept), sampled per json ``sampled``."""
-    value = value.detach().cpu()
-    value = value.numpy() if not value.is_floating_point() else value.to(dtype).numpy()
-    step = meta.get("sampled", {}).get(name)
-    return value.reshape(-1)[::step] if step else value
-
-
 def run_deformable_fixture(fixture, dtype=torch.float64, device="cpu"):
     """``{"<case>/<name>": array}`` for every case of the folder (see the module docstring)."""
-    if torch.device(device).type != "cpu":
-        raise DeformableFixtureError("the Deformable TubeR fixtures run on the CPU (recipe tensors are built there)")
-    recipe = _recipe(fixture)
-    out = {}
-    for case, path in case_files(fixture):
-        meta = json.loads(path.read_text())
-        for name, value in run_case(meta, recipe, dtype).items():
-            out[f"{case}/{name}"] = as_stored(meta, name, value, dtype)
-    return out
+    return run_fork_fixture(fixture, case_files, run_case, DeformableFixtureError, "Deformable TubeR", dtype,
+                            device)

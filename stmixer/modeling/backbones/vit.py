@@ -67,6 +67,34 @@ def resize_position_table(table, src_grid, dst_grid):
     return grid.reshape(t * h * w, channels)
 
 
+def position_embedding(module, grid, dtype, device):
+    """Position table of ``module`` for a token grid ``(t, h, w)``: ``[1, t*h*w, D]`` in ``dtype`` on ``device``.
+
+    ``module`` has ``pos_embed`` (learnable ``[1, N, D]``, or None), ``pos_grid`` (the table's grid) and, when
+    ``pos_embed`` is None, ``_fixed_table`` (the sinusoid table ``[N, D]``) and ``_table_cache`` (an
+    ``OrderedDict``, least recently used entry evicted beyond ``_TABLE_CACHE_SIZE``). A grid other than
+    ``pos_grid`` is resized trilinearly; the fixed table on the CPU in float32 (as the official code), then
+    cast and moved. Shared by the ViT backbone and EVAD's context decoder.
+    """
+    if module.pos_embed is not None:
+        table = module.pos_embed[0]
+        if tuple(grid) != module.pos_grid:
+            table = resize_position_table(table, module.pos_grid, grid)
+        return table.unsqueeze(0).to(dtype)
+    cache = module._table_cache
+    key = (tuple(grid), dtype, str(device))
+    if key in cache:
+        cache.move_to_end(key)
+    else:
+        table = module._fixed_table
+        if tuple(grid) != module.pos_grid:
+            table = resize_position_table(table, module.pos_grid, grid)
+        cache[key] = table.unsqueeze(0).to(device=device, dtype=dtype)
+        if len(cache) > _TABLE_CACHE_SIZE:
+            cache.popitem(last=False)
+    return cache[key]
+
+
 def drop_path(x, rate, training):
     """Stochastic depth: zero whole samples of ``x`` ``[B, ...]`` with probability ``rate``, scale the
     rest by ``1 / (1 - rate)``; identity in eval mode or at rate 0."""
@@ -251,27 +279,12 @@ class VisionTransformer3D(nn.Module):
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.out_channels = [embed_dim] * 4
-        self.apply(_init_vit_weights)
+        self.apply(init_vit_weights)
 
     def position_embedding(self, grid, dtype, device):
-        """Position table for a token grid ``(t, h, w)``: ``[1, t*h*w, D]`` in ``dtype`` on ``device``."""
-        if self.pos_embed is not None:
-            table = self.pos_embed[0]
-            if tuple(grid) != self.pos_grid:
-                table = resize_position_table(table, self.pos_grid, grid)
-            return table.unsqueeze(0).to(dtype)
-        key = (tuple(grid), dtype, str(device))
-        if key in self._table_cache:
-            self._table_cache.move_to_end(key)
-        else:
-            # Resized on the CPU in float32 (as the official code), then cast and moved.
-            table = self._fixed_table
-            if tuple(grid) != self.pos_grid:
-                table = resize_position_table(table, self.pos_grid, grid)
-            self._table_cache[key] = table.unsqueeze(0).to(device=device, dtype=dtype)
-            if len(self._table_cache) > _TABLE_CACHE_SIZE:
-                self._table_cache.popitem(last=False)
-        return self._table_cache[key]
+        """Position table for a token grid ``(t, h, w)``: ``[1, t*h*w, D]`` in ``dtype`` on ``device``
+        (``position_embedding``)."""
+        return position_embedding(self, grid, dtype, device)
 
     def forward(self, videos):
         """``[video [B, C, T, H, W]]`` -> 4 x the same map ``[B, D, T/tubelet, H/patch, W/patch]``."""
@@ -325,7 +338,7 @@ class VisionTransformer3D(nn.Module):
         return set(self._no_weight_decay)
 
 
-def _init_vit_weights(m):
+def init_vit_weights(m):
     """VideoMAE initialization: Linear xavier-uniform with zero bias, LayerNorm weight 1 and bias 0."""
     if isinstance(m, nn.Linear):
         nn.init.xavier_uniform_(m.weight)

@@ -31,10 +31,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import roi_align
 
-from ..backbones.vit import Block, resize_position_table, sinusoid_position_table
-
-# Resized fixed position tables kept per (grid, dtype, device).
-_TABLE_CACHE_SIZE = 8
+from ..backbones.vit import Block, init_vit_weights, position_embedding, sinusoid_position_table
 
 
 class ContextRefinementBlock(Block):
@@ -155,33 +152,15 @@ class ContextRefinement(nn.Module):
         """Official initialization: decoder Linear xavier-uniform / bias 0, LayerNorm 1 / 0, then xavier-uniform
         on every parameter of more than one dimension (``mask_token`` and ``pos_embed`` included)."""
         for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+            init_vit_weights(m)
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
     def position_embedding(self, grid, dtype, device):
-        """Decoder position table for the token grid ``(t, h, w)``: ``[1, t*h*w, C]`` (order t, y, x)."""
-        if self.pos_embed is not None:
-            table = self.pos_embed[0]
-            if tuple(grid) != self.pos_grid:
-                table = resize_position_table(table, self.pos_grid, grid)
-            return table.unsqueeze(0).to(dtype)
-        key = (tuple(grid), dtype, str(device))
-        if key not in self._table_cache:
-            table = self._fixed_table  # resized in float32 on the CPU, as the official code
-            if tuple(grid) != self.pos_grid:
-                table = resize_position_table(table, self.pos_grid, grid)
-            self._table_cache[key] = table.unsqueeze(0).to(device=device, dtype=dtype)
-            if len(self._table_cache) > _TABLE_CACHE_SIZE:
-                self._table_cache.popitem(last=False)
-        return self._table_cache[key]
+        """Decoder position table for the token grid ``(t, h, w)``: ``[1, t*h*w, C]`` (order t, y, x); the
+        backbone's ``position_embedding`` (same tables, resizing and cache)."""
+        return position_embedding(self, grid, dtype, device)
 
     def forward(self, tokens, kept_index, grid, boxes, whwh):
         """Per-block action logits of the person queries.

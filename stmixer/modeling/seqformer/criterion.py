@@ -34,12 +34,10 @@ without ground truth gives NaN box losses; here at least 1 (as TubeR's port). Fl
 from collections import OrderedDict
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ...structures.boxes import generalized_box_iou
-from ..matcher import xyxy_to_cxcywh
-from ..tuber.criterion import cxcywh_to_xyxy
+from ..tuber.criterion import (box_losses, cxcywh_to_xyxy, in_float32, matched_pairs, num_boxes_of,
+                               sigmoid_action_loss, stacked_ground_truth, supervised_layers)
 
 TERMS = ("loss_ce", "loss_bbox", "loss_giou")
 MATCH_CLASS_COSTS = ("batch_union", "per_target")
@@ -89,42 +87,27 @@ class SeqFormerCriterion(nn.Module):
                 "whwh" ``[4]`` the size the boxes are normalized by.
             trace: optional dict; receives ``match/layer{k}`` (list of ``Match`` per clip).
         """
-        with torch.autocast(device_type=outputs["boxes"].device.type, enabled=False):
-            low = (torch.float16, torch.bfloat16)
-            outputs = {k: v.float() if v.dtype in low else v for k, v in outputs.items()}
-            targets = [{k: v.float() if v.dtype in low else v for k, v in t.items()} for t in targets]
-            return self._forward(outputs, targets, trace)
+        return in_float32(self._forward, outputs, targets, trace)
 
     def _forward(self, outputs, targets, trace):
         num_layers, B = outputs["boxes"].shape[:2]
         final = num_layers - 1
-        layers = [final] + (list(range(final)) if self.deep_supervision else [])
+        layers = supervised_layers(num_layers, self.deep_supervision)
         device = outputs["boxes"].device
         norm_targets = [{"boxes": t["boxes"] / t["whwh"], "whwh": torch.ones_like(t["whwh"])} for t in targets]
         matching = [{**nt, "labels": labels} for nt, labels in zip(norm_targets, self.match_labels(targets))]
         folded = self.matcher(torch.cat([outputs["logits"][k] for k in layers]),
                               torch.cat([cxcywh_to_xyxy(outputs["boxes"][k]) for k in layers]), matching * len(layers))
-        count = sum(len(t["boxes"]) for t in targets)
-        if self.float32_quirks:
-            num_boxes = torch.as_tensor([max(count, 1)], dtype=torch.float32, device=device)
-        else:
-            num_boxes = float(max(count, 1))
-        gt_xyxy = torch.cat([t["boxes"] for t in norm_targets]) if B else outputs["boxes"].new_zeros(0, 4)
-        gt_actions = (torch.cat([t["actions"] for t in targets]) if B
-                      else outputs["logits"].new_zeros(0, outputs["logits"].shape[-1]))
-        offsets = [0]
-        for t in targets:
-            offsets.append(offsets[-1] + len(t["boxes"]))
+        num_boxes = num_boxes_of(targets, self.float32_quirks, device)
+        gt_xyxy, gt_actions, offsets = stacked_ground_truth(targets, norm_targets, outputs)
         losses = OrderedDict()
         for j, k in enumerate(layers):
             matches = folded[j * B:(j + 1) * B]
             if trace is not None:
                 trace[f"match/layer{k}"] = matches
-            batch_idx = torch.cat([torch.full_like(m.src, i) for i, m in enumerate(matches)]).to(device)
-            src_idx = torch.cat([m.src for m in matches]).to(device)
-            tgt_idx = torch.cat([m.tgt + offsets[i] for i, m in enumerate(matches)]).to(device)
-            terms = self.layer_losses(outputs["boxes"][k], outputs["logits"][k], (batch_idx, src_idx),
-                                      gt_xyxy[tgt_idx], gt_actions[tgt_idx], num_boxes)
+            idx, tgt_idx = matched_pairs(matches, offsets, device)
+            terms = self.layer_losses(outputs["boxes"][k], outputs["logits"][k], idx, gt_xyxy[tgt_idx],
+                                      gt_actions[tgt_idx], num_boxes)
             suffix = "" if k == final else f"_{k}"
             for name in TERMS:
                 losses[name + suffix] = terms[name] * self.weights[name]
@@ -132,14 +115,6 @@ class SeqFormerCriterion(nn.Module):
 
     def layer_losses(self, boxes, logits, idx, gt_xyxy, gt_actions, num_boxes):
         """Unweighted terms of one layer; ``idx`` = (clip, query) of the matched pairs."""
-        dtype = logits.dtype
-        hard = torch.float32 if self.float32_quirks else dtype
-        target = torch.zeros(logits.shape, dtype=hard, device=logits.device)
-        weights = torch.ones(logits.shape[:2], dtype=hard, device=logits.device)
-        weights[idx] = self.matched_weight
-        target[idx] = gt_actions.to(hard)
-        loss_ce = F.binary_cross_entropy(logits.sigmoid(), target.to(dtype), weight=weights.to(dtype)[..., None])
-        src = boxes[idx]
-        loss_bbox = F.l1_loss(src, xyxy_to_cxcywh(gt_xyxy), reduction="none").sum() / num_boxes
-        loss_giou = (1 - generalized_box_iou(cxcywh_to_xyxy(src), gt_xyxy)).sum() / num_boxes
-        return {"loss_ce": loss_ce, "loss_bbox": loss_bbox.reshape(()), "loss_giou": loss_giou.reshape(())}
+        loss_ce = sigmoid_action_loss(logits, idx, gt_actions, self.matched_weight, self.float32_quirks)
+        loss_bbox, loss_giou = box_losses(boxes, idx, gt_xyxy, num_boxes)
+        return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}

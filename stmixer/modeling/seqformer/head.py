@@ -31,15 +31,15 @@ Initialization as the fork: ``class_embed`` bias ``-log((1 - 0.01) / 0.01)``, la
 (zero bias).
 """
 
-import copy
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers.detr import clones
 from ..tuber.deformable_transformer import inverse_sigmoid
-from ..tuber.deformable_tuber import clips_of, frames_of, sine_position_2d
+from ..tuber.deformable_tuber import clips_of, frames_of, level_projections, sine_position_2d
 from ..tuber.head import MLP
 
 BACKBONE_LEVELS = 3  # layer2..layer4 (the fork's Backbone returns layer1..layer4 and uses [1:])
@@ -73,13 +73,7 @@ class SeqFormerHead(nn.Module):
         self.box_refine = box_refine
         self.batch_time_mix = batch_time_mix
         self.hidden_dim = d
-        proj = [nn.Sequential(nn.Conv2d(c, d, kernel_size=1), nn.GroupNorm(32, d)) for c in level_channels]
-        in_channels = level_channels[-1]
-        for _ in range(num_levels - len(level_channels)):
-            proj.append(nn.Sequential(nn.Conv2d(in_channels, d, kernel_size=3, stride=2, padding=1),
-                                      nn.GroupNorm(32, d)))
-            in_channels = d
-        self.input_proj = nn.ModuleList(proj)
+        self.input_proj = level_projections(level_channels, d, num_levels)
         self.query_embed = nn.Embedding(num_queries, 2 * d)
         class_embed = nn.Linear(d, num_actions)
         bbox_embed = MLP(d, d, 4, 3)
@@ -91,8 +85,8 @@ class SeqFormerHead(nn.Module):
             nn.init.constant_(p[0].bias, 0)
         num_dec = transformer.decoder.num_layers
         if box_refine:
-            self.class_embed = nn.ModuleList(copy.deepcopy(class_embed) for _ in range(num_dec))
-            self.bbox_embed = nn.ModuleList(copy.deepcopy(bbox_embed) for _ in range(num_dec))
+            self.class_embed = clones(class_embed, num_dec)
+            self.bbox_embed = clones(bbox_embed, num_dec)
             nn.init.constant_(self.bbox_embed[0].layers[-1].bias.data[2:], -2.0)
             transformer.decoder.bbox_embed = self.bbox_embed
         else:

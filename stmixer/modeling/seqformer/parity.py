@@ -12,11 +12,10 @@ clips and ground truth come from the recipe too. Written as ``<precision>/<case>
 answers are never read here.
 """
 
-import json
-from pathlib import Path
-
 import torch
-from torch import nn
+
+from ..tuber.parity import (cxcywh_targets, fixture_inputs, fork_detector_outputs, json_cases, load_fork_detector,
+                            run_fork_fixture)
 
 
 class SeqFormerFixtureError(RuntimeError):
@@ -25,34 +24,12 @@ class SeqFormerFixtureError(RuntimeError):
 
 def case_files(fixture):
     """``[(case name, json path)]`` of the SeqFormer cases in ``fixture`` (a folder)."""
-    fixture = Path(fixture)
-    if not fixture.is_dir():
-        return []
-    cases = []
-    for path in sorted(fixture.glob("*.json")):
-        try:
-            meta = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(meta, dict) and meta.get("model") == "SeqFormer" and isinstance(meta.get("case"), str):
-            cases.append((meta["case"], path))
-    return cases
+    return [(meta["case"], path) for meta, path in
+            json_cases(fixture, lambda meta: meta.get("model") == "SeqFormer" and isinstance(meta.get("case"), str))]
 
 
 def is_seqformer_fixture(fixture):
     return bool(case_files(fixture))
-
-
-def _recipe(fixture):
-    import importlib.util
-
-    path = Path(fixture).parent / "recipe.py"
-    if not path.is_file():
-        raise SeqFormerFixtureError(f"{fixture}: the weights and inputs need the kit's recipe.py at {path}")
-    spec = importlib.util.spec_from_file_location("stmixer_tuber_recipe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def seqformer_config(meta):
@@ -93,9 +70,7 @@ def seqformer_config(meta):
 
 def run_case(meta, recipe, dtype=torch.float64):
     """Our full-size results of one case ``{name: tensor}`` (module docstring)."""
-    from ...checkpoint import checkpoint_from_object, load_weights
     from ...checkpoint.csn import tuber_key
-    from ..build import build_detector
 
     values = recipe.tuber_state(meta["seed"], meta["official_state_dict"])
     for k in values:  # one value for the box heads the decoder shares (as the fixture)
@@ -106,85 +81,13 @@ def run_case(meta, recipe, dtype=torch.float64):
             for head in ("class_embed.", "bbox_embed."):
                 if k.startswith(head):
                     values[k] = values[head + "0." + k[len(head):].split(".", 1)[1]]
-    model = build_detector(seqformer_config(meta))
-    report = load_weights(model, checkpoint_from_object({"model": {k: torch.from_numpy(v) for k, v in values.items()}},
-                                                        "fork-fixture"), log=None)
-    if not report.ok:
-        raise SeqFormerFixtureError(f"{meta['case']}: the fork's weights do not load:\n{report.table()}")
-    model = model.to(dtype)
-    seed, sizes = meta["seed"], meta["clip_sizes"]
-    clips = [torch.from_numpy(recipe.fake_input(seed, (3,) + tuple(s)) if i == 0 else
-                              recipe.fake_value(seed, f"input_{i}", (3,) + tuple(s), "input"))
-             for i, s in enumerate(sizes)]
-    t_max, h_max, w_max = (max(s[d] for s in sizes) for d in range(3))
-    video = torch.zeros(len(clips), 3, t_max, h_max, w_max, dtype=torch.float64)
-    for i, c in enumerate(clips):  # zero padding at the bottom / right, as the fork's nested tensors
-        video[i, :, :c.shape[1], :c.shape[2], :c.shape[3]] = c
-    video = video.to(dtype)
-    whwh = torch.tensor([[w, h, w, h] for _, h, w in sizes], dtype=dtype)
-    boxes, labels = [], []
-    for i, (b, lab) in enumerate(recipe.tuber_targets(seed, meta["gt_counts"], 80)):
-        c = torch.from_numpy(b)
-        boxes.append((torch.cat([c[:, :2] - c[:, 2:] / 2, c[:, :2] + c[:, 2:] / 2], 1) * whwh[i].double()).to(dtype))
-        labels.append(torch.from_numpy(lab).to(dtype))
-    model.train()
-    for m in model.modules():  # the fixture's mode: a training forward (losses) with eval-mode modules
-        if m is not model:
-            m.eval()
-    trace = {}
-    losses = model(video, None, whwh, boxes, labels, trace=trace)
-    sum(losses.values()).backward()
-    params = model.state_dict(keep_vars=True)
-    result = {f"grad/{p}": params[tuber_key(p)].grad for p in meta["grad_params"]}
-    result.update({f"loss/{k}": v.detach() / meta["weight_dict"][k] for k, v in losses.items()})
-    for key, matches in trace.items():
-        if key.startswith("match/"):
-            for i, m in enumerate(matches):
-                result[f"{key}_src_b{i}"], result[f"{key}_tgt_b{i}"] = m.src, m.tgt
-    model.eval()
-    with torch.no_grad():
-        heads = model.predictions(video, whwh)
-        detections = model.detections(heads)
-    for k in range(heads["boxes"].shape[0]):
-        for key in ("logits", "boxes"):
-            result[f"out/{key}/layer{k}"] = heads[key][k]
-    result["det/scores"] = torch.stack([d["scores"] for d in detections])
-    result["det/boxes_normalized"] = torch.stack([d["boxes"] for d in detections])
-    if meta.get("train_buffers"):  # one training-mode forward, every dropout at 0
-        for m in model.modules():
-            if isinstance(m, nn.Dropout):
-                m.p = 0.0
-            if isinstance(m, nn.MultiheadAttention):
-                m.dropout = 0.0
-        model.train()
-        with torch.no_grad():
-            heads = model.predictions(video, whwh)
-        for k in range(heads["boxes"].shape[0]):
-            for key in ("logits", "boxes"):
-                result[f"train/out/{key}/layer{k}"] = heads[key][k]
-        buffers = model.state_dict()
-        for name in meta["train_buffers"]:
-            result[f"train/{name}"] = buffers[tuber_key(name)]
-        model.eval()
-    return result
-
-
-def as_stored(meta, name, value, dtype):
-    """``value`` as the fixture stores it: numpy in ``dtype`` (bool / int kept), sampled per json ``sampled``."""
-    value = value.detach().cpu()
-    value = value.numpy() if not value.is_floating_point() else value.to(dtype).numpy()
-    step = meta.get("sampled", {}).get(name)
-    return value.reshape(-1)[::step] if step else value
+    model = load_fork_detector(seqformer_config(meta), values, meta["case"], SeqFormerFixtureError, dtype)
+    video, whwh = fixture_inputs(meta, recipe, dtype)
+    boxes, labels = cxcywh_targets(recipe.tuber_targets(meta["seed"], meta["gt_counts"], 80), whwh)
+    return fork_detector_outputs(model, meta, video, whwh, boxes, labels, tuber_key, ("logits", "boxes"),
+                                 switch=False)
 
 
 def run_seqformer_fixture(fixture, dtype=torch.float64, device="cpu"):
     """``{"<case>/<name>": array}`` for every case of the folder (see the module docstring)."""
-    if torch.device(device).type != "cpu":
-        raise SeqFormerFixtureError("the SeqFormer fixtures run on the CPU (recipe tensors are built there)")
-    recipe = _recipe(fixture)
-    out = {}
-    for case, path in case_files(fixture):
-        meta = json.loads(path.read_text())
-        for name, value in run_case(meta, recipe, dtype).items():
-            out[f"{case}/{name}"] = as_stored(meta, name, value, dtype)
-    return out
+    return run_fork_fixture(fixture, case_files, run_case, SeqFormerFixtureError, "SeqFormer", dtype, device)

@@ -31,15 +31,15 @@ reference points normalized ``(x, y)`` (or boxes ``(cx, cy, w, h)``) of the vali
 valid ratios before sampling (Deformable DETR).
 """
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers.detr import clones
 from ..layers.ms_deform_attn import MSDeformAttn, ms_deform_attn_pytorch
 from ..tuber.deformable_transformer import (DeformableTransformer, DeformableTransformerEncoder,
-                                            DeformableTransformerEncoderLayer, _activation, inverse_sigmoid)
+                                            DeformableTransformerEncoderLayer, apply_ffn, ffn_block, inverse_sigmoid,
+                                            query_self_attention, self_attention_block)
 
 
 class SeqFormerMSDeformAttn(MSDeformAttn):
@@ -95,31 +95,13 @@ class SeqFormerDecoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(d_model)
         self.dropout1_box = nn.Dropout(dropout)
         self.norm1_box = nn.LayerNorm(d_model)
-        self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.self_attn_box = nn.MultiheadAttention(d_model, n_heads, dropout=dropout)
-        self.dropout2_box = nn.Dropout(dropout)
-        self.norm2_box = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, d_ffn)
-        self.activation = _activation(activation)
-        self.dropout3 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, d_model)
-        self.dropout4 = nn.Dropout(dropout)
-        self.norm3 = nn.LayerNorm(d_model)
-        self.linear1_box = nn.Linear(d_model, d_ffn)
-        self.activation_box = _activation(activation)
-        self.dropout3_box = nn.Dropout(dropout)
-        self.linear2_box = nn.Linear(d_ffn, d_model)
-        self.dropout4_box = nn.Dropout(dropout)
-        self.norm3_box = nn.LayerNorm(d_model)
+        self.self_attn, self.dropout2, self.norm2 = self_attention_block(d_model, n_heads, dropout)
+        self.self_attn_box, self.dropout2_box, self.norm2_box = self_attention_block(d_model, n_heads, dropout)
+        self.linear1, self.activation, self.dropout3, self.linear2, self.dropout4, self.norm3 = ffn_block(
+            d_model, d_ffn, dropout, activation)
+        (self.linear1_box, self.activation_box, self.dropout3_box, self.linear2_box, self.dropout4_box,
+         self.norm3_box) = ffn_block(d_model, d_ffn, dropout, activation)
         self.time_attention_weights = nn.Linear(d_model, 1)
-
-    @staticmethod
-    def _self_attention(attn, x, pos):
-        """Post-norm residual input: ``attn(x + pos, x + pos, x)`` over the query axis of ``[N, Q, C]``."""
-        q = x + pos
-        return attn(q.transpose(0, 1), q.transpose(0, 1), x.transpose(0, 1))[0].transpose(0, 1)
 
     def forward(self, tgt, tgt_box, query_pos, reference_points, memory, spatial_shapes, level_start_index,
                 padding_mask=None):
@@ -131,16 +113,16 @@ class SeqFormerDecoderLayer(nn.Module):
         Returns:
             ``(tgt [B, Q, C], tgt_box [B, T, Q, C])``.
         """
-        tgt = self.norm2(tgt + self.dropout2(self._self_attention(self.self_attn, tgt, query_pos)))
+        tgt = self.norm2(tgt + self.dropout2(query_self_attention(self.self_attn, tgt, query_pos)))
         b, t, q = reference_points.shape[:3]
         if tgt_box.dim() == 3:
             tgt_box = self.norm2_box(tgt_box + self.dropout2_box(
-                self._self_attention(self.self_attn_box, tgt_box, query_pos)))
+                query_self_attention(self.self_attn_box, tgt_box, query_pos)))
             query_box = tgt_box + query_pos
         else:  # every frame's box queries attend among themselves (the fork loops over frames)
             flat = tgt_box.flatten(0, 1)
             pos = query_pos[:, None].expand(b, t, q, -1).flatten(0, 1)
-            flat = self.norm2_box(flat + self.dropout2_box(self._self_attention(self.self_attn_box, flat, pos)))
+            flat = self.norm2_box(flat + self.dropout2_box(query_self_attention(self.self_attn_box, flat, pos)))
             tgt_box = flat.view(b, t, q, -1)
             query_box = tgt_box + query_pos[:, None]
         read, read_box = self.cross_attn(query_box, reference_points, memory, spatial_shapes, level_start_index,
@@ -148,12 +130,12 @@ class SeqFormerDecoderLayer(nn.Module):
         if tgt_box.dim() == 3:
             tgt_box = tgt_box[:, None]
         tgt_box = self.norm1_box(tgt_box + self.dropout1_box(read_box))
-        ffn = self.linear2_box(self.dropout3_box(self.activation_box(self.linear1_box(tgt_box))))
-        tgt_box = self.norm3_box(tgt_box + self.dropout4_box(ffn))
+        tgt_box = apply_ffn(tgt_box, self.linear1_box, self.activation_box, self.dropout3_box, self.linear2_box,
+                            self.dropout4_box, self.norm3_box)
         time_weight = F.softmax(self.time_attention_weights(tgt_box), 1)
         tgt = self.norm1(tgt + self.dropout1((read * time_weight).sum(1)))
-        ffn = self.linear2(self.dropout3(self.activation(self.linear1(tgt))))
-        return self.norm3(tgt + self.dropout4(ffn)), tgt_box
+        tgt = apply_ffn(tgt, self.linear1, self.activation, self.dropout3, self.linear2, self.dropout4, self.norm3)
+        return tgt, tgt_box
 
 
 class SeqFormerDecoder(nn.Module):
@@ -166,7 +148,7 @@ class SeqFormerDecoder(nn.Module):
 
     def __init__(self, decoder_layer, num_layers):
         super().__init__()
-        self.layers = nn.ModuleList([copy.deepcopy(decoder_layer) for _ in range(num_layers)])
+        self.layers = clones(decoder_layer, num_layers)
         self.num_layers = num_layers
         self.bbox_embed = None
 

@@ -16,20 +16,18 @@ Module and parameter names are the official ones (``head_series.{i}.self_attn``,
 Boxes are absolute xyxy pixels of the padded input throughout.
 """
 
-import copy
 import dataclasses
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..layers.detr import activation_fn, clones, detr_layer_modules
 from ..trace import record
 from .pooler import MultiLevelRoIPooler
 
 DEFAULT_SCALE_CLAMP = math.log(100000.0 / 16)
 DEFAULT_BBOX_WEIGHTS = (2.0, 2.0, 1.0, 1.0)
-ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "glu": F.glu}
 # EVAD's box jitter (after AlphAction): eval widens by (x, y); train draws uniform offsets
 # (x out, x in, y out, y in) of the box width / height.
 JITTER_EVAL_SCALE = (0.1, 0.05)
@@ -201,23 +199,14 @@ class RCNNHead(nn.Module):
                  scale_clamp=DEFAULT_SCALE_CLAMP, bbox_weights=DEFAULT_BBOX_WEIGHTS, with_jitter=False,
                  jitter_clamp="official"):
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"Sparse R-CNN activation {activation!r}: expected one of {sorted(ACTIVATIONS)}")
         if jitter_clamp not in JITTER_CLAMPS:
             raise ValueError(f"jitter clamp {jitter_clamp!r}: expected one of {JITTER_CLAMPS}")
         self.d_model = d_model
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
         self.inst_interact = DynamicConv(d_model, dim_dynamic, num_dynamic, pooler_resolution)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.norm3 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.dropout3 = nn.Dropout(dropout)
-        self.activation = ACTIVATIONS[activation]
+        (self.linear1, self.dropout, self.linear2, self.norm1, self.norm2, self.norm3, self.dropout1, self.dropout2,
+         self.dropout3) = detr_layer_modules(d_model, dim_feedforward, dropout, 3)
+        self.activation = activation_fn(activation, "Sparse R-CNN head")
         self.cls_module = nn.ModuleList(_tower(d_model, num_cls))
         self.reg_module = nn.ModuleList(_tower(d_model, num_reg))
         self.use_focal = use_focal
@@ -327,7 +316,7 @@ class SparseRCNNHead(nn.Module):
             self.init_proposal_boxes.weight[:, 2:] = 1.0
         stage = RCNNHead(hidden_dim, num_classes, pooler_resolution=pooler_resolution, use_focal=use_focal,
                          **stage_args)
-        self.head_series = nn.ModuleList(copy.deepcopy(stage) for _ in range(num_stages))
+        self.head_series = clones(stage, num_stages)
         self.prior_prob = prior_prob
         self.reset_parameters()
 

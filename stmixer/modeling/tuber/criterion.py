@@ -63,6 +63,83 @@ def cxcywh_to_xyxy(boxes):
     return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
 
 
+def in_float32(loss_fn, outputs, targets, trace):
+    """``loss_fn(outputs, targets, trace)`` outside autocast, float16 / bfloat16 tensors of ``outputs`` and of
+    the target dicts cast to float32 (mixed precision: the matching and the losses in float32; BCE on
+    half-precision probabilities is unsafe). Shared by the TubeR-fork criteria (TubeR, SeqFormer)."""
+    with torch.autocast(device_type=outputs["boxes"].device.type, enabled=False):
+        low = (torch.float16, torch.bfloat16)
+        outputs = {k: v.float() if v.dtype in low else v for k, v in outputs.items()}
+        targets = [{k: v.float() if v.dtype in low else v for k, v in t.items()} for t in targets]
+        return loss_fn(outputs, targets, trace)
+
+
+def supervised_layers(num_layers, deep_supervision):
+    """Decoder layers a loss is computed for: the last one first, then (deep supervision) the others."""
+    final = num_layers - 1
+    return [final] + (list(range(final)) if deep_supervision else [])
+
+
+def num_boxes_of(targets, float32_quirks, device):
+    """The loss normalizer ``max(#ground truth, 1)``: a float32 ``[1]`` tensor (``float32_quirks``, as the fork)
+    or a Python float."""
+    count = sum(len(t["boxes"]) for t in targets)
+    if float32_quirks:
+        return torch.as_tensor([max(count, 1)], dtype=torch.float32, device=device)
+    return float(max(count, 1))
+
+
+def stacked_ground_truth(targets, norm_targets, outputs):
+    """``(gt_xyxy [N, 4] normalized, gt_actions [N, A], offsets)``: every clip's ground truth concatenated,
+    ``offsets[i]`` the row of clip i's first one."""
+    B = len(targets)
+    gt_xyxy = torch.cat([t["boxes"] for t in norm_targets]) if B else outputs["boxes"].new_zeros(0, 4)
+    gt_actions = (torch.cat([t["actions"] for t in targets]) if B
+                  else outputs["logits"].new_zeros(0, outputs["logits"].shape[-1]))
+    offsets = [0]
+    for t in targets:
+        offsets.append(offsets[-1] + len(t["boxes"]))
+    return gt_xyxy, gt_actions, offsets
+
+
+def matched_pairs(matches, offsets, device):
+    """``((clip index, query index), ground-truth row)`` of one layer's matches (one ``Match`` per clip)."""
+    batch_idx = torch.cat([torch.full_like(m.src, i) for i, m in enumerate(matches)]).to(device)
+    src_idx = torch.cat([m.src for m in matches]).to(device)
+    tgt_idx = torch.cat([m.tgt + offsets[i] for i, m in enumerate(matches)]).to(device)
+    return (batch_idx, src_idx), tgt_idx
+
+
+def box_losses(boxes, idx, gt_xyxy, num_boxes):
+    """``(L1 of cxcywh, 1 - GIoU)`` of the matched queries ``boxes[idx]`` (normalized cxcywh) against
+    ``gt_xyxy`` (normalized xyxy), each summed and divided by ``num_boxes``; 0-d tensors."""
+    src = boxes[idx]
+    loss_bbox = F.l1_loss(src, xyxy_to_cxcywh(gt_xyxy), reduction="none").sum() / num_boxes
+    loss_giou = (1 - generalized_box_iou(cxcywh_to_xyxy(src), gt_xyxy)).sum() / num_boxes
+    return loss_bbox.reshape(()), loss_giou.reshape(())
+
+
+def sigmoid_action_loss(logits, idx, gt_actions, matched_weight, float32_quirks, class_loss="bce",
+                        focal_gamma=2.0):
+    """Weighted BCE (``class_loss`` "bce") or focal ("focal", exponent ``focal_gamma``) over the ``A`` action
+    columns of ``logits`` ``[B, Q, A]``: targets ``gt_actions`` at the matched ``idx``, 0 elsewhere; weight
+    ``matched_weight`` for matched queries, 1 for the others. ``float32_quirks``: targets and weights built in
+    float32, then cast (TubeR's ``dtype=float32``; see the module docstring)."""
+    dtype = logits.dtype
+    hard = torch.float32 if float32_quirks else dtype
+    target = torch.zeros(logits.shape, dtype=hard, device=logits.device)
+    weights = torch.ones(logits.shape[:2], dtype=hard, device=logits.device)
+    weights[idx] = matched_weight
+    target[idx] = gt_actions.to(hard)
+    target, weights = target.to(dtype), weights.to(dtype)[..., None]
+    prob = logits.sigmoid()
+    if class_loss == "bce":
+        return F.binary_cross_entropy(prob, target, weight=weights)
+    eps, g = 1e-8, focal_gamma
+    return -(((1 - prob) ** g * target * torch.log(prob + eps)
+              + prob ** g * (1 - target) * torch.log(1 - prob + eps)) * weights).sum()
+
+
 class TubeRCriterion(nn.Module):
     """Args:
         matcher: ``HungarianMatcher(class_weight, l1_weight, giou_weight, person_index=1, l1_space="cxcywh")``.
@@ -118,34 +195,19 @@ class TubeRCriterion(nn.Module):
                 "whwh" ``[4]`` the size the boxes are normalized by.
             trace: optional dict; receives ``match/layer{k}`` (list of ``Match`` per clip).
         """
-        with torch.autocast(device_type=outputs["boxes"].device.type, enabled=False):
-            # mixed precision: the matching and the losses in float32 (BCE on half-precision probabilities is unsafe)
-            low = (torch.float16, torch.bfloat16)
-            outputs = {k: v.float() if v.dtype in low else v for k, v in outputs.items()}
-            targets = [{k: v.float() if v.dtype in low else v for k, v in t.items()} for t in targets]
-            return self._forward(outputs, targets, trace)
+        return in_float32(self._forward, outputs, targets, trace)
 
     def _forward(self, outputs, targets, trace):
-        L = outputs["boxes"].shape[0]
-        final = L - 1
-        layers = [final] + (list(range(final)) if self.deep_supervision else [])
+        final = outputs["boxes"].shape[0] - 1
+        layers = supervised_layers(final + 1, self.deep_supervision)
         norm_targets = self.normalized_targets(targets)
         B = len(targets)
         match_logits = outputs["logits"] if self.class_loss == "softmax" else outputs["logits_b"]
         folded = self.matcher(torch.cat([match_logits[k] for k in layers]),
                               torch.cat([cxcywh_to_xyxy(outputs["boxes"][k]) for k in layers]),
                               norm_targets * len(layers))
-        count = sum(len(t["boxes"]) for t in targets)
-        if self.float32_quirks:
-            num_boxes = torch.as_tensor([max(count, 1)], dtype=torch.float32, device=outputs["boxes"].device)
-        else:
-            num_boxes = float(max(count, 1))
-        gt_xyxy = torch.cat([t["boxes"] for t in norm_targets]) if B else outputs["boxes"].new_zeros(0, 4)
-        gt_actions = (torch.cat([t["actions"] for t in targets]) if B
-                      else outputs["logits"].new_zeros(0, outputs["logits"].shape[-1]))
-        offsets = [0]
-        for t in targets:
-            offsets.append(offsets[-1] + len(t["boxes"]))
+        num_boxes = num_boxes_of(targets, self.float32_quirks, outputs["boxes"].device)
+        gt_xyxy, gt_actions, offsets = stacked_ground_truth(targets, norm_targets, outputs)
         visible = torch.tensor([int(len(t["boxes"]) > 0) for t in targets], dtype=torch.int64,
                                device=outputs["boxes"].device)
         losses = OrderedDict()
@@ -153,13 +215,9 @@ class TubeRCriterion(nn.Module):
             matches = folded[j * B:(j + 1) * B]
             if trace is not None:
                 trace[f"match/layer{k}"] = matches
-            device = outputs["boxes"].device
-            batch_idx = torch.cat([torch.full_like(m.src, i) for i, m in enumerate(matches)]).to(device)
-            src_idx = torch.cat([m.src for m in matches]).to(device)
-            tgt_idx = torch.cat([m.tgt + offsets[i] for i, m in enumerate(matches)]).to(device)
-            terms = self.layer_losses(outputs["logits_b"][k], outputs["boxes"][k], outputs["logits"][k],
-                                      (batch_idx, src_idx), gt_xyxy[tgt_idx], gt_actions[tgt_idx], num_boxes,
-                                      visible)
+            idx, tgt_idx = matched_pairs(matches, offsets, outputs["boxes"].device)
+            terms = self.layer_losses(outputs["logits_b"][k], outputs["boxes"][k], outputs["logits"][k], idx,
+                                      gt_xyxy[tgt_idx], gt_actions[tgt_idx], num_boxes, visible)
             suffix = "" if k == final else f"_{k}"
             for name in TERMS:
                 losses[name + suffix] = terms[name] * self.weights[name]
@@ -179,11 +237,8 @@ class TubeRCriterion(nn.Module):
             loss_ce = self.softmax_action_loss(logits, idx, gt_actions)
         else:
             loss_ce = self.sigmoid_action_loss(logits, idx, gt_actions)
-        src = boxes[idx]
-        loss_bbox = F.l1_loss(src, xyxy_to_cxcywh(gt_xyxy), reduction="none").sum() / num_boxes
-        loss_giou = (1 - generalized_box_iou(cxcywh_to_xyxy(src), gt_xyxy)).sum() / num_boxes
-        return {"loss_ce": loss_ce, "loss_ce_b": loss_ce_b, "loss_bbox": loss_bbox.reshape(()),
-                "loss_giou": loss_giou.reshape(())}
+        loss_bbox, loss_giou = box_losses(boxes, idx, gt_xyxy, num_boxes)
+        return {"loss_ce": loss_ce, "loss_ce_b": loss_ce_b, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
 
     def softmax_action_loss(self, logits, idx, gt_actions):
         """``A + 1``-way weighted cross-entropy (JHMDB / UCF); see module docstring."""
@@ -196,18 +251,5 @@ class TubeRCriterion(nn.Module):
 
     def sigmoid_action_loss(self, logits, idx, gt_actions):
         """Weighted BCE or focal over the ``A`` action columns (AVA); see module docstring."""
-        dtype = logits.dtype
-        hard = torch.float32 if self.float32_quirks else dtype  # TubeR: dtype=float32 (cast below, see docstring)
-        target = torch.zeros(logits.shape, dtype=hard, device=logits.device)
-        weights = torch.ones(logits.shape[:2], dtype=hard, device=logits.device)
-        weights[idx] = self.matched_weight
-        target[idx] = gt_actions.to(hard)
-        target, weights = target.to(dtype), weights.to(dtype)[..., None]
-        prob = logits.sigmoid()
-        if self.class_loss == "bce":
-            loss_ce = F.binary_cross_entropy(prob, target, weight=weights)
-        else:
-            eps, g = 1e-8, self.focal_gamma
-            loss_ce = -(((1 - prob) ** g * target * torch.log(prob + eps)
-                         + prob ** g * (1 - target) * torch.log(1 - prob + eps)) * weights).sum()
-        return loss_ce
+        return sigmoid_action_loss(logits, idx, gt_actions, self.matched_weight, self.float32_quirks,
+                                   self.class_loss, self.focal_gamma)

@@ -27,21 +27,38 @@ Not reproduced: Deformable DETR's two-stage mode (``two_stage=True``: encoder pr
 queries): no Deformable TubeR variant uses it.
 """
 
-import copy
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..layers.detr import activation_fn, clones
 from ..layers.ms_deform_attn import MSDeformAttn
 
-ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "glu": F.glu}
-
-
 def _activation(name):
-    if name not in ACTIVATIONS:
-        raise ValueError(f"deformable transformer: activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
-    return ACTIVATIONS[name]
+    return activation_fn(name, "deformable transformer")
+
+
+def ffn_block(d_model, d_ffn, dropout, activation):
+    """The modules of a post-norm FFN block, in creation order: ``(linear1, activation, dropout_in, linear2,
+    dropout_out, norm)`` (``apply_ffn`` runs them). Shared by the Deformable DETR layers and SeqFormer's."""
+    return (nn.Linear(d_model, d_ffn), _activation(activation), nn.Dropout(dropout), nn.Linear(d_ffn, d_model),
+            nn.Dropout(dropout), nn.LayerNorm(d_model))
+
+
+def apply_ffn(x, linear1, activation, dropout_in, linear2, dropout_out, norm):
+    """``norm(x + dropout_out(linear2(dropout_in(activation(linear1(x))))))`` for ``x`` ``[..., C]``."""
+    return norm(x + dropout_out(linear2(dropout_in(activation(linear1(x))))))
+
+
+def self_attention_block(d_model, n_heads, dropout):
+    """``(nn.MultiheadAttention, dropout, norm)`` of a post-norm self-attention block among queries."""
+    return nn.MultiheadAttention(d_model, n_heads, dropout=dropout), nn.Dropout(dropout), nn.LayerNorm(d_model)
+
+
+def query_self_attention(attn, x, pos=None):
+    """``attn(x + pos, x + pos, x)`` (``pos`` None: ``x``) over the query axis of ``x`` ``[N, Q, C]``; returns
+    ``[N, Q, C]`` (the residual input of a post-norm block)."""
+    q = x if pos is None else x + pos
+    return attn(q.transpose(0, 1), q.transpose(0, 1), x.transpose(0, 1))[0].transpose(0, 1)
 
 
 def inverse_sigmoid(x, eps=1e-5):
@@ -66,20 +83,15 @@ class DeformableTransformerEncoderLayer(nn.Module):
         self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, d_ffn)
-        self.activation = _activation(activation)
-        self.dropout2 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, d_model)
-        self.dropout3 = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(d_model)
+        self.linear1, self.activation, self.dropout2, self.linear2, self.dropout3, self.norm2 = ffn_block(
+            d_model, d_ffn, dropout, activation)
 
     def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask=None):
         """``src``, ``pos``: ``[B, S, C]``; ``reference_points``: ``[B, S, L, 2]``; returns ``[B, S, C]``."""
         query = src if pos is None else src + pos
         src = self.norm1(src + self.dropout1(
             self.self_attn(query, reference_points, src, spatial_shapes, level_start_index, padding_mask)))
-        ffn = self.linear2(self.dropout2(self.activation(self.linear1(src))))
-        return self.norm2(src + self.dropout3(ffn))
+        return apply_ffn(src, self.linear1, self.activation, self.dropout2, self.linear2, self.dropout3, self.norm2)
 
 
 class DeformableTransformerEncoder(nn.Module):
@@ -87,7 +99,7 @@ class DeformableTransformerEncoder(nn.Module):
 
     def __init__(self, encoder_layer, num_layers):
         super().__init__()
-        self.layers = nn.ModuleList([copy.deepcopy(encoder_layer) for _ in range(num_layers)])
+        self.layers = clones(encoder_layer, num_layers)
         self.num_layers = num_layers
 
     @staticmethod
@@ -126,27 +138,18 @@ class DeformableTransformerDecoderLayer(nn.Module):
         self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
-        self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, d_ffn)
-        self.activation = _activation(activation)
-        self.dropout3 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, d_model)
-        self.dropout4 = nn.Dropout(dropout)
-        self.norm3 = nn.LayerNorm(d_model)
+        self.self_attn, self.dropout2, self.norm2 = self_attention_block(d_model, n_heads, dropout)
+        self.linear1, self.activation, self.dropout3, self.linear2, self.dropout4, self.norm3 = ffn_block(
+            d_model, d_ffn, dropout, activation)
 
     def forward(self, tgt, query_pos, reference_points, src, spatial_shapes, level_start_index, padding_mask=None):
         """``tgt``, ``query_pos``: ``[B, Q, C]``; ``reference_points``: ``[B, Q, L, 2 or 4]`` (already scaled
         by the valid ratios); ``src``: memory ``[B, S, C]``. Returns ``[B, Q, C]``."""
-        q = k = tgt if query_pos is None else tgt + query_pos
-        attn = self.self_attn(q.transpose(0, 1), k.transpose(0, 1), tgt.transpose(0, 1))[0].transpose(0, 1)
-        tgt = self.norm2(tgt + self.dropout2(attn))
+        tgt = self.norm2(tgt + self.dropout2(query_self_attention(self.self_attn, tgt, query_pos)))
         query = tgt if query_pos is None else tgt + query_pos
         attn = self.cross_attn(query, reference_points, src, spatial_shapes, level_start_index, padding_mask)
         tgt = self.norm1(tgt + self.dropout1(attn))
-        ffn = self.linear2(self.dropout3(self.activation(self.linear1(tgt))))
-        return self.norm3(tgt + self.dropout4(ffn))
+        return apply_ffn(tgt, self.linear1, self.activation, self.dropout3, self.linear2, self.dropout4, self.norm3)
 
 
 class DeformableTransformerDecoder(nn.Module):
@@ -162,7 +165,7 @@ class DeformableTransformerDecoder(nn.Module):
 
     def __init__(self, decoder_layer, num_layers, return_intermediate=False):
         super().__init__()
-        self.layers = nn.ModuleList([copy.deepcopy(decoder_layer) for _ in range(num_layers)])
+        self.layers = clones(decoder_layer, num_layers)
         self.num_layers = num_layers
         self.return_intermediate = return_intermediate
         self.bbox_embed = None

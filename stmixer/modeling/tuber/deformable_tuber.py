@@ -41,12 +41,11 @@ everything else PyTorch's defaults). Modules the fork builds but never calls (D2
 for them are unused.
 """
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers.detr import clones
 from .deformable_transformer import DeformableTransformer, inverse_sigmoid
 from .head import MLP, ContextEncoder, ContextEncoderLayer, PoolDecoder, PoolDecoderLayer
 from .transformer import TUBER_TRANSFORMER_REGISTRY, DETRTransformer
@@ -94,6 +93,19 @@ def d2_temporal_kernels(num_frames, num_levels):
     (32 frames, 4 levels: 9, 5, 4)."""
     return [num_frames // 2 ** (l + 2) + 1 if l != num_levels - 2 else num_frames // 2 ** (l + 1)
             for l in range(num_levels - 1)]
+
+
+def level_projections(level_channels, d_model, num_levels):
+    """Deformable DETR's ``input_proj``: per backbone level (``level_channels``) a 1x1 conv + GroupNorm(32) to
+    ``d_model``, then for each extra level up to ``num_levels`` a 3x3 stride-2 conv + GroupNorm(32) (the first
+    on the last backbone level, the next on the previous extra level). ``nn.ModuleList`` of ``nn.Sequential``."""
+    proj = [nn.Sequential(nn.Conv2d(c, d_model, kernel_size=1), nn.GroupNorm(32, d_model)) for c in level_channels]
+    in_channels = level_channels[-1]
+    for _ in range(num_levels - len(level_channels)):
+        proj.append(nn.Sequential(nn.Conv2d(in_channels, d_model, kernel_size=3, stride=2, padding=1),
+                                  nn.GroupNorm(32, d_model)))
+        in_channels = d_model
+    return nn.ModuleList(proj)
 
 
 def _temporal_convs(channels, kernels):
@@ -194,13 +206,7 @@ class DeformableTubeRHead(nn.Module):
         else:
             self.query_pool = nn.Embedding(num_levels, d)
             self.pool_decoder = PoolDecoder(PoolDecoderLayer(d, pool_heads, d, 0.1), 1, nn.LayerNorm(d))
-        proj = [nn.Sequential(nn.Conv2d(c, d, kernel_size=1), nn.GroupNorm(32, d)) for c in level_channels]
-        in_channels = level_channels[-1]
-        for _ in range(num_levels - len(level_channels)):
-            proj.append(nn.Sequential(nn.Conv2d(in_channels, d, kernel_size=3, stride=2, padding=1),
-                                      nn.GroupNorm(32, d)))
-            in_channels = d
-        self.input_proj = nn.ModuleList(proj)
+        self.input_proj = level_projections(level_channels, d, num_levels)
         if variant == "D3":
             self.query_embed2 = nn.Embedding(num_queries, d)
             self.query_embed = nn.Embedding(num_queries, d)
@@ -222,8 +228,8 @@ class DeformableTubeRHead(nn.Module):
         if variant == "D4":
             self.class_fc = class_embed
         else:
-            self.class_embed = nn.ModuleList(copy.deepcopy(class_embed) for _ in range(num_dec))
-        self.bbox_embed = nn.ModuleList(copy.deepcopy(bbox_embed) for _ in range(num_dec))
+            self.class_embed = clones(class_embed, num_dec)
+        self.bbox_embed = clones(bbox_embed, num_dec)
         if variant != "D3":
             nn.init.constant_(self.bbox_embed[0].layers[-1].bias.data[2:], -2.0)
         transformer.decoder.bbox_embed = self.bbox_embed

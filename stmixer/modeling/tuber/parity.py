@@ -44,29 +44,42 @@ class TubeRFixtureError(RuntimeError):
     """A TubeR fixture folder that is incomplete."""
 
 
-def fixture_cases(fixture):
-    """``[(name, meta)]`` of the TubeR cases (json ``"model": "TubeR"`` or ``"TubeR-frame"`` with an ``.npz``
-    beside) in ``fixture``."""
+def json_cases(fixture, accept):
+    """``[(meta, json path)]`` of the ``*.json`` in the folder ``fixture`` (sorted by name) that hold a dict for
+    which ``accept(meta)`` is true; unreadable files are skipped. Shared by the TubeR-fork fixture runners
+    (TubeR, Deformable TubeR, SeqFormer)."""
+    fixture = Path(fixture)
+    if not fixture.is_dir():
+        return []
     cases = []
-    for path in sorted(Path(fixture).glob("*.json")):
+    for path in sorted(fixture.glob("*.json")):
         try:
             meta = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if (isinstance(meta, dict) and meta.get("model") in (MODEL_NAME, FRAME_MODEL_NAME)
-                and path.with_suffix(".npz").is_file()):
-            cases.append((path.stem, meta))
+        if isinstance(meta, dict) and accept(meta):
+            cases.append((meta, path))
     return cases
+
+
+def fixture_cases(fixture):
+    """``[(name, meta)]`` of the TubeR cases (json ``"model": "TubeR"`` or ``"TubeR-frame"`` with an ``.npz``
+    beside) in ``fixture``."""
+    return [(path.stem, meta) for meta, path in
+            json_cases(fixture, lambda meta: meta.get("model") in (MODEL_NAME, FRAME_MODEL_NAME))
+            if path.with_suffix(".npz").is_file()]
 
 
 def is_tuber_fixture(fixture):
     return Path(fixture).is_dir() and bool(fixture_cases(fixture))
 
 
-def load_recipe(fixture):
+def load_recipe(fixture, error=TubeRFixtureError):
+    """The kit's seed recipe ``<fixture>/../recipe.py`` as a module (shared by the TubeR-fork fixture runners);
+    raises ``error`` (the caller's fixture error class) when it is missing."""
     path = Path(fixture).parent / "recipe.py"
     if not path.is_file():
-        raise TubeRFixtureError(f"{fixture}: the TubeR fixtures need their seed recipe {path}")
+        raise error(f"{fixture}: the fixture's weights and inputs need the kit's seed recipe {path}")
     spec = importlib.util.spec_from_file_location("stmixer_tuber_recipe", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -118,27 +131,149 @@ def build_loaded(meta, recipe, dtype, **overrides):
 
 
 def fixture_inputs(meta, recipe, dtype):
-    """``(video [B, 3, T, H, W] zero-padded, whwh [B, 4])`` of the fixture's clips."""
+    """``(video [B, 3, T, H, W], whwh [B, 4])`` of the fixture's clips (json ``clip_sizes``, recipe values), each
+    zero-padded at the end of time / bottom / right to the largest size, as the fork's nested tensors; ``whwh``
+    the unpadded sizes."""
     seed, sizes = meta["seed"], meta["clip_sizes"]
-    H, W = max(s[1] for s in sizes), max(s[2] for s in sizes)
-    video = torch.zeros(len(sizes), 3, sizes[0][0], H, W, dtype=torch.float64)
+    T, H, W = (max(s[d] for s in sizes) for d in range(3))
+    video = torch.zeros(len(sizes), 3, T, H, W, dtype=torch.float64)
     for i, (t, h, w) in enumerate(sizes):
         clip = (recipe.fake_input(seed, (3, t, h, w)) if i == 0
                 else recipe.fake_value(seed, f"input_{i}", (3, t, h, w), "input"))
-        video[i, :, :, :h, :w] = torch.from_numpy(clip)
+        video[i, :, :t, :h, :w] = torch.from_numpy(clip)
     whwh = torch.tensor([[w, h, w, h] for _, h, w in sizes], dtype=torch.float64)
     return video.to(dtype), whwh.to(dtype)
 
 
-def fixture_targets(meta, arrays, whwh):
-    """Ground truth ``(boxes: B x [n, 4] absolute xyxy, labels: B x [n, A])`` from the fixture's cxcywh."""
+def cxcywh_targets(pairs, whwh):
+    """Ground truth ``(boxes: B x [n, 4] absolute xyxy, labels: B x [n, A])`` in ``whwh.dtype`` from per-clip
+    ``(boxes [n, 4] normalized cxcywh, labels [n, A])`` arrays."""
     boxes, labels = [], []
-    for i in range(len(meta["gt_counts"])):
-        c = torch.from_numpy(np.asarray(arrays[f"target/boxes_cxcywh_{i}"]))
+    for i, (cxcywh, label) in enumerate(pairs):
+        c = torch.from_numpy(np.asarray(cxcywh))
         xyxy = torch.cat([c[:, :2] - c[:, 2:] / 2, c[:, :2] + c[:, 2:] / 2], dim=1)
         boxes.append((xyxy * whwh[i].double()).to(whwh.dtype))
-        labels.append(torch.from_numpy(np.asarray(arrays[f"target/labels_{i}"])).to(whwh.dtype))
+        labels.append(torch.from_numpy(np.asarray(label)).to(whwh.dtype))
     return boxes, labels
+
+
+def fixture_targets(meta, arrays, whwh):
+    """Ground truth ``(boxes: B x [n, 4] absolute xyxy, labels: B x [n, A])`` from the fixture's cxcywh."""
+    return cxcywh_targets([(arrays[f"target/boxes_cxcywh_{i}"], arrays[f"target/labels_{i}"])
+                           for i in range(len(meta["gt_counts"]))], whwh)
+
+
+def match_outputs(trace):
+    """``{"match/layer{k}_{src,tgt}_b{i}": indices}`` of a detector trace's ``match/*`` entries."""
+    out = {}
+    for key, matches in trace.items():
+        if key.startswith("match/"):
+            for i, m in enumerate(matches):
+                out[f"{key}_src_b{i}"] = m.src
+                out[f"{key}_tgt_b{i}"] = m.tgt
+    return out
+
+
+def zero_dropout(model):
+    """Every dropout probability of ``model`` to 0 (the fixtures' training-mode sections)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        elif isinstance(m, torch.nn.MultiheadAttention):
+            m.dropout = 0.0
+
+
+def eval_modules(model):
+    """Training mode for ``model`` itself (losses), eval mode for every submodule (the fixtures' mode)."""
+    model.train()
+    for m in model.modules():
+        if m is not model:
+            m.eval()
+
+
+def detection_outputs(detections, switch):
+    """``det/{scores,boxes_normalized}`` (and ``det/switch`` [B, Q, 1] when ``switch``) of our detections."""
+    out = {"det/scores": torch.stack([d["scores"] for d in detections]),
+           "det/boxes_normalized": torch.stack([d["boxes"] for d in detections])}
+    if switch:
+        out["det/switch"] = torch.stack([d["person_scores"] for d in detections])[..., None]
+    return out
+
+
+def load_fork_detector(cfg, values, case, error, dtype):
+    """``build_detector(cfg)`` with ``values`` (``{fork state-dict name: numpy array}``) loaded as a fork
+    checkpoint (``stmixer.checkpoint.load_weights``, format ``tuber``), in ``dtype``; ``error`` naming ``case``
+    with the load report when a weight does not fit."""
+    from ...checkpoint import checkpoint_from_object, load_weights
+    from ..build import build_detector
+
+    model = build_detector(cfg)
+    report = load_weights(model, checkpoint_from_object({"model": {k: torch.from_numpy(v) for k, v in values.items()}},
+                                                        "fork-fixture"), log=None)
+    if not report.ok:
+        raise error(f"{case}: the fork's weights do not load:\n{report.table()}")
+    return model.to(dtype)
+
+
+def fork_detector_outputs(model, meta, video, whwh, boxes, labels, param_key, keys, switch):
+    """One fork detector case (Deformable TubeR, SeqFormer): a training forward with eval-mode modules (weighted
+    losses, backward of their sum), then eval-mode predictions and detections, then (json ``train_buffers``) a
+    training-mode forward with every dropout at 0. Returns ``{name: tensor}``: ``grad/<fork name>`` (json
+    ``grad_params``, our path ``param_key(name)``), ``loss/<name>`` (unweighted), ``match/*``,
+    ``out/<key>/layer{k}`` for ``keys``, ``det/*`` (``det/switch`` when ``switch``), ``train/out/<key>/layer{k}``,
+    ``train/<buffer>``."""
+    eval_modules(model)
+    trace = {}
+    losses = model(video, None, whwh, boxes, labels, trace=trace)
+    sum(losses.values()).backward()
+    params = model.state_dict(keep_vars=True)
+    result = {f"grad/{p}": params[param_key(p)].grad for p in meta["grad_params"]}
+    result.update({f"loss/{k}": v.detach() / meta["weight_dict"][k] for k, v in losses.items()})
+    result.update(match_outputs(trace))
+    model.eval()
+    with torch.no_grad():
+        heads = model.predictions(video, whwh)
+        detections = model.detections(heads)
+    for k in range(heads["boxes"].shape[0]):
+        for key in keys:
+            result[f"out/{key}/layer{k}"] = heads[key][k]
+    result.update(detection_outputs(detections, switch))
+    if meta.get("train_buffers"):
+        zero_dropout(model)
+        model.train()
+        with torch.no_grad():
+            heads = model.predictions(video, whwh)
+        for k in range(heads["boxes"].shape[0]):
+            for key in keys:
+                result[f"train/out/{key}/layer{k}"] = heads[key][k]
+        buffers = model.state_dict()
+        for name in meta["train_buffers"]:
+            result[f"train/{name}"] = buffers[param_key(name)]
+        model.eval()
+    return result
+
+
+def as_stored(meta, name, value, dtype):
+    """``value`` as a fork fixture stores it: numpy in ``dtype`` (bool / int kept), sampled per json
+    ``sampled``."""
+    value = value.detach().cpu()
+    value = value.numpy() if not value.is_floating_point() else value.to(dtype).numpy()
+    step = meta.get("sampled", {}).get(name)
+    return value.reshape(-1)[::step] if step else value
+
+
+def run_fork_fixture(fixture, case_files, run_case, error, what, dtype=torch.float64, device="cpu"):
+    """``{"<case>/<name>": array}`` of every case ``case_files(fixture)`` lists, each run by
+    ``run_case(meta, recipe, dtype)`` and stored by ``as_stored``; CPU only (``error`` naming ``what``)."""
+    if torch.device(device).type != "cpu":
+        raise error(f"the {what} fixtures run on the CPU (recipe tensors are built there)")
+    recipe = load_recipe(fixture, error)
+    out = {}
+    for case, path in case_files(fixture):
+        meta = json.loads(path.read_text())
+        for name, value in run_case(meta, recipe, dtype).items():
+            out[f"{case}/{name}"] = as_stored(meta, name, value, dtype)
+    return out
 
 
 def our_param(name):
@@ -153,10 +288,7 @@ def our_param(name):
 def loss_pass(model, meta, recipe, arrays, dtype, params):
     """Train-mode forward with every module in eval mode (the fixtures' mode), backward of the sum of
     the weighted terms; returns ``(loss dict, trace, {official param name: grad})``."""
-    model.train()
-    for m in model.modules():
-        if m is not model:
-            m.eval()
+    eval_modules(model)
     video, whwh = fixture_inputs(meta, recipe, dtype)
     boxes, labels = fixture_targets(meta, arrays, whwh)
     trace = {}
@@ -173,11 +305,7 @@ def train_pass(model, meta, recipe, arrays, dtype, params):
     """Training mode with every dropout probability 0 (the fixture's ``train/`` section): one forward (BatchNorm
     on batch statistics, running statistics updated), the loss, backward. Returns ``(head outputs, loss dict,
     {official param name: grad})``."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-        elif isinstance(m, torch.nn.MultiheadAttention):
-            m.dropout = 0.0
+    zero_dropout(model)
     model.train()
     video, whwh = fixture_inputs(meta, recipe, dtype)
     boxes, labels = fixture_targets(meta, arrays, whwh)
@@ -192,27 +320,37 @@ def train_pass(model, meta, recipe, arrays, dtype, params):
     return out, losses, grads
 
 
-def run_case(meta, arrays, recipe, dtype, device="cpu"):
-    """Every output of one case (names in the module docstring)."""
-    out = {}
+def _loss_outputs(meta, arrays, recipe, dtype, device):
+    """Our loaded model of a case and the outputs of its eval-mode loss pass: ``(model, trace, {"loss/<name>"
+    (unweighted), "match/*", "grad/<official name>": tensor})``."""
     model, _ = build_loaded(meta, recipe, dtype)
     model.to(device)
+    losses, trace, grads = loss_pass(model, meta, recipe, arrays, dtype, meta["grad_params"])
+    out = {f"loss/{k}": v.detach() / meta["weight_dict"][k] for k, v in losses.items()}
+    out.update(match_outputs(trace))
+    out.update({f"grad/{p}": g for p, g in grads.items()})
+    return model, trace, out
+
+
+def _as_numpy(out, dtype):
+    """``{name: numpy}``: floating tensors in ``dtype``, the others int64."""
+    result = {}
+    for name, value in out.items():
+        value = torch.as_tensor(value).detach().cpu()
+        result[name] = value.to(dtype).numpy() if value.is_floating_point() else value.to(torch.int64).numpy()
+    return result
+
+
+def run_case(meta, arrays, recipe, dtype, device="cpu"):
+    """Every output of one case (names in the module docstring)."""
+    model, trace, out = _loss_outputs(meta, arrays, recipe, dtype, device)
     step = meta.get("slice", 8)
     weights = meta["weight_dict"]
-    losses, trace, grads = loss_pass(model, meta, recipe, arrays, dtype, meta["grad_params"])
     out["trace/backbone"] = trace["backbone"][:, ::step]
     out["trace/pooled"] = trace["pooled"][:, ::step]
     out["trace/context"] = trace["context"][..., ::step]
     for key in ("pos", "memory", "hs"):
         out[f"trace/{key}"] = trace[key]
-    for key, value in losses.items():
-        out[f"loss/{key}"] = value.detach() / weights[key]
-    for key, matches in trace.items():
-        if key.startswith("match/"):
-            for i, m in enumerate(matches):
-                out[f"{key}_src_b{i}"] = m.src
-                out[f"{key}_tgt_b{i}"] = m.tgt
-    out.update({f"grad/{p}": g for p, g in grads.items()})
     model.criterion.class_loss = "focal"
     focal, _, focal_grads = loss_pass(model, meta, recipe, arrays, dtype, meta["grad_params"][:3])
     model.criterion.class_loss = "bce"
@@ -225,9 +363,7 @@ def run_case(meta, arrays, recipe, dtype, device="cpu"):
     for k in range(heads["boxes"].shape[0]):
         for key in ("logits_b", "boxes", "logits"):
             out[f"out/{key}/layer{k}"] = heads[key][k]
-    out["det/scores"] = torch.stack([d["scores"] for d in detections])
-    out["det/boxes_normalized"] = torch.stack([d["boxes"] for d in detections])
-    out["det/switch"] = torch.stack([d["person_scores"] for d in detections])[..., None]
+    out.update(detection_outputs(detections, switch=True))
     if "train_losses" in meta:
         heads, train_losses, train_grads = train_pass(model, meta, recipe, arrays, dtype,
                                                       meta["grad_params"][:5])
@@ -238,33 +374,17 @@ def run_case(meta, arrays, recipe, dtype, device="cpu"):
         state = model.state_dict()
         for name in meta.get("train_buffers", []):
             out[f"train/{name}"] = state[our_param(name)]
-    result = {}
-    for name, value in out.items():
-        value = torch.as_tensor(value).detach().cpu()
-        result[name] = value.to(dtype).numpy() if value.is_floating_point() else value.to(torch.int64).numpy()
-    return result
+    return _as_numpy(out, dtype)
 
 
 def run_frame_case(meta, arrays, recipe, dtype, device="cpu"):
     """Every output of one ``"TubeR-frame"`` case (names in the module docstring)."""
-    out = {}
-    model, _ = build_loaded(meta, recipe, dtype)
-    model.to(device)
+    model, trace, out = _loss_outputs(meta, arrays, recipe, dtype, device)
     step = meta.get("slice", 8)
-    weights = meta["weight_dict"]
-    losses, trace, grads = loss_pass(model, meta, recipe, arrays, dtype, meta["grad_params"])
     for key in ("backbone", "pooled", "memory", "pos"):
         out[f"trace/{key}"] = trace[key][:, ::step]
     for key in ("context", "hs"):
         out[f"trace/{key}"] = trace[key][..., ::step]
-    for key, value in losses.items():
-        out[f"loss/{key}"] = value.detach() / weights[key]
-    for key, matches in trace.items():
-        if key.startswith("match/"):
-            for i, m in enumerate(matches):
-                out[f"{key}_src_b{i}"] = m.src
-                out[f"{key}_tgt_b{i}"] = m.tgt
-    out.update({f"grad/{p}": g for p, g in grads.items()})
     video, whwh = fixture_inputs(meta, recipe, dtype)
     with torch.no_grad():
         heads = model.predictions(video.to(device), whwh.to(device))
@@ -281,11 +401,7 @@ def run_frame_case(meta, arrays, recipe, dtype, device="cpu"):
         out[f"eval/boxes_normalized_{b}"] = det["boxes"][order]
         out[f"eval/labels_{b}"] = label.long()[order]
         out[f"eval/scores_{b}"] = score[order]
-    result = {}
-    for name, value in out.items():
-        value = torch.as_tensor(value).detach().cpu()
-        result[name] = value.to(dtype).numpy() if value.is_floating_point() else value.to(torch.int64).numpy()
-    return result
+    return _as_numpy(out, dtype)
 
 
 def run_tuber_fixture(fixture, dtype, device="cpu"):

@@ -11,19 +11,15 @@ COCO DETR weights map key for key. Every matrix parameter is Xavier-uniform init
 The interface every transformer of ``TUBER_TRANSFORMER_REGISTRY`` meets is in docs/tuber.md.
 """
 
-import copy
-
 import torch
-
-import torch.nn.functional as F
 from torch import nn
 
 from ...utils.registry import Registry
+from ..layers.detr import activation_fn, clones, detr_layer_modules
 
 # MODEL.TUBER.TRANSFORMER -> builder(cfg) returning the transformer (interface: docs/tuber.md).
 TUBER_TRANSFORMER_REGISTRY = Registry("TubeR transformer", config_key="MODEL.TUBER.TRANSFORMER")
 
-ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "glu": F.glu}
 
 
 def _with_pos(tensor, pos):
@@ -36,14 +32,9 @@ class EncoderLayer(nn.Module):
     def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1, activation="relu", normalize_before=False):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.activation = ACTIVATIONS[activation]
+        (self.linear1, self.dropout, self.linear2, self.norm1, self.norm2, self.dropout1,
+         self.dropout2) = detr_layer_modules(d_model, dim_feedforward, dropout, 2)
+        self.activation = activation_fn(activation, "TubeR transformer")
         self.normalize_before = normalize_before
 
     def forward(self, src, key_padding_mask=None, pos=None):
@@ -67,16 +58,9 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
         self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.norm3 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.dropout3 = nn.Dropout(dropout)
-        self.activation = ACTIVATIONS[activation]
+        (self.linear1, self.dropout, self.linear2, self.norm1, self.norm2, self.norm3, self.dropout1, self.dropout2,
+         self.dropout3) = detr_layer_modules(d_model, dim_feedforward, dropout, 3)
+        self.activation = activation_fn(activation, "TubeR transformer")
         self.normalize_before = normalize_before
 
     def forward(self, tgt, memory, memory_key_padding_mask=None, pos=None, query_pos=None):
@@ -102,7 +86,7 @@ class DecoderLayer(nn.Module):
 class TransformerEncoder(nn.Module):
     def __init__(self, layer, num_layers, norm=None):
         super().__init__()
-        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
+        self.layers = clones(layer, num_layers)
         self.norm = norm
 
     def forward(self, src, key_padding_mask=None, pos=None):
@@ -114,7 +98,7 @@ class TransformerEncoder(nn.Module):
 class TransformerDecoder(nn.Module):
     def __init__(self, layer, num_layers, norm):
         super().__init__()
-        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
+        self.layers = clones(layer, num_layers)
         self.norm = norm
 
     def forward(self, tgt, memory, memory_key_padding_mask=None, pos=None, query_pos=None):
