@@ -177,7 +177,8 @@ class DeformableTubeRHead(nn.Module):
             then overwrites them with ``sigmoid(logits)``).
     """
 
-    multi_level = True
+    multi_level = True  # the TubeR detector hands this head every CSN stage
+    switch = "query"  # a 3-way actor switch per query, as TubeR's AVA head
 
     def __init__(self, transformer, variant="D2", num_queries=15, num_actions=80, level_channels=(512, 1024, 2048),
                  num_frames=32, batch_time_mix=True, detr_transformer=None, pool_heads=8, cross_attn_dim=256,
@@ -326,6 +327,10 @@ class DeformableTubeRHead(nn.Module):
         q_class = self.cross_attn(queries, tokens, tokens)[0]
         q_class = q_class.permute(1, 0, 2).contiguous().view(num_layers, batch, q, d)
         return self.class_fc(self.dropout(q_class))
+
+    def key_frame_outputs(self, out):
+        """The outputs themselves: one query group per tubelet (no per-frame queries)."""
+        return out
 
 
 def build_deformable_tuber_head(cfg, transformer):

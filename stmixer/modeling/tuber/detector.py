@@ -57,8 +57,7 @@ class TubeR(nn.Module):
         ``backbone_lr_factor`` for the CSN and the temporal pooling (TubeR's ``backbone.*`` groups,
         LR_BACKBONE), 1 for the rest; weight decay as grouped."""
         # Deformable TubeR's pooling lives in its head, outside the fork's "backbone" learning-rate group
-        pooling = () if getattr(self.tuber_head, "multi_level", False) else ("tuber_head.query_pool.",
-                                                                                 "tuber_head.pool_decoder.")
+        pooling = () if self.tuber_head.multi_level else ("tuber_head.query_pool.", "tuber_head.pool_decoder.")
         if name.startswith(("backbone.",) + pooling):
             return self.backbone_lr_factor, False
         return 1.0, False
@@ -66,7 +65,7 @@ class TubeR(nn.Module):
     def predictions(self, slow_video, whwh, trace=None):
         """Per-layer head outputs (``TubeRHead.forward``: all ``query_frames * num_queries`` queries) of a clip
         batch ``[B, 3, T, H, W]``; ``forward`` reads the key frame's queries of them."""
-        if getattr(self.tuber_head, "multi_level", False):  # Deformable TubeR: every CSN stage
+        if self.tuber_head.multi_level:  # Deformable TubeR, SeqFormer: every CSN stage
             x = self.backbone([slow_video])
         else:
             x = self.backbone.last_stage([slow_video])[0]
@@ -89,9 +88,7 @@ class TubeR(nn.Module):
             "frame": see ``frame_detections``);
             train: ordered dict of weighted loss terms (``TubeRCriterion``).
         """
-        out = self.predictions(slow_video, whwh, trace)
-        if hasattr(self.tuber_head, "key_frame_outputs"):  # TubeR's head (per-frame queries); not Deformable TubeR's
-            out = self.tuber_head.key_frame_outputs(out)
+        out = self.tuber_head.key_frame_outputs(self.predictions(slow_video, whwh, trace))
         if self.training:
             targets = [{"boxes": b, "actions": a.to(b.dtype), "whwh": s.to(b.dtype)}
                        for b, a, s in zip(gt_boxes, gt_labels, whwh)]
@@ -100,11 +97,11 @@ class TubeR(nn.Module):
 
     def detections(self, out):
         """STMDetector-contract detections of the last layer (see ``forward``) of the key frame's outputs."""
-        if getattr(self.tuber_head, "switch", "query") == "clip":  # Deformable TubeR's head has the query switch
+        if self.tuber_head.switch == "clip":
             return self.frame_detections(out)
         p_actor = out["logits_b"][-1].softmax(-1)[..., 1]
         gate = (p_actor > self.switch_threshold).to(p_actor.dtype) * p_actor
-        if not getattr(self.tuber_head, "switch_gate", True):  # the TubeR fork's PostProcessAVA (Deformable TubeR)
+        if not self.tuber_head.switch_gate:  # the TubeR fork's PostProcessAVA (Deformable TubeR)
             gate = torch.ones_like(p_actor)
         scores = out["logits"][-1].sigmoid() * gate[..., None]
         boxes = cxcywh_to_xyxy(out["boxes"][-1]).clamp(0, 1)

@@ -172,6 +172,10 @@ class TubeRHead(nn.Module):
         no_action_class: ``class_fc`` has ``num_actions + 1`` outputs (softmax with "no action" last).
     """
 
+    # The head interface the TubeR detector reads (Deformable TubeR's and SeqFormer's heads set their own):
+    multi_level = False  # the detector hands the head layer4 only (True: every CSN stage)
+    switch_gate = True  # detections gate the action scores by the actor switch
+
     def __init__(self, transformer, num_queries=15, num_actions=80, backbone_channels=2048, input_channels=2048,
                  temporal_pool="decode", pool_frames=4, pool_heads=8, pool_ffn=2048, cross_attn_dim=256,
                  cross_attn_heads=8, context_ffn=2048, context_heads=8, context_dropout=0.1, class_dropout=0.5,
