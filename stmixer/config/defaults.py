@@ -200,6 +200,13 @@ _C.MODEL.BACKBONE.SYNC_BN = True
 # (stmixer) ResNet backbones on CUDA: weights and inputs in channels_last_3d (NDHWC), faster 3-D convolutions; the CPU path is unchanged.
 _C.MODEL.BACKBONE.CHANNELS_LAST = True
 
+# (stmixer) CUDA graphs of the STMixer detector (stmixer/modeling/cuda_graphs.py, docs/performance.md): one captured forward and backward per input shape, replayed.
+_C.MODEL.CUDA_GRAPH = CN()
+# What the graphs cover on CUDA: "model" (backbone, neck and decoder stages; the decoder stages only when the backbone has SyncBatchNorm), "decoder" (the decoder stages) or "off"; the loss, the matching and the detection selection run eagerly; the CPU never uses graphs.
+_C.MODEL.CUDA_GRAPH.SCOPE = "model"
+# Input shapes (batch, frames, padded height and width, precision, train or eval) captured at most; further shapes run eagerly. Each capture holds its activations' memory.
+_C.MODEL.CUDA_GRAPH.MAX_GRAPHS = 8
+
 # ir-CSN backbones ("CSN-50", "CSN-152"; TubeR's backbone, stmixer/modeling/backbones/csn.py)
 _C.MODEL.CSN = CN()
 # Spatial stride 2 in layer4 (res5): output stride 32; False (TubeR's configs, LAST_STRIDE): output stride 16.

@@ -4,12 +4,21 @@ Attribute names (``backbone``, ``lateral_convs``, ``stm_head``) are the
 official ones, so official checkpoints map onto this model key for key.
 """
 
+import logging
+
 from torch import nn
 
 from .build import DETECTOR_REGISTRY, build_backbone
+from .cuda_graphs import GraphedPart
 from .necks import build_neck
 from .stmixer import build_stm_decoder
+from .stmixer.decoder import DecoderOutputs
 from .trace import record
+
+logger = logging.getLogger(__name__)
+
+# MODEL.CUDA_GRAPH.SCOPE values: what a CUDA graph covers.
+CUDA_GRAPH_SCOPES = ("off", "decoder", "model")
 
 
 class STMDetector(nn.Module):
@@ -20,13 +29,22 @@ class STMDetector(nn.Module):
             (strides 4, 8, 16, 32), with ``num_pathways`` and ``out_channels``.
         neck: maps the 4 levels to ``[B, D, T, H_l, W_l]``.
         decoder: the STMixer decoder (``stmixer.modeling.stmixer``).
+        cuda_graph: ``MODEL.CUDA_GRAPH.SCOPE``: on CUDA, replay CUDA graphs (``modeling.cuda_graphs``) of
+            the decoder stages ("decoder") or of backbone, neck and decoder stages ("model"); "off": eager.
+            The loss, the matching and the selection of detections always run eagerly.
+        max_graphs: ``MODEL.CUDA_GRAPH.MAX_GRAPHS``, input shapes captured at most.
     """
 
-    def __init__(self, backbone, neck, decoder):
+    def __init__(self, backbone, neck, decoder, cuda_graph="off", max_graphs=8):
         super().__init__()
+        if cuda_graph not in CUDA_GRAPH_SCOPES:
+            raise ValueError(f"MODEL.CUDA_GRAPH.SCOPE = {cuda_graph!r}; expected one of {CUDA_GRAPH_SCOPES}")
         self.backbone = backbone
         self.lateral_convs = neck
         self.stm_head = decoder
+        self.cuda_graph = cuda_graph
+        self.max_graphs = max_graphs
+        self._graphed = None  # GraphedPart, made on the first CUDA forward
 
     def features(self, slow_video, fast_video=None):
         """Backbone levels and neck outputs of a clip batch.
@@ -59,15 +77,54 @@ class STMDetector(nn.Module):
             "person_scores": [n]}`` (see ``STMDecoder.forward``);
             train: ordered dict of loss terms.
         """
+        if self.cuda_graph != "off" and trace is None and slow_video.is_cuda:
+            outputs = self._graphed_forward(slow_video, fast_video, whwh)
+            if outputs is not None:
+                return self.stm_head.finish(outputs, self.stm_head.clip_sizes(whwh, slow_video), gt_boxes, gt_labels)
         backbone_maps, mapped = self.features(slow_video, fast_video)
         for i, (level, out) in enumerate(zip(backbone_maps, mapped)):
             record(trace, f"backbone_l{i}", level)
             record(trace, f"mapped_l{i}", out)
         return self.stm_head(mapped, whwh, gt_boxes, gt_labels, trace=trace)
 
+    def _graphed_forward(self, slow_video, fast_video, whwh):
+        """``DecoderOutputs`` from replayed CUDA graphs, or None where they cannot run (the caller runs eagerly)."""
+        whwh = self.stm_head.clip_sizes(whwh, slow_video)
+        if self._graphed is None:
+            scope = self.cuda_graph
+            if scope == "model" and any(isinstance(m, nn.SyncBatchNorm) for m in self.backbone.modules()):
+                logger.info("MODEL.CUDA_GRAPH.SCOPE model: the backbone has SyncBatchNorm (collectives), so the "
+                            "CUDA graphs cover the decoder stages only")
+                scope = "decoder"
+            if scope == "model":
+                self._graphed = GraphedPart(self._model_outputs, self, self.max_graphs, name="backbone+decoder")
+            else:
+                self._graphed = GraphedPart(self._decoder_outputs, self.stm_head, self.max_graphs, name="decoder")
+            self._graphed.scope = scope
+        if self._graphed.scope == "model":
+            videos = (slow_video,) if fast_video is None else (slow_video, fast_video)
+            flat = self._graphed(*videos, whwh)
+        else:
+            mapped = self.features(slow_video, fast_video)[1]
+            flat = self._graphed(*mapped, whwh)
+            if flat is None:
+                return self.stm_head.decode(mapped, whwh)
+        return None if flat is None else DecoderOutputs.from_flat(flat)
+
+    def _model_outputs(self, *videos_and_whwh):
+        *videos, whwh = videos_and_whwh
+        mapped = self.features(*videos)[1]
+        return self.stm_head.decode(mapped, whwh).flat()
+
+    def _decoder_outputs(self, *mapped_and_whwh):
+        *mapped, whwh = mapped_and_whwh
+        return self.stm_head.decode(mapped, whwh).flat()
+
 
 @DETECTOR_REGISTRY.register("STMDetector")
 def build_stm_detector(cfg):
     """STMDetector from MODEL.BACKBONE.*, RESNET.*/SLOWFAST.*/NONLOCAL.*/ViT.* and MODEL.STM.*."""
     backbone = build_backbone(cfg)
-    return STMDetector(backbone, build_neck(cfg, backbone.out_channels), build_stm_decoder(cfg))
+    graph = cfg.MODEL.CUDA_GRAPH
+    return STMDetector(backbone, build_neck(cfg, backbone.out_channels), build_stm_decoder(cfg),
+                       cuda_graph=graph.SCOPE, max_graphs=graph.MAX_GRAPHS)

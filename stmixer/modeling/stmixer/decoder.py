@@ -50,6 +50,16 @@ class DecoderOutputs:
     action_logits: list
     boxes: list
 
+    def flat(self):
+        """All tensors in one tuple: the S cls_logits, then the S action_logits, then the S boxes."""
+        return (*self.cls_logits, *self.action_logits, *self.boxes)
+
+    @classmethod
+    def from_flat(cls, tensors):
+        """Inverse of ``flat``."""
+        S = len(tensors) // 3
+        return cls(list(tensors[:S]), list(tensors[S:2 * S]), list(tensors[2 * S:]))
+
 
 class STMDecoder(nn.Module):
     """Sparse spatio-temporal decoder with set-prediction training.
@@ -152,8 +162,19 @@ class STMDecoder(nn.Module):
             "person_scores": [n] person probabilities of the kept queries}``.
             train: ordered dict of weighted loss terms (``losses.SetCriterion``).
         """
-        whwh = torch.as_tensor(whwh).to(device=features[0].device, dtype=target_dtype(features[0].dtype))
-        outputs = self.decode(features, whwh, trace)
+        whwh = self.clip_sizes(whwh, features[0])
+        return self.finish(self.decode(features, whwh, trace), whwh, gt_boxes, gt_labels, trace)
+
+    @staticmethod
+    def clip_sizes(whwh, like):
+        """``whwh`` as a tensor on ``like``'s device in ``target_dtype(like.dtype)``."""
+        return torch.as_tensor(whwh).to(device=like.device, dtype=target_dtype(like.dtype))
+
+    def finish(self, outputs, whwh, gt_boxes=None, gt_labels=None, trace=None):
+        """From the stages' ``DecoderOutputs`` to detections (eval mode) or losses (train mode); see ``forward``.
+
+        ``whwh`` as ``clip_sizes`` gives it. The part of the forward that depends on the number
+        of ground-truth boxes and detections (never inside a CUDA graph)."""
         if not self.training:
             return self.detections(outputs, whwh, trace)
         if gt_boxes is None or gt_labels is None:
@@ -174,8 +195,10 @@ class STMDecoder(nn.Module):
         boxes = outputs.boxes[-1]
         record(trace, "person_scores", person)
         results = []
+        # one device -> host copy for the kept queries of every clip
+        kept = (person >= self.person_threshold).cpu()
         for i in range(person.size(0)):
-            keep = torch.nonzero(person[i] >= self.person_threshold).flatten()
+            keep = torch.nonzero(kept[i]).flatten().to(person.device)
             if keep.numel() == 0:
                 keep = torch.topk(person[i], k=min(FALLBACK_TOP_K, person.size(1))).indices
             results.append({

@@ -1,0 +1,253 @@
+"""CUDA graphs of a model part: one captured forward (and backward) per input signature, replayed.
+
+Why: STMixer's training step is launch-bound on a GPU (thousands of small kernels a step:
+six decoder stages, each with attention, sampling, mixing and heads, and a ResNet of small
+3-D convolutions at batch 2). Replaying a captured graph launches the same kernels with one
+host call. ``GraphedPart`` wraps a function of tensors that returns a tuple of tensors
+(for STMixer: videos -> the per-stage logits and boxes) and
+
+* captures it the first time it sees an input signature (shapes, dtypes, which inputs need
+  gradients, train/eval, grad mode, autocast dtype): a forward graph and, when gradients
+  are on, a backward graph of the same function (``torch.autograd.grad`` of the outputs
+  with respect to the inputs and the trainable parameters);
+* replays it afterwards: inputs are copied into the graph's static inputs, outputs and
+  gradients are copied out (so nothing a caller keeps is overwritten by the next replay),
+  parameter gradients reach ``.grad`` through the usual accumulation (DDP hooks, gradient
+  accumulation and GradScaler work unchanged);
+* runs the function eagerly (never wrong, only slower) when it cannot replay: not on CUDA,
+  more signatures than ``max_graphs``, a graphed forward whose backward has not run yet
+  (its saved activations live in the graph's memory), a capture that failed, inside
+  ``torch.compile`` tracing.
+
+All graphs of one ``GraphedPart`` share one memory pool: only one forward/backward pair is
+in flight at a time, which the pending check above guarantees.
+
+Capturing runs the function a few times (warm-up); module buffers (BatchNorm running
+statistics) are restored afterwards, so capturing changes no state. Replays are what
+eager steps would compute, up to the order of floating-point reductions that cuDNN /
+cuBLAS pick (the parity runs use the eager path: ``MODEL.CUDA_GRAPH.SCOPE off``, and the
+CPU never uses graphs).
+"""
+
+import logging
+import weakref
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# Warm-up runs of the function before a capture (cuBLAS/cuDNN workspaces and algorithm choices).
+WARMUP_ITERS = 2
+# Only this thread's CUDA calls may not disturb a capture: a DataLoader's pin-memory thread keeps running.
+CAPTURE_MODE = "thread_local"
+
+
+def _autocast_dtype():
+    """The CUDA autocast dtype in force, or None."""
+    return torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+
+
+def _signature(tensors, training):
+    return (
+        tuple((tuple(t.shape), t.dtype, t.requires_grad, t.device) for t in tensors),
+        training,
+        torch.is_grad_enabled(),
+        _autocast_dtype(),
+    )
+
+
+class _Graph:
+    """One captured signature: static inputs, outputs, gradient buffers and the two graphs."""
+
+    def __init__(self, fn, params, state, inputs, pool, with_backward):
+        self.params = params
+        # the graph reads parameters and buffers at these addresses
+        self.addresses = [(t, t.data_ptr()) for t in state]
+        self.static_inputs = [x.detach().clone().requires_grad_(x.requires_grad) for x in inputs]
+        self.with_backward = with_backward
+        autocast_dtype = _autocast_dtype()
+
+        def run():
+            # autocast's weight cache must not hold tensors of a capture
+            ctx = torch.autocast("cuda", dtype=autocast_dtype, cache_enabled=False) if autocast_dtype else _null()
+            with ctx:
+                return tuple(fn(*self.static_inputs))
+
+        grad_targets = [x for x in self.static_inputs if x.requires_grad] + [p for p in params]
+
+        def backward(outputs, grads):
+            pairs = [(o, g) for o, g in zip(outputs, grads) if o.requires_grad]
+            return torch.autograd.grad([o for o, _ in pairs], grad_targets, [g for _, g in pairs], allow_unused=True)
+
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(WARMUP_ITERS):
+                outputs = run()
+                if with_backward:
+                    backward(outputs, [torch.ones_like(o) for o in outputs])
+                del outputs
+        torch.cuda.current_stream().wait_stream(stream)
+
+        self.forward_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.forward_graph, pool=pool, capture_error_mode=CAPTURE_MODE):
+            outputs = run()
+        self.static_outputs = outputs
+        self.differentiable = [o.requires_grad for o in outputs]
+        self.backward_graph = None
+        if with_backward:
+            self.static_grad_outputs = [torch.zeros_like(o) if o.requires_grad else None for o in outputs]
+            self.backward_graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.backward_graph, pool=pool, capture_error_mode=CAPTURE_MODE):
+                grads = backward(outputs, self.static_grad_outputs)
+            # gradient of every static input (None where it needs none) and of every parameter
+            grads = iter(grads)
+            self.input_grads = [next(grads) if x.requires_grad else None for x in self.static_inputs]
+            self.param_grads = list(grads)
+        # drop the capture's autograd graph: the backward graph holds what it needs
+        self.static_outputs = tuple(o.detach() for o in self.static_outputs)
+
+    def moved(self):
+        """Whether a parameter or buffer got new storage since the capture (``module.to(...)``, ``p.data = ...``)."""
+        return any(t.data_ptr() != address for t, address in self.addresses)
+
+    def load(self, inputs):
+        for static, x in zip(self.static_inputs, inputs):
+            if static.data_ptr() != x.data_ptr():
+                static.detach().copy_(x.detach())
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _Replay(torch.autograd.Function):
+    """Forward: replay the forward graph; backward: replay the backward graph. Outputs and gradients are copies."""
+
+    @staticmethod
+    def forward(ctx, part, graph, num_inputs, *inputs_and_params):
+        graph.load(inputs_and_params[:num_inputs])
+        graph.forward_graph.replay()
+        ctx.part, ctx.graph, ctx.num_inputs = part, graph, num_inputs
+        outputs = tuple(o.clone() for o in graph.static_outputs)
+        ctx.mark_non_differentiable(*[o for o, d in zip(outputs, graph.differentiable) if not d])
+        return outputs
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grad_outputs):
+        graph = ctx.graph
+        for static, grad in zip(graph.static_grad_outputs, grad_outputs):
+            if static is not None:
+                if grad is None:
+                    static.zero_()
+                else:
+                    static.copy_(grad)
+        graph.backward_graph.replay()
+        ctx.part._pending = None
+        grads = [g.clone() if g is not None else None for g in graph.input_grads]
+        grads += [g.clone() if g is not None else None for g in graph.param_grads]
+        return (None, None, None, *grads)
+
+
+class GraphedPart:
+    """Replay CUDA graphs of ``fn`` (tensors -> tuple of tensors) that uses the parameters of ``module``.
+
+    Args:
+        fn: the function to capture; it must launch no host synchronization and depend on
+            its tensor inputs only through their values (fixed shapes per signature).
+        module: the ``nn.Module`` whose trainable parameters ``fn`` uses (gradients flow to them)
+            and whose buffers are restored after each capture.
+        max_graphs: captured signatures at most; further ones run eagerly.
+        name: for log lines.
+
+    ``part(*tensors)`` returns the outputs, or ``None`` when the caller should run ``fn``
+    eagerly itself (not CUDA, too many signatures, a pending backward, a failed capture).
+    """
+
+    def __init__(self, fn, module, max_graphs=8, name="model"):
+        self.fn = fn
+        self.module = module
+        self.max_graphs = max_graphs
+        self.name = name
+        self.graphs = {}
+        self.disabled = None  # reason, once a capture failed
+        self._pool = None
+        self._pending = None  # weak reference to the autograd node of a graphed forward whose backward has not run
+        self._warned = set()
+
+    def _note(self, key, message):
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.info("CUDA graphs (%s): %s", self.name, message)
+
+    def _busy(self):
+        return self._pending is not None and self._pending() is not None
+
+    def __call__(self, *tensors):
+        if self.disabled or not torch.cuda.is_available() or not all(t.is_cuda for t in tensors):
+            return None
+        if _compiling() or torch.cuda.is_current_stream_capturing():
+            return None
+        if self._busy():
+            self._note("busy", "a graphed forward is waiting for its backward; this call runs eagerly")
+            return None
+        training = self.module.training
+        key = _signature(tensors, training)
+        graph = self.graphs.get(key)
+        if graph is not None and graph.moved():
+            self._note("moved", "parameters or buffers moved to new memory since the capture; capturing again")
+            self.graphs.clear()
+            graph = None
+        if graph is None:
+            if len(self.graphs) >= self.max_graphs:
+                self._note("full", f"{self.max_graphs} input shapes captured (MODEL.CUDA_GRAPH.MAX_GRAPHS); "
+                                   "further shapes run eagerly")
+                return None
+            graph = self._capture(tensors, key)
+            if graph is None:
+                return None
+        params = graph.params
+        if graph.with_backward:
+            outputs = _Replay.apply(self, graph, len(tensors), *tensors, *params)
+            node = next((o.grad_fn for o in outputs if o.grad_fn is not None), None)
+            self._pending = weakref.ref(node) if node is not None else None
+            return outputs
+        graph.load(tensors)
+        graph.forward_graph.replay()
+        return tuple(o.clone() for o in graph.static_outputs)
+
+    def _capture(self, tensors, key):
+        params = [p for p in self.module.parameters() if p.requires_grad] if torch.is_grad_enabled() else []
+        with_backward = bool(params) or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        buffers = {name: b.detach().clone() for name, b in self.module.named_buffers()}
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        try:
+            state = list(self.module.parameters()) + list(self.module.buffers())
+            graph = _Graph(self.fn, params, state, tensors, self._pool, with_backward)
+        except Exception as e:  # noqa: BLE001 - any capture failure: run eagerly from now on, say why once
+            torch.cuda.synchronize()
+            self.disabled = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            logger.warning("CUDA graphs (%s): capture failed (%s); running eagerly (MODEL.CUDA_GRAPH.SCOPE off "
+                           "silences this)", self.name, self.disabled)
+            self.graphs.clear()
+            return None
+        finally:
+            with torch.no_grad():
+                for name, b in self.module.named_buffers():
+                    b.copy_(buffers[name])
+        self.graphs[key] = graph
+        shapes = ", ".join("x".join(map(str, t.shape)) for t in tensors)
+        self._note(key, f"captured {'forward + backward' if with_backward else 'forward'} for inputs {shapes} "
+                        f"({len(self.graphs)}/{self.max_graphs})")
+        return graph
+
+
+def _compiling():
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())

@@ -1,0 +1,178 @@
+"""CUDA graphs of the STMixer detector (MODEL.CUDA_GRAPH.*): never used off CUDA, equal to the eager path on CUDA
+(values, gradients, BatchNorm statistics; the CUDA tests skip without a GPU)."""
+
+import pytest
+import torch
+
+from stmixer.config import ConfigError, get_cfg, validate_config
+from stmixer.modeling import build_detector
+from stmixer.modeling.cuda_graphs import GraphedPart
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs CUDA")
+
+
+def tiny_cfg(repo_root, *opts):
+    cfg = get_cfg()
+    cfg.merge_from_file(str(repo_root / "config_files" / "synthetic" / "tiny-slowonly.yaml"))
+    cfg.merge_from_list(["MODEL.BACKBONE.CHANNELS_LAST", False, *opts])
+    return cfg
+
+
+def batch(seed, B=2, H=64, W=96, device="cpu", T=4, actions=9):
+    g = torch.Generator().manual_seed(seed)
+    video = torch.randn(B, 3, T, H, W, generator=g)
+    whwh = torch.tensor([[W - 8 * i, H, W - 8 * i, H] for i in range(B)], dtype=torch.float32)
+    boxes, labels = [], []
+    for i in range(B):
+        n = 1 + i % 3
+        xy = torch.rand(n, 2, generator=g) * torch.tensor([W / 2, H / 2])
+        wh = 8 + torch.rand(n, 2, generator=g) * torch.tensor([W / 3, H / 3])
+        boxes.append(torch.cat([xy, xy + wh], 1).to(device))
+        labels.append((torch.rand(n, actions, generator=g) < 0.3).float().to(device))
+    return video.to(device), whwh.to(device), boxes, labels
+
+
+def train_pass(model, data, backwards=1):
+    video, whwh, boxes, labels = data
+    losses = model(video, None, whwh, boxes, labels)
+    total = sum(losses.values()) / len(losses)
+    for _ in range(backwards):
+        total.backward(retain_graph=backwards > 1)
+    return {k: v.detach().clone() for k, v in losses.items()}
+
+
+def grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def pair(repo_root, device, scope="model", *opts):
+    torch.manual_seed(0)
+    eager = build_detector(tiny_cfg(repo_root, "MODEL.CUDA_GRAPH.SCOPE", "off", *opts)).to(device)
+    graphed = build_detector(tiny_cfg(repo_root, "MODEL.CUDA_GRAPH.SCOPE", scope, *opts)).to(device)
+    graphed.load_state_dict(eager.state_dict())
+    return eager, graphed
+
+
+def assert_same(a, b, tol):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=tol, atol=tol, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def test_scope_is_validated(repo_root):
+    cfg = tiny_cfg(repo_root, "MODEL.CUDA_GRAPH.SCOPE", "all")
+    with pytest.raises(ConfigError, match="MODEL.CUDA_GRAPH.SCOPE"):
+        validate_config(cfg)
+    cfg = tiny_cfg(repo_root, "MODEL.CUDA_GRAPH.MAX_GRAPHS", 0)
+    with pytest.raises(ConfigError, match="MODEL.CUDA_GRAPH.MAX_GRAPHS"):
+        validate_config(cfg)
+
+
+def test_graphs_are_not_used_on_the_cpu(repo_root):
+    assert get_cfg().MODEL.CUDA_GRAPH.SCOPE == "model"  # the default: a CUDA-only fast path
+    eager, graphed = pair(repo_root, "cpu")
+    eager.train(), graphed.train()
+    data = batch(0)
+    assert_same(train_pass(graphed, data), train_pass(eager, data), 0.0)
+    assert_same(grads(graphed), grads(eager), 0.0)
+    assert graphed._graphed is None  # never built off CUDA
+    part = GraphedPart(lambda x: (x * 2,), torch.nn.Linear(1, 1))
+    assert part(torch.ones(2)) is None  # the caller runs eagerly
+
+
+@pytest.fixture
+def exact_cuda():
+    """float32 CUDA math without TF32 (graph replays and eager steps then run the same kernels)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
+
+
+@needs_cuda
+@pytest.mark.parametrize("scope", ["model", "decoder"])
+def test_graphed_training_equals_eager(repo_root, exact_cuda, scope):
+    eager, graphed = pair(repo_root, "cuda", scope)
+    eager.train(), graphed.train()
+    shapes = [(64, 96), (64, 96), (96, 64), (64, 96)]  # replays, a second captured shape, back to the first
+    for step, (H, W) in enumerate(shapes):
+        data = batch(step, H=H, W=W, device="cuda")
+        for model in (eager, graphed):
+            model.zero_grad(set_to_none=True)
+        expected, got = train_pass(eager, data), train_pass(graphed, data)
+        assert_same(got, expected, 1e-5)
+        assert_same(grads(graphed), grads(eager), 1e-5)
+    assert len(graphed._graphed.graphs) == 2
+    # BatchNorm running statistics (FROZEN_BN False here) move as in eager steps; captures changed none
+    assert_same({k: v for k, v in graphed.state_dict().items() if "running" in k},
+                {k: v for k, v in eager.state_dict().items() if "running" in k}, 1e-5)
+
+
+@needs_cuda
+def test_gradients_accumulate_and_pending_backward_falls_back(repo_root, exact_cuda):
+    eager, graphed = pair(repo_root, "cuda")
+    eager.train(), graphed.train()
+    first, second = batch(1, device="cuda"), batch(2, device="cuda")
+    for model in (eager, graphed):
+        train_pass(model, first)  # captures (graphed) / plain step
+        model.zero_grad(set_to_none=True)
+        # two micro-batches into the same .grad (gradient accumulation)
+        train_pass(model, first)
+        train_pass(model, second)
+    assert_same(grads(graphed), grads(eager), 1e-5)
+    # two forwards before their backwards: the second cannot reuse the graph's activations, it runs eagerly
+    for model in (eager, graphed):
+        model.zero_grad(set_to_none=True)
+        video, whwh, boxes, labels = first
+        a = model(video, None, whwh, boxes, labels)
+        b = model(*second[:1], None, second[1], second[2], second[3])
+        (sum(a.values()) + sum(b.values())).backward()
+    assert_same(grads(graphed), grads(eager), 1e-5)
+
+
+@needs_cuda
+def test_max_graphs_and_eval_replay(repo_root, exact_cuda):
+    eager, graphed = pair(repo_root, "cuda", "model", "MODEL.CUDA_GRAPH.MAX_GRAPHS", 1)
+    eager.eval(), graphed.eval()
+    with torch.no_grad():
+        for H, W in [(64, 96), (64, 96), (96, 64)]:
+            video, whwh, _, _ = batch(3, H=H, W=W, device="cuda")
+            for got, expected in zip(graphed(video, None, whwh), eager(video, None, whwh)):
+                assert torch.equal(got["query_indices"], expected["query_indices"])
+                torch.testing.assert_close(got["scores"], expected["scores"], rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(got["boxes"], expected["boxes"], rtol=1e-5, atol=1e-5)
+    assert len(graphed._graphed.graphs) == 1  # the second shape ran eagerly
+
+
+@needs_cuda
+def test_bf16_autocast_replay_is_close_to_eager(repo_root):
+    eager, graphed = pair(repo_root, "cuda")
+    eager.train(), graphed.train()
+    for step in range(3):
+        data = batch(step, device="cuda")
+        for model in (eager, graphed):
+            model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            expected = train_pass(eager, data)
+            got = train_pass(graphed, data)
+        assert_same(got, expected, 2e-2)
+    key = next(iter(graphed._graphed.graphs))
+    assert key[-1] == torch.bfloat16  # captured under autocast
+
+
+@needs_cuda
+def test_parameters_given_new_memory_are_captured_again(repo_root, exact_cuda):
+    eager, graphed = pair(repo_root, "cuda")
+    eager.eval(), graphed.eval()
+    video, whwh, _, _ = batch(4, device="cuda")
+    with torch.no_grad():
+        graphed(video, None, whwh)
+        first = next(iter(graphed._graphed.graphs.values()))
+        for p in list(graphed.parameters()) + list(eager.parameters()):
+            p.data = p.data * 0.5  # new storage: a replay of the old graph would read the old weights
+        got, expected = graphed(video, None, whwh), eager(video, None, whwh)
+    assert next(iter(graphed._graphed.graphs.values())) is not first
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g["scores"], e["scores"], rtol=1e-5, atol=1e-5)
