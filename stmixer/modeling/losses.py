@@ -125,10 +125,13 @@ class SetCriterion(nn.Module):
         batched_matching: match all supervised stages and clips with one device-to-host copy
             of the costs and one host-to-device copy of the indices (default); False is the
             reference path (one matcher call per stage, one copy per clip), with the same results.
+        batched_losses: compute the losses of all supervised stages as one stack (default: a sixth of
+            the kernel launches of the loss and of its backward); False is the reference path (one
+            ``stage_losses`` call per stage). Same values up to the order of floating-point sums.
     """
 
     def __init__(self, matcher, num_object_classes, weights, background_weight, intermediate_supervision=True,
-                 batched_matching=True):
+                 batched_matching=True, batched_losses=True):
         super().__init__()
         missing = set(FINAL_STAGE_ORDER) - set(weights)
         if missing:
@@ -138,6 +141,7 @@ class SetCriterion(nn.Module):
         self.weights = dict(weights)
         self.intermediate_supervision = intermediate_supervision
         self.batched_matching = batched_matching
+        self.batched_losses = batched_losses
         empty_weight = torch.ones(num_object_classes + 1, dtype=torch.float32)
         empty_weight[-1] = background_weight
         self.register_buffer("empty_weight", empty_weight)
@@ -168,13 +172,21 @@ class SetCriterion(nn.Module):
             "actions": torch.cat([t["actions"] for t in targets]) if targets else None,
             "whwh": torch.cat([t["whwh"].expand(len(t["boxes"]), 4) for t in targets]) if targets else None,
         }
+        if self.batched_losses and len({indices[k].size(1) for k in stages}) == 1:
+            stacked = self.stacked_losses(outputs, stages, flat, indices, num_boxes, accumulated)
+            weighted = {name: value * self.weights[name] for name, value in stacked.items()}
+            per_stage = {k: {name: value[j] for name, value in weighted.items()} for j, k in enumerate(stages)}
+        else:
+            per_stage = {}
+            for k in stages:
+                terms = self.stage_losses(outputs.cls_logits[k], outputs.boxes[k], outputs.action_logits[k], flat,
+                                          indices[k], num_boxes, accumulated)
+                per_stage[k] = {name: value * self.weights[name] for name, value in terms.items()}
         losses = {}
         for k in stages:
-            terms = self.stage_losses(outputs.cls_logits[k], outputs.boxes[k], outputs.action_logits[k], flat,
-                                      indices[k], num_boxes, accumulated)
             suffix, order = ("", FINAL_STAGE_ORDER) if k == final else (f"_{k}", EARLIER_STAGE_ORDER)
             for name in order:
-                losses[name + suffix] = terms[name] * self.weights[name]
+                losses[name + suffix] = per_stage[k][name]
         return losses
 
     def match(self, outputs, targets, stages, trace=None):
@@ -252,6 +264,55 @@ class SetCriterion(nn.Module):
             else:
                 loss_ce, loss_bce = self._accumulated_ce_bce(
                     cls_logits, target_classes, action_logits, src_actions, tgt_actions, accumulated)
+        return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou, "loss_bce": loss_bce}
+
+    def stacked_losses(self, outputs, stages, flat_targets, indices, num_boxes, accumulated=None):
+        """The losses of ``stage_losses`` for all ``stages`` at once: ``{name: [len(stages)]}``.
+
+        Every stage matches the same number of pairs (each clip's ``min(Q, n_i)``), so the
+        stages' predictions and matched pairs stack into one leading dimension.
+        """
+        dtype = self.empty_weight.dtype if flat_targets["boxes"] is None else flat_targets["boxes"].dtype
+        device = outputs.cls_logits[stages[0]].device
+        S = len(stages)
+        with torch.autocast(device_type=device.type, enabled=False):
+            cls_logits = torch.stack([outputs.cls_logits[k] for k in stages]).to(dtype)  # [S, B, Q, K + 1]
+            boxes = torch.stack([outputs.boxes[k] for k in stages]).to(dtype)  # [S, B, Q, 4]
+            action_logits = torch.stack([outputs.action_logits[k] for k in stages]).to(dtype)  # [S, B, Q, A]
+            batch_idx, src_idx, tgt_idx = torch.stack([indices[k] for k in stages]).unbind(1)  # [S, n] each
+            stage_idx = torch.arange(S, device=device).view(S, 1).expand_as(batch_idx)
+            target_classes = torch.full(cls_logits.shape[:3], self.num_object_classes, dtype=torch.int64, device=device)
+            target_classes[stage_idx, batch_idx, src_idx] = 0
+            src_boxes = boxes[stage_idx, batch_idx, src_idx]  # [S, n, 4]
+            src_actions = action_logits[stage_idx, batch_idx, src_idx]  # [S, n, A]
+            if flat_targets["boxes"] is None:
+                tgt_boxes = sizes = src_boxes
+                tgt_actions = src_actions
+            else:
+                tgt_boxes, sizes = flat_targets["boxes"][tgt_idx], flat_targets["whwh"][tgt_idx]
+                tgt_actions = flat_targets["actions"][tgt_idx]
+            loss_giou = (1 - generalized_box_iou(src_boxes, tgt_boxes)).sum(-1) / num_boxes
+            loss_bbox = F.l1_loss(src_boxes / sizes, tgt_boxes / sizes, reduction="none").sum((1, 2)) / num_boxes
+            # weighted cross-entropy per query; 'mean' in stage_losses is sum(w_t * CE) / sum(w_t) per stage
+            ce = F.cross_entropy(cls_logits.flatten(0, 1).transpose(1, 2), target_classes.flatten(0, 1),
+                                 self.empty_weight, reduction="none").view(S, -1)
+            if accumulated is None:
+                loss_ce = ce.sum(1) / self.empty_weight[target_classes].view(S, -1).sum(1)
+                if src_actions.numel():
+                    loss_bce = F.binary_cross_entropy_with_logits(src_actions, tgt_actions, reduction="none").mean((1, 2))
+                else:  # nothing matched in this batch: no action signal (keeps the graph connected for DDP)
+                    loss_bce = action_logits.sum((1, 2, 3)) * 0.0
+            else:
+                Q, A = cls_logits.size(2), action_logits.size(-1)
+                matched = sum(min(Q, n) for n in accumulated.gt_counts)
+                weight_sum = (matched * self.empty_weight[0]
+                              + (Q * len(accumulated.gt_counts) - matched) * self.empty_weight[-1])
+                loss_ce = ce.sum(1) / weight_sum
+                if matched and src_actions.numel():
+                    loss_bce = F.binary_cross_entropy_with_logits(
+                        src_actions, tgt_actions, reduction="none").sum((1, 2)) / (matched * A)
+                else:
+                    loss_bce = action_logits.sum((1, 2, 3)) * 0.0
         return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou, "loss_bce": loss_bce}
 
     def _accumulated_ce_bce(self, cls_logits, target_classes, action_logits, src_actions, tgt_actions, accumulated):

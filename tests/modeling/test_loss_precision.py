@@ -1,9 +1,11 @@
 """Targets and matching stay float32 under autocast; all matchings of a step cost one host round trip."""
 
+import contextlib
+
 import pytest
 import torch
 
-from stmixer.modeling.losses import reduce_losses
+from stmixer.modeling.losses import AccumulatedBatch, accumulate, reduce_losses
 from stmixer.modeling.matcher import HungarianMatcher
 from stmixer.modeling.stmixer import build_stm_decoder
 from stmixer.modeling.stmixer.decoder import DecoderOutputs
@@ -152,3 +154,44 @@ def test_batched_costs_equal_the_single_clip_costs():
     for batched, single in zip(matcher(logits, boxes, targets), matcher.match_per_clip(logits, boxes, targets)):
         assert torch.equal(batched.cost, single.cost)
         assert torch.equal(batched.src, single.src) and torch.equal(batched.tgt, single.tgt)
+
+
+def stage_losses_and_grads(load_decoder, decoder_inputs, dtype, batched, boxes_fn=None, accumulated=False):
+    decoder = load_decoder(dtype).train()
+    decoder.criterion.batched_losses = batched
+    features, whwh, boxes, labels = decoder_inputs(dtype)
+    if boxes_fn is not None:
+        boxes, labels = boxes_fn(boxes, labels)
+    features = [f.requires_grad_() for f in features]
+    context = accumulate(AccumulatedBatch.from_counts([len(b) + 1 for b in boxes], "cpu")) if accumulated \
+        else contextlib.nullcontext()
+    with context:
+        losses = decoder(features, whwh, boxes, labels)
+    reduce_losses(losses).backward()
+    grads = {n: p.grad for n, p in decoder.named_parameters() if p.grad is not None}
+    grads.update({f"features{i}": f.grad for i, f in enumerate(features)})
+    return losses, grads
+
+
+def no_boxes(boxes, labels):
+    return [b[:0] for b in boxes], [x[:0] for x in labels]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-13), (torch.float32, 2e-6)], ids=["f64", "f32"])
+@pytest.mark.parametrize("boxes_fn", [None, uneven, no_boxes], ids=["fixture", "uneven", "no_boxes"])
+@pytest.mark.parametrize("accumulated", [False, True], ids=["whole", "micro_batch"])
+def test_stacked_stage_losses_equal_the_per_stage_path(load_decoder, decoder_inputs, dtype, tol, boxes_fn,
+                                                        accumulated):
+    """All stages' losses as one stack (the default) = one stage_losses call per stage, values and gradients."""
+    ref_losses, ref_grads = stage_losses_and_grads(load_decoder, decoder_inputs, dtype, False, boxes_fn, accumulated)
+    losses, grads = stage_losses_and_grads(load_decoder, decoder_inputs, dtype, True, boxes_fn, accumulated)
+    assert list(losses) == list(ref_losses) and len(losses) >= 8  # several stages supervised
+    for name in ref_losses:
+        torch.testing.assert_close(losses[name], ref_losses[name], rtol=tol, atol=tol * 1e-3, msg=name)
+    assert grads.keys() == ref_grads.keys()
+    # relative to each tensor's own scale, with a floor at 1e-9 of the largest gradient (some are ~0: 1e-23)
+    floor = 1e-9 * max(g.abs().max().item() for g in ref_grads.values())
+    for name in ref_grads:
+        scale = max(ref_grads[name].abs().max().item(), floor)
+        err = (grads[name] - ref_grads[name]).abs().max().item()
+        assert err <= tol * scale, (name, err, scale)
