@@ -16,8 +16,8 @@ host call. ``GraphedPart`` wraps a function of tensors that returns a tuple of t
   accumulation and GradScaler work unchanged);
 * runs the function eagerly (never wrong, only slower) when it cannot replay: not on CUDA,
   more signatures than ``max_graphs``, a graphed forward whose backward has not run yet
-  (its saved activations live in the graph's memory), a capture that failed, inside
-  ``torch.compile`` tracing.
+  (its saved activations live in the graph's memory), module hooks registered (a replay
+  would not call them), a capture that failed, inside ``torch.compile`` tracing.
 
 All graphs of one ``GraphedPart`` share one memory pool: only one forward/backward pair is
 in flight at a time, which the pending check above guarantees.
@@ -179,11 +179,24 @@ class GraphedPart:
         self._pool = None
         self._pending = None  # weak reference to the autograd node of a graphed forward whose backward has not run
         self._warned = set()
+        self._modules = None  # the module tree, listed once (hook checks)
 
     def _note(self, key, message):
         if key not in self._warned:
             self._warned.add(key)
             logger.info("CUDA graphs (%s): %s", self.name, message)
+
+    def _hooked(self):
+        """Whether a forward or backward hook is registered on the module tree or globally."""
+        if self._modules is None:
+            self._modules = list(self.module.modules())
+        hook_dicts = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+        if any(getattr(nn_module, name, None) for nn_module in self._modules for name in hook_dicts):
+            return True
+        from torch.nn.modules import module as module_mod
+        return any(getattr(module_mod, name, None) for name in (
+            "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+            "_global_backward_pre_hooks"))
 
     def _busy(self):
         return self._pending is not None and self._pending() is not None
@@ -192,6 +205,9 @@ class GraphedPart:
         if self.disabled or not torch.cuda.is_available() or not all(t.is_cuda for t in tensors):
             return None
         if _compiling() or torch.cuda.is_current_stream_capturing():
+            return None
+        if self._hooked():
+            self._note("hooks", "module hooks are registered (a replay would not call them); running eagerly")
             return None
         if self._busy():
             self._note("busy", "a graphed forward is waiting for its backward; this call runs eagerly")

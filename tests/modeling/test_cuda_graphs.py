@@ -176,3 +176,22 @@ def test_parameters_given_new_memory_are_captured_again(repo_root, exact_cuda):
     assert next(iter(graphed._graphed.graphs.values())) is not first
     for g, e in zip(got, expected):
         torch.testing.assert_close(g["scores"], e["scores"], rtol=1e-5, atol=1e-5)
+
+
+@needs_cuda
+def test_module_hooks_make_the_call_eager(repo_root, exact_cuda):
+    """A forward hook (feature extraction) sees every call: graphs stand aside while it is registered."""
+    _, graphed = pair(repo_root, "cuda")
+    graphed.eval()
+    video, whwh, _, _ = batch(5, device="cuda")
+    seen = []
+    handle = graphed.backbone.register_forward_hook(lambda m, i, o: seen.append(o[0].sum().item()))
+    with torch.no_grad():
+        graphed(video, None, whwh)
+        graphed(video * 2, None, whwh)
+    assert len(seen) == 2 and seen[0] != seen[1]
+    assert graphed._graphed is None or not graphed._graphed.graphs
+    handle.remove()
+    with torch.no_grad():
+        graphed(video, None, whwh)
+    assert len(graphed._graphed.graphs) == 1 and len(seen) == 2  # captured now; the removed hook saw nothing
