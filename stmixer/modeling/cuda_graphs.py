@@ -61,8 +61,6 @@ class _Graph:
 
     def __init__(self, fn, params, state, inputs, pool, with_backward):
         self.params = params
-        # the graph reads parameters and buffers at these addresses
-        self.addresses = [(t, t.data_ptr()) for t in state]
         self.static_inputs = [x.detach().clone().requires_grad_(x.requires_grad) for x in inputs]
         self.with_backward = with_backward
         autocast_dtype = _autocast_dtype()
@@ -106,6 +104,9 @@ class _Graph:
             self.param_grads = list(grads)
         # drop the capture's autograd graph: the backward graph holds what it needs
         self.static_outputs = tuple(o.detach() for o in self.static_outputs)
+        # the graphs read parameters and buffers at these addresses (after the warm-up, which may have moved
+        # them: the ResNets put their weights in channels_last_3d on their first CUDA forward)
+        self.addresses = [(t, t.data_ptr()) for t in state]
 
     def moved(self):
         """Whether a parameter or buffer got new storage since the capture (``module.to(...)``, ``p.data = ...``)."""

@@ -92,9 +92,10 @@ def exact_cuda():
 
 
 @needs_cuda
-@pytest.mark.parametrize("scope", ["model", "decoder"])
-def test_graphed_training_equals_eager(repo_root, exact_cuda, scope):
-    eager, graphed = pair(repo_root, "cuda", scope)
+@pytest.mark.parametrize("scope,channels_last", [("model", False), ("decoder", False), ("model", True)])
+def test_graphed_training_equals_eager(repo_root, exact_cuda, scope, channels_last):
+    # channels_last: the backbone moves its weights to NDHWC on its first CUDA forward (inside the capture's warm-up)
+    eager, graphed = pair(repo_root, "cuda", scope, "MODEL.BACKBONE.CHANNELS_LAST", channels_last)
     eager.train(), graphed.train()
     shapes = [(64, 96), (64, 96), (96, 64), (64, 96)]  # replays, a second captured shape, back to the first
     for step, (H, W) in enumerate(shapes):
@@ -104,7 +105,7 @@ def test_graphed_training_equals_eager(repo_root, exact_cuda, scope):
         expected, got = train_pass(eager, data), train_pass(graphed, data)
         assert_same(got, expected, 1e-5)
         assert_same(grads(graphed), grads(eager), 1e-5)
-    assert len(graphed._graphed.graphs) == 2
+    assert len(graphed._graphed.graphs) == 2  # not captured again: the weights did not move after the capture
     # BatchNorm running statistics (FROZEN_BN False here) move as in eager steps; captures changed none
     assert_same({k: v for k, v in graphed.state_dict().items() if "running" in k},
                 {k: v for k, v in eager.state_dict().items() if "running" in k}, 1e-5)
