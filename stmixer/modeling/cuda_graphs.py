@@ -7,7 +7,7 @@ host call. ``GraphedPart`` wraps a function of tensors that returns a tuple of t
 (for STMixer: videos -> the per-stage logits and boxes) and
 
 * captures it the first time it sees an input signature (shapes, dtypes, which inputs need
-  gradients, train/eval, grad mode, autocast dtype): a forward graph and, when gradients
+  gradients, train/eval, grad and inference mode, autocast dtype): a forward graph and, when gradients
   are on, a backward graph of the same function (``torch.autograd.grad`` of the outputs
   with respect to the inputs and the trainable parameters);
 * replays it afterwards: inputs are copied into the graph's static inputs, outputs and
@@ -52,6 +52,7 @@ def _signature(tensors, training):
         tuple((tuple(t.shape), t.dtype, t.requires_grad, t.device) for t in tensors),
         training,
         torch.is_grad_enabled(),
+        torch.is_inference_mode_enabled(),
         _autocast_dtype(),
     )
 
