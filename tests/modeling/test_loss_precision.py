@@ -195,3 +195,10 @@ def test_stacked_stage_losses_equal_the_per_stage_path(load_decoder, decoder_inp
         scale = max(ref_grads[name].abs().max().item(), floor)
         err = (grads[name] - ref_grads[name]).abs().max().item()
         assert err <= tol * scale, (name, err, scale)
+
+
+def test_stacked_losses_is_a_config_switch(decoder_cfg):
+    assert build_stm_decoder(decoder_cfg).criterion.batched_losses is False  # default: the official per-stage path
+    cfg = decoder_cfg.clone()
+    cfg.MODEL.STM.STACKED_LOSSES = True
+    assert build_stm_decoder(cfg).criterion.batched_losses is True

@@ -267,6 +267,7 @@ def build_stm_decoder(cfg):
                  "loss_giou": stm.GIOU_WEIGHT, "loss_bce": stm.ACTION_WEIGHT},
         background_weight=stm.BACKGROUND_WEIGHT,
         intermediate_supervision=stm.INTERMEDIATE_SUPERVISION,
+        batched_losses=stm.STACKED_LOSSES,
     )
     return STMDecoder(
         num_queries=stm.NUM_QUERIES,
