@@ -243,19 +243,10 @@ class SetCriterion(nn.Module):
         with torch.autocast(device_type=cls_logits.device.type, enabled=False):
             cls_logits, boxes, action_logits = cls_logits.to(dtype), boxes.to(dtype), action_logits.to(dtype)
             batch_idx, src_idx, tgt_idx = index
-            target_classes = torch.full(cls_logits.shape[:2], self.num_object_classes, dtype=torch.int64,
-                                        device=cls_logits.device)
-            target_classes[batch_idx, src_idx] = 0
-            src_boxes = boxes[batch_idx, src_idx]
-            src_actions = action_logits[batch_idx, src_idx]
-            if flat_targets["boxes"] is None:
-                tgt_boxes = sizes = src_boxes
-                tgt_actions = src_actions
-            else:
-                tgt_boxes, sizes = flat_targets["boxes"][tgt_idx], flat_targets["whwh"][tgt_idx]
-                tgt_actions = flat_targets["actions"][tgt_idx]
-            loss_giou = (1 - generalized_box_iou(src_boxes, tgt_boxes)).sum() / num_boxes
-            loss_bbox = F.l1_loss(src_boxes / sizes, tgt_boxes / sizes, reduction="none").sum() / num_boxes
+            target_classes, src_actions, tgt_actions, giou_terms, l1_terms = self._matched_pairs(
+                cls_logits, boxes, action_logits, flat_targets, (batch_idx, src_idx), tgt_idx)
+            loss_giou = giou_terms.sum() / num_boxes
+            loss_bbox = l1_terms.sum() / num_boxes
             if accumulated is None:
                 loss_ce = F.cross_entropy(cls_logits.transpose(1, 2), target_classes, self.empty_weight)
                 if src_actions.numel():
@@ -266,6 +257,29 @@ class SetCriterion(nn.Module):
                 loss_ce, loss_bce = self._accumulated_ce_bce(
                     cls_logits, target_classes, action_logits, src_actions, tgt_actions, accumulated)
         return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou, "loss_bce": loss_bce}
+
+    def _matched_pairs(self, cls_logits, boxes, action_logits, flat_targets, query_index, tgt_idx):
+        """What the losses read of the matched pairs.
+
+        ``query_index``: index tensors ``(..., clip, query)`` of the matched queries into the leading
+        dimensions of the predictions ``[..., B, Q, *]``; ``tgt_idx``: their flat target indices.
+        Returns ``(target_classes [..., B, Q], src_actions, tgt_actions, 1 - GIoU per pair, L1 of the
+        size-normalized boxes per pair and coordinate)``.
+        """
+        target_classes = torch.full(cls_logits.shape[:-1], self.num_object_classes, dtype=torch.int64,
+                                    device=cls_logits.device)
+        target_classes[query_index] = 0
+        src_boxes = boxes[query_index]
+        src_actions = action_logits[query_index]
+        if flat_targets["boxes"] is None:
+            tgt_boxes = sizes = src_boxes
+            tgt_actions = src_actions
+        else:
+            tgt_boxes, sizes = flat_targets["boxes"][tgt_idx], flat_targets["whwh"][tgt_idx]
+            tgt_actions = flat_targets["actions"][tgt_idx]
+        giou_terms = 1 - generalized_box_iou(src_boxes, tgt_boxes)
+        l1_terms = F.l1_loss(src_boxes / sizes, tgt_boxes / sizes, reduction="none")
+        return target_classes, src_actions, tgt_actions, giou_terms, l1_terms
 
     def stacked_losses(self, outputs, stages, flat_targets, indices, num_boxes, accumulated=None):
         """The losses of ``stage_losses`` for all ``stages`` at once: ``{name: [len(stages)]}``.
@@ -282,18 +296,10 @@ class SetCriterion(nn.Module):
             action_logits = torch.stack([outputs.action_logits[k] for k in stages]).to(dtype)  # [S, B, Q, A]
             batch_idx, src_idx, tgt_idx = torch.stack([indices[k] for k in stages]).unbind(1)  # [S, n] each
             stage_idx = torch.arange(S, device=device).view(S, 1).expand_as(batch_idx)
-            target_classes = torch.full(cls_logits.shape[:3], self.num_object_classes, dtype=torch.int64, device=device)
-            target_classes[stage_idx, batch_idx, src_idx] = 0
-            src_boxes = boxes[stage_idx, batch_idx, src_idx]  # [S, n, 4]
-            src_actions = action_logits[stage_idx, batch_idx, src_idx]  # [S, n, A]
-            if flat_targets["boxes"] is None:
-                tgt_boxes = sizes = src_boxes
-                tgt_actions = src_actions
-            else:
-                tgt_boxes, sizes = flat_targets["boxes"][tgt_idx], flat_targets["whwh"][tgt_idx]
-                tgt_actions = flat_targets["actions"][tgt_idx]
-            loss_giou = (1 - generalized_box_iou(src_boxes, tgt_boxes)).sum(-1) / num_boxes
-            loss_bbox = F.l1_loss(src_boxes / sizes, tgt_boxes / sizes, reduction="none").sum((1, 2)) / num_boxes
+            target_classes, src_actions, tgt_actions, giou_terms, l1_terms = self._matched_pairs(
+                cls_logits, boxes, action_logits, flat_targets, (stage_idx, batch_idx, src_idx), tgt_idx)
+            loss_giou = giou_terms.sum(-1) / num_boxes  # [S]
+            loss_bbox = l1_terms.sum((1, 2)) / num_boxes
             # weighted cross-entropy per query; 'mean' in stage_losses is sum(w_t * CE) / sum(w_t) per stage
             ce = F.cross_entropy(cls_logits.flatten(0, 1).transpose(1, 2), target_classes.flatten(0, 1),
                                  self.empty_weight, reduction="none").view(S, -1)

@@ -85,14 +85,21 @@ def test_bf16_autocast_does_not_flip_an_assignment_by_rounding_the_targets(monke
         assert bf16[name].item() == fp32[name].item()
 
 
-def fixture_losses_and_grads(load_decoder, decoder_inputs, dtype, batched, boxes_fn=None):
+def fixture_losses_and_grads(load_decoder, decoder_inputs, dtype, batched, boxes_fn=None, stacked=False,
+                             accumulated=False):
+    """Losses and gradients of the fixture decoder; ``batched``: batched matching; ``stacked``: stacked
+    stage losses; ``accumulated``: as a micro-batch of a batch with one more box per clip."""
     decoder = load_decoder(dtype).train()
     decoder.criterion.batched_matching = batched
+    decoder.criterion.batched_losses = stacked
     features, whwh, boxes, labels = decoder_inputs(dtype)
     if boxes_fn is not None:
         boxes, labels = boxes_fn(boxes, labels)
     features = [f.requires_grad_() for f in features]
-    losses = decoder(features, whwh, boxes, labels)
+    context = accumulate(AccumulatedBatch.from_counts([len(b) + 1 for b in boxes], "cpu")) if accumulated \
+        else contextlib.nullcontext()
+    with context:
+        losses = decoder(features, whwh, boxes, labels)
     reduce_losses(losses).backward()
     grads = {n: p.grad for n, p in decoder.named_parameters() if p.grad is not None}
     grads.update({f"features{i}": f.grad for i, f in enumerate(features)})
@@ -156,23 +163,6 @@ def test_batched_costs_equal_the_single_clip_costs():
         assert torch.equal(batched.src, single.src) and torch.equal(batched.tgt, single.tgt)
 
 
-def stage_losses_and_grads(load_decoder, decoder_inputs, dtype, batched, boxes_fn=None, accumulated=False):
-    decoder = load_decoder(dtype).train()
-    decoder.criterion.batched_losses = batched
-    features, whwh, boxes, labels = decoder_inputs(dtype)
-    if boxes_fn is not None:
-        boxes, labels = boxes_fn(boxes, labels)
-    features = [f.requires_grad_() for f in features]
-    context = accumulate(AccumulatedBatch.from_counts([len(b) + 1 for b in boxes], "cpu")) if accumulated \
-        else contextlib.nullcontext()
-    with context:
-        losses = decoder(features, whwh, boxes, labels)
-    reduce_losses(losses).backward()
-    grads = {n: p.grad for n, p in decoder.named_parameters() if p.grad is not None}
-    grads.update({f"features{i}": f.grad for i, f in enumerate(features)})
-    return losses, grads
-
-
 def no_boxes(boxes, labels):
     return [b[:0] for b in boxes], [x[:0] for x in labels]
 
@@ -183,8 +173,9 @@ def no_boxes(boxes, labels):
 def test_stacked_stage_losses_equal_the_per_stage_path(load_decoder, decoder_inputs, dtype, tol, boxes_fn,
                                                         accumulated):
     """All stages' losses as one stack (the default) = one stage_losses call per stage, values and gradients."""
-    ref_losses, ref_grads = stage_losses_and_grads(load_decoder, decoder_inputs, dtype, False, boxes_fn, accumulated)
-    losses, grads = stage_losses_and_grads(load_decoder, decoder_inputs, dtype, True, boxes_fn, accumulated)
+    ref_losses, ref_grads = fixture_losses_and_grads(load_decoder, decoder_inputs, dtype, True, boxes_fn, False,
+                                                     accumulated)
+    losses, grads = fixture_losses_and_grads(load_decoder, decoder_inputs, dtype, True, boxes_fn, True, accumulated)
     assert list(losses) == list(ref_losses) and len(losses) >= 8  # several stages supervised
     for name in ref_losses:
         torch.testing.assert_close(losses[name], ref_losses[name], rtol=tol, atol=tol * 1e-3, msg=name)
