@@ -42,6 +42,18 @@ WARMUP_ITERS = 2
 CAPTURE_MODE = "thread_local"
 
 
+def device_constant(like, values):
+    """A 1-D tensor of ``values`` in ``like``'s dtype and device, written by fill kernels.
+
+    Unlike ``like.new_tensor(values)`` (a host-to-device copy, which a CUDA graph capture does
+    not allow) this can run inside a captured part; the values round to the dtype the same way.
+    """
+    out = like.new_empty(len(values))
+    for i, value in enumerate(values):
+        out[i] = value
+    return out
+
+
 def _autocast_dtype():
     """The CUDA autocast dtype in force, or None."""
     return torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None

@@ -196,3 +196,21 @@ def test_module_hooks_make_the_call_eager(repo_root, exact_cuda):
     with torch.no_grad():
         graphed(video, None, whwh)
     assert len(graphed._graphed.graphs) == 1 and len(seen) == 2  # captured now; the removed hook saw nothing
+
+
+def test_the_captured_part_copies_nothing_from_the_host(repo_root, monkeypatch):
+    """A capture may not copy host data to the device: backbone, neck and decoder stages make no tensor from
+    Python values (checked on the CPU, where the same code runs)."""
+    _, model = pair(repo_root, "cpu")
+    model.train()
+    video, whwh, _, _ = batch(6)
+    whwh = model.stm_head.clip_sizes(whwh, video)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tensor from host data inside the captured part")
+
+    for name in ("tensor", "as_tensor", "from_numpy"):
+        monkeypatch.setattr(torch, name, refuse)
+    monkeypatch.setattr(torch.Tensor, "new_tensor", refuse)
+    outputs = model._model_outputs(video, whwh)
+    assert len(outputs) == 3 * len(model.stm_head.decoder_stages)

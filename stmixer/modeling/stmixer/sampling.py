@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from ...structures.boxes import xyzr_to_wh
+from ..cuda_graphs import device_constant
 
 SAMPLER_IMPLS = ("auto", "reference", "folded")
 
@@ -77,7 +78,7 @@ def _normalized_grid(xy, feature, stride):
 
     Normalized by the map's extent on the padded canvas (``W * stride``, ``H * stride``).
     """
-    extent = feature.new_tensor([feature.size(-1), feature.size(-2)]) * stride
+    extent = device_constant(feature, [feature.size(-1), feature.size(-2)]) * stride
     return xy / extent * 2.0 - 1.0
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ...structures.boxes import box_iof, xyzr_to_xyxy
+from ..cuda_graphs import device_constant
 from ..trace import record
 from .mixing import AdaptiveSTSamplingMixing, MixingLinear
 
@@ -39,7 +40,7 @@ def box_position_embedding(xyzr, dim):
     official code does), then used in the input's precision.
     """
     num_feats = dim // 4
-    coords = xyzr / xyzr.new_tensor([1000.0, 1000.0, 1.0, 1.0])
+    coords = xyzr / device_constant(xyzr, [1000.0, 1000.0, 1.0, 1.0])
     index = torch.arange(num_feats, dtype=torch.float32, device=xyzr.device)
     freqs = 10000 ** (2 * torch.div(index, 2, rounding_mode="floor") / num_feats)
     angles = coords.unsqueeze(-1) / freqs  # [..., 4, F]
