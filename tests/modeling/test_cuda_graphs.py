@@ -198,12 +198,25 @@ def test_module_hooks_make_the_call_eager(repo_root, exact_cuda):
     assert len(graphed._graphed.graphs) == 1 and len(seen) == 2  # captured now; the removed hook saw nothing
 
 
-def test_the_captured_part_copies_nothing_from_the_host(repo_root, monkeypatch):
-    """A capture may not copy host data to the device: backbone, neck and decoder stages make no tensor from
-    Python values (checked on the CPU, where the same code runs)."""
-    _, model = pair(repo_root, "cpu")
-    model.train()
-    video, whwh, _, _ = batch(6)
+BACKBONES = {  # official configs, made small: (yaml, overrides, slow frames, fast frames)
+    "slowonly_tiny": ("synthetic/tiny-slowonly.yaml", [], 4, None),
+    "slowfast_r50": ("PySlowfast-R50-K400-8x8.yaml", ["RESNET.WIDTH_PER_GROUP", 8], 8, 32),
+    "slowfast_r101_nl": ("PySlowfast-R101-NL-K600-8x8.yaml", ["RESNET.WIDTH_PER_GROUP", 8], 8, 32),
+    "vit_b": ("VMAE-ViTB-16x4.yaml", ["ViT.DEPTH", 2], 16, None),
+}
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_the_captured_part_copies_nothing_from_the_host(repo_root, monkeypatch, backbone):
+    """A capture may not copy host data to the device nor synchronize: backbone, neck and decoder stages make
+    no tensor from Python values and read no value back (checked on the CPU, where the same code runs)."""
+    yaml, opts, slow, fast = BACKBONES[backbone]
+    cfg = get_cfg()
+    cfg.merge_from_file(str(repo_root / "config_files" / yaml))
+    cfg.merge_from_list(opts)
+    model = build_detector(cfg).train()
+    video, whwh, _, _ = batch(6, T=slow)
+    fast_video = torch.randn(2, 3, fast, 64, 96) if fast else None
     whwh = model.stm_head.clip_sizes(whwh, video)
 
     def refuse(*args, **kwargs):
@@ -211,6 +224,8 @@ def test_the_captured_part_copies_nothing_from_the_host(repo_root, monkeypatch):
 
     for name in ("tensor", "as_tensor", "from_numpy"):
         monkeypatch.setattr(torch, name, refuse)
-    monkeypatch.setattr(torch.Tensor, "new_tensor", refuse)
-    outputs = model._model_outputs(video, whwh)
+    # nor wait for the device (host synchronizations are not allowed in a capture either)
+    for name in ("new_tensor", "item", "tolist", "cpu", "numpy", "nonzero", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    outputs = model._model_outputs(video, *([fast_video] if fast else []), whwh)
     assert len(outputs) == 3 * len(model.stm_head.decoder_stages)
