@@ -202,8 +202,8 @@ _C.MODEL.BACKBONE.CHANNELS_LAST = True
 
 # (stmixer) CUDA graphs of the STMixer detector (stmixer/modeling/cuda_graphs.py, docs/performance.md): one captured forward and backward per input shape, replayed.
 _C.MODEL.CUDA_GRAPH = CN()
-# What the graphs cover on CUDA: "model" (backbone, neck and decoder stages; the decoder stages only when the backbone has SyncBatchNorm), "decoder" (the decoder stages) or "off"; the loss, the matching and the detection selection run eagerly; the CPU never uses graphs.
-_C.MODEL.CUDA_GRAPH.SCOPE = "model"
+# What the graphs cover on CUDA: "model" (backbone, neck and decoder stages; the decoder stages only when the backbone has SyncBatchNorm), "decoder" (the decoder stages) or "off" (default until measured on a GPU); the loss, the matching and the detection selection run eagerly; the CPU never uses graphs.
+_C.MODEL.CUDA_GRAPH.SCOPE = "off"
 # Input shapes (batch, frames, padded height and width, precision, train or eval) captured at most; further shapes run eagerly. Each capture holds its activations' memory.
 _C.MODEL.CUDA_GRAPH.MAX_GRAPHS = 8
 
