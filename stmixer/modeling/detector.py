@@ -45,6 +45,7 @@ class STMDetector(nn.Module):
         self.cuda_graph = cuda_graph
         self.max_graphs = max_graphs
         self._graphed = None  # GraphedPart, made on the first CUDA forward
+        self._graph_scope = None  # what it covers: cuda_graph, or "decoder" where the backbone has SyncBatchNorm
 
     def features(self, slow_video, fast_video=None):
         """Backbone levels and neck outputs of a clip batch.
@@ -78,9 +79,10 @@ class STMDetector(nn.Module):
             train: ordered dict of loss terms.
         """
         if self.cuda_graph != "off" and trace is None and slow_video.is_cuda:
-            outputs = self._graphed_forward(slow_video, fast_video, whwh)
+            sizes = self.stm_head.clip_sizes(whwh, slow_video)
+            outputs = self._graphed_forward(slow_video, fast_video, sizes)
             if outputs is not None:
-                return self.stm_head.finish(outputs, self.stm_head.clip_sizes(whwh, slow_video), gt_boxes, gt_labels)
+                return self.stm_head.finish(outputs, sizes, gt_boxes, gt_labels)
         backbone_maps, mapped = self.features(slow_video, fast_video)
         for i, (level, out) in enumerate(zip(backbone_maps, mapped)):
             record(trace, f"backbone_l{i}", level)
@@ -88,8 +90,9 @@ class STMDetector(nn.Module):
         return self.stm_head(mapped, whwh, gt_boxes, gt_labels, trace=trace)
 
     def _graphed_forward(self, slow_video, fast_video, whwh):
-        """``DecoderOutputs`` from replayed CUDA graphs, or None where they cannot run (the caller runs eagerly)."""
-        whwh = self.stm_head.clip_sizes(whwh, slow_video)
+        """``DecoderOutputs`` from replayed CUDA graphs, or None where they cannot run (the caller runs eagerly).
+
+        ``whwh``: the clip sizes as ``STMDecoder.clip_sizes`` gives them."""
         if self._graphed is None:
             scope = self.cuda_graph
             if scope == "model" and any(isinstance(m, nn.SyncBatchNorm) for m in self.backbone.modules()):
@@ -100,8 +103,8 @@ class STMDetector(nn.Module):
                 self._graphed = GraphedPart(self._model_outputs, self, self.max_graphs, name="backbone+decoder")
             else:
                 self._graphed = GraphedPart(self._decoder_outputs, self.stm_head, self.max_graphs, name="decoder")
-            self._graphed.scope = scope
-        if self._graphed.scope == "model":
+            self._graph_scope = scope
+        if self._graph_scope == "model":
             videos = (slow_video,) if fast_video is None else (slow_video, fast_video)
             flat = self._graphed(*videos, whwh)
         else:

@@ -231,3 +231,27 @@ def test_the_captured_part_copies_nothing_from_the_host(repo_root, monkeypatch, 
     model.eval()
     with torch.no_grad():  # inference takes other paths (attention's fast path, BatchNorm statistics)
         assert len(model._model_outputs(*inputs)) == 3 * len(model.stm_head.decoder_stages)
+
+
+def test_scope_choice_and_cpu_fallbacks_of_the_graphed_forward(repo_root):
+    """The dispatch the CUDA path takes, run on the CPU, where every GraphedPart declines."""
+    video, whwh, _, _ = batch(7)
+    eager, graphed = pair(repo_root, "cpu", "model")
+    eager.eval(), graphed.eval()
+    sizes = graphed.stm_head.clip_sizes(whwh, video)
+    with torch.no_grad():
+        assert graphed._graphed_forward(video, None, sizes) is None  # "model": the caller runs everything
+        assert graphed._graph_scope == "model"
+        _, decoder_scope = pair(repo_root, "cpu", "decoder")
+        decoder_scope.eval()
+        outputs = decoder_scope._graphed_forward(video, None, sizes)  # "decoder": eager decode after the backbone
+        expected = eager.stm_head.decode(eager.features(video)[1], sizes)
+    assert decoder_scope._graph_scope == "decoder"
+    for got, want in zip(outputs.flat(), expected.flat()):
+        assert torch.equal(got, want)
+    _, synced = pair(repo_root, "cpu", "model")
+    synced.backbone = torch.nn.SyncBatchNorm.convert_sync_batchnorm(synced.backbone)
+    synced.eval()
+    with torch.no_grad():
+        synced._graphed_forward(video, None, sizes)
+    assert synced._graph_scope == "decoder"  # collectives in the backbone: only the decoder is captured
