@@ -29,6 +29,7 @@ cuBLAS pick (the parity runs use the eager path: ``MODEL.CUDA_GRAPH.SCOPE off``,
 CPU never uses graphs).
 """
 
+import contextlib
 import logging
 import weakref
 
@@ -80,7 +81,7 @@ class _Graph:
 
         def run():
             # autocast's weight cache must not hold tensors of a capture
-            ctx = torch.autocast("cuda", dtype=autocast_dtype, cache_enabled=False) if autocast_dtype else _null()
+            ctx = torch.autocast("cuda", dtype=autocast_dtype, cache_enabled=False) if autocast_dtype else contextlib.nullcontext()
             with ctx:
                 return tuple(fn(*self.static_inputs))
 
@@ -129,14 +130,6 @@ class _Graph:
         for static, x in zip(self.static_inputs, inputs):
             if static.data_ptr() != x.data_ptr():
                 static.detach().copy_(x.detach())
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 class _Replay(torch.autograd.Function):
