@@ -81,7 +81,10 @@ class _Graph:
 
         def run():
             # autocast's weight cache must not hold tensors of a capture
-            ctx = torch.autocast("cuda", dtype=autocast_dtype, cache_enabled=False) if autocast_dtype else contextlib.nullcontext()
+            if autocast_dtype is None:
+                ctx = contextlib.nullcontext()
+            else:
+                ctx = torch.autocast("cuda", dtype=autocast_dtype, cache_enabled=False)
             with ctx:
                 return tuple(fn(*self.static_inputs))
 
