@@ -306,7 +306,8 @@ class SetCriterion(nn.Module):
             if accumulated is None:
                 loss_ce = ce.sum(1) / self.empty_weight[target_classes].view(S, -1).sum(1)
                 if src_actions.numel():
-                    loss_bce = F.binary_cross_entropy_with_logits(src_actions, tgt_actions, reduction="none").mean((1, 2))
+                    loss_bce = F.binary_cross_entropy_with_logits(
+                        src_actions, tgt_actions, reduction="none").mean((1, 2))
                 else:  # nothing matched in this batch: no action signal (keeps the graph connected for DDP)
                     loss_bce = action_logits.sum((1, 2, 3)) * 0.0
             else:
