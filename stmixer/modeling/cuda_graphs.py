@@ -14,7 +14,7 @@ host call. ``GraphedPart`` wraps a function of tensors that returns a tuple of t
   gradients are copied out (so nothing a caller keeps is overwritten by the next replay),
   parameter gradients reach ``.grad`` through the usual accumulation (DDP hooks, gradient
   accumulation and GradScaler work unchanged);
-* runs the function eagerly (never wrong, only slower) when it cannot replay: not on CUDA,
+* runs the function eagerly (slower, same results) when a replay cannot run or could be wrong: not on CUDA,
   more signatures than ``max_graphs``, a graphed forward whose backward has not run yet
   (its saved activations live in the graph's memory), module hooks registered (a replay
   would not call them), a capture that failed, inside ``torch.compile`` tracing.
