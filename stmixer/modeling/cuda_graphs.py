@@ -34,6 +34,7 @@ import logging
 import weakref
 
 import torch
+from torch.nn.modules import module as torch_module
 
 logger = logging.getLogger(__name__)
 
@@ -129,10 +130,13 @@ class _Graph:
         """Whether a parameter or buffer got new storage since the capture (``module.to(...)``, ``p.data = ...``)."""
         return any(t.data_ptr() != address for t, address in self.addresses)
 
-    def load(self, inputs):
+    def replay_forward(self, inputs):
+        """Copy ``inputs`` into the static inputs, replay the forward graph; returns copies of the outputs."""
         for static, x in zip(self.static_inputs, inputs):
             if static.data_ptr() != x.data_ptr():
                 static.detach().copy_(x.detach())
+        self.forward_graph.replay()
+        return tuple(o.clone() for o in self.static_outputs)
 
 
 class _Replay(torch.autograd.Function):
@@ -140,10 +144,8 @@ class _Replay(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, part, graph, num_inputs, *inputs_and_params):
-        graph.load(inputs_and_params[:num_inputs])
-        graph.forward_graph.replay()
-        ctx.part, ctx.graph, ctx.num_inputs = part, graph, num_inputs
-        outputs = tuple(o.clone() for o in graph.static_outputs)
+        outputs = graph.replay_forward(inputs_and_params[:num_inputs])
+        ctx.part, ctx.graph = part, graph
         ctx.mark_non_differentiable(*[o for o, d in zip(outputs, graph.differentiable) if not d])
         return outputs
 
@@ -176,7 +178,7 @@ class GraphedPart:
         name: for log lines.
 
     ``part(*tensors)`` returns the outputs, or ``None`` when the caller should run ``fn``
-    eagerly itself (not CUDA, too many signatures, a pending backward, a failed capture).
+    eagerly itself (see the module docstring for when).
     """
 
     def __init__(self, fn, module, max_graphs=8, name="model"):
@@ -203,8 +205,7 @@ class GraphedPart:
         hook_dicts = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
         if any(getattr(nn_module, name, None) for nn_module in self._modules for name in hook_dicts):
             return True
-        from torch.nn.modules import module as module_mod
-        return any(getattr(module_mod, name, None) for name in (
+        return any(getattr(torch_module, name, None) for name in (
             "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
             "_global_backward_pre_hooks"))
 
@@ -243,9 +244,7 @@ class GraphedPart:
             node = next((o.grad_fn for o in outputs if o.grad_fn is not None), None)
             self._pending = weakref.ref(node) if node is not None else None
             return outputs
-        graph.load(tensors)
-        graph.forward_graph.replay()
-        return tuple(o.clone() for o in graph.static_outputs)
+        return graph.replay_forward(tensors)
 
     def _capture(self, tensors, key):
         params = [p for p in self.module.parameters() if p.requires_grad] if torch.is_grad_enabled() else []

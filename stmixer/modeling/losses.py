@@ -311,10 +311,8 @@ class SetCriterion(nn.Module):
                 else:  # nothing matched in this batch: no action signal (keeps the graph connected for DDP)
                     loss_bce = action_logits.sum((1, 2, 3)) * 0.0
             else:
-                Q, A = cls_logits.size(2), action_logits.size(-1)
-                matched = sum(min(Q, n) for n in accumulated.gt_counts)
-                weight_sum = (matched * self.empty_weight[0]
-                              + (Q * len(accumulated.gt_counts) - matched) * self.empty_weight[-1])
+                A = action_logits.size(-1)
+                matched, weight_sum = self._accumulated_denominators(cls_logits.size(2), accumulated)
                 loss_ce = ce.sum(1) / weight_sum
                 if matched and src_actions.numel():
                     loss_bce = F.binary_cross_entropy_with_logits(
@@ -323,6 +321,12 @@ class SetCriterion(nn.Module):
                     loss_bce = action_logits.sum((1, 2, 3)) * 0.0
         return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou, "loss_bce": loss_bce}
 
+    def _accumulated_denominators(self, Q, accumulated):
+        """``(matched pairs, class-weight sum)`` of the whole batch of ``accumulated`` with ``Q`` queries per clip."""
+        matched = sum(min(Q, n) for n in accumulated.gt_counts)
+        weight_sum = matched * self.empty_weight[0] + (Q * len(accumulated.gt_counts) - matched) * self.empty_weight[-1]
+        return matched, weight_sum
+
     def _accumulated_ce_bce(self, cls_logits, target_classes, action_logits, src_actions, tgt_actions, accumulated):
         """Cross-entropy and BCE of a micro-batch as its share of the whole batch's weighted means.
 
@@ -330,9 +334,8 @@ class SetCriterion(nn.Module):
         ``m_i = min(Q, n_i)`` matched queries, so the class-weight sum is
         ``sum_i m_i * w_person + (Q - m_i) * w_empty`` and the BCE averages ``sum_i m_i * A`` elements.
         """
-        Q, A = cls_logits.size(1), action_logits.size(-1)
-        matched = sum(min(Q, n) for n in accumulated.gt_counts)
-        weight_sum = matched * self.empty_weight[0] + (Q * len(accumulated.gt_counts) - matched) * self.empty_weight[-1]
+        A = action_logits.size(-1)
+        matched, weight_sum = self._accumulated_denominators(cls_logits.size(1), accumulated)
         ce = F.cross_entropy(cls_logits.transpose(1, 2), target_classes, self.empty_weight, reduction="sum")
         loss_ce = ce / weight_sum
         if matched and src_actions.numel():
