@@ -12,6 +12,7 @@ backward's computation does not hide. The synchronizations make each step slight
 slower than in ``train_net.py``; compare with its ``metrics.json`` for the real speed.
 """
 
+import contextlib
 import statistics
 import sys
 import time
@@ -22,7 +23,7 @@ from stmixer.config import load_config
 from stmixer.data.build import build_data_loader
 from stmixer.engine.runner import build_model
 from stmixer.engine.trainer import autocast_context, detector_inputs, move_batch
-from stmixer.modeling.losses import reduce_losses
+from stmixer.modeling.losses import BoxCount, prefetched_box_count, reduce_losses
 from stmixer.solver import build_optimizer
 from stmixer.utils import distributed as comm
 
@@ -38,11 +39,14 @@ def time_steps(cfg, ddp_model, optimizer, loader, device, world_size):
         skip_sync = world_size > 1 and i % 2 == 1
         sync()
         t0 = time.perf_counter()
-        batch = move_batch(next(loader), device)
+        batch = next(loader)
+        # as the trainer: the step's box-count all-reduce issued before the forward
+        box_count = BoxCount(sum(len(b) for b in batch["boxes"]), device) if world_size > 1 else None
+        batch = move_batch(batch, device)
         sync()
         t1 = time.perf_counter()
         with ddp_model.no_sync() if skip_sync else torch.enable_grad():
-            with autocast_context(device, cfg.SOLVER.AMP):
+            with autocast_context(device, cfg.SOLVER.AMP), (prefetched_box_count(box_count) if box_count else contextlib.nullcontext()):
                 losses = ddp_model(*detector_inputs(batch), batch["boxes"], batch["labels"])
             total = reduce_losses(losses, cfg.MODEL.STM.LOSS_REDUCTION)
             sync()

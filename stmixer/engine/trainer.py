@@ -14,7 +14,7 @@ import time
 import torch
 
 from ..modeling.errors import NonFiniteCostError, NonFiniteLossError
-from ..modeling.losses import AccumulatedBatch, accumulate, reduce_losses
+from ..modeling.losses import AccumulatedBatch, BoxCount, accumulate, prefetched_box_count, reduce_losses
 from ..utils import distributed as comm
 from .events import MetricHistory
 
@@ -209,15 +209,18 @@ class Trainer:
         batch = next(self._data_iter)
         data_time = time.perf_counter() - start
         parts = split_batch(batch, self.grad_accum_steps)
-        totals = None
-        if len(parts) > 1:  # the whole step's normalizers: one box-count all-reduce per step
-            totals = AccumulatedBatch.from_counts([len(b) for b in batch["boxes"]], self.device)
+        counts = [len(b) for b in batch["boxes"]]
+        # The step's box-count all-reduce is issued now, before the forward pass, and runs beside it: in
+        # the loss it would stall every process until the slowest one's forward got there. A single
+        # process counts on the host.
+        totals = AccumulatedBatch.from_counts(counts, self.device) if len(parts) > 1 else None
+        box_count = BoxCount(sum(counts), self.device) if totals is None and comm.is_distributed() else None
         self.optimizer.zero_grad(set_to_none=True)
         summed, names = None, None
         for j, part in enumerate(parts):
             last = j == len(parts) - 1
             part = move_batch(part, self.device)
-            with self._sync_gradients(last), (accumulate(totals) if totals is not None else contextlib.nullcontext()):
+            with self._sync_gradients(last), self._normalizers(totals, box_count):
                 cost_error = None
                 try:
                     with autocast_context(self.device, self.amp):
@@ -271,12 +274,20 @@ class Trainer:
             return contextlib.nullcontext()
         return self.model.no_sync()
 
+    @staticmethod
+    def _normalizers(totals, box_count):
+        """The loss normalizers of this step: ``accumulate(totals)`` for micro-batches, else the
+        prefetched ``box_count`` (distributed), else nothing."""
+        if totals is not None:
+            return accumulate(totals)
+        return prefetched_box_count(box_count) if box_count is not None else contextlib.nullcontext()
+
     def _any_process(self, flag):
         """Whether ``flag`` holds on any process (all must agree before the loss all-reduce); no
         collective and no device synchronization in a single process."""
         if not comm.is_distributed():
             return flag
-        return comm.all_reduce_mean(torch.tensor([float(flag)], device=self.device)).item() > 0
+        return comm.all_reduce_mean(torch.full((1,), float(flag), device=self.device)).item() > 0
 
     def _nonfinite(self, message):
         """``SOLVER.NONFINITE_LOSS``: raise NonFiniteLossError ("error") or log and count a skipped step ("skip")."""

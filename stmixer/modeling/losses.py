@@ -28,7 +28,6 @@ import torch.nn.functional as F
 
 from ..structures.boxes import generalized_box_iou
 from ..utils import distributed as comm
-from ..utils.distributed import all_reduce_mean
 from .errors import NonFiniteCostError
 from .trace import record
 
@@ -52,21 +51,55 @@ def reduce_losses(losses, reduction="mean"):
     return total / len(losses) if reduction == "mean" else total
 
 
+class BoxCount:
+    """Ground-truth boxes of a per-process batch averaged over all processes, at least 1.
+
+    The all-reduce is issued when the object is made and waited for by ``value()``: the
+    trainer makes it at the start of a step from the batch's host-side boxes, so the
+    collective runs beside the forward pass instead of stalling it in the loss (where every
+    process would wait for the slowest one's forward). ``value()`` is a Python float in a
+    single process (counted on the host: no device work) and a 0-dim float32 tensor on
+    ``device`` when distributed (the loss divides by it without a host synchronization).
+    """
+
+    def __init__(self, count, device):
+        self.count = int(count)
+        self._pending, self._value = None, max(float(self.count), 1.0)
+        if comm.is_distributed():  # a fill kernel, not a host-to-device copy of a Python list
+            self._pending = comm.all_reduce_mean_async(
+                torch.full((1,), float(self.count), dtype=torch.float32, device=device))
+
+    def value(self):
+        if self._pending is not None:
+            self._value = torch.clamp(self._pending.wait(), min=1)[0]
+            self._pending = None
+        return self._value
+
+
+_BOX_COUNTS = []
+
+
+@contextlib.contextmanager
+def prefetched_box_count(box_count):
+    """Within this context ``average_num_boxes`` of a batch holding ``box_count.count`` boxes is ``box_count``'s."""
+    _BOX_COUNTS.append(box_count)
+    try:
+        yield box_count
+    finally:
+        _BOX_COUNTS.pop()
+
+
 def average_num_boxes(targets, device):
     """Ground-truth boxes per process: the batch's count averaged over all processes, at least 1.
 
-    A Python float in a single process (counted on the host: no device synchronization);
-    when distributed, a 0-dim tensor on ``device`` (the all-reduce is queued, the loss
-    divides by the tensor without waiting for it on the host).
+    A Python float in a single process; when distributed, a 0-dim tensor on ``device``
+    (``BoxCount``): the one of an active ``prefetched_box_count`` context when it counted the
+    same number of boxes, else an all-reduce issued here.
     """
-    return _average_count(sum(len(t["boxes"]) for t in targets), device)
-
-
-def _average_count(count, device):
-    if not comm.is_distributed():
-        device = "cpu"  # nothing to reduce: the count stays on the host (.item() below does not sync a device)
-    average = torch.clamp(all_reduce_mean(torch.tensor([float(count)], dtype=torch.float32, device=device)), min=1)
-    return average.item() if average.device.type == "cpu" else average[0]
+    count = sum(len(t["boxes"]) for t in targets)
+    if _BOX_COUNTS and _BOX_COUNTS[-1].count == count:
+        return _BOX_COUNTS[-1].value()
+    return BoxCount(count, device).value()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,17 +114,22 @@ class AccumulatedBatch:
 
     Args:
         gt_counts: ground-truth boxes of every clip of the per-process batch (all micro-batches).
-        num_boxes: the step's ``average_num_boxes`` (Python float, or a 0-dim device tensor when distributed).
+        box_count: the step's ``BoxCount`` (its all-reduce issued when the step starts).
     """
 
     gt_counts: tuple
-    num_boxes: object
+    box_count: BoxCount
+
+    @property
+    def num_boxes(self):
+        """The step's ``average_num_boxes`` (Python float, or a 0-dim device tensor when distributed)."""
+        return self.box_count.value()
 
     @classmethod
     def from_counts(cls, gt_counts, device):
         """The totals of a per-process batch whose clips hold ``gt_counts`` boxes (one all-reduce when distributed)."""
         gt_counts = tuple(int(n) for n in gt_counts)
-        return cls(gt_counts, _average_count(sum(gt_counts), device))
+        return cls(gt_counts, BoxCount(sum(gt_counts), device))
 
 
 _ACCUMULATED = []

@@ -137,6 +137,30 @@ def all_reduce_mean(tensor):
     return tensor / get_world_size()
 
 
+class PendingMean:
+    """The mean over processes of a tensor whose all-reduce was issued without waiting (``all_reduce_mean_async``)."""
+
+    def __init__(self, tensor, work):
+        self._tensor, self._work = tensor, work
+
+    def wait(self):
+        """The mean (a new tensor). With NCCL only the current CUDA stream waits for the all-reduce, not the host."""
+        if self._work is not None:
+            self._work.wait()
+            self._work = None
+            self._tensor = self._tensor / get_world_size()
+        return self._tensor
+
+
+def all_reduce_mean_async(tensor):
+    """Start averaging a tensor over all processes and return at once: a ``PendingMean`` (identity when not
+    distributed). Every process must issue its collectives in the same order, as for ``all_reduce_mean``."""
+    if not is_distributed():
+        return PendingMean(tensor, None)
+    tensor = tensor.clone()
+    return PendingMean(tensor, dist.all_reduce(tensor, op=dist.ReduceOp.SUM, async_op=True))
+
+
 def resolve_device(requested, local_rank):
     """The torch.device to run on.
 

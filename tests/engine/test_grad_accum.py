@@ -57,12 +57,12 @@ def batches(num, counts=(1, 3, 0, 2), actions=5):
     return out
 
 
-def train(accum, steps=2, wrap=lambda m: m, clip_grad_norm=0.0):
+def train(accum, steps=2, wrap=lambda m: m, clip_grad_norm=0.0, counts=(1, 3, 0, 2)):
     cfg = tiny_cfg()
     torch.manual_seed(0)
     model = TinyDetector(cfg).double()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    trainer = Trainer(wrap(model), batches(steps), optimizer, torch.device("cpu"), grad_accum_steps=accum,
+    trainer = Trainer(wrap(model), batches(steps, counts), optimizer, torch.device("cpu"), grad_accum_steps=accum,
                       clip_grad_norm=clip_grad_norm)
     logged = []
     run_step = trainer.run_step
@@ -167,3 +167,77 @@ def test_config_check_of_grad_accum_steps():
         cfg.SOLVER.GRAD_ACCUM_STEPS = bad
         with pytest.raises(ConfigError, match=rf"SOLVER.GRAD_ACCUM_STEPS = {bad}: expected {expected}"):
             validate_config(cfg)
+
+
+def _box_count_worker(rank, init_file, results_dir):
+    """One of 2 gloo processes training the tiny DDP detector with and without the prefetched box count;
+    writes the weights and the order of its all-reduces and forward passes."""
+    import datetime
+    import gc
+    import json
+
+    import types
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import stmixer.engine.trainer as trainer_module
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(minutes=5))
+    events = []
+    real_all_reduce = dist.all_reduce
+
+    def logging_all_reduce(tensor, *args, async_op=False, **kwargs):
+        events.append("async all_reduce" if async_op else "all_reduce")
+        return real_all_reduce(tensor, *args, async_op=async_op, **kwargs)
+
+    def logging_ddp(model):
+        model.register_forward_pre_hook(lambda *_: events.append("forward"))
+        model.register_forward_hook(lambda *_: events.append("forward end"))
+        return DDP(model)
+
+    dist.all_reduce = logging_all_reduce
+    real_box_count = trainer_module.BoxCount
+    try:
+        outcome = {}
+        for mode in ("prefetched", "in the loss", "not reduced"):
+            if mode == "in the loss":  # the earlier trainer: no box count made before the forward
+                trainer_module.BoxCount = lambda count, device: None
+            if mode == "not reduced":  # guard: this process's own count instead of the average
+                trainer_module.BoxCount = lambda count, device: types.SimpleNamespace(
+                    count=count, value=lambda: float(count))
+            events.clear()
+            # different box counts on the two processes: the average differs from either one's count
+            model, trainer, _ = train(1, wrap=logging_ddp, counts=(1, 3, 0, 2) if rank == 0 else (4, 0, 0, 1))
+            outcome[mode] = {"weights": [p.detach().flatten().tolist() for p in model.parameters()],
+                             "events": list(events)}
+            del model, trainer
+            gc.collect()
+            dist.barrier()
+        (results_dir / f"rank{rank}.json").write_text(json.dumps(outcome))
+    finally:
+        trainer_module.BoxCount = real_box_count
+        dist.all_reduce = real_all_reduce
+        dist.destroy_process_group()
+
+
+def test_box_count_all_reduce_runs_beside_the_forward(tmp_path):
+    """Distributed: the step's box-count all-reduce is issued asynchronously before the forward pass (not
+    inside it, where it held every process until the slowest one's forward reached the loss), and the
+    trained weights are the same as with the count reduced inside the loss."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(_box_count_worker, args=(str(tmp_path / "init"), tmp_path), nprocs=2)
+    for rank in range(2):
+        outcome = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        step = ["async all_reduce", "forward", "forward end", "all_reduce", "all_reduce"]  # flag, loss terms
+        assert outcome["prefetched"]["events"] == step * 2
+        # guard: the earlier order, the all-reduce issued and waited for inside the forward
+        assert outcome["in the loss"]["events"] == ["forward", "async all_reduce", "forward end", "all_reduce",
+                                                    "all_reduce"] * 2
+        assert outcome["prefetched"]["weights"] == outcome["in the loss"]["weights"]
+        assert outcome["not reduced"]["weights"] != outcome["prefetched"]["weights"]  # the average mattered

@@ -83,7 +83,9 @@ def test_num_boxes_is_averaged_over_processes(monkeypatch):
     """Another process with 3 boxes: the per-process normalizer becomes (1 + 3) / 2 = 2."""
     cls, boxes, actions = one_clip_stage()
     alone = criterion()(DecoderOutputs([cls], [actions], [boxes]), TARGETS)
-    monkeypatch.setattr(losses_module, "all_reduce_mean", lambda count: (count + 3.0) / 2)
+    monkeypatch.setattr(losses_module.comm, "is_distributed", lambda: True)
+    monkeypatch.setattr(losses_module.comm, "all_reduce_mean_async",
+                        lambda count: losses_module.comm.PendingMean((count + 3.0) / 2, None))
     shared = criterion()(DecoderOutputs([cls], [actions], [boxes]), TARGETS)
     for name in ("loss_giou", "loss_bbox"):
         assert math.isclose(shared[name].item(), alone[name].item() / 2, rel_tol=1e-14)
