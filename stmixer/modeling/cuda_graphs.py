@@ -52,7 +52,7 @@ def device_constant(like, values):
     """
     out = like.new_empty(len(values))
     for i, value in enumerate(values):
-        out[i] = value
+        out[i].fill_(value)  # a scalar kernel argument (``out[i] = value`` copies a host tensor)
     return out
 
 
