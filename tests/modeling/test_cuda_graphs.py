@@ -3,6 +3,7 @@
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from stmixer.config import ConfigError, get_cfg, validate_config
 from stmixer.modeling import build_detector
@@ -237,10 +238,27 @@ def test_the_captured_part_copies_nothing_from_the_host(repo_root, monkeypatch, 
     for name in ("new_tensor", "item", "tolist", "cpu", "numpy", "nonzero", "__bool__"):
         monkeypatch.setattr(torch.Tensor, name, refuse)
     inputs = (video, *([fast_video] if fast else []), whwh)
-    assert len(model._model_outputs(*inputs)) == 3 * len(model.stm_head.decoder_stages)
-    model.eval()
-    with torch.no_grad():  # inference takes other paths (attention's fast path, BatchNorm statistics)
-        assert len(model._model_outputs(*inputs)) == 3 * len(model.stm_head.decoder_stages)
+    with NoHostData():  # the same at the operator level, backward included
+        outputs = model._model_outputs(*inputs)
+        assert len(outputs) == 3 * len(model.stm_head.decoder_stages)
+        params = [p for p in model.parameters() if p.requires_grad]
+        torch.autograd.grad(sum(o.float().sum() for o in outputs), params, allow_unused=True)
+        model.eval()
+        with torch.no_grad():  # inference takes other paths (attention's fast path, BatchNorm statistics)
+            assert len(model._model_outputs(*inputs)) == 3 * len(model.stm_head.decoder_stages)
+
+
+class NoHostData(TorchDispatchMode):
+    """Fails on operators that make a tensor from host data (``aten.lift_fresh``: ``torch.tensor``, or a Python
+    number written into a tensor by item assignment, which on CUDA is a pageable host-to-device copy) or read
+    a value back to the host."""
+
+    REFUSED = ("aten.lift_fresh", "aten._local_scalar_dense", "aten.nonzero")
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func.overloadpacket) in self.REFUSED:
+            raise AssertionError(f"{func} inside the captured part")
+        return func(*args, **(kwargs or {}))
 
 
 def test_scope_choice_and_cpu_fallbacks_of_the_graphed_forward(repo_root):
