@@ -13,6 +13,8 @@ from stmixer.modeling.backbones.resnet3d import NonLocalBlock, BatchNormSpec, _g
 from stmixer.modeling.backbones.vit import (
     Attention,
     VisionTransformer3D,
+    _TABLE_CACHE_SIZE,
+    position_embedding,
     resize_position_table,
     sinusoid_position_table,
 )
@@ -189,6 +191,22 @@ def test_position_table_formula_and_resizing():
                            align_corners=False)[0].permute(1, 2, 0)
     torch.testing.assert_close(resized.reshape(8, 3, 4, 64)[3], slice3, rtol=0, atol=0)
     assert resize_position_table(table, (8, 14, 14), (4, 3, 4)).shape == (4 * 3 * 4, 64)
+
+
+def test_position_tables_read_by_a_graph_capture_outlive_the_cache(monkeypatch):
+    """A CUDA graph replays reads of the table's memory: a table used while a capture runs stays referenced
+    after the least-recently-used cache evicted it (else a replay would read freed, reused memory)."""
+    model = VisionTransformer3D(embed_dim=16, depth=1, num_heads=2, pretrain_img_size=32, pretrain_num_frames=4)
+    grids = [(2, h, 2) for h in range(1, _TABLE_CACHE_SIZE + 3)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    captured = position_embedding(model, grids[0], torch.float32, "cpu")
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    later = [position_embedding(model, grid, torch.float32, "cpu") for grid in grids[1:]]
+    assert len(model._table_cache) == _TABLE_CACHE_SIZE
+    assert (grids[0], torch.float32, "cpu") not in model._table_cache  # evicted from the cache ...
+    assert list(model._captured_tables.values()) == [captured]  # ... but kept (and only it)
+    assert all(t.shape == (1, 2 * g[1] * 2, 16) for t, g in zip(later, grids[1:]))
 
 
 def test_vit_accepts_other_frame_counts(repo_root):

@@ -71,8 +71,9 @@ def position_embedding(module, grid, dtype, device):
     """Position table of ``module`` for a token grid ``(t, h, w)``: ``[1, t*h*w, D]`` in ``dtype`` on ``device``.
 
     ``module`` has ``pos_embed`` (learnable ``[1, N, D]``, or None), ``pos_grid`` (the table's grid) and, when
-    ``pos_embed`` is None, ``_fixed_table`` (the sinusoid table ``[N, D]``) and ``_table_cache`` (an
-    ``OrderedDict``, least recently used entry evicted beyond ``_TABLE_CACHE_SIZE``). A grid other than
+    ``pos_embed`` is None, ``_fixed_table`` (the sinusoid table ``[N, D]``), ``_table_cache`` (an
+    ``OrderedDict``, least recently used entry evicted beyond ``_TABLE_CACHE_SIZE``) and ``_captured_tables``
+    (every table read inside a CUDA graph capture, kept for the graph's replays). A grid other than
     ``pos_grid`` is resized trilinearly; the fixed table on the CPU in float32 (as the official code), then
     cast and moved. Shared by the ViT backbone and EVAD's context decoder.
     """
@@ -92,6 +93,9 @@ def position_embedding(module, grid, dtype, device):
         cache[key] = table.unsqueeze(0).to(device=device, dtype=dtype)
         if len(cache) > _TABLE_CACHE_SIZE:
             cache.popitem(last=False)
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        # a CUDA graph replays reads of this memory: keep the table alive after the LRU cache lets it go
+        module._captured_tables[key] = cache[key]
     return cache[key]
 
 
@@ -269,6 +273,7 @@ class VisionTransformer3D(nn.Module):
             self.pos_embed = None
             self._fixed_table = sinusoid_position_table(num_positions, embed_dim)
             self._table_cache = OrderedDict()
+            self._captured_tables = {}  # tables read by CUDA graph captures (kept alive)
         self.pos_drop = nn.Dropout(drop_rate)
         # float32 as the official code; on the CPU also when the model is built under another default device
         rates = torch.linspace(0, drop_path_rate, depth, dtype=torch.float32, device="cpu").tolist()

@@ -141,6 +141,7 @@ class ContextRefinement(nn.Module):
             self.pos_embed = None
             self._fixed_table = sinusoid_position_table(num_positions, embed_dim)
             self._table_cache = OrderedDict()
+            self._captured_tables = {}  # tables read by CUDA graph captures (kept alive)
         self.encoder_to_decoder = nn.Linear(encoder_dim, embed_dim, bias=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.decoder = ContextRefinementDecoder(embed_dim, depth, num_heads, mlp_ratio, drop_rate, attn_drop_rate,
