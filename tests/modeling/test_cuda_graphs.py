@@ -248,17 +248,41 @@ def test_the_captured_part_copies_nothing_from_the_host(repo_root, monkeypatch, 
             assert len(model._model_outputs(*inputs)) == 3 * len(model.stm_head.decoder_stages)
 
 
+def test_the_host_data_check_refuses_what_a_capture_cannot_run():
+    x = torch.randn(5)
+    refused = [lambda: x.__setitem__(0, 1.0),  # a Python number written by item assignment: a host tensor copied
+               lambda: x[x > 0], lambda: x.sum().item(), lambda: x.unique(), lambda: torch.tensor([1.0])]
+    for make in refused:
+        with pytest.raises(AssertionError, match="inside the captured part"), NoHostData():
+            make()
+    with NoHostData():  # what the captured code does instead
+        x[0].fill_(1.0)
+        x[torch.arange(2)] * 2
+
+
 class NoHostData(TorchDispatchMode):
     """Fails on operators that make a tensor from host data (``aten.lift_fresh``: ``torch.tensor``, or a Python
     number written into a tensor by item assignment, which on CUDA is a pageable host-to-device copy) or read
     a value back to the host."""
 
-    REFUSED = ("aten.lift_fresh", "aten._local_scalar_dense", "aten.nonzero")
+    # host-data tensors, values read back, and operators whose output size depends on values (a CUDA kernel
+    # then synchronizes with the host to size its output)
+    REFUSED = ("aten.lift_fresh", "aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.unique_dim",
+               "aten._unique2", "aten.unique_consecutive", "aten.equal", "aten.is_nonzero")
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if str(func.overloadpacket) in self.REFUSED:
+        kwargs = kwargs or {}
+        name = str(func.overloadpacket)
+        if name in self.REFUSED:
             raise AssertionError(f"{func} inside the captured part")
-        return func(*args, **(kwargs or {}))
+        if name in ("aten.index", "aten.index_put", "aten.index_put_"):  # boolean masks index through nonzero
+            indices = args[1] if len(args) > 1 else kwargs.get("indices", ())
+            if any(i is not None and i.dtype in (torch.bool, torch.uint8) for i in indices):
+                raise AssertionError(f"{func} with a boolean mask inside the captured part")
+        if name == "aten.repeat_interleave" and kwargs.get("output_size") is None and (
+                len(args) < 3 or args[2] is None) and isinstance(args[1] if len(args) > 1 else None, torch.Tensor):
+            raise AssertionError(f"{func} without output_size inside the captured part")
+        return func(*args, **kwargs)
 
 
 def test_scope_choice_and_cpu_fallbacks_of_the_graphed_forward(repo_root):
