@@ -12,7 +12,6 @@ backward's computation does not hide. The synchronizations make each step slight
 slower than in ``train_net.py``; compare with its ``metrics.json`` for the real speed.
 """
 
-import contextlib
 import statistics
 import sys
 import time
@@ -40,13 +39,13 @@ def time_steps(cfg, ddp_model, optimizer, loader, device, world_size):
         sync()
         t0 = time.perf_counter()
         batch = next(loader)
-        # as the trainer: the step's box-count all-reduce issued before the forward
-        box_count = BoxCount(sum(len(b) for b in batch["boxes"]), device) if world_size > 1 else None
+        # as the trainer: the step's box-count all-reduce issued before the forward (a host count alone)
+        box_count = BoxCount(sum(len(b) for b in batch["boxes"]), device)
         batch = move_batch(batch, device)
         sync()
         t1 = time.perf_counter()
         with ddp_model.no_sync() if skip_sync else torch.enable_grad():
-            with autocast_context(device, cfg.SOLVER.AMP), (prefetched_box_count(box_count) if box_count else contextlib.nullcontext()):
+            with autocast_context(device, cfg.SOLVER.AMP), prefetched_box_count(box_count):
                 losses = ddp_model(*detector_inputs(batch), batch["boxes"], batch["labels"])
             total = reduce_losses(losses, cfg.MODEL.STM.LOSS_REDUCTION)
             sync()

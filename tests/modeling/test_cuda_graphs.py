@@ -67,8 +67,8 @@ def assert_same(a, b, tol):
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=lambda m, k=k: f"{k}: {m}")
             continue
         assert a[k].shape == b[k].shape, k
-        diff = (a[k].double() - b[k].double()).norm().item()
-        assert diff <= tol * b[k].double().norm().item() + 1e-12, f"{k}: relative difference {diff / b[k].double().norm().item():.2e}"
+        diff, norm = (a[k].double() - b[k].double()).norm().item(), b[k].double().norm().item()
+        assert diff <= tol * norm + 1e-12, f"{k}: relative difference {diff / norm:.2e}"
 
 
 def test_scope_is_validated(repo_root):
