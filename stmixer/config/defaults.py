@@ -202,8 +202,8 @@ _C.MODEL.BACKBONE.CHANNELS_LAST = True
 
 # (stmixer) CUDA graphs of the STMixer detector (stmixer/modeling/cuda_graphs.py, docs/performance.md): one captured forward and backward per input shape, replayed.
 _C.MODEL.CUDA_GRAPH = CN()
-# What the graphs cover on CUDA: "model" (backbone, neck and decoder stages; the decoder stages only when the backbone has SyncBatchNorm), "decoder" (the decoder stages) or "off" (default until measured on a GPU); the loss, the matching and the detection selection run eagerly; the CPU never uses graphs.
-_C.MODEL.CUDA_GRAPH.SCOPE = "off"
+# What the graphs cover on CUDA: "model" (backbone, neck and decoder stages; the decoder stages only when the backbone has SyncBatchNorm), "decoder" (the decoder stages) or "off" (the eager path; parity runs use it); the loss, the matching and the detection selection run eagerly; the CPU never uses graphs.
+_C.MODEL.CUDA_GRAPH.SCOPE = "model"
 # Input shapes (batch, frames, padded height and width, precision, train or eval) captured at most; further shapes run eagerly. Each capture holds its activations' memory.
 _C.MODEL.CUDA_GRAPH.MAX_GRAPHS = 8
 
@@ -609,9 +609,9 @@ _C.MODEL.STM.PERSON_THRESHOLD = 0.6
 _C.MODEL.STM.MEM_ACTIVE = False
 # (stmixer) Scalar backpropagated from the loss dict: "mean" of the terms (official trainer, sum / 4S) or "sum".
 _C.MODEL.STM.LOSS_REDUCTION = "mean"
-# (stmixer) Feature sampler: "auto" (= "folded", the memory-saving path) or "reference" (the official order of work).
+# (stmixer) Feature sampler: "auto" (= "folded", the memory-saving path), "reference" (the official order of work) or "triton" (opt-in, CUDA: the folded function as two Triton kernels with a cheaper backward than grid_sample's; not yet timed on a GPU; "folded" where Triton or CUDA is missing).
 _C.MODEL.STM.SAMPLER = "auto"
-# (stmixer) Compute the losses of all supervised stages as one stack (fewer kernel launches on GPUs: 468 instead of 778 operator calls in the forward of the loss of a 6-stage decoder); False: one computation per stage, as the official code. Same values up to float rounding.
+# (stmixer) Compute the losses of all supervised stages as one stack (fewer kernel launches on GPUs: 468 instead of 778 operator calls in the forward of the loss of a 6-stage decoder; 0.88x the graphed SlowFast-R50 training step at batch 2 on an H100); False: one computation per stage, as the official code. Same values up to float rounding (float32: ~1e-7), which moves a training trajectory: opt-in.
 _C.MODEL.STM.STACKED_LOSSES = False
 
 # ---------------------------------------------------------------------------
@@ -872,3 +872,5 @@ _C.OUTPUT_DIR = "."
 _C.NUM_THREADS = 0
 # (stmixer) torch.backends.cudnn.benchmark for train_net / test_net / demo on CUDA: cuDNN times its algorithms per input shape once, then picks the fastest (its choice may differ between runs: set False for run-to-run identical CUDA results).
 _C.CUDNN_BENCHMARK = True
+# (stmixer) On CUDA, float32 matrix multiplications (linear layers, attention projections) use TF32 tensor cores (torch.backends.cuda.matmul.allow_tf32), as PyTorch lets cuDNN's convolutions do by default (the official code's backbones run so): 0.71x the ViT-B training step on an H100; results differ from full float32 by ~1e-3 relative, well inside bf16's drift. False: full float32 matmuls (float32 parity runs on CUDA). Applied by train_net / test_net / demo, and by the STMixer detector's forward.
+_C.TF32_MATMUL = True

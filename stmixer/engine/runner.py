@@ -118,7 +118,7 @@ def build_evaluation(cfg, device):
 
 def build_model(cfg, device):
     """The detector (or recognizer) of ``MODEL.META_ARCHITECTURE`` on ``device``; it must fit the dataset's
-    task. On CUDA, ``CUDNN_BENCHMARK`` is applied and the backbone's channels_last_3d weights
+    task. On CUDA, ``CUDNN_BENCHMARK`` and ``TF32_MATMUL`` are applied and the backbone's channels_last_3d weights
     (``MODEL.BACKBONE.CHANNELS_LAST``) are set before any DDP wrapping."""
     model = build_detector(cfg)
     task = "recognition" if describe(cfg).evaluator == "recognition" else "detection"
@@ -131,6 +131,7 @@ def build_model(cfg, device):
     model = model.to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
+        torch.backends.cuda.matmul.allow_tf32 = bool(cfg.TF32_MATMUL)
         if getattr(model.backbone, "channels_last", False):
             model.backbone.use_channels_last()
     return model

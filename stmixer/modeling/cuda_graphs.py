@@ -20,7 +20,11 @@ host call. ``GraphedPart`` wraps a function of tensors that returns a tuple of t
   would not call them), a capture that failed, inside ``torch.compile`` tracing.
 
 All graphs of one ``GraphedPart`` share one memory pool: only one forward/backward pair is
-in flight at a time, which the pending check above guarantees.
+in flight at a time, which the pending check above guarantees. A capture differentiates with
+respect to stand-ins of the parameters (``parameter_stand_ins``), so DistributedDataParallel's
+hold on the parameters' gradient accumulators cannot make autograd synchronize streams inside
+a capture. ``GraphedPart`` holds its module weakly: the module owns it, and dropping the
+module frees the graphs' memory without waiting for a garbage collection.
 
 Capturing runs the function a few times (warm-up); module buffers (BatchNorm running
 statistics) are restored afterwards, so capturing changes no state. Replays are what
@@ -30,6 +34,7 @@ CPU never uses graphs).
 """
 
 import contextlib
+import inspect
 import logging
 import weakref
 
@@ -71,43 +76,69 @@ def _signature(tensors, training):
     )
 
 
+@contextlib.contextmanager
+def parameter_stand_ins(module, params):
+    """Inside: each of ``params`` (trainable parameters of ``module``) replaced in the module tree by a fresh
+    leaf tensor on the same memory (``p.detach().requires_grad_()``); yields the stand-ins in ``params``' order.
+
+    A capture differentiates with respect to the stand-ins, not the parameters: the parameters' gradient
+    accumulators may have been made earlier on another CUDA stream (DistributedDataParallel keeps
+    references to them), and autograd would then make that stream wait for the capture's stream, which a
+    capture refuses. The stand-ins' accumulators are made on the capturing stream. Parameters shared by
+    several modules get one stand-in; the module tree is restored on exit."""
+    stand_ins = [p.detach().requires_grad_() for p in params]
+    by_id = {id(p): leaf for p, leaf in zip(params, stand_ins)}
+    swapped = []
+    for owner in module.modules():
+        for name, p in list(owner._parameters.items()):
+            if p is not None and id(p) in by_id:
+                swapped.append((owner, name, p))
+                owner._parameters[name] = by_id[id(p)]
+    try:
+        yield stand_ins
+    finally:
+        for owner, name, p in swapped:
+            owner._parameters[name] = p
+
+
 class _Graph:
     """One captured signature: static inputs, outputs, gradient buffers and the two graphs."""
 
-    def __init__(self, fn, params, state, inputs, pool, with_backward):
+    def __init__(self, fn, module, params, state, inputs, pool, with_backward):
         self.params = params
         self.static_inputs = [x.detach().clone().requires_grad_(x.requires_grad) for x in inputs]
         self.with_backward = with_backward
         autocast_dtype = _autocast_dtype()
+        static_grad_inputs = [x for x in self.static_inputs if x.requires_grad]
 
         def run():
+            """(outputs, the parameters' stand-ins they were computed from)."""
             # autocast's weight cache must not hold tensors of a capture
             if autocast_dtype is None:
                 ctx = contextlib.nullcontext()
             else:
                 ctx = torch.autocast("cuda", dtype=autocast_dtype, cache_enabled=False)
-            with ctx:
-                return tuple(fn(*self.static_inputs))
+            with ctx, parameter_stand_ins(module, params) as stand_ins:
+                return tuple(fn(*self.static_inputs)), stand_ins
 
-        grad_targets = [x for x in self.static_inputs if x.requires_grad] + [p for p in params]
-
-        def backward(outputs, grads):
+        def backward(outputs, stand_ins, grads):
             pairs = [(o, g) for o, g in zip(outputs, grads) if o.requires_grad]
-            return torch.autograd.grad([o for o, _ in pairs], grad_targets, [g for _, g in pairs], allow_unused=True)
+            return torch.autograd.grad([o for o, _ in pairs], static_grad_inputs + stand_ins, [g for _, g in pairs],
+                                       allow_unused=True)
 
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(WARMUP_ITERS):
-                outputs = run()
+                outputs, stand_ins = run()
                 if with_backward:
-                    backward(outputs, [torch.ones_like(o) for o in outputs])
-                del outputs
+                    backward(outputs, stand_ins, [torch.ones_like(o) for o in outputs])
+                del outputs, stand_ins
         torch.cuda.current_stream().wait_stream(stream)
 
         self.forward_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.forward_graph, pool=pool, capture_error_mode=CAPTURE_MODE):
-            outputs = run()
+            outputs, stand_ins = run()
         self.static_outputs = outputs
         self.differentiable = [o.requires_grad for o in outputs]
         self.backward_graph = None
@@ -115,15 +146,15 @@ class _Graph:
             self.static_grad_outputs = [torch.zeros_like(o) if o.requires_grad else None for o in outputs]
             self.backward_graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.backward_graph, pool=pool, capture_error_mode=CAPTURE_MODE):
-                grads = backward(outputs, self.static_grad_outputs)
+                grads = backward(outputs, stand_ins, self.static_grad_outputs)
             # gradient of every static input (None where it needs none) and of every parameter
             grads = iter(grads)
             self.input_grads = [next(grads) if x.requires_grad else None for x in self.static_inputs]
             self.param_grads = list(grads)
+        del stand_ins  # views of the parameters' memory, which the graphs read; the parameters keep it
         # drop the capture's autograd graph: the backward graph holds what it needs
         self.static_outputs = tuple(o.detach() for o in self.static_outputs)
-        # the graphs read parameters and buffers at these addresses (after the warm-up, which may have moved
-        # them: the ResNets put their weights in channels_last_3d on their first CUDA forward)
+        # the graphs read parameters and buffers at these addresses
         self.addresses = [(t, t.data_ptr()) for t in state]
 
     def moved(self):
@@ -182,8 +213,10 @@ class GraphedPart:
     """
 
     def __init__(self, fn, module, max_graphs=8, name="model"):
-        self.fn = fn
-        self.module = module
+        # weak references: the module usually owns this object, and a cycle would keep the graphs' memory
+        # (activations of every captured shape) alive after the module is dropped, until a garbage collection
+        self._fn = weakref.WeakMethod(fn) if inspect.ismethod(fn) else (lambda: fn)
+        self._module = weakref.ref(module)
         self.max_graphs = max_graphs
         self.name = name
         self.graphs = {}
@@ -193,6 +226,14 @@ class GraphedPart:
         self._warned = set()
         self._modules = None  # the module tree, listed once (hook checks)
 
+    @property
+    def fn(self):
+        return self._fn()
+
+    @property
+    def module(self):
+        return self._module()
+
     def _note(self, key, message):
         if key not in self._warned:
             self._warned.add(key)
@@ -200,10 +241,11 @@ class GraphedPart:
 
     def _hooked(self):
         """Whether a forward or backward hook is registered on the module tree or globally."""
-        if self._modules is None:
-            self._modules = list(self.module.modules())
+        module = self.module
+        if self._modules is None:  # the submodules (not the module itself: no reference cycle)
+            self._modules = [m for m in module.modules() if m is not module]
         hook_dicts = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-        if any(getattr(nn_module, name, None) for nn_module in self._modules for name in hook_dicts):
+        if any(getattr(nn_module, name, None) for nn_module in (module, *self._modules) for name in hook_dicts):
             return True
         return any(getattr(torch_module, name, None) for name in (
             "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
@@ -254,7 +296,7 @@ class GraphedPart:
             self._pool = torch.cuda.graph_pool_handle()
         try:
             state = list(self.module.parameters()) + list(self.module.buffers())
-            graph = _Graph(self.fn, params, state, tensors, self._pool, with_backward)
+            graph = _Graph(self.fn, self.module, params, state, tensors, self._pool, with_backward)
         except Exception as e:  # noqa: BLE001 - any capture failure: run eagerly from now on, say why once
             torch.cuda.synchronize()
             self.disabled = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

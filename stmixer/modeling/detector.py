@@ -4,8 +4,10 @@ Attribute names (``backbone``, ``lateral_convs``, ``stm_head``) are the
 official ones, so official checkpoints map onto this model key for key.
 """
 
+import contextlib
 import logging
 
+import torch
 from torch import nn
 
 from .build import DETECTOR_REGISTRY, build_backbone
@@ -33,9 +35,11 @@ class STMDetector(nn.Module):
             the decoder stages ("decoder") or of backbone, neck and decoder stages ("model"); "off": eager.
             The loss, the matching and the selection of detections always run eagerly.
         max_graphs: ``MODEL.CUDA_GRAPH.MAX_GRAPHS``, input shapes captured at most.
+        tf32_matmul: ``TF32_MATMUL``: on CUDA, the forward (and a captured backward) runs float32
+            matmuls on TF32 tensor cores; PyTorch's setting is restored afterwards.
     """
 
-    def __init__(self, backbone, neck, decoder, cuda_graph="off", max_graphs=8):
+    def __init__(self, backbone, neck, decoder, cuda_graph="off", max_graphs=8, tf32_matmul=False):
         super().__init__()
         if cuda_graph not in CUDA_GRAPH_SCOPES:
             raise ValueError(f"MODEL.CUDA_GRAPH.SCOPE = {cuda_graph!r}; expected one of {CUDA_GRAPH_SCOPES}")
@@ -44,8 +48,15 @@ class STMDetector(nn.Module):
         self.stm_head = decoder
         self.cuda_graph = cuda_graph
         self.max_graphs = max_graphs
+        self.tf32_matmul = tf32_matmul
         self._graphed = None  # GraphedPart, made on the first CUDA forward
         self._graph_scope = None  # what it covers: cuda_graph, or "decoder" where the backbone has SyncBatchNorm
+
+    def __getstate__(self):
+        # copies and pickles start without graphs (captured again on their first CUDA forward): a graph
+        # replays the kernels of this module's memory, and its part holds this module by weak reference
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return {**state, "_graphed": None, "_graph_scope": None}
 
     def features(self, slow_video, fast_video=None):
         """Backbone levels and neck outputs of a clip batch.
@@ -78,6 +89,9 @@ class STMDetector(nn.Module):
             "person_scores": [n]}`` (see ``STMDecoder.forward``);
             train: ordered dict of loss terms.
         """
+        if self.tf32_matmul and slow_video.is_cuda and not torch.backends.cuda.matmul.allow_tf32:
+            with tf32_matmuls():
+                return self.forward(slow_video, fast_video, whwh, gt_boxes, gt_labels, trace)
         if self.cuda_graph != "off" and trace is None and slow_video.is_cuda:
             sizes = self.stm_head.clip_sizes(whwh, slow_video)
             outputs = self._graphed_forward(slow_video, fast_video, sizes)
@@ -105,6 +119,9 @@ class STMDetector(nn.Module):
                 self._graphed = GraphedPart(self._decoder_outputs, self.stm_head, self.max_graphs, name="decoder")
             self._graph_scope = scope
         if self._graph_scope == "model":
+            if getattr(self.backbone, "channels_last", False) and slow_video.is_cuda:
+                # NDHWC weights before a capture, not inside it (parameters are stand-ins there, see cuda_graphs)
+                self.backbone.use_channels_last()
             videos = (slow_video,) if fast_video is None else (slow_video, fast_video)
             flat = self._graphed(*videos, whwh)
         else:
@@ -124,10 +141,21 @@ class STMDetector(nn.Module):
         return self.stm_head.decode(mapped, whwh).flat()
 
 
+@contextlib.contextmanager
+def tf32_matmuls():
+    """CUDA float32 matmuls on TF32 tensor cores inside; the previous setting restored on exit."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @DETECTOR_REGISTRY.register("STMDetector")
 def build_stm_detector(cfg):
     """STMDetector from MODEL.BACKBONE.*, RESNET.*/SLOWFAST.*/NONLOCAL.*/ViT.* and MODEL.STM.*."""
     backbone = build_backbone(cfg)
     graph = cfg.MODEL.CUDA_GRAPH
     return STMDetector(backbone, build_neck(cfg, backbone.out_channels), build_stm_decoder(cfg),
-                       cuda_graph=graph.SCOPE, max_graphs=graph.MAX_GRAPHS)
+                       cuda_graph=graph.SCOPE, max_graphs=graph.MAX_GRAPHS, tf32_matmul=cfg.TF32_MATMUL)

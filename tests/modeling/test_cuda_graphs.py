@@ -7,7 +7,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from stmixer.config import ConfigError, get_cfg, validate_config
 from stmixer.modeling import build_detector
-from stmixer.modeling.cuda_graphs import GraphedPart
+from stmixer.modeling.cuda_graphs import GraphedPart, parameter_stand_ins
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs CUDA")
@@ -16,7 +16,7 @@ needs_cuda = pytest.mark.skipif(not CUDA, reason="needs CUDA")
 def tiny_cfg(repo_root, *opts):
     cfg = get_cfg()
     cfg.merge_from_file(str(repo_root / "config_files" / "synthetic" / "tiny-slowonly.yaml"))
-    cfg.merge_from_list(["MODEL.BACKBONE.CHANNELS_LAST", False, *opts])
+    cfg.merge_from_list(["MODEL.BACKBONE.CHANNELS_LAST", False, "TF32_MATMUL", False, *opts])
     return cfg
 
 
@@ -91,6 +91,83 @@ def test_graphs_are_not_used_on_the_cpu(repo_root):
     assert part(torch.ones(2)) is None  # the caller runs eagerly
 
 
+def test_parameter_stand_ins_share_memory_take_the_gradients_and_are_restored():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    model.append(model[0])  # a shared (tied) module: its parameters appear twice in the tree
+    model[2].bias.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    originals = dict(model.named_parameters(remove_duplicate=False))
+    x = torch.randn(5, 3)
+    expected = torch.autograd.grad(model(x).square().sum(), params)
+    with parameter_stand_ins(model, params) as stand_ins:
+        assert model[0].weight is model[3].weight is stand_ins[0]  # one stand-in for the shared parameter
+        assert all(s is not p and s.data_ptr() == p.data_ptr() and s.is_leaf for s, p in zip(stand_ins, params))
+        assert model[2].bias is originals["2.bias"]  # frozen: not replaced
+        got = torch.autograd.grad(model(x).square().sum(), stand_ins)
+        assert all(p.grad is None for p in params)
+    assert dict(model.named_parameters(remove_duplicate=False)).items() == originals.items()
+    for g, e in zip(got, expected):
+        assert torch.equal(g, e)
+
+
+def test_a_graphed_part_does_not_keep_its_module_alive():
+    """The detector owns its GraphedPart: no reference cycle, so dropping the detector frees the graphs' memory
+    at once, without waiting for a garbage collection."""
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        module = torch.nn.Linear(2, 2)
+        module.part = GraphedPart(module.forward, module)
+        module.part._hooked()  # lists the module tree
+        alive = weakref.ref(module)
+        del module
+        assert alive() is None
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_tf32_matmuls_are_scoped_to_the_forward_on_cuda(repo_root, device):
+    """TF32_MATMUL: the STMixer forward turns TF32 matmuls on for CUDA inputs and restores PyTorch's setting."""
+    model = build_detector(tiny_cfg(repo_root, "TF32_MATMUL", True, "MODEL.CUDA_GRAPH.SCOPE", "off")).to(device)
+    model.eval()
+    seen = []
+    model.stm_head.register_forward_hook(lambda *_: seen.append(torch.backends.cuda.matmul.allow_tf32))
+    video, whwh, _, _ = batch(8, device=device)
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            model(video, None, whwh)
+        assert seen == [device == "cuda"]
+        assert torch.backends.cuda.matmul.allow_tf32 is False
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_copies_and_pickles_of_a_detector_start_without_graphs(repo_root):
+    import copy
+
+    model = build_detector(tiny_cfg(repo_root))
+    model._graphed, model._graph_scope = GraphedPart(model._model_outputs, model), "model"
+    for other in (copy.deepcopy(model), torch.load(save(model), weights_only=False)):
+        assert other._graphed is None and other._graph_scope is None
+        assert other.cuda_graph == "model" and other.state_dict().keys() == model.state_dict().keys()
+    assert model._graphed is not None and model._graphed.module is model
+
+
+def save(obj):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return buffer
+
+
 @pytest.fixture
 def exact_cuda():
     """float32 CUDA math without TF32 (graph replays and eager steps then run the same kernels)."""
@@ -104,7 +181,7 @@ def exact_cuda():
 @needs_cuda
 @pytest.mark.parametrize("scope,channels_last", [("model", False), ("decoder", False), ("model", True)])
 def test_graphed_training_equals_eager(repo_root, exact_cuda, scope, channels_last):
-    # channels_last: the backbone moves its weights to NDHWC on its first CUDA forward (inside the capture's warm-up)
+    # channels_last: the backbone moves its weights to NDHWC on its first CUDA forward (before the capture)
     eager, graphed = pair(repo_root, "cuda", scope, "MODEL.BACKBONE.CHANNELS_LAST", channels_last)
     eager.train(), graphed.train()
     shapes = [(64, 96), (64, 96), (96, 64), (64, 96)]  # replays, a second captured shape, back to the first
@@ -141,6 +218,30 @@ def test_gradients_accumulate_and_pending_backward_falls_back(repo_root, exact_c
         b = model(*second[:1], None, second[1], second[2], second[3])
         (sum(a.values()) + sum(b.values())).backward()
     assert_same(grads(graphed), grads(eager), 1e-4)
+
+
+@needs_cuda
+def test_graphed_steps_under_ddp_equal_eager(repo_root, exact_cuda, tmp_path):
+    """DistributedDataParallel (one NCCL process on this GPU): the replays' parameter gradients reach DDP's
+    reducer through the usual accumulation, and the reduced gradients equal the eager ones."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        eager, graphed = pair(repo_root, "cuda")
+        eager.train(), graphed.train()
+        wrapped = [DistributedDataParallel(m, device_ids=[torch.cuda.current_device()]) for m in (eager, graphed)]
+        for step in range(3):
+            data = batch(step, device="cuda")
+            for model in wrapped:
+                model.zero_grad(set_to_none=True)
+            expected, got = train_pass(wrapped[0], data), train_pass(wrapped[1], data)
+            assert_same(got, expected, 1e-5)
+            assert_same(grads(graphed), grads(eager), 1e-4)
+        assert len(graphed._graphed.graphs) == 1  # DDP adds no module hook: the steps were replays
+    finally:
+        dist.destroy_process_group()
 
 
 @needs_cuda
