@@ -1,6 +1,7 @@
 """Time and memory of the two feature samplers, forward + backward, at the official decoder sizes.
 
     python benchmarks/sampler.py [--device cpu|cuda] [--batch-sizes 2 4 8] [--frames 4 8] [--repeats 5]
+    python benchmarks/sampler.py --device cuda --impl triton     # the Triton kernels against the reference
 
 One call = ``--stages`` samplings of one pyramid (as the decoder stages do,
 sharing one ``PyramidSampler``), each followed by the frame and point means the
@@ -12,7 +13,8 @@ backward (beyond the inputs); "peak" = peak memory above the inputs during
 forward + backward (CUDA: allocator peak; CPU: peak resident set size of the
 process, Linux only, measured with glibc returning large blocks to the OS: the
 script restarts itself with ``MALLOC_MMAP_THRESHOLD_=131072``, which also makes
-CPU timings slower than usual); and folded/reference ratios (< 1 is better).
+CPU timings slower than usual); and folded/reference ratios (< 1 is better; ``--impl triton``
+puts the Triton sampler in the "fold" columns).
 """
 
 import argparse
@@ -139,6 +141,8 @@ def main(argv=None):
     parser.add_argument("--stages", type=int, default=6, help="sampling calls per forward (decoder stages)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    parser.add_argument("--impl", choices=["folded", "triton"], default="folded",
+                        help="the sampler compared with the reference (triton: CUDA, or TRITON_INTERPRET=1)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -146,6 +150,9 @@ def main(argv=None):
     if device.type == "cpu":
         _reexec_with_returning_malloc()
     dtype = getattr(torch, args.dtype)
+    probe = PyramidSampler([torch.zeros(1, 4, 1, 2, 2, device=device, dtype=dtype)], (4,), 1, impl=args.impl)
+    if probe.impl != args.impl:
+        parser.error(f"--impl {args.impl} cannot run on {device} with {args.dtype} (it would run {probe.impl})")
     mib = 2.0 ** 20
     print(f"device {device}, {args.dtype}, threads {torch.get_num_threads()}, pid {os.getpid()}, "
           f"repeats {args.repeats}, stages {args.stages}, Q=100 D=256 G=4 P=32, canvas {CANVAS[0]}x{CANVAS[1]}")
@@ -157,7 +164,7 @@ def main(argv=None):
         for batch in args.batch_sizes:
             feats, pts, groups = make_inputs(batch, frames, device, dtype)
             ref = measure("reference", feats, pts, groups, device, args.repeats, args.stages)
-            fold = measure("folded", feats, pts, groups, device, args.repeats, args.stages)
+            fold = measure(args.impl, feats, pts, groups, device, args.repeats, args.stages)
             print(f"{batch:>2} {frames:>2} | "
                   f"{ref['median'] * 1e3:>7.1f} ({ref['min'] * 1e3:>6.1f}) "
                   f"{fold['median'] * 1e3:>7.1f} ({fold['min'] * 1e3:>6.1f}) "

@@ -32,7 +32,7 @@ CHOICES = {
     "MODEL.LFB.TEMPORAL_POOL": ("avg", "max"),
     "MODEL.LFB.SPATIAL_POOL": ("avg", "max"),
     "MODEL.STM.LOSS_REDUCTION": ("mean", "sum"),
-    "MODEL.STM.SAMPLER": ("auto", "reference", "folded"),
+    "MODEL.STM.SAMPLER": ("auto", "reference", "folded", "triton"),
     "MODEL.CUDA_GRAPH.SCOPE": ("off", "decoder", "model"),
     "MODEL.STM.MEM_ACTIVE": (False,),
     "SOLVER.SCHEDULER": ("warmup_multi_step", "warmup_cosine"),

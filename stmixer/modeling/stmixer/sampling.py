@@ -24,9 +24,18 @@ float rounding):
   keeps ``grid_sample``'s parallelism (one thread per sampled point and frame)
   and is faster in its backward than a channel fold.
 
+* ``"triton"`` (opt-in, CUDA): the folded function as two Triton kernels on
+  channels-last copies of the levels (``sampling_triton``): one forward kernel
+  for all levels and frames, and a backward whose atomic additions run on
+  contiguous rows of channels instead of ``grid_sample``'s channels-first
+  scatter. Where Triton or CUDA is missing, or for float64, it runs "folded"
+  (logged once).
+
 "auto" selects "folded"; "reference" is kept as the checked baseline (tests
 compare the two, values and gradients) and for debugging.
 """
+
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +43,12 @@ from torch.autograd.function import once_differentiable
 
 from ...structures.boxes import xyzr_to_wh
 from ..cuda_graphs import device_constant
+from . import sampling_triton
 
-SAMPLER_IMPLS = ("auto", "reference", "folded")
+logger = logging.getLogger(__name__)
+
+SAMPLER_IMPLS = ("auto", "reference", "folded", "triton")
+_warned = set()
 
 # Level z maps to pyramid index z - LEVEL_OFFSET (z = log2 of the box scale; index 0 has stride 4).
 LEVEL_OFFSET = 3.0
@@ -165,6 +178,16 @@ class PyramidSampler:
         self.n_groups = n_groups
         self.impl = "folded" if impl == "auto" else impl
         self.batch, self.channels, self.frames = shapes[0][:3]
+        if self.impl == "triton":
+            dtype = torch.promote_types(features[0].dtype, torch.float32)
+            if sampling_triton.available(features[0].device) and dtype == torch.float32:
+                self._frames = [sampling_triton.channels_last_frames(f, n_groups) for f in self.features]
+            else:
+                reason = "float64 features" if dtype != torch.float32 else f"no Triton for {features[0].device.type}"
+                if reason not in _warned:
+                    _warned.add(reason)
+                    logger.info("MODEL.STM.SAMPLER triton: %s; the folded sampler runs instead", reason)
+                self.impl = "folded"
         if self.impl == "folded":
             # Sampling runs in at least float32, as autocast runs grid_sample in the reference path;
             # the custom backward then sees the dtypes of its forward.
@@ -183,7 +206,7 @@ class PyramidSampler:
                 f"points {list(points.shape)} do not fit a batch of {self.batch} clips and {self.n_groups} groups"
             )
         weights = level_weights(points[..., 2], len(self.features))  # [B, Q, G*P, L]
-        sample = self._sample_folded if self.impl == "folded" else self._sample_reference
+        sample = {"folded": self._sample_folded, "triton": self._sample_triton}.get(self.impl, self._sample_reference)
         return sample(points[..., 0:2], weights)
 
     def _sample_reference(self, xy, weights):
@@ -211,4 +234,17 @@ class PyramidSampler:
         )
         weights = weights.view(B, Q, G, P, L).permute(4, 0, 2, 1, 3).reshape(L, B * G, Q, P)
         out = _WeightedLevelSampling.apply(grids.to(self._dtype), weights.to(self._dtype), *self._frames)  # [T*B*G, C/G, Q, P]
+        return out.view(T, B, G, -1, Q, P).permute(1, 2, 3, 0, 4, 5)
+
+    def _sample_triton(self, xy, weights):
+        B, Q, N, _ = xy.shape
+        G, T, L = self.n_groups, self.frames, len(self.features)
+        P = N // G
+        xy = xy.view(B, Q, G, P, 2).permute(0, 2, 1, 3, 4)
+        grids = torch.stack(
+            [_normalized_grid(xy, f, s).reshape(B * G, Q * P, 2) for f, s in zip(self.features, self.strides)]
+        )
+        weights = weights.view(B, Q, G, P, L).permute(4, 0, 2, 1, 3).reshape(L, B * G, Q * P)
+        out = sampling_triton.TritonWeightedSampling.apply(
+            grids.float(), weights.float(), *self._frames)  # [T*B*G, C/G, Q*P]
         return out.view(T, B, G, -1, Q, P).permute(1, 2, 3, 0, 4, 5)

@@ -1,0 +1,262 @@
+"""Level-weighted bilinear sampling as two Triton kernels (``MODEL.STM.SAMPLER triton``, opt-in, CUDA).
+
+The folded sampler (``sampling._WeightedLevelSampling``) runs one ``grid_sample`` per level
+and frame-major image; ``grid_sample``'s backward adds each sample's gradient into a
+channels-first map with one atomic addition per channel at scattered addresses, which makes
+it the largest kernel of a graphed STMixer training step on an H100 (20 % of the SlowFast-R50
+step at batch 8). These kernels compute the same function from channels-last copies of the
+levels (``[T * N, H_l, W_l, C/G]``, each sampled pixel one contiguous row of channels):
+
+* forward: one program per (block of points, clip-group pair) loops over the frames and the
+  levels and writes ``sum_l w_l * bilinear(level_l[t], x, y)``: one kernel instead of
+  ``L`` samplings, products and sums;
+* backward: recomputes the corners, adds the images' gradients with atomic additions on
+  contiguous rows of channels, and reduces the grid's and the level weights' gradients over
+  frames and channels inside the program (no atomics for them).
+
+Same values as ``grid_sample`` (bilinear, zeros padding, ``align_corners=False``), up to the
+order of float additions; ``tests/modeling/test_sampling_triton.py`` compares values and
+gradients with the folded path, on the CPU through Triton's interpreter
+(``TRITON_INTERPRET=1``) and on CUDA.
+"""
+
+import functools
+import os
+
+import torch
+
+try:  # Triton ships with PyTorch's CUDA wheels; elsewhere the folded sampler runs
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the installation
+    triton = None
+
+# Points per program; every program holds [BLOCK_P, channels] blocks of the four corners.
+BLOCK_P = 32
+# Levels a kernel takes (STMixer samples 4).
+MAX_LEVELS = 4
+
+
+def interpreted():
+    """Whether Triton runs its kernels in its CPU interpreter (``TRITON_INTERPRET=1``, tests)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def available(device):
+    """Whether the kernels can run on tensors of ``device``: Triton importable and a CUDA device (or the
+    interpreter, which runs them on CPU tensors)."""
+    return triton is not None and (torch.device(device).type == "cuda" or interpreted())
+
+
+if triton is not None:
+
+    @triton.jit
+    def _corners(grid_ptr, weight_ptr, level: tl.constexpr, n, offs_p, mask_p, QP, N, H, W):
+        """Bilinear corners of the points ``offs_p`` of pair ``n`` on level ``level`` (grid_sample's formulas)."""
+        g = grid_ptr + ((level * N + n) * QP + offs_p) * 2
+        gx = tl.load(g, mask=mask_p, other=0.0)
+        gy = tl.load(g + 1, mask=mask_p, other=0.0)
+        lw = tl.load(weight_ptr + (level * N + n) * QP + offs_p, mask=mask_p, other=0.0)
+        ix = ((gx + 1.0) * W - 1.0) * 0.5
+        iy = ((gy + 1.0) * H - 1.0) * 0.5
+        x0 = tl.floor(ix)
+        y0 = tl.floor(iy)
+        x1 = x0 + 1.0
+        y1 = y0 + 1.0
+        return ix, iy, x0, y0, x1, y1, lw
+
+    @triton.jit
+    def _corner_rows(x, y, mask_p, H, W, C):
+        """Row offsets (pixel * C) of a corner and whether it lies inside the map."""
+        inside = mask_p & (x >= 0.0) & (x < W) & (y >= 0.0) & (y < H)
+        xi = tl.where(inside, x, 0.0).to(tl.int32)
+        yi = tl.where(inside, y, 0.0).to(tl.int32)
+        return (yi * W + xi).to(tl.int64) * C, inside
+
+    @triton.jit
+    def _level_sample(frame_ptr, image, level: tl.constexpr, grid_ptr, weight_ptr, n, offs_p, mask_p, offs_c,
+                      mask_c, QP, N, H, W, C):
+        """``w_l * bilinear`` of one image of one level: [BLOCK_P, BLOCK_C]."""
+        ix, iy, x0, y0, x1, y1, lw = _corners(grid_ptr, weight_ptr, level, n, offs_p, mask_p, QP, N, H, W)
+        base = frame_ptr + image.to(tl.int64) * H * W * C
+        c = offs_c[None, :]
+        row, ok = _corner_rows(x0, y0, mask_p, H, W, C)
+        v = tl.load(base + row[:, None] + c, mask=ok[:, None] & mask_c[None, :], other=0.0)
+        acc = v * ((x1 - ix) * (y1 - iy))[:, None]
+        row, ok = _corner_rows(x1, y0, mask_p, H, W, C)
+        v = tl.load(base + row[:, None] + c, mask=ok[:, None] & mask_c[None, :], other=0.0)
+        acc += v * ((ix - x0) * (y1 - iy))[:, None]
+        row, ok = _corner_rows(x0, y1, mask_p, H, W, C)
+        v = tl.load(base + row[:, None] + c, mask=ok[:, None] & mask_c[None, :], other=0.0)
+        acc += v * ((x1 - ix) * (iy - y0))[:, None]
+        row, ok = _corner_rows(x1, y1, mask_p, H, W, C)
+        v = tl.load(base + row[:, None] + c, mask=ok[:, None] & mask_c[None, :], other=0.0)
+        acc += v * ((ix - x0) * (iy - y0))[:, None]
+        return acc * lw[:, None]
+
+    @triton.jit
+    def _forward_kernel(out_ptr, grid_ptr, weight_ptr, f0, f1, f2, f3, H0, W0, H1, W1, H2, W2, H3, W3,
+                        T, N, QP, C, LEVELS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr):
+        pid_p = tl.program_id(0)
+        n = tl.program_id(1)
+        offs_p = pid_p * BLOCK + tl.arange(0, BLOCK)
+        mask_p = offs_p < QP
+        offs_c = tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        for t in range(T):
+            image = t * N + n
+            acc = _level_sample(f0, image, 0, grid_ptr, weight_ptr, n, offs_p, mask_p, offs_c, mask_c, QP, N,
+                                H0, W0, C)
+            if LEVELS > 1:
+                acc += _level_sample(f1, image, 1, grid_ptr, weight_ptr, n, offs_p, mask_p, offs_c, mask_c, QP, N,
+                                     H1, W1, C)
+            if LEVELS > 2:
+                acc += _level_sample(f2, image, 2, grid_ptr, weight_ptr, n, offs_p, mask_p, offs_c, mask_c, QP, N,
+                                     H2, W2, C)
+            if LEVELS > 3:
+                acc += _level_sample(f3, image, 3, grid_ptr, weight_ptr, n, offs_p, mask_p, offs_c, mask_c, QP, N,
+                                     H3, W3, C)
+            # out: [T * N, C, QP]
+            out = out_ptr + image.to(tl.int64) * C * QP + offs_c[None, :] * QP + offs_p[:, None]
+            tl.store(out, acc, mask=mask_p[:, None] & mask_c[None, :])
+
+    @triton.jit
+    def _level_backward(grad_out_ptr, frame_ptr, grad_frame_ptr, grid_ptr, weight_ptr, grad_grid_ptr,
+                        grad_weight_ptr, level: tl.constexpr, n, offs_p, mask_p, offs_c, mask_c, T, N, QP, H, W, C,
+                        NEED_FRAME: tl.constexpr):
+        """Gradients of one level for the points ``offs_p`` of pair ``n``, summed over the frames."""
+        ix, iy, x0, y0, x1, y1, lw = _corners(grid_ptr, weight_ptr, level, n, offs_p, mask_p, QP, N, H, W)
+        w_nw = (x1 - ix) * (y1 - iy)
+        w_ne = (ix - x0) * (y1 - iy)
+        w_sw = (x1 - ix) * (iy - y0)
+        w_se = (ix - x0) * (iy - y0)
+        r_nw, ok_nw = _corner_rows(x0, y0, mask_p, H, W, C)
+        r_ne, ok_ne = _corner_rows(x1, y0, mask_p, H, W, C)
+        r_sw, ok_sw = _corner_rows(x0, y1, mask_p, H, W, C)
+        r_se, ok_se = _corner_rows(x1, y1, mask_p, H, W, C)
+        c = offs_c[None, :]
+        m_nw = ok_nw[:, None] & mask_c[None, :]
+        m_ne = ok_ne[:, None] & mask_c[None, :]
+        m_sw = ok_sw[:, None] & mask_c[None, :]
+        m_se = ok_se[:, None] & mask_c[None, :]
+        g_ix = tl.zeros_like(ix)
+        g_iy = tl.zeros_like(iy)
+        g_lw = tl.zeros_like(lw)
+        for t in range(T):
+            image = (t * N + n).to(tl.int64)
+            go = tl.load(grad_out_ptr + image * C * QP + c * QP + offs_p[:, None],
+                         mask=mask_p[:, None] & mask_c[None, :], other=0.0)
+            base = frame_ptr + image * H * W * C
+            v_nw = tl.load(base + r_nw[:, None] + c, mask=m_nw, other=0.0)
+            v_ne = tl.load(base + r_ne[:, None] + c, mask=m_ne, other=0.0)
+            v_sw = tl.load(base + r_sw[:, None] + c, mask=m_sw, other=0.0)
+            v_se = tl.load(base + r_se[:, None] + c, mask=m_se, other=0.0)
+            sampled = v_nw * w_nw[:, None] + v_ne * w_ne[:, None] + v_sw * w_sw[:, None] + v_se * w_se[:, None]
+            g_lw += tl.sum(go * sampled, axis=1)
+            gx = -v_nw * (y1 - iy)[:, None] + v_ne * (y1 - iy)[:, None] - v_sw * (iy - y0)[:, None] \
+                + v_se * (iy - y0)[:, None]
+            gy = -v_nw * (x1 - ix)[:, None] - v_ne * (ix - x0)[:, None] + v_sw * (x1 - ix)[:, None] \
+                + v_se * (ix - x0)[:, None]
+            g_ix += tl.sum(go * gx, axis=1)
+            g_iy += tl.sum(go * gy, axis=1)
+            if NEED_FRAME:
+                gbase = grad_frame_ptr + image * H * W * C
+                weighted = go * lw[:, None]
+                tl.atomic_add(gbase + r_nw[:, None] + c, weighted * w_nw[:, None], mask=m_nw)
+                tl.atomic_add(gbase + r_ne[:, None] + c, weighted * w_ne[:, None], mask=m_ne)
+                tl.atomic_add(gbase + r_sw[:, None] + c, weighted * w_sw[:, None], mask=m_sw)
+                tl.atomic_add(gbase + r_se[:, None] + c, weighted * w_se[:, None], mask=m_se)
+        # d ix / d grid_x = W / 2 (align_corners=False); the level weight multiplies the samples
+        gg = grad_grid_ptr + ((level * N + n) * QP + offs_p) * 2
+        tl.store(gg, g_ix * lw * (W * 0.5), mask=mask_p)
+        tl.store(gg + 1, g_iy * lw * (H * 0.5), mask=mask_p)
+        tl.store(grad_weight_ptr + (level * N + n) * QP + offs_p, g_lw, mask=mask_p)
+
+    @triton.jit
+    def _backward_kernel(grad_out_ptr, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, f0, f1, f2, f3,
+                         g0, g1, g2, g3, H0, W0, H1, W1, H2, W2, H3, W3, T, N, QP, C, LEVELS: tl.constexpr,
+                         NEED_FRAMES: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr):
+        pid_p = tl.program_id(0)
+        n = tl.program_id(1)
+        offs_p = pid_p * BLOCK + tl.arange(0, BLOCK)
+        mask_p = offs_p < QP
+        offs_c = tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        _level_backward(grad_out_ptr, f0, g0, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, 0, n, offs_p,
+                        mask_p, offs_c, mask_c, T, N, QP, H0, W0, C, NEED_FRAMES)
+        if LEVELS > 1:
+            _level_backward(grad_out_ptr, f1, g1, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, 1, n,
+                            offs_p, mask_p, offs_c, mask_c, T, N, QP, H1, W1, C, NEED_FRAMES)
+        if LEVELS > 2:
+            _level_backward(grad_out_ptr, f2, g2, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, 2, n,
+                            offs_p, mask_p, offs_c, mask_c, T, N, QP, H2, W2, C, NEED_FRAMES)
+        if LEVELS > 3:
+            _level_backward(grad_out_ptr, f3, g3, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, 3, n,
+                            offs_p, mask_p, offs_c, mask_c, T, N, QP, H3, W3, C, NEED_FRAMES)
+
+
+def channels_last_frames(feature, n_groups):
+    """``[B, C, T, H, W]`` -> ``[T * B * G, H, W, C/G]`` float32 (image ``(t * B + b) * G + g``; a copy)."""
+    B, C, T, H, W = feature.shape
+    frames = feature.reshape(B, n_groups, C // n_groups, T, H, W).permute(3, 0, 1, 4, 5, 2)
+    return frames.reshape(T * B * n_groups, H, W, C // n_groups).to(torch.promote_types(feature.dtype, torch.float32))
+
+
+def _sizes(frames):
+    sizes = []
+    for level in range(MAX_LEVELS):
+        f = frames[min(level, len(frames) - 1)]
+        sizes += [f.size(1), f.size(2)]
+    return sizes
+
+
+def _padded(frames):
+    return list(frames) + [frames[-1]] * (MAX_LEVELS - len(frames))
+
+
+@functools.lru_cache(maxsize=None)
+def _block_c(channels):
+    return triton.next_power_of_2(channels)
+
+
+class TritonWeightedSampling(torch.autograd.Function):
+    """``sum_l weights[l] * bilinear(frames[l], grids[l])`` for every frame.
+
+    Inputs: grids ``[L, N, QP, 2]`` (grid_sample coordinates) and weights ``[L, N, QP]`` for the
+    ``N = B * G`` (clip, group) pairs, frames ``L x [T * N, H_l, W_l, C/G]`` (``channels_last_frames``),
+    all float32 and contiguous. Output ``[T * N, C/G, QP]``, as the folded sampler's.
+    """
+
+    @staticmethod
+    def forward(ctx, grids, weights, *frames):
+        if not 1 <= len(frames) <= MAX_LEVELS:
+            raise ValueError(f"the Triton sampler takes 1 to {MAX_LEVELS} levels, got {len(frames)}")
+        L, N, QP, _ = grids.shape
+        TN, _, _, C = frames[0].shape
+        T = TN // N
+        grids, weights = grids.contiguous(), weights.contiguous()
+        frames = [f.contiguous() for f in frames]
+        out = torch.empty(TN, C, QP, device=grids.device, dtype=grids.dtype)
+        launch = (triton.cdiv(QP, BLOCK_P), N)
+        _forward_kernel[launch](out, grids, weights, *_padded(frames), *_sizes(frames), T, N, QP, C,
+                                LEVELS=len(frames), BLOCK=BLOCK_P, BLOCK_C=_block_c(C))
+        ctx.save_for_backward(grids, weights, *frames)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grids, weights, *frames = ctx.saved_tensors
+        L, N, QP, _ = grids.shape
+        TN, _, _, C = frames[0].shape
+        need_frames = any(ctx.needs_input_grad[2:])
+        grad_frames = [torch.zeros_like(f) for f in frames] if need_frames else list(frames)
+        grad_grids = torch.empty_like(grids)
+        grad_weights = torch.empty_like(weights)
+        launch = (triton.cdiv(QP, BLOCK_P), N)
+        _backward_kernel[launch](grad_out.contiguous(), grids, weights, grad_grids, grad_weights,
+                                 *_padded(frames), *_padded(grad_frames), *_sizes(frames), TN // N, N, QP, C,
+                                 LEVELS=len(frames), NEED_FRAMES=need_frames, BLOCK=BLOCK_P, BLOCK_C=_block_c(C))
+        grads = [g if need else None for g, need in zip(grad_frames, ctx.needs_input_grad[2:])] if need_frames \
+            else [None] * len(frames)
+        return (grad_grids if ctx.needs_input_grad[0] else None,
+                grad_weights if ctx.needs_input_grad[1] else None, *grads)

@@ -1,0 +1,119 @@
+"""MODEL.STM.SAMPLER "triton": the Triton kernels equal the folded sampler (values and gradients), on the CPU
+through Triton's interpreter (a subprocess with TRITON_INTERPRET=1) and on CUDA; without Triton or CUDA the
+folded sampler runs."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from stmixer.config import get_cfg, validate_config
+from stmixer.modeling.stmixer import sampling_triton
+from stmixer.modeling.stmixer.sampling import PyramidSampler
+
+HERE = Path(__file__).resolve()
+needs_triton = pytest.mark.skipif(sampling_triton.triton is None, reason="needs Triton")
+needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and sampling_triton.triton is not None),
+                                reason="needs CUDA and Triton")
+
+# (batch, channels, frames, groups, queries, points, levels): channels per group 8 (a power of two) and 6
+# (padded to 8 in the kernel), points per pair below and above one program's block of 32
+SHAPES = [(2, 16, 3, 2, 5, 4, 4), (1, 18, 2, 3, 7, 9, 3), (2, 8, 1, 1, 3, 16, 1)]
+
+
+def compare(device, B, C, T, G, Q, P, L, frames_grad=True, tol=1e-5):
+    """Folded vs Triton sampler on random levels and points (some outside the maps): max errors relative to
+    each tensor's largest value must stay within ``tol``."""
+    gen = torch.Generator().manual_seed(B * 1000 + C * 10 + L)
+    strides = (4, 8, 16, 32)[:L]
+    features = [(torch.randn(B, C, T, 32 // 2 ** level + 1, 48 // 2 ** level, generator=gen))
+                .to(device).requires_grad_(frames_grad) for level in range(L)]
+    xy = torch.rand(B, Q, G * P, 2, generator=gen) * torch.tensor([48 * 4 * 1.2, 32 * 4 * 1.2]) - 12
+    z = torch.rand(B, Q, G * P, 1, generator=gen) * 4 + 2
+    points = torch.cat([xy, z], -1).to(device).requires_grad_()
+    weight = torch.randn(B, G, C // G, T, Q, P, generator=gen).to(device)  # d loss / d samples
+    results = {}
+    for impl in ("folded", "triton"):
+        sampler = PyramidSampler(features, strides, G, impl)
+        assert sampler.impl == impl
+        out = sampler(points)
+        inputs = [points] + (features if frames_grad else [])
+        results[impl] = [out] + list(torch.autograd.grad((out * weight).sum(), inputs))
+    for name, want, got in zip(["samples", "points"] + [f"level {i}" for i in range(L)], *results.values()):
+        assert got.shape == want.shape, name
+        err = (got - want).abs().max().item() / max(want.abs().max().item(), 1e-12)
+        assert err <= tol, f"{name}: relative error {err:.2e}"
+
+
+@needs_triton
+def test_the_kernels_equal_the_folded_sampler_in_the_interpreter():
+    """Triton's interpreter runs the kernels on CPU tensors (how CI checks them without a GPU)."""
+    code = (
+        "import runpy, sys; m = runpy.run_path(sys.argv[1]); "
+        "[m['compare']('cpu', *shape) for shape in m['SHAPES']]; "
+        "m['compare']('cpu', *m['SHAPES'][0], frames_grad=False); print('compared')"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, "-c", code, str(HERE)], env=env, capture_output=True, text=True,
+                            cwd=HERE.parents[2])
+    assert result.returncode == 0 and "compared" in result.stdout, result.stderr[-3000:]
+
+
+@needs_triton
+def test_the_detector_trains_the_same_with_the_triton_sampler_in_the_interpreter():
+    code = r"""
+import sys, torch
+from pathlib import Path
+sys.path.insert(0, str(Path(sys.argv[1]).parent))
+from test_cuda_graphs import batch, grads, tiny_cfg, train_pass
+from stmixer.modeling import build_detector
+root = Path(sys.argv[1]).parents[2]
+torch.manual_seed(0)
+folded = build_detector(tiny_cfg(root)).train()
+fast = build_detector(tiny_cfg(root, "MODEL.STM.SAMPLER", "triton")).train()
+fast.load_state_dict(folded.state_dict())
+data = batch(0)
+want, got = train_pass(folded, data), train_pass(fast, data)
+for k in want:
+    assert torch.allclose(got[k], want[k], rtol=1e-5, atol=1e-6), k
+gw, gg = grads(folded), grads(fast)
+assert gw.keys() == gg.keys()
+for k in gw:
+    assert (gg[k] - gw[k]).norm() <= 1e-4 * gw[k].norm() + 1e-9, k
+print("trained")
+"""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, "-c", code, str(HERE)], env=env, capture_output=True, text=True,
+                            cwd=HERE.parents[2])
+    assert result.returncode == 0 and "trained" in result.stdout, result.stderr[-3000:]
+
+
+@needs_cuda
+@pytest.mark.parametrize("shape", SHAPES + [(2, 256, 8, 4, 100, 32, 4)])
+def test_the_kernels_equal_the_folded_sampler_on_cuda(shape):
+    compare("cuda", *shape, tol=1e-4)  # atomic additions in another order on both sides
+
+
+def test_without_triton_or_cuda_the_folded_sampler_runs(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    features = [torch.randn(1, 4, 2, 8, 8), torch.randn(1, 4, 2, 4, 4)]
+    points = torch.rand(1, 3, 4, 3) * 20
+    sampler = PyramidSampler(features, (4, 8), 2, "triton")
+    assert sampler.impl == "folded"  # CPU tensors, no interpreter
+    assert torch.equal(sampler(points), PyramidSampler(features, (4, 8), 2, "folded")(points))
+    monkeypatch.setattr(sampling_triton, "triton", None)
+    assert not sampling_triton.available("cuda")
+    double = PyramidSampler([f.double() for f in features], (4, 8), 2, "triton")
+    assert double.impl == "folded"  # float64 (parity runs): the kernels are float32
+
+
+def test_the_config_accepts_the_triton_sampler():
+    cfg = get_cfg()
+    cfg.MODEL.STM.SAMPLER = "triton"
+    validate_config(cfg)
+    cfg.MODEL.STM.SAMPLER = "fused"
+    with pytest.raises(Exception, match="MODEL.STM.SAMPLER"):
+        validate_config(cfg)
