@@ -206,7 +206,7 @@ class PyramidSampler:
                 f"points {list(points.shape)} do not fit a batch of {self.batch} clips and {self.n_groups} groups"
             )
         weights = level_weights(points[..., 2], len(self.features))  # [B, Q, G*P, L]
-        sample = {"folded": self._sample_folded, "triton": self._sample_triton}.get(self.impl, self._sample_reference)
+        sample = self._sample_reference if self.impl == "reference" else self._sample_folded
         return sample(points[..., 0:2], weights)
 
     def _sample_reference(self, xy, weights):
@@ -225,6 +225,7 @@ class PyramidSampler:
         return out
 
     def _sample_folded(self, xy, weights):
+        """The folded and the Triton samplers: one autograd node for all levels."""
         B, Q, N, _ = xy.shape
         G, T, L = self.n_groups, self.frames, len(self.features)
         P = N // G
@@ -233,18 +234,9 @@ class PyramidSampler:
             [_normalized_grid(xy, f, s).reshape(B * G, Q, P, 2) for f, s in zip(self.features, self.strides)]
         )
         weights = weights.view(B, Q, G, P, L).permute(4, 0, 2, 1, 3).reshape(L, B * G, Q, P)
-        out = _WeightedLevelSampling.apply(grids.to(self._dtype), weights.to(self._dtype), *self._frames)  # [T*B*G, C/G, Q, P]
-        return out.view(T, B, G, -1, Q, P).permute(1, 2, 3, 0, 4, 5)
-
-    def _sample_triton(self, xy, weights):
-        B, Q, N, _ = xy.shape
-        G, T, L = self.n_groups, self.frames, len(self.features)
-        P = N // G
-        xy = xy.view(B, Q, G, P, 2).permute(0, 2, 1, 3, 4)
-        grids = torch.stack(
-            [_normalized_grid(xy, f, s).reshape(B * G, Q * P, 2) for f, s in zip(self.features, self.strides)]
-        )
-        weights = weights.view(B, Q, G, P, L).permute(4, 0, 2, 1, 3).reshape(L, B * G, Q * P)
-        out = sampling_triton.TritonWeightedSampling.apply(
-            grids.float(), weights.float(), *self._frames)  # [T*B*G, C/G, Q*P]
+        if self.impl == "triton":
+            out = sampling_triton.TritonWeightedSampling.apply(
+                grids.float().flatten(2, 3), weights.float().flatten(2, 3), *self._frames)  # [T*B*G, C/G, Q*P]
+        else:
+            out = _WeightedLevelSampling.apply(grids.to(self._dtype), weights.to(self._dtype), *self._frames)  # [T*B*G, C/G, Q, P]
         return out.view(T, B, G, -1, Q, P).permute(1, 2, 3, 0, 4, 5)

@@ -51,6 +51,13 @@ def available(device):
 if triton is not None:
 
     @triton.jit
+    def _program_block(QP, C, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr):
+        """This program's (clip-group pair, point offsets and mask, channel offsets and mask)."""
+        offs_p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        offs_c = tl.arange(0, BLOCK_C)
+        return tl.program_id(1), offs_p, offs_p < QP, offs_c, offs_c < C
+
+    @triton.jit
     def _corners(grid_ptr, weight_ptr, level: tl.constexpr, n, offs_p, mask_p, QP, N, H, W):
         """Bilinear corners of the points ``offs_p`` of pair ``n`` on level ``level`` (grid_sample's formulas)."""
         g = grid_ptr + ((level * N + n) * QP + offs_p) * 2
@@ -97,12 +104,7 @@ if triton is not None:
     @triton.jit
     def _forward_kernel(out_ptr, grid_ptr, weight_ptr, f0, f1, f2, f3, H0, W0, H1, W1, H2, W2, H3, W3,
                         T, N, QP, C, LEVELS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr):
-        pid_p = tl.program_id(0)
-        n = tl.program_id(1)
-        offs_p = pid_p * BLOCK + tl.arange(0, BLOCK)
-        mask_p = offs_p < QP
-        offs_c = tl.arange(0, BLOCK_C)
-        mask_c = offs_c < C
+        n, offs_p, mask_p, offs_c, mask_c = _program_block(QP, C, BLOCK, BLOCK_C)
         for t in range(T):
             image = t * N + n
             acc = _level_sample(f0, image, 0, grid_ptr, weight_ptr, n, offs_p, mask_p, offs_c, mask_c, QP, N,
@@ -176,12 +178,7 @@ if triton is not None:
     def _backward_kernel(grad_out_ptr, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, f0, f1, f2, f3,
                          g0, g1, g2, g3, H0, W0, H1, W1, H2, W2, H3, W3, T, N, QP, C, LEVELS: tl.constexpr,
                          NEED_FRAMES: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr):
-        pid_p = tl.program_id(0)
-        n = tl.program_id(1)
-        offs_p = pid_p * BLOCK + tl.arange(0, BLOCK)
-        mask_p = offs_p < QP
-        offs_c = tl.arange(0, BLOCK_C)
-        mask_c = offs_c < C
+        n, offs_p, mask_p, offs_c, mask_c = _program_block(QP, C, BLOCK, BLOCK_C)
         _level_backward(grad_out_ptr, f0, g0, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, 0, n, offs_p,
                         mask_p, offs_c, mask_c, T, N, QP, H0, W0, C, NEED_FRAMES)
         if LEVELS > 1:
