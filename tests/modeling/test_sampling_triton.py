@@ -20,7 +20,7 @@ needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and sampling_trit
                                 reason="needs CUDA and Triton")
 
 # (batch, channels, frames, groups, queries, points, levels): channels per group 8 (a power of two) and 6
-# (padded to 8 in the kernel), points per pair below and above one program's block of 32
+# (padded to 8 in the kernel), points per pair below and above one program's block of 8
 SHAPES = [(2, 16, 3, 2, 5, 4, 4), (1, 18, 2, 3, 7, 9, 3), (2, 8, 1, 1, 3, 16, 1)]
 
 
@@ -89,6 +89,26 @@ print("trained")
     result = subprocess.run([sys.executable, "-c", code, str(HERE)], env=env, capture_output=True, text=True,
                             cwd=HERE.parents[2])
     assert result.returncode == 0 and "trained" in result.stdout, result.stderr[-3000:]
+
+
+@needs_triton
+@pytest.mark.parametrize("levels,need_frames", [(4, True), (3, False)])
+def test_the_kernels_compile_for_an_h100(levels, need_frames):
+    """Ahead of time, without a GPU: Triton's compiler (not only its interpreter) takes the kernels down to
+    sm_90 machine code."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    for fn, extra in [(sampling_triton._forward_kernel, {}),
+                      (sampling_triton._backward_kernel, {"NEED_FRAMES": need_frames})]:
+        constexprs = dict(LEVELS=levels, BLOCK=sampling_triton.BLOCK_P, BLOCK_C=64, **extra)
+        signature = {name: "constexpr" if name in constexprs else
+                     "*fp32" if name.endswith("_ptr") or (name[0] in "fg" and name[1:].isdigit()) else "i32"
+                     for name in fn.arg_names}
+        kernel = sampling_triton.triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                                                target=GPUTarget("cuda", 90, 32),
+                                                options={"num_warps": sampling_triton.NUM_WARPS})
+        assert kernel.asm["cubin"], fn.__name__
 
 
 @needs_cuda
