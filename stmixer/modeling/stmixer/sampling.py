@@ -178,20 +178,19 @@ class PyramidSampler:
         self.n_groups = n_groups
         self.impl = "folded" if impl == "auto" else impl
         self.batch, self.channels, self.frames = shapes[0][:3]
+        # Sampling runs in at least float32, as autocast runs grid_sample in the reference path;
+        # the custom backwards then see the dtypes of their forwards.
+        self._dtype = torch.promote_types(features[0].dtype, torch.float32)
+        if self.impl == "triton" and not (sampling_triton.available(features[0].device)
+                                          and self._dtype == torch.float32):
+            reason = "float64 features" if self._dtype != torch.float32 else f"no Triton for {features[0].device.type}"
+            if reason not in _warned:
+                _warned.add(reason)
+                logger.info("MODEL.STM.SAMPLER triton: %s; the folded sampler runs instead", reason)
+            self.impl = "folded"
         if self.impl == "triton":
-            dtype = torch.promote_types(features[0].dtype, torch.float32)
-            if sampling_triton.available(features[0].device) and dtype == torch.float32:
-                self._frames = [sampling_triton.channels_last_frames(f, n_groups) for f in self.features]
-            else:
-                reason = "float64 features" if dtype != torch.float32 else f"no Triton for {features[0].device.type}"
-                if reason not in _warned:
-                    _warned.add(reason)
-                    logger.info("MODEL.STM.SAMPLER triton: %s; the folded sampler runs instead", reason)
-                self.impl = "folded"
-        if self.impl == "folded":
-            # Sampling runs in at least float32, as autocast runs grid_sample in the reference path;
-            # the custom backward then sees the dtypes of its forward.
-            self._dtype = torch.promote_types(features[0].dtype, torch.float32)
+            self._frames = [sampling_triton.channels_last_frames(f, n_groups) for f in self.features]
+        elif self.impl == "folded":
             self._frames = [_frame_major(f, n_groups).to(self._dtype) for f in self.features]
 
     def __call__(self, points):
@@ -234,9 +233,9 @@ class PyramidSampler:
             [_normalized_grid(xy, f, s).reshape(B * G, Q, P, 2) for f, s in zip(self.features, self.strides)]
         )
         weights = weights.view(B, Q, G, P, L).permute(4, 0, 2, 1, 3).reshape(L, B * G, Q, P)
-        if self.impl == "triton":
-            out = sampling_triton.TritonWeightedSampling.apply(
-                grids.float().flatten(2, 3), weights.float().flatten(2, 3), *self._frames)  # [T*B*G, C/G, Q*P]
-        else:
-            out = _WeightedLevelSampling.apply(grids.to(self._dtype), weights.to(self._dtype), *self._frames)  # [T*B*G, C/G, Q, P]
+        grids, weights = grids.to(self._dtype), weights.to(self._dtype)
+        if self.impl == "triton":  # [T*B*G, C/G, Q*P]
+            out = sampling_triton.TritonWeightedSampling.apply(grids.flatten(2, 3), weights.flatten(2, 3), *self._frames)
+        else:  # [T*B*G, C/G, Q, P]
+            out = _WeightedLevelSampling.apply(grids, weights, *self._frames)
         return out.view(T, B, G, -1, Q, P).permute(1, 2, 3, 0, 4, 5)

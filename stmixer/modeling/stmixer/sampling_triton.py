@@ -20,7 +20,6 @@ gradients with the folded path, on the CPU through Triton's interpreter
 (``TRITON_INTERPRET=1``) and on CUDA.
 """
 
-import functools
 import os
 
 import torch
@@ -202,19 +201,16 @@ def channels_last_frames(feature, n_groups):
     return frames.reshape(T * B * n_groups, H, W, C // n_groups).to(torch.promote_types(feature.dtype, torch.float32))
 
 
-def _sizes(frames):
-    sizes = []
-    for level in range(MAX_LEVELS):
-        f = frames[min(level, len(frames) - 1)]
-        sizes += [f.size(1), f.size(2)]
-    return sizes
-
-
 def _padded(frames):
+    """The kernels take MAX_LEVELS levels: unused ones repeat the last (never read)."""
     return list(frames) + [frames[-1]] * (MAX_LEVELS - len(frames))
 
 
-@functools.lru_cache(maxsize=None)
+def _sizes(frames):
+    """H_l, W_l of every level the kernels take."""
+    return [size for f in _padded(frames) for size in (f.size(1), f.size(2))]
+
+
 def _block_c(channels):
     return triton.next_power_of_2(channels)
 
@@ -257,7 +253,6 @@ class TritonWeightedSampling(torch.autograd.Function):
                                  *_padded(frames), *_padded(grad_frames), *_sizes(frames), TN // N, N, QP, C,
                                  LEVELS=len(frames), NEED_FRAMES=need_frames, BLOCK=BLOCK_P, BLOCK_C=_block_c(C),
                                  num_warps=NUM_WARPS)
-        grads = [g if need else None for g, need in zip(grad_frames, ctx.needs_input_grad[2:])] if need_frames \
-            else [None] * len(frames)
+        grads = [g if need_frames and need else None for g, need in zip(grad_frames, ctx.needs_input_grad[2:])]
         return (grad_grids if ctx.needs_input_grad[0] else None,
                 grad_weights if ctx.needs_input_grad[1] else None, *grads)
