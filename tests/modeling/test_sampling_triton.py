@@ -101,7 +101,7 @@ def test_the_kernels_compile_for_an_h100(levels, need_frames):
 
     for fn, extra in [(sampling_triton._forward_kernel, {}),
                       (sampling_triton._backward_kernel, {"NEED_FRAMES": need_frames})]:
-        constexprs = dict(LEVELS=levels, BLOCK=sampling_triton.BLOCK_P, BLOCK_C=64, **extra)
+        constexprs = dict(T=8, LEVELS=levels, BLOCK=sampling_triton.BLOCK_P, BLOCK_C=64, **extra)
         signature = {name: "constexpr" if name in constexprs else
                      "*fp32" if name.endswith("_ptr") or (name[0] in "fg" and name[1:].isdigit()) else "i32"
                      for name in fn.arg_names}

@@ -105,7 +105,8 @@ if triton is not None:
 
     @triton.jit
     def _forward_kernel(out_ptr, grid_ptr, weight_ptr, f0, f1, f2, f3, H0, W0, H1, W1, H2, W2, H3, W3,
-                        T, N, QP, C, LEVELS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr):
+                        N, QP, C, T: tl.constexpr, LEVELS: tl.constexpr, BLOCK: tl.constexpr,
+                        BLOCK_C: tl.constexpr):
         n, offs_p, mask_p, offs_c, mask_c = _program_block(QP, C, BLOCK, BLOCK_C)
         for t in range(T):
             image = t * N + n
@@ -126,8 +127,8 @@ if triton is not None:
 
     @triton.jit
     def _level_backward(grad_out_ptr, frame_ptr, grad_frame_ptr, grid_ptr, weight_ptr, grad_grid_ptr,
-                        grad_weight_ptr, level: tl.constexpr, n, offs_p, mask_p, offs_c, mask_c, T, N, QP, H, W, C,
-                        NEED_FRAME: tl.constexpr):
+                        grad_weight_ptr, level: tl.constexpr, n, offs_p, mask_p, offs_c, mask_c,
+                        T: tl.constexpr, N, QP, H, W, C, NEED_FRAME: tl.constexpr):
         """Gradients of one level for the points ``offs_p`` of pair ``n``, summed over the frames."""
         ix, iy, x0, y0, x1, y1, lw = _corners(grid_ptr, weight_ptr, level, n, offs_p, mask_p, QP, N, H, W)
         w_nw = (x1 - ix) * (y1 - iy)
@@ -178,8 +179,8 @@ if triton is not None:
 
     @triton.jit
     def _backward_kernel(grad_out_ptr, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, f0, f1, f2, f3,
-                         g0, g1, g2, g3, H0, W0, H1, W1, H2, W2, H3, W3, T, N, QP, C, LEVELS: tl.constexpr,
-                         NEED_FRAMES: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr):
+                         g0, g1, g2, g3, H0, W0, H1, W1, H2, W2, H3, W3, N, QP, C, T: tl.constexpr,
+                         LEVELS: tl.constexpr, NEED_FRAMES: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr):
         n, offs_p, mask_p, offs_c, mask_c = _program_block(QP, C, BLOCK, BLOCK_C)
         _level_backward(grad_out_ptr, f0, g0, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, 0, n, offs_p,
                         mask_p, offs_c, mask_c, T, N, QP, H0, W0, C, NEED_FRAMES)
@@ -234,8 +235,8 @@ class TritonWeightedSampling(torch.autograd.Function):
         frames = [f.contiguous() for f in frames]
         out = torch.empty(TN, C, QP, device=grids.device, dtype=grids.dtype)
         launch = (triton.cdiv(QP, BLOCK_P), N)
-        _forward_kernel[launch](out, grids, weights, *_padded(frames), *_sizes(frames), T, N, QP, C,
-                                LEVELS=len(frames), BLOCK=BLOCK_P, BLOCK_C=_block_c(C), num_warps=NUM_WARPS)
+        _forward_kernel[launch](out, grids, weights, *_padded(frames), *_sizes(frames), N, QP, C,
+                                T=T, LEVELS=len(frames), BLOCK=BLOCK_P, BLOCK_C=_block_c(C), num_warps=NUM_WARPS)
         ctx.save_for_backward(grids, weights, *frames)
         return out
 
@@ -250,8 +251,8 @@ class TritonWeightedSampling(torch.autograd.Function):
         grad_weights = torch.empty_like(weights)
         launch = (triton.cdiv(QP, BLOCK_P), N)
         _backward_kernel[launch](grad_out.contiguous(), grids, weights, grad_grids, grad_weights,
-                                 *_padded(frames), *_padded(grad_frames), *_sizes(frames), TN // N, N, QP, C,
-                                 LEVELS=len(frames), NEED_FRAMES=need_frames, BLOCK=BLOCK_P, BLOCK_C=_block_c(C),
+                                 *_padded(frames), *_padded(grad_frames), *_sizes(frames), N, QP, C,
+                                 T=TN // N, LEVELS=len(frames), NEED_FRAMES=need_frames, BLOCK=BLOCK_P, BLOCK_C=_block_c(C),
                                  num_warps=NUM_WARPS)
         grads = [g if need_frames and need else None for g, need in zip(grad_frames, ctx.needs_input_grad[2:])]
         return (grad_grids if ctx.needs_input_grad[0] else None,
