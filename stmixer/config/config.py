@@ -39,12 +39,18 @@ def _decode_value(value):
     return value
 
 
+# Keys whose default is the string "auto" and that also take the booleans True and False.
+BOOL_OR_AUTO_KEYS = frozenset({"MODEL.STM.STACKED_LOSSES"})
+
+
 def _coerce(value, default, full_key, source, raw=None):
     """Return ``value`` converted to the type of ``default`` or raise ConfigError.
 
     ``raw`` is the value as written in a YAML file, to name it when YAML read a word as a boolean.
     """
     if type(value) is type(default) or value is None or default is None:
+        return value
+    if full_key in BOOL_OR_AUTO_KEYS and isinstance(value, bool):
         return value
     if isinstance(default, str) and isinstance(value, bool):
         written = raw if raw is not None else str(value)

@@ -609,10 +609,10 @@ _C.MODEL.STM.PERSON_THRESHOLD = 0.6
 _C.MODEL.STM.MEM_ACTIVE = False
 # (stmixer) Scalar backpropagated from the loss dict: "mean" of the terms (official trainer, sum / 4S) or "sum".
 _C.MODEL.STM.LOSS_REDUCTION = "mean"
-# (stmixer) Feature sampler: "auto" (= "folded", the memory-saving path), "reference" (the official order of work) or "triton" (opt-in, CUDA: the folded function as two Triton kernels with a cheaper backward than grid_sample's; not yet timed on a GPU; "folded" where Triton or CUDA is missing).
+# (stmixer) Feature sampler: "auto" ("triton" on CUDA where Triton is installed, else "folded"), "folded" (the memory-saving grid_sample path; each level's frame-major copy made once per forward), "reference" (the official order of work) or "triton" (CUDA: the folded function as two Triton kernels with a cheaper backward than grid_sample's: 0.38x the reference sampler's time on an H100; "folded" where Triton or CUDA is missing, or for float64). Parity runs use "folded".
 _C.MODEL.STM.SAMPLER = "auto"
-# (stmixer) Compute the losses of all supervised stages as one stack (fewer kernel launches on GPUs: 468 instead of 778 operator calls in the forward of the loss of a 6-stage decoder; 0.88x the graphed SlowFast-R50 training step at batch 2 on an H100); False: one computation per stage, as the official code. Same values up to float rounding (float32: ~1e-7), which moves a training trajectory: opt-in.
-_C.MODEL.STM.STACKED_LOSSES = False
+# (stmixer) Compute the losses of all supervised stages as one stack (fewer kernel launches: 468 instead of 778 operator calls in the forward of the loss of a 6-stage decoder; 0.88x the graphed SlowFast-R50 training step at batch 2 on an H100): "auto" = stacked on CUDA (where training already varies run to run by the order of atomic additions, far more than stacking's float rounding), one computation per stage on the CPU (bit-exact official order, deterministic runs); True / False force one or the other. Same values up to float rounding (float32: ~1e-7). Parity runs use False.
+_C.MODEL.STM.STACKED_LOSSES = "auto"
 
 # ---------------------------------------------------------------------------
 # (stmixer) Recognizers (MODEL.META_ARCHITECTURE "Recognizer3D": backbone -> classification head; docs/recognition.md)

@@ -33,6 +33,7 @@ CHOICES = {
     "MODEL.LFB.SPATIAL_POOL": ("avg", "max"),
     "MODEL.STM.LOSS_REDUCTION": ("mean", "sum"),
     "MODEL.STM.SAMPLER": ("auto", "reference", "folded", "triton"),
+    "MODEL.STM.STACKED_LOSSES": ("auto", True, False),
     "MODEL.CUDA_GRAPH.SCOPE": ("off", "decoder", "model"),
     "MODEL.STM.MEM_ACTIVE": (False,),
     "SOLVER.SCHEDULER": ("warmup_multi_step", "warmup_cosine"),

@@ -150,6 +150,12 @@ def accumulate(batch):
         _ACCUMULATED.pop()
 
 
+def stacks_losses(setting, device):
+    """Whether ``SetCriterion(batched_losses=setting)`` stacks the stage losses of predictions on ``device``:
+    True / False as given; "auto": on CUDA only (the CPU keeps the official per-stage order bit for bit)."""
+    return torch.device(device).type == "cuda" if setting == "auto" else setting
+
+
 class SetCriterion(nn.Module):
     """Matches every supervised stage to the targets and returns the weighted loss dict.
 
@@ -165,8 +171,9 @@ class SetCriterion(nn.Module):
             reference path (one matcher call per stage, one copy per clip), with the same results.
         batched_losses: compute the losses of all supervised stages as one stack (fewer kernel
             launches in the loss and its backward; ``MODEL.STM.STACKED_LOSSES``); False (default)
-            is the reference path, one ``stage_losses`` call per stage. Same values up to the order of
-            floating-point sums (float32: ~1e-7), which is enough to move a training trajectory.
+            is the reference path, one ``stage_losses`` call per stage; "auto": stacked for CUDA
+            predictions, per stage otherwise. Same values up to the order of floating-point sums
+            (float32: ~1e-7), which is enough to move a training trajectory.
     """
 
     def __init__(self, matcher, num_object_classes, weights, background_weight, intermediate_supervision=True,
@@ -180,6 +187,8 @@ class SetCriterion(nn.Module):
         self.weights = dict(weights)
         self.intermediate_supervision = intermediate_supervision
         self.batched_matching = batched_matching
+        if batched_losses not in (True, False, "auto"):
+            raise ValueError(f"SetCriterion: batched_losses must be True, False or 'auto', got {batched_losses!r}")
         self.batched_losses = batched_losses
         empty_weight = torch.ones(num_object_classes + 1, dtype=torch.float32)
         empty_weight[-1] = background_weight
@@ -211,7 +220,7 @@ class SetCriterion(nn.Module):
             "actions": torch.cat([t["actions"] for t in targets]) if targets else None,
             "whwh": torch.cat([t["whwh"].expand(len(t["boxes"]), 4) for t in targets]) if targets else None,
         }
-        if self.batched_losses and len({indices[k].size(1) for k in stages}) == 1:
+        if stacks_losses(self.batched_losses, device) and len({indices[k].size(1) for k in stages}) == 1:
             stacked = self.stacked_losses(outputs, stages, flat, indices, num_boxes, accumulated)
             weighted = {name: value * self.weights[name] for name, value in stacked.items()}
             per_stage = {k: {name: value[j] for name, value in weighted.items()} for j, k in enumerate(stages)}

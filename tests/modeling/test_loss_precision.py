@@ -5,7 +5,7 @@ import contextlib
 import pytest
 import torch
 
-from stmixer.modeling.losses import AccumulatedBatch, accumulate, reduce_losses
+from stmixer.modeling.losses import AccumulatedBatch, SetCriterion, accumulate, reduce_losses, stacks_losses
 from stmixer.modeling.matcher import HungarianMatcher
 from stmixer.modeling.stmixer import build_stm_decoder
 from stmixer.modeling.stmixer.decoder import DecoderOutputs
@@ -189,7 +189,42 @@ def test_stacked_stage_losses_equal_the_per_stage_path(load_decoder, decoder_inp
 
 
 def test_stacked_losses_is_a_config_switch(decoder_cfg):
-    assert build_stm_decoder(decoder_cfg).criterion.batched_losses is False  # default: the official per-stage path
-    cfg = decoder_cfg.clone()
-    cfg.MODEL.STM.STACKED_LOSSES = True
-    assert build_stm_decoder(cfg).criterion.batched_losses is True
+    assert build_stm_decoder(decoder_cfg).criterion.batched_losses == "auto"  # default
+    for value in (True, False):
+        cfg = decoder_cfg.clone()
+        cfg.MODEL.STM.STACKED_LOSSES = value
+        assert build_stm_decoder(cfg).criterion.batched_losses is value
+    assert [stacks_losses("auto", d) for d in ("cpu", "cuda", torch.device("cuda", 1))] == [False, True, True]
+    assert [stacks_losses(v, "cpu") for v in (True, False)] == [True, False]
+    with pytest.raises(ValueError, match="batched_losses"):
+        criterion = build_stm_decoder(decoder_cfg).criterion
+        SetCriterion(criterion.matcher, 1, criterion.weights, 0.1, batched_losses="yes")
+
+
+def test_stacked_losses_accepts_booleans_and_auto_from_files_and_the_command_line(tmp_path):
+    from stmixer.config import load_config
+    from stmixer.config.config import ConfigError
+
+    for written, expected in (("true", True), ("False", False), ("auto", "auto")):
+        path = tmp_path / f"{written}.yaml"
+        path.write_text(f"MODEL:\n  STM:\n    STACKED_LOSSES: {written}\n")
+        assert load_config(str(path)).MODEL.STM.STACKED_LOSSES == expected
+    assert load_config(opts=["MODEL.STM.STACKED_LOSSES", "True"]).MODEL.STM.STACKED_LOSSES is True
+    with pytest.raises((ConfigError, ValueError), match="MODEL.STM.STACKED_LOSSES"):
+        load_config(opts=["MODEL.STM.STACKED_LOSSES", "sometimes"])
+    with pytest.raises((ConfigError, ValueError), match="MODEL.STM.STACKED_LOSSES"):
+        load_config(opts=["MODEL.STM.STACKED_LOSSES", "1"])
+
+
+def test_auto_keeps_the_official_per_stage_losses_on_the_cpu(load_decoder, decoder_inputs, monkeypatch):
+    calls = []
+    original = SetCriterion.stacked_losses
+    monkeypatch.setattr(SetCriterion, "stacked_losses", lambda self, *a: calls.append(1) or original(self, *a))
+    ref_losses, ref_grads = fixture_losses_and_grads(load_decoder, decoder_inputs, torch.float32, True)
+    auto_losses, auto_grads = fixture_losses_and_grads(load_decoder, decoder_inputs, torch.float32, True,
+                                                       stacked="auto")
+    assert not calls
+    assert all(torch.equal(auto_losses[n], ref_losses[n]) for n in ref_losses)
+    assert all(torch.equal(auto_grads[n], ref_grads[n]) for n in ref_grads)
+    fixture_losses_and_grads(load_decoder, decoder_inputs, torch.float32, True, stacked=True)
+    assert calls

@@ -137,3 +137,25 @@ def test_the_config_accepts_the_triton_sampler():
     cfg.MODEL.STM.SAMPLER = "fused"
     with pytest.raises(Exception, match="MODEL.STM.SAMPLER"):
         validate_config(cfg)
+
+
+def test_auto_picks_the_triton_sampler_only_for_float32_cuda_tensors(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter can run them, but "auto" keeps CPU tensors folded
+    features = [torch.randn(1, 4, 2, 8, 8), torch.randn(1, 4, 2, 4, 4)]
+    assert PyramidSampler(features, (4, 8), 2).impl == "folded"
+    assert PyramidSampler(features, (4, 8), 2, "auto").impl == "folded"
+    if torch.cuda.is_available():
+        cuda = [f.cuda() for f in features]
+        expected = "triton" if sampling_triton.triton is not None else "folded"
+        assert PyramidSampler(cuda, (4, 8), 2, "auto").impl == expected
+        assert PyramidSampler([f.bfloat16() for f in cuda], (4, 8), 2, "auto").impl == expected  # sampled in fp32
+        assert PyramidSampler([f.double() for f in cuda], (4, 8), 2, "auto").impl == "folded"
+        monkeypatch.setattr(sampling_triton, "triton", None)
+        assert PyramidSampler(cuda, (4, 8), 2, "auto").impl == "folded"
+
+
+def test_parity_runs_use_the_folded_sampler(tmp_path):
+    from stmixer.tools.reference_parity import fixture_config
+
+    (tmp_path / "config.yaml").write_text("MODEL:\n  STM:\n    SAMPLER: auto\n")
+    assert fixture_config(tmp_path).MODEL.STM.SAMPLER == "folded"

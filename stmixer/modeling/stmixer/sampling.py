@@ -24,15 +24,17 @@ float rounding):
   keeps ``grid_sample``'s parallelism (one thread per sampled point and frame)
   and is faster in its backward than a channel fold.
 
-* ``"triton"`` (opt-in, CUDA): the folded function as two Triton kernels on
+* ``"triton"`` (CUDA): the folded function as two Triton kernels on
   channels-last copies of the levels (``sampling_triton``): one forward kernel
   for all levels and frames, and a backward whose atomic additions run on
   contiguous rows of channels instead of ``grid_sample``'s channels-first
-  scatter. Where Triton or CUDA is missing, or for float64, it runs "folded"
-  (logged once).
+  scatter (0.38x the reference sampler's forward + backward time on an H100,
+  where the folded one takes 0.95-1.02x). Where Triton or CUDA is missing, or
+  for float64, it runs "folded" (logged once).
 
-"auto" selects "folded"; "reference" is kept as the checked baseline (tests
-compare the two, values and gradients) and for debugging.
+"auto" selects "triton" for float32 (and autocast) CUDA tensors where Triton
+is installed, else "folded", silently; "reference" is kept as the checked
+baseline (tests compare the three, values and gradients) and for debugging.
 """
 
 import logging
@@ -160,7 +162,7 @@ class PyramidSampler:
         features: L maps ``[B, C, T, H_l, W_l]``; map l has stride ``strides[l]`` of the padded canvas.
         strides: L strides in pixels (4, 8, 16, 32).
         n_groups: G; group g uses channels ``g*C/G .. (g+1)*C/G - 1``.
-        impl: one of ``SAMPLER_IMPLS`` ("auto" = "folded"); see the module docstring.
+        impl: one of ``SAMPLER_IMPLS`` ("auto": "triton" on CUDA, else "folded"); see the module docstring.
     """
 
     def __init__(self, features, strides, n_groups, impl="auto"):
@@ -176,11 +178,14 @@ class PyramidSampler:
         self.features = list(features)
         self.strides = tuple(strides)
         self.n_groups = n_groups
-        self.impl = "folded" if impl == "auto" else impl
         self.batch, self.channels, self.frames = shapes[0][:3]
         # Sampling runs in at least float32, as autocast runs grid_sample in the reference path;
         # the custom backwards then see the dtypes of their forwards.
         self._dtype = torch.promote_types(features[0].dtype, torch.float32)
+        if impl == "auto":
+            on_cuda = features[0].device.type == "cuda" and sampling_triton.available(features[0].device)
+            impl = "triton" if on_cuda and self._dtype == torch.float32 else "folded"
+        self.impl = impl
         if self.impl == "triton" and not (sampling_triton.available(features[0].device)
                                           and self._dtype == torch.float32):
             reason = "float64 features" if self._dtype != torch.float32 else f"no Triton for {features[0].device.type}"
