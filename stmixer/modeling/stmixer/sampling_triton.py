@@ -1,4 +1,4 @@
-"""Level-weighted bilinear sampling as two Triton kernels (``MODEL.STM.SAMPLER triton``, opt-in, CUDA).
+"""Level-weighted bilinear sampling as two Triton kernels (``MODEL.STM.SAMPLER`` "auto" on CUDA, or "triton").
 
 The folded sampler (``sampling._WeightedLevelSampling``) runs one ``grid_sample`` per level
 and frame-major image; ``grid_sample``'s backward adds each sample's gradient into a
@@ -252,8 +252,8 @@ class TritonWeightedSampling(torch.autograd.Function):
         launch = (triton.cdiv(QP, BLOCK_P), N)
         _backward_kernel[launch](grad_out.contiguous(), grids, weights, grad_grids, grad_weights,
                                  *_padded(frames), *_padded(grad_frames), *_sizes(frames), N, QP, C,
-                                 T=TN // N, LEVELS=len(frames), NEED_FRAMES=need_frames, BLOCK=BLOCK_P, BLOCK_C=_block_c(C),
-                                 num_warps=NUM_WARPS)
+                                 T=TN // N, LEVELS=len(frames), NEED_FRAMES=need_frames, BLOCK=BLOCK_P,
+                                 BLOCK_C=_block_c(C), num_warps=NUM_WARPS)
         grads = [g if need_frames and need else None for g, need in zip(grad_frames, ctx.needs_input_grad[2:])]
         return (grad_grids if ctx.needs_input_grad[0] else None,
                 grad_weights if ctx.needs_input_grad[1] else None, *grads)
