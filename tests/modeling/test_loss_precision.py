@@ -196,8 +196,8 @@ def test_stacked_losses_is_a_config_switch(decoder_cfg):
         assert build_stm_decoder(cfg).criterion.batched_losses is value
     assert [stacks_losses("auto", d) for d in ("cpu", "cuda", torch.device("cuda", 1))] == [False, True, True]
     assert [stacks_losses(v, "cpu") for v in (True, False)] == [True, False]
+    criterion = build_stm_decoder(decoder_cfg).criterion
     with pytest.raises(ValueError, match="batched_losses"):
-        criterion = build_stm_decoder(decoder_cfg).criterion
         SetCriterion(criterion.matcher, 1, criterion.weights, 0.1, batched_losses="yes")
 
 
