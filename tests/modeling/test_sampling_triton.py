@@ -12,6 +12,7 @@ import torch
 
 from stmixer.config import get_cfg, validate_config
 from stmixer.modeling.stmixer import sampling_triton
+from stmixer.modeling.stmixer import sampling
 from stmixer.modeling.stmixer.sampling import PyramidSampler
 
 HERE = Path(__file__).resolve()
@@ -159,3 +160,34 @@ def test_parity_runs_use_the_folded_sampler(tmp_path):
 
     (tmp_path / "config.yaml").write_text("MODEL:\n  STM:\n    SAMPLER: auto\n")
     assert fixture_config(tmp_path).MODEL.STM.SAMPLER == "folded"
+
+
+def test_auto_needs_a_gpu_triton_supports(monkeypatch):
+    for capability, expected in (((7, 5), False), ((8, 0), True), ((9, 0), True)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert sampling_triton.auto_supported("cuda") is (expected and sampling_triton.triton is not None)
+    assert not sampling_triton.auto_supported("cpu")
+
+
+@needs_triton
+def test_kernels_that_fail_their_self_check_leave_the_folded_sampler(monkeypatch, caplog):
+    """A GPU or an installation Triton cannot build for: the first sampler says why once and runs folded."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # makes the CPU a device the kernels may run on
+    monkeypatch.setattr(sampling_triton, "_SELF_CHECKS", {})
+    monkeypatch.setattr(sampling, "_warned", set())
+
+    def broken(*args):
+        raise RuntimeError("no kernel image is available for execution on the device\nsecond line")
+
+    monkeypatch.setattr(sampling_triton.TritonWeightedSampling, "apply", staticmethod(broken))
+    features = [torch.randn(1, 4, 2, 8, 8), torch.randn(1, 4, 2, 4, 4)]
+    points = torch.rand(1, 3, 4, 3) * 20
+    with caplog.at_level("WARNING", logger=sampling.__name__):
+        first = PyramidSampler(features, (4, 8), 2, "triton")
+        second = PyramidSampler(features, (4, 8), 2, "triton")
+    assert first.impl == second.impl == "folded"
+    assert torch.equal(first(points), PyramidSampler(features, (4, 8), 2, "folded")(points))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "no kernel image is available" in warnings[0] and "second line" not in warnings[0]
+    assert sampling_triton._SELF_CHECKS == {("cpu", None): "RuntimeError: no kernel image is available for "
+                                                           "execution on the device"}

@@ -29,12 +29,14 @@ float rounding):
   for all levels and frames, and a backward whose atomic additions run on
   contiguous rows of channels instead of ``grid_sample``'s channels-first
   scatter (0.38x the reference sampler's forward + backward time on an H100,
-  where the folded one takes 0.95-1.02x). Where Triton or CUDA is missing, or
-  for float64, it runs "folded" (logged once).
+  where the folded one takes 0.95-1.02x). Where Triton or CUDA is missing, for
+  float64, or when the kernels fail a one-time self-check on the device (an old
+  GPU, a broken Triton), it runs "folded" (logged once).
 
-"auto" selects "triton" for float32 (and autocast) CUDA tensors where Triton
-is installed, else "folded", silently; "reference" is kept as the checked
-baseline (tests compare the three, values and gradients) and for debugging.
+"auto" selects "triton" for float32 (and autocast) CUDA tensors on GPUs of
+compute capability 8.0 or newer where Triton is installed, else "folded";
+"reference" is kept as the checked baseline (tests compare the three, values
+and gradients) and for debugging.
 """
 
 import logging
@@ -182,21 +184,29 @@ class PyramidSampler:
         # Sampling runs in at least float32, as autocast runs grid_sample in the reference path;
         # the custom backwards then see the dtypes of their forwards.
         self._dtype = torch.promote_types(features[0].dtype, torch.float32)
+        device = features[0].device
         if impl == "auto":
-            on_cuda = features[0].device.type == "cuda" and sampling_triton.available(features[0].device)
-            impl = "triton" if on_cuda and self._dtype == torch.float32 else "folded"
+            impl = "triton" if sampling_triton.auto_supported(device) and self._dtype == torch.float32 else "folded"
         self.impl = impl
-        if self.impl == "triton" and not (sampling_triton.available(features[0].device)
-                                          and self._dtype == torch.float32):
-            reason = "float64 features" if self._dtype != torch.float32 else f"no Triton for {features[0].device.type}"
-            if reason not in _warned:
-                _warned.add(reason)
-                logger.info("MODEL.STM.SAMPLER triton: %s; the folded sampler runs instead", reason)
-            self.impl = "folded"
+        if self.impl == "triton":
+            if not sampling_triton.available(device) or self._dtype != torch.float32:
+                reason = "float64 features" if self._dtype != torch.float32 else f"no Triton for {device.type}"
+                self._fall_back(reason, logging.INFO)
+            else:
+                failure = sampling_triton.self_check(device)
+                if failure is not None:
+                    self._fall_back(f"the kernels failed on {device} ({failure})", logging.WARNING)
         if self.impl == "triton":
             self._frames = [sampling_triton.channels_last_frames(f, n_groups) for f in self.features]
         elif self.impl == "folded":
             self._frames = [_frame_major(f, n_groups).to(self._dtype) for f in self.features]
+
+    def _fall_back(self, reason, level):
+        """Run the folded sampler instead of the Triton one; say why once per reason."""
+        if reason not in _warned:
+            _warned.add(reason)
+            logger.log(level, "MODEL.STM.SAMPLER: Triton sampler: %s; the folded sampler runs instead", reason)
+        self.impl = "folded"
 
     def __call__(self, points):
         """Samples ``[B, G, C/G, T, Q, P]`` at ``points`` ``[B, Q, G * P, 3]``.

@@ -50,6 +50,53 @@ def available(device):
     return triton is not None and (torch.device(device).type == "cuda" or interpreted())
 
 
+# Oldest GPUs ``MODEL.STM.SAMPLER auto`` runs the kernels on: Triton supports compute capability 8.0 (A100)
+# and newer. On older GPUs "auto" takes the folded sampler; "triton" still tries the kernels (self-checked).
+AUTO_MIN_CAPABILITY = (8, 0)
+
+
+def auto_supported(device):
+    """Whether ``MODEL.STM.SAMPLER auto`` picks the kernels for tensors on ``device``: ``available`` and, on
+    CUDA, a GPU of compute capability ``AUTO_MIN_CAPABILITY`` or newer."""
+    device = torch.device(device)
+    if not available(device) or device.type != "cuda":
+        return False
+    return tuple(torch.cuda.get_device_capability(device)) >= AUTO_MIN_CAPABILITY
+
+
+_SELF_CHECKS = {}  # (device type, index) -> None (the kernels ran) or why they could not
+
+
+def self_check(device):
+    """None when both kernels build and run on ``device``, else why not (one line).
+
+    Runs a tiny forward and backward once per device and process (the first sampler on it), so that a
+    GPU or an installation Triton cannot build for (an old GPU, a broken toolchain) makes the sampler
+    fall back to the folded path instead of failing a training step. Not run during a CUDA graph capture
+    (a graphed part calls the sampler eagerly in its warm-up first)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
+    key = (device.type, device.index)
+    if key in _SELF_CHECKS:
+        return _SELF_CHECKS[key]
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return None
+    try:
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+            frames = torch.rand(2, 4, 4, 8, device=device, requires_grad=True)  # T = 1 frame, N = 2 pairs
+            grids = (torch.rand(1, 2, 3, 2, device=device) * 2 - 1).requires_grad_()
+            weights = torch.rand(1, 2, 3, device=device, requires_grad=True)
+            TritonWeightedSampling.apply(grids, weights, frames).sum().backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        reason = None
+    except Exception as e:  # noqa: BLE001 - any failure to build or launch: the folded sampler runs instead
+        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    _SELF_CHECKS[key] = reason
+    return reason
+
+
 if triton is not None:
 
     @triton.jit
