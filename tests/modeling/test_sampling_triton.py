@@ -93,16 +93,16 @@ print("trained")
 
 
 @needs_triton
-@pytest.mark.parametrize("levels,need_frames", [(4, True), (3, False)])
-def test_the_kernels_compile_for_an_h100(levels, need_frames):
+@pytest.mark.parametrize("levels,need_frames,frames,block_c", [(4, True, 8, 64), (3, False, 8, 64), (1, True, 1, 8)])
+def test_the_kernels_compile_for_an_h100(levels, need_frames, frames, block_c):
     """Ahead of time, without a GPU: Triton's compiler (not only its interpreter) takes the kernels down to
-    sm_90 machine code."""
+    sm_90 machine code (the official sizes, and those of ``self_check``)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     for fn, extra in [(sampling_triton._forward_kernel, {}),
                       (sampling_triton._backward_kernel, {"NEED_FRAMES": need_frames})]:
-        constexprs = dict(T=8, LEVELS=levels, BLOCK=sampling_triton.BLOCK_P, BLOCK_C=64, **extra)
+        constexprs = dict(T=frames, LEVELS=levels, BLOCK=sampling_triton.BLOCK_P, BLOCK_C=block_c, **extra)
         signature = {name: "constexpr" if name in constexprs else
                      "*fp32" if name.endswith("_ptr") or (name[0] in "fg" and name[1:].isdigit()) else "i32"
                      for name in fn.arg_names}
