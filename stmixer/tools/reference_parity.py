@@ -98,10 +98,11 @@ class FixtureError(RuntimeError):
 
 def fixture_config(fixture):
     """Our default config with ``fixture/config.yaml`` merged on top, on the reference path: the CUDA
-    channels_last_3d backbone layout, the CUDA graphs, TF32 matmuls, the Triton sampler and the stacked stage
-    losses (fast paths, not bit-close) are turned off for parity runs."""
+    channels_last_3d backbone layout, the CUDA graphs, TF32 matmuls, the Triton sampler, the stacked stage
+    losses and the fused inference convolutions (fast paths, not bit-close) are turned off for parity runs."""
     cfg = load_config(str(fixture / "config.yaml"), freeze=False)
     cfg.MODEL.BACKBONE.CHANNELS_LAST = False
+    cfg.MODEL.BACKBONE.FUSED_INFERENCE = False
     cfg.MODEL.CUDA_GRAPH.SCOPE = "off"
     cfg.MODEL.STM.STACKED_LOSSES = False
     cfg.MODEL.STM.SAMPLER = "folded"

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..build import BACKBONE_REGISTRY
 from ..weight_init import c2_msra_fill
+from .conv_bn import conv_bn_act, fused_path
 
 # Residual blocks of res2..res5 per ResNet depth.
 STAGE_DEPTHS = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -103,6 +104,9 @@ class ResNetBasicStem(nn.Module):
     ``[B, C_in, T, H, W]`` -> ``[B, C_out, T, H/4, W/4]`` (ceil-free floor arithmetic).
     """
 
+    # MODEL.BACKBONE.FUSED_INFERENCE (conv_bn.py): "auto", True or False; set by VideoResNet.set_fused_inference
+    fused_inference = False
+
     def __init__(self, dim_in, dim_out, temporal_kernel, bn, inplace_relu=True):
         super().__init__()
         self.conv = nn.Conv3d(
@@ -114,6 +118,8 @@ class ResNetBasicStem(nn.Module):
         self.pool = nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
 
     def forward(self, x):
+        if fused_path(self.fused_inference, x, [self.conv], [self.bn]):
+            return self.pool(conv_bn_act(x, self.conv, self.bn))
         return self.pool(self.relu(self.bn(self.conv(x))))
 
 
@@ -161,6 +167,12 @@ class BottleneckTransform(nn.Module):
         x = self.b_relu(self.b_bn(self.b(x)))
         return self.c_bn(self.c(x))
 
+    def fused_forward(self, x, shortcut):
+        """``relu(forward(x) + shortcut)`` with every BN folded into its convolution (eval only, see conv_bn.py)."""
+        x = conv_bn_act(x, self.a, self.a_bn)
+        x = conv_bn_act(x, self.b, self.b_bn)
+        return conv_bn_act(x, self.c, self.c_bn, residual=shortcut)
+
 
 class BasicTransform(nn.Module):
     """Conv ``[kt,3,3]`` (spatial stride) -> BN -> ReLU -> conv ``[1,3,3]`` (dilation) -> BN (ResNet-18 style)."""
@@ -185,12 +197,19 @@ class BasicTransform(nn.Module):
     def forward(self, x):
         return self.b_bn(self.b(self.a_relu(self.a_bn(self.a(x)))))
 
+    def fused_forward(self, x, shortcut):
+        """``relu(forward(x) + shortcut)`` with every BN folded into its convolution (eval only, see conv_bn.py)."""
+        return conv_bn_act(conv_bn_act(x, self.a, self.a_bn), self.b, self.b_bn, residual=shortcut)
+
 
 TRANSFORMS = {"bottleneck_transform": BottleneckTransform, "basic_transform": BasicTransform}
 
 
 class ResBlock(nn.Module):
     """``relu(shortcut(x) + branch2(x))``; the shortcut is conv 1x1x1 (spatial stride) + BN when shape changes."""
+
+    # MODEL.BACKBONE.FUSED_INFERENCE (conv_bn.py): "auto", True or False; set by VideoResNet.set_fused_inference
+    fused_inference = False
 
     def __init__(self, dim_in, dim_out, temporal_kernel, stride, dim_inner, num_groups, dilation, spec):
         super().__init__()
@@ -206,7 +225,14 @@ class ResBlock(nn.Module):
         self.relu = nn.ReLU(spec.inplace_relu)
 
     def forward(self, x):
-        residual = self.branch2(x)
+        t = self.branch2
+        if self.fused_inference is not False and fused_path(
+                self.fused_inference, x, [t.a, t.b] + ([t.c] if hasattr(t, "c") else []),
+                [t.a_bn, t.b_bn] + ([t.c_bn] if hasattr(t, "c_bn") else [])):
+            # the shortcut's BN stays a separate pass: folding it would save nothing (no ReLU to fuse)
+            shortcut = self.branch1_bn(self.branch1(x)) if hasattr(self, "branch1") else x
+            return t.fused_forward(x, shortcut)
+        residual = t(x)
         shortcut = self.branch1_bn(self.branch1(x)) if hasattr(self, "branch1") else x
         return self.relu(shortcut + residual)
 
@@ -350,6 +376,15 @@ class VideoResNet(nn.Module):
         if not self._weights_channels_last:
             self.to(memory_format=torch.channels_last_3d)
             self._weights_channels_last = True
+
+    def set_fused_inference(self, mode):
+        """``MODEL.BACKBONE.FUSED_INFERENCE``: "auto" (CUDA), True (any device) or False. In eval mode without
+        gradients, each conv + BN (+ residual) + ReLU of the stems, residual blocks and SlowFast lateral
+        connections runs as one folded convolution (``conv_bn.py``); training is unchanged."""
+        for m in self.modules():
+            if hasattr(type(m), "fused_inference"):
+                m.fused_inference = mode
+        return self
 
     def _prepare(self, videos):
         """Inputs for the stem: on CUDA with ``channels_last``, the weights (once) and the videos in
@@ -512,4 +547,4 @@ def build_slowonly(cfg):
         frozen_bn=cfg.MODEL.BACKBONE.FROZEN_BN,
     )
     backbone.channels_last = cfg.MODEL.BACKBONE.CHANNELS_LAST
-    return backbone
+    return backbone.set_fused_inference(cfg.MODEL.BACKBONE.FUSED_INFERENCE)

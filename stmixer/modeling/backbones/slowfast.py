@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..build import BACKBONE_REGISTRY
+from .conv_bn import conv_bn_act, fused_path
 from .resnet3d import (
     SLOW_TEMPORAL_KERNELS,
     MultiPathwayStem,
@@ -37,6 +38,9 @@ class FuseFastToSlow(nn.Module):
     output is concatenated as it is: no BN, no ReLU (and no ``bn.*`` parameters).
     """
 
+    # MODEL.BACKBONE.FUSED_INFERENCE (conv_bn.py): "auto", True or False; set by VideoResNet.set_fused_inference
+    fused_inference = False
+
     def __init__(self, dim_in, channel_ratio, kernel, alpha, bn, inplace_relu=True, norm_act=True):
         super().__init__()
         self.conv_f2s = nn.Conv3d(
@@ -50,9 +54,12 @@ class FuseFastToSlow(nn.Module):
 
     def forward(self, xs):
         slow, fast = xs
-        fused = self.conv_f2s(fast)
-        if self.norm_act:
-            fused = self.relu(self.bn(fused))
+        if self.norm_act and fused_path(self.fused_inference, fast, [self.conv_f2s], [self.bn]):
+            fused = conv_bn_act(fast, self.conv_f2s, self.bn)
+        else:
+            fused = self.conv_f2s(fast)
+            if self.norm_act:
+                fused = self.relu(self.bn(fused))
         if fused.shape[2] != slow.shape[2]:
             raise ValueError(
                 f"SlowFast: the Fast pathway has {fast.shape[2]} frames, which the fusion maps to "
@@ -161,4 +168,4 @@ def build_slowfast(cfg):
         fusion_norm_act=cfg.SLOWFAST.FUSION_BN_RELU,
     )
     backbone.channels_last = cfg.MODEL.BACKBONE.CHANNELS_LAST
-    return backbone
+    return backbone.set_fused_inference(cfg.MODEL.BACKBONE.FUSED_INFERENCE)

@@ -41,6 +41,7 @@ def seqformer_config(meta):
     cfg.MODEL.META_ARCHITECTURE = "SeqFormer"
     cfg.MODEL.BACKBONE.CONV_BODY = "CSN-50"
     cfg.MODEL.BACKBONE.CHANNELS_LAST = False
+    cfg.MODEL.BACKBONE.FUSED_INFERENCE = False
     cfg.MODEL.CSN.LAST_STRIDE = False
     cfg.MODEL.CSN.TEMPORAL_STRIDE = 1
     cfg.MODEL.STM.ACTION_CLASSES = 80

@@ -78,6 +78,7 @@ def build_fixture_model(fixture, dtype=torch.float64, device="cpu"):
     manifest = json.loads((fixture / "stabn.json").read_text())
     cfg = load_config(str(fixture / "config.yaml"), freeze=False)
     cfg.MODEL.BACKBONE.CHANNELS_LAST = False
+    cfg.MODEL.BACKBONE.FUSED_INFERENCE = False
     model = build_detector(cfg)
     state = fixture_state_dict(manifest)
     ours = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
