@@ -201,6 +201,8 @@ _C.MODEL.BACKBONE.SYNC_BN = True
 _C.MODEL.BACKBONE.CHANNELS_LAST = True
 # (stmixer) ResNet backbones (SlowOnly, SlowFast) in eval mode without gradients: each conv + BatchNorm (+ residual) + ReLU runs as one convolution with the BN folded into its weights (cuDNN's fused conv-bias-add-ReLU kernels; 0.75x the SlowFast-R50 inference step at 8 clips on an H100). "auto" = on CUDA only; True = also on the CPU (folded convolution + in-place ReLU); False = never. Training is unchanged. Same results up to float rounding; parity runs use False.
 _C.MODEL.BACKBONE.FUSED_INFERENCE = "auto"
+# (stmixer) ResNet backbones under CUDA autocast (SOLVER.AMP bf16 / fp16): run the stem convolutions (3-channel video input) in float32. cuDNN has no tensor-core kernel for 3-channel NDHWC bfloat16 3-D convolutions (the SlowFast-R50 Fast stem: 24.0 ms at 8 clips on an H100 in bfloat16, 6.5 ms in float32). False: the stems autocast like every other convolution (the official behaviour).
+_C.MODEL.BACKBONE.FLOAT32_STEM = True
 
 # (stmixer) CUDA graphs of the STMixer detector (stmixer/modeling/cuda_graphs.py, docs/performance.md): one captured forward and backward per input shape, replayed.
 _C.MODEL.CUDA_GRAPH = CN()

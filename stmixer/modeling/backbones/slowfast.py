@@ -168,4 +168,5 @@ def build_slowfast(cfg):
         fusion_norm_act=cfg.SLOWFAST.FUSION_BN_RELU,
     )
     backbone.channels_last = cfg.MODEL.BACKBONE.CHANNELS_LAST
+    backbone.set_float32_stem(cfg.MODEL.BACKBONE.FLOAT32_STEM)
     return backbone.set_fused_inference(cfg.MODEL.BACKBONE.FUSED_INFERENCE)
