@@ -49,13 +49,47 @@ def compare(device, B, C, T, G, Q, P, L, frames_grad=True, tol=1e-5):
         assert err <= tol, f"{name}: relative error {err:.2e}"
 
 
+# (batch, channels, frames, groups, queries, points, levels) for the kernels of the two means: points per query in
+# whole blocks of 8 (one and two blocks), channels per group 8 and 6
+MEAN_SHAPES = [(2, 16, 3, 2, 3, 8, 4), (1, 18, 2, 3, 2, 16, 2)]
+
+
+def compare_means(device, B, C, T, G, Q, P, L, frames_grad=True, tol=1e-5):
+    """``sample_means`` of the folded sampler (the samples' means) vs the Triton one (``TritonSampleMeans``, no
+    samples): values, and the gradients of a random combination of both means."""
+    gen = torch.Generator().manual_seed(B * 1000 + C * 10 + L + 7)
+    strides = (4, 8, 16, 32)[:L]
+    features = [(torch.randn(B, C, T, 32 // 2 ** level + 1, 48 // 2 ** level, generator=gen))
+                .to(device).requires_grad_(frames_grad) for level in range(L)]
+    xy = torch.rand(B, Q, G * P, 2, generator=gen) * torch.tensor([48 * 4 * 1.2, 32 * 4 * 1.2]) - 12
+    z = torch.rand(B, Q, G * P, 1, generator=gen) * 4 + 2
+    points = torch.cat([xy, z], -1).to(device).requires_grad_()
+    w_s = torch.randn(B, G, C // G, Q, P, generator=gen).to(device)
+    w_t = torch.randn(B, G, C // G, T, Q, generator=gen).to(device)
+    results = {}
+    for impl in ("folded", "triton"):
+        sampler = PyramidSampler(features, strides, G, impl)
+        spatial, temporal, samples = sampler.sample_means(points)
+        assert (samples is None) == (impl == "triton")
+        inputs = [points] + (features if frames_grad else [])
+        loss = (spatial * w_s).sum() + (temporal * w_t).sum()
+        results[impl] = [spatial, temporal] + list(torch.autograd.grad(loss, inputs))
+    names = ["spatial", "temporal", "points"] + [f"level {i}" for i in range(L)]
+    for name, want, got in zip(names, *results.values()):
+        assert got.shape == want.shape, name
+        err = (got - want).abs().max().item() / max(want.abs().max().item(), 1e-12)
+        assert err <= tol, f"{name}: relative error {err:.2e}"
+
+
 @needs_triton
 def test_the_kernels_equal_the_folded_sampler_in_the_interpreter():
     """Triton's interpreter runs the kernels on CPU tensors (how CI checks them without a GPU)."""
     code = (
         "import runpy, sys; m = runpy.run_path(sys.argv[1]); "
         "[m['compare']('cpu', *shape) for shape in m['SHAPES']]; "
-        "m['compare']('cpu', *m['SHAPES'][0], frames_grad=False); print('compared')"
+        "m['compare']('cpu', *m['SHAPES'][0], frames_grad=False); "
+        "[m['compare_means']('cpu', *shape) for shape in m['MEAN_SHAPES']]; "
+        "m['compare_means']('cpu', *m['MEAN_SHAPES'][0], frames_grad=False); print('compared')"
     )
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     result = subprocess.run([sys.executable, "-c", code, str(HERE)], env=env, capture_output=True, text=True,
@@ -101,7 +135,9 @@ def test_the_kernels_compile_for_an_h100(levels, need_frames, frames, block_c):
     from triton.compiler import ASTSource
 
     for fn, extra in [(sampling_triton._forward_kernel, {}),
-                      (sampling_triton._backward_kernel, {"NEED_FRAMES": need_frames})]:
+                      (sampling_triton._backward_kernel, {"NEED_FRAMES": need_frames}),
+                      (sampling_triton._forward_means_kernel, {}),
+                      (sampling_triton._backward_means_kernel, {"NEED_FRAMES": need_frames})]:
         constexprs = dict(T=frames, LEVELS=levels, BLOCK=sampling_triton.BLOCK_P, BLOCK_C=block_c, **extra)
         signature = {name: "constexpr" if name in constexprs else
                      "*fp32" if name.endswith("_ptr") or (name[0] in "fg" and name[1:].isdigit()) else "i32"
@@ -116,6 +152,28 @@ def test_the_kernels_compile_for_an_h100(levels, need_frames, frames, block_c):
 @pytest.mark.parametrize("shape", SHAPES + [(2, 256, 8, 4, 100, 32, 4)])
 def test_the_kernels_equal_the_folded_sampler_on_cuda(shape):
     compare("cuda", *shape, tol=1e-4)  # atomic additions in another order on both sides
+
+
+@needs_cuda
+@pytest.mark.parametrize("shape", MEAN_SHAPES + [(2, 256, 8, 4, 100, 32, 4)])
+def test_the_mean_kernels_equal_the_folded_sampler_on_cuda(shape):
+    compare_means("cuda", *shape, tol=1e-4)
+
+
+def test_points_per_query_outside_whole_blocks_take_the_samples_means(monkeypatch):
+    """``TritonSampleMeans`` takes whole blocks of points per query; other counts use the samples' means (on the
+    interpreter's CPU tensors here, so without a GPU)."""
+    assert sampling_triton.means_supported(32) and not sampling_triton.means_supported(9)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    features = [torch.randn(1, 4, 2, 8, 8), torch.randn(1, 4, 2, 4, 4)]
+    sampler = PyramidSampler(features, (4, 8), 2, "folded")
+    spatial, temporal, samples = sampler.sample_means(torch.rand(1, 3, 2 * 9, 3) * 20)
+    assert samples is not None and torch.equal(spatial, samples.mean(3)) and torch.equal(temporal, samples.mean(5))
+    if sampling_triton.triton is not None:
+        monkeypatch.setattr(sampling_triton.TritonSampleMeans, "apply", staticmethod(lambda *a: 1 / 0))
+        triton_sampler = PyramidSampler(features, (4, 8), 2, "triton")
+        if triton_sampler.impl == "triton":
+            assert triton_sampler.sample_means(torch.rand(1, 3, 2 * 9, 3) * 20)[2] is not None  # never called
 
 
 def test_without_triton_or_cuda_the_folded_sampler_runs(monkeypatch):

@@ -139,14 +139,16 @@ class AdaptiveSTSamplingMixing(nn.Module):
         G, P = self.n_groups, self.spatial_points
         offsets = self.offset_generator(q_s)
         points = make_sample_points(offsets, xyzr, G * P)
-        sampled = sampler(points)  # [B, G, C/G, T, Q, P]
-        spatial_feats = sampled.mean(3).permute(0, 3, 1, 4, 2)  # [B, Q, G, P, C/G]
-        temporal_feats = sampled.mean(5).permute(0, 4, 1, 3, 2)  # [B, Q, G, T, C/G]
+        # means of the samples [B, G, C/G, T, Q, P] over T and over P (the Triton sampler never writes the samples)
+        spatial, temporal, sampled = sampler.sample_means(points, keep_samples=trace is not None)
+        spatial_feats = spatial.permute(0, 3, 1, 4, 2)  # [B, Q, G, P, C/G]
+        temporal_feats = temporal.permute(0, 4, 1, 3, 2)  # [B, Q, G, T, C/G]
         q_s_mixed = self.adaptive_mixing_s(spatial_feats, q_s)
         q_t_mixed = self.adaptive_mixing_t(temporal_feats, q_t)
         record(trace, "detail/offsets", offsets)
         record(trace, "detail/sample_points", points)
-        record(trace, "detail/sampled", sampled.permute(0, 2, 1, 3, 5, 4))  # official layout [B, C/G, G, T, P, Q]
+        if sampled is not None:
+            record(trace, "detail/sampled", sampled.permute(0, 2, 1, 3, 5, 4))  # official layout [B, C/G, G, T, P, Q]
         record(trace, "detail/spatial_feats", spatial_feats)
         record(trace, "detail/temporal_feats", temporal_feats)
         record(trace, "detail/q_s_mixed_prenorm", q_s_mixed)

@@ -223,6 +223,35 @@ class PyramidSampler:
         sample = self._sample_reference if self.impl == "reference" else self._sample_folded
         return sample(points[..., 0:2], weights)
 
+    def sample_means(self, points, keep_samples=False):
+        """``(spatial [B, G, C/G, Q, P], temporal [B, G, C/G, T, Q], samples or None)``: the samples' means over
+        the frames and over each query's points, what the mixing reads (see ``__call__`` for ``points``).
+
+        The Triton sampler computes the two means inside its kernels and never writes the samples (None
+        then); the other samplers, and ``keep_samples`` (traces), take ``self(points)``'s means. The
+        means are views whose memory is laid out ``[B, Q, G, P, C/G]`` and ``[B, Q, G, T, C/G]`` on the Triton
+        path."""
+        B, Q, N, _ = points.shape
+        if self.impl == "triton" and not keep_samples and N % self.n_groups == 0 and B == self.batch \
+                and sampling_triton.means_supported(N // self.n_groups):
+            spatial, temporal = self._sample_means_triton(points)
+            return spatial.permute(0, 2, 4, 1, 3), temporal.permute(0, 2, 4, 3, 1), None
+        samples = self(points)
+        return samples.mean(3), samples.mean(5), samples
+
+    def _sample_means_triton(self, points):
+        B, Q, N, _ = points.shape
+        G, L = self.n_groups, len(self.features)
+        P = N // G
+        weights = level_weights(points[..., 2], L)  # [B, Q, G*P, L]
+        xy = points[..., 0:2].view(B, Q, G, P, 2).permute(0, 2, 1, 3, 4)
+        grids = torch.stack(
+            [_normalized_grid(xy, f, s).reshape(B * G, Q * P, 2) for f, s in zip(self.features, self.strides)]
+        )
+        weights = weights.view(B, Q, G, P, L).permute(4, 0, 2, 1, 3).reshape(L, B * G, Q * P)
+        return sampling_triton.TritonSampleMeans.apply(grids.to(self._dtype), weights.to(self._dtype), G, P,
+                                                       *self._frames)
+
     def _sample_reference(self, xy, weights):
         B, Q, N, _ = xy.shape
         G, T = self.n_groups, self.frames

@@ -68,7 +68,7 @@ _SELF_CHECKS = {}  # (device type, index) -> None (the kernels ran) or why they 
 
 
 def self_check(device):
-    """None when both kernels build and run on ``device``, else why not (one line).
+    """None when the kernels (both samplers' forward and backward) build and run on ``device``, else why not.
 
     Runs a tiny forward and backward once per device and process (the first sampler on it), so that a
     GPU or an installation Triton cannot build for (an old GPU, a broken toolchain) makes the sampler
@@ -88,6 +88,9 @@ def self_check(device):
             grids = (torch.rand(1, 2, 3, 2, device=device) * 2 - 1).requires_grad_()
             weights = torch.rand(1, 2, 3, device=device, requires_grad=True)
             TritonWeightedSampling.apply(grids, weights, frames).sum().backward()
+            grids = (torch.rand(1, 2, BLOCK_P, 2, device=device) * 2 - 1).requires_grad_()  # one query of P points
+            weights = torch.rand(1, 2, BLOCK_P, device=device, requires_grad=True)
+            sum(m.sum() for m in TritonSampleMeans.apply(grids, weights, 1, BLOCK_P, frames)).backward()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
         reason = None
@@ -175,8 +178,13 @@ if triton is not None:
     @triton.jit
     def _level_backward(grad_out_ptr, frame_ptr, grad_frame_ptr, grid_ptr, weight_ptr, grad_grid_ptr,
                         grad_weight_ptr, level: tl.constexpr, n, offs_p, mask_p, offs_c, mask_c,
-                        T: tl.constexpr, N, QP, H, W, C, NEED_FRAME: tl.constexpr):
-        """Gradients of one level for the points ``offs_p`` of pair ``n``, summed over the frames."""
+                        T: tl.constexpr, N, QP, H, W, C, NEED_FRAME: tl.constexpr,
+                        MEANS: tl.constexpr, grad_s, grad_t_row_ptr, P):
+        """Gradients of one level for the points ``offs_p`` of pair ``n``, summed over the frames.
+
+        ``MEANS``: the samples' gradient is not read from ``grad_out_ptr`` but made from those of the two
+        means (``_forward_means_kernel``): ``grad_s / T`` (``[BLOCK_P, BLOCK_C]``, the frame mean's) plus
+        frame ``t``'s row ``grad_t_row_ptr + t * C`` of the point mean's over ``P``."""
         ix, iy, x0, y0, x1, y1, lw = _corners(grid_ptr, weight_ptr, level, n, offs_p, mask_p, QP, N, H, W)
         w_nw = (x1 - ix) * (y1 - iy)
         w_ne = (ix - x0) * (y1 - iy)
@@ -196,8 +204,12 @@ if triton is not None:
         g_lw = tl.zeros_like(lw)
         for t in range(T):
             image = (t * N + n).to(tl.int64)
-            go = tl.load(grad_out_ptr + image * C * QP + c * QP + offs_p[:, None],
-                         mask=mask_p[:, None] & mask_c[None, :], other=0.0)
+            if MEANS:
+                g_t = tl.load(grad_t_row_ptr + t * C + offs_c, mask=mask_c, other=0.0)
+                go = grad_s * (1.0 / T) + g_t[None, :] * (1.0 / P)
+            else:
+                go = tl.load(grad_out_ptr + image * C * QP + c * QP + offs_p[:, None],
+                             mask=mask_p[:, None] & mask_c[None, :], other=0.0)
             base = frame_ptr + image * H * W * C
             v_nw = tl.load(base + r_nw[:, None] + c, mask=m_nw, other=0.0)
             v_ne = tl.load(base + r_ne[:, None] + c, mask=m_ne, other=0.0)
@@ -230,16 +242,89 @@ if triton is not None:
                          LEVELS: tl.constexpr, NEED_FRAMES: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr):
         n, offs_p, mask_p, offs_c, mask_c = _program_block(QP, C, BLOCK, BLOCK_C)
         _level_backward(grad_out_ptr, f0, g0, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, 0, n, offs_p,
-                        mask_p, offs_c, mask_c, T, N, QP, H0, W0, C, NEED_FRAMES)
+                        mask_p, offs_c, mask_c, T, N, QP, H0, W0, C, NEED_FRAMES, False, 0.0, grad_out_ptr, 1)
         if LEVELS > 1:
             _level_backward(grad_out_ptr, f1, g1, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, 1, n,
-                            offs_p, mask_p, offs_c, mask_c, T, N, QP, H1, W1, C, NEED_FRAMES)
+                            offs_p, mask_p, offs_c, mask_c, T, N, QP, H1, W1, C, NEED_FRAMES, False, 0.0,
+                            grad_out_ptr, 1)
         if LEVELS > 2:
             _level_backward(grad_out_ptr, f2, g2, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, 2, n,
-                            offs_p, mask_p, offs_c, mask_c, T, N, QP, H2, W2, C, NEED_FRAMES)
+                            offs_p, mask_p, offs_c, mask_c, T, N, QP, H2, W2, C, NEED_FRAMES, False, 0.0,
+                            grad_out_ptr, 1)
         if LEVELS > 3:
             _level_backward(grad_out_ptr, f3, g3, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, 3, n,
-                            offs_p, mask_p, offs_c, mask_c, T, N, QP, H3, W3, C, NEED_FRAMES)
+                            offs_p, mask_p, offs_c, mask_c, T, N, QP, H3, W3, C, NEED_FRAMES, False, 0.0,
+                            grad_out_ptr, 1)
+
+    @triton.jit
+    def _query_block(N, G, NPB, BLOCK: tl.constexpr):
+        """The block's query, its clip and group, and the points' offsets within the query."""
+        n = tl.program_id(1)
+        q = tl.program_id(0) // NPB
+        p_local = (tl.program_id(0) % NPB) * BLOCK + tl.arange(0, BLOCK)
+        return q, n // G, n % G, p_local
+
+    @triton.jit
+    def _forward_means_kernel(spatial_ptr, temporal_ptr, grid_ptr, weight_ptr, f0, f1, f2, f3, H0, W0, H1, W1,
+                              H2, W2, H3, W3, N, QP, C, G, Q, P, NPB, T: tl.constexpr, LEVELS: tl.constexpr,
+                              BLOCK: tl.constexpr, BLOCK_C: tl.constexpr):
+        """The samples' mean over the frames and their partial sums over this block's points, per frame.
+
+        spatial ``[B, Q, G, P, C]``: mean over T; temporal ``[NPB, B, Q, G, T, C]``: each block's share of the
+        mean over the query's P points (summed over the NPB blocks by the caller). The samples themselves
+        (``[T, N, C, QP]``) are never written."""
+        n, offs_p, mask_p, offs_c, mask_c = _program_block(QP, C, BLOCK, BLOCK_C)
+        q, b, g, p_local = _query_block(N, G, NPB, BLOCK)
+        B = N // G
+        pb = tl.program_id(0) % NPB
+        t_sum = tl.zeros([BLOCK, BLOCK_C], dtype=tl.float32)
+        for t in range(T):
+            image = t * N + n
+            acc = _level_sample(f0, image, 0, grid_ptr, weight_ptr, n, offs_p, mask_p, offs_c, mask_c, QP, N,
+                                H0, W0, C)
+            if LEVELS > 1:
+                acc += _level_sample(f1, image, 1, grid_ptr, weight_ptr, n, offs_p, mask_p, offs_c, mask_c, QP, N,
+                                     H1, W1, C)
+            if LEVELS > 2:
+                acc += _level_sample(f2, image, 2, grid_ptr, weight_ptr, n, offs_p, mask_p, offs_c, mask_c, QP, N,
+                                     H2, W2, C)
+            if LEVELS > 3:
+                acc += _level_sample(f3, image, 3, grid_ptr, weight_ptr, n, offs_p, mask_p, offs_c, mask_c, QP, N,
+                                     H3, W3, C)
+            t_sum += acc
+            row = ((((pb * B + b) * Q + q) * G + g) * T + t).to(tl.int64) * C
+            tl.store(temporal_ptr + row + offs_c, tl.sum(acc, axis=0) * (1.0 / P), mask=mask_c)
+        rows = (((b * Q + q) * G + g) * P + p_local).to(tl.int64) * C
+        tl.store(spatial_ptr + rows[:, None] + offs_c[None, :], t_sum * (1.0 / T),
+                 mask=mask_p[:, None] & mask_c[None, :])
+
+    @triton.jit
+    def _backward_means_kernel(grad_spatial_ptr, grad_temporal_ptr, grid_ptr, weight_ptr, grad_grid_ptr,
+                               grad_weight_ptr, f0, f1, f2, f3, g0, g1, g2, g3, H0, W0, H1, W1, H2, W2, H3, W3,
+                               N, QP, C, G, Q, P, NPB, T: tl.constexpr, LEVELS: tl.constexpr,
+                               NEED_FRAMES: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr):
+        """``_backward_kernel`` for ``_forward_means_kernel``: the samples' gradient is made on the fly from the
+        means' (spatial ``[B, Q, G, P, C]``, temporal ``[B, Q, G, T, C]``)."""
+        n, offs_p, mask_p, offs_c, mask_c = _program_block(QP, C, BLOCK, BLOCK_C)
+        q, b, g, p_local = _query_block(N, G, NPB, BLOCK)
+        rows = (((b * Q + q) * G + g) * P + p_local).to(tl.int64) * C
+        grad_s = tl.load(grad_spatial_ptr + rows[:, None] + offs_c[None, :],
+                         mask=mask_p[:, None] & mask_c[None, :], other=0.0)
+        grad_t_row = grad_temporal_ptr + (((b * Q + q) * G + g) * T).to(tl.int64) * C
+        _level_backward(grad_spatial_ptr, f0, g0, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, 0, n,
+                        offs_p, mask_p, offs_c, mask_c, T, N, QP, H0, W0, C, NEED_FRAMES, True, grad_s, grad_t_row, P)
+        if LEVELS > 1:
+            _level_backward(grad_spatial_ptr, f1, g1, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, 1, n,
+                            offs_p, mask_p, offs_c, mask_c, T, N, QP, H1, W1, C, NEED_FRAMES, True, grad_s,
+                            grad_t_row, P)
+        if LEVELS > 2:
+            _level_backward(grad_spatial_ptr, f2, g2, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, 2, n,
+                            offs_p, mask_p, offs_c, mask_c, T, N, QP, H2, W2, C, NEED_FRAMES, True, grad_s,
+                            grad_t_row, P)
+        if LEVELS > 3:
+            _level_backward(grad_spatial_ptr, f3, g3, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, 3, n,
+                            offs_p, mask_p, offs_c, mask_c, T, N, QP, H3, W3, C, NEED_FRAMES, True, grad_s,
+                            grad_t_row, P)
 
 
 def channels_last_frames(feature, n_groups):
@@ -304,3 +389,64 @@ class TritonWeightedSampling(torch.autograd.Function):
         grads = [g if need_frames and need else None for g, need in zip(grad_frames, ctx.needs_input_grad[2:])]
         return (grad_grids if ctx.needs_input_grad[0] else None,
                 grad_weights if ctx.needs_input_grad[1] else None, *grads)
+
+
+def means_supported(points_per_query):
+    """Whether ``TritonSampleMeans`` takes ``points_per_query`` points per query: whole blocks of ``BLOCK_P``."""
+    return points_per_query % BLOCK_P == 0
+
+
+class TritonSampleMeans(torch.autograd.Function):
+    """The two means of ``TritonWeightedSampling``'s samples that STMixer's mixing uses, without the samples.
+
+    Inputs as ``TritonWeightedSampling`` (grids ``[L, N, QP, 2]``, weights ``[L, N, QP]``, frames
+    ``L x [T * N, H_l, W_l, C/G]``) and the clips' group count ``G`` and points per query ``P``
+    (``means_supported(P)``). Outputs: spatial ``[B, Q, G, P, C/G]`` (the mean over the T frames) and temporal
+    ``[B, Q, G, T, C/G]`` (the mean over each query's P points), contiguous in the layout the mixing reads.
+    The ``[T * N, C/G, Q * P]`` samples (0.2 GB a decoder stage for 8 SlowFast clips) are neither written
+    nor read back, and their gradient is made inside the backward kernel.
+    """
+
+    @staticmethod
+    def forward(ctx, grids, weights, groups, points_per_query, *frames):
+        if not 1 <= len(frames) <= MAX_LEVELS:
+            raise ValueError(f"the Triton sampler takes 1 to {MAX_LEVELS} levels, got {len(frames)}")
+        L, N, QP, _ = grids.shape
+        TN, _, _, C = frames[0].shape
+        T, G, P = TN // N, groups, points_per_query
+        B, Q, NPB = N // G, QP // P, P // BLOCK_P
+        grids, weights = grids.contiguous(), weights.contiguous()
+        frames = [f.contiguous() for f in frames]
+        spatial = torch.empty(B, Q, G, P, C, device=grids.device, dtype=grids.dtype)
+        partial = torch.empty(NPB, B, Q, G, T, C, device=grids.device, dtype=grids.dtype)
+        launch = (triton.cdiv(QP, BLOCK_P), N)
+        _forward_means_kernel[launch](spatial, partial, grids, weights, *_padded(frames), *_sizes(frames), N, QP,
+                                      C, G, Q, P, NPB, T=T, LEVELS=len(frames), BLOCK=BLOCK_P,
+                                      BLOCK_C=_block_c(C), num_warps=NUM_WARPS)
+        ctx.save_for_backward(grids, weights, *frames)
+        ctx.sizes = (G, Q, P, NPB)
+        return spatial, partial.sum(0) if NPB > 1 else partial[0]
+
+    @staticmethod
+    def backward(ctx, grad_spatial, grad_temporal):
+        grids, weights, *frames = ctx.saved_tensors
+        G, Q, P, NPB = ctx.sizes
+        L, N, QP, _ = grids.shape
+        TN, _, _, C = frames[0].shape
+        T = TN // N
+        grad_spatial = (torch.zeros(N // G, Q, G, P, C, device=grids.device, dtype=grids.dtype)
+                        if grad_spatial is None else grad_spatial.contiguous())
+        grad_temporal = (torch.zeros(N // G, Q, G, T, C, device=grids.device, dtype=grids.dtype)
+                         if grad_temporal is None else grad_temporal.contiguous())
+        need_frames = any(ctx.needs_input_grad[4:])
+        grad_frames = [torch.zeros_like(f) for f in frames] if need_frames else list(frames)
+        grad_grids = torch.empty_like(grids)
+        grad_weights = torch.empty_like(weights)
+        launch = (triton.cdiv(QP, BLOCK_P), N)
+        _backward_means_kernel[launch](grad_spatial, grad_temporal, grids, weights, grad_grids, grad_weights,
+                                       *_padded(frames), *_padded(grad_frames), *_sizes(frames), N, QP, C, G, Q, P,
+                                       NPB, T=T, LEVELS=len(frames), NEED_FRAMES=need_frames, BLOCK=BLOCK_P,
+                                       BLOCK_C=_block_c(C), num_warps=NUM_WARPS)
+        grads = [g if need_frames and need else None for g, need in zip(grad_frames, ctx.needs_input_grad[4:])]
+        return (grad_grids if ctx.needs_input_grad[0] else None,
+                grad_weights if ctx.needs_input_grad[1] else None, None, None, *grads)
