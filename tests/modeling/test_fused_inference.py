@@ -8,7 +8,7 @@ from torch import nn
 
 from stmixer.config import ConfigError, get_cfg, load_config
 from stmixer.modeling import build_backbone
-from stmixer.modeling.backbones.conv_bn import conv_bn_act, fold_conv_bn, fused_path
+from stmixer.modeling.backbones.conv_bn import conv_bn_act, fold_conv_bn, fused_path, pad_channels
 
 CUDA = torch.cuda.is_available()
 
@@ -75,6 +75,18 @@ def test_the_folded_convolution_equals_conv_then_eval_batchnorm(affine, conv_bia
     torch.testing.assert_close(conv_bn_act(x, conv, bn, residual=residual), torch.relu(expected + residual),
                                rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(conv_bn_act(x, conv, bn, relu=False), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_zero_padded_input_channels_give_the_same_convolution():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 10, 12, dtype=torch.float64).contiguous(memory_format=torch.channels_last_3d)
+    w = torch.randn(5, 3, 3, 7, 7, dtype=torch.float64)
+    xp, wp = pad_channels(x, w, 4)
+    assert xp.shape[1] == wp.shape[1] == 4 and xp.is_contiguous(memory_format=torch.channels_last_3d)
+    args = ((1, 2, 2), (1, 3, 3))
+    torch.testing.assert_close(nn.functional.conv3d(xp, wp, None, *args), nn.functional.conv3d(x, w, None, *args),
+                               rtol=1e-12, atol=1e-12)
+    assert pad_channels(xp, wp, 4)[0] is xp  # already a multiple
 
 
 @pytest.mark.parametrize("name", ["PySlowfast-R50-K400-8x8.yaml", "PySlowonly-R50-K400-4x16.yaml",

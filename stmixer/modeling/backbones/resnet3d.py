@@ -127,7 +127,7 @@ class ResNetBasicStem(nn.Module):
 
     def _forward(self, x):
         if fused_path(self.fused_inference, x, [self.conv], [self.bn]):
-            return self.pool(conv_bn_act(x, self.conv, self.bn))
+            return self.pool(conv_bn_act(x, self.conv, self.bn, stem=True))
         return self.pool(self.relu(self.bn(self.conv(x))))
 
 
