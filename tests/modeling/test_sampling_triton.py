@@ -25,16 +25,22 @@ needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and sampling_trit
 SHAPES = [(2, 16, 3, 2, 5, 4, 4), (1, 18, 2, 3, 7, 9, 3), (2, 8, 1, 1, 3, 16, 1)]
 
 
-def compare(device, B, C, T, G, Q, P, L, frames_grad=True, tol=1e-5):
-    """Folded vs Triton sampler on random levels and points (some outside the maps): max errors relative to
-    each tensor's largest value must stay within ``tol``."""
-    gen = torch.Generator().manual_seed(B * 1000 + C * 10 + L)
+def random_inputs(device, B, C, T, G, Q, P, L, frames_grad, seed):
+    """(generator, strides, L levels ``[B, C, T, H_l, W_l]``, points ``[B, Q, G * P, 3]`` some outside the maps)."""
+    gen = torch.Generator().manual_seed(B * 1000 + C * 10 + L + seed)
     strides = (4, 8, 16, 32)[:L]
     features = [(torch.randn(B, C, T, 32 // 2 ** level + 1, 48 // 2 ** level, generator=gen))
                 .to(device).requires_grad_(frames_grad) for level in range(L)]
     xy = torch.rand(B, Q, G * P, 2, generator=gen) * torch.tensor([48 * 4 * 1.2, 32 * 4 * 1.2]) - 12
     z = torch.rand(B, Q, G * P, 1, generator=gen) * 4 + 2
     points = torch.cat([xy, z], -1).to(device).requires_grad_()
+    return gen, strides, features, points
+
+
+def compare(device, B, C, T, G, Q, P, L, frames_grad=True, tol=1e-5):
+    """Folded vs Triton sampler on random levels and points (some outside the maps): max errors relative to
+    each tensor's largest value must stay within ``tol``."""
+    gen, strides, features, points = random_inputs(device, B, C, T, G, Q, P, L, frames_grad, seed=0)
     weight = torch.randn(B, G, C // G, T, Q, P, generator=gen).to(device)  # d loss / d samples
     results = {}
     for impl in ("folded", "triton"):
@@ -57,13 +63,7 @@ MEAN_SHAPES = [(2, 16, 3, 2, 3, 8, 4), (1, 18, 2, 3, 2, 16, 2)]
 def compare_means(device, B, C, T, G, Q, P, L, frames_grad=True, tol=1e-5):
     """``sample_means`` of the folded sampler (the samples' means) vs the Triton one (``TritonSampleMeans``, no
     samples): values, and the gradients of a random combination of both means."""
-    gen = torch.Generator().manual_seed(B * 1000 + C * 10 + L + 7)
-    strides = (4, 8, 16, 32)[:L]
-    features = [(torch.randn(B, C, T, 32 // 2 ** level + 1, 48 // 2 ** level, generator=gen))
-                .to(device).requires_grad_(frames_grad) for level in range(L)]
-    xy = torch.rand(B, Q, G * P, 2, generator=gen) * torch.tensor([48 * 4 * 1.2, 32 * 4 * 1.2]) - 12
-    z = torch.rand(B, Q, G * P, 1, generator=gen) * 4 + 2
-    points = torch.cat([xy, z], -1).to(device).requires_grad_()
+    gen, strides, features, points = random_inputs(device, B, C, T, G, Q, P, L, frames_grad, seed=7)
     w_s = torch.randn(B, G, C // G, Q, P, generator=gen).to(device)
     w_t = torch.randn(B, G, C // G, T, Q, generator=gen).to(device)
     results = {}

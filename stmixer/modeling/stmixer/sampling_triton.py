@@ -154,23 +154,30 @@ if triton is not None:
         return acc * lw[:, None]
 
     @triton.jit
+    def _levels_sample(f0, f1, f2, f3, H0, W0, H1, W1, H2, W2, H3, W3, image, grid_ptr, weight_ptr, n, offs_p,
+                       mask_p, offs_c, mask_c, QP, N, C, LEVELS: tl.constexpr):
+        """``sum_l w_l * bilinear`` over the levels of one image: [BLOCK_P, BLOCK_C]."""
+        acc = _level_sample(f0, image, 0, grid_ptr, weight_ptr, n, offs_p, mask_p, offs_c, mask_c, QP, N, H0, W0, C)
+        if LEVELS > 1:
+            acc += _level_sample(f1, image, 1, grid_ptr, weight_ptr, n, offs_p, mask_p, offs_c, mask_c, QP, N,
+                                 H1, W1, C)
+        if LEVELS > 2:
+            acc += _level_sample(f2, image, 2, grid_ptr, weight_ptr, n, offs_p, mask_p, offs_c, mask_c, QP, N,
+                                 H2, W2, C)
+        if LEVELS > 3:
+            acc += _level_sample(f3, image, 3, grid_ptr, weight_ptr, n, offs_p, mask_p, offs_c, mask_c, QP, N,
+                                 H3, W3, C)
+        return acc
+
+    @triton.jit
     def _forward_kernel(out_ptr, grid_ptr, weight_ptr, f0, f1, f2, f3, H0, W0, H1, W1, H2, W2, H3, W3,
                         N, QP, C, T: tl.constexpr, LEVELS: tl.constexpr, BLOCK: tl.constexpr,
                         BLOCK_C: tl.constexpr):
         n, offs_p, mask_p, offs_c, mask_c = _program_block(QP, C, BLOCK, BLOCK_C)
         for t in range(T):
             image = t * N + n
-            acc = _level_sample(f0, image, 0, grid_ptr, weight_ptr, n, offs_p, mask_p, offs_c, mask_c, QP, N,
-                                H0, W0, C)
-            if LEVELS > 1:
-                acc += _level_sample(f1, image, 1, grid_ptr, weight_ptr, n, offs_p, mask_p, offs_c, mask_c, QP, N,
-                                     H1, W1, C)
-            if LEVELS > 2:
-                acc += _level_sample(f2, image, 2, grid_ptr, weight_ptr, n, offs_p, mask_p, offs_c, mask_c, QP, N,
-                                     H2, W2, C)
-            if LEVELS > 3:
-                acc += _level_sample(f3, image, 3, grid_ptr, weight_ptr, n, offs_p, mask_p, offs_c, mask_c, QP, N,
-                                     H3, W3, C)
+            acc = _levels_sample(f0, f1, f2, f3, H0, W0, H1, W1, H2, W2, H3, W3, image, grid_ptr, weight_ptr, n,
+                                 offs_p, mask_p, offs_c, mask_c, QP, N, C, LEVELS)
             # out: [T * N, C, QP]
             out = out_ptr + image.to(tl.int64) * C * QP + offs_c[None, :] * QP + offs_p[:, None]
             tl.store(out, acc, mask=mask_p[:, None] & mask_c[None, :])
@@ -280,17 +287,8 @@ if triton is not None:
         t_sum = tl.zeros([BLOCK, BLOCK_C], dtype=tl.float32)
         for t in range(T):
             image = t * N + n
-            acc = _level_sample(f0, image, 0, grid_ptr, weight_ptr, n, offs_p, mask_p, offs_c, mask_c, QP, N,
-                                H0, W0, C)
-            if LEVELS > 1:
-                acc += _level_sample(f1, image, 1, grid_ptr, weight_ptr, n, offs_p, mask_p, offs_c, mask_c, QP, N,
-                                     H1, W1, C)
-            if LEVELS > 2:
-                acc += _level_sample(f2, image, 2, grid_ptr, weight_ptr, n, offs_p, mask_p, offs_c, mask_c, QP, N,
-                                     H2, W2, C)
-            if LEVELS > 3:
-                acc += _level_sample(f3, image, 3, grid_ptr, weight_ptr, n, offs_p, mask_p, offs_c, mask_c, QP, N,
-                                     H3, W3, C)
+            acc = _levels_sample(f0, f1, f2, f3, H0, W0, H1, W1, H2, W2, H3, W3, image, grid_ptr, weight_ptr, n,
+                                 offs_p, mask_p, offs_c, mask_c, QP, N, C, LEVELS)
             t_sum += acc
             row = ((((pb * B + b) * Q + q) * G + g) * T + t).to(tl.int64) * C
             tl.store(temporal_ptr + row + offs_c, tl.sum(acc, axis=0) * (1.0 / P), mask=mask_c)
