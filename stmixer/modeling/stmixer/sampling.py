@@ -240,17 +240,22 @@ class PyramidSampler:
         return samples.mean(3), samples.mean(5), samples
 
     def _sample_means_triton(self, points):
-        B, Q, N, _ = points.shape
+        grids, weights = self._grids(points[..., 0:2], level_weights(points[..., 2], len(self.features)))
+        return sampling_triton.TritonSampleMeans.apply(grids.flatten(2, 3), weights.flatten(2, 3), self.n_groups,
+                                                       grids.shape[3], *self._frames)
+
+    def _grids(self, xy, weights):
+        """grid_sample coordinates ``[L, B * G, Q, P, 2]`` and level weights ``[L, B * G, Q, P]`` of ``xy``
+        ``[B, Q, G * P, 2]`` with ``weights`` ``[B, Q, G * P, L]``, in the sampling dtype."""
+        B, Q, N, _ = xy.shape
         G, L = self.n_groups, len(self.features)
         P = N // G
-        weights = level_weights(points[..., 2], L)  # [B, Q, G*P, L]
-        xy = points[..., 0:2].view(B, Q, G, P, 2).permute(0, 2, 1, 3, 4)
+        xy = xy.reshape(B, Q, G, P, 2).permute(0, 2, 1, 3, 4)
         grids = torch.stack(
-            [_normalized_grid(xy, f, s).reshape(B * G, Q * P, 2) for f, s in zip(self.features, self.strides)]
+            [_normalized_grid(xy, f, s).reshape(B * G, Q, P, 2) for f, s in zip(self.features, self.strides)]
         )
-        weights = weights.view(B, Q, G, P, L).permute(4, 0, 2, 1, 3).reshape(L, B * G, Q * P)
-        return sampling_triton.TritonSampleMeans.apply(grids.to(self._dtype), weights.to(self._dtype), G, P,
-                                                       *self._frames)
+        weights = weights.reshape(B, Q, G, P, L).permute(4, 0, 2, 1, 3).reshape(L, B * G, Q, P)
+        return grids.to(self._dtype), weights.to(self._dtype)
 
     def _sample_reference(self, xy, weights):
         B, Q, N, _ = xy.shape
@@ -270,14 +275,9 @@ class PyramidSampler:
     def _sample_folded(self, xy, weights):
         """The folded and the Triton samplers: one autograd node for all levels."""
         B, Q, N, _ = xy.shape
-        G, T, L = self.n_groups, self.frames, len(self.features)
+        G, T = self.n_groups, self.frames
         P = N // G
-        xy = xy.view(B, Q, G, P, 2).permute(0, 2, 1, 3, 4)
-        grids = torch.stack(
-            [_normalized_grid(xy, f, s).reshape(B * G, Q, P, 2) for f, s in zip(self.features, self.strides)]
-        )
-        weights = weights.view(B, Q, G, P, L).permute(4, 0, 2, 1, 3).reshape(L, B * G, Q, P)
-        grids, weights = grids.to(self._dtype), weights.to(self._dtype)
+        grids, weights = self._grids(xy, weights)
         if self.impl == "triton":  # [T*B*G, C/G, Q*P]
             out = sampling_triton.TritonWeightedSampling.apply(grids.flatten(2, 3), weights.flatten(2, 3), *self._frames)
         else:  # [T*B*G, C/G, Q, P]
