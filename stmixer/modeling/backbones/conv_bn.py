@@ -29,9 +29,6 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 logger = logging.getLogger(__name__)
 
-# MODEL.BACKBONE.FUSED_INFERENCE values
-MODES = ("auto", True, False)
-
 _CUDNN_FAILED = set()  # devices where cuDNN refused a fused convolution (the folded convolution runs instead)
 
 
