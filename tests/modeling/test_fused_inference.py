@@ -34,10 +34,10 @@ def randomize_batchnorms(module, seed=0):
     return module
 
 
-def pair(repo_root, name, dtype=torch.float64, device="cpu"):
+def pair(repo_root, name, *opts, dtype=torch.float64, device="cpu"):
     """(fused, plain) backbones with the same randomized weights, in eval mode."""
-    fused = build_backbone(backbone_cfg(repo_root, name, "MODEL.BACKBONE.FUSED_INFERENCE", True))
-    plain = build_backbone(backbone_cfg(repo_root, name, "MODEL.BACKBONE.FUSED_INFERENCE", False))
+    fused = build_backbone(backbone_cfg(repo_root, name, *opts, "MODEL.BACKBONE.FUSED_INFERENCE", True))
+    plain = build_backbone(backbone_cfg(repo_root, name, *opts, "MODEL.BACKBONE.FUSED_INFERENCE", False))
     randomize_batchnorms(fused)
     plain.load_state_dict(fused.state_dict())
     return fused.to(device, dtype).eval(), plain.to(device, dtype).eval()
@@ -89,10 +89,16 @@ def test_zero_padded_input_channels_give_the_same_convolution():
     assert pad_channels(xp, wp, 4)[0] is xp  # already a multiple
 
 
-@pytest.mark.parametrize("name", ["PySlowfast-R50-K400-8x8.yaml", "PySlowonly-R50-K400-4x16.yaml",
-                                  "PySlowfast-R101-NL-K600-8x8.yaml"])
-def test_the_fused_backbone_equals_the_modules_and_skips_their_batchnorms(repo_root, name):
-    fused, plain = pair(repo_root, name)
+# ResNet-18 style blocks (BasicTransform) as well as the bottlenecks of the official configs
+BASIC_BLOCKS = ("RESNET.TRANS_FUNC", "basic_transform", "RESNET.DEPTH", 18,
+                "RESNET.NUM_BLOCK_TEMP_KERNEL", [[2], [2], [2], [2]])
+
+
+@pytest.mark.parametrize("name,opts", [("PySlowfast-R50-K400-8x8.yaml", ()), ("PySlowonly-R50-K400-4x16.yaml", ()),
+                                       ("PySlowfast-R101-NL-K600-8x8.yaml", ()),
+                                       ("PySlowonly-R50-K400-4x16.yaml", BASIC_BLOCKS)])
+def test_the_fused_backbone_equals_the_modules_and_skips_their_batchnorms(repo_root, name, opts):
+    fused, plain = pair(repo_root, name, *opts)
     total = sum(isinstance(m, nn.BatchNorm3d) for m in fused.modules())
     # the BNs the fused path leaves as they are: shortcut projections (no ReLU to fuse) and non-local outputs
     kept = sum(isinstance(m, nn.BatchNorm3d) for n, m in fused.named_modules()
