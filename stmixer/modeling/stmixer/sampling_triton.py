@@ -244,32 +244,43 @@ if triton is not None:
         tl.store(grad_weight_ptr + (level * N + n) * QP + offs_p, g_lw, mask=mask_p)
 
     @triton.jit
+    def _levels_backward(grad_out_ptr, f0, f1, f2, f3, g0, g1, g2, g3, H0, W0, H1, W1, H2, W2, H3, W3, grid_ptr,
+                         weight_ptr, grad_grid_ptr, grad_weight_ptr, n, offs_p, mask_p, offs_c, mask_c, T: tl.constexpr,
+                         N, QP, C, LEVELS: tl.constexpr, NEED_FRAMES: tl.constexpr, MEANS: tl.constexpr, grad_s,
+                         grad_t_row_ptr, P):
+        """``_level_backward`` of every level (see there for ``MEANS``)."""
+        _level_backward(grad_out_ptr, f0, g0, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, 0, n, offs_p,
+                        mask_p, offs_c, mask_c, T, N, QP, H0, W0, C, NEED_FRAMES, MEANS, grad_s, grad_t_row_ptr, P)
+        if LEVELS > 1:
+            _level_backward(grad_out_ptr, f1, g1, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, 1, n,
+                            offs_p, mask_p, offs_c, mask_c, T, N, QP, H1, W1, C, NEED_FRAMES, MEANS, grad_s,
+                            grad_t_row_ptr, P)
+        if LEVELS > 2:
+            _level_backward(grad_out_ptr, f2, g2, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, 2, n,
+                            offs_p, mask_p, offs_c, mask_c, T, N, QP, H2, W2, C, NEED_FRAMES, MEANS, grad_s,
+                            grad_t_row_ptr, P)
+        if LEVELS > 3:
+            _level_backward(grad_out_ptr, f3, g3, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, 3, n,
+                            offs_p, mask_p, offs_c, mask_c, T, N, QP, H3, W3, C, NEED_FRAMES, MEANS, grad_s,
+                            grad_t_row_ptr, P)
+
+    @triton.jit
     def _backward_kernel(grad_out_ptr, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, f0, f1, f2, f3,
                          g0, g1, g2, g3, H0, W0, H1, W1, H2, W2, H3, W3, N, QP, C, T: tl.constexpr,
                          LEVELS: tl.constexpr, NEED_FRAMES: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr):
         n, offs_p, mask_p, offs_c, mask_c = _program_block(QP, C, BLOCK, BLOCK_C)
-        _level_backward(grad_out_ptr, f0, g0, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, 0, n, offs_p,
-                        mask_p, offs_c, mask_c, T, N, QP, H0, W0, C, NEED_FRAMES, False, 0.0, grad_out_ptr, 1)
-        if LEVELS > 1:
-            _level_backward(grad_out_ptr, f1, g1, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, 1, n,
-                            offs_p, mask_p, offs_c, mask_c, T, N, QP, H1, W1, C, NEED_FRAMES, False, 0.0,
-                            grad_out_ptr, 1)
-        if LEVELS > 2:
-            _level_backward(grad_out_ptr, f2, g2, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, 2, n,
-                            offs_p, mask_p, offs_c, mask_c, T, N, QP, H2, W2, C, NEED_FRAMES, False, 0.0,
-                            grad_out_ptr, 1)
-        if LEVELS > 3:
-            _level_backward(grad_out_ptr, f3, g3, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, 3, n,
-                            offs_p, mask_p, offs_c, mask_c, T, N, QP, H3, W3, C, NEED_FRAMES, False, 0.0,
-                            grad_out_ptr, 1)
+        _levels_backward(grad_out_ptr, f0, f1, f2, f3, g0, g1, g2, g3, H0, W0, H1, W1, H2, W2, H3, W3, grid_ptr,
+                         weight_ptr, grad_grid_ptr, grad_weight_ptr, n, offs_p, mask_p, offs_c, mask_c, T, N, QP, C,
+                         LEVELS, NEED_FRAMES, False, 0.0, grad_out_ptr, 1)
 
     @triton.jit
     def _query_block(N, G, NPB, BLOCK: tl.constexpr):
-        """The block's query, its clip and group, and the points' offsets within the query."""
+        """The block's query, its clip and group, its index among the query's NPB blocks and its points'
+        offsets within the query."""
         n = tl.program_id(1)
         q = tl.program_id(0) // NPB
-        p_local = (tl.program_id(0) % NPB) * BLOCK + tl.arange(0, BLOCK)
-        return q, n // G, n % G, p_local
+        pb = tl.program_id(0) % NPB
+        return q, n // G, n % G, pb, pb * BLOCK + tl.arange(0, BLOCK)
 
     @triton.jit
     def _forward_means_kernel(spatial_ptr, temporal_ptr, grid_ptr, weight_ptr, f0, f1, f2, f3, H0, W0, H1, W1,
@@ -281,9 +292,8 @@ if triton is not None:
         mean over the query's P points (summed over the NPB blocks by the caller). The samples themselves
         (``[T, N, C, QP]``) are never written."""
         n, offs_p, mask_p, offs_c, mask_c = _program_block(QP, C, BLOCK, BLOCK_C)
-        q, b, g, p_local = _query_block(N, G, NPB, BLOCK)
+        q, b, g, pb, p_local = _query_block(N, G, NPB, BLOCK)
         B = N // G
-        pb = tl.program_id(0) % NPB
         t_sum = tl.zeros([BLOCK, BLOCK_C], dtype=tl.float32)
         for t in range(T):
             image = t * N + n
@@ -304,25 +314,14 @@ if triton is not None:
         """``_backward_kernel`` for ``_forward_means_kernel``: the samples' gradient is made on the fly from the
         means' (spatial ``[B, Q, G, P, C]``, temporal ``[B, Q, G, T, C]``)."""
         n, offs_p, mask_p, offs_c, mask_c = _program_block(QP, C, BLOCK, BLOCK_C)
-        q, b, g, p_local = _query_block(N, G, NPB, BLOCK)
+        q, b, g, _, p_local = _query_block(N, G, NPB, BLOCK)
         rows = (((b * Q + q) * G + g) * P + p_local).to(tl.int64) * C
         grad_s = tl.load(grad_spatial_ptr + rows[:, None] + offs_c[None, :],
                          mask=mask_p[:, None] & mask_c[None, :], other=0.0)
         grad_t_row = grad_temporal_ptr + (((b * Q + q) * G + g) * T).to(tl.int64) * C
-        _level_backward(grad_spatial_ptr, f0, g0, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, 0, n,
-                        offs_p, mask_p, offs_c, mask_c, T, N, QP, H0, W0, C, NEED_FRAMES, True, grad_s, grad_t_row, P)
-        if LEVELS > 1:
-            _level_backward(grad_spatial_ptr, f1, g1, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, 1, n,
-                            offs_p, mask_p, offs_c, mask_c, T, N, QP, H1, W1, C, NEED_FRAMES, True, grad_s,
-                            grad_t_row, P)
-        if LEVELS > 2:
-            _level_backward(grad_spatial_ptr, f2, g2, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, 2, n,
-                            offs_p, mask_p, offs_c, mask_c, T, N, QP, H2, W2, C, NEED_FRAMES, True, grad_s,
-                            grad_t_row, P)
-        if LEVELS > 3:
-            _level_backward(grad_spatial_ptr, f3, g3, grid_ptr, weight_ptr, grad_grid_ptr, grad_weight_ptr, 3, n,
-                            offs_p, mask_p, offs_c, mask_c, T, N, QP, H3, W3, C, NEED_FRAMES, True, grad_s,
-                            grad_t_row, P)
+        _levels_backward(grad_spatial_ptr, f0, f1, f2, f3, g0, g1, g2, g3, H0, W0, H1, W1, H2, W2, H3, W3, grid_ptr,
+                         weight_ptr, grad_grid_ptr, grad_weight_ptr, n, offs_p, mask_p, offs_c, mask_c, T, N, QP, C,
+                         LEVELS, NEED_FRAMES, True, grad_s, grad_t_row, P)
 
 
 def channels_last_frames(feature, n_groups):
@@ -432,10 +431,8 @@ class TritonSampleMeans(torch.autograd.Function):
         L, N, QP, _ = grids.shape
         TN, _, _, C = frames[0].shape
         T = TN // N
-        grad_spatial = (torch.zeros(N // G, Q, G, P, C, device=grids.device, dtype=grids.dtype)
-                        if grad_spatial is None else grad_spatial.contiguous())
-        grad_temporal = (torch.zeros(N // G, Q, G, T, C, device=grids.device, dtype=grids.dtype)
-                         if grad_temporal is None else grad_temporal.contiguous())
+        # (autograd gives zeros, not None, for an output that received no gradient)
+        grad_spatial, grad_temporal = grad_spatial.contiguous(), grad_temporal.contiguous()
         need_frames = any(ctx.needs_input_grad[4:])
         grad_frames = [torch.zeros_like(f) for f in frames] if need_frames else list(frames)
         grad_grids = torch.empty_like(grids)
