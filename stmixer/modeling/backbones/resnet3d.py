@@ -234,15 +234,12 @@ class ResBlock(nn.Module):
 
     def forward(self, x):
         t = self.branch2
-        if self.fused_inference is not False and fused_path(
-                self.fused_inference, x, [t.a, t.b] + ([t.c] if hasattr(t, "c") else []),
-                [t.a_bn, t.b_bn] + ([t.c_bn] if hasattr(t, "c_bn") else [])):
-            # the shortcut's BN stays a separate pass: folding it would save nothing (no ReLU to fuse)
-            shortcut = self.branch1_bn(self.branch1(x)) if hasattr(self, "branch1") else x
-            return t.fused_forward(x, shortcut)
-        residual = t(x)
+        # on the fused path too the shortcut's BN stays a separate pass: folding it saves nothing (no ReLU to fuse)
         shortcut = self.branch1_bn(self.branch1(x)) if hasattr(self, "branch1") else x
-        return self.relu(shortcut + residual)
+        if fused_path(self.fused_inference, x, [t.a, t.b] + ([t.c] if hasattr(t, "c") else []),
+                      [t.a_bn, t.b_bn] + ([t.c_bn] if hasattr(t, "c_bn") else [])):
+            return t.fused_forward(x, shortcut)
+        return self.relu(shortcut + t(x))
 
 
 class NonLocalBlock(nn.Module):
