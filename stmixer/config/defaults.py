@@ -203,6 +203,8 @@ _C.MODEL.BACKBONE.CHANNELS_LAST = True
 _C.MODEL.BACKBONE.FUSED_INFERENCE = "auto"
 # (stmixer) ResNet backbones under CUDA autocast (SOLVER.AMP bf16 / fp16): run the stem convolutions (3-channel video input) in float32. cuDNN has no tensor-core kernel for 3-channel NDHWC bfloat16 3-D convolutions (the SlowFast-R50 Fast stem: 24.0 ms at 8 clips on an H100 in bfloat16, 6.5 ms in float32). False: the stems autocast like every other convolution (the official behaviour).
 _C.MODEL.BACKBONE.FLOAT32_STEM = True
+# (stmixer) ResNet backbones (SlowOnly, SlowFast) in training: each BatchNorm (+ residual) (+ ReLU) of the stems, residual blocks, shortcut projections, non-local blocks and SlowFast lateral connections runs as Triton kernels (stmixer/modeling/backbones/bn_act.py): batch statistics (running statistics updated as nn.BatchNorm3d does), or the running statistics for frozen BatchNorm with gradients; two passes forward and two backward instead of PyTorch's BatchNorm, addition and ReLU kernels. Only plain BatchNorm3d (not SyncBatchNorm) of 32+ channels on channels_last_3d CUDA activations; elsewhere the modules run. "auto" = CUDA GPUs of compute capability 8.0+ with Triton; True = also older GPUs; both self-checked once per device; False = never. Same values up to float rounding; parity runs use False.
+_C.MODEL.BACKBONE.FUSED_TRAINING_BN = "auto"
 
 # (stmixer) CUDA graphs of the STMixer detector (stmixer/modeling/cuda_graphs.py, docs/performance.md): one captured forward and backward per input shape, replayed.
 _C.MODEL.CUDA_GRAPH = CN()

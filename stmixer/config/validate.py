@@ -28,6 +28,7 @@ CHOICES = {
     "SLOWFAST.FUSION_BN_RELU": (True, False),
     "MODEL.BACKBONE.PATHWAYS": (1, 2),
     "MODEL.BACKBONE.FUSED_INFERENCE": ("auto", True, False),
+    "MODEL.BACKBONE.FUSED_TRAINING_BN": ("auto", True, False),
     "MODEL.CSN.FROZEN_STAGES": (-1, 0, 1, 2, 3, 4),
     "MODEL.LFB.DTYPE": ("", "float16", "float32", "float64"),
     "MODEL.LFB.TEMPORAL_POOL": ("avg", "max"),

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..build import BACKBONE_REGISTRY
 from ..weight_init import c2_msra_fill
+from . import bn_act
 from .conv_bn import conv_bn_act, fused_path
 
 # Residual blocks of res2..res5 per ResNet depth.
@@ -108,6 +109,8 @@ class ResNetBasicStem(nn.Module):
     fused_inference = False
     # MODEL.BACKBONE.FLOAT32_STEM: under CUDA autocast, run in float32; set by VideoResNet.set_float32_stem
     float32_under_autocast = False
+    # MODEL.BACKBONE.FUSED_TRAINING_BN (bn_act.py): "auto", True or False; set by VideoResNet.set_fused_training_bn
+    fused_training_bn = False
 
     def __init__(self, dim_in, dim_out, temporal_kernel, bn, inplace_relu=True):
         super().__init__()
@@ -128,6 +131,8 @@ class ResNetBasicStem(nn.Module):
     def _forward(self, x):
         if fused_path(self.fused_inference, x, [self.conv], [self.bn]):
             return self.pool(conv_bn_act(x, self.conv, self.bn, stem=True))
+        if bn_act.active(self.fused_training_bn, self.bn, x):
+            return self.pool(bn_act.bn_act(self.fused_training_bn, self.conv(x), self.bn, self.relu))
         return self.pool(self.relu(self.bn(self.conv(x))))
 
 
@@ -181,6 +186,12 @@ class BottleneckTransform(nn.Module):
         x = conv_bn_act(x, self.b, self.b_bn)
         return conv_bn_act(x, self.c, self.c_bn, residual=shortcut)
 
+    def bn_act_forward(self, x, shortcut, mode, relu):
+        """``relu(forward(x) + shortcut)`` with each BN (+ residual) + ReLU through ``bn_act.bn_act(mode, ...)``."""
+        x = bn_act.bn_act(mode, self.a(x), self.a_bn, self.a_relu)
+        x = bn_act.bn_act(mode, self.b(x), self.b_bn, self.b_relu)
+        return bn_act.bn_act(mode, self.c(x), self.c_bn, relu, residual=shortcut)
+
 
 class BasicTransform(nn.Module):
     """Conv ``[kt,3,3]`` (spatial stride) -> BN -> ReLU -> conv ``[1,3,3]`` (dilation) -> BN (ResNet-18 style)."""
@@ -209,6 +220,11 @@ class BasicTransform(nn.Module):
         """``relu(forward(x) + shortcut)`` with every BN folded into its convolution (eval only, see conv_bn.py)."""
         return conv_bn_act(conv_bn_act(x, self.a, self.a_bn), self.b, self.b_bn, residual=shortcut)
 
+    def bn_act_forward(self, x, shortcut, mode, relu):
+        """``relu(forward(x) + shortcut)`` with each BN (+ residual) + ReLU through ``bn_act.bn_act(mode, ...)``."""
+        x = bn_act.bn_act(mode, self.a(x), self.a_bn, self.a_relu)
+        return bn_act.bn_act(mode, self.b(x), self.b_bn, relu, residual=shortcut)
+
 
 TRANSFORMS = {"bottleneck_transform": BottleneckTransform, "basic_transform": BasicTransform}
 
@@ -218,6 +234,8 @@ class ResBlock(nn.Module):
 
     # MODEL.BACKBONE.FUSED_INFERENCE (conv_bn.py): "auto", True or False; set by VideoResNet.set_fused_inference
     fused_inference = False
+    # MODEL.BACKBONE.FUSED_TRAINING_BN (bn_act.py): "auto", True or False; set by VideoResNet.set_fused_training_bn
+    fused_training_bn = False
 
     def __init__(self, dim_in, dim_out, temporal_kernel, stride, dim_inner, num_groups, dilation, spec):
         super().__init__()
@@ -234,11 +252,17 @@ class ResBlock(nn.Module):
 
     def forward(self, x):
         t = self.branch2
-        # on the fused path too the shortcut's BN stays a separate pass: folding it saves nothing (no ReLU to fuse)
-        shortcut = self.branch1_bn(self.branch1(x)) if hasattr(self, "branch1") else x
-        if fused_path(self.fused_inference, x, [t.a, t.b] + ([t.c] if hasattr(t, "c") else []),
-                      [t.a_bn, t.b_bn] + ([t.c_bn] if hasattr(t, "c_bn") else [])):
+        convs = [t.a, t.b] + ([t.c] if hasattr(t, "c") else [])
+        bns = [t.a_bn, t.b_bn] + ([t.c_bn] if hasattr(t, "c_bn") else [])
+        if fused_path(self.fused_inference, x, convs, bns):
+            # the shortcut's BN stays a separate pass: folding it saves nothing (no ReLU to fuse)
+            shortcut = self.branch1_bn(self.branch1(x)) if hasattr(self, "branch1") else x
             return t.fused_forward(x, shortcut)
+        mode = self.fused_training_bn
+        if bn_act.active(mode, t.a_bn, x):
+            shortcut = bn_act.bn_act(mode, self.branch1(x), self.branch1_bn) if hasattr(self, "branch1") else x
+            return t.bn_act_forward(x, shortcut, mode, self.relu)
+        shortcut = self.branch1_bn(self.branch1(x)) if hasattr(self, "branch1") else x
         return self.relu(shortcut + t(x))
 
 
@@ -277,6 +301,9 @@ class NonLocalBlock(nn.Module):
         self.bn.is_final_bn = True
         self.pool = nn.MaxPool3d(kernel_size=pool, stride=pool) if any(p > 1 for p in pool) else nn.Identity()
 
+    # MODEL.BACKBONE.FUSED_TRAINING_BN (bn_act.py): "auto", True or False; set by VideoResNet.set_fused_training_bn
+    fused_training_bn = False
+
     def forward(self, x):
         n, _, t, h, w = x.shape
         theta = self.conv_theta(x).view(n, self.dim_inner, -1)
@@ -293,6 +320,8 @@ class NonLocalBlock(nn.Module):
         else:
             affinity = affinity / affinity.shape[2]
         y = torch.einsum("ntg,ncg->nct", affinity, g).view(n, self.dim_inner, t, h, w)
+        if bn_act.active(self.fused_training_bn, self.bn, x):
+            return bn_act.bn_act(self.fused_training_bn, self.conv_out(y), self.bn, residual=x)
         return x + self.bn(self.conv_out(y))
 
 
@@ -389,6 +418,15 @@ class VideoResNet(nn.Module):
         for m in self.modules():
             if hasattr(type(m), "fused_inference"):
                 m.fused_inference = mode
+        return self
+
+    def set_fused_training_bn(self, mode):
+        """``MODEL.BACKBONE.FUSED_TRAINING_BN``: "auto" (CUDA, compute capability 8.0+), True or False. In
+        training (batch statistics, or frozen BatchNorm with gradients), each BatchNorm (+ residual) (+ ReLU)
+        runs as Triton kernels where ``bn_act.fusable`` (``bn_act.py``); elsewhere the modules run."""
+        for m in self.modules():
+            if hasattr(type(m), "fused_training_bn"):
+                m.fused_training_bn = mode
         return self
 
     def set_float32_stem(self, flag):
@@ -562,4 +600,5 @@ def build_slowonly(cfg):
     )
     backbone.channels_last = cfg.MODEL.BACKBONE.CHANNELS_LAST
     backbone.set_float32_stem(cfg.MODEL.BACKBONE.FLOAT32_STEM)
+    backbone.set_fused_training_bn(cfg.MODEL.BACKBONE.FUSED_TRAINING_BN)
     return backbone.set_fused_inference(cfg.MODEL.BACKBONE.FUSED_INFERENCE)

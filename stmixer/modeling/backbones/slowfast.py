@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..build import BACKBONE_REGISTRY
+from . import bn_act
 from .conv_bn import conv_bn_act, fused_path
 from .resnet3d import (
     SLOW_TEMPORAL_KERNELS,
@@ -40,6 +41,8 @@ class FuseFastToSlow(nn.Module):
 
     # MODEL.BACKBONE.FUSED_INFERENCE (conv_bn.py): "auto", True or False; set by VideoResNet.set_fused_inference
     fused_inference = False
+    # MODEL.BACKBONE.FUSED_TRAINING_BN (bn_act.py): "auto", True or False; set by VideoResNet.set_fused_training_bn
+    fused_training_bn = False
 
     def __init__(self, dim_in, channel_ratio, kernel, alpha, bn, inplace_relu=True, norm_act=True):
         super().__init__()
@@ -56,6 +59,8 @@ class FuseFastToSlow(nn.Module):
         slow, fast = xs
         if self.norm_act and fused_path(self.fused_inference, fast, [self.conv_f2s], [self.bn]):
             fused = conv_bn_act(fast, self.conv_f2s, self.bn)
+        elif self.norm_act and bn_act.active(self.fused_training_bn, self.bn, fast):
+            fused = bn_act.bn_act(self.fused_training_bn, self.conv_f2s(fast), self.bn, self.relu)
         else:
             fused = self.conv_f2s(fast)
             if self.norm_act:
@@ -169,4 +174,5 @@ def build_slowfast(cfg):
     )
     backbone.channels_last = cfg.MODEL.BACKBONE.CHANNELS_LAST
     backbone.set_float32_stem(cfg.MODEL.BACKBONE.FLOAT32_STEM)
+    backbone.set_fused_training_bn(cfg.MODEL.BACKBONE.FUSED_TRAINING_BN)
     return backbone.set_fused_inference(cfg.MODEL.BACKBONE.FUSED_INFERENCE)

@@ -20,9 +20,9 @@ gradients with the folded path, on the CPU through Triton's interpreter
 (``TRITON_INTERPRET=1``) and on CUDA.
 """
 
-import os
-
 import torch
+
+from ..layers import triton_support
 
 try:  # Triton ships with PyTorch's CUDA wheels; elsewhere the folded sampler runs
     import triton
@@ -41,27 +41,24 @@ MAX_LEVELS = 4
 
 def interpreted():
     """Whether Triton runs its kernels in its CPU interpreter (``TRITON_INTERPRET=1``, tests)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return triton_support.interpreted()
 
 
 def available(device):
     """Whether the kernels can run on tensors of ``device``: Triton importable and a CUDA device (or the
     interpreter, which runs them on CPU tensors)."""
-    return triton is not None and (torch.device(device).type == "cuda" or interpreted())
+    return triton is not None and triton_support.runs_on(device)
 
 
-# Oldest GPUs ``MODEL.STM.SAMPLER auto`` runs the kernels on: Triton supports compute capability 8.0 (A100)
-# and newer. On older GPUs "auto" takes the folded sampler; "triton" still tries the kernels (self-checked).
-AUTO_MIN_CAPABILITY = (8, 0)
+# Oldest GPUs ``MODEL.STM.SAMPLER auto`` runs the kernels on (layers/triton_support.py); "triton" still tries
+# older ones (self-checked).
+AUTO_MIN_CAPABILITY = triton_support.AUTO_MIN_CAPABILITY
 
 
 def auto_supported(device):
     """Whether ``MODEL.STM.SAMPLER auto`` picks the kernels for tensors on ``device``: ``available`` and, on
     CUDA, a GPU of compute capability ``AUTO_MIN_CAPABILITY`` or newer."""
-    device = torch.device(device)
-    if not available(device) or device.type != "cuda":
-        return False
-    return tuple(torch.cuda.get_device_capability(device)) >= AUTO_MIN_CAPABILITY
+    return available(device) and triton_support.capable(device)
 
 
 _SELF_CHECKS = {}  # (device type, index) -> None (the kernels ran) or why they could not
@@ -72,32 +69,19 @@ def self_check(device):
 
     Runs a tiny forward and backward once per device and process (the first sampler on it), so that a
     GPU or an installation Triton cannot build for (an old GPU, a broken toolchain) makes the sampler
-    fall back to the folded path instead of failing a training step. Not run during a CUDA graph capture
-    (a graphed part calls the sampler eagerly in its warm-up first)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        device = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
-    key = (device.type, device.index)
-    if key in _SELF_CHECKS:
-        return _SELF_CHECKS[key]
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return None
-    try:
-        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
-            frames = torch.rand(2, 4, 4, 8, device=device, requires_grad=True)  # T = 1 frame, N = 2 pairs
-            grids = (torch.rand(1, 2, 3, 2, device=device) * 2 - 1).requires_grad_()
-            weights = torch.rand(1, 2, 3, device=device, requires_grad=True)
-            TritonWeightedSampling.apply(grids, weights, frames).sum().backward()
-            grids = (torch.rand(1, 2, BLOCK_P, 2, device=device) * 2 - 1).requires_grad_()  # one query of P points
-            weights = torch.rand(1, 2, BLOCK_P, device=device, requires_grad=True)
-            sum(m.sum() for m in TritonSampleMeans.apply(grids, weights, 1, BLOCK_P, frames)).backward()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-        reason = None
-    except Exception as e:  # noqa: BLE001 - any failure to build or launch: the folded sampler runs instead
-        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-    _SELF_CHECKS[key] = reason
-    return reason
+    fall back to the folded path instead of failing a training step (``triton_support.checked``)."""
+    return triton_support.checked(_SELF_CHECKS, device, _self_check_run)
+
+
+def _self_check_run(device):
+    """Tiny forwards and backwards of both samplers on ``device``."""
+    frames = torch.rand(2, 4, 4, 8, device=device, requires_grad=True)  # T = 1 frame, N = 2 pairs
+    grids = (torch.rand(1, 2, 3, 2, device=device) * 2 - 1).requires_grad_()
+    weights = torch.rand(1, 2, 3, device=device, requires_grad=True)
+    TritonWeightedSampling.apply(grids, weights, frames).sum().backward()
+    grids = (torch.rand(1, 2, BLOCK_P, 2, device=device) * 2 - 1).requires_grad_()  # one query of P points
+    weights = torch.rand(1, 2, BLOCK_P, device=device, requires_grad=True)
+    sum(m.sum() for m in TritonSampleMeans.apply(grids, weights, 1, BLOCK_P, frames)).backward()
 
 
 if triton is not None:

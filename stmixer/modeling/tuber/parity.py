@@ -97,6 +97,7 @@ def fixture_config(meta):
     cfg.MODEL.BACKBONE.CONV_BODY = over.get("BACKBONE_NAME", "CSN-50")
     cfg.MODEL.BACKBONE.CHANNELS_LAST = False
     cfg.MODEL.BACKBONE.FUSED_INFERENCE = False
+    cfg.MODEL.BACKBONE.FUSED_TRAINING_BN = False
     cfg.MODEL.TUBER.ENC_LAYERS = over.get("ENC_LAYERS", 6)
     cfg.MODEL.TUBER.DEC_LAYERS = over.get("DEC_LAYERS", 6)
     cfg.MODEL.TUBER.NUM_QUERIES = over.get("QUERY_NUM", 15)
