@@ -60,9 +60,9 @@ NUM_WARPS = 4
 BLOCK_Q = 64
 # Activation dtypes the kernels take.
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# Fewest channels the kernels take where rows cannot be packed (``_Layout``): below, with one tile column per
-# channel, PyTorch's kernels were faster (an H100, 8 channels unpacked: 0.83 ms forward and backward against
-# 0.47 ms for a [8, 8, 32, 64, 112] bfloat16 map).
+# Fewest channels the kernels take where rows cannot be packed (``_Layout``): with one narrow tile column per
+# channel they were slower than PyTorch's kernels (an H100, 8 channels unpacked, eager calls: 0.83 against 0.47
+# ms forward and backward for a [8, 8, 32, 64, 112] bfloat16 map).
 MIN_CHANNELS = 32
 
 _SELF_CHECKS = {}  # (device type, index) -> None (the kernels ran) or why they could not
@@ -165,8 +165,8 @@ class _Layout:
 
     With fewer than ``MAX_BLOCK_C`` channels dividing it, K = MAX_BLOCK_C / C consecutive rows are packed
     into one matrix row of ``MAX_BLOCK_C`` values (column j holds channel j % C), so that every tile loads
-    whole 64-value rows whatever C is (8 channels: 0.83 ms forward and backward for PyTorch's kernels on
-    ``[8, 8, 32, 64, 112]`` bfloat16). Partial sums per matrix column are then K partial sums per channel."""
+    whole 64-value rows whatever C is (SlowFast's Fast pathway has 8, 16 and 32 channels); partial sums per
+    matrix column are then K partial sums per channel."""
 
     def __init__(self, x):
         self.channels = c = x.shape[1]
