@@ -122,10 +122,10 @@ def fusable(mode, x, bn, residual=None):
         return False
     if not (bn.affine and bn.track_running_stats and bn.running_mean is not None):
         return False
+    if x.dtype not in DTYPES or not _channels_last(x):
+        return False
     if bn.training and (bn.momentum is None or x.numel() // max(x.shape[1], 1) < 2):
         return False  # a cumulative average (a host-side factor), or one value per channel (the module raises)
-    if x.dtype not in DTYPES or x.dim() != 5 or not _channels_last(x):
-        return False
     if x.shape[1] < MIN_CHANNELS and _pack(x) == 1:
         return False
     if residual is not None and (residual.shape != x.shape or residual.dtype not in DTYPES

@@ -256,14 +256,17 @@ class ResBlock(nn.Module):
         bns = [t.a_bn, t.b_bn] + ([t.c_bn] if hasattr(t, "c_bn") else [])
         if fused_path(self.fused_inference, x, convs, bns):
             # the shortcut's BN stays a separate pass: folding it saves nothing (no ReLU to fuse)
-            shortcut = self.branch1_bn(self.branch1(x)) if hasattr(self, "branch1") else x
-            return t.fused_forward(x, shortcut)
+            return t.fused_forward(x, self._shortcut(x))
         mode = self.fused_training_bn
         if bn_act.active(mode, t.a_bn, x):
-            shortcut = bn_act.bn_act(mode, self.branch1(x), self.branch1_bn) if hasattr(self, "branch1") else x
-            return t.bn_act_forward(x, shortcut, mode, self.relu)
-        shortcut = self.branch1_bn(self.branch1(x)) if hasattr(self, "branch1") else x
-        return self.relu(shortcut + t(x))
+            return t.bn_act_forward(x, self._shortcut(x, mode), mode, self.relu)
+        return self.relu(self._shortcut(x) + t(x))
+
+    def _shortcut(self, x, mode=False):
+        """``x``, or its projection ``branch1_bn(branch1(x))`` (the BN through ``bn_act.bn_act(mode, ...)``)."""
+        if not hasattr(self, "branch1"):
+            return x
+        return bn_act.bn_act(mode, self.branch1(x), self.branch1_bn)
 
 
 class NonLocalBlock(nn.Module):
@@ -280,6 +283,9 @@ class NonLocalBlock(nn.Module):
         applied first and their outputs pooled (max-pooling does not commute with a 1x1x1
         convolution); conv_out has no bias (its BN follows).
     """
+
+    # MODEL.BACKBONE.FUSED_TRAINING_BN (bn_act.py): "auto", True or False; set by VideoResNet.set_fused_training_bn
+    fused_training_bn = False
 
     def __init__(self, dim, dim_inner, pool, instantiation, bn, style="pyslowfast"):
         super().__init__()
@@ -300,9 +306,6 @@ class NonLocalBlock(nn.Module):
         self.bn = bn.make(dim)
         self.bn.is_final_bn = True
         self.pool = nn.MaxPool3d(kernel_size=pool, stride=pool) if any(p > 1 for p in pool) else nn.Identity()
-
-    # MODEL.BACKBONE.FUSED_TRAINING_BN (bn_act.py): "auto", True or False; set by VideoResNet.set_fused_training_bn
-    fused_training_bn = False
 
     def forward(self, x):
         n, _, t, h, w = x.shape
