@@ -467,6 +467,12 @@ _C.ViT.QK_SCALE = None
 _C.ViT.INIT_VALUES = 0.0
 # Recompute each block's activations in the backward pass (activation checkpointing; saves memory).
 _C.ViT.USE_CHECKPOINT = True
+# (stmixer) Which blocks USE_CHECKPOINT recomputes (STMixer's ViT backbone; EVAD keeps its own): "all" (every block, the official behaviour, least memory) or "auto" (on CUDA, the fewest blocks, the first ones, that keep the others' saved activations, estimated as (9 + 2 x MLP_RATIO) x EMBED_DIM values per token and block, within RECOMPUTE_MEMORY_FRACTION of the GPU's memory; on the CPU every block). Same values and gradients either way; a ViT-B at 8 clips of 256x448 in bf16 keeps 0.7 GiB a block, so an 80 GB GPU recomputes none: 0.88x the training step, 18 instead of 9 GiB.
+_C.ViT.RECOMPUTE = "auto"
+# (stmixer) The "auto" budget of RECOMPUTE: a fraction of the GPU's total memory (0 recomputes every block).
+_C.ViT.RECOMPUTE_MEMORY_FRACTION = 0.25
+# (stmixer) torch.compile of the transformer blocks' residual branches (LayerNorm, attention or MLP, layer scale) and of the ViT neck (simple feature pyramid), stmixer/modeling/layers/compiled.py: "auto" = CUDA GPUs of compute capability 8.0+ with Triton, True = also the CPU (needs a C++ compiler), False = never (parity runs). Compiles in the first steps (tens of seconds) and once more for a second input shape (then dynamic shapes); a failure to compile warns once and runs eagerly. Same values up to float rounding.
+_C.ViT.COMPILE = "auto"
 # Layer-wise learning-rate decay per block from the top (1.0 = no decay).
 _C.ViT.LAYER_DECAY = 0.75
 # Weight decay of the ViT backbone parameters that are decayed.

@@ -12,6 +12,7 @@ state-dict keys are the official ``lateral_convs.<i>...`` ones.
 import torch
 from torch import nn
 
+from .layers.compiled import CompiledFunction
 from .weight_init import c2_xavier_fill
 
 
@@ -76,24 +77,36 @@ def _pyramid_level(scale, dim, out_channels):
     return nn.Sequential(*layers)
 
 
+def _pyramid_levels(neck, *features):
+    """Every level of ``neck`` on its map: 4 x ``[B, C_i, T, H, W]`` -> 4 x ``[B, out_channels, T, H*s, W*s]``."""
+    return [level(f) for level, f in zip(neck, features)]
+
+
+# The pyramid, compiled where ``SimpleFeaturePyramid.compile_mode`` asks (``ViT.COMPILE``): its channel
+# LayerNorms are eight elementwise passes and two reductions each over the largest maps of the step.
+PYRAMID_LEVELS = CompiledFunction(_pyramid_levels, "ViT neck")
+
+
 class SimpleFeaturePyramid(nn.ModuleList):
     """ViT neck: 4 levels at scales x4, x2, x1, x1/2 of the input maps (strides 4, 8, 16, 32 for a 1/16 map).
 
     ``forward(features)`` takes 4 maps ``[B, C_i, T, H, W]`` (the ViT gives the same
-    map four times) and returns 4 maps ``[B, out_channels, T, H*s, W*s]``.
+    map four times) and returns 4 maps ``[B, out_channels, T, H*s, W*s]``. ``compile_mode`` ("auto",
+    True, False) runs the levels through ``torch.compile`` (``PYRAMID_LEVELS``).
     """
 
     SCALES = (4, 2, 1, 0.5)
 
-    def __init__(self, in_channels, out_channels):
+    def __init__(self, in_channels, out_channels, compile_mode=False):
         super().__init__()
         for scale, c in zip(self.SCALES, in_channels):
             self.append(_pyramid_level(scale, c, out_channels))
+        self.compile_mode = compile_mode
 
     def forward(self, features):
         if len(features) != len(self):
             raise ValueError(f"SimpleFeaturePyramid expects {len(self)} feature levels, got {len(features)}")
-        return [level(f) for level, f in zip(self, features)]
+        return PYRAMID_LEVELS(self.compile_mode, self, *features)
 
 
 def is_vit_backbone(conv_body):
@@ -105,10 +118,12 @@ def build_neck(cfg, in_channels):
     """The neck for ``cfg``'s backbone, as held by the detector in ``lateral_convs``.
 
     Args:
-        cfg: config (reads ``MODEL.BACKBONE.CONV_BODY`` and ``MODEL.STM.HIDDEN_DIM``).
+        cfg: config (reads ``MODEL.BACKBONE.CONV_BODY``, ``MODEL.STM.HIDDEN_DIM`` and, for the ViT neck,
+            ``ViT.COMPILE``).
         in_channels: the backbone's ``out_channels`` (4 ints).
     """
     if len(in_channels) != 4:
         raise ValueError(f"build_neck: expected 4 backbone levels, got in_channels={list(in_channels)}")
-    neck = SimpleFeaturePyramid if is_vit_backbone(cfg.MODEL.BACKBONE.CONV_BODY) else LateralConvs
-    return neck(list(in_channels), cfg.MODEL.STM.HIDDEN_DIM)
+    if is_vit_backbone(cfg.MODEL.BACKBONE.CONV_BODY):
+        return SimpleFeaturePyramid(list(in_channels), cfg.MODEL.STM.HIDDEN_DIM, compile_mode=cfg.ViT.COMPILE)
+    return LateralConvs(list(in_channels), cfg.MODEL.STM.HIDDEN_DIM)

@@ -82,7 +82,8 @@ def run_mmaction2_fixture(fixture, precision_dtype=torch.float64, device="cpu"):
     # the reference path: no CUDA channels_last_3d layout (a fast path, not bit-close) in parity runs
     cfg = load_config(str(fixture / "config.yaml"), ["MODEL.BACKBONE.CHANNELS_LAST", "False",
                                                        "MODEL.BACKBONE.FUSED_INFERENCE", "False",
-                                                       "MODEL.BACKBONE.FUSED_TRAINING_BN", "False"])
+                                                       "MODEL.BACKBONE.FUSED_TRAINING_BN", "False",
+                                                       "ViT.COMPILE", "False"])
     model = build_detector(cfg).to(device=device, dtype=dtype)  # before loading: weights cast to its dtype
     state = {k: torch.from_numpy(v) for k, v in recipe.fake_state_dict(meta["manifest"], meta["seed"]).items()}
     contents = checkpoint_from_object({"meta": {}, "state_dict": state}, f"{fixture} weights")

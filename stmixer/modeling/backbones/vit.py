@@ -23,9 +23,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..build import BACKBONE_REGISTRY
+from ..layers.compiled import CompiledFunction
 
 # Frames of the clips the VideoMAE checkpoints were pre-trained on (sets the position grid, 16 // tubelet).
 PRETRAIN_NUM_FRAMES = 16
+# Values of ViT.RECOMPUTE (which blocks USE_CHECKPOINT recomputes).
+RECOMPUTE_CHOICES = ("all", "auto")
 # Resized fixed position tables kept per (grid, dtype, device); multi-scale training sees a few grids.
 _TABLE_CACHE_SIZE = 8
 
@@ -193,12 +196,34 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(self.act(self.fc1(x))))
 
 
+def _attention_branch(block, x):
+    """``g1 * attn(norm1(x))`` of ``block`` (before drop path and the residual): ``[B, N, D]`` -> same."""
+    y = block.attn(block.norm1(x))
+    return y if block.gamma_1 is None else block.gamma_1 * y
+
+
+def _mlp_branch(block, x):
+    """``g2 * mlp(norm2(x))`` of ``block`` (before drop path and the residual): ``[B, N, D]`` -> same."""
+    y = block.mlp(block.norm2(x))
+    return y if block.gamma_2 is None else block.gamma_2 * y
+
+
+# The two residual branches, compiled where ``Block.compile_mode`` asks (``ViT.COMPILE``); one compilation serves
+# every block. Drop path and the residual addition stay outside (each block has its own rate).
+ATTENTION_BRANCH = CompiledFunction(_attention_branch, "ViT attention branch")
+MLP_BRANCH = CompiledFunction(_mlp_branch, "ViT MLP branch")
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: ``x + dp(g1 * attn(norm1(x)))``, ``x + dp(g2 * mlp(norm2(x)))``.
 
     ``dp`` is per-sample drop path at ``drop_path_rate``; the layer scales g1, g2
     exist only when ``init_values`` > 0. LayerNorm eps 1e-6. ``[B, N, D]`` -> same.
+    ``compile_mode`` ("auto", True, False; set by the backbone from ``ViT.COMPILE``) runs the two
+    branches through ``torch.compile`` (``ATTENTION_BRANCH``, ``MLP_BRANCH``).
     """
+
+    compile_mode = False
 
     def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, qk_scale=None, drop=0.0, attn_drop=0.0,
                  drop_path_rate=0.0, init_values=0.0):
@@ -222,13 +247,13 @@ class Block(nn.Module):
         """``x + dp(g1 * attn(norm1(x)))`` ``[B, N, D]``; with ``return_weights`` also the attention
         probabilities ``[B, heads, N, N]`` (see ``Attention.forward``)."""
         if not return_weights:
-            return x + self._branch(self.attn(self.norm1(x)), self.gamma_1)
+            return x + drop_path(ATTENTION_BRANCH(self.compile_mode, self, x), self.drop_path_rate, self.training)
         y, weights = self.attn(self.norm1(x), return_weights=True)
         return x + self._branch(y, self.gamma_1), weights
 
     def mlp_part(self, x):
         """``x + dp(g2 * mlp(norm2(x)))`` ``[B, N, D]``."""
-        return x + self._branch(self.mlp(self.norm2(x)), self.gamma_2)
+        return x + drop_path(MLP_BRANCH(self.compile_mode, self, x), self.drop_path_rate, self.training)
 
     def forward(self, x):
         return self.mlp_part(self.attention_part(x))
@@ -248,8 +273,16 @@ class VisionTransformer3D(nn.Module):
         use_learnable_pos_emb: learn the table (parameter ``pos_embed`` ``[1, N, D]``) instead of the fixed one.
         drop_rate, attn_drop_rate: dropout after the position embedding / in MLPs, on attention weights.
         drop_path_rate: stochastic depth of the last block; block i uses linspace(0, rate, depth)[i].
-        use_checkpoint: recompute each block in the backward pass (training with grad only).
+        use_checkpoint: recompute blocks in the backward pass instead of keeping their activations (training
+            with grad only); which ones ``recompute`` says.
         no_weight_decay_names: parameter names exempt from weight decay (besides 1-D / bias ones).
+        recompute: with ``use_checkpoint``: "all" (every block, the official behaviour) or "auto" (on CUDA, the
+            fewest blocks, the first ones, that keep the other blocks' activations within
+            ``recompute_memory_fraction`` of the GPU's memory; on the CPU every block). Values and gradients
+            are the same either way (the recomputation redraws the same random numbers).
+        recompute_memory_fraction: the "auto" budget, a fraction of the GPU's total memory.
+        compile_mode: ``torch.compile`` of the blocks' residual branches ("auto" = CUDA, True, False; see
+            ``stmixer/modeling/layers/compiled.py``).
     """
 
     num_pathways = 1
@@ -257,10 +290,16 @@ class VisionTransformer3D(nn.Module):
     def __init__(self, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, qk_scale=None,
                  init_values=0.0, patch_size=16, tubelet_size=2, in_chans=3, pretrain_img_size=224,
                  pretrain_num_frames=PRETRAIN_NUM_FRAMES, use_learnable_pos_emb=False, drop_rate=0.0,
-                 attn_drop_rate=0.0, drop_path_rate=0.0, use_checkpoint=False, no_weight_decay_names=("pos_embed",)):
+                 attn_drop_rate=0.0, drop_path_rate=0.0, use_checkpoint=False, no_weight_decay_names=("pos_embed",),
+                 recompute="all", recompute_memory_fraction=0.25, compile_mode=False):
         super().__init__()
+        if recompute not in RECOMPUTE_CHOICES:
+            raise ValueError(f"ViT.RECOMPUTE must be one of {RECOMPUTE_CHOICES}, got {recompute!r}")
         self.depth = depth
+        self.mlp_ratio = mlp_ratio
         self.use_checkpoint = use_checkpoint
+        self.recompute = recompute
+        self.recompute_memory_fraction = recompute_memory_fraction
         self._no_weight_decay = set(no_weight_decay_names)
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, tubelet_size)
         side = pretrain_img_size // patch_size
@@ -285,6 +324,32 @@ class VisionTransformer3D(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.out_channels = [embed_dim] * 4
         self.apply(init_vit_weights)
+        self.set_compile_mode(compile_mode)
+
+    def set_compile_mode(self, mode):
+        """``torch.compile`` the blocks' residual branches: "auto" (CUDA), True or False (``ViT.COMPILE``)."""
+        for block in self.blocks:
+            block.compile_mode = mode
+
+    def recomputed_blocks(self, x):
+        """How many blocks, from the first, recompute their activations in the backward for tokens ``x``
+        ``[B, N, D]``: none unless ``use_checkpoint`` in training with grad; all with ``recompute`` "all" or
+        on the CPU; else the fewest that keep the other blocks' estimated saved activations
+        (``saved_bytes_per_block``) within ``recompute_memory_fraction`` of the GPU's memory."""
+        if not (self.use_checkpoint and self.training and torch.is_grad_enabled()):
+            return 0
+        if self.recompute == "all" or not x.is_cuda:
+            return self.depth
+        budget = self.recompute_memory_fraction * torch.cuda.get_device_properties(x.device).total_memory
+        kept = int(budget // max(self.saved_bytes_per_block(x), 1))
+        return max(self.depth - kept, 0)
+
+    def saved_bytes_per_block(self, x):
+        """Estimated bytes one block keeps for its backward for tokens ``x`` ``[B, N, D]``: ``(9 + 2 * mlp_ratio)``
+        values per token and channel (the LayerNorm inputs and their casts, q/k/v, the attention output and
+        the projection input, the MLP's hidden activations before and after GELU) of ``x``'s element size
+        (a ViT-B at 8 clips of 256x448 in bfloat16: 0.73 GiB measured on an H100, 0.70 GiB estimated)."""
+        return x.numel() * (9 + 2 * self.mlp_ratio) * x.element_size()
 
     def position_embedding(self, grid, dtype, device):
         """Position table for a token grid ``(t, h, w)``: ``[1, t*h*w, D]`` in ``dtype`` on ``device``
@@ -299,9 +364,9 @@ class VisionTransformer3D(nn.Module):
         b, d, t, h, w = x.shape
         x = x.flatten(2).transpose(1, 2)
         x = self.pos_drop(x + self.position_embedding((t, h, w), x.dtype, x.device))
-        recompute = self.use_checkpoint and self.training and torch.is_grad_enabled()
-        for block in self.blocks:
-            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
+        recomputed = self.recomputed_blocks(x)
+        for i, block in enumerate(self.blocks):
+            x = checkpoint(block, x, use_reentrant=False) if i < recomputed else block(x)
         x = self.norm(x)
         x = x.reshape(b, t, h, w, d).permute(0, 4, 1, 2, 3).contiguous()
         return [x, x, x, x]
@@ -364,4 +429,5 @@ def build_vit(cfg):
         tubelet_size=v.TUBELET_SIZE, in_chans=v.IN_CHANS, pretrain_img_size=v.PRETRAIN_IMG_SIZE,
         use_learnable_pos_emb=v.USE_LEARNABLE_POS_EMB, drop_rate=v.DROP_RATE, attn_drop_rate=v.ATTN_DROP_RATE,
         drop_path_rate=v.DROP_PATH_RATE, use_checkpoint=v.USE_CHECKPOINT, no_weight_decay_names=v.NO_WEIGHT_DECAY,
+        recompute=v.RECOMPUTE, recompute_memory_fraction=v.RECOMPUTE_MEMORY_FRACTION, compile_mode=v.COMPILE,
     )

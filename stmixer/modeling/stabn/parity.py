@@ -80,6 +80,7 @@ def build_fixture_model(fixture, dtype=torch.float64, device="cpu"):
     cfg.MODEL.BACKBONE.CHANNELS_LAST = False
     cfg.MODEL.BACKBONE.FUSED_INFERENCE = False
     cfg.MODEL.BACKBONE.FUSED_TRAINING_BN = False
+    cfg.ViT.COMPILE = False
     model = build_detector(cfg)
     state = fixture_state_dict(manifest)
     ours = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}

@@ -1,0 +1,74 @@
+"""``torch.compile`` of small functions of modules, where a config key asks for it, with an eager fallback.
+
+Used by the ViT backbone (its transformer blocks' residual branches) and the ViT neck (the simple feature
+pyramid): there most of a training step outside the matrix products and attention is LayerNorms, GELUs,
+dtype casts and copies that Inductor fuses (``ViT.COMPILE``, docs/performance.md).
+
+A ``CompiledFunction`` wraps one plain function ``fn(module, *tensors)``; PyTorch 2.5+ inlines the modules it
+calls into the graph, so every module of the same structure (the 12 blocks of a ViT-B) shares one compilation.
+Shapes start static; a second input shape (multi-scale training) makes PyTorch compile one dynamic-shape
+graph for the rest (``torch.compile``'s default).
+"""
+
+import importlib.util
+import warnings
+
+import torch
+
+from . import triton_support
+
+# Values of the config keys that select a compiled path.
+MODES = ("auto", True, False)
+
+# Inductor's GPU code is Triton.
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+def _dynamo_error_types():
+    """The exception types that mean "this could not be compiled" (not an error of the model itself)."""
+    try:
+        from torch._dynamo.exc import TorchDynamoException
+
+        return (TorchDynamoException,)
+    except ImportError:  # pragma: no cover - every supported torch has it
+        return ()
+
+
+class CompiledFunction:
+    """``fn(module, *tensors)`` through ``torch.compile`` where ``mode`` selects it, else eagerly.
+
+    ``mode``: "auto" = CUDA tensors on GPUs of compute capability 8.0+ with Triton; True = any device
+    Inductor compiles for (the CPU needs a C++ compiler); False = never. The compiled function keeps PyTorch's
+    random number generator for random operations (Inductor's ``fallback_random``), so dropout and drop
+    path draw what the eager code draws. A failure to compile warns once and the function runs eagerly from
+    then on in this process; an error of the model itself is raised again by the eager call.
+    """
+
+    def __init__(self, fn, name):
+        self.fn = fn
+        self.name = name
+        self._compiled = None
+        self.failure = None  # why compilation failed, once it has
+
+    def wanted(self, mode, x):
+        """Whether a call with ``mode`` on tensor ``x`` goes through ``torch.compile``."""
+        if mode not in MODES:
+            raise ValueError(f"{self.name}: compile mode must be one of {MODES}, got {mode!r}")
+        if mode is False or self.failure is not None:
+            return False
+        if mode is True:
+            return True
+        return HAS_TRITON and x.is_cuda and triton_support.capable(x.device)
+
+    def __call__(self, mode, module, x, *args):
+        if not self.wanted(mode, x):
+            return self.fn(module, x, *args)
+        if self._compiled is None:
+            self._compiled = torch.compile(self.fn, options={"fallback_random": True})
+        try:
+            return self._compiled(module, x, *args)
+        except _dynamo_error_types() as e:
+            self.failure = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            warnings.warn(f"{self.name}: torch.compile failed ({self.failure}); running it eagerly from now on",
+                          RuntimeWarning, stacklevel=2)
+            return self.fn(module, x, *args)
