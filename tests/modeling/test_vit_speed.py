@@ -237,3 +237,29 @@ def test_auto_compiles_and_skips_recomputation_on_cuda():
     model.recompute = "all"
     got = train_step(model, clip(device="cuda"), seed=3)
     torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-5)
+
+
+@needs_cuda
+def test_channels_last_maps_on_cuda_give_the_same_neck_outputs(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch.manual_seed(0)
+    cfg = tiny_cfg("ViT.COMPILE", False)
+    backbone = build_backbone(cfg).cuda().eval()
+    neck = build_neck(cfg, backbone.out_channels).cuda()
+    assert backbone.channels_last_output
+    with torch.no_grad():
+        maps = backbone([clip(device="cuda")])
+        assert maps[0].is_contiguous(memory_format=torch.channels_last_3d) and not maps[0].is_contiguous()
+        got = neck(maps)
+        backbone.channels_last_output = False
+        maps = backbone([clip(device="cuda")])
+        assert maps[0].is_contiguous()
+        want = neck(maps)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_the_cpu_maps_stay_contiguous():
+    backbone = build_backbone(tiny_cfg())
+    assert backbone.channels_last_output
+    assert backbone([clip()])[0].is_contiguous()

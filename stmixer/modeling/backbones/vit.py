@@ -286,6 +286,9 @@ class VisionTransformer3D(nn.Module):
     """
 
     num_pathways = 1
+    # MODEL.BACKBONE.CHANNELS_LAST: on CUDA, the maps are returned in channels_last_3d (NDHWC, the tokens'
+    # own layout: no copy), so the neck's 3-D convolutions run without layout transposes.
+    channels_last_output = False
 
     def __init__(self, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, qk_scale=None,
                  init_values=0.0, patch_size=16, tubelet_size=2, in_chans=3, pretrain_img_size=224,
@@ -367,8 +370,9 @@ class VisionTransformer3D(nn.Module):
         recomputed = self.recomputed_blocks(x)
         for i, block in enumerate(self.blocks):
             x = checkpoint(block, x, use_reentrant=False) if i < recomputed else block(x)
-        x = self.norm(x)
-        x = x.reshape(b, t, h, w, d).permute(0, 4, 1, 2, 3).contiguous()
+        x = self.norm(x).reshape(b, t, h, w, d).permute(0, 4, 1, 2, 3)  # a channels_last_3d view
+        if not (self.channels_last_output and x.is_cuda):
+            x = x.contiguous()
         return [x, x, x, x]
 
     def adapt_loaded_state(self, state_dict, prefix):
@@ -423,7 +427,7 @@ def init_vit_weights(m):
 def build_vit(cfg):
     """ViT backbone from the ``ViT.*`` keys (ViT-L: EMBED_DIM 1024, DEPTH 24, NUM_HEADS 16)."""
     v = cfg.ViT
-    return VisionTransformer3D(
+    backbone = VisionTransformer3D(
         embed_dim=v.EMBED_DIM, depth=v.DEPTH, num_heads=v.NUM_HEADS, mlp_ratio=v.MLP_RATIO,
         qkv_bias=v.QKV_BIAS, qk_scale=v.QK_SCALE, init_values=v.INIT_VALUES, patch_size=v.PATCH_SIZE,
         tubelet_size=v.TUBELET_SIZE, in_chans=v.IN_CHANS, pretrain_img_size=v.PRETRAIN_IMG_SIZE,
@@ -431,3 +435,5 @@ def build_vit(cfg):
         drop_path_rate=v.DROP_PATH_RATE, use_checkpoint=v.USE_CHECKPOINT, no_weight_decay_names=v.NO_WEIGHT_DECAY,
         recompute=v.RECOMPUTE, recompute_memory_fraction=v.RECOMPUTE_MEMORY_FRACTION, compile_mode=v.COMPILE,
     )
+    backbone.channels_last_output = cfg.MODEL.BACKBONE.CHANNELS_LAST
+    return backbone
