@@ -11,11 +11,13 @@ graph for the rest (``torch.compile``'s default).
 """
 
 import importlib.util
-import warnings
+import logging
 
 import torch
 
 from . import triton_support
+
+logger = logging.getLogger(__name__)
 
 # Values of the config keys that select a compiled path.
 MODES = ("auto", True, False)
@@ -40,7 +42,7 @@ class CompiledFunction:
     ``mode``: "auto" = CUDA tensors on GPUs of compute capability 8.0+ with Triton; True = any device
     Inductor compiles for (the CPU needs a C++ compiler); False = never. The compiled function keeps PyTorch's
     random number generator for random operations (Inductor's ``fallback_random``), so dropout and drop
-    path draw what the eager code draws. A failure to compile warns once and the function runs eagerly from
+    path draw what the eager code draws. A failure to compile logs one warning and the function runs eagerly from
     then on in this process; an error of the model itself is raised again by the eager call.
     """
 
@@ -69,6 +71,5 @@ class CompiledFunction:
             return self._compiled(module, x, *args)
         except _dynamo_error_types() as e:
             self.failure = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-            warnings.warn(f"{self.name}: torch.compile failed ({self.failure}); running it eagerly from now on",
-                          RuntimeWarning, stacklevel=2)
+            logger.warning("%s: torch.compile failed (%s); running it eagerly from now on", self.name, self.failure)
             return self.fn(module, x, *args)
