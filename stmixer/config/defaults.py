@@ -197,7 +197,7 @@ _C.MODEL.BACKBONE.BN_MOMENTUM = 0.1
 _C.MODEL.BACKBONE.BN_EPSILON = 1e-05
 # (stmixer) Convert BatchNorm to SyncBatchNorm when training on several CUDA processes (the official multi-GPU training does).
 _C.MODEL.BACKBONE.SYNC_BN = True
-# (stmixer) On CUDA, channels_last_3d (NDHWC) tensors for faster 3-D convolutions: the ResNet backbones' weights and inputs; the ViT backbones' output maps (the tokens' own layout, so the ViT neck's convolutions need no layout transposes). The CPU path is unchanged.
+# (stmixer) On CUDA, channels_last_3d (NDHWC) tensors for faster 3-D convolutions: the ResNet backbones' weights and inputs; the ViT backbones' tubelet embedding (one matrix product over the patches instead of a 3-channel convolution) and output maps (the tokens' own layout, so the ViT neck's convolutions need no layout transposes). The CPU path is unchanged.
 _C.MODEL.BACKBONE.CHANNELS_LAST = True
 # (stmixer) ResNet backbones (SlowOnly, SlowFast) in eval mode without gradients: each conv + BatchNorm (+ residual) + ReLU runs as one convolution with the BN folded into its weights (cuDNN's fused conv-bias-add-ReLU kernels; 0.75x the SlowFast-R50 inference step at 8 clips on an H100). "auto" = on CUDA only; True = also on the CPU (folded convolution + in-place ReLU); False = never. Training is unchanged. Same results up to float rounding; parity runs use False.
 _C.MODEL.BACKBONE.FUSED_INFERENCE = "auto"

@@ -262,3 +262,23 @@ def test_the_cpu_maps_stay_contiguous():
     backbone = build_backbone(tiny_cfg())
     assert backbone.channels_last_output
     assert backbone([clip()])[0].is_contiguous()
+
+
+@pytest.mark.parametrize("tubelet, patch", [(2, 16), (1, 8), (3, 4)])
+def test_the_tubelet_embedding_as_one_matrix_product_equals_the_convolution(tubelet, patch):
+    torch.manual_seed(0)
+    embed = vit.PatchEmbed(3, 24, patch, tubelet)
+    video = torch.randn(2, 3, 2 * tubelet, 2 * patch, 3 * patch)
+    results = []
+    for as_matmul in (False, True):
+        tokens, grid = embed.tokens(video, as_matmul=as_matmul)
+        (tokens * torch.linspace(-1, 1, tokens.numel()).view_as(tokens)).sum().backward()
+        results.append((tokens.detach(), grid, embed.proj.weight.grad.clone(), embed.proj.bias.grad.clone()))
+        embed.zero_grad(set_to_none=True)
+    (conv, grid, wg, bg), (mm, grid_mm, wg_mm, bg_mm) = results
+    assert grid == grid_mm == (2, 2, 3) and mm.shape == conv.shape == (2, 12, 24)
+    torch.testing.assert_close(mm, conv, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(wg_mm, wg, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(bg_mm, bg, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="multiples of the patch size"):
+        embed.tokens(video[..., 1:], as_matmul=True)
