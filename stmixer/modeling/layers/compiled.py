@@ -66,6 +66,10 @@ class CompiledFunction:
         if not self.wanted(mode, x):
             return self.fn(module, x, *args)
         if self._compiled is None:
+            if not x.is_cuda and torch.cuda.is_available() and not torch.cuda.is_initialized():
+                # compiling initializes CUDA even for CPU tensors; inside a checkpointed block (ViT.USE_CHECKPOINT)
+                # that fails the checkpoint ("device state was initialized in the forward pass"): do it first
+                torch.cuda.init()
             self._compiled = torch.compile(self.fn, options={"fallback_random": True})
         try:
             return self._compiled(module, x, *args)
