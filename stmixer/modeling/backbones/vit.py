@@ -217,16 +217,19 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(self.act(self.fc1(x))))
 
 
+def _layer_scaled(y, gamma):
+    """``gamma * y`` with a layer scale ``gamma`` ``[D]``, ``y`` unchanged without one (None)."""
+    return y if gamma is None else gamma * y
+
+
 def _attention_branch(block, x):
     """``g1 * attn(norm1(x))`` of ``block`` (before drop path and the residual): ``[B, N, D]`` -> same."""
-    y = block.attn(block.norm1(x))
-    return y if block.gamma_1 is None else block.gamma_1 * y
+    return _layer_scaled(block.attn(block.norm1(x)), block.gamma_1)
 
 
 def _mlp_branch(block, x):
     """``g2 * mlp(norm2(x))`` of ``block`` (before drop path and the residual): ``[B, N, D]`` -> same."""
-    y = block.mlp(block.norm2(x))
-    return y if block.gamma_2 is None else block.gamma_2 * y
+    return _layer_scaled(block.mlp(block.norm2(x)), block.gamma_2)
 
 
 # The two residual branches, compiled where ``Block.compile_mode`` asks (``ViT.COMPILE``); one compilation serves
@@ -260,21 +263,21 @@ class Block(nn.Module):
         else:
             self.gamma_1 = self.gamma_2 = None
 
-    def _branch(self, y, gamma):
-        y = y if gamma is None else gamma * y
-        return drop_path(y, self.drop_path_rate, self.training)
+    def _residual(self, x, branch):
+        """``x + dp(branch)``: the residual addition after this block's drop path."""
+        return x + drop_path(branch, self.drop_path_rate, self.training)
 
     def attention_part(self, x, return_weights=False):
         """``x + dp(g1 * attn(norm1(x)))`` ``[B, N, D]``; with ``return_weights`` also the attention
         probabilities ``[B, heads, N, N]`` (see ``Attention.forward``)."""
         if not return_weights:
-            return x + drop_path(ATTENTION_BRANCH(self.compile_mode, self, x), self.drop_path_rate, self.training)
+            return self._residual(x, ATTENTION_BRANCH(self.compile_mode, self, x))
         y, weights = self.attn(self.norm1(x), return_weights=True)
-        return x + self._branch(y, self.gamma_1), weights
+        return self._residual(x, _layer_scaled(y, self.gamma_1)), weights
 
     def mlp_part(self, x):
         """``x + dp(g2 * mlp(norm2(x)))`` ``[B, N, D]``."""
-        return x + drop_path(MLP_BRANCH(self.compile_mode, self, x), self.drop_path_rate, self.training)
+        return self._residual(x, MLP_BRANCH(self.compile_mode, self, x))
 
     def forward(self, x):
         return self.mlp_part(self.attention_part(x))

@@ -26,14 +26,12 @@ MODES = ("auto", True, False)
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
-def _dynamo_error_types():
-    """The exception types that mean "this could not be compiled" (not an error of the model itself)."""
-    try:
-        from torch._dynamo.exc import TorchDynamoException
+def _dynamo_error_type():
+    """The exception type that means "this could not be compiled" (not an error of the model itself); imported
+    on first need, as importing torch._dynamo takes a while."""
+    from torch._dynamo.exc import TorchDynamoException
 
-        return (TorchDynamoException,)
-    except ImportError:  # pragma: no cover - every supported torch has it
-        return ()
+    return TorchDynamoException
 
 
 class CompiledFunction:
@@ -73,7 +71,7 @@ class CompiledFunction:
             self._compiled = torch.compile(self.fn, options={"fallback_random": True})
         try:
             return self._compiled(module, x, *args)
-        except _dynamo_error_types() as e:
+        except _dynamo_error_type() as e:
             self.failure = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
             logger.warning("%s: torch.compile failed (%s); running it eagerly from now on", self.name, self.failure)
             return self.fn(module, x, *args)
