@@ -158,6 +158,34 @@ def test_a_failed_compilation_warns_once_and_runs_eagerly(monkeypatch, caplog):
     assert len(messages) == 1 and "no graph for you" in messages[0]
 
 
+def test_calls_under_a_dispatch_mode_or_inside_a_compilation_run_eagerly(monkeypatch):
+    """A FLOP count (FlopCounterMode) before training must not reach Dynamo: torch 2.11 then left the function
+    eager for the rest of the process; the next plain call compiles."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    calls = []
+
+    def fake_compile(fn, **kwargs):
+        def compiled_fn(*args):
+            calls.append(len(args))
+            return fn(*args)
+        return compiled_fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    f = CompiledFunction(lambda module, x: module(x), "test function")
+    linear, x = torch.nn.Linear(3, 2), torch.ones(4, 3)
+    with FlopCounterMode(display=False) as counter:
+        y = f(True, linear, x)
+    assert torch.equal(y, linear(x)) and calls == [] and counter.get_total_flops() == 2 * 4 * 3 * 2 and f.failure is None
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    f(True, linear, x)
+    assert calls == []
+    monkeypatch.undo()
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    f(True, linear, x)
+    assert calls == [2]
+
+
 def test_an_error_of_the_model_is_not_swallowed(monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)  # "compiled" = eager: the error is the model's
     f = CompiledFunction(lambda module, x: module(x), "test function")

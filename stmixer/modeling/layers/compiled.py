@@ -34,6 +34,18 @@ def _dynamo_error_type():
     return TorchDynamoException
 
 
+def _eager_only():
+    """Whether this call must run eagerly without asking Dynamo: inside a graph being compiled (the outer
+    compilation inlines the function), or under a Python dispatch mode (``FlopCounterMode``, debugging modes).
+    Dynamo of torch 2.11 gives up on a function first called under ``FlopCounterMode`` for the rest of the
+    process, without an error: a FLOP count before training left the ViT eager (benchmarks/README.md)."""
+    if torch.compiler.is_compiling():
+        return True
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return _get_current_dispatch_mode() is not None
+
+
 class CompiledFunction:
     """``fn(module, *tensors)`` through ``torch.compile`` where ``mode`` selects it, else eagerly.
 
@@ -61,7 +73,7 @@ class CompiledFunction:
         return HAS_TRITON and x.is_cuda and triton_support.capable(x.device)
 
     def __call__(self, mode, module, x, *args):
-        if not self.wanted(mode, x):
+        if not self.wanted(mode, x) or _eager_only():
             return self.fn(module, x, *args)
         if self._compiled is None:
             if not x.is_cuda and torch.cuda.is_available() and not torch.cuda.is_initialized():
