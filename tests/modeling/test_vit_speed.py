@@ -186,6 +186,54 @@ def test_calls_under_a_dispatch_mode_or_inside_a_compilation_run_eagerly(monkeyp
     assert calls == [2]
 
 
+def test_a_function_first_called_under_flop_counting_compiles_on_the_next_call(monkeypatch):
+    """With real Dynamo (the eager backend, to spare Inductor's C++ build): torch 2.11 compiled nothing after a
+    first call under FlopCounterMode when the call reached Dynamo."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: real_compile(fn, backend="eager"))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    f = CompiledFunction(lambda module, x: torch.nn.functional.gelu(module(x)) * 3, "test function")
+    linear, x = torch.nn.Linear(8, 8), torch.randn(4, 8)
+    with torch.no_grad(), FlopCounterMode(display=False):
+        f(True, linear, x)
+    assert torch.allclose(f(True, linear, x), torch.nn.functional.gelu(linear(x)) * 3)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1 and f.failure is None
+
+
+def test_cuda_is_initialized_before_the_checkpointed_blocks_compile_on_the_cpu(monkeypatch):
+    """On the CPU of a machine with a GPU: the first compilation initializes CUDA, which activation checkpointing
+    (default device CUDA) refuses inside its forward; the backbone initializes it before the first block."""
+    cuda = {"initialized": False, "inits": 0}
+
+    def init():
+        cuda.update(initialized=True, inits=cuda["inits"] + 1)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: cuda["initialized"])
+    monkeypatch.setattr(torch.cuda, "init", init)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    for name in ("ATTENTION_BRANCH", "MLP_BRANCH"):  # fresh: the shared ones may have compiled in an earlier test
+        monkeypatch.setattr(vit, name, CompiledFunction(getattr(vit, name).fn, name))
+    seen_at_checkpoint = []
+
+    def checkpoint(fn, *args, **kwargs):
+        seen_at_checkpoint.append(cuda["initialized"])
+        return fn(*args)
+
+    monkeypatch.setattr(vit, "checkpoint", checkpoint)
+    model = build_backbone(tiny_cfg("ViT.COMPILE", True, "ViT.USE_CHECKPOINT", True)).train()
+    model([clip()])
+    assert seen_at_checkpoint == [True] * 4 and cuda["inits"] == 1
+    model.set_compile_mode(False)
+    cuda["initialized"] = False
+    model([clip()])
+    assert cuda["inits"] == 1  # nothing to compile: CUDA left alone
+
+
 def test_an_error_of_the_model_is_not_swallowed(monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)  # "compiled" = eager: the error is the model's
     f = CompiledFunction(lambda module, x: module(x), "test function")

@@ -393,6 +393,9 @@ class VisionTransformer3D(nn.Module):
         b, d = x.shape[0], x.shape[2]
         x = self.pos_drop(x + self.position_embedding((t, h, w), x.dtype, x.device))
         recomputed = self.recomputed_blocks(x)
+        if recomputed:  # a first compilation inside a checkpointed block must not initialize CUDA there
+            for branch in (ATTENTION_BRANCH, MLP_BRANCH):
+                branch.prepare(self.blocks[0].compile_mode, x)
         for i, block in enumerate(self.blocks):
             x = checkpoint(block, x, use_reentrant=False) if i < recomputed else block(x)
         x = self.norm(x).reshape(b, t, h, w, d).permute(0, 4, 1, 2, 3)  # a channels_last_3d view

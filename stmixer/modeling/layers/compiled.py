@@ -72,14 +72,20 @@ class CompiledFunction:
             return True
         return HAS_TRITON and x.is_cuda and triton_support.capable(x.device)
 
+    def prepare(self, mode, x):
+        """Call before a region that calls this function on ``x`` with ``mode`` and must not see CUDA initialized
+        inside it: the first compilation initializes CUDA on a machine with a GPU even for CPU tensors, and
+        activation checkpointing then fails ("device state was initialized in the forward pass" of a
+        checkpoint, whose default device is CUDA). Initializes CUDA now where that first compilation is due."""
+        if (self._compiled is None and self.wanted(mode, x) and not x.is_cuda and torch.cuda.is_available()
+                and not torch.cuda.is_initialized()):
+            torch.cuda.init()
+
     def __call__(self, mode, module, x, *args):
         if not self.wanted(mode, x) or _eager_only():
             return self.fn(module, x, *args)
         if self._compiled is None:
-            if not x.is_cuda and torch.cuda.is_available() and not torch.cuda.is_initialized():
-                # compiling initializes CUDA even for CPU tensors; inside a checkpointed block (ViT.USE_CHECKPOINT)
-                # that fails the checkpoint ("device state was initialized in the forward pass"): do it first
-                torch.cuda.init()
+            self.prepare(mode, x)
             self._compiled = torch.compile(self.fn, options={"fallback_random": True})
         try:
             return self._compiled(module, x, *args)
