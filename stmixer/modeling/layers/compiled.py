@@ -14,6 +14,7 @@ import importlib.util
 import logging
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import triton_support
 
@@ -39,11 +40,7 @@ def _eager_only():
     compilation inlines the function), or under a Python dispatch mode (``FlopCounterMode``, debugging modes).
     Dynamo of torch 2.11 gives up on a function first called under ``FlopCounterMode`` for the rest of the
     process, without an error: a FLOP count before training left the ViT eager (benchmarks/README.md)."""
-    if torch.compiler.is_compiling():
-        return True
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
-    return _get_current_dispatch_mode() is not None
+    return torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
 
 
 class CompiledFunction:
