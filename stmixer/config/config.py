@@ -41,7 +41,8 @@ def _decode_value(value):
 
 # Keys whose default is the string "auto" and that also take the booleans True and False.
 BOOL_OR_AUTO_KEYS = frozenset({"MODEL.STM.STACKED_LOSSES", "MODEL.BACKBONE.FUSED_INFERENCE",
-                               "MODEL.BACKBONE.FUSED_TRAINING_BN", "ViT.COMPILE"})
+                               "MODEL.BACKBONE.FUSED_TRAINING_BN", "MODEL.BACKBONE.SPATIAL_CONV_2D",
+                               "ViT.COMPILE"})
 
 
 def _coerce(value, default, full_key, source, raw=None):

@@ -29,6 +29,7 @@ CHOICES = {
     "MODEL.BACKBONE.PATHWAYS": (1, 2),
     "MODEL.BACKBONE.FUSED_INFERENCE": ("auto", True, False),
     "MODEL.BACKBONE.FUSED_TRAINING_BN": ("auto", True, False),
+    "MODEL.BACKBONE.SPATIAL_CONV_2D": ("auto", True, False),
     "ViT.RECOMPUTE": ("all", "auto"),
     "ViT.COMPILE": ("auto", True, False),
     "MODEL.CSN.FROZEN_STAGES": (-1, 0, 1, 2, 3, 4),

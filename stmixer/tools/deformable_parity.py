@@ -169,6 +169,7 @@ def detector_config(meta):
     cfg.MODEL.BACKBONE.CHANNELS_LAST = False
     cfg.MODEL.BACKBONE.FUSED_INFERENCE = False
     cfg.MODEL.BACKBONE.FUSED_TRAINING_BN = False
+    cfg.MODEL.BACKBONE.SPATIAL_CONV_2D = False
     cfg.ViT.COMPILE = False
     cfg.MODEL.CSN.LAST_STRIDE = False
     cfg.MODEL.STM.ACTION_CLASSES = 80

@@ -104,6 +104,7 @@ def fixture_config(fixture):
     cfg.MODEL.BACKBONE.CHANNELS_LAST = False
     cfg.MODEL.BACKBONE.FUSED_INFERENCE = False
     cfg.MODEL.BACKBONE.FUSED_TRAINING_BN = False
+    cfg.MODEL.BACKBONE.SPATIAL_CONV_2D = False
     cfg.ViT.COMPILE = False
     cfg.MODEL.CUDA_GRAPH.SCOPE = "off"
     cfg.MODEL.STM.STACKED_LOSSES = False

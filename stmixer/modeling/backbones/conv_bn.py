@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from . import spatial_conv
+
 logger = logging.getLogger(__name__)
 
 _CUDNN_FAILED = set()  # devices where cuDNN refused a fused convolution (the folded convolution runs instead)
@@ -103,25 +105,39 @@ def conv_bn_act(x, conv, bn, relu=True, residual=None, stem=False):
     On CUDA with cuDNN, a ReLU-ending call is one cuDNN kernel; elsewhere (and where cuDNN refuses
     the fused graph: one warning per device) the folded convolution, then in-place addition and ReLU.
     ``stem``: a float32 channels_last 3-channel input with a temporal kernel has its channels padded
-    (``STEM_CHANNEL_MULTIPLE``) for cuDNN.
+    (``STEM_CHANNEL_MULTIPLE``) for cuDNN. Where ``spatial_conv.folds(conv.as_2d, ...)`` holds
+    (``MODEL.BACKBONE.SPATIAL_CONV_2D``), the same calls run 2-D on the frames folded into the batch.
     """
     weight, bias = fold_conv_bn(conv, bn)
+    stride, padding, dilation = conv.stride, conv.padding, conv.dilation
+    batch = x.shape[0]
+    as_2d = spatial_conv.folds(getattr(conv, "as_2d", False), x, weight, stride, padding)
+    if as_2d:  # MODEL.BACKBONE.SPATIAL_CONV_2D: the frames folded into the batch (spatial_conv.py)
+        x, weight = spatial_conv.fold(x), weight[:, :, 0]
+        stride, padding, dilation = stride[1:], padding[1:], dilation[1:]
+        residual = spatial_conv.fold(residual) if residual is not None else None
+    y = None
     if relu and x.is_cuda and torch.backends.cudnn.enabled and x.device not in _CUDNN_FAILED:
         dtype = _compute_dtype(x)
-        if (stem and dtype == torch.float32 and x.shape[1] % STEM_CHANNEL_MULTIPLE and weight.shape[2] > 1
-                and x.is_contiguous(memory_format=torch.channels_last_3d)):
+        if (stem and not as_2d and dtype == torch.float32 and x.shape[1] % STEM_CHANNEL_MULTIPLE
+                and weight.shape[2] > 1 and x.is_contiguous(memory_format=torch.channels_last_3d)):
             x, weight = pad_channels(x, weight, STEM_CHANNEL_MULTIPLE)
-        args = (bias.to(dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
+        args = (bias.to(dtype), stride, padding, dilation, conv.groups)
         try:
             if residual is None:
-                return torch.cudnn_convolution_relu(x.to(dtype), weight.to(dtype), *args)
-            return torch.cudnn_convolution_add_relu(x.to(dtype), weight.to(dtype), residual.to(dtype), 1.0, *args)
+                y = torch.cudnn_convolution_relu(x.to(dtype), weight.to(dtype), *args)
+            else:
+                y = torch.cudnn_convolution_add_relu(x.to(dtype), weight.to(dtype), residual.to(dtype), 1.0, *args)
         except RuntimeError as e:  # no cuDNN engine for this graph: the folded convolution below
             _CUDNN_FAILED.add(x.device)
             logger.warning("MODEL.BACKBONE.FUSED_INFERENCE: cuDNN's fused convolution failed on %s (%s); "
                            "the folded convolution and separate addition / ReLU run instead",
                            x.device, str(e).splitlines()[0] if str(e) else type(e).__name__)
-    y = F.conv3d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-    if residual is not None:
-        y = y + residual
-    return y.relu_() if relu else y
+    if y is None:
+        conv_fn = F.conv2d if as_2d else F.conv3d
+        y = conv_fn(x, weight, bias, stride, padding, dilation, conv.groups)
+        if residual is not None:
+            y = y + residual
+        if relu:
+            y = y.relu_()
+    return spatial_conv.unfold(y, batch) if as_2d else y

@@ -20,6 +20,7 @@ from ..build import BACKBONE_REGISTRY
 from ..weight_init import c2_msra_fill
 from . import bn_act
 from .conv_bn import conv_bn_act, fused_path
+from .spatial_conv import Conv3d
 
 # Residual blocks of res2..res5 per ResNet depth.
 STAGE_DEPTHS = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -114,7 +115,7 @@ class ResNetBasicStem(nn.Module):
 
     def __init__(self, dim_in, dim_out, temporal_kernel, bn, inplace_relu=True):
         super().__init__()
-        self.conv = nn.Conv3d(
+        self.conv = Conv3d(
             dim_in, dim_out, kernel_size=(temporal_kernel, 7, 7), stride=(1, 2, 2),
             padding=(temporal_kernel // 2, 3, 3), bias=False,
         )
@@ -159,19 +160,19 @@ class BottleneckTransform(nn.Module):
                  stride_1x1=False, inplace_relu=True):
         super().__init__()
         stride_a, stride_b = (stride, 1) if stride_1x1 else (1, stride)
-        self.a = nn.Conv3d(
+        self.a = Conv3d(
             dim_in, dim_inner, kernel_size=(temporal_kernel, 1, 1), stride=(1, stride_a, stride_a),
             padding=(temporal_kernel // 2, 0, 0), bias=False,
         )
         self.a_bn = bn.make(dim_inner)
         self.a_relu = nn.ReLU(inplace_relu)
-        self.b = nn.Conv3d(
+        self.b = Conv3d(
             dim_inner, dim_inner, kernel_size=(1, 3, 3), stride=(1, stride_b, stride_b),
             padding=(0, dilation, dilation), dilation=(1, dilation, dilation), groups=num_groups, bias=False,
         )
         self.b_bn = bn.make(dim_inner)
         self.b_relu = nn.ReLU(inplace_relu)
-        self.c = nn.Conv3d(dim_inner, dim_out, kernel_size=1, bias=False)
+        self.c = Conv3d(dim_inner, dim_out, kernel_size=1, bias=False)
         self.c_bn = bn.make(dim_out)
         self.c_bn.is_final_bn = True
 
@@ -200,13 +201,13 @@ class BasicTransform(nn.Module):
                  stride_1x1=False, inplace_relu=True):
         super().__init__()
         del dim_inner, num_groups, stride_1x1  # not used by this block type (as in PySlowFast)
-        self.a = nn.Conv3d(
+        self.a = Conv3d(
             dim_in, dim_out, kernel_size=(temporal_kernel, 3, 3), stride=(1, stride, stride),
             padding=(temporal_kernel // 2, 1, 1), bias=False,
         )
         self.a_bn = bn.make(dim_out)
         self.a_relu = nn.ReLU(inplace_relu)
-        self.b = nn.Conv3d(
+        self.b = Conv3d(
             dim_out, dim_out, kernel_size=(1, 3, 3), padding=(0, dilation, dilation),
             dilation=(1, dilation, dilation), bias=False,
         )
@@ -242,7 +243,7 @@ class ResBlock(nn.Module):
         if spec.trans_func not in TRANSFORMS:
             raise ValueError(f"RESNET.TRANS_FUNC: unknown {spec.trans_func!r}; choices: {', '.join(TRANSFORMS)}")
         if dim_in != dim_out or stride != 1:
-            self.branch1 = nn.Conv3d(dim_in, dim_out, kernel_size=1, stride=(1, stride, stride), bias=False)
+            self.branch1 = Conv3d(dim_in, dim_out, kernel_size=1, stride=(1, stride, stride), bias=False)
             self.branch1_bn = spec.bn.make(dim_out)
         self.branch2 = TRANSFORMS[spec.trans_func](
             dim_in, dim_out, temporal_kernel, stride, dim_inner, num_groups, dilation, spec.bn,
@@ -432,6 +433,15 @@ class VideoResNet(nn.Module):
                 m.fused_training_bn = mode
         return self
 
+    def set_spatial_conv_2d(self, mode):
+        """``MODEL.BACKBONE.SPATIAL_CONV_2D``: "auto" (CUDA channels_last_3d, few channels), True or False. Each
+        ``1 x k x k`` convolution of the stems and residual blocks runs as a 2-D convolution over the frames
+        folded into the batch (``spatial_conv.py``), in training and inference alike."""
+        for m in self.modules():
+            if isinstance(m, Conv3d):
+                m.as_2d = mode
+        return self
+
     def set_float32_stem(self, flag):
         """``MODEL.BACKBONE.FLOAT32_STEM``: under CUDA autocast, the stems (3-channel input) run in float32.
         cuDNN has no tensor-core kernel for 3-channel NDHWC bfloat16 3-D convolutions: the SlowFast-R50 Fast
@@ -603,5 +613,6 @@ def build_slowonly(cfg):
     )
     backbone.channels_last = cfg.MODEL.BACKBONE.CHANNELS_LAST
     backbone.set_float32_stem(cfg.MODEL.BACKBONE.FLOAT32_STEM)
+    backbone.set_spatial_conv_2d(cfg.MODEL.BACKBONE.SPATIAL_CONV_2D)
     backbone.set_fused_training_bn(cfg.MODEL.BACKBONE.FUSED_TRAINING_BN)
     return backbone.set_fused_inference(cfg.MODEL.BACKBONE.FUSED_INFERENCE)

@@ -174,5 +174,6 @@ def build_slowfast(cfg):
     )
     backbone.channels_last = cfg.MODEL.BACKBONE.CHANNELS_LAST
     backbone.set_float32_stem(cfg.MODEL.BACKBONE.FLOAT32_STEM)
+    backbone.set_spatial_conv_2d(cfg.MODEL.BACKBONE.SPATIAL_CONV_2D)
     backbone.set_fused_training_bn(cfg.MODEL.BACKBONE.FUSED_TRAINING_BN)
     return backbone.set_fused_inference(cfg.MODEL.BACKBONE.FUSED_INFERENCE)

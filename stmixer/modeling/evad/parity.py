@@ -53,6 +53,7 @@ def fixture_cfg(meta, case, use_checkpoint=True):
     cfg.MODEL.BACKBONE.CHANNELS_LAST = False
     cfg.MODEL.BACKBONE.FUSED_INFERENCE = False
     cfg.MODEL.BACKBONE.FUSED_TRAINING_BN = False
+    cfg.MODEL.BACKBONE.SPATIAL_CONV_2D = False
     cfg.ViT.COMPILE = False
     cfg.MODEL.STM.ACTION_CLASSES = meta["num_classes"]
     cfg.DATA.NUM_FRAMES = meta["clip"][2]

@@ -43,6 +43,7 @@ def seqformer_config(meta):
     cfg.MODEL.BACKBONE.CHANNELS_LAST = False
     cfg.MODEL.BACKBONE.FUSED_INFERENCE = False
     cfg.MODEL.BACKBONE.FUSED_TRAINING_BN = False
+    cfg.MODEL.BACKBONE.SPATIAL_CONV_2D = False
     cfg.ViT.COMPILE = False
     cfg.MODEL.CSN.LAST_STRIDE = False
     cfg.MODEL.CSN.TEMPORAL_STRIDE = 1

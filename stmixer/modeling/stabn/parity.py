@@ -80,6 +80,7 @@ def build_fixture_model(fixture, dtype=torch.float64, device="cpu"):
     cfg.MODEL.BACKBONE.CHANNELS_LAST = False
     cfg.MODEL.BACKBONE.FUSED_INFERENCE = False
     cfg.MODEL.BACKBONE.FUSED_TRAINING_BN = False
+    cfg.MODEL.BACKBONE.SPATIAL_CONV_2D = False
     cfg.ViT.COMPILE = False
     model = build_detector(cfg)
     state = fixture_state_dict(manifest)

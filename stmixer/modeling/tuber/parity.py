@@ -98,6 +98,7 @@ def fixture_config(meta):
     cfg.MODEL.BACKBONE.CHANNELS_LAST = False
     cfg.MODEL.BACKBONE.FUSED_INFERENCE = False
     cfg.MODEL.BACKBONE.FUSED_TRAINING_BN = False
+    cfg.MODEL.BACKBONE.SPATIAL_CONV_2D = False
     cfg.ViT.COMPILE = False
     cfg.MODEL.TUBER.ENC_LAYERS = over.get("ENC_LAYERS", 6)
     cfg.MODEL.TUBER.DEC_LAYERS = over.get("DEC_LAYERS", 6)
