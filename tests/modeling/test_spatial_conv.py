@@ -190,19 +190,30 @@ def test_the_key_takes_auto_and_booleans(tmp_path):
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("train", [False, True])
-def test_auto_on_cuda_matches_the_3d_convolutions_in_bf16(repo_root, train):
+def test_auto_on_cuda_is_as_close_to_float32_as_the_3d_convolutions_in_bf16(repo_root, train, monkeypatch):
+    """bf16 outputs of the folded and the 3-D backbone against the 3-D backbone's float32 outputs: the folded
+    convolutions add no error of their own (training-mode BatchNorm of these tiny maps amplifies bf16 rounding,
+    so the bound is relative to the 3-D backbone's own bf16 error)."""
     folded, plain = backbones(repo_root, "PySlowfast-R50-K400-8x8.yaml", "MODEL.BACKBONE.CHANNELS_LAST", True)
-    folded.float().cuda(), plain.float().cuda()
+    folded, plain = folded.float().cuda(), plain.float().cuda()
     for m in folded.modules():
         if isinstance(m, Conv3d):
             m.as_2d = "auto"
-    videos = [v.float().cuda() for v in videos_for(plain, batch=2)]
-    outs = []
-    for model in (folded, plain):
+    g = torch.Generator().manual_seed(0)
+    videos = [torch.randn(2, 3, t, 64, 64, generator=g).cuda() for t in (2, 8)]
+    folds_run = []
+    fold = spatial_conv.fold
+    monkeypatch.setattr(spatial_conv, "fold", lambda x: folds_run.append(1) or fold(x))
+
+    def run(model, bf16):
         model.train(train)
-        with torch.set_grad_enabled(train), torch.autocast("cuda", torch.bfloat16):
-            y = model([v.clone() for v in videos])
-        outs.append([o.float() for o in y])
-    for a, b in zip(*outs):
-        err = (a - b).norm() / b.norm()
-        assert err < 2e-2, f"relative error {err:.2e}"
+        with torch.set_grad_enabled(train), torch.autocast("cuda", torch.bfloat16, enabled=bf16):
+            return [o.float() for o in model([v.clone() for v in videos])]
+
+    truth = run(plain, False)
+    assert not folds_run
+    got, ref = run(folded, True), run(plain, True)
+    assert folds_run
+    for a, b, t in zip(got, ref, truth):
+        err, ref_err = ((a - t).norm() / t.norm()).item(), ((b - t).norm() / t.norm()).item()
+        assert err <= 1.5 * ref_err + 5e-3, f"relative error {err:.2e} (3-D convolutions: {ref_err:.2e})"
