@@ -2,6 +2,8 @@
 
     python benchmarks/speed.py --config slowfast_r50                                   # stmixer alone
     python benchmarks/speed.py --config slowfast_r50 --official-dir ../STMixer          # both, and the ratio
+    python benchmarks/speed.py --config slowfast_r50 --precisions bf16 \
+        --baseline "MODEL.BACKBONE.SPATIAL_CONV_2D False"                              # one lever, on / off
     python benchmarks/speed.py --config config_files/X.yaml --device cpu --H 64 --W 96 --steps 1 --warmup 0
 
 Both models are built from the same official yaml (a key below or a path; stmixer reads it
@@ -22,7 +24,10 @@ Printed per case: median milliseconds per step (CUDA events on a GPU, ``perf_cou
 CPU), clips/s, peak GPU memory (``max_memory_allocated`` since the case started, model,
 optimizer state and the resident input batches included) and, with ``--official-dir``, the
 ratios stmixer / official (speed: > 1 is faster; memory: < 1 is smaller). Config overrides
-(``KEY VALUE`` pairs after the options) apply to stmixer only, so use them alone.
+(``KEY VALUE`` pairs after the options) apply to stmixer only, so use them alone. ``--baseline
+"KEY VALUE ..."`` measures one lever: the baseline is stmixer again with these overrides on top, in
+the official code's place (columns ``baseline ...``, ratios ours / baseline), in the same process on
+the same batches.
 
 Run-time shims for the official code (its files are never edited): ``STMDetector.device`` and
 ``STMDecoder.device`` (hard-coded ``'cuda'``) are set to the benchmark device;
@@ -95,15 +100,14 @@ def make_batch(spec, batch, H, W, num_actions, seed, device):
 
 # ------------------------------------------------------------------------------ implementations
 class Ours:
-    """stmixer through its public API, as ``train_net.py`` builds it."""
+    """stmixer through its public API, as ``train_net.py`` builds it (``name`` "baseline" for ``--baseline``)."""
 
-    name = "ours"
-
-    def __init__(self, config_file, opts, device):
+    def __init__(self, config_file, opts, device, name="ours"):
         from stmixer.config import load_config
 
         self.cfg = load_config(config_file, opts)
         self.device = device
+        self.name = name
 
     def build(self, seed):
         from stmixer.modeling import build_detector
@@ -302,11 +306,12 @@ def _fmt(value, digits):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def table(rows):
-    """Markdown table of the cases (``COLUMNS``)."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+def table(rows, other="official"):
+    """Markdown table of the cases (``COLUMNS``; ``other``: "official", or "baseline" for ``--baseline``)."""
+    columns = [c.replace("official", other) for c in COLUMNS]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        ours, official = row["ours"], row.get("official") or {}
+        ours, official = row["ours"], row.get(other) or {}
         cells = [row["mode"], str(row["batch"]), row["precision"]]
         for result in (ours, official):
             if "error" in result:
@@ -339,6 +344,8 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--baseline", default=None, metavar='"KEY VALUE ..."',
+                        help="compare with stmixer under these further overrides instead of the official code")
     parser.add_argument("opts", nargs="*", metavar="KEY VALUE", help="config overrides for stmixer (alone only)")
     args = parser.parse_args(argv)
     for name, allowed in (("modes", {"train", "infer"}), ("precisions", {"fp32", "bf16"})):
@@ -358,6 +365,12 @@ def parse_args(argv):
         parser.error("--steps must be >= 1 and --warmup >= 0")
     if args.official_dir and args.opts:
         parser.error("config overrides apply to stmixer only; leave them out to compare with --official-dir")
+    if args.baseline is not None:
+        args.baseline = args.baseline.split()
+        if args.official_dir:
+            parser.error("--baseline compares stmixer with itself; leave out --official-dir")
+        if not args.baseline or len(args.baseline) % 2:
+            parser.error(f"--baseline: expected KEY VALUE pairs, got {' '.join(args.baseline)!r}")
     return args
 
 
@@ -373,7 +386,9 @@ def main(argv=None):
 
     with exit_on_user_error():
         ours = Ours(str(config_file), args.opts, device)
+        baseline = Ours(str(config_file), args.opts + args.baseline, device, "baseline") if args.baseline else None
     impls = [ours] + ([Official(args.official_dir, config_file, device)] if args.official_dir else [])
+    impls += [baseline] if baseline else []
     spec = clip_spec(ours.cfg)
     num_actions = ours.cfg.MODEL.STM.ACTION_CLASSES
     print(f"config {config_file.name} on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}"
@@ -392,7 +407,9 @@ def main(argv=None):
                 print(f"  {mode} batch {batch} {precision}: "
                       + ", ".join(f"{impl.name} {row[impl.name]}" for impl in impls), file=sys.stderr, flush=True)
             del batches
-    print(table(rows))
+    if baseline:
+        print("baseline: ours with " + " ".join(args.baseline))
+    print(table(rows, "baseline" if baseline else "official"))
     if args.json:
         Path(args.json).write_text(json.dumps({"config": str(config_file), "device": str(device), "H": args.H,
                                                "W": args.W, "rows": rows}, indent=1))

@@ -51,3 +51,26 @@ def test_the_table_gives_the_ratios(speed):
     lines = speed.table(rows).splitlines()
     assert lines[2].endswith("| 2.00 | 0.50 |")
     assert "| OOM | - | - | - | - |" in lines[3]
+
+
+def test_a_baseline_of_ours_with_one_key_changed_takes_the_official_columns(speed, capsys):
+    rows = speed.main(["--config", "config_files/synthetic/tiny-slowonly.yaml", "--device", "cpu", "--H", "64",
+                       "--W", "96", "--steps", "1", "--warmup", "0", "--modes", "infer", "--precisions", "fp32",
+                       "--infer-batches", "1", "--baseline", "MODEL.BACKBONE.SPATIAL_CONV_2D True", *TINY])
+    out = capsys.readouterr().out
+    assert "baseline: ours with MODEL.BACKBONE.SPATIAL_CONV_2D True" in out
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in table[0].strip("|").split("|")]
+    assert header[6:] == ["baseline ms", "baseline clips/s", "baseline peak GiB", "speed ours/baseline",
+                          "memory ours/baseline"]
+    body = [cell.strip() for cell in table[2].strip("|").split("|")]
+    assert float(body[6]) > 0 and float(body[9]) > 0  # the baseline ran and the speed ratio is given
+    assert set(rows[0]) == {"mode", "batch", "precision", "ours", "baseline"}
+
+
+def test_the_baseline_takes_key_value_pairs_and_not_the_official_code(speed):
+    with pytest.raises(SystemExit):
+        speed.parse_args(["--baseline", "MODEL.BACKBONE.SPATIAL_CONV_2D"])
+    with pytest.raises(SystemExit):
+        speed.parse_args(["--baseline", "A B", "--official-dir", "x"])
+    assert speed.parse_args(["--baseline", "A  B C D"]).baseline == ["A", "B", "C", "D"]
