@@ -13,7 +13,6 @@ import pytest
 import torch
 from torch import nn
 
-from stmixer.config import ConfigError, get_cfg, load_config
 from stmixer.modeling import build_backbone
 from stmixer.modeling.backbones import bn_act
 
@@ -319,16 +318,6 @@ def test_a_failed_self_check_leaves_the_modules(monkeypatch, caplog):
         assert not bn_act.wanted(True, torch.device("cpu"))
     messages = [r.getMessage() for r in caplog.records if "FUSED_TRAINING_BN" in r.getMessage()]
     assert len(messages) == 1 and "ZeroDivisionError" in messages[0]
-
-
-def test_the_config_key(tmp_path):
-    assert get_cfg().MODEL.BACKBONE.FUSED_TRAINING_BN == "auto"
-    for written, expected in (("auto", "auto"), ("True", True), ("false", False)):
-        path = tmp_path / "c.yaml"
-        path.write_text(f"MODEL:\n  BACKBONE:\n    FUSED_TRAINING_BN: {written}\n")
-        assert load_config(str(path)).MODEL.BACKBONE.FUSED_TRAINING_BN == expected
-    with pytest.raises((ConfigError, ValueError), match="MODEL.BACKBONE.FUSED_TRAINING_BN"):
-        load_config(opts=["MODEL.BACKBONE.FUSED_TRAINING_BN", "always"])
 
 
 def test_parity_runs_use_the_modules(tmp_path):

@@ -166,14 +166,15 @@ def test_auto_leaves_the_cpu_path_alone(repo_root):
     assert not fused_path("auto", torch.zeros(1), [backbone.s1.pathway0_stem.conv], [backbone.s1.pathway0_stem.bn])
 
 
-def test_the_config_key_takes_auto_and_booleans(tmp_path):
-    assert get_cfg().MODEL.BACKBONE.FUSED_INFERENCE == "auto"
+@pytest.mark.parametrize("key", ["FUSED_INFERENCE", "FUSED_TRAINING_BN", "SPATIAL_CONV_2D"])
+def test_the_backbone_fast_path_keys_take_auto_and_booleans(tmp_path, key):
+    assert get_cfg().MODEL.BACKBONE[key] == "auto"
     for written, expected in (("true", True), ("False", False), ('"auto"', "auto")):
         path = tmp_path / "c.yaml"
-        path.write_text(f"MODEL:\n  BACKBONE:\n    FUSED_INFERENCE: {written}\n")
-        assert load_config(str(path)).MODEL.BACKBONE.FUSED_INFERENCE == expected
-    with pytest.raises((ConfigError, ValueError), match="MODEL.BACKBONE.FUSED_INFERENCE"):
-        load_config(opts=["MODEL.BACKBONE.FUSED_INFERENCE", "always"])
+        path.write_text(f"MODEL:\n  BACKBONE:\n    {key}: {written}\n")
+        assert load_config(str(path)).MODEL.BACKBONE[key] == expected
+    with pytest.raises((ConfigError, ValueError), match=f"MODEL.BACKBONE.{key}"):
+        load_config(opts=[f"MODEL.BACKBONE.{key}", "always"])
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")

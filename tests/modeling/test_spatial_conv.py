@@ -1,14 +1,13 @@
 """MODEL.BACKBONE.SPATIAL_CONV_2D (stmixer/modeling/backbones/spatial_conv.py): 1 x k x k convolutions of the ResNet
 backbones as 2-D convolutions over the frames folded into the batch. Checked on the CPU (True) against the 3-D
 convolutions in training and in fused / unfused inference; on CUDA ("auto", channels_last_3d bf16) when a GPU is
-present."""
+present. The config key's values: tests/modeling/test_fused_inference.py."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stmixer.config import ConfigError, get_cfg, load_config
 from stmixer.modeling import build_backbone
 from stmixer.modeling.backbones import spatial_conv
 from stmixer.modeling.backbones.conv_bn import conv_bn_act
@@ -176,16 +175,6 @@ def test_conv_bn_act_folds_with_a_residual():
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     assert got.is_contiguous(memory_format=CL)
     torch.testing.assert_close(conv_bn_act(x, conv, bn, relu=False), bn(conv(x)), rtol=1e-12, atol=1e-12)
-
-
-def test_the_key_takes_auto_and_booleans(tmp_path):
-    assert get_cfg().MODEL.BACKBONE.SPATIAL_CONV_2D == "auto"
-    for written, expected in (("true", True), ("False", False), ("auto", "auto")):
-        path = tmp_path / f"{written}.yaml"
-        path.write_text(f"MODEL:\n  BACKBONE:\n    SPATIAL_CONV_2D: {written}\n")
-        assert load_config(str(path)).MODEL.BACKBONE.SPATIAL_CONV_2D == expected
-    with pytest.raises((ConfigError, ValueError), match="MODEL.BACKBONE.SPATIAL_CONV_2D"):
-        load_config(opts=["MODEL.BACKBONE.SPATIAL_CONV_2D", "sometimes"])
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
