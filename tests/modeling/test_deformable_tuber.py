@@ -595,7 +595,8 @@ def test_whole_detector_matches_the_fork(case):
     yaml_cfg = load_config(str(CONFIGS / f"{meta['variant']}_TubeR_CSN50_AVA21.yaml"),
                            ["MODEL.TUBER.ENC_LAYERS", over["ENC_LAYERS"], "MODEL.TUBER.DEC_LAYERS", over["DEC_LAYERS"],
                             "MODEL.TUBER.NUM_QUERIES", over["QUERY_NUM"], "MODEL.BACKBONE.CHANNELS_LAST", False,
-                            "MODEL.BACKBONE.FUSED_INFERENCE", False, "MODEL.BACKBONE.FUSED_TRAINING_BN", False])
+                            "MODEL.BACKBONE.FUSED_INFERENCE", False, "MODEL.BACKBONE.FUSED_TRAINING_BN", False,
+                            "MODEL.BACKBONE.SPATIAL_CONV_2D", False])
     assert yaml_cfg.MODEL.dump() == detector_config(meta).MODEL.dump()
 
 
