@@ -8,6 +8,7 @@ keeps one copy of each dataset index and checks that no clip is missing.
 import logging
 import time
 
+import numpy as np
 import torch
 
 from ..utils import distributed as comm
@@ -50,14 +51,23 @@ def predict(model, data_loader, device, amp="off", progress=True):
         dict dataset index -> {"video_id", "timestamp", "boxes" float32 numpy [n, 4], "scores" float32 numpy [n, A]}.
     """
     records = {}
+    nonfinite = []  # "video_id@timestamp" of the clips whose boxes or scores hold NaN / inf
     start = time.perf_counter()
     for batch, outputs in model_outputs(model, data_loader, device, amp, progress):
         for index, meta, detections in zip(batch["indices"].tolist(), batch["metadata"], outputs):
-            records[index] = {
+            record = {
                 "video_id": meta["video_id"],
                 "timestamp": int(meta["timestamp"]),
                 "boxes": detections["boxes"].float().cpu().numpy(),
                 "scores": detections["scores"].float().cpu().numpy(),
             }
+            if not (np.isfinite(record["boxes"]).all() and np.isfinite(record["scores"]).all()):
+                nonfinite.append(f"{record['video_id']}@{record['timestamp']}")
+            records[index] = record
     logger.info("Inference over %d clips took %.1f s on this process", len(records), time.perf_counter() - start)
+    if nonfinite:
+        logger.warning("%d of %d clips have non-finite (NaN / inf) boxes or scores, first %s: the model's weights "
+                       "or inputs are broken (an untrained backbone's BatchNorm statistics, a diverged run, "
+                       "MODEL.WEIGHT not loaded?); their detections are kept as they are",
+                       len(nonfinite), len(records), nonfinite[0])
     return records
