@@ -116,7 +116,10 @@ def conv_bn_act(x, conv, bn, relu=True, residual=None, stem=False):
         x, weight = spatial_conv.fold(x), weight[:, :, 0]
         stride, padding, dilation = stride[1:], padding[1:], dilation[1:]
         residual = spatial_conv.fold(residual) if residual is not None else None
-    y = None
+
+    def finish(y):
+        return spatial_conv.unfold(y, batch) if as_2d else y
+
     if relu and x.is_cuda and torch.backends.cudnn.enabled and x.device not in _CUDNN_FAILED:
         dtype = _compute_dtype(x)
         if (stem and not as_2d and dtype == torch.float32 and x.shape[1] % STEM_CHANNEL_MULTIPLE
@@ -125,19 +128,15 @@ def conv_bn_act(x, conv, bn, relu=True, residual=None, stem=False):
         args = (bias.to(dtype), stride, padding, dilation, conv.groups)
         try:
             if residual is None:
-                y = torch.cudnn_convolution_relu(x.to(dtype), weight.to(dtype), *args)
-            else:
-                y = torch.cudnn_convolution_add_relu(x.to(dtype), weight.to(dtype), residual.to(dtype), 1.0, *args)
+                return finish(torch.cudnn_convolution_relu(x.to(dtype), weight.to(dtype), *args))
+            return finish(torch.cudnn_convolution_add_relu(x.to(dtype), weight.to(dtype), residual.to(dtype), 1.0,
+                                                           *args))
         except RuntimeError as e:  # no cuDNN engine for this graph: the folded convolution below
             _CUDNN_FAILED.add(x.device)
             logger.warning("MODEL.BACKBONE.FUSED_INFERENCE: cuDNN's fused convolution failed on %s (%s); "
                            "the folded convolution and separate addition / ReLU run instead",
                            x.device, str(e).splitlines()[0] if str(e) else type(e).__name__)
-    if y is None:
-        conv_fn = F.conv2d if as_2d else F.conv3d
-        y = conv_fn(x, weight, bias, stride, padding, dilation, conv.groups)
-        if residual is not None:
-            y = y + residual
-        if relu:
-            y = y.relu_()
-    return spatial_conv.unfold(y, batch) if as_2d else y
+    y = (F.conv2d if as_2d else F.conv3d)(x, weight, bias, stride, padding, dilation, conv.groups)
+    if residual is not None:
+        y = y + residual
+    return finish(y.relu_() if relu else y)
