@@ -83,6 +83,40 @@ def compare_means(device, B, C, T, G, Q, P, L, frames_grad=True, tol=1e-5, use=(
         assert err <= tol, f"{name}: relative error {err:.2e}"
 
 
+def compare_shared(device, B=2, C=16, T=3, G=2, Q=3, P=8, L=3, tol=1e-5):
+    """Four samplings of one pyramid (the decoder's stages: three means, one with the samples) vs the folded
+    sampler. The Triton sampler's backward pass makes one frame-gradient buffer per level: the first sampling
+    whose backward runs returns it, the other three add into it and return none. A second pass over the same
+    graph makes its own and leaves what the first returned unchanged."""
+    gen, strides, features, points = random_inputs(device, B, C, T, G, Q, P, L, True, seed=3)
+    stages = [points * (1 + 0.1 * k) for k in range(3)]
+    results, made = {}, []
+    for impl in ("folded", "triton"):
+        sampler = PyramidSampler(features, strides, G, impl)
+        if impl == "triton":
+            def counted(frames, buffers=sampler._frame_grads.buffers):
+                out = buffers(frames)
+                made.append(out[1])
+                return out
+            sampler._frame_grads.buffers = counted
+        loss = sampler(stages[0]).pow(2).sum()
+        for k, stage in enumerate(stages):
+            spatial, temporal, _ = sampler.sample_means(stage)
+            loss = loss + (spatial * (k + 1)).sum() + temporal.pow(2).sum()
+        inputs = features + sampler._frames
+        first = torch.autograd.grad(loss, inputs, retain_graph=True)
+        kept = [g.clone() for g in first]
+        second = torch.autograd.grad(loss, inputs)
+        for name, a, b, c in zip(range(2 * L), first, kept, second):
+            assert torch.equal(a, b), f"{impl}: the second pass changed the first's gradient {name}"
+            assert (c - b).abs().max() <= tol * b.abs().max(), f"{impl}: the passes differ on gradient {name}"
+        results[impl] = first[:L]
+    assert made == [True, False, False, False] * 2, made
+    for level, (want, got) in enumerate(zip(*results.values())):
+        err = (got - want).abs().max().item() / want.abs().max().item()
+        assert err <= tol, f"level {level}: relative error {err:.2e}"
+
+
 @needs_triton
 def test_the_kernels_equal_the_folded_sampler_in_the_interpreter():
     """Triton's interpreter runs the kernels on CPU tensors (how CI checks them without a GPU)."""
@@ -93,7 +127,8 @@ def test_the_kernels_equal_the_folded_sampler_in_the_interpreter():
         "[m['compare_means']('cpu', *shape) for shape in m['MEAN_SHAPES']]; "
         "m['compare_means']('cpu', *m['MEAN_SHAPES'][0], frames_grad=False); "
         "m['compare_means']('cpu', *m['MEAN_SHAPES'][0], use=('spatial',)); "
-        "m['compare_means']('cpu', *m['MEAN_SHAPES'][1], use=('temporal',)); print('compared')"
+        "m['compare_means']('cpu', *m['MEAN_SHAPES'][1], use=('temporal',)); m['compare_shared']('cpu'); "
+        "print('compared')"
     )
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     result = subprocess.run([sys.executable, "-c", code, str(HERE)], env=env, capture_output=True, text=True,
@@ -150,12 +185,20 @@ def test_the_kernels_compile_for_an_h100(levels, need_frames, frames, block_c):
                                                 target=GPUTarget("cuda", 90, 32),
                                                 options={"num_warps": sampling_triton.NUM_WARPS})
         assert kernel.asm["cubin"], fn.__name__
+        if extra.get("NEED_FRAMES"):  # the frames' gradient: relaxed atomic additions, no acquire/release fences
+            ptx = kernel.asm["ptx"]
+            assert ".relaxed." in ptx and ".acq_rel." not in ptx and "fence" not in ptx, fn.__name__
 
 
 @needs_cuda
 @pytest.mark.parametrize("shape", SHAPES + [(2, 256, 8, 4, 100, 32, 4)])
 def test_the_kernels_equal_the_folded_sampler_on_cuda(shape):
     compare("cuda", *shape, tol=1e-4)  # atomic additions in another order on both sides
+
+
+@needs_cuda
+def test_the_stages_share_one_frame_gradient_on_cuda():
+    compare_shared("cuda", tol=1e-4)
 
 
 @needs_cuda

@@ -198,6 +198,7 @@ class PyramidSampler:
                     self._fall_back(f"the kernels failed on {device} ({failure})", logging.WARNING)
         if self.impl == "triton":
             self._frames = [sampling_triton.channels_last_frames(f, n_groups) for f in self.features]
+            self._frame_grads = sampling_triton.FrameGradients()  # one gradient buffer per level for all stages
         elif self.impl == "folded":
             self._frames = [_frame_major(f, n_groups).to(self._dtype) for f in self.features]
 
@@ -242,7 +243,7 @@ class PyramidSampler:
     def _sample_means_triton(self, points):
         grids, weights = self._grids(points[..., 0:2], level_weights(points[..., 2], len(self.features)))
         return sampling_triton.TritonSampleMeans.apply(grids.flatten(2, 3), weights.flatten(2, 3), self.n_groups,
-                                                       grids.shape[3], *self._frames)
+                                                       grids.shape[3], self._frame_grads, *self._frames)
 
     def _grids(self, xy, weights):
         """grid_sample coordinates ``[L, B * G, Q, P, 2]`` and level weights ``[L, B * G, Q, P]`` of ``xy``
@@ -279,7 +280,8 @@ class PyramidSampler:
         P = N // G
         grids, weights = self._grids(xy, weights)
         if self.impl == "triton":  # [T*B*G, C/G, Q*P]
-            out = sampling_triton.TritonWeightedSampling.apply(grids.flatten(2, 3), weights.flatten(2, 3), *self._frames)
+            out = sampling_triton.TritonWeightedSampling.apply(grids.flatten(2, 3), weights.flatten(2, 3),
+                                                               self._frame_grads, *self._frames)
         else:  # [T*B*G, C/G, Q, P]
             out = _WeightedLevelSampling.apply(grids, weights, *self._frames)
         return out.view(T, B, G, -1, Q, P).permute(1, 2, 3, 0, 4, 5)
