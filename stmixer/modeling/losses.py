@@ -264,20 +264,23 @@ class SetCriterion(nn.Module):
             detail = str(e).split(": ", 1)[1]
             raise NonFiniteCostError(f"decoder stage {k} of {num_stages}: clip {clip % B} of the batch: {detail}") \
                 from None
-        offsets = [0]
-        for t in targets:
-            offsets.append(offsets[-1] + len(t["boxes"]))
-        host = {}
         for k in stages:
             record(trace, f"match/stage{k}", per_stage[k])
-            host[k] = torch.cat([
-                torch.stack([torch.full_like(m.src, i), m.src, m.tgt + offsets[i]]) for i, m in enumerate(per_stage[k])
-            ], dim=1) if B else torch.zeros(3, 0, dtype=torch.int64)
+        # (clip, query, flat target) rows of all stages' matches, stage after stage, made with a few host
+        # operations for the whole batch (the GPU waits for them)
+        matches = [m for k in stages for m in per_stage[k]]
+        pairs = torch.tensor([len(m.src) for m in matches], dtype=torch.int64)
+        if B:
+            offsets = torch.tensor([0] + [len(t["boxes"]) for t in targets[:-1]], dtype=torch.int64).cumsum(0)
+            clip = torch.arange(B).repeat(len(stages)).repeat_interleave(pairs)
+            host = torch.stack([clip, torch.cat([m.src for m in matches]),
+                                torch.cat([m.tgt for m in matches]) + offsets[clip]])
+        else:
+            host = torch.zeros(3, 0, dtype=torch.int64)
+        sizes = pairs.view(len(stages), B).sum(1).tolist() if B else [0] * len(stages)
         if not self.batched_matching:  # reference path: one copy per stage
-            return {k: index.to(device) for k, index in host.items()}
-        sizes = [host[k].size(1) for k in stages]
-        moved = torch.cat([host[k] for k in stages], dim=1).to(device, non_blocking=True).split(sizes, dim=1)
-        return dict(zip(stages, moved))
+            return {k: index.to(device) for k, index in zip(stages, host.split(sizes, dim=1))}
+        return dict(zip(stages, host.to(device, non_blocking=True).split(sizes, dim=1)))
 
     def stage_losses(self, cls_logits, boxes, action_logits, flat_targets, index, num_boxes, accumulated=None):
         """Unweighted ``{"loss_ce", "loss_bbox", "loss_giou", "loss_bce"}`` of one stage.

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
@@ -145,7 +146,9 @@ class HungarianMatcher:
                     if n:
                         classes[i, :n] = target_class_weights(target["labels"], cls_logits.size(-1), dtype)
             host = self.batched_cost(cls_logits, boxes, gt, whwh, classes).cpu()
-        return [_solve_clip(i, host[i, :, :n], cls_logits, boxes) for i, n in enumerate(counts)]
+            _check_finite(host, counts, cls_logits, boxes)
+        # the GPU waits while the host solves: one finiteness check for the batch, not one per clip
+        return [_solve(host[i, :, :n]) for i, n in enumerate(counts)]
 
     @torch.no_grad()
     def match_per_clip(self, cls_logits, boxes, targets):
@@ -173,6 +176,16 @@ def xyxy_to_cxcywh(boxes):
     return torch.stack(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1), dim=-1)
 
 
+def _check_finite(host, counts, cls_logits, boxes):
+    """``_solve_clip``'s NonFiniteCostError for the first clip whose costs are not finite, checked on the padded
+    host costs ``[B, Q, N]`` of the whole batch at once (clip i's columns: the first ``counts[i]``)."""
+    valid = torch.arange(host.size(-1)) < torch.tensor(counts).view(-1, 1)  # [B, N]
+    bad = (~torch.isfinite(host) & valid[:, None, :]).flatten(1).any(1)
+    if bad.any():
+        i = int(bad.nonzero()[0, 0])
+        _solve_clip(i, host[i, :, :counts[i]], cls_logits, boxes)
+
+
 def _solve_clip(i, cost, cls_logits, boxes):
     """``_solve`` of clip ``i``'s host cost ``[Q, n]``; NonFiniteCostError naming the clip (``clip`` = i) and
     what in its predictions ``cls_logits[i]`` / ``boxes[i]`` is not finite when the cost is not."""
@@ -186,7 +199,7 @@ def _solve_clip(i, cost, cls_logits, boxes):
 def _solve(cost):
     """Optimal assignment of one host cost matrix ``[Q, n]`` (scipy), as a ``Match``."""
     src, tgt = linear_sum_assignment(cost.numpy())
-    src, tgt = (torch.as_tensor(index, dtype=torch.int64) for index in (src, tgt))
+    src, tgt = (torch.from_numpy(index.astype(np.int64, copy=False)) for index in (src, tgt))
     return Match(src, tgt, cost)
 
 

@@ -93,3 +93,45 @@ def test_set_criterion_names_the_decoder_stage_of_a_nonfinite_cost():
     criterion = SetCriterion(HungarianMatcher(), 1, weights, 0.1).double()
     with pytest.raises(NonFiniteCostError, match=r"^decoder stage 0 of 2: clip 0 of the batch: the predicted boxes"):
         criterion(outputs, gts)
+
+
+def test_the_batch_check_skips_clips_without_ground_truth_and_names_the_first_bad_clip():
+    """The finiteness of all clips' costs is checked at once on the padded host costs: a clip without ground
+    truth has no costs to check (its NaN predictions pass, as when each clip was checked alone), and the error
+    names the first clip whose own columns are not finite, not a padding column."""
+    from stmixer.modeling.matcher import NonFiniteCostError
+
+    boxes = t([[[10, 10, 50, 50], [60, 60, 90, 90]]] * 3)
+    logits = torch.zeros(3, 2, 2, dtype=torch.float64)
+    boxes[0, 0, 0] = float("nan")
+    gts = [target([]), target([[10.0, 10.0, 50.0, 50.0]]), target([[10.0, 10.0, 50.0, 50.0], [0, 0, 5, 5]])]
+    matches = HungarianMatcher()(logits, boxes, gts)
+    assert [m.src.numel() for m in matches] == [0, 1, 2]
+    boxes[2, 1, 3] = float("inf")
+    with pytest.raises(NonFiniteCostError, match=r"clip 2 of the batch: the predicted boxes hold 1 NaN/inf value"):
+        HungarianMatcher()(logits, boxes, gts)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_set_criterion_match_rows_are_clip_query_and_flat_target(batched):
+    """``SetCriterion.match``: per stage, int64 rows (clip, query, index into the batch's concatenated targets)
+    of every clip's matches in clip order, built for all stages at once."""
+    from stmixer.modeling.losses import SetCriterion
+    from stmixer.modeling.stmixer.decoder import DecoderOutputs
+
+    gen = torch.Generator().manual_seed(3)
+    B, Q, S = 3, 5, 3
+    xy = torch.rand(S, B, Q, 2, generator=gen, dtype=torch.float64) * 60
+    boxes = torch.cat([xy, xy + 10 + torch.rand(S, B, Q, 2, generator=gen, dtype=torch.float64) * 30], -1)
+    logits = torch.randn(S, B, Q, 2, generator=gen, dtype=torch.float64)
+    gts = [target([[5, 5, 40, 40], [30, 20, 70, 90]]), target([]), target([[50, 50, 60, 60]])]
+    outputs = DecoderOutputs(list(logits), list(logits), list(boxes))
+    weights = {"loss_ce": 1.0, "loss_bbox": 1.0, "loss_giou": 1.0, "loss_bce": 1.0}
+    criterion = SetCriterion(HungarianMatcher(), 1, weights, 0.1, batched_matching=batched).double()
+    stages = [2, 0, 1]
+    indices = criterion.match(outputs, gts, stages)
+    offsets = [0, 2, 2]
+    for k in stages:
+        want = [[i, q, j + offsets[i]] for i, m in enumerate(HungarianMatcher()(logits[k], boxes[k], gts))
+                for q, j in zip(m.src.tolist(), m.tgt.tolist())]
+        assert indices[k].dtype == torch.int64 and indices[k].t().tolist() == want, k
