@@ -296,3 +296,28 @@ def test_kernels_that_fail_their_self_check_leave_the_folded_sampler(monkeypatch
     assert len(warnings) == 1 and "no kernel image is available" in warnings[0] and "second line" not in warnings[0]
     assert sampling_triton._SELF_CHECKS == {("cpu", None): "RuntimeError: no kernel image is available for "
                                                            "execution on the device"}
+
+
+def test_frame_gradients_are_shared_within_one_backward_pass_only(monkeypatch):
+    """``FrameGradients.buffers``: new zeros for the first sampling of a pass, the same tensors for the later ones
+    while autograd holds them; a new pass, buffers already freed, or no pass id (older PyTorch) give new ones."""
+    frames = [torch.randn(2, 3, 4, 5), torch.randn(2, 2, 2, 5)]
+    task = [7]
+    monkeypatch.setattr(sampling_triton, "_graph_task", lambda: task[0])
+    grads = sampling_triton.FrameGradients()
+    first, new = grads.buffers(frames)
+    assert new and all(torch.equal(b, torch.zeros_like(f)) for b, f in zip(first, frames))
+    again, new = grads.buffers(frames)
+    assert not new and all(a is b for a, b in zip(again, first))
+    task[0] = 8  # another backward pass: its own buffers, the first pass's untouched
+    other, new = grads.buffers(frames)
+    assert new and all(a is not b for a, b in zip(other, first))
+    del other, again, first  # autograd consumed them
+    assert grads.buffers(frames)[1]
+    task[0] = None  # PyTorch cannot say which pass runs: every sampling gets its own
+    kept = [grads.buffers(frames) for _ in range(2)]
+    assert all(new for _, new in kept) and kept[0][0][0] is not kept[1][0][0]
+
+
+def test_graph_task_is_none_outside_a_backward_pass():
+    assert sampling_triton._graph_task() is None
