@@ -277,7 +277,7 @@ class SetCriterion(nn.Module):
                                 torch.cat([m.tgt for m in matches]) + offsets[clip]])
         else:
             host = torch.zeros(3, 0, dtype=torch.int64)
-        sizes = pairs.view(len(stages), B).sum(1).tolist() if B else [0] * len(stages)
+        sizes = pairs.view(len(stages), B).sum(1).tolist()
         if not self.batched_matching:  # reference path: one copy per stage
             return {k: index.to(device) for k, index in zip(stages, host.split(sizes, dim=1))}
         return dict(zip(stages, host.to(device, non_blocking=True).split(sizes, dim=1)))
