@@ -58,6 +58,10 @@ def conv3d_as_2d(x, weight, bias, stride, padding, dilation, groups):
     """``F.conv3d(x, weight, bias, stride, padding, dilation, groups)`` for a ``folds`` convolution,
     computed by ``F.conv2d`` on the folded frames. Differentiable."""
     y = F.conv2d(fold(x), weight[:, :, 0], bias, tuple(stride[1:]), tuple(padding[1:]), tuple(dilation[1:]), groups)
+    if x.is_contiguous(memory_format=torch.channels_last_3d) and not y.is_contiguous(memory_format=torch.channels_last):
+        # cuDNN answers some convolutions of very few channels (4 on an H100) in NCHW: keep NDHWC for what follows
+        # (the BatchNorm kernels take channels_last_3d only)
+        y = y.contiguous(memory_format=torch.channels_last)
     return unfold(y, x.shape[0])
 
 
