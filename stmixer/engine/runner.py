@@ -21,6 +21,7 @@ from ..data.descriptions import describe
 from ..evaluation.evaluator import AVAEvaluator
 from ..evaluation.tube_evaluator import TubeEvaluator
 from ..modeling import build_detector
+from ..modeling.sync_bn import convert_sync_batchnorm
 from ..solver import build_lr_scheduler, build_optimizer
 from ..errors import UserError, UserFileNotFoundError
 from ..utils import distributed as comm
@@ -141,7 +142,7 @@ def _wrap_distributed(cfg, model, device):
     if comm.get_world_size() == 1:
         return model
     if cfg.MODEL.BACKBONE.SYNC_BN and device.type == "cuda":
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = convert_sync_batchnorm(cfg, model)
     elif cfg.MODEL.BACKBONE.SYNC_BN:
         logger.info("MODEL.BACKBONE.SYNC_BN: SyncBatchNorm needs CUDA; on %s each process keeps its own BatchNorm",
                     device.type)

@@ -104,7 +104,7 @@ def parameter_stand_ins(module, params):
 class _Graph:
     """One captured signature: static inputs, outputs, gradient buffers and the two graphs."""
 
-    def __init__(self, fn, module, params, state, inputs, pool, with_backward):
+    def __init__(self, fn, module, params, state, inputs, pool, with_backward, warmup=contextlib.nullcontext):
         self.params = params
         self.static_inputs = [x.detach().clone().requires_grad_(x.requires_grad) for x in inputs]
         self.with_backward = with_backward
@@ -128,7 +128,7 @@ class _Graph:
 
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
+        with torch.cuda.stream(stream), warmup():
             for _ in range(WARMUP_ITERS):
                 outputs, stand_ins = run()
                 if with_backward:
@@ -207,18 +207,22 @@ class GraphedPart:
             and whose buffers are restored after each capture.
         max_graphs: captured signatures at most; further ones run eagerly.
         name: for log lines.
+        warmup: a context manager factory entered around a capture's warm-up runs (their values are discarded):
+            ``bn_act.skip_collectives`` where ``fn`` holds collectives, which the warm-up must not run (every
+            process runs each collective once per call: captured and replayed, replayed, or eager).
 
     ``part(*tensors)`` returns the outputs, or ``None`` when the caller should run ``fn``
     eagerly itself (see the module docstring for when).
     """
 
-    def __init__(self, fn, module, max_graphs=8, name="model"):
+    def __init__(self, fn, module, max_graphs=8, name="model", warmup=contextlib.nullcontext):
         # weak references: the module usually owns this object, and a cycle would keep the graphs' memory
         # (activations of every captured shape) alive after the module is dropped, until a garbage collection
         self._fn = weakref.WeakMethod(fn) if inspect.ismethod(fn) else (lambda: fn)
         self._module = weakref.ref(module)
         self.max_graphs = max_graphs
         self.name = name
+        self.warmup = warmup
         self.graphs = {}
         self.disabled = None  # reason, once a capture failed
         self._pool = None
@@ -296,7 +300,7 @@ class GraphedPart:
             self._pool = torch.cuda.graph_pool_handle()
         try:
             state = list(self.module.parameters()) + list(self.module.buffers())
-            graph = _Graph(self.fn, self.module, params, state, tensors, self._pool, with_backward)
+            graph = _Graph(self.fn, self.module, params, state, tensors, self._pool, with_backward, self.warmup)
         except Exception as e:  # noqa: BLE001 - any capture failure: run eagerly from now on, say why once
             torch.cuda.synchronize()
             self.disabled = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

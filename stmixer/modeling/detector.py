@@ -10,6 +10,7 @@ import logging
 import torch
 from torch import nn
 
+from .backbones import bn_act
 from .build import DETECTOR_REGISTRY, build_backbone
 from .cuda_graphs import GraphedPart
 from .necks import build_neck
@@ -49,14 +50,16 @@ class STMDetector(nn.Module):
         self.cuda_graph = cuda_graph
         self.max_graphs = max_graphs
         self.tf32_matmul = tf32_matmul
-        self._graphed = None  # GraphedPart, made on the first CUDA forward
-        self._graph_scope = None  # what it covers: cuda_graph, or "decoder" where the backbone has SyncBatchNorm
+        self._graphed = None  # the GraphedPart of the latest CUDA forward
+        self._graph_scope = None  # what it covers: cuda_graph, or "decoder" where the backbone holds collectives
+        self._graphed_parts = {}  # scope -> GraphedPart, each made on its first use
+        self._sync_bns = None  # the backbone's SyncBatchNorm modules, listed once
 
     def __getstate__(self):
         # copies and pickles start without graphs (captured again on their first CUDA forward): a graph
         # replays the kernels of this module's memory, and its part holds this module by weak reference
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        return {**state, "_graphed": None, "_graph_scope": None}
+        return {**state, "_graphed": None, "_graph_scope": None, "_graphed_parts": {}, "_sync_bns": None}
 
     def features(self, slow_video, fast_video=None):
         """Backbone levels and neck outputs of a clip batch.
@@ -107,17 +110,21 @@ class STMDetector(nn.Module):
         """``DecoderOutputs`` from replayed CUDA graphs, or None where they cannot run (the caller runs eagerly).
 
         ``whwh``: the clip sizes as ``STMDecoder.clip_sizes`` gives them."""
-        if self._graphed is None:
-            scope = self.cuda_graph
-            if scope == "model" and any(isinstance(m, nn.SyncBatchNorm) for m in self.backbone.modules()):
-                logger.info("MODEL.CUDA_GRAPH.SCOPE model: the backbone has SyncBatchNorm (collectives), so the "
-                            "CUDA graphs cover the decoder stages only")
-                scope = "decoder"
-            if scope == "model":
-                self._graphed = GraphedPart(self._model_outputs, self, self.max_graphs, name="backbone+decoder")
+        scope = self.cuda_graph
+        if scope == "model" and self._backbone_synchronizes():
+            scope = "decoder"
+        if scope not in self._graphed_parts:
+            if scope == "model":  # the warm-up of a capture must not run bn_act's collectives (see skip_collectives)
+                part = GraphedPart(self._model_outputs, self, self.max_graphs, name="backbone+decoder",
+                                   warmup=bn_act.skip_collectives)
             else:
-                self._graphed = GraphedPart(self._decoder_outputs, self.stm_head, self.max_graphs, name="decoder")
-            self._graph_scope = scope
+                part = GraphedPart(self._decoder_outputs, self.stm_head, self.max_graphs, name="decoder")
+                if self.cuda_graph == "model":
+                    logger.info("MODEL.CUDA_GRAPH.SCOPE model: the backbone's SyncBatchNorm layers synchronize "
+                                "with PyTorch's collectives (training on several processes, MODEL.CUDA_GRAPH.SYNC_BN "
+                                "False), so the CUDA graphs of training steps cover the decoder stages only")
+            self._graphed_parts[scope] = part
+        self._graphed, self._graph_scope = self._graphed_parts[scope], scope
         if self._graph_scope == "model":
             if getattr(self.backbone, "channels_last", False) and slow_video.is_cuda:
                 # NDHWC weights before a capture, not inside it (parameters are stand-ins there, see cuda_graphs)
@@ -130,6 +137,17 @@ class STMDetector(nn.Module):
             if flat is None:
                 return self.stm_head.decode(mapped, whwh)
         return None if flat is None else DecoderOutputs.from_flat(flat)
+
+    def _backbone_synchronizes(self):
+        """Whether the backbone's forward holds collectives that the graphs cannot capture: PyTorch's, of a
+        SyncBatchNorm in training mode on several processes (``bn_act.sync_group``) on a process group that
+        DistributedDataParallel may share. In eval mode (validation, ``MODEL.BACKBONE.FROZEN_BN``) SyncBatchNorm
+        uses its running statistics and synchronizes nothing; on a ``bn_act.new_sync_group`` group
+        (``MODEL.CUDA_GRAPH.SYNC_BN``) it runs bn_act's kernels, whose collectives the graphs capture."""
+        if self._sync_bns is None:
+            self._sync_bns = [m for m in self.backbone.modules() if isinstance(m, nn.SyncBatchNorm)]
+        groups = (bn_act.sync_group(m) for m in self._sync_bns)
+        return any(g is not None and not bn_act.kernels_synchronize(g) for g in groups)
 
     def _model_outputs(self, *videos_and_whwh):
         *videos, whwh = videos_and_whwh

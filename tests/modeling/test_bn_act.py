@@ -2,6 +2,7 @@
 (+ ReLU) as Triton kernels. Values, gradients, running statistics and ``num_batches_tracked`` equal the modules',
 on the CPU through Triton's interpreter (TRITON_INTERPRET=1) and on CUDA; elsewhere the modules run."""
 
+import contextlib
 import copy
 import logging
 import os
@@ -277,7 +278,10 @@ def test_only_what_the_kernels_compute_exactly_is_sent_to_them_in_the_interprete
     assert bn_act.fusable(True, x, nn.BatchNorm3d(40, momentum=None).eval())
     assert not bn_act.fusable(True, x, nn.BatchNorm3d(40, affine=False))
     assert not bn_act.fusable(True, x, nn.BatchNorm3d(40, track_running_stats=False))
-    assert not bn_act.fusable(True, x, nn.SyncBatchNorm(40))
+    # SyncBatchNorm without a process group normalizes with this batch's statistics, as BatchNorm3d
+    assert bn_act.fusable(True, x, nn.SyncBatchNorm(40)) and bn_act.fusable(True, x, nn.SyncBatchNorm(40).eval())
+    assert not bn_act.fusable(True, torch.randn(2, 40, 3, 3), nn.SyncBatchNorm(40))  # not [N, C, T, H, W]
+    assert not bn_act.fusable(True, x, nn.BatchNorm2d(40))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(bn_act, "MIN_CHANNELS", 41)
         assert not bn_act.fusable(True, x, bn)
@@ -305,6 +309,149 @@ def test_bn_act_updates_the_module_like_its_forward_in_the_interpreter(interpret
     assert torch.equal(y, ones + twin(x.contiguous()))
     assert bn.num_batches_tracked.item() == twin.num_batches_tracked.item() == 3
     torch.testing.assert_close(bn.running_var, twin.running_var)
+
+
+# SyncBatchNorm in training over a process group (bn_act.sync_group): (shape [N, C, T, H, W] of rank 0's batch,
+# rank 1's batch size, relu, residual): channels above one 64-channel block; 8 channels with packed rows; rows
+# that leave partial tiles and chunks; rank 1 with fewer clips than rank 0 (different counts to merge)
+SYNC_CASES = [((2, 70, 3, 5, 6), 1, True, True), ((2, 8, 4, 6, 6), 3, True, False), ((1, 40, 3, 5, 7), 1, False, True)]
+
+
+def _sync_inputs(shape, n1, relu, residual):
+    """(x, residual, weight, bias, running stats, output gradient) of both processes' clips together."""
+    full = (shape[0] + n1,) + tuple(shape[1:])
+    return inputs(full, torch.float32, residual, seed=3)
+
+
+def _sync_run(group, shape, n1, relu, residual, rank):
+    """Rank ``rank``'s part of the both-processes batch through ``FusedBatchNormAct`` over ``group``: [output,
+    running mean, running var, grad x, grad weight, grad bias(, grad residual)]."""
+    x, r, weight, bias, stats, grad = _sync_inputs(shape, n1, relu, residual)
+    rows = slice(0, shape[0]) if rank == 0 else slice(shape[0], None)
+    x = x.detach()[rows].contiguous(memory_format=CL).requires_grad_()
+    r = r.detach()[rows].contiguous(memory_format=CL).requires_grad_() if r is not None else None
+
+    def fused(*args):
+        return bn_act.FusedBatchNormAct.apply(*args, True, group)
+
+    return run(fused, x, r, weight, bias, stats, grad[rows], relu)
+
+
+def _sync_worker(rank, init_file, results_dir):
+    import datetime
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(minutes=5))
+    try:
+        bn_act.MIN_CHANNELS = 1
+        results = [_sync_run(dist.group.WORLD, *case, rank) for case in SYNC_CASES]
+        torch.save([[t.detach() for t in r] for r in results], Path(results_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_normalize_with_the_statistics_of_both_batches_in_the_interpreter(interpreter, tmp_path):
+    """SyncBatchNorm on two gloo processes with batches of different sizes: each process's output and input
+    gradient equal BatchNorm's over both batches at once, the running statistics too (on both processes);
+    the weight and bias gradients are each process's own (they add up to the whole batch's)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_sync_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    for case, got0, got1 in zip(SYNC_CASES, *ranks):
+        shape, n1, relu, residual = case
+        data = _sync_inputs(shape, n1, relu, residual)
+        want = run(bn_act.reference, *data, relu)
+        n0 = shape[0]
+        for got, rows in ((got0, slice(0, n0)), (got1, slice(n0, None))):
+            per_rank = [want[0][rows], want[1], want[2], want[3][rows]]
+            assert_close(got[:4], per_rank, 1e-5)
+            if residual:
+                assert_close(got[6:], [want[6][rows]], 1e-5)
+        for k in (4, 5):  # weight, bias: each process's own sums; together the whole batch's
+            assert_close([got0[k] + got1[k]], [want[k]], 1e-5)
+            assert (got0[k] - want[k]).abs().max() > 1e-3, f"{NAMES[k]}: rank 0 has the whole batch's gradient"
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        yield dist.group.WORLD
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_collective_path_of_one_process_equals_batchnorm_in_the_interpreter(interpreter, one_process_group,
+                                                                                monkeypatch):
+    """A training SyncBatchNorm in a group of one process normalizes locally, as the module does; with
+    ``SYNC_ONE_PROCESS`` (benchmarks) it takes the collective path, whose values are the same."""
+    sync = nn.SyncBatchNorm(40).train()
+    assert bn_act.sync_group(sync) is None and bn_act.sync_group(nn.BatchNorm3d(40)) is None
+    monkeypatch.setattr(bn_act, "SYNC_ONE_PROCESS", True)
+    assert bn_act.sync_group(sync) is one_process_group and bn_act.sync_group(sync.eval()) is None
+    for shape, _, relu, residual in SYNC_CASES:
+        data = inputs(shape, torch.float32, residual)
+        want = run(bn_act.reference, *data, relu)
+        got = run(lambda *args: bn_act.FusedBatchNormAct.apply(*args, True, one_process_group), *data, relu)
+        assert_close(got, want, 1e-5)
+
+
+def test_a_synchronizing_syncbatchnorm_takes_the_same_path_whatever_its_batch_in_the_interpreter(
+        interpreter, one_process_group, monkeypatch):
+    """Where SyncBatchNorm synchronizes, every process must take the kernels' collective or every process the
+    module's: the local batch's size (which differs between processes) decides nothing."""
+    monkeypatch.setattr(bn_act, "MIN_CHANNELS", 32)
+    monkeypatch.setattr(bn_act, "SYNC_ONE_PROCESS", True)
+    sync = nn.SyncBatchNorm(8, process_group=bn_act.new_sync_group()).train()
+    plain = nn.BatchNorm3d(8).train()
+    unpackable = torch.randn(1, 8, 1, 1, 7).to(memory_format=CL)  # 7 rows: no packs of 8
+    one_row = torch.randn(1, 8, 1, 1, 1).to(memory_format=CL)
+    assert not bn_act.fusable(True, unpackable, plain) and not bn_act.fusable(True, one_row, plain)
+    assert bn_act.fusable(True, unpackable, sync) and bn_act.fusable(True, one_row, sync)
+    y = bn_act.bn_act(True, unpackable, sync, nn.ReLU())
+    torch.testing.assert_close(y, torch.relu(nn.BatchNorm3d(8).train()(unpackable)), rtol=1e-5, atol=1e-6)
+    assert sync.num_batches_tracked.item() == 1
+
+
+def test_only_a_new_sync_group_sends_syncbatchnorm_to_the_kernels_in_the_interpreter(interpreter, one_process_group,
+                                                                                     monkeypatch):
+    """Synchronizing SyncBatchNorm on the default group (which DistributedDataParallel shares) keeps PyTorch's module;
+    on a ``new_sync_group`` group the kernels run, with one all_gather forward and one all_reduce backward, and
+    none inside ``skip_collectives`` (a capture's warm-up), forward or backward."""
+    import torch.distributed as dist
+
+    monkeypatch.setattr(bn_act, "SYNC_ONE_PROCESS", True)
+    x = torch.randn(2, 40, 2, 3, 3).to(memory_format=CL)
+    assert not bn_act.fusable(True, x, nn.SyncBatchNorm(40).train())  # the default group: PyTorch's
+    assert bn_act.fusable(True, x, nn.SyncBatchNorm(40).eval())  # eval mode synchronizes nothing
+    group = bn_act.new_sync_group()
+    assert group is not one_process_group and bn_act.kernels_synchronize(group)
+    assert not bn_act.kernels_synchronize(one_process_group)
+    calls = []
+    real_gather, real_all_reduce = bn_act._all_gather, dist.all_reduce
+    monkeypatch.setattr(bn_act, "_all_gather", lambda *a: calls.append("all_gather") or real_gather(*a))
+    monkeypatch.setattr(dist, "all_reduce", lambda *a, **k: calls.append("all_reduce") or real_all_reduce(*a, **k))
+    relu = nn.ReLU()
+    results = []
+    for skip in (False, True):
+        bn = nn.SyncBatchNorm(40, process_group=group).train()
+        leaf = x.clone().requires_grad_()
+        with bn_act.skip_collectives() if skip else contextlib.nullcontext():
+            y = bn_act.bn_act(True, leaf, bn, relu)
+            y.square().sum().backward()
+        results.append((y.detach(), leaf.grad, bn.running_var.clone()))
+        assert calls == ([] if skip else ["all_gather", "all_reduce"])
+        calls.clear()
+    for a, b in zip(*results):  # one process: its own statistics are everyone's
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    with bn_act.skip_collectives(), pytest.raises(RuntimeError, match="needs the Triton kernels"):
+        bn_act.bn_act(True, x.contiguous(), nn.SyncBatchNorm(40, process_group=group).train(), relu)  # NCDHW
 
 
 @needs_triton
@@ -340,6 +487,54 @@ def test_the_kernels_equal_batchnorm_add_relu_on_cuda(shape, relu, residual, mon
     for i in (0, 3) + ((6,) if residual else ()):
         got[i], want[i] = got[i] * keep, want[i] * keep
     assert_close(got, want, 1e-4)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_collective_path_on_one_nccl_process_equals_the_local_one(dtype, tmp_path):
+    """The SyncBatchNorm path on CUDA (NCCL all_gather and all_reduce, one process with ``SYNC_ONE_PROCESS``):
+    the same outputs, running statistics and gradients as the local kernels, in eager calls and replayed from a
+    CUDA graph that holds the collectives."""
+    import torch.distributed as dist
+
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        group = dist.group.WORLD
+        for shape, _, relu, residual in SYNC_CASES + [((4, 256, 4, 32, 56), 1, True, True)]:
+            # bfloat16: no ReLU (outputs within a rounding of 0 may mask differently on the two paths)
+            relu = relu and dtype == torch.float32
+            data = inputs(shape, dtype, residual, device="cuda")
+            want = run(bn_act.FusedBatchNormAct.apply, *data, relu)
+            got = run(lambda *args: bn_act.FusedBatchNormAct.apply(*args, True, group), *data, relu)
+            assert_close(got, want, 1e-6 if dtype == torch.float32 else 1e-2)
+        x, r, weight, bias, stats, grad = inputs((2, 64, 4, 8, 8), dtype, True, device="cuda")
+        rm, rv = (t.clone() for t in stats)
+
+        def step():
+            xs, rs = x.detach().requires_grad_(), r.detach().requires_grad_()
+            y = bn_act.FusedBatchNormAct.apply(xs, weight, bias, rs, rm, rv, 0.1, 1e-5, True, True, group)
+            return [y.detach(), *torch.autograd.grad(y, [xs, weight, bias, rs], grad.to(y.dtype))]
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = step()
+        rm.copy_(stats[0]), rv.copy_(stats[1])
+        eager = step()
+        rm_eager, rv_eager = rm.clone(), rv.clone()
+        rm.copy_(stats[0]), rv.copy_(stats[1])
+        graph.replay()
+        torch.cuda.synchronize()
+        for a, b in zip(captured, eager):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(rm, rm_eager, rtol=0, atol=0)
+        torch.testing.assert_close(rv, rv_eager, rtol=0, atol=0)
+    finally:
+        dist.destroy_process_group()
 
 
 @needs_cuda

@@ -407,4 +407,129 @@ def test_scope_choice_and_cpu_fallbacks_of_the_graphed_forward(repo_root):
     synced.eval()
     with torch.no_grad():
         synced._graphed_forward(video, None, sizes)
-    assert synced._graph_scope == "decoder"  # collectives in the backbone: only the decoder is captured
+    assert synced._graph_scope == "model"  # SyncBatchNorm in eval mode synchronizes nothing
+
+
+def test_the_graphs_leave_out_a_backbone_whose_syncbatchnorm_synchronizes(repo_root, tmp_path, monkeypatch):
+    """Training SyncBatchNorm on several processes holds collectives: the graphs cover the decoder stages only.
+    Frozen (eval-mode) SyncBatchNorm, a group of one process or no process group: the whole model."""
+    import torch.distributed as dist
+
+    from stmixer.modeling.backbones import bn_act
+
+    _, synced = pair(repo_root, "cpu", "model")
+    synced.backbone = torch.nn.SyncBatchNorm.convert_sync_batchnorm(synced.backbone)
+    synced.train()
+    assert not synced._backbone_synchronizes()  # no process group
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        assert not synced._backbone_synchronizes()  # one process: the module normalizes locally
+        monkeypatch.setattr(bn_act, "SYNC_ONE_PROCESS", True)  # as if several processes
+        assert synced._backbone_synchronizes()
+        synced.backbone.train(False)
+        assert not synced._backbone_synchronizes()
+        synced.backbone.train()
+        synced.backbone.frozen_bn = True
+        synced.backbone.train()  # MODEL.BACKBONE.FROZEN_BN keeps every BatchNorm in eval mode
+        assert not synced._backbone_synchronizes()
+        synced.backbone.frozen_bn = False
+        synced.backbone.train()
+        group = bn_act.new_sync_group()  # MODEL.CUDA_GRAPH.SYNC_BN: bn_act's collectives, which graphs capture
+        for m in synced.backbone.modules():
+            if isinstance(m, torch.nn.SyncBatchNorm):
+                m.process_group = group
+        assert not synced._backbone_synchronizes()
+    finally:
+        dist.destroy_process_group()
+
+
+@needs_cuda
+@pytest.mark.parametrize("width", [8, 32])
+def test_graphs_capture_the_collectives_of_a_synchronized_backbone(repo_root, exact_cuda, tmp_path, monkeypatch,
+                                                                   width):
+    """MODEL.CUDA_GRAPH.SYNC_BN on one NCCL process (``SYNC_ONE_PROCESS`` takes the collective path): the whole
+    model is captured with the SyncBatchNorm all_gathers and all_reduces in it, under DistributedDataParallel on
+    the default group; losses, gradients and running statistics equal the eager steps', and each step runs each
+    collective once (the capture's warm-up runs none)."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from stmixer.modeling.sync_bn import convert_sync_batchnorm
+    from stmixer.modeling.backbones import bn_act
+
+    opts = ["MODEL.BACKBONE.CHANNELS_LAST", True, "MODEL.BACKBONE.FUSED_TRAINING_BN", True,
+            "MODEL.CUDA_GRAPH.SYNC_BN", True, "RESNET.WIDTH_PER_GROUP", width]
+    monkeypatch.setattr(bn_act, "SYNC_ONE_PROCESS", True)
+    calls = []
+    real_gather, real_all_reduce = bn_act._all_gather, dist.all_reduce
+
+    def counting_gather(out, tensor, group):
+        calls.append(("all_gather", group))
+        return real_gather(out, tensor, group)
+
+    def counting_all_reduce(tensor, *args, group=None, **kwargs):
+        calls.append(("all_reduce", group))
+        return real_all_reduce(tensor, *args, group=group, **kwargs)
+
+    monkeypatch.setattr(bn_act, "_all_gather", counting_gather)
+    monkeypatch.setattr(dist, "all_reduce", counting_all_reduce)
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        eager, graphed = pair(repo_root, "cuda", "model", *opts)
+        cfg = tiny_cfg(repo_root, *opts)
+        models = [convert_sync_batchnorm(cfg, m).train() for m in (eager, graphed)]
+        syncs = [m for m in models[1].backbone.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+        assert syncs and all(bn_act.kernels_synchronize(bn_act.sync_group(m)) for m in syncs)
+        wrapped = [DistributedDataParallel(m, device_ids=[torch.cuda.current_device()]) for m in models]
+        for step, (H, W) in enumerate([(64, 96), (64, 96), (96, 64), (64, 96)]):
+            data = batch(step, H=H, W=W, device="cuda")
+            for model in wrapped:
+                model.zero_grad(set_to_none=True)
+            expected = train_pass(wrapped[0], data)
+            calls.clear()
+            got = train_pass(wrapped[1], data)
+            torch.cuda.synchronize()
+            ours = [name for name, group in calls if group is not None and bn_act.kernels_synchronize(group)]
+            if step in (1, 3):  # replays: the graph holds the collectives (no Python call); the capture steps
+                assert ours == []  # (0, 2) make one call per layer while capturing, none in the warm-up
+            else:
+                assert ours == ["all_gather"] * len(syncs) + ["all_reduce"] * len(syncs)
+            assert_same(got, expected, 1e-5)
+            assert_same(grads(models[1]), grads(models[0]), 1e-4)
+        assert models[1]._graph_scope == "model" and len(models[1]._graphed.graphs) == 2
+        assert_same({k: v for k, v in models[1].state_dict().items() if "running" in k},
+                    {k: v for k, v in models[0].state_dict().items() if "running" in k}, 1e-5)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sync_bn_conversion_takes_a_group_of_its_own_only_where_the_graphs_and_kernels_run(repo_root, tmp_path,
+                                                                                           caplog):
+    """``modeling.sync_bn.convert_sync_batchnorm``: MODEL.CUDA_GRAPH.SYNC_BN gives the SyncBatchNorm layers a
+    ``bn_act.new_sync_group`` group; without it, or where the graphs or the kernels are off, the default group."""
+    import logging
+
+    import torch.distributed as dist
+
+    from stmixer.modeling.sync_bn import convert_sync_batchnorm
+    from stmixer.modeling.backbones import bn_act
+
+    def groups(*opts):
+        model = convert_sync_batchnorm(tiny_cfg(repo_root, *opts), build_detector(tiny_cfg(repo_root, *opts)))
+        syncs = [m for m in model.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+        assert syncs and not any(isinstance(m, torch.nn.BatchNorm3d) for m in model.modules())
+        return {m.process_group for m in syncs}
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        on = ["MODEL.CUDA_GRAPH.SYNC_BN", True, "MODEL.BACKBONE.CHANNELS_LAST", True]
+        assert groups() == {None}  # PyTorch's SyncBatchNorm on the default group
+        (group,) = groups(*on)
+        assert group is not None and bn_act.kernels_synchronize(group)
+        with caplog.at_level(logging.INFO, logger="stmixer.modeling.sync_bn"):
+            assert groups(*on, "MODEL.CUDA_GRAPH.SCOPE", "decoder") == {None}
+            assert groups(*on, "MODEL.BACKBONE.FUSED_TRAINING_BN", False) == {None}
+        said = [r.getMessage() for r in caplog.records if "MODEL.CUDA_GRAPH.SYNC_BN" in r.getMessage()]
+        assert len(said) == 2 and "'decoder'" in said[0] and "FUSED_TRAINING_BN False" in said[1]
+    finally:
+        dist.destroy_process_group()

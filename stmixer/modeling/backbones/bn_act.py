@@ -20,22 +20,39 @@ Here the activations are one ``[M, C]`` matrix (M = N * T * H * W rows of C cont
 Frozen BatchNorm (eval mode) with gradients (``MODEL.BACKBONE.FROZEN_BN``, SlowOnly's setting) takes
 the running statistics instead: no statistics pass, and the input's gradient is ``g * w / sigma``.
 
+SyncBatchNorm (``MODEL.BACKBONE.SYNC_BN`` on several processes) runs the same kernels. In eval mode it
+is frozen BatchNorm (no collective, as the module). In training, where the module would synchronize
+(``sync_group``), each process combines its own partials into its mean, centred sum of squares and
+count per channel, one ``all_gather`` brings every process's to every process, and the combining kernel
+merges them (the same pairwise formula) into the batch statistics of all processes' clips; backward
+all-reduces the two per-channel gradient sums (the module's two collectives, in the same order). The
+weight and bias gradients are each process's own, as the module's (DistributedDataParallel averages
+them). The kernels take only the SyncBatchNorm layers whose ``process_group`` came from
+``new_sync_group`` (``MODEL.CUDA_GRAPH.SYNC_BN``); the others run the module. Those collectives can be
+captured in a CUDA graph: a group of their own keeps them apart from DistributedDataParallel's
+gradient all-reduces (whose order relative to a replayed backward differs from an eager one's), and
+``skip_collectives`` keeps a capture's warm-up runs from communicating, so that every process runs
+each collective exactly once per forward and backward, captured, replayed or eager.
+
 Statistics, coefficients and accumulation are float32 for any input dtype, as in PyTorch's kernels;
 the result is rounded once (PyTorch rounds the BatchNorm output, then the sum). No atomics: the
 results do not vary run to run. Same values as the modules up to float rounding;
 ``tests/modeling/test_bn_act.py`` compares values, gradients and running statistics with them, on the
 CPU through Triton's interpreter and on CUDA. Parity runs use the modules (``False``).
 
-The kernels run only where they compute what the modules would: a plain ``nn.BatchNorm3d`` (not
-SyncBatchNorm) with affine parameters and running statistics (and a momentum in training mode), of
+The kernels run only where they compute what the modules would: an ``nn.BatchNorm3d`` or
+``nn.SyncBatchNorm`` with affine parameters and running statistics (and a momentum in training mode), of
 ``MIN_CHANNELS`` or more channels, on channels_last_3d-contiguous activations
 (``MODEL.BACKBONE.CHANNELS_LAST`` on CUDA). Anything else runs the modules; eval mode without
 gradients is ``FUSED_INFERENCE``'s (BatchNorm folded into the convolutions).
 """
 
+import contextlib
 import logging
+import threading
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -64,6 +81,12 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # channel they were slower than PyTorch's kernels (an H100, 8 channels unpacked, eager calls: 0.83 against 0.47
 # ms forward and backward for a [8, 8, 32, 64, 112] bfloat16 map).
 MIN_CHANNELS = 32
+# Take the collectives of a training SyncBatchNorm even in a process group of one process (where the module, and
+# ``sync_group``, would not): benchmarks measure the cost of the collective path on one GPU with it.
+SYNC_ONE_PROCESS = False
+
+_SYNC_GROUPS = []  # the process groups new_sync_group made (compared by identity)
+_local = threading.local()  # .skip: inside skip_collectives
 
 _SELF_CHECKS = {}  # (device type, index) -> None (the kernels ran) or why they could not
 _warned = set()
@@ -116,17 +139,72 @@ def _channels_last(t):
     return t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d)
 
 
+def sync_group(bn):
+    """The process group whose clips' statistics ``bn`` normalizes with: for an ``nn.SyncBatchNorm`` in training
+    mode, with torch.distributed initialized and more than one process in its ``process_group`` (the module's
+    own rule; ``SYNC_ONE_PROCESS`` drops the last condition), that group; else None (this process's batch)."""
+    if type(bn) is not nn.SyncBatchNorm or not bn.training or not (dist.is_available() and dist.is_initialized()):
+        return None
+    group = bn.process_group if bn.process_group is not None else dist.group.WORLD
+    return group if SYNC_ONE_PROCESS or dist.get_world_size(group) > 1 else None
+
+
+def new_sync_group():
+    """A process group of every process (collective: every process calls it) for the SyncBatchNorm layers whose
+    statistics the kernels synchronize (``MODEL.CUDA_GRAPH.SYNC_BN``): separate from the default group, which
+    DistributedDataParallel uses, so captured and eager collectives of the two never interleave differently."""
+    group = dist.new_group(backend=dist.get_backend())
+    # one collective now: NCCL makes a group's communicator at its first collective, which must not be inside
+    # a CUDA graph capture (the first one of these layers usually is: a capture's warm-up skips them)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else None
+    dist.all_reduce(torch.zeros(1, device=device), group=group)
+    _SYNC_GROUPS.append(group)
+    return group
+
+
+def kernels_synchronize(group):
+    """Whether ``group`` (a ``sync_group``) came from ``new_sync_group``: its SyncBatchNorm runs the kernels."""
+    return any(group is g for g in _SYNC_GROUPS)
+
+
+@contextlib.contextmanager
+def skip_collectives():
+    """Inside (this thread): the kernels' SyncBatchNorm collectives are skipped (each process normalizes with its
+    own statistics, and a backward started inside skips its all-reduce too). For the warm-up runs of a CUDA graph
+    capture, whose values are discarded: they must not communicate, so that each process runs every collective
+    once per step whether it captures, replays or runs eagerly."""
+    saved = getattr(_local, "skip", False)
+    _local.skip = True
+    try:
+        yield
+    finally:
+        _local.skip = saved
+
+
 def fusable(mode, x, bn, residual=None):
-    """Whether ``bn_act`` runs the kernels for ``x`` ``[N, C, T, H, W]`` through ``bn`` (+ ``residual``)."""
-    if mode is False or type(bn) is not nn.BatchNorm3d:
+    """Whether ``bn_act`` runs the kernels for ``x`` ``[N, C, T, H, W]`` through ``bn`` (+ ``residual``).
+
+    A synchronizing SyncBatchNorm (``sync_group``) takes the kernels only on a ``new_sync_group`` group, and then
+    on every process of it (the kernels' collective and the module's carry different values): only settings
+    that are the same on every process decide for it (the module, the dtype, the layout, the device), never the
+    local batch's size."""
+    if mode is False or type(bn) not in (nn.BatchNorm3d, nn.SyncBatchNorm) or x.dim() != 5:
         return False
     if not (bn.affine and bn.track_running_stats and bn.running_mean is not None):
         return False
     if x.dtype not in DTYPES or not _channels_last(x):
         return False
-    if bn.training and (bn.momentum is None or x.numel() // max(x.shape[1], 1) < 2):
-        return False  # a cumulative average (a host-side factor), or one value per channel (the module raises)
-    if x.shape[1] < MIN_CHANNELS and _pack(x) == 1:
+    if bn.training and bn.momentum is None:
+        return False  # a cumulative average (a host-side factor)
+    group = sync_group(bn)
+    if group is not None and not kernels_synchronize(group):
+        return False  # PyTorch's SyncBatchNorm and its collectives
+    if group is None:
+        if bn.training and x.numel() // max(x.shape[1], 1) < 2:
+            return False  # one value per channel (the module raises)
+        if x.shape[1] < MIN_CHANNELS and _pack(x) == 1:
+            return False
+    elif x.numel() == 0:
         return False
     if residual is not None and (residual.shape != x.shape or residual.dtype not in DTYPES
                                  or residual.device != x.device or not _channels_last(residual)):
@@ -139,13 +217,24 @@ def bn_act(mode, x, bn, relu=None, residual=None):
     a tensor shaped as ``x``. ``[N, C, T, H, W]`` -> same shape (channels_last_3d where the kernels ran).
 
     ``mode``: ``MODEL.BACKBONE.FUSED_TRAINING_BN``. Where ``fusable``, one ``FusedBatchNormAct``: batch statistics
-    in training mode (the running statistics and ``num_batches_tracked`` updated as the module does), the running
-    statistics in eval mode; else the modules, as the block had them."""
-    if fusable(mode, x, bn, residual):
+    in training mode (the running statistics and ``num_batches_tracked`` updated as the module does; a
+    SyncBatchNorm's over its ``sync_group``), the running statistics in eval mode; else the modules, as the block
+    had them."""
+    group = sync_group(bn)
+    fused = fusable(mode, x, bn, residual)
+    capturing = getattr(_local, "skip", False) or (x.is_cuda and torch.cuda.is_current_stream_capturing())
+    if group is not None and not fused and kernels_synchronize(group) and capturing:
+        # the module's collectives would run where the kernels' are expected (a capture's warm-up, or a graph
+        # that the other processes replay): refuse, so that the capture fails before communicating
+        raise RuntimeError(f"SyncBatchNorm({bn.num_features}) on a new_sync_group process group needs the Triton "
+                           f"kernels (MODEL.BACKBONE.FUSED_TRAINING_BN {mode!r}), which cannot take this input "
+                           f"({x.dtype}, channels_last_3d {_channels_last(x)}, device {x.device})")
+    if fused:
         if bn.training and bn.num_batches_tracked is not None:
             bn.num_batches_tracked.add_(1)
         return FusedBatchNormAct.apply(x, bn.weight, bn.bias, residual, bn.running_mean, bn.running_var,
-                                       float(bn.momentum or 0.0), float(bn.eps), relu is not None, bn.training)
+                                       float(bn.momentum or 0.0), float(bn.eps), relu is not None, bn.training,
+                                       group)
     y = bn(x)
     if residual is not None:
         y = residual + y
@@ -198,11 +287,13 @@ class FusedBatchNormAct(torch.autograd.Function):
     place) or with the running statistics.
 
     ``x``, ``residual`` ``[N, C, T, H, W]`` channels_last_3d-contiguous (float32, bfloat16 or float16);
-    ``weight``, ``bias``, ``running_mean``, ``running_var`` ``[C]`` float32. Returns ``[N, C, T, H, W]``
-    channels_last_3d in the promoted dtype of ``x`` and ``residual``."""
+    ``weight``, ``bias``, ``running_mean``, ``running_var`` ``[C]`` float32; ``group``: None, or the process group
+    whose batches the statistics cover in training (``sync_group``: every process of it calls this with the same
+    C). Returns ``[N, C, T, H, W]`` channels_last_3d in the promoted dtype of ``x`` and ``residual``."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, residual, running_mean, running_var, momentum, eps, relu, training=True):
+    def forward(ctx, x, weight, bias, residual, running_mean, running_var, momentum, eps, relu, training=True,
+                group=None):
         lay = _Layout(x)
         c, xm = lay.channels, lay.matrix(x)
         out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
@@ -212,10 +303,16 @@ class FusedBatchNormAct(torch.autograd.Function):
             part = torch.empty(2, programs, lay.width, device=x.device, dtype=torch.float32)  # means, m2
             _stats_kernel[(programs, lay.c_blocks)](xm, part, lay.rows, lay.width, chunk, programs,
                                                     BLOCK_M=lay.block_m, BLOCK_C=lay.block_c, num_warps=NUM_WARPS)
-            coef = torch.empty(4, c, device=x.device, dtype=torch.float32)  # mean, rstd, scale, shift
-            _stats_combine_kernel[lay.channel_blocks](part, weight, bias, running_mean, running_var, coef,
-                                                      programs * lay.pack, lay.pack, chunk, lay.rows, c,
-                                                      momentum, eps, BLOCK_Q=BLOCK_Q, BLOCK_C=lay.channel_block)
+            q = programs * lay.pack
+            if group is None:
+                coef = torch.empty(4, c, device=x.device, dtype=torch.float32)  # mean, rstd, scale, shift
+                _stats_combine_kernel[lay.channel_blocks](part, weight, bias, running_mean, running_var, coef,
+                                                          q, c, q * c, 0, lay.pack, chunk, lay.rows, c, momentum, eps,
+                                                          COUNTS=False, LOCAL=False, BLOCK_Q=BLOCK_Q,
+                                                          BLOCK_C=lay.channel_block)
+            else:
+                coef = _synced_statistics(part, q, lay, chunk, weight, bias, running_mean, running_var, momentum,
+                                          eps, group, getattr(_local, "skip", False))
         else:
             rstd = torch.rsqrt(running_var.float() + eps)
             scale = weight.detach().float() * rstd
@@ -226,6 +323,8 @@ class FusedBatchNormAct(torch.autograd.Function):
         ctx.save_for_backward(x, weight, coef, y if relu else None)
         ctx.relu = relu
         ctx.training = training
+        ctx.group = group if training else None
+        ctx.skip = bool(getattr(_local, "skip", False))
         ctx.residual_dtype = residual.dtype if residual is not None else None
         return y
 
@@ -242,19 +341,64 @@ class FusedBatchNormAct(torch.autograd.Function):
         _grad_sums_kernel[(programs, lay.c_blocks)](g, ym, xm, coef, part, lay.rows, lay.width, c, chunk, programs,
                                                     RELU=ctx.relu, BLOCK_M=lay.block_m, BLOCK_C=lay.block_c,
                                                     num_warps=NUM_WARPS)
-        out = torch.empty(5, c, device=x.device, dtype=torch.float32)  # grad weight, grad bias, 3 coefficients
-        _grad_combine_kernel[lay.channel_blocks](part, weight, coef, out, programs * lay.pack, lay.rows * lay.pack,
-                                                 c, TRAINING=ctx.training, BLOCK_Q=BLOCK_Q,
+        q = programs * lay.pack
+        # grad weight, grad bias, 3 coefficients (+ the two sums, synchronized)
+        out = torch.empty(5 if ctx.group is None else 7, c, device=x.device, dtype=torch.float32)
+        _grad_combine_kernel[lay.channel_blocks](part, weight, coef, out, q, c, q * c, lay.rows * lay.pack, c,
+                                                 TRAINING=ctx.training and ctx.group is None, COUNT_IN_COEF=False,
+                                                 SUMS=ctx.group is not None, BLOCK_Q=BLOCK_Q,
                                                  BLOCK_C=lay.channel_block)
+        coefficients = out
+        if ctx.group is not None:
+            # the input's gradient needs the sums over every process's clips; the weight and bias gradients stay
+            # this process's own (rows 0 and 1 of ``out``), as the module's
+            sums = out[5:7]
+            if not ctx.skip:
+                dist.all_reduce(sums, group=ctx.group)
+            coefficients = torch.empty(5, c, device=x.device, dtype=torch.float32)
+            _grad_combine_kernel[lay.channel_blocks](sums, weight, coef, coefficients, 1, c, c, 0, c, TRAINING=True,
+                                                     COUNT_IN_COEF=True, SUMS=False, BLOCK_Q=BLOCK_Q,
+                                                     BLOCK_C=lay.channel_block)
         grad_x = torch.empty_like(x, memory_format=torch.channels_last_3d)
         has_res = ctx.residual_dtype is not None
         grad_res = torch.empty_like(x, dtype=ctx.residual_dtype, memory_format=torch.channels_last_3d) if has_res \
             else grad_x
-        _grad_input_kernel[lay.tiles](g, ym, xm, out, lay.matrix(grad_x), lay.matrix(grad_res), lay.rows, lay.width,
-                                      c, RELU=ctx.relu, HAS_RES=has_res, BLOCK_M=lay.block_m, BLOCK_C=lay.block_c,
-                                      num_warps=NUM_WARPS)
+        _grad_input_kernel[lay.tiles](g, ym, xm, coefficients, lay.matrix(grad_x), lay.matrix(grad_res), lay.rows,
+                                      lay.width, c, RELU=ctx.relu, HAS_RES=has_res, BLOCK_M=lay.block_m,
+                                      BLOCK_C=lay.block_c, num_warps=NUM_WARPS)
         return (grad_x, out[0].to(weight.dtype), out[1].to(weight.dtype), grad_res if has_res else None,
-                None, None, None, None, None, None)
+                None, None, None, None, None, None, None)
+
+
+def _all_gather(out, tensor, group):
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # the newer name, torch 2.10+
+    gather(out, tensor, group=group)
+
+
+def _synced_statistics(part, q, lay, chunk, weight, bias, running_mean, running_var, momentum, eps, group,
+                       skip=False):
+    """The coefficients ``[4 * C + 1]`` (mean, rstd, scale, shift, the count of all processes' rows) of the batch of
+    every process of ``group``, from this process's ``q`` partials; the running statistics updated with them.
+
+    One ``all_gather`` of ``[mean, m2, count]`` (``2 * C + 1`` float32 values, a ``[world, 2 * C + 1]`` matrix on
+    every process), merged by the combining kernel with each process's count (PyTorch's SyncBatchNorm also
+    gathers ``2 * C + 1`` values: mean, inverse deviation and count)."""
+    c = lay.channels
+    mine = torch.empty(2 * c + 1, device=part.device, dtype=torch.float32)
+    _stats_combine_kernel[lay.channel_blocks](part, weight, bias, running_mean, running_var, mine, q, c, q * c, 0,
+                                              lay.pack, chunk, lay.rows, c, momentum, eps, COUNTS=False, LOCAL=True,
+                                              BLOCK_Q=BLOCK_Q, BLOCK_C=lay.channel_block)
+    world = dist.get_world_size(group)
+    gathered = torch.empty(world * (2 * c + 1), device=part.device, dtype=torch.float32)
+    if skip:  # skip_collectives: every "process" holds this one's statistics
+        gathered.view(world, -1).copy_(mine.expand(world, -1))
+    else:
+        _all_gather(gathered, mine, group)
+    coef = torch.empty(4 * c + 1, device=part.device, dtype=torch.float32)
+    _stats_combine_kernel[lay.channel_blocks](gathered, weight, bias, running_mean, running_var, coef, world,
+                                              2 * c + 1, c, 2 * c, 1, 0, 0, c, momentum, eps, COUNTS=True,
+                                              LOCAL=False, BLOCK_Q=BLOCK_Q, BLOCK_C=lay.channel_block)
+    return coef
 
 
 if triton is not None:
@@ -300,36 +444,64 @@ if triton is not None:
                  mask=mask_c)
 
     @triton.jit
-    def _partials(part_ptr, q0, Q, C, offs_c, mask_c, BLOCK_Q: tl.constexpr):
-        """Partials ``q0 + [0, BLOCK_Q)`` (rows of the ``[Q, C]`` matrix at ``part_ptr``) and their row mask."""
+    def _partials(part_ptr, q0, Q, QS, offs_c, mask_c, BLOCK_Q: tl.constexpr):
+        """Partials ``q0 + [0, BLOCK_Q)`` (rows of the ``[Q, C]`` matrix at ``part_ptr`` whose rows are ``QS``
+        apart) and their row mask."""
         q = q0 + tl.arange(0, BLOCK_Q)
         mask_q = q < Q
-        v = tl.load(part_ptr + q[:, None] * C + offs_c[None, :], mask=mask_q[:, None] & mask_c[None, :], other=0.0)
+        v = tl.load(part_ptr + q[:, None] * QS + offs_c[None, :], mask=mask_q[:, None] & mask_c[None, :], other=0.0)
         return v, q, mask_q
 
     @triton.jit
-    def _stats_combine_kernel(part_ptr, w_ptr, b_ptr, rm_ptr, rv_ptr, coef_ptr, Q, PACK, ROWS, M, C,
-                              momentum, eps, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr):
-        """Batch mean and variance from the ``Q`` partials per channel (partial q: chunk ``q // PACK``, of ``ROWS``
-        matrix rows but the last): the count-weighted mean of the means, then ``sum m2_q + n_q (mean_q -
-        mean)^2`` (Chan et al.), each over blocks of partials; running statistics; ``scale``, ``shift``."""
+    def _count(part_ptr, q, mask_q, QS, CNT, PACK, ROWS, M, COUNTS: tl.constexpr):
+        """Rows behind partials ``q``: ``COUNTS``, stored at ``part_ptr + CNT`` in each partial's row; else chunk
+        ``q // PACK`` of ``ROWS`` matrix rows but the last (of ``M``)."""
+        if COUNTS:
+            n = tl.load(part_ptr + CNT + q * QS, mask=mask_q, other=0.0)
+        else:
+            n = tl.where(mask_q, tl.minimum(M - q // PACK * ROWS, ROWS), 0).to(tl.float32)
+        return n
+
+    @triton.jit
+    def _stats_combine_kernel(part_ptr, w_ptr, b_ptr, rm_ptr, rv_ptr, coef_ptr, Q, QS, M2, CNT, PACK, ROWS, M, C,
+                              momentum, eps, COUNTS: tl.constexpr, LOCAL: tl.constexpr, BLOCK_Q: tl.constexpr,
+                              BLOCK_C: tl.constexpr):
+        """Batch mean and variance from the ``Q`` partials per channel (means in rows ``QS`` apart from
+        ``part_ptr``, centred sums of squares ``M2`` after them; the rows they cover: ``_count``): the
+        count-weighted mean of the means, then ``sum m2_q + n_q (mean_q - mean)^2`` (Chan et al.), each over
+        blocks of partials; running statistics; ``scale``, ``shift``. ``LOCAL``: only mean, m2 and the count
+        (``[2 * C + 1]``, what ``_synced_statistics`` gathers); ``COUNTS``: the count also after the 4 rows."""
         offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
         mask_c = offs_c < C
-        count = M * PACK
         acc = tl.zeros([BLOCK_Q, BLOCK_C], dtype=tl.float32)
+        acc_n = tl.zeros([BLOCK_Q], dtype=tl.float32)
         for q0 in range(0, Q, BLOCK_Q):
-            means, q, mask_q = _partials(part_ptr, q0, Q, C, offs_c, mask_c, BLOCK_Q)
-            n = tl.where(mask_q, tl.minimum(M - q // PACK * ROWS, ROWS), 0).to(tl.float32)
+            means, q, mask_q = _partials(part_ptr, q0, Q, QS, offs_c, mask_c, BLOCK_Q)
+            n = _count(part_ptr, q, mask_q, QS, CNT, PACK, ROWS, M, COUNTS)
             acc += means * n[:, None]
+            acc_n += n
+        if COUNTS:
+            count = tl.sum(acc_n, axis=0)
+        else:
+            count = M * PACK
         mean = tl.sum(acc, axis=0) / count
         acc = tl.zeros([BLOCK_Q, BLOCK_C], dtype=tl.float32)
         for q0 in range(0, Q, BLOCK_Q):
-            means, q, mask_q = _partials(part_ptr, q0, Q, C, offs_c, mask_c, BLOCK_Q)
-            m2, _, _ = _partials(part_ptr + Q * C, q0, Q, C, offs_c, mask_c, BLOCK_Q)
-            n = tl.where(mask_q, tl.minimum(M - q // PACK * ROWS, ROWS), 0).to(tl.float32)
+            means, q, mask_q = _partials(part_ptr, q0, Q, QS, offs_c, mask_c, BLOCK_Q)
+            m2, _, _ = _partials(part_ptr + M2, q0, Q, QS, offs_c, mask_c, BLOCK_Q)
+            n = _count(part_ptr, q, mask_q, QS, CNT, PACK, ROWS, M, COUNTS)
             d = means - mean[None, :]
             acc += m2 + n[:, None] * d * d
         m2 = tl.sum(acc, axis=0)
+        if LOCAL:
+            tl.store(coef_ptr + offs_c, mean, mask=mask_c)
+            tl.store(coef_ptr + C + offs_c, m2, mask=mask_c)
+            if tl.program_id(0) == 0:
+                tl.store(coef_ptr + 2 * C, tl.sum(acc_n, axis=0))  # M * PACK, exact in float32 below 2^24 rows
+            return
+        if COUNTS:
+            if tl.program_id(0) == 0:
+                tl.store(coef_ptr + 4 * C, count)
         var = m2 / count
         rstd = tl.div_rn(1.0, tl.sqrt_rn(var + eps))
         scale = tl.load(w_ptr + offs_c, mask=mask_c, other=0.0) * rstd
@@ -386,19 +558,30 @@ if triton is not None:
         tl.store(part_ptr + (P + pid) * W + offs_c, tl.sum(acc_gx, axis=0), mask=mask_c)
 
     @triton.jit
-    def _grad_combine_kernel(part_ptr, w_ptr, coef_ptr, out_ptr, Q, COUNT, C, TRAINING: tl.constexpr,
-                             BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr):
-        """Weight and bias gradients from the ``Q`` partial sums per channel, and ``gx = a * g + b * x + c``
-        per channel (b = c = 0 with the running statistics, which do not depend on x)."""
+    def _grad_combine_kernel(part_ptr, w_ptr, coef_ptr, out_ptr, Q, QS, GX, COUNT, C, TRAINING: tl.constexpr,
+                             COUNT_IN_COEF: tl.constexpr, SUMS: tl.constexpr, BLOCK_Q: tl.constexpr,
+                             BLOCK_C: tl.constexpr):
+        """Weight and bias gradients from the ``Q`` partial sums per channel (of ``g`` in rows ``QS`` apart from
+        ``part_ptr``, of ``g * (x - mean)`` ``GX`` after them), and ``gx = a * g + b * x + c`` per channel (b = c
+        = 0 with the running statistics, which do not depend on x). ``COUNT_IN_COEF``: the rows' count is the
+        one ``_synced_statistics`` left after the coefficients (not ``COUNT``); ``SUMS``: the two sums also in
+        rows 5 and 6 (``[7, C]``)."""
         offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
         mask_c = offs_c < C
         acc_g = tl.zeros([BLOCK_Q, BLOCK_C], dtype=tl.float32)
         acc_gx = tl.zeros([BLOCK_Q, BLOCK_C], dtype=tl.float32)
         for q0 in range(0, Q, BLOCK_Q):
-            acc_g += _partials(part_ptr, q0, Q, C, offs_c, mask_c, BLOCK_Q)[0]
-            acc_gx += _partials(part_ptr + Q * C, q0, Q, C, offs_c, mask_c, BLOCK_Q)[0]
+            acc_g += _partials(part_ptr, q0, Q, QS, offs_c, mask_c, BLOCK_Q)[0]
+            acc_gx += _partials(part_ptr + GX, q0, Q, QS, offs_c, mask_c, BLOCK_Q)[0]
         sum_g = tl.sum(acc_g, axis=0)
         sum_gx = tl.sum(acc_gx, axis=0)
+        if SUMS:
+            tl.store(out_ptr + 5 * C + offs_c, sum_g, mask=mask_c)
+            tl.store(out_ptr + 6 * C + offs_c, sum_gx, mask=mask_c)
+        if COUNT_IN_COEF:
+            count = tl.load(coef_ptr + 4 * C)
+        else:
+            count = COUNT
         mean = tl.load(coef_ptr + offs_c, mask=mask_c, other=0.0)
         rstd = tl.load(coef_ptr + C + offs_c, mask=mask_c, other=0.0)
         a = tl.load(w_ptr + offs_c, mask=mask_c, other=0.0) * rstd
@@ -406,9 +589,9 @@ if triton is not None:
         tl.store(out_ptr + C + offs_c, sum_g, mask=mask_c)
         tl.store(out_ptr + 2 * C + offs_c, a, mask=mask_c)
         if TRAINING:
-            k = rstd * rstd * (sum_gx / COUNT)
+            k = rstd * rstd * (sum_gx / count)
             tl.store(out_ptr + 3 * C + offs_c, -a * k, mask=mask_c)
-            tl.store(out_ptr + 4 * C + offs_c, a * (k * mean - sum_g / COUNT), mask=mask_c)
+            tl.store(out_ptr + 4 * C + offs_c, a * (k * mean - sum_g / count), mask=mask_c)
         else:
             tl.store(out_ptr + 3 * C + offs_c, tl.zeros([BLOCK_C], dtype=tl.float32), mask=mask_c)
             tl.store(out_ptr + 4 * C + offs_c, tl.zeros([BLOCK_C], dtype=tl.float32), mask=mask_c)
