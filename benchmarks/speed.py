@@ -5,6 +5,8 @@
     python benchmarks/speed.py --config slowfast_r50 --precisions bf16 \
         --baseline "MODEL.BACKBONE.SPATIAL_CONV_2D False"                              # one lever, on / off
     python benchmarks/speed.py --config config_files/X.yaml --device cpu --H 64 --W 96 --steps 1 --warmup 0
+    python benchmarks/speed.py --config slowfast_r50 --precisions bf16 --modes train --sync-bn \
+        --baseline "MODEL.BACKBONE.SYNC_BN False" MODEL.CUDA_GRAPH.SYNC_BN True        # multi-GPU BatchNorm
 
 Both models are built from the same official yaml (a key below or a path; stmixer reads it
 with ``load_config``, the official code with its own ``cfg``), randomly initialized with the
@@ -28,6 +30,14 @@ ratios stmixer / official (speed: > 1 is faster; memory: < 1 is smaller). Config
 "KEY VALUE ..."`` measures one lever: the baseline is stmixer again with these overrides on top, in
 the official code's place (columns ``baseline ...``, ratios ours / baseline), in the same process on
 the same batches.
+
+``--sync-bn`` (CUDA): the stmixer models whose config has ``MODEL.BACKBONE.SYNC_BN`` get their
+BatchNorm layers converted to SyncBatchNorm as ``train_net.py`` converts them on several processes
+(``stmixer.modeling.sync_bn.convert_sync_batchnorm``: PyTorch's module, or with
+``MODEL.CUDA_GRAPH.SYNC_BN`` the Triton kernels on a process group of their own), in a one-process
+NCCL group where the kernels still run their collectives (``bn_act.SYNC_ONE_PROCESS``; PyTorch's
+module skips its collectives on one process, so its time is a lower bound). What several GPUs add
+(waiting for the other processes, the transfers) is not in it; no DistributedDataParallel either.
 
 Run-time shims for the official code (its files are never edited): ``STMDetector.device`` and
 ``STMDecoder.device`` (hard-coded ``'cuda'``) are set to the benchmark device;
@@ -102,18 +112,21 @@ def make_batch(spec, batch, H, W, num_actions, seed, device):
 class Ours:
     """stmixer through its public API, as ``train_net.py`` builds it (``name`` "baseline" for ``--baseline``)."""
 
-    def __init__(self, config_file, opts, device, name="ours"):
+    def __init__(self, config_file, opts, device, name="ours", sync_bn=False):
         from stmixer.config import load_config
 
         self.cfg = load_config(config_file, opts)
         self.device = device
         self.name = name
+        self.sync_bn = sync_bn and self.cfg.MODEL.BACKBONE.SYNC_BN
 
     def build(self, seed):
+        from stmixer.modeling.sync_bn import convert_sync_batchnorm
         from stmixer.modeling import build_detector
 
         torch.manual_seed(seed)
-        return build_detector(self.cfg).to(self.device)
+        model = build_detector(self.cfg).to(self.device)
+        return convert_sync_batchnorm(self.cfg, model) if self.sync_bn else model
 
     def optimizer(self, model):
         from stmixer.solver import build_optimizer
@@ -346,6 +359,8 @@ def parse_args(argv):
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--baseline", default=None, metavar='"KEY VALUE ..."',
                         help="compare with stmixer under these further overrides instead of the official code")
+    parser.add_argument("--sync-bn", action="store_true",
+                        help="stmixer with SyncBatchNorm as on several GPUs (CUDA; see the notes below)")
     parser.add_argument("opts", nargs="*", metavar="KEY VALUE", help="config overrides for stmixer (alone only)")
     args = parser.parse_args(argv)
     for name, allowed in (("modes", {"train", "infer"}), ("precisions", {"fp32", "bf16"})):
@@ -361,6 +376,8 @@ def parse_args(argv):
         if not sizes or min(sizes) < 1:
             parser.error(f"--{name.replace('_', '-')}: expected a comma list of positive integers")
         setattr(args, name, sizes)
+    if args.sync_bn and not args.device.startswith("cuda"):
+        parser.error("--sync-bn needs a CUDA device (SyncBatchNorm's collectives run on NCCL)")
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
     if args.official_dir and args.opts:
@@ -374,6 +391,21 @@ def parse_args(argv):
     return args
 
 
+def _one_process_group(device):
+    """``--sync-bn``: a one-process NCCL group in which the SyncBatchNorm kernels run their collectives."""
+    import tempfile
+
+    import torch.distributed as dist
+
+    from stmixer.modeling.backbones import bn_act
+
+    if device.index is not None:
+        torch.cuda.set_device(device)
+    rendezvous = Path(tempfile.mkdtemp(prefix="stmixer-speed-")) / "rendezvous"
+    dist.init_process_group("nccl", init_method=f"file://{rendezvous}", rank=0, world_size=1)
+    bn_act.SYNC_ONE_PROCESS = True
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -384,9 +416,12 @@ def main(argv=None):
     warnings.filterwarnings("ignore", category=UserWarning)
     from stmixer.errors import exit_on_user_error
 
+    if args.sync_bn:
+        _one_process_group(device)
     with exit_on_user_error():
-        ours = Ours(str(config_file), args.opts, device)
-        baseline = Ours(str(config_file), args.opts + args.baseline, device, "baseline") if args.baseline else None
+        ours = Ours(str(config_file), args.opts, device, sync_bn=args.sync_bn)
+        baseline = (Ours(str(config_file), args.opts + args.baseline, device, "baseline", sync_bn=args.sync_bn)
+                    if args.baseline else None)
     impls = [ours] + ([Official(args.official_dir, config_file, device)] if args.official_dir else [])
     impls += [baseline] if baseline else []
     spec = clip_spec(ours.cfg)
@@ -407,6 +442,8 @@ def main(argv=None):
                 print(f"  {mode} batch {batch} {precision}: "
                       + ", ".join(f"{impl.name} {row[impl.name]}" for impl in impls), file=sys.stderr, flush=True)
             del batches
+    if args.sync_bn:
+        print("SyncBatchNorm as on several GPUs (--sync-bn), one process")
     if baseline:
         print("baseline: ours with " + " ".join(args.baseline))
     print(table(rows, "baseline" if baseline else "official"))

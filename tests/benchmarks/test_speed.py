@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY = ["MODEL.STM.HIDDEN_DIM", "32", "MODEL.STM.NUM_QUERIES", "4", "MODEL.STM.NUM_STAGES", "2",
@@ -74,3 +75,13 @@ def test_the_baseline_takes_key_value_pairs_and_not_the_official_code(speed):
     with pytest.raises(SystemExit):
         speed.parse_args(["--baseline", "A B", "--official-dir", "x"])
     assert speed.parse_args(["--baseline", "A  B C D"]).baseline == ["A", "B", "C", "D"]
+
+
+def test_sync_bn_needs_cuda_and_converts_only_configs_with_sync_bn(speed, repo_root):
+    with pytest.raises(SystemExit):
+        speed.parse_args(["--sync-bn", "--device", "cpu"])
+    assert speed.parse_args(["--sync-bn", "--device", "cuda"]).sync_bn
+    config = str(repo_root / "config_files" / "synthetic" / "tiny-slowonly.yaml")
+    assert speed.Ours(config, [], torch.device("cpu"), sync_bn=True).sync_bn
+    assert not speed.Ours(config, ["MODEL.BACKBONE.SYNC_BN", "False"], torch.device("cpu"), sync_bn=True).sync_bn
+    assert not speed.Ours(config, [], torch.device("cpu")).sync_bn
