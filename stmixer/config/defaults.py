@@ -214,7 +214,7 @@ _C.MODEL.CUDA_GRAPH = CN()
 _C.MODEL.CUDA_GRAPH.SCOPE = "model"
 # Input shapes (batch, frames, padded height and width, precision, train or eval) captured at most; further shapes run eagerly. Each capture holds its activations' memory.
 _C.MODEL.CUDA_GRAPH.MAX_GRAPHS = 8
-# With SCOPE model, MODEL.BACKBONE.SYNC_BN and several CUDA processes in training: True = the SyncBatchNorm layers get a process group of their own and run as the FUSED_TRAINING_BN Triton kernels, whose collectives (one all_gather forward, one all_reduce backward per layer) the graphs capture, so the graphs cover the backbone too (on one GPU with the collectives forced, the SlowFast-R50 step at 2 clips as fast as without SyncBatchNorm; docs/distributed.md); False = PyTorch's SyncBatchNorm, and the graphs of training steps cover the decoder stages only. Same statistics either way. False by default until measured on several GPUs.
+# With SCOPE model, MODEL.BACKBONE.SYNC_BN and several CUDA processes in training: True = the SyncBatchNorm layers get a process group of their own and run as the FUSED_TRAINING_BN Triton kernels, whose collectives (one all_gather forward, one all_reduce backward per layer) the graphs capture, so the graphs cover the backbone too (one H100, benchmarks/speed.py --sync-bn: the SlowFast-R50 bf16 training step at 2 and 8 clips 1.02x and 1.01x as fast as without SyncBatchNorm, PyTorch's module 0.80x and 0.78x; docs/distributed.md); False = PyTorch's SyncBatchNorm, and the graphs of training steps cover the decoder stages only. Same statistics either way. False by default until measured on several GPUs.
 _C.MODEL.CUDA_GRAPH.SYNC_BN = False
 
 # ir-CSN backbones ("CSN-50", "CSN-152"; TubeR's backbone, stmixer/modeling/backbones/csn.py)
