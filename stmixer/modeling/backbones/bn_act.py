@@ -222,8 +222,8 @@ def bn_act(mode, x, bn, relu=None, residual=None):
     had them."""
     group = sync_group(bn)
     fused = fusable(mode, x, bn, residual)
-    capturing = getattr(_local, "skip", False) or (x.is_cuda and torch.cuda.is_current_stream_capturing())
-    if group is not None and not fused and kernels_synchronize(group) and capturing:
+    if group is not None and not fused and kernels_synchronize(group) and (
+            getattr(_local, "skip", False) or (x.is_cuda and torch.cuda.is_current_stream_capturing())):
         # the module's collectives would run where the kernels' are expected (a capture's warm-up, or a graph
         # that the other processes replay): refuse, so that the capture fails before communicating
         raise RuntimeError(f"SyncBatchNorm({bn.num_features}) on a new_sync_group process group needs the Triton "
