@@ -121,8 +121,8 @@ class Ours:
         self.sync_bn = sync_bn and self.cfg.MODEL.BACKBONE.SYNC_BN
 
     def build(self, seed):
-        from stmixer.modeling.sync_bn import convert_sync_batchnorm
         from stmixer.modeling import build_detector
+        from stmixer.modeling.sync_bn import convert_sync_batchnorm
 
         torch.manual_seed(seed)
         model = build_detector(self.cfg).to(self.device)

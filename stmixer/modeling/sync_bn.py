@@ -16,10 +16,13 @@ def convert_sync_batchnorm(cfg, model):
     the kernels synchronize them and the CUDA graphs capture their collectives."""
     group = None
     if cfg.MODEL.CUDA_GRAPH.SYNC_BN:
-        backbone = cfg.MODEL.BACKBONE
-        reasons = ([f"MODEL.CUDA_GRAPH.SCOPE {cfg.MODEL.CUDA_GRAPH.SCOPE!r}"] * (cfg.MODEL.CUDA_GRAPH.SCOPE != "model")
-                   + ["MODEL.BACKBONE.FUSED_TRAINING_BN False"] * (backbone.FUSED_TRAINING_BN is False)
-                   + ["MODEL.BACKBONE.CHANNELS_LAST False"] * (not backbone.CHANNELS_LAST))
+        reasons = []
+        if cfg.MODEL.CUDA_GRAPH.SCOPE != "model":
+            reasons.append(f"MODEL.CUDA_GRAPH.SCOPE {cfg.MODEL.CUDA_GRAPH.SCOPE!r}")
+        if cfg.MODEL.BACKBONE.FUSED_TRAINING_BN is False:
+            reasons.append("MODEL.BACKBONE.FUSED_TRAINING_BN False")
+        if not cfg.MODEL.BACKBONE.CHANNELS_LAST:
+            reasons.append("MODEL.BACKBONE.CHANNELS_LAST False")
         if reasons:
             logger.info("MODEL.CUDA_GRAPH.SYNC_BN: PyTorch's SyncBatchNorm instead (%s)", ", ".join(reasons))
         else:

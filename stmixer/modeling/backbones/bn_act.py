@@ -296,6 +296,7 @@ class FusedBatchNormAct(torch.autograd.Function):
                 group=None):
         lay = _Layout(x)
         c, xm = lay.channels, lay.matrix(x)
+        skip = bool(getattr(_local, "skip", False))  # skip_collectives, for this forward and its backward
         out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
         y = torch.empty_like(x, dtype=out_dtype, memory_format=torch.channels_last_3d)
         if training:
@@ -312,7 +313,7 @@ class FusedBatchNormAct(torch.autograd.Function):
                                                           BLOCK_C=lay.channel_block)
             else:
                 coef = _synced_statistics(part, q, lay, chunk, weight, bias, running_mean, running_var, momentum,
-                                          eps, group, getattr(_local, "skip", False))
+                                          eps, group, skip)
         else:
             rstd = torch.rsqrt(running_var.float() + eps)
             scale = weight.detach().float() * rstd
@@ -324,7 +325,7 @@ class FusedBatchNormAct(torch.autograd.Function):
         ctx.relu = relu
         ctx.training = training
         ctx.group = group if training else None
-        ctx.skip = bool(getattr(_local, "skip", False))
+        ctx.skip = skip
         ctx.residual_dtype = residual.dtype if residual is not None else None
         return y
 
