@@ -317,16 +317,16 @@ def test_bn_act_updates_the_module_like_its_forward_in_the_interpreter(interpret
 SYNC_CASES = [((2, 70, 3, 5, 6), 1, True, True), ((2, 8, 4, 6, 6), 3, True, False), ((1, 40, 3, 5, 7), 1, False, True)]
 
 
-def _sync_inputs(shape, n1, relu, residual):
+def _sync_inputs(shape, n1, relu, residual, device="cpu"):
     """(x, residual, weight, bias, running stats, output gradient) of both processes' clips together."""
     full = (shape[0] + n1,) + tuple(shape[1:])
-    return inputs(full, torch.float32, residual, seed=3)
+    return inputs(full, torch.float32, residual, device=device, seed=3)
 
 
-def _sync_run(group, shape, n1, relu, residual, rank):
+def _sync_run(group, shape, n1, relu, residual, rank, device="cpu"):
     """Rank ``rank``'s part of the both-processes batch through ``FusedBatchNormAct`` over ``group``: [output,
     running mean, running var, grad x, grad weight, grad bias(, grad residual)]."""
-    x, r, weight, bias, stats, grad = _sync_inputs(shape, n1, relu, residual)
+    x, r, weight, bias, stats, grad = _sync_inputs(shape, n1, relu, residual, device)
     rows = slice(0, shape[0]) if rank == 0 else slice(shape[0], None)
     x = x.detach()[rows].contiguous(memory_format=CL).requires_grad_()
     r = r.detach()[rows].contiguous(memory_format=CL).requires_grad_() if r is not None else None
@@ -337,20 +337,40 @@ def _sync_run(group, shape, n1, relu, residual, rank):
     return run(fused, x, r, weight, bias, stats, grad[rows], relu)
 
 
-def _sync_worker(rank, init_file, results_dir):
+def _sync_worker(rank, init_file, results_dir, device="cpu"):
     import datetime
 
     import torch.distributed as dist
 
     torch.set_num_threads(1)
+    if device == "cuda":
+        torch.cuda.set_device(0)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
                             timeout=datetime.timedelta(minutes=5))
     try:
         bn_act.MIN_CHANNELS = 1
-        results = [_sync_run(dist.group.WORLD, *case, rank) for case in SYNC_CASES]
-        torch.save([[t.detach() for t in r] for r in results], Path(results_dir) / f"rank{rank}.pt")
+        results = [_sync_run(dist.group.WORLD, *case, rank, device) for case in SYNC_CASES]
+        torch.save([[t.detach().cpu() for t in r] for r in results], Path(results_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def _check_two_processes(results_dir, tol):
+    """Each rank's results (``_sync_worker``) against BatchNorm over both ranks' clips at once (float64, CPU)."""
+    ranks = [torch.load(Path(results_dir) / f"rank{rank}.pt") for rank in range(2)]
+    for case, got0, got1 in zip(SYNC_CASES, *ranks):
+        shape, n1, relu, residual = case
+        data = _sync_inputs(shape, n1, relu, residual)
+        want = run(bn_act.reference, *data, relu)
+        n0 = shape[0]
+        for got, rows in ((got0, slice(0, n0)), (got1, slice(n0, None))):
+            per_rank = [want[0][rows], want[1], want[2], want[3][rows]]
+            assert_close(got[:4], per_rank, tol)
+            if residual:
+                assert_close(got[6:], [want[6][rows]], tol)
+        for k in (4, 5):  # weight, bias: each process's own sums; together the whole batch's
+            assert_close([got0[k] + got1[k]], [want[k]], tol)
+            assert (got0[k] - want[k]).abs().max() > 1e-3, f"{NAMES[k]}: rank 0 has the whole batch's gradient"
 
 
 def test_two_processes_normalize_with_the_statistics_of_both_batches_in_the_interpreter(interpreter, tmp_path):
@@ -360,20 +380,7 @@ def test_two_processes_normalize_with_the_statistics_of_both_batches_in_the_inte
     import torch.multiprocessing as mp
 
     mp.spawn(_sync_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
-    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
-    for case, got0, got1 in zip(SYNC_CASES, *ranks):
-        shape, n1, relu, residual = case
-        data = _sync_inputs(shape, n1, relu, residual)
-        want = run(bn_act.reference, *data, relu)
-        n0 = shape[0]
-        for got, rows in ((got0, slice(0, n0)), (got1, slice(n0, None))):
-            per_rank = [want[0][rows], want[1], want[2], want[3][rows]]
-            assert_close(got[:4], per_rank, 1e-5)
-            if residual:
-                assert_close(got[6:], [want[6][rows]], 1e-5)
-        for k in (4, 5):  # weight, bias: each process's own sums; together the whole batch's
-            assert_close([got0[k] + got1[k]], [want[k]], 1e-5)
-            assert (got0[k] - want[k]).abs().max() > 1e-3, f"{NAMES[k]}: rank 0 has the whole batch's gradient"
+    _check_two_processes(tmp_path, 1e-5)
 
 
 @pytest.fixture
@@ -487,6 +494,17 @@ def test_the_kernels_equal_batchnorm_add_relu_on_cuda(shape, relu, residual, mon
     for i in (0, 3) + ((6,) if residual else ()):
         got[i], want[i] = got[i] * keep, want[i] * keep
     assert_close(got, want, 1e-4)
+
+
+@needs_cuda
+def test_two_processes_on_one_gpu_normalize_with_the_statistics_of_both_batches(tmp_path):
+    """The compiled kernels' collective path with two processes whose batches differ in size, both on one GPU
+    (NCCL refuses two processes on one device; gloo carries the CUDA tensors): the values of BatchNorm over
+    both batches at once, as in the interpreter test."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_sync_worker, args=(str(tmp_path / "init"), str(tmp_path), "cuda"), nprocs=2)
+    _check_two_processes(tmp_path, 1e-4)
 
 
 @needs_cuda

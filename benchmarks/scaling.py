@@ -1,0 +1,307 @@
+"""Multi-GPU scaling of ``train_net.py`` on one host: clips/s on 1 and N GPUs, and the efficiency.
+
+    python benchmarks/scaling.py --config-file config_files/PySlowfast-R50-K400-8x8.yaml --gpus 1,2,4 \
+        --variant "sync-kernels=MODEL.CUDA_GRAPH.SYNC_BN True" SOLVER.AMP bf16
+    python benchmarks/scaling.py --config-file config_files/PySlowfast-R50-K400-8x8.yaml --gpus 1 \
+        --predict 2,4,8 SOLVER.AMP bf16                                  # one GPU: the step-time spread
+    python benchmarks/scaling.py --config-file config_files/synthetic/tiny-slowonly.yaml --device cpu \
+        --gpus 1,2 --iters 6 --skip-first 2 --clips-per-gpu 2 --synthetic-size 64 96
+
+Each run is ``train_net.py`` as a user starts it: ``python train_net.py`` on one GPU,
+``torchrun --standalone --nproc_per_node N train_net.py`` on N (``CUDA_VISIBLE_DEVICES`` picks the
+first N GPUs), the same per-GPU batch (``--clips-per-gpu``, so ``SOLVER.VIDEOS_PER_BATCH`` is N times
+it), ``--iters`` iterations from random weights (``MODEL.WEIGHT ''``), no validation, on
+``--data`` or on a synthetic AVA-layout dataset written first (``--synthetic-size``). Time per
+iteration is the median over the iterations after ``--skip-first`` (captures, compilations and
+cuDNN's search fall in those) of what ``metrics.json`` records (rank 0's wall-clock per step;
+DistributedDataParallel makes every rank wait for the slowest in each step).
+
+Printed per variant and GPU count (variant ``defaults``: the config and the common ``KEY VALUE``
+overrides; each ``--variant "NAME=KEY VALUE ..."`` adds these keys on top): s/iter, clips/s, the scaling efficiency (clips/s on N GPUs / N times
+clips/s on one, of the same variant) against the 95 % target, and the ratio to ``defaults`` at
+the same GPU count.
+
+``--predict N,...`` adds, from each variant's one-GPU step times, the efficiency that waiting for the
+slowest of N processes alone would leave: the mean step time over the expected maximum of N
+steps drawn from the measured ones (independent draws; no communication, no host contention).
+It is an upper bound of what N GPUs can reach with that step-time spread, and measurable on one
+GPU. Steps over 5 times the median (a capture of a new input shape) are left out of it and
+counted.
+
+Runs' output goes to ``--out`` (``<variant>-<N>gpu/``: ``stdout.txt``, ``log.txt``,
+``metrics.json``); the checkpoints they write at the end are deleted. A run that fails is
+reported in one line naming its output file; the others still run and are printed, and the exit
+status is 1.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TARGET = 0.95  # scaling efficiency asked for at 4 GPUs (issue #19)
+OUTLIER = 5.0  # steps over this many times the median are one-off (a capture) for --predict
+
+
+def parse_variant(text):
+    """``"NAME=KEY VALUE ..."`` -> (name, [KEY, VALUE, ...]); ``"KEY VALUE ..."`` alone is named by its pairs."""
+    name, sep, rest = text.partition("=")
+    if not sep or " " in name.strip() or not name.strip():
+        name, rest = "", text
+    opts = rest.split()
+    if not opts or len(opts) % 2:
+        raise ValueError(f"--variant {text!r}: expected KEY VALUE pairs (after NAME=)")
+    return name.strip() or "+".join(f"{k}={v}" for k, v in zip(opts[::2], opts[1::2])), opts
+
+
+def parse_counts(text, option):
+    """``"1,2,4"`` -> [1, 2, 4] (positive, unique, sorted)."""
+    try:
+        counts = sorted({int(c) for c in text.split(",") if c.strip()})
+    except ValueError:
+        counts = []
+    if not counts or counts[0] < 1:
+        raise ValueError(f"{option} {text!r}: expected a comma list of positive integers")
+    return counts
+
+
+def expected_max(times, n):
+    """Expected maximum of ``n`` independent draws from the empirical distribution of ``times``."""
+    ordered = sorted(times)
+    m = len(ordered)
+    return sum(t * ((i / m) ** n - ((i - 1) / m) ** n) for i, t in enumerate(ordered, start=1))
+
+
+def straggler_bound(times, n):
+    """(efficiency left by waiting for the slowest of ``n`` processes, number of one-off steps left out)."""
+    median = statistics.median(times)
+    kept = [t for t in times if t <= OUTLIER * median]
+    return statistics.fmean(kept) / expected_max(kept, n), len(times) - len(kept)
+
+
+def step_times(metrics_file, skip_first):
+    """Per-iteration seconds after iteration ``skip_first`` from a run's ``metrics.json``."""
+    times = []
+    with open(metrics_file) as f:
+        for line in f:
+            if line.strip():
+                record = json.loads(line)
+                if "time" in record and record.get("iteration", 0) > skip_first:
+                    times.append(float(record["time"]))
+    return times
+
+
+def summarize(runs, clips_per_gpu):
+    """Rows of the table from ``runs`` [{variant, gpus, times | error}], in order."""
+    first_variant = runs[0]["variant"] if runs else None
+    rows = []
+    for run in runs:
+        row = {"variant": run["variant"], "gpus": run["gpus"]}
+        if run.get("error") or not run.get("times"):
+            row["error"] = run.get("error") or "no timed iterations"
+            rows.append(row)
+            continue
+        s_iter = statistics.median(run["times"])
+        row.update(s_per_iter=s_iter, clips_per_s=clips_per_gpu * run["gpus"] / s_iter, iterations=len(run["times"]))
+        if run["gpus"] == 1:
+            row["_times"] = run["times"]
+        rows.append(row)
+    for row in rows:
+        if "error" in row:
+            continue
+        one = next((r for r in rows if r["variant"] == row["variant"] and r["gpus"] == 1 and "error" not in r), None)
+        if one is not None:
+            row["efficiency"] = row["clips_per_s"] / (row["gpus"] * one["clips_per_s"])
+        base = next((r for r in rows if r["variant"] == first_variant and r["gpus"] == row["gpus"]
+                     and "error" not in r), None)
+        if base is not None and row["variant"] != first_variant:
+            row["vs_first"] = row["clips_per_s"] / base["clips_per_s"]
+    return rows
+
+
+def table(rows, first_variant):
+    """The markdown table of ``rows``."""
+    lines = [f"| variant | GPUs | s/iter | clips/s | scaling efficiency (target >= {TARGET:.0%}) | "
+             f"clips/s / {first_variant} |", "| --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['variant']} | {row['gpus']} | {row['error']} | - | - | - |")
+            continue
+        eff = row.get("efficiency")
+        eff_text = "-" if eff is None else f"{eff:.1%}" + ("" if row["gpus"] == 1 else
+                                                            (" (met)" if eff >= TARGET else " (missed)"))
+        vs = row.get("vs_first")
+        lines.append(f"| {row['variant']} | {row['gpus']} | {row['s_per_iter']:.4f} | {row['clips_per_s']:.2f} | "
+                     f"{eff_text} | {'-' if vs is None else f'{vs:.2f}x'} |")
+    return "\n".join(lines)
+
+
+def predictions(rows, counts):
+    """Lines giving, per variant, the straggler bound at each of ``counts`` from its one-GPU step times."""
+    lines = []
+    for row in rows:
+        times = row.get("_times")
+        if not counts or row["gpus"] != 1 or not times or len(times) < 2:
+            continue
+        bounds = [(n, *straggler_bound(times, n)) for n in counts]
+        left_out = bounds[0][2]
+        kept = [t for t in times if t <= OUTLIER * statistics.median(times)]
+        spread = f"{min(kept):.4f}-{max(kept):.4f} s, mean {statistics.fmean(kept):.4f} s"
+        lines.append(f"{row['variant']}: one-GPU step times {spread} over {len(kept)} steps"
+                     + (f" ({left_out} one-off step(s) over {OUTLIER:g}x the median left out)" if left_out else "")
+                     + "; waiting for the slowest process alone leaves "
+                     + ", ".join(f"{b:.1%} at {n} GPUs" for n, b, _ in bounds))
+    return lines
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, help="the config train_net.py trains")
+    parser.add_argument("--gpus", default="1,2,4", help="comma list of GPU (process) counts; 1 is always run")
+    parser.add_argument("--clips-per-gpu", type=int, default=8, help="clips per GPU per step")
+    parser.add_argument("--iters", type=int, default=100, help="training iterations per run")
+    parser.add_argument("--skip-first", type=int, default=20,
+                        help="iterations left out of the timing (captures, compilation, cuDNN's search)")
+    parser.add_argument("--data", default=None, help="DATA.PATH_TO_DATA_DIR (default: a synthetic dataset, written)")
+    parser.add_argument("--synthetic-size", type=int, nargs=2, default=[256, 352], metavar=("H", "W"),
+                        help="frame size of the synthetic dataset written when --data is not given")
+    parser.add_argument("--synthetic-videos", type=int, default=48, help="videos of that dataset")
+    parser.add_argument("--variant", action="append", default=[], metavar='"NAME=KEY VALUE ..."',
+                        help="a variant run besides 'defaults': config overrides on top of the common ones (repeatable)")
+    parser.add_argument("--predict", default=None, metavar="N,...",
+                        help="GPU counts for the straggler bound from the one-GPU step times")
+    parser.add_argument("--device", default=None, choices=["cuda", "cpu"],
+                        help="default: cuda where available (cpu: N processes on gloo)")
+    parser.add_argument("--workers", type=int, default=6, help="DATALOADER.NUM_WORKERS per process")
+    parser.add_argument("--out", default=None, help="folder of the runs' output (default: a new temporary one)")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("opts", nargs="*", metavar="KEY VALUE", help="config overrides of every run")
+    args = parser.parse_args(argv)
+    try:
+        args.gpus = sorted({1, *parse_counts(args.gpus, "--gpus")})
+        args.predict = parse_counts(args.predict, "--predict") if args.predict else []
+        args.variants = [("defaults", []), *(parse_variant(v) for v in args.variant)]
+    except ValueError as e:
+        parser.error(str(e))
+    if len(args.opts) % 2:
+        parser.error(f"config overrides come in KEY VALUE pairs: {args.opts}")
+    if len({name for name, _ in args.variants}) != len(args.variants):
+        parser.error("two variants share a name ('defaults' is the run without --variant keys)")
+    if args.skip_first >= args.iters:
+        parser.error(f"--skip-first {args.skip_first} leaves none of the --iters {args.iters} iterations")
+    return args
+
+
+def _environment(device, gpus):
+    """The run's environment: no inherited launcher variables; on CUDA, the first ``gpus`` visible GPUs."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    if device == "cuda":
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = visible.split(",") if visible else [str(i) for i in range(gpus)]
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(ids[:gpus])
+    else:
+        env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def run_one(args, device, data, name, opts, gpus, out_dir):
+    """One train_net.py run; returns {variant, gpus, times} or {variant, gpus, error}."""
+    run_dir = out_dir / f"{name}-{gpus}gpu"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    launcher = [sys.executable] if gpus == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                    "--nproc_per_node", str(gpus)]
+    command = [*launcher, str(REPO_ROOT / "train_net.py"), "--config-file", args.config_file, "--skip-val",
+               "--skip-final-test", "DATA.PATH_TO_DATA_DIR", str(data), "OUTPUT_DIR", str(run_dir),
+               "MODEL.WEIGHT", "", "MODEL.DEVICE", device, "SOLVER.VIDEOS_PER_BATCH", str(args.clips_per_gpu * gpus),
+               "SOLVER.ITER_PER_EPOCH", str(args.iters), "SOLVER.MAX_EPOCH", "1", "SOLVER.LOG_PERIOD", "1",
+               "DATALOADER.NUM_WORKERS", str(args.workers), *args.opts, *opts]
+    stdout = run_dir / "stdout.txt"
+    with stdout.open("w") as f:
+        f.write(" ".join(command) + "\n\n")
+        f.flush()
+        code = subprocess.call(command, cwd=REPO_ROOT, env=_environment(device, gpus), stdout=f,
+                               stderr=subprocess.STDOUT)
+    for checkpoint in run_dir.glob("*.pth"):
+        checkpoint.unlink()
+    result = {"variant": name, "gpus": gpus}
+    metrics = run_dir / "metrics.json"
+    if code != 0:
+        result["error"] = f"failed (exit status {code}): see {stdout}"
+    elif not metrics.is_file():
+        result["error"] = f"wrote no {metrics}: see {stdout}"
+    else:
+        result["times"] = step_times(metrics, args.skip_first)
+        if not result["times"]:
+            result["error"] = f"no iteration after --skip-first {args.skip_first} in {metrics}"
+    return result
+
+
+def write_synthetic(args, out_dir):
+    """A synthetic AVA-layout dataset for the runs (``--synthetic-size``, ``--synthetic-videos``)."""
+    data = out_dir / "data"
+    h, w = args.synthetic_size
+    command = [sys.executable, "-m", "stmixer.data.synthetic", "--out", str(data), "--videos",
+               str(args.synthetic_videos), "--size", str(h), str(w), "--workers", str(max(1, os.cpu_count() // 2))]
+    print(f"writing a synthetic dataset ({args.synthetic_videos} videos, {h}x{w}) to {data}", flush=True)
+    result = subprocess.run(command, cwd=REPO_ROOT, env=_environment("cpu", 1), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"error: the synthetic dataset could not be written to {data}: "
+                         + (result.stderr.strip().splitlines() or ["(no output)"])[-1])
+    return data
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    import torch  # after the argument check: --help answers without it
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda":
+        available = torch.cuda.device_count()
+        if available < args.gpus[-1]:
+            raise SystemExit(f"error: --gpus {','.join(map(str, args.gpus))} needs {args.gpus[-1]} GPUs; "
+                             f"{available} visible")
+    if not Path(args.config_file).is_file() and not (REPO_ROOT / args.config_file).is_file():
+        raise SystemExit(f"error: --config-file {args.config_file}: no such file")
+    out_dir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="stmixer-scaling-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = Path(args.data) if args.data else write_synthetic(args, out_dir)
+    plan = [(name, opts, gpus) for name, opts in args.variants for gpus in args.gpus]
+    runs, started = [], time.perf_counter()
+    for k, (name, opts, gpus) in enumerate(plan, start=1):
+        t0 = time.perf_counter()
+        print(f"[{k}/{len(plan)}] {name}, {gpus} {'GPU' if device == 'cuda' else 'process'}(es) ...", end=" ",
+              flush=True)
+        run = run_one(args, device, data, name, opts, gpus, out_dir)
+        runs.append(run)
+        took = time.perf_counter() - t0
+        eta = (time.perf_counter() - started) / k * (len(plan) - k)
+        print(("done" if "error" not in run else run["error"]) + f" in {took:.0f} s; about {eta:.0f} s left",
+              flush=True)
+    rows = summarize(runs, args.clips_per_gpu)
+    print(f"\n{args.config_file}, {args.clips_per_gpu} clips per GPU, {args.iters} iterations (median s/iter after "
+          f"iteration {args.skip_first}), {device}" + (f", {torch.cuda.get_device_name(0)}" if device == "cuda" else "")
+          + (f"; common keys: {' '.join(args.opts)}" if args.opts else ""))
+    for name, opts in args.variants:
+        if opts:
+            print(f"variant {name}: {' '.join(opts)}")
+    print(table(rows, args.variants[0][0]))
+    for line in predictions(rows, args.predict):
+        print(line)
+    print(f"runs' output: {out_dir}")
+    if args.json:
+        Path(args.json).write_text(json.dumps([{k: v for k, v in r.items() if k != "_times"} | (
+            {"step_times": r["_times"]} if "_times" in r else {}) for r in rows], indent=1))
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""benchmarks/scaling.py: train_net.py on 1 and 2 CPU processes (gloo), the table and its arithmetic (not speed)."""
+
+import importlib.util
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TINY = ["DATA.TRAIN_MIN_SCALES", "[64]", "DATA.TEST_MIN_SCALES", "[64]", "DATA.NUM_FRAMES", "4",
+        "RESNET.WIDTH_PER_GROUP", "4", "MODEL.STM.HIDDEN_DIM", "32", "MODEL.STM.NUM_QUERIES", "8",
+        "MODEL.STM.NUM_STAGES", "2", "MODEL.STM.NUM_HEADS", "2", "MODEL.STM.DIM_FEEDFORWARD", "64"]
+COMMON = ["--config-file", "config_files/synthetic/tiny-slowonly.yaml", "--device", "cpu", "--clips-per-gpu", "2",
+          "--workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def scaling():
+    spec = importlib.util.spec_from_file_location("scaling", REPO_ROOT / "benchmarks" / "scaling.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from stmixer.data.synthetic import main as make_synthetic
+
+    root = tmp_path_factory.mktemp("scaling_data")
+    make_synthetic(["--out", str(root), "--videos", "8", "--seconds", "2", "--size", "64", "96", "--workers", "1"])
+    return root
+
+
+def _table(out):
+    lines = [line for line in out.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def test_one_and_two_processes_give_the_table_from_their_metrics(scaling, dataset, tmp_path, capsys):
+    code = scaling.main([*COMMON, "--gpus", "2", "--iters", "5", "--skip-first", "2", "--data", str(dataset),
+                         "--out", str(tmp_path / "runs"), "--predict", "2,4", "--json", str(tmp_path / "rows.json"),
+                         *TINY])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [(r["variant"], r["gpus"]) for r in rows] == [("defaults", 1), ("defaults", 2)]
+    for row in rows:
+        run_dir = tmp_path / "runs" / f"defaults-{row['gpus']}gpu"
+        times = scaling.step_times(run_dir / "metrics.json", 2)
+        assert len(times) == row["iterations"] == 3  # iterations 3, 4, 5
+        assert row["s_per_iter"] == pytest.approx(statistics.median(times))
+        assert row["clips_per_s"] == pytest.approx(2 * row["gpus"] / row["s_per_iter"])
+        assert not list(run_dir.glob("*.pth"))  # the checkpoints are deleted
+        assert "--nproc_per_node 2" in (run_dir / "stdout.txt").read_text().splitlines()[0] or row["gpus"] == 1
+    assert rows[1]["efficiency"] == pytest.approx(rows[1]["clips_per_s"] / (2 * rows[0]["clips_per_s"]))
+    body = _table(out)
+    assert [r[:2] for r in body] == [["defaults", "1"], ["defaults", "2"]]
+    assert body[0][4] == "100.0%"
+    assert body[1][4] == f"{rows[1]['efficiency']:.1%}" + (" (met)" if rows[1]["efficiency"] >= 0.95 else " (missed)")
+    assert "defaults: one-GPU step times" in out and "at 2 GPUs" in out and "at 4 GPUs" in out
+    assert len(rows[0]["step_times"]) == 3
+
+
+def test_a_failed_run_is_one_line_and_the_others_are_still_printed(scaling, dataset, tmp_path, capsys):
+    code = scaling.main([*COMMON, "--gpus", "1", "--iters", "3", "--skip-first", "1", "--data", str(dataset),
+                         "--out", str(tmp_path / "runs"), "--variant", "broken=SOLVER.BASE_LRR 1", *TINY])
+    out = capsys.readouterr().out
+    assert code == 1
+    stdout = tmp_path / "runs" / "broken-1gpu" / "stdout.txt"
+    assert out.count(f"failed (exit status 2): see {stdout}") == 2  # the progress line and the table row
+    assert "unknown config key SOLVER.BASE_LRR" in stdout.read_text()
+    body = _table(out)
+    assert body[0][:2] == ["defaults", "1"] and float(body[0][3]) > 0
+    assert body[1][:2] == ["broken", "1"]
+
+
+def test_the_straggler_bound_is_the_mean_over_the_expected_maximum(scaling):
+    # two steps of 1 s and 2 s: the maximum of two draws is 2 s unless both are 1 s (1/4)
+    assert scaling.expected_max([2.0, 1.0], 2) == pytest.approx(0.25 * 1 + 0.75 * 2)
+    assert scaling.expected_max([3.0, 1.0, 2.0], 1) == pytest.approx(2.0)
+    bound, left_out = scaling.straggler_bound([1.0, 2.0], 2)
+    assert bound == pytest.approx(1.5 / 1.75) and left_out == 0
+    bound, left_out = scaling.straggler_bound([1.0] * 9 + [30.0], 4)  # a capture, left out
+    assert bound == pytest.approx(1.0) and left_out == 1
+
+
+def test_the_table_compares_each_variant_with_its_own_one_gpu_run_and_with_defaults(scaling):
+    runs = [{"variant": "defaults", "gpus": 1, "times": [0.2, 0.2, 0.3]},
+            {"variant": "defaults", "gpus": 4, "times": [0.25]},
+            {"variant": "fast", "gpus": 1, "times": [0.1]},
+            {"variant": "fast", "gpus": 4, "times": [0.104]},
+            {"variant": "lost", "gpus": 4, "error": "failed (exit status 1): see x"}]
+    rows = scaling.summarize(runs, clips_per_gpu=8)
+    assert rows[0]["clips_per_s"] == pytest.approx(40.0) and rows[1]["efficiency"] == pytest.approx(0.8)
+    assert rows[3]["efficiency"] == pytest.approx(0.1 / 0.104) and rows[3]["vs_first"] == pytest.approx(0.25 / 0.104)
+    lines = scaling.table(rows, "defaults").splitlines()
+    assert lines[3] == "| defaults | 4 | 0.2500 | 128.00 | 80.0% (missed) | - |"
+    assert lines[5] == "| fast | 4 | 0.1040 | 307.69 | 96.2% (met) | 2.40x |"
+    assert lines[6] == "| lost | 4 | failed (exit status 1): see x | - | - | - |"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--gpus", "0,2"], "--gpus '0,2': expected a comma list of positive integers"),
+    (["--variant", "x=SOLVER.BASE_LR"], "expected KEY VALUE pairs"),
+    (["--variant", "defaults=SOLVER.BASE_LR 1"], "two variants share a name"),
+    (["--iters", "5", "--skip-first", "5"], "leaves none of the --iters 5 iterations"),
+])
+def test_bad_arguments_are_one_line(scaling, argv, message, capsys):
+    with pytest.raises(SystemExit) as caught:
+        scaling.parse_args(["--config-file", "c.yaml", *argv])
+    assert caught.value.code == 2
+    assert message in capsys.readouterr().err
