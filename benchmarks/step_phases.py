@@ -4,7 +4,8 @@
     torchrun --nproc_per_node N benchmarks/step_phases.py CONFIG [KEY VALUE ...]         # N GPUs (DDP)
 
 Runs 30 training steps of the config's model on its training data (weights from
-initialization) with a device synchronization around each phase, and prints per phase
+initialization; on several processes with SyncBatchNorm and DistributedDataParallel as
+``train_net.py`` sets them up) with a device synchronization around each phase, and prints per phase
 the median over steps 7-30 (the median over ranks, and the range of the ranks). With
 several processes every other step runs backward under DDP's ``no_sync``; the
 difference between the two backward times is the part of the gradient all-reduce that
@@ -20,7 +21,7 @@ import torch
 
 from stmixer.config import load_config
 from stmixer.data.build import build_data_loader
-from stmixer.engine.runner import build_model
+from stmixer.engine.runner import build_model, wrap_distributed
 from stmixer.engine.trainer import autocast_context, detector_inputs, move_batch
 from stmixer.modeling.losses import BoxCount, prefetched_box_count, reduce_losses
 from stmixer.solver import build_optimizer
@@ -74,10 +75,7 @@ def main(argv):
         torch.cuda.set_device(device)
     model = build_model(cfg, device)
     optimizer = build_optimizer(cfg, model, vit_layer_id=getattr(model.backbone, "layer_id", None))
-    ddp_model = model
-    if info.world_size > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    ddp_model = wrap_distributed(cfg, model, device)  # SyncBatchNorm and DDP as train_net.py has them
     ddp_model.train()
     loader = iter(build_data_loader(cfg, is_train=True, max_iter=STEPS, seed=0, pin_memory=device.type == "cuda"))
     medians = {name: statistics.median(v) for name, v in time_steps(cfg, ddp_model, optimizer, loader, device,

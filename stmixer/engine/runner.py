@@ -138,7 +138,9 @@ def build_model(cfg, device):
     return model
 
 
-def _wrap_distributed(cfg, model, device):
+def wrap_distributed(cfg, model, device):
+    """``model`` as ``train_net.py`` trains it on several processes: its BatchNorm layers made SyncBatchNorm
+    (``MODEL.BACKBONE.SYNC_BN``, CUDA), inside DistributedDataParallel; ``model`` itself on one process."""
     if comm.get_world_size() == 1:
         return model
     if cfg.MODEL.BACKBONE.SYNC_BN and device.type == "cuda":
@@ -209,7 +211,7 @@ def train(cfg, *, transfer=False, no_head=False, seed=2, skip_val=False, skip_te
     per_epoch = cfg.SOLVER.ITER_PER_EPOCH
     max_iter = per_epoch * cfg.SOLVER.MAX_EPOCH
     start_iter = _start_state(cfg, model, checkpointer, max_iter, transfer=transfer, no_head=no_head)
-    model = _wrap_distributed(cfg, model, device)
+    model = wrap_distributed(cfg, model, device)
     checkpointer.model = model
 
     metrics_file = MetricsFile(cfg.OUTPUT_DIR) if comm.is_main_process() else None
