@@ -1,13 +1,11 @@
 """benchmarks/scaling.py: train_net.py on 1 and 2 CPU processes (gloo), the table and its arithmetic (not speed)."""
 
-import importlib.util
 import json
 import statistics
-from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from .conftest import load_benchmark
 TINY = ["DATA.TRAIN_MIN_SCALES", "[64]", "DATA.TEST_MIN_SCALES", "[64]", "DATA.NUM_FRAMES", "4",
         "RESNET.WIDTH_PER_GROUP", "4", "MODEL.STM.HIDDEN_DIM", "32", "MODEL.STM.NUM_QUERIES", "8",
         "MODEL.STM.NUM_STAGES", "2", "MODEL.STM.NUM_HEADS", "2", "MODEL.STM.DIM_FEEDFORWARD", "64"]
@@ -17,19 +15,12 @@ COMMON = ["--config-file", "config_files/synthetic/tiny-slowonly.yaml", "--devic
 
 @pytest.fixture(scope="module")
 def scaling():
-    spec = importlib.util.spec_from_file_location("scaling", REPO_ROOT / "benchmarks" / "scaling.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("scaling")
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    from stmixer.data.synthetic import main as make_synthetic
-
-    root = tmp_path_factory.mktemp("scaling_data")
-    make_synthetic(["--out", str(root), "--videos", "8", "--seconds", "2", "--size", "64", "96", "--workers", "1"])
-    return root
+@pytest.fixture
+def dataset(small_dataset):
+    return small_dataset
 
 
 def _table(out):

@@ -1,12 +1,9 @@
 """benchmarks/speed.py runs stmixer alone on the CPU and prints the comparison table (columns, not speed)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from .conftest import load_benchmark
 TINY = ["MODEL.STM.HIDDEN_DIM", "32", "MODEL.STM.NUM_QUERIES", "4", "MODEL.STM.NUM_STAGES", "2",
         "MODEL.STM.NUM_HEADS", "2", "MODEL.STM.DIM_FEEDFORWARD", "32", "MODEL.STM.SPATIAL_POINTS", "4",
         "RESNET.WIDTH_PER_GROUP", "4"]
@@ -14,10 +11,7 @@ TINY = ["MODEL.STM.HIDDEN_DIM", "32", "MODEL.STM.NUM_QUERIES", "4", "MODEL.STM.N
 
 @pytest.fixture(scope="module")
 def speed():
-    spec = importlib.util.spec_from_file_location("speed", REPO_ROOT / "benchmarks" / "speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("speed")
 
 
 def test_ours_alone_on_the_cpu_prints_the_table(speed, capsys, tmp_path):

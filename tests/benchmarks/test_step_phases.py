@@ -3,34 +3,23 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
-
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from .conftest import REPO_ROOT
 TINY = ["DATA.TRAIN_MIN_SCALES", "[64]", "DATA.NUM_FRAMES", "4", "RESNET.WIDTH_PER_GROUP", "4",
         "MODEL.STM.HIDDEN_DIM", "32", "MODEL.STM.NUM_QUERIES", "8", "MODEL.STM.NUM_STAGES", "2",
         "MODEL.STM.NUM_HEADS", "2", "MODEL.STM.DIM_FEEDFORWARD", "64", "SOLVER.VIDEOS_PER_BATCH", "2",
         "DATALOADER.NUM_WORKERS", "1", "MODEL.DEVICE", "cpu"]
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    from stmixer.data.synthetic import main as make_synthetic
-
-    root = tmp_path_factory.mktemp("phases_data")
-    make_synthetic(["--out", str(root), "--videos", "6", "--seconds", "2", "--size", "64", "96", "--workers", "1"])
-    return root
-
-
 @pytest.mark.parametrize("processes", [1, 2])
-def test_every_phase_is_printed(dataset, processes):
+def test_every_phase_is_printed(small_dataset, processes):
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     launcher = [] if processes == 1 else ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     result = subprocess.run([sys.executable, *launcher, "benchmarks/step_phases.py",
-                             "config_files/synthetic/tiny-slowonly.yaml", "DATA.PATH_TO_DATA_DIR", str(dataset), *TINY],
+                             "config_files/synthetic/tiny-slowonly.yaml", "DATA.PATH_TO_DATA_DIR", str(small_dataset), *TINY],
                             cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     out = result.stdout
