@@ -76,6 +76,17 @@ def test_the_straggler_bound_is_the_mean_over_the_expected_maximum(scaling):
     assert bound == pytest.approx(1.0) and left_out == 1
 
 
+def test_a_slow_drift_is_not_jitter(scaling):
+    drift = [1.0 + 0.01 * i for i in range(40)]  # every step a little slower than the one before
+    assert scaling.straggler_bound(drift, 4)[0] < 0.92
+    jitter = scaling.detrended(drift)
+    assert max(jitter) - min(jitter) < 0.05 and scaling.straggler_bound(jitter, 4)[0] > 0.99
+    # alternate steps 10 % slower: jitter, kept (the mean of 9 alternating steps is 1.05 +- 0.0056)
+    noisy = [1.0 + 0.1 * (i % 2) for i in range(40)]
+    assert scaling.straggler_bound(noisy, 2)[0] == pytest.approx(1.05 / 1.075)
+    assert scaling.straggler_bound(scaling.detrended(noisy), 2)[0] == pytest.approx(1.05 / 1.075, rel=3e-3)
+
+
 def test_the_table_compares_each_variant_with_its_own_one_gpu_run_and_with_defaults(scaling):
     runs = [{"variant": "defaults", "gpus": 1, "times": [0.2, 0.2, 0.3]},
             {"variant": "defaults", "gpus": 4, "times": [0.25]},
