@@ -17,9 +17,9 @@ cuDNN's search fall in those) of what ``metrics.json`` records (rank 0's wall-cl
 DistributedDataParallel makes every rank wait for the slowest in each step).
 
 Printed per variant and GPU count (variant ``defaults``: the config and the common ``KEY VALUE``
-overrides; each ``--variant "NAME=KEY VALUE ..."`` adds these keys on top): s/iter, clips/s, the scaling efficiency (clips/s on N GPUs / N times
-clips/s on one, of the same variant) against the 95 % target, and the ratio to ``defaults`` at
-the same GPU count.
+overrides; each ``--variant "NAME=KEY VALUE ..."`` adds these keys on top): s/iter, clips/s, the
+scaling efficiency (clips/s on N GPUs / N times clips/s on one, of the same variant) against the
+95 % target, and the ratio to ``defaults`` at the same GPU count.
 
 ``--predict N,...`` adds, from each variant's one-GPU step times, the efficiency that waiting for the
 slowest of N processes alone would leave: the mean step time over the expected maximum of N
@@ -189,7 +189,7 @@ def parse_args(argv):
                         help="frame size of the synthetic dataset written when --data is not given")
     parser.add_argument("--synthetic-videos", type=int, default=48, help="videos of that dataset")
     parser.add_argument("--variant", action="append", default=[], metavar='"NAME=KEY VALUE ..."',
-                        help="a variant run besides 'defaults': config overrides on top of the common ones (repeatable)")
+                        help="a variant besides 'defaults': config overrides on top of the common ones (repeatable)")
     parser.add_argument("--predict", default=None, metavar="N,...",
                         help="GPU counts for the straggler bound from the one-GPU step times")
     parser.add_argument("--device", default=None, choices=["cuda", "cpu"],
@@ -293,7 +293,7 @@ def main(argv=None):
     runs, started = [], time.perf_counter()
     for k, (name, opts, gpus) in enumerate(plan, start=1):
         t0 = time.perf_counter()
-        print(f"[{k}/{len(plan)}] {name}, {gpus} {'GPU' if device == 'cuda' else 'process'}(es) ...", end=" ",
+        print(f"[{k}/{len(plan)}] {name}, {gpus} {'GPU(s)' if device == 'cuda' else 'process(es)'} ...", end=" ",
               flush=True)
         run = run_one(args, device, data, name, opts, gpus, out_dir)
         runs.append(run)

@@ -18,8 +18,8 @@ def test_every_phase_is_printed(small_dataset, processes):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     launcher = [] if processes == 1 else ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    result = subprocess.run([sys.executable, *launcher, "benchmarks/step_phases.py",
-                             "config_files/synthetic/tiny-slowonly.yaml", "DATA.PATH_TO_DATA_DIR", str(small_dataset), *TINY],
+    script = ["benchmarks/step_phases.py", "config_files/synthetic/tiny-slowonly.yaml"]
+    result = subprocess.run([sys.executable, *launcher, *script, "DATA.PATH_TO_DATA_DIR", str(small_dataset), *TINY],
                             cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     out = result.stdout

@@ -356,7 +356,7 @@ def _sync_worker(rank, init_file, results_dir, device="cpu"):
 
 
 def _check_two_processes(results_dir, tol):
-    """Each rank's results (``_sync_worker``) against BatchNorm over both ranks' clips at once (float64, CPU)."""
+    """Each rank's results (``_sync_worker``) against PyTorch's BatchNorm over both ranks' clips at once, on the CPU."""
     ranks = [torch.load(Path(results_dir) / f"rank{rank}.pt") for rank in range(2)]
     for case, got0, got1 in zip(SYNC_CASES, *ranks):
         shape, n1, relu, residual = case
