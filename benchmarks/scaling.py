@@ -29,7 +29,7 @@ with the step-to-step jitter alone (each step less the mean of the 9 around it: 
 that all processes share costs no waiting). Steps over 5 times the median (a capture of a new
 input shape) are left out and counted.
 
-Runs' output goes to ``--out`` (``<variant>-<N>gpu/``: ``stdout.txt``, ``log.txt``,
+Runs' output goes to ``--out`` (``<variant>-<N>gpu/``, emptied first: ``stdout.txt``, ``log.txt``,
 ``metrics.json``); the checkpoints they write at the end are deleted. A run that fails is
 reported in one line naming its output file; the others still run and are printed, and the exit
 status is 1.
@@ -38,6 +38,7 @@ status is 1.
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -231,7 +232,9 @@ def _environment(device, gpus):
 def run_one(args, device, data, name, opts, gpus, out_dir):
     """One train_net.py run; returns {variant, gpus, times} or {variant, gpus, error}."""
     run_dir = out_dir / f"{name}-{gpus}gpu"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir.exists():  # an earlier run's checkpoint would be resumed (and its metrics trimmed): start afresh
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
     launcher = [sys.executable] if gpus == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                     "--nproc_per_node", str(gpus)]
     command = [*launcher, str(REPO_ROOT / "train_net.py"), "--config-file", args.config_file, "--skip-val",

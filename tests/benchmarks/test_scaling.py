@@ -54,6 +54,9 @@ def test_one_and_two_processes_give_the_table_from_their_metrics(scaling, datase
 
 
 def test_a_failed_run_is_one_line_and_the_others_are_still_printed(scaling, dataset, tmp_path, capsys):
+    # what a run killed before its clean-up leaves: train_net.py would resume this checkpoint (and fail on it)
+    (tmp_path / "runs" / "defaults-1gpu").mkdir(parents=True)
+    (tmp_path / "runs" / "defaults-1gpu" / "model_0000002.pth").write_bytes(b"not a checkpoint")
     code = scaling.main([*COMMON, "--gpus", "1", "--iters", "3", "--skip-first", "1", "--data", str(dataset),
                          "--out", str(tmp_path / "runs"), "--variant", "broken=SOLVER.BASE_LRR 1", *TINY])
     out = capsys.readouterr().out
