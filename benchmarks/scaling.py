@@ -46,6 +46,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from stmixer.engine.events import MetricsFile
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.95  # scaling efficiency asked for at 4 GPUs (issue #19)
 OUTLIER = 5.0  # steps over this many times the median are one-off (a capture) for --predict
@@ -99,14 +101,8 @@ def detrended(times, window=DETREND_WINDOW):
 
 def step_times(metrics_file, skip_first):
     """Per-iteration seconds after iteration ``skip_first`` from a run's ``metrics.json``."""
-    times = []
-    with open(metrics_file) as f:
-        for line in f:
-            if line.strip():
-                record = json.loads(line)
-                if "time" in record and record.get("iteration", 0) > skip_first:
-                    times.append(float(record["time"]))
-    return times
+    records = MetricsFile(os.path.dirname(metrics_file)).records()
+    return [float(r["time"]) for r in records if "time" in r and r["iteration"] > skip_first]
 
 
 def summarize(runs, clips_per_gpu):
@@ -122,7 +118,7 @@ def summarize(runs, clips_per_gpu):
         s_iter = statistics.median(run["times"])
         row.update(s_per_iter=s_iter, clips_per_s=clips_per_gpu * run["gpus"] / s_iter, iterations=len(run["times"]))
         if run["gpus"] == 1:
-            row["_times"] = run["times"]
+            row["step_times"] = run["times"]  # for --predict
         rows.append(row)
     for row in rows:
         if "error" in row:
@@ -158,7 +154,7 @@ def predictions(rows, counts):
     """Lines giving, per variant, the straggler bound at each of ``counts`` from its one-GPU step times."""
     lines = []
     for row in rows:
-        times = row.get("_times")
+        times = row.get("step_times")
         if not counts or row["gpus"] != 1 or not times or len(times) < 2:
             continue
         kept = [t for t in times if t <= OUTLIER * statistics.median(times)]
@@ -316,8 +312,7 @@ def main(argv=None):
         print(line)
     print(f"runs' output: {out_dir}")
     if args.json:
-        Path(args.json).write_text(json.dumps([{k: v for k, v in r.items() if k != "_times"} | (
-            {"step_times": r["_times"]} if "_times" in r else {}) for r in rows], indent=1))
+        Path(args.json).write_text(json.dumps(rows, indent=1))
     return 1 if any("error" in r for r in rows) else 0
 
 
