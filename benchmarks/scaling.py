@@ -24,7 +24,9 @@ scaling efficiency (clips/s on N GPUs / N times clips/s on one, of the same vari
 ``--predict N,...`` adds, from each variant's one-GPU step times, the efficiency that waiting for the
 slowest of N processes alone would leave: the mean step time over the expected maximum of N
 steps drawn from the measured ones (no communication, no host contention), measurable on one
-GPU. Twice: with the steps drawn independently (as if every process drifted on its own), and
+GPU. The step times are the GPU's (``gpu_time`` in ``metrics.json``: CUDA events at the start of
+each iteration, so a host delay that the GPU's queued work hides counts nowhere), else the
+wall-clock ones. Twice: with the steps drawn independently (as if every process drifted on its own), and
 with the step-to-step jitter alone (each step less the mean of the 9 around it: a slow drift
 that all processes share costs no waiting). Steps over 5 times the median (a capture of a new
 input shape) are left out and counted.
@@ -99,10 +101,11 @@ def detrended(times, window=DETREND_WINDOW):
     return [mean + t - statistics.fmean(times[max(0, i - half):i + half + 1]) for i, t in enumerate(times)]
 
 
-def step_times(metrics_file, skip_first):
-    """Per-iteration seconds after iteration ``skip_first`` from a run's ``metrics.json``."""
+def step_times(metrics_file, skip_first, key="time"):
+    """Per-iteration seconds (``key``: "time", the wall-clock, or "gpu_time") after iteration ``skip_first``
+    from a run's ``metrics.json``."""
     records = MetricsFile(os.path.dirname(metrics_file)).records()
-    return [float(r["time"]) for r in records if "time" in r and r["iteration"] > skip_first]
+    return [float(r[key]) for r in records if key in r and r["iteration"] > skip_first]
 
 
 def summarize(runs, clips_per_gpu):
@@ -117,8 +120,10 @@ def summarize(runs, clips_per_gpu):
             continue
         s_iter = statistics.median(run["times"])
         row.update(s_per_iter=s_iter, clips_per_s=clips_per_gpu * run["gpus"] / s_iter, iterations=len(run["times"]))
-        if run["gpus"] == 1:
-            row["step_times"] = run["times"]  # for --predict
+        if run["gpus"] == 1:  # for --predict: the GPU's step times where every timed iteration has one
+            gpu = run.get("gpu_times") or []
+            row["step_times"], row["step_clock"] = (gpu, "GPU") if len(gpu) == len(run["times"]) else \
+                (run["times"], "wall-clock")
         rows.append(row)
     for row in rows:
         if "error" in row:
@@ -162,7 +167,7 @@ def predictions(rows, counts):
         jitter = detrended(kept)
         spread = (f"{min(kept):.4f}-{max(kept):.4f} s, mean {statistics.fmean(kept):.4f} s, step-to-step jitter "
                   f"{statistics.pstdev(jitter) * 1000:.1f} ms (sd)")
-        lines.append(f"{row['variant']}: one-GPU step times {spread} over {len(kept)} steps"
+        lines.append(f"{row['variant']}: one-GPU step times ({row.get('step_clock', 'wall-clock')}) {spread} over {len(kept)} steps"
                      + (f" ({left_out} one-off step(s) over {OUTLIER:g}x the median left out)" if left_out else "")
                      + "; waiting for the slowest process alone leaves "
                      + ", ".join(f"{straggler_bound(kept, n)[0]:.1%} at {n} GPUs" for n in counts)
@@ -254,6 +259,7 @@ def run_one(args, device, data, name, opts, gpus, out_dir):
         result["error"] = f"wrote no {metrics}: see {stdout}"
     else:
         result["times"] = step_times(metrics, args.skip_first)
+        result["gpu_times"] = step_times(metrics, args.skip_first, "gpu_time")
         if not result["times"]:
             result["error"] = f"no iteration after --skip-first {args.skip_first} in {metrics}"
     return result

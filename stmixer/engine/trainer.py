@@ -111,6 +111,42 @@ class HookBase:
         """Called after each iteration."""
 
 
+class GpuStepClock:
+    """The GPU's seconds per iteration, from a CUDA event recorded as each iteration starts.
+
+    The interval between two iterations' events covers the first one's kernels and any time the
+    GPU waited for the host to issue them (data loading, matching on the host, launches) -- what
+    a process's iteration costs the others under DistributedDataParallel, which the host's
+    wall-clock blurs: a host delay the GPU's queued work hides shows in one iteration's
+    wall-clock and is paid back by the next. Read without a synchronization: at iteration k,
+    once the loss values have reached the host, the interval of iteration k - 1 is complete.
+    Does nothing off CUDA.
+
+    Args:
+        device: torch.device of the model.
+    """
+
+    def __init__(self, device):
+        self.enabled = device.type == "cuda"
+        self._previous = None
+        self._current = None
+
+    def start(self):
+        """Mark the start of an iteration (on the current CUDA stream)."""
+        if not self.enabled:
+            return
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        self._previous, self._current = self._current, event
+
+    def previous_seconds(self):
+        """Seconds of the previous iteration on the GPU; None off CUDA, on the first iteration, or
+        while the current iteration's start has not been reached on the GPU (never waits)."""
+        if self._previous is None or not self._current.query():
+            return None
+        return self._previous.elapsed_time(self._current) / 1000.0
+
+
 class Trainer:
     """Runs iterations ``start_iter .. max_iter - 1`` of ``model`` on ``data_loader``.
 
@@ -164,6 +200,7 @@ class Trainer:
         self.grad_accum_steps = int(grad_accum_steps)
         self.hooks = []
         self.metrics = MetricHistory()
+        self.gpu_clock = GpuStepClock(device)
         self.iter = 0
         self.start_iter = 0
         self.max_iter = 0
@@ -205,6 +242,7 @@ class Trainer:
         changes no weight.
         """
         start = time.perf_counter()
+        self.gpu_clock.start()
         self.metrics.iteration = self.iter + 1
         batch = next(self._data_iter)
         data_time = time.perf_counter() - start
@@ -264,6 +302,9 @@ class Trainer:
             **{name: value for name, value in loss_values.items() if name not in bad},
         )
         # metrics a model leaves beside its losses (FastRCNN: recall / precision), logged, never summed
+        gpu_time = self.gpu_clock.previous_seconds()
+        if gpu_time is not None:  # the previous iteration's (see GpuStepClock)
+            self.metrics.put(gpu_time=gpu_time)
         extra = getattr(getattr(self.model, "module", self.model), "train_metrics", None)
         if extra:
             self.metrics.put(**{name: value for name, value in extra.items() if math.isfinite(value)})

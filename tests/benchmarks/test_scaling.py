@@ -49,7 +49,7 @@ def test_one_and_two_processes_give_the_table_from_their_metrics(scaling, datase
     assert [r[:2] for r in body] == [["defaults", "1"], ["defaults", "2"]]
     assert body[0][4] == "100.0%"
     assert body[1][4] == f"{rows[1]['efficiency']:.1%}" + (" (met)" if rows[1]["efficiency"] >= 0.95 else " (missed)")
-    assert "defaults: one-GPU step times" in out and "at 2 GPUs" in out and "at 4 GPUs" in out
+    assert "defaults: one-GPU step times (wall-clock)" in out and "at 2 GPUs" in out and "at 4 GPUs" in out
     assert len(rows[0]["step_times"]) == 3
 
 
@@ -103,6 +103,21 @@ def test_the_table_compares_each_variant_with_its_own_one_gpu_run_and_with_defau
     assert lines[3] == "| defaults | 4 | 0.2500 | 128.00 | 80.0% (missed) | - |"
     assert lines[5] == "| fast | 4 | 0.1040 | 307.69 | 96.2% (met) | 2.40x |"
     assert lines[6] == "| lost | 4 | failed (exit status 1): see x | - | - | - |"
+
+
+def test_predict_takes_the_gpus_step_times_when_every_timed_iteration_has_one(scaling):
+    runs = [{"variant": "cuda", "gpus": 1, "times": [0.3, 0.1, 0.3, 0.1], "gpu_times": [0.2, 0.2, 0.2, 0.2]},
+            {"variant": "partly", "gpus": 1, "times": [0.3, 0.1, 0.3, 0.1], "gpu_times": [0.2, 0.2, 0.2]},
+            {"variant": "cpu", "gpus": 1, "times": [0.3, 0.1, 0.3, 0.1], "gpu_times": []}]
+    rows = scaling.summarize(runs, clips_per_gpu=8)
+    assert [(r["step_clock"], r["step_times"]) for r in rows] == [
+        ("GPU", [0.2] * 4), ("wall-clock", runs[1]["times"]), ("wall-clock", runs[2]["times"])]
+    assert rows[0]["s_per_iter"] == pytest.approx(0.2)  # the table stays the wall-clock's median
+    lines = scaling.predictions(rows, [2])
+    assert lines[0].startswith("cuda: one-GPU step times (GPU) 0.2000-0.2000 s")
+    assert "100.0% at 2 GPUs" in lines[0]  # equal GPU steps: no waiting, though the wall-clock alternates
+    assert lines[2].startswith("cpu: one-GPU step times (wall-clock) 0.1000-0.3000 s")
+    assert "80.0% at 2 GPUs" in lines[2]  # mean 0.2 over the expected maximum 0.25
 
 
 @pytest.mark.parametrize("argv,message", [

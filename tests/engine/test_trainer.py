@@ -230,6 +230,7 @@ def test_metrics_json_holds_each_iteration_once_and_evaluations_as_own_records(t
     training = [r for r in records if r.get("type") != "eval"]
     assert [r["iteration"] for r in training] == [2, 4, 6, 8, 10]
     assert not any(k.startswith("eval/") for r in training for k in r)
+    assert not any("gpu_time" in r for r in training)  # CUDA only
     assert [r for r in records if r.get("type") == "eval"] == [
         {"iteration": 3, "type": "eval", "eval/mAP": pytest.approx(0.1)},
         {"iteration": 6, "type": "eval", "eval/mAP": pytest.approx(0.2)},
@@ -259,3 +260,29 @@ def test_metrics_file_trim_keeps_iterations_up_to_the_resume_point(tmp_path):
     assert _records(tmp_path) == lines[:5]
     metrics_file.add_evaluation(4, {"eval/mAP": 0.75})  # an evaluation run again replaces the earlier record
     assert _records(tmp_path) == lines[:4] + [{"iteration": 4, "type": "eval", "eval/mAP": 0.75}]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_time_records_the_previous_iterations_gpu_seconds(tmp_path):
+    """From iteration 2 on, each record carries the GPU's seconds of the iteration before it: positive, and in
+    total no more than the wall-clock of the iterations it covers (a unit slip, milliseconds for seconds,
+    would break that)."""
+    import time
+
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = ToyDetector().to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    trainer = Trainer(model, ToyLoader(), opt, device)
+    trainer.register_hooks([MetricsWriterHook(str(tmp_path), 1, False, device)])
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    trainer.train(0, 6)
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    records = _records(tmp_path)
+    assert [r["iteration"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert "gpu_time" not in records[0]
+    gpu = [r["gpu_time"] for r in records[1:]]
+    assert all(t > 0 for t in gpu)
+    assert sum(gpu) <= wall
