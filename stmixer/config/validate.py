@@ -39,7 +39,7 @@ CHOICES = {
     "MODEL.STM.LOSS_REDUCTION": ("mean", "sum"),
     "MODEL.STM.SAMPLER": ("auto", "reference", "folded", "triton"),
     "MODEL.STM.STACKED_LOSSES": ("auto", True, False),
-    "MODEL.CUDA_GRAPH.SCOPE": ("off", "decoder", "model"),
+    "MODEL.CUDA_GRAPH.SCOPE": ("off", "decoder", "model", "split"),
     "MODEL.STM.MEM_ACTIVE": (False,),
     "SOLVER.SCHEDULER": ("warmup_multi_step", "warmup_cosine"),
     "SOLVER.WARMUP_METHOD": ("linear", "constant", "mmengine_linear"),

@@ -205,6 +205,10 @@ class GraphedPart:
             its tensor inputs only through their values (fixed shapes per signature).
         module: the ``nn.Module`` whose trainable parameters ``fn`` uses (gradients flow to them)
             and whose buffers are restored after each capture.
+        submodules: names of ``module``'s children that hold all ``fn`` uses, where it uses only those:
+            the graphs then differentiate their parameters alone. A parameter that the backward graph
+            is handed but gives no gradient would still hold back autograd's accumulation of that
+            parameter's gradient from elsewhere until this part's backward has run.
         max_graphs: captured signatures at most; further ones run eagerly.
         name: for log lines.
         warmup: a context manager factory entered around a capture's warm-up runs (their values are discarded):
@@ -215,11 +219,12 @@ class GraphedPart:
     eagerly itself (see the module docstring for when).
     """
 
-    def __init__(self, fn, module, max_graphs=8, name="model", warmup=contextlib.nullcontext):
+    def __init__(self, fn, module, max_graphs=8, name="model", warmup=contextlib.nullcontext, submodules=None):
         # weak references: the module usually owns this object, and a cycle would keep the graphs' memory
         # (activations of every captured shape) alive after the module is dropped, until a garbage collection
         self._fn = weakref.WeakMethod(fn) if inspect.ismethod(fn) else (lambda: fn)
         self._module = weakref.ref(module)
+        self.submodules = tuple(submodules) if submodules else None
         self.max_graphs = max_graphs
         self.name = name
         self.warmup = warmup
@@ -292,14 +297,28 @@ class GraphedPart:
             return outputs
         return graph.replay_forward(tensors)
 
+    def _owned(self):
+        """(parameters, buffers) that ``fn`` uses: ``module``'s, or its ``submodules``' (each once)."""
+        module = self.module
+        owners = [module] if self.submodules is None else [getattr(module, name) for name in self.submodules]
+        params, buffers, seen = [], [], set()
+        for owner in owners:
+            for kind, tensors in ((params, owner.parameters()), (buffers, owner.buffers())):
+                for t in tensors:
+                    if id(t) not in seen:
+                        seen.add(id(t))
+                        kind.append(t)
+        return params, buffers
+
     def _capture(self, tensors, key):
-        params = [p for p in self.module.parameters() if p.requires_grad] if torch.is_grad_enabled() else []
+        owned_params, owned_buffers = self._owned()
+        params = [p for p in owned_params if p.requires_grad] if torch.is_grad_enabled() else []
         with_backward = bool(params) or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-        buffers = {name: b.detach().clone() for name, b in self.module.named_buffers()}
+        saved = [b.detach().clone() for b in owned_buffers]
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         try:
-            state = list(self.module.parameters()) + list(self.module.buffers())
+            state = owned_params + owned_buffers
             graph = _Graph(self.fn, self.module, params, state, tensors, self._pool, with_backward, self.warmup)
         except Exception as e:  # noqa: BLE001 - any capture failure: run eagerly from now on, say why once
             torch.cuda.synchronize()
@@ -310,8 +329,8 @@ class GraphedPart:
             return None
         finally:
             with torch.no_grad():
-                for name, b in self.module.named_buffers():
-                    b.copy_(buffers[name])
+                for b, value in zip(owned_buffers, saved):
+                    b.copy_(value)
         self.graphs[key] = graph
         shapes = ", ".join("x".join(map(str, t.shape)) for t in tensors)
         self._note(key, f"captured {'forward + backward' if with_backward else 'forward'} for inputs {shapes} "

@@ -21,7 +21,7 @@ from .trace import record
 logger = logging.getLogger(__name__)
 
 # MODEL.CUDA_GRAPH.SCOPE values: what a CUDA graph covers.
-CUDA_GRAPH_SCOPES = ("off", "decoder", "model")
+CUDA_GRAPH_SCOPES = ("off", "decoder", "model", "split")
 
 
 class STMDetector(nn.Module):
@@ -33,7 +33,10 @@ class STMDetector(nn.Module):
         neck: maps the 4 levels to ``[B, D, T, H_l, W_l]``.
         decoder: the STMixer decoder (``stmixer.modeling.stmixer``).
         cuda_graph: ``MODEL.CUDA_GRAPH.SCOPE``: on CUDA, replay CUDA graphs (``modeling.cuda_graphs``) of
-            the decoder stages ("decoder") or of backbone, neck and decoder stages ("model"); "off": eager.
+            the decoder stages ("decoder"), of backbone, neck and decoder stages as one graph ("model") or as
+            two, backbone + neck and decoder stages ("split": the decoder's parameter gradients are final,
+            and DistributedDataParallel can all-reduce them, while the backbone's backward replays);
+            "off": eager.
             The loss, the matching and the selection of detections always run eagerly.
         max_graphs: ``MODEL.CUDA_GRAPH.MAX_GRAPHS``, input shapes captured at most.
         tf32_matmul: ``TF32_MATMUL``: on CUDA, the forward (and a captured backward) runs float32
@@ -50,7 +53,8 @@ class STMDetector(nn.Module):
         self.cuda_graph = cuda_graph
         self.max_graphs = max_graphs
         self.tf32_matmul = tf32_matmul
-        self._graphed = None  # the GraphedPart of the latest CUDA forward
+        self._graphed = None  # the GraphedPart of the latest CUDA forward that gives the decoder's outputs
+        self._graphed_backbone = None  # with "split": the GraphedPart of backbone + neck before it
         self._graph_scope = None  # what it covers: cuda_graph, or "decoder" where the backbone holds collectives
         self._graphed_parts = {}  # scope -> GraphedPart, each made on its first use
         self._sync_bns = None  # the backbone's SyncBatchNorm modules, listed once
@@ -59,7 +63,8 @@ class STMDetector(nn.Module):
         # copies and pickles start without graphs (captured again on their first CUDA forward): a graph
         # replays the kernels of this module's memory, and its part holds this module by weak reference
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        return {**state, "_graphed": None, "_graph_scope": None, "_graphed_parts": {}, "_sync_bns": None}
+        return {**state, "_graphed": None, "_graphed_backbone": None, "_graph_scope": None, "_graphed_parts": {},
+                "_sync_bns": None}
 
     def features(self, slow_video, fast_video=None):
         """Backbone levels and neck outputs of a clip batch.
@@ -111,32 +116,44 @@ class STMDetector(nn.Module):
 
         ``whwh``: the clip sizes as ``STMDecoder.clip_sizes`` gives them."""
         scope = self.cuda_graph
-        if scope == "model" and self._backbone_synchronizes():
+        if scope in ("model", "split") and self._backbone_synchronizes():
             scope = "decoder"
         if scope not in self._graphed_parts:
-            if scope == "model":  # the warm-up of a capture must not run bn_act's collectives (see skip_collectives)
-                part = GraphedPart(self._model_outputs, self, self.max_graphs, name="backbone+decoder",
-                                   warmup=bn_act.skip_collectives)
-            else:
-                part = GraphedPart(self._decoder_outputs, self.stm_head, self.max_graphs, name="decoder")
-                if self.cuda_graph == "model":
-                    logger.info("MODEL.CUDA_GRAPH.SCOPE model: the backbone's SyncBatchNorm layers synchronize "
-                                "with PyTorch's collectives (training on several processes, MODEL.CUDA_GRAPH.SYNC_BN "
-                                "False), so the CUDA graphs of training steps cover the decoder stages only")
-            self._graphed_parts[scope] = part
-        self._graphed, self._graph_scope = self._graphed_parts[scope], scope
-        if self._graph_scope == "model":
-            if getattr(self.backbone, "channels_last", False) and slow_video.is_cuda:
-                # NDHWC weights before a capture, not inside it (parameters are stand-ins there, see cuda_graphs)
-                self.backbone.use_channels_last()
-            videos = (slow_video,) if fast_video is None else (slow_video, fast_video)
+            self._graphed_parts[scope] = self._make_parts(scope)
+        (self._graphed_backbone, self._graphed), self._graph_scope = self._graphed_parts[scope], scope
+        videos = (slow_video,) if fast_video is None else (slow_video, fast_video)
+        if scope in ("model", "split") and getattr(self.backbone, "channels_last", False) and slow_video.is_cuda:
+            # NDHWC weights before a capture, not inside it (parameters are stand-ins there, see cuda_graphs)
+            self.backbone.use_channels_last()
+        if scope == "model":
             flat = self._graphed(*videos, whwh)
-        else:
+            return None if flat is None else DecoderOutputs.from_flat(flat)
+        mapped = self._graphed_backbone(*videos) if self._graphed_backbone is not None else None
+        if mapped is None:
             mapped = self.features(slow_video, fast_video)[1]
-            flat = self._graphed(*mapped, whwh)
-            if flat is None:
-                return self.stm_head.decode(mapped, whwh)
-        return None if flat is None else DecoderOutputs.from_flat(flat)
+        flat = self._graphed(*mapped, whwh)
+        if flat is None:
+            return self.stm_head.decode(mapped, whwh)
+        return DecoderOutputs.from_flat(flat)
+
+    def _make_parts(self, scope):
+        """(GraphedPart of backbone + neck or None, GraphedPart giving the decoder's outputs) of ``scope``.
+
+        A part holding the backbone skips bn_act's collectives in a capture's warm-up (see skip_collectives). The
+        backbone part differentiates the backbone's and the neck's parameters only: handed the decoder's too, its
+        backward would hold back their gradients (see GraphedPart's ``submodules``)."""
+        if scope == "model":
+            return None, GraphedPart(self._model_outputs, self, self.max_graphs, name="backbone+decoder",
+                                     warmup=bn_act.skip_collectives)
+        decoder = GraphedPart(self._decoder_outputs, self.stm_head, self.max_graphs, name="decoder")
+        if scope == "split":
+            return GraphedPart(self._feature_outputs, self, self.max_graphs, name="backbone+neck",
+                               warmup=bn_act.skip_collectives, submodules=("backbone", "lateral_convs")), decoder
+        if self.cuda_graph in ("model", "split"):
+            logger.info("MODEL.CUDA_GRAPH.SCOPE %s: the backbone's SyncBatchNorm layers synchronize with PyTorch's "
+                        "collectives (training on several processes, MODEL.CUDA_GRAPH.SYNC_BN False), so the CUDA "
+                        "graphs of training steps cover the decoder stages only", self.cuda_graph)
+        return None, decoder
 
     def _backbone_synchronizes(self):
         """Whether the backbone's forward holds collectives that the graphs cannot capture: PyTorch's, of a
@@ -148,6 +165,9 @@ class STMDetector(nn.Module):
             self._sync_bns = [m for m in self.backbone.modules() if isinstance(m, nn.SyncBatchNorm)]
         groups = (bn_act.sync_group(m) for m in self._sync_bns)
         return any(g is not None and not bn_act.kernels_synchronize(g) for g in groups)
+
+    def _feature_outputs(self, *videos):
+        return tuple(self.features(*videos)[1])
 
     def _model_outputs(self, *videos_and_whwh):
         *videos, whwh = videos_and_whwh

@@ -179,7 +179,8 @@ def exact_cuda():
 
 
 @needs_cuda
-@pytest.mark.parametrize("scope,channels_last", [("model", False), ("decoder", False), ("model", True)])
+@pytest.mark.parametrize("scope,channels_last", [("model", False), ("decoder", False), ("model", True), ("split", False),
+                                                 ("split", True)])
 def test_graphed_training_equals_eager(repo_root, exact_cuda, scope, channels_last):
     # channels_last: the backbone moves its weights to NDHWC on its first CUDA forward (before the capture)
     eager, graphed = pair(repo_root, "cuda", scope, "MODEL.BACKBONE.CHANNELS_LAST", channels_last)
@@ -193,6 +194,8 @@ def test_graphed_training_equals_eager(repo_root, exact_cuda, scope, channels_la
         assert_same(got, expected, 1e-5)
         assert_same(grads(graphed), grads(eager), 1e-4)
     assert len(graphed._graphed.graphs) == 2  # not captured again: the weights did not move after the capture
+    if scope == "split":
+        assert len(graphed._graphed_backbone.graphs) == 2 and graphed._graphed_backbone is not graphed._graphed
     # BatchNorm running statistics (FROZEN_BN False here) move as in eager steps; captures changed none
     assert_same({k: v for k, v in graphed.state_dict().items() if "running" in k},
                 {k: v for k, v in eager.state_dict().items() if "running" in k}, 1e-5)
@@ -221,24 +224,35 @@ def test_gradients_accumulate_and_pending_backward_falls_back(repo_root, exact_c
 
 
 @needs_cuda
-def test_graphed_steps_under_ddp_equal_eager(repo_root, exact_cuda, tmp_path):
+@pytest.mark.parametrize("scope", ["model", "split"])
+def test_graphed_steps_under_ddp_equal_eager(repo_root, exact_cuda, tmp_path, scope):
     """DistributedDataParallel (one NCCL process on this GPU): the replays' parameter gradients reach DDP's
-    reducer through the usual accumulation, and the reduced gradients equal the eager ones."""
+    reducer through the usual accumulation, and the reduced gradients equal the eager ones. With "split" every
+    decoder gradient is final before the backbone's first one (DDP can all-reduce them while the backbone's
+    backward replays); "model" hands every gradient over at its end."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
     dist.init_process_group("nccl", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
     try:
-        eager, graphed = pair(repo_root, "cuda")
+        eager, graphed = pair(repo_root, "cuda", scope)
         eager.train(), graphed.train()
+        order = []
+        for name, p in graphed.named_parameters():
+            if p.requires_grad and name.startswith(("backbone.", "stm_head.")):
+                p.register_post_accumulate_grad_hook(lambda p, name=name: order.append(name.split(".")[0]))
         wrapped = [DistributedDataParallel(m, device_ids=[torch.cuda.current_device()]) for m in (eager, graphed)]
         for step in range(3):
             data = batch(step, device="cuda")
             for model in wrapped:
                 model.zero_grad(set_to_none=True)
+            order.clear()
             expected, got = train_pass(wrapped[0], data), train_pass(wrapped[1], data)
             assert_same(got, expected, 1e-5)
             assert_same(grads(graphed), grads(eager), 1e-4)
+            assert set(order) == {"backbone", "stm_head"}
+            if scope == "split":
+                assert order.index("backbone") == order.count("stm_head")  # every decoder gradient first
         assert len(graphed._graphed.graphs) == 1  # DDP adds no module hook: the steps were replays
     finally:
         dist.destroy_process_group()
@@ -402,6 +416,13 @@ def test_scope_choice_and_cpu_fallbacks_of_the_graphed_forward(repo_root):
     assert decoder_scope._graph_scope == "decoder"
     for got, want in zip(outputs.flat(), expected.flat()):
         assert torch.equal(got, want)
+    _, split = pair(repo_root, "cpu", "split")
+    split.eval()
+    with torch.no_grad():
+        outputs = split._graphed_forward(video, None, sizes)  # "split": both parts decline, eager after eager
+    assert split._graph_scope == "split" and split._graphed_backbone is not None
+    for got, want in zip(outputs.flat(), expected.flat()):
+        assert torch.equal(got, want)
     _, synced = pair(repo_root, "cpu", "model")
     synced.backbone = torch.nn.SyncBatchNorm.convert_sync_batchnorm(synced.backbone)
     synced.eval()
@@ -444,9 +465,9 @@ def test_the_graphs_leave_out_a_backbone_whose_syncbatchnorm_synchronizes(repo_r
 
 
 @needs_cuda
-@pytest.mark.parametrize("width", [8, 32])
+@pytest.mark.parametrize("width,scope", [(8, "model"), (32, "model"), (32, "split")])
 def test_graphs_capture_the_collectives_of_a_synchronized_backbone(repo_root, exact_cuda, tmp_path, monkeypatch,
-                                                                   width):
+                                                                   width, scope):
     """MODEL.CUDA_GRAPH.SYNC_BN on one NCCL process (``SYNC_ONE_PROCESS`` takes the collective path): the whole
     model is captured with the SyncBatchNorm all_gathers and all_reduces in it, under DistributedDataParallel on
     the default group; losses, gradients and running statistics equal the eager steps', and each step runs each
@@ -475,7 +496,7 @@ def test_graphs_capture_the_collectives_of_a_synchronized_backbone(repo_root, ex
     monkeypatch.setattr(dist, "all_reduce", counting_all_reduce)
     dist.init_process_group("nccl", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
     try:
-        eager, graphed = pair(repo_root, "cuda", "model", *opts)
+        eager, graphed = pair(repo_root, "cuda", scope, *opts)
         cfg = tiny_cfg(repo_root, *opts)
         models = [convert_sync_batchnorm(cfg, m).train() for m in (eager, graphed)]
         syncs = [m for m in models[1].backbone.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
@@ -496,7 +517,7 @@ def test_graphs_capture_the_collectives_of_a_synchronized_backbone(repo_root, ex
                 assert ours == ["all_gather"] * len(syncs) + ["all_reduce"] * len(syncs)
             assert_same(got, expected, 1e-5)
             assert_same(grads(models[1]), grads(models[0]), 1e-4)
-        assert models[1]._graph_scope == "model" and len(models[1]._graphed.graphs) == 2
+        assert models[1]._graph_scope == scope and len(models[1]._graphed.graphs) == 2
         assert_same({k: v for k, v in models[1].state_dict().items() if "running" in k},
                     {k: v for k, v in models[0].state_dict().items() if "running" in k}, 1e-5)
     finally:
@@ -525,6 +546,8 @@ def test_sync_bn_conversion_takes_a_group_of_its_own_only_where_the_graphs_and_k
         on = ["MODEL.CUDA_GRAPH.SYNC_BN", True, "MODEL.BACKBONE.CHANNELS_LAST", True]
         assert groups() == {None}  # PyTorch's SyncBatchNorm on the default group
         (group,) = groups(*on)
+        assert group is not None and bn_act.kernels_synchronize(group)
+        (group,) = groups(*on, "MODEL.CUDA_GRAPH.SCOPE", "split")  # the backbone's own graph captures them too
         assert group is not None and bn_act.kernels_synchronize(group)
         with caplog.at_level(logging.INFO, logger="stmixer.modeling.sync_bn"):
             assert groups(*on, "MODEL.CUDA_GRAPH.SCOPE", "decoder") == {None}
