@@ -111,6 +111,25 @@ class HookBase:
         """Called after each iteration."""
 
 
+class HostValues:
+    """A tensor's values on their way to the host: the copy is issued now (CUDA: into pinned memory, behind the
+    work queued so far), read by ``tolist`` later, which waits for that copy only, not for work queued after it."""
+
+    def __init__(self, tensor):
+        self._event = None
+        if tensor.is_cuda:
+            self._host = tensor.detach().to("cpu", non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = tensor.detach()
+
+    def tolist(self):
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host.tolist()
+
+
 class GpuStepClock:
     """The GPU's seconds per iteration, from a CUDA event recorded as each iteration starts.
 
@@ -238,8 +257,8 @@ class Trainer:
 
         With ``grad_accum_steps`` N > 1 the batch is run as N micro-batches; the loss terms
         logged and checked are their sums (the whole batch's terms). The non-finite check
-        comes after the last micro-batch's forward, before its backward, so a skipped step
-        changes no weight.
+        reads the loss terms after the last micro-batch's backward has been issued and before
+        the optimizer step: a skipped step drops the gradients and changes no weight.
         """
         start = time.perf_counter()
         self.gpu_clock.start()
@@ -280,8 +299,12 @@ class Trainer:
                 if not last:
                     self._backward(total)
                     continue
-                # Averaged over processes: for logging, and so that all processes agree on non-finite terms.
-                loss_values = dict(zip(names, comm.all_reduce_mean(summed).tolist()))
+                # Averaged over processes: for logging, and so that all processes agree on non-finite terms. The
+                # backward is issued before the values reach the host, so the GPU goes on with it meanwhile; every
+                # process runs it, and its gradients are dropped below where a term is not finite.
+                values = HostValues(comm.all_reduce_mean(summed))
+                self._backward(total)
+                loss_values = dict(zip(names, values.tolist()))
                 bad = [name for name, value in loss_values.items() if not math.isfinite(value)]
                 if bad:
                     self.optimizer.zero_grad(set_to_none=True)
@@ -289,8 +312,6 @@ class Trainer:
                         f"non-finite loss at iteration {self.iter + 1}: "
                         + ", ".join(f"{name}={loss_values[name]}" for name in bad)
                     )
-                else:
-                    self._backward(total)
         if not bad:
             self._step()
         good = [value for name, value in loss_values.items() if name not in bad]

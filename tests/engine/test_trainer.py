@@ -127,6 +127,34 @@ def test_nonfinite_loss_skip_leaves_parameters(tmp_path):
     assert trainer.metrics.latest("skipped_steps") == 1.0
 
 
+def test_the_backward_is_issued_before_the_loss_values_are_read_and_a_skip_drops_its_gradients(tmp_path,
+                                                                                                 monkeypatch):
+    """The host reads the loss terms (a device synchronization on CUDA) only once the backward is queued, so the
+    GPU never waits for that read; a non-finite term then drops the gradients before the optimizer step."""
+    from stmixer.engine import trainer as trainer_module
+
+    model, trainer, _ = _make(tmp_path)
+    model.poison_at = 1
+    trainer.nonfinite_loss = "skip"
+    events = []
+    real_backward, real_tolist = trainer._backward, trainer_module.HostValues.tolist
+    monkeypatch.setattr(trainer, "_backward", lambda total: (events.append("backward"), real_backward(total)))
+
+    def tolist(self):
+        events.append("read" if all(p.grad is not None for p in model.parameters()) else "read before the gradients")
+        return real_tolist(self)
+
+    monkeypatch.setattr(trainer_module.HostValues, "tolist", tolist)
+    stepped = []
+    real_step = trainer.optimizer.step
+    monkeypatch.setattr(trainer.optimizer, "step", lambda *a, **k: (stepped.append(
+        all(p.grad is not None for p in model.parameters())), real_step(*a, **k))[1])
+    trainer.train(0, 3)
+    assert events == ["backward", "read"] * 3
+    assert stepped == [True, True]  # iteration 2 (whwh 1: poisoned) was skipped, its gradients dropped
+    assert trainer.metrics.current().get("skipped_steps") is None
+
+
 def test_bf16_autocast_on_cpu_trains(tmp_path):
     model, trainer, _ = _make(tmp_path)
     trainer.amp = "bf16"
