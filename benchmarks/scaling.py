@@ -32,7 +32,9 @@ that all processes share costs no waiting). Steps over 5 times the median (a cap
 input shape) are left out and counted.
 
 Runs' output goes to ``--out`` (``<variant>-<N>gpu/``, emptied first: ``stdout.txt``, ``log.txt``,
-``metrics.json``); the checkpoints they write at the end are deleted. A run that fails is
+``metrics.json``, ``exit_status.txt``); the checkpoints they write at the end are deleted. ``--reuse``
+keeps a run that finished there before with the same command line (its ``exit_status.txt`` says 0):
+repeated after a call was cut short, the same command runs only what is missing. A run that fails is
 reported in one line naming its output file; the others still run and are printed, and the exit
 status is 1.
 """
@@ -199,6 +201,8 @@ def parse_args(argv):
     parser.add_argument("--workers", type=int, default=6, help="DATALOADER.NUM_WORKERS per process")
     parser.add_argument("--out", default=None, help="folder of the runs' output (default: a new temporary one)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the runs in --out that finished with the same command line instead of rerunning")
     parser.add_argument("opts", nargs="*", metavar="KEY VALUE", help="config overrides of every run")
     args = parser.parse_args(argv)
     try:
@@ -230,12 +234,19 @@ def _environment(device, gpus):
     return env
 
 
+def finished_before(run_dir, command_line):
+    """Whether ``run_dir`` holds a run of ``command_line`` that exited with status 0 (``--reuse``)."""
+    try:
+        first = (run_dir / "stdout.txt").read_text().split("\n", 1)[0]
+        status = (run_dir / "exit_status.txt").read_text().strip()
+    except OSError:
+        return False
+    return first == command_line and status == "0" and (run_dir / "metrics.json").is_file()
+
+
 def run_one(args, device, data, name, opts, gpus, out_dir):
-    """One train_net.py run; returns {variant, gpus, times} or {variant, gpus, error}."""
+    """One train_net.py run; returns {variant, gpus, times[, reused]} or {variant, gpus, error}."""
     run_dir = out_dir / f"{name}-{gpus}gpu"
-    if run_dir.exists():  # an earlier run's checkpoint would be resumed (and its metrics trimmed): start afresh
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
     launcher = [sys.executable] if gpus == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                     "--nproc_per_node", str(gpus)]
     command = [*launcher, str(REPO_ROOT / "train_net.py"), "--config-file", args.config_file, "--skip-val",
@@ -244,14 +255,21 @@ def run_one(args, device, data, name, opts, gpus, out_dir):
                "SOLVER.ITER_PER_EPOCH", str(args.iters), "SOLVER.MAX_EPOCH", "1", "SOLVER.LOG_PERIOD", "1",
                "DATALOADER.NUM_WORKERS", str(args.workers), *args.opts, *opts]
     stdout = run_dir / "stdout.txt"
-    with stdout.open("w") as f:
-        f.write(" ".join(command) + "\n\n")
-        f.flush()
-        code = subprocess.call(command, cwd=REPO_ROOT, env=_environment(device, gpus), stdout=f,
-                               stderr=subprocess.STDOUT)
-    for checkpoint in run_dir.glob("*.pth"):
-        checkpoint.unlink()
     result = {"variant": name, "gpus": gpus}
+    if args.reuse and finished_before(run_dir, " ".join(command)):
+        code, result["reused"] = 0, True
+    else:
+        if run_dir.exists():  # an earlier run's checkpoint would be resumed (and its metrics trimmed): start afresh
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        with stdout.open("w") as f:
+            f.write(" ".join(command) + "\n\n")
+            f.flush()
+            code = subprocess.call(command, cwd=REPO_ROOT, env=_environment(device, gpus), stdout=f,
+                                   stderr=subprocess.STDOUT)
+        for checkpoint in run_dir.glob("*.pth"):
+            checkpoint.unlink()
+        (run_dir / "exit_status.txt").write_text(f"{code}\n")
     metrics = run_dir / "metrics.json"
     if code != 0:
         result["error"] = f"failed (exit status {code}): see {stdout}"
@@ -295,7 +313,7 @@ def main(argv=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     data = Path(args.data) if args.data else write_synthetic(args, out_dir)
     plan = [(name, opts, gpus) for name, opts in args.variants for gpus in args.gpus]
-    runs, started = [], time.perf_counter()
+    runs, spent, ran = [], 0.0, 0
     for k, (name, opts, gpus) in enumerate(plan, start=1):
         t0 = time.perf_counter()
         print(f"[{k}/{len(plan)}] {name}, {gpus} {'GPU(s)' if device == 'cuda' else 'process(es)'} ...", end=" ",
@@ -303,8 +321,11 @@ def main(argv=None):
         run = run_one(args, device, data, name, opts, gpus, out_dir)
         runs.append(run)
         took = time.perf_counter() - t0
-        eta = (time.perf_counter() - started) / k * (len(plan) - k)
-        print(("done" if "error" not in run else run["error"]) + f" in {took:.0f} s; about {eta:.0f} s left",
+        if not run.get("reused"):
+            spent, ran = spent + took, ran + 1
+        eta = spent / max(ran, 1) * (len(plan) - k)
+        done = "kept from an earlier call (--reuse)" if run.get("reused") else "done"
+        print((done if "error" not in run else run["error"]) + f" in {took:.0f} s; about {eta:.0f} s left",
               flush=True)
     rows = summarize(runs, args.clips_per_gpu)
     print(f"\n{args.config_file}, {args.clips_per_gpu} clips per GPU, {args.iters} iterations (median s/iter after "

@@ -69,6 +69,24 @@ def test_a_failed_run_is_one_line_and_the_others_are_still_printed(scaling, data
     assert body[1][:2] == ["broken", "1"]
 
 
+def test_reuse_keeps_the_runs_that_finished_with_the_same_command(scaling, dataset, tmp_path, capsys):
+    argv = [*COMMON, "--gpus", "1", "--iters", "3", "--skip-first", "1", "--data", str(dataset), "--out",
+            str(tmp_path / "runs"), "--variant", "broken=SOLVER.BASE_LRR 1", "--reuse", *TINY]
+    assert scaling.main(argv) == 1
+    first = capsys.readouterr().out
+    metrics = tmp_path / "runs" / "defaults-1gpu" / "metrics.json"
+    written = metrics.stat().st_mtime_ns
+    assert scaling.main(argv) == 1  # the finished run is kept; the failed one runs again (and fails again)
+    again = capsys.readouterr().out
+    assert "[1/2] defaults, 1 process(es) ... kept from an earlier call (--reuse)" in again
+    assert "[2/2] broken, 1 process(es) ... failed (exit status 2)" in again
+    assert metrics.stat().st_mtime_ns == written
+    assert _table(again)[0] == _table(first)[0]  # the same numbers, read from the same metrics.json
+    argv[argv.index("--iters") + 1] = "4"  # another command line: run again
+    scaling.main(argv)
+    assert "defaults, 1 process(es) ... done" in capsys.readouterr().out and metrics.stat().st_mtime_ns != written
+
+
 def test_the_straggler_bound_is_the_mean_over_the_expected_maximum(scaling):
     # two steps of 1 s and 2 s: the maximum of two draws is 2 s unless both are 1 s (1/4)
     assert scaling.expected_max([2.0, 1.0], 2) == pytest.approx(0.25 * 1 + 0.75 * 2)
