@@ -34,7 +34,8 @@ input shape) are left out and counted.
 Runs' output goes to ``--out`` (``<variant>-<N>gpu/``, emptied first: ``stdout.txt``, ``log.txt``,
 ``metrics.json``, ``exit_status.txt``); the checkpoints they write at the end are deleted. ``--reuse``
 keeps a run that finished there before with the same command line (its ``exit_status.txt`` says 0):
-repeated after a call was cut short, the same command runs only what is missing. A run that fails is
+repeated after a call was cut short, the same command runs only what is missing (and keeps the synthetic
+dataset it wrote there). A run that fails is
 reported in one line naming its output file; the others still run and are printed, and the exit
 status is 1.
 """
@@ -287,6 +288,9 @@ def write_synthetic(args, out_dir):
     """A synthetic AVA-layout dataset for the runs (``--synthetic-size``, ``--synthetic-videos``)."""
     data = out_dir / "data"
     h, w = args.synthetic_size
+    if args.reuse and (data / "synthetic_dataset.json").is_file():  # written whole by an earlier call
+        print(f"using the synthetic dataset written before in {data} (--reuse)", flush=True)
+        return data
     command = [sys.executable, "-m", "stmixer.data.synthetic", "--out", str(data), "--videos",
                str(args.synthetic_videos), "--size", str(h), str(w), "--workers", str(max(1, os.cpu_count() // 2))]
     print(f"writing a synthetic dataset ({args.synthetic_videos} videos, {h}x{w}) to {data}", flush=True)

@@ -87,6 +87,20 @@ def test_reuse_keeps_the_runs_that_finished_with_the_same_command(scaling, datas
     assert "defaults, 1 process(es) ... done" in capsys.readouterr().out and metrics.stat().st_mtime_ns != written
 
 
+def test_reuse_keeps_a_synthetic_dataset_written_whole_before(scaling, tmp_path, monkeypatch, capsys):
+    import types
+
+    args = types.SimpleNamespace(synthetic_size=[64, 96], synthetic_videos=2, reuse=True)
+    monkeypatch.setattr(scaling.subprocess, "run", lambda *a, **k: pytest.fail("wrote the dataset again"))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "synthetic_dataset.json").write_text("{}")  # written last: the dataset is whole
+    assert scaling.write_synthetic(args, tmp_path) == tmp_path / "data"
+    assert "using the synthetic dataset written before" in capsys.readouterr().out
+    args.reuse = False
+    with pytest.raises(pytest.fail.Exception, match="wrote the dataset again"):
+        scaling.write_synthetic(args, tmp_path)
+
+
 def test_the_straggler_bound_is_the_mean_over_the_expected_maximum(scaling):
     # two steps of 1 s and 2 s: the maximum of two draws is 2 s unless both are 1 s (1/4)
     assert scaling.expected_max([2.0, 1.0], 2) == pytest.approx(0.25 * 1 + 0.75 * 2)
