@@ -150,22 +150,21 @@ class STMDetector(nn.Module):
             return GraphedPart(self._feature_outputs, self, self.max_graphs, name="backbone+neck",
                                warmup=bn_act.skip_collectives, submodules=("backbone", "lateral_convs")), decoder
         if self.cuda_graph in ("model", "split"):
-            logger.info("MODEL.CUDA_GRAPH.SCOPE %s: the backbone's SyncBatchNorm layers synchronize with collectives "
-                        "the graphs do not capture (training on several processes, MODEL.CUDA_GRAPH.SYNC_BN False), "
-                        "so the CUDA graphs of training steps cover the decoder stages only", self.cuda_graph)
+            logger.info("MODEL.CUDA_GRAPH.SCOPE %s: the backbone's SyncBatchNorm layers synchronize with PyTorch's "
+                        "collectives (training on several processes, MODEL.CUDA_GRAPH.SYNC_BN False), so the CUDA "
+                        "graphs of training steps cover the decoder stages only", self.cuda_graph)
         return None, decoder
 
     def _backbone_synchronizes(self):
         """Whether the backbone's forward holds collectives that the graphs cannot capture: PyTorch's, of a
         SyncBatchNorm in training mode on several processes (``bn_act.sync_group``) on a process group that
         DistributedDataParallel may share. In eval mode (validation, ``MODEL.BACKBONE.FROZEN_BN``) SyncBatchNorm
-        uses its running statistics and synchronizes nothing; on a ``bn_act.new_sync_group`` group it runs
-        bn_act's kernels, whose collectives the graphs capture where the group allows it
-        (``MODEL.CUDA_GRAPH.SYNC_BN``; ``MODEL.BACKBONE.SYNC_BN_KERNELS`` alone keeps them eager)."""
+        uses its running statistics and synchronizes nothing; on a ``bn_act.new_sync_group`` group
+        (``MODEL.CUDA_GRAPH.SYNC_BN``) it runs bn_act's kernels, whose collectives the graphs capture."""
         if self._sync_bns is None:
             self._sync_bns = [m for m in self.backbone.modules() if isinstance(m, nn.SyncBatchNorm)]
         groups = (bn_act.sync_group(m) for m in self._sync_bns)
-        return any(g is not None and not bn_act.collectives_captured(g) for g in groups)
+        return any(g is not None and not bn_act.kernels_synchronize(g) for g in groups)
 
     def _feature_outputs(self, *videos):
         return tuple(self.features(*videos)[1])

@@ -465,17 +465,13 @@ def test_the_graphs_leave_out_a_backbone_whose_syncbatchnorm_synchronizes(repo_r
 
 
 @needs_cuda
-@pytest.mark.parametrize("width,scope,key", [(8, "model", "MODEL.CUDA_GRAPH.SYNC_BN"),
-                                           (32, "model", "MODEL.CUDA_GRAPH.SYNC_BN"),
-                                           (32, "split", "MODEL.CUDA_GRAPH.SYNC_BN"),
-                                           (32, "model", "MODEL.BACKBONE.SYNC_BN_KERNELS")])
+@pytest.mark.parametrize("width,scope", [(8, "model"), (32, "model"), (32, "split")])
 def test_graphs_capture_the_collectives_of_a_synchronized_backbone(repo_root, exact_cuda, tmp_path, monkeypatch,
-                                                                   width, scope, key):
+                                                                   width, scope):
     """MODEL.CUDA_GRAPH.SYNC_BN on one NCCL process (``SYNC_ONE_PROCESS`` takes the collective path): the whole
     model is captured with the SyncBatchNorm all_gathers and all_reduces in it, under DistributedDataParallel on
     the default group; losses, gradients and running statistics equal the eager steps', and each step runs each
-    collective once (the capture's warm-up runs none). MODEL.BACKBONE.SYNC_BN_KERNELS alone: the same kernels and
-    collectives, run eagerly at every step, and the graphs cover the decoder stages."""
+    collective once (the capture's warm-up runs none)."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
@@ -483,7 +479,7 @@ def test_graphs_capture_the_collectives_of_a_synchronized_backbone(repo_root, ex
     from stmixer.modeling.backbones import bn_act
 
     opts = ["MODEL.BACKBONE.CHANNELS_LAST", True, "MODEL.BACKBONE.FUSED_TRAINING_BN", True,
-            key, True, "RESNET.WIDTH_PER_GROUP", width]
+            "MODEL.CUDA_GRAPH.SYNC_BN", True, "RESNET.WIDTH_PER_GROUP", width]
     monkeypatch.setattr(bn_act, "SYNC_ONE_PROCESS", True)
     calls = []
     real_gather, real_all_reduce = bn_act._all_gather, dist.all_reduce
@@ -515,16 +511,13 @@ def test_graphs_capture_the_collectives_of_a_synchronized_backbone(repo_root, ex
             got = train_pass(wrapped[1], data)
             torch.cuda.synchronize()
             ours = [name for name, group in calls if group is not None and bn_act.kernels_synchronize(group)]
-            if key == "MODEL.BACKBONE.SYNC_BN_KERNELS":  # eager: every step calls them
-                assert ours == ["all_gather"] * len(syncs) + ["all_reduce"] * len(syncs)
-            elif step in (1, 3):  # replays: the graph holds the collectives (no Python call); the capture steps
+            if step in (1, 3):  # replays: the graph holds the collectives (no Python call); the capture steps
                 assert ours == []  # (0, 2) make one call per layer while capturing, none in the warm-up
             else:
                 assert ours == ["all_gather"] * len(syncs) + ["all_reduce"] * len(syncs)
             assert_same(got, expected, 1e-5)
             assert_same(grads(models[1]), grads(models[0]), 1e-4)
-        assert models[1]._graph_scope == ("decoder" if key == "MODEL.BACKBONE.SYNC_BN_KERNELS" else scope)
-        assert len(models[1]._graphed.graphs) == 2
+        assert models[1]._graph_scope == scope and len(models[1]._graphed.graphs) == 2
         assert_same({k: v for k, v in models[1].state_dict().items() if "running" in k},
                     {k: v for k, v in models[0].state_dict().items() if "running" in k}, 1e-5)
     finally:
@@ -548,31 +541,18 @@ def test_sync_bn_conversion_takes_a_group_of_its_own_only_where_the_graphs_and_k
         assert syncs and not any(isinstance(m, torch.nn.BatchNorm3d) for m in model.modules())
         return {m.process_group for m in syncs}
 
-    def kind(group):
-        if group is None:
-            return "module"
-        assert bn_act.kernels_synchronize(group)
-        return "captured" if bn_act.collectives_captured(group) else "eager"
-
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
     try:
         on = ["MODEL.CUDA_GRAPH.SYNC_BN", True, "MODEL.BACKBONE.CHANNELS_LAST", True]
-        kernels = ["MODEL.BACKBONE.SYNC_BN_KERNELS", True, "MODEL.BACKBONE.CHANNELS_LAST", True]
         assert groups() == {None}  # PyTorch's SyncBatchNorm on the default group
         (group,) = groups(*on)
-        assert kind(group) == "captured"
+        assert group is not None and bn_act.kernels_synchronize(group)
         (group,) = groups(*on, "MODEL.CUDA_GRAPH.SCOPE", "split")  # the backbone's own graph captures them too
-        assert kind(group) == "captured"
-        (group,) = groups(*kernels)  # the kernels, their collectives eager
-        assert kind(group) == "eager"
+        assert group is not None and bn_act.kernels_synchronize(group)
         with caplog.at_level(logging.INFO, logger="stmixer.modeling.sync_bn"):
-            (group,) = groups(*on, "MODEL.CUDA_GRAPH.SCOPE", "decoder")  # no graph of the backbone to capture them
-            assert kind(group) == "eager"
+            assert groups(*on, "MODEL.CUDA_GRAPH.SCOPE", "decoder") == {None}
             assert groups(*on, "MODEL.BACKBONE.FUSED_TRAINING_BN", False) == {None}
-            assert groups(*kernels, "MODEL.BACKBONE.CHANNELS_LAST", False) == {None}
-        said = [r.getMessage() for r in caplog.records if "SYNC_BN" in r.getMessage()]
-        assert len(said) == 3 and "'decoder'" in said[0] and "eagerly" in said[0]
-        assert said[1].startswith("MODEL.CUDA_GRAPH.SYNC_BN: PyTorch's") and "FUSED_TRAINING_BN False" in said[1]
-        assert said[2].startswith("MODEL.BACKBONE.SYNC_BN_KERNELS: PyTorch's") and "CHANNELS_LAST False" in said[2]
+        said = [r.getMessage() for r in caplog.records if "MODEL.CUDA_GRAPH.SYNC_BN" in r.getMessage()]
+        assert len(said) == 2 and "'decoder'" in said[0] and "FUSED_TRAINING_BN False" in said[1]
     finally:
         dist.destroy_process_group()

@@ -86,7 +86,6 @@ MIN_CHANNELS = 32
 SYNC_ONE_PROCESS = False
 
 _SYNC_GROUPS = []  # the process groups new_sync_group made (compared by identity)
-_CAPTURED_GROUPS = []  # those of them whose collectives CUDA graphs may capture
 _local = threading.local()  # .skip: inside skip_collectives
 
 _SELF_CHECKS = {}  # (device type, index) -> None (the kernels ran) or why they could not
@@ -150,31 +149,22 @@ def sync_group(bn):
     return group if SYNC_ONE_PROCESS or dist.get_world_size(group) > 1 else None
 
 
-def new_sync_group(captured=True):
+def new_sync_group():
     """A process group of every process (collective: every process calls it) for the SyncBatchNorm layers whose
-    statistics the kernels synchronize (``MODEL.BACKBONE.SYNC_BN_KERNELS``, ``MODEL.CUDA_GRAPH.SYNC_BN``): separate
-    from the default group, which DistributedDataParallel uses, so captured and eager collectives of the two never
-    interleave differently. ``captured``: CUDA graphs may capture its collectives (``collectives_captured``);
-    else a backbone with such layers runs eagerly in training."""
+    statistics the kernels synchronize (``MODEL.CUDA_GRAPH.SYNC_BN``): separate from the default group, which
+    DistributedDataParallel uses, so captured and eager collectives of the two never interleave differently."""
     group = dist.new_group(backend=dist.get_backend())
     # one collective now: NCCL makes a group's communicator at its first collective, which must not be inside
     # a CUDA graph capture (the first one of these layers usually is: a capture's warm-up skips them)
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else None
     dist.all_reduce(torch.zeros(1, device=device), group=group)
     _SYNC_GROUPS.append(group)
-    if captured:
-        _CAPTURED_GROUPS.append(group)
     return group
 
 
 def kernels_synchronize(group):
     """Whether ``group`` (a ``sync_group``) came from ``new_sync_group``: its SyncBatchNorm runs the kernels."""
     return any(group is g for g in _SYNC_GROUPS)
-
-
-def collectives_captured(group):
-    """Whether ``group`` came from ``new_sync_group(captured=True)``: CUDA graphs may capture its collectives."""
-    return any(group is g for g in _CAPTURED_GROUPS)
 
 
 @contextlib.contextmanager
