@@ -11,9 +11,10 @@ logger = logging.getLogger(__name__)
 
 def convert_sync_batchnorm(cfg, model):
     """``model`` with every BatchNorm converted to SyncBatchNorm (``MODEL.BACKBONE.SYNC_BN``; every process calls
-    this). With ``MODEL.CUDA_GRAPH.SYNC_BN`` (and graphs of the whole model, ``MODEL.CUDA_GRAPH.SCOPE`` model or
-    split, the Triton BatchNorm kernels and channels_last_3d, which they need) the layers share a process group of their own (``bn_act.new_sync_group``):
-    the kernels synchronize them and the CUDA graphs capture their collectives."""
+    this). With ``MODEL.CUDA_GRAPH.SYNC_BN`` (and graphs of the backbone, ``MODEL.CUDA_GRAPH.SCOPE`` model or
+    split, the Triton BatchNorm kernels and channels_last_3d, which they need) the layers share a process group of
+    their own (``bn_act.new_sync_group``): the kernels synchronize them and the CUDA graphs capture their
+    collectives."""
     group = None
     if cfg.MODEL.CUDA_GRAPH.SYNC_BN:
         reasons = []
