@@ -322,10 +322,10 @@ class Trainer:
             lr=self.optimizer.param_groups[0]["lr"],
             **{name: value for name, value in loss_values.items() if name not in bad},
         )
-        # metrics a model leaves beside its losses (FastRCNN: recall / precision), logged, never summed
         gpu_time = self.gpu_clock.previous_seconds()
         if gpu_time is not None:  # the previous iteration's (see GpuStepClock)
             self.metrics.put(gpu_time=gpu_time)
+        # metrics a model leaves beside its losses (FastRCNN: recall / precision), logged, never summed
         extra = getattr(getattr(self.model, "module", self.model), "train_metrics", None)
         if extra:
             self.metrics.put(**{name: value for name, value in extra.items() if math.isfinite(value)})

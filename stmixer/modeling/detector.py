@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 # MODEL.CUDA_GRAPH.SCOPE values: what a CUDA graph covers.
 CUDA_GRAPH_SCOPES = ("off", "decoder", "model", "split")
+# The scopes whose graphs hold the backbone (and can capture its SyncBatchNorm kernels' collectives).
+BACKBONE_GRAPH_SCOPES = ("model", "split")
 
 
 class STMDetector(nn.Module):
@@ -116,13 +118,13 @@ class STMDetector(nn.Module):
 
         ``whwh``: the clip sizes as ``STMDecoder.clip_sizes`` gives them."""
         scope = self.cuda_graph
-        if scope in ("model", "split") and self._backbone_synchronizes():
+        if scope in BACKBONE_GRAPH_SCOPES and self._backbone_synchronizes():
             scope = "decoder"
         if scope not in self._graphed_parts:
             self._graphed_parts[scope] = self._make_parts(scope)
         (self._graphed_backbone, self._graphed), self._graph_scope = self._graphed_parts[scope], scope
         videos = (slow_video,) if fast_video is None else (slow_video, fast_video)
-        if scope in ("model", "split") and getattr(self.backbone, "channels_last", False) and slow_video.is_cuda:
+        if scope in BACKBONE_GRAPH_SCOPES and getattr(self.backbone, "channels_last", False) and slow_video.is_cuda:
             # NDHWC weights before a capture, not inside it (parameters are stand-ins there, see cuda_graphs)
             self.backbone.use_channels_last()
         if scope == "model":
@@ -149,7 +151,7 @@ class STMDetector(nn.Module):
         if scope == "split":
             return GraphedPart(self._feature_outputs, self, self.max_graphs, name="backbone+neck",
                                warmup=bn_act.skip_collectives, submodules=("backbone", "lateral_convs")), decoder
-        if self.cuda_graph in ("model", "split"):
+        if self.cuda_graph in BACKBONE_GRAPH_SCOPES:
             logger.info("MODEL.CUDA_GRAPH.SCOPE %s: the backbone's SyncBatchNorm layers synchronize with PyTorch's "
                         "collectives (training on several processes, MODEL.CUDA_GRAPH.SYNC_BN False), so the CUDA "
                         "graphs of training steps cover the decoder stages only", self.cuda_graph)

@@ -5,6 +5,7 @@ import logging
 import torch
 
 from .backbones import bn_act
+from .detector import BACKBONE_GRAPH_SCOPES
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +19,7 @@ def convert_sync_batchnorm(cfg, model):
     group = None
     if cfg.MODEL.CUDA_GRAPH.SYNC_BN:
         reasons = []
-        if cfg.MODEL.CUDA_GRAPH.SCOPE not in ("model", "split"):
+        if cfg.MODEL.CUDA_GRAPH.SCOPE not in BACKBONE_GRAPH_SCOPES:
             reasons.append(f"MODEL.CUDA_GRAPH.SCOPE {cfg.MODEL.CUDA_GRAPH.SCOPE!r}")
         if cfg.MODEL.BACKBONE.FUSED_TRAINING_BN is False:
             reasons.append("MODEL.BACKBONE.FUSED_TRAINING_BN False")
