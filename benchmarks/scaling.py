@@ -29,7 +29,10 @@ each iteration, so a host delay that the GPU's queued work hides counts nowhere)
 wall-clock ones. Twice: with the steps drawn independently (as if every process drifted on its own), and
 with the step-to-step jitter alone (each step less the mean of the 9 around it: a slow drift
 that all processes share costs no waiting). Steps over 5 times the median (a capture of a new
-input shape) are left out and counted.
+input shape) are left out and counted. Where the steps had several padded input shapes (multi-scale
+training; ``input_height`` / ``input_width`` in ``metrics.json``), a third figure: each step's shape
+shared by all processes, as ``DATA.TRAIN_SCALE_SHARED_ACROSS_PROCESSES True`` gives for frames of one
+size, so a process waits only for the jitter among steps of its own shape.
 
 Runs' output goes to ``--out`` (``<variant>-<N>gpu/``, emptied first: ``stdout.txt``, ``log.txt``,
 ``metrics.json``, ``exit_status.txt``); the checkpoints they write at the end are deleted. ``--reuse``
@@ -104,11 +107,31 @@ def detrended(times, window=DETREND_WINDOW):
     return [mean + t - statistics.fmean(times[max(0, i - half):i + half + 1]) for i, t in enumerate(times)]
 
 
+def shared_shape_bound(times, shapes, n):
+    """Efficiency left by waiting for the slowest of ``n`` processes whose inputs share each step's shape
+    (``DATA.TRAIN_SCALE_SHARED_ACROSS_PROCESSES``): a step's shape is drawn as in the one-GPU run, and each
+    process's time from that shape's steps. ``shapes``: one hashable per entry of ``times``."""
+    groups = {}
+    for t, shape in zip(times, shapes):
+        groups.setdefault(shape, []).append(t)
+    waited = sum(len(group) / len(times) * expected_max(group, n) for group in groups.values())
+    return statistics.fmean(times) / waited
+
+
 def step_times(metrics_file, skip_first, key="time"):
     """Per-iteration seconds (``key``: "time", the wall-clock, or "gpu_time") after iteration ``skip_first``
     from a run's ``metrics.json``."""
+    return [t for t, _ in timed_shapes(metrics_file, skip_first, key)]
+
+
+def timed_shapes(metrics_file, skip_first, key="time"):
+    """``[(seconds, (height, width) or None)]`` of ``step_times``, each with the padded input shape of its
+    iteration (``input_height`` / ``input_width``; ``gpu_time`` is the iteration before its record's)."""
     records = MetricsFile(os.path.dirname(metrics_file)).records()
-    return [float(r[key]) for r in records if key in r and r["iteration"] > skip_first]
+    shapes = {r["iteration"]: (r["input_height"], r["input_width"]) for r in records if "input_height" in r}
+    late = 1 if key == "gpu_time" else 0
+    return [(float(r[key]), shapes.get(r["iteration"] - late)) for r in records
+            if key in r and r["iteration"] > skip_first]
 
 
 def summarize(runs, clips_per_gpu):
@@ -125,8 +148,11 @@ def summarize(runs, clips_per_gpu):
         row.update(s_per_iter=s_iter, clips_per_s=clips_per_gpu * run["gpus"] / s_iter, iterations=len(run["times"]))
         if run["gpus"] == 1:  # for --predict: the GPU's step times where every timed iteration has one
             gpu = run.get("gpu_times") or []
-            row["step_times"], row["step_clock"] = (gpu, "GPU") if len(gpu) == len(run["times"]) else \
-                (run["times"], "wall-clock")
+            use_gpu = len(gpu) == len(run["times"])
+            row["step_times"], row["step_clock"] = (gpu, "GPU") if use_gpu else (run["times"], "wall-clock")
+            shapes = run.get("gpu_shapes" if use_gpu else "shapes") or []
+            if len(shapes) == len(row["step_times"]) and None not in shapes:
+                row["step_shapes"] = [tuple(shape) for shape in shapes]
         rows.append(row)
     for row in rows:
         if "error" in row:
@@ -165,7 +191,8 @@ def predictions(rows, counts):
         times = row.get("step_times")
         if not counts or row["gpus"] != 1 or not times or len(times) < 2:
             continue
-        kept = [t for t in times if t <= OUTLIER * statistics.median(times)]
+        median = statistics.median(times)
+        kept = [t for t in times if t <= OUTLIER * median]
         left_out = len(times) - len(kept)
         jitter = detrended(kept)
         spread = (f"{min(kept):.4f}-{max(kept):.4f} s, mean {statistics.fmean(kept):.4f} s, step-to-step jitter "
@@ -177,6 +204,14 @@ def predictions(rows, counts):
                      + " (steps drawn independently), "
                      + ", ".join(f"{straggler_bound(jitter, n)[0]:.1%}" for n in counts)
                      + f" (the jitter alone: drift over {DETREND_WINDOW} steps shared by all processes)")
+        shapes = row.get("step_shapes")
+        kept_shapes = [shape for t, shape in zip(times, shapes) if t <= OUTLIER * median] if shapes else []
+        if len(set(kept_shapes)) > 1:
+            counts_text = ", ".join(f"{h:g}x{w:g} {kept_shapes.count((h, w))}" for h, w in sorted(set(kept_shapes)))
+            lines.append(f"{row['variant']}: {len(set(kept_shapes))} padded input shapes ({counts_text} steps); "
+                         "with each step's shape shared by all processes (DATA.TRAIN_SCALE_SHARED_ACROSS_PROCESSES "
+                         "True, frames of one size): "
+                         + ", ".join(f"{shared_shape_bound(kept, kept_shapes, n):.1%} at {n} GPUs" for n in counts))
     return lines
 
 
@@ -277,8 +312,9 @@ def run_one(args, device, data, name, opts, gpus, out_dir):
     elif not metrics.is_file():
         result["error"] = f"wrote no {metrics}: see {stdout}"
     else:
-        result["times"] = step_times(metrics, args.skip_first)
-        result["gpu_times"] = step_times(metrics, args.skip_first, "gpu_time")
+        for times, shapes, key in (("times", "shapes", "time"), ("gpu_times", "gpu_shapes", "gpu_time")):
+            pairs = timed_shapes(metrics, args.skip_first, key)
+            result[times], result[shapes] = [t for t, _ in pairs], [shape for _, shape in pairs]
         if not result["times"]:
             result["error"] = f"no iteration after --skip-first {args.skip_first} in {metrics}"
     return result

@@ -34,6 +34,8 @@ _C.DATA.STD = [0.225, 0.225, 0.225]
 _C.DATA.TRAIN_MIN_SCALES = [256, 320]
 # (stmixer) How a training clip's short side is drawn: "choice" = one entry of TRAIN_MIN_SCALES (official), "range" = a uniform integer in [min, max] of it.
 _C.DATA.TRAIN_SCALE_SAMPLING = "choice"
+# (stmixer) Training on several processes: True = at every step the j-th clip of every process's batch draws the same short side (each clip's draw keeps its distribution and the clips of one process's batch stay independent, but the processes' batches are alike), so with frames of one size every process pads its batch to the same shape and none waits for a larger one (at the official 2 clips per GPU and two scales, on 4 GPUs 68 % of the steps, 1 - (3/4)^4 - (1/4)^4, have a process whose batch is padded smaller than another's, and it waits); False = every clip its own draw (official). Changes which short sides a run draws (not their distribution); docs/distributed.md.
+_C.DATA.TRAIN_SCALE_SHARED_ACROSS_PROCESSES = False
 # Largest allowed long side during training, in pixels (the scale is reduced to respect it; the official code ignores it).
 _C.DATA.TRAIN_MAX_SCALE = 1333
 # Test-time short-side size(s) in pixels; the first entry is used.

@@ -17,6 +17,7 @@ from .config import ConfigError
 # Values of the string keys that the code accepts (lower-cased where the code ignores case).
 CHOICES = {
     "DATA.TRAIN_SCALE_SAMPLING": ("choice", "range"),
+    "DATA.TRAIN_SCALE_SHARED_ACROSS_PROCESSES": (True, False),
     "DATA.DECODING_BACKEND": ("pyav", "torchvision"),
     "DATA.BOX_TRANSFORM": ("stmixer", "mmaction2"),
     "PROPOSALS.TRAIN_FALLBACK": ("whole_frame", "gt"),

@@ -25,6 +25,7 @@ from ..ava_files import (
     ava_span,
 )
 from .frames import CorruptFrameLog, read_frame, read_frames
+from .samplers import sample_generators
 from .transforms import pathway_frame_indices
 
 logger = logging.getLogger("stmixer.data.ava")
@@ -208,7 +209,9 @@ class AvaDataset(torch.utils.data.Dataset):
     Items are looked up by dataset index, or by ``(index, entropy)`` where ``entropy`` (a
     tuple of ints) seeds every random choice of that sample: the training sampler passes
     it so that a sample's augmentation does not depend on which worker loads it.
-    Without it, training randomness comes from NumPy's global generator.
+    Without it, training randomness comes from NumPy's global generator. A third part
+    ``(index, entropy, scale_entropy)`` seeds the training short side alone (see
+    ``sample_generators``).
 
     A sample is a dict:
         "videos": list of float32 ``[3, T_p, H, W]`` (normalized; Slow first for SlowFast), or
@@ -275,23 +278,20 @@ class AvaDataset(torch.utils.data.Dataset):
         return np.asarray([groups[int(v)] for v in self.keyframes.video_index], dtype=np.int64)
 
     def __getitem__(self, key):
-        index, entropy = key if isinstance(key, tuple) else (key, None)
-        if entropy is None:
-            entropy = int(np.random.randint(0, 2**63 - 1, dtype=np.int64))
-        rng = np.random.default_rng(entropy)
+        index, rng, scale_rng = sample_generators(key)
         frames = read_frames(self.clip_frame_paths(index), on_corrupt=self.corrupt_frames)
         orig_size = tuple(frames[0].shape[:2])
         boxes = self.keyframes.boxes_of(index)
         if self.proposals is not None:
             proposals, scores = self.proposals.of(index, boxes)
             stacked = np.concatenate([boxes.astype(np.float64), proposals])
-            pixels, out = self.transform(frames, stacked, rng)
+            pixels, out = self.transform(frames, stacked, rng, scale_rng=scale_rng)
             if len(out) != len(stacked):  # a transform that drops rows would mix boxes and proposals up
                 raise RuntimeError(f"the clip transform returned {len(out)} boxes for {len(stacked)}; it must "
                                    "transform every row (boxes and proposals are stacked)")
             boxes, proposals = out[:len(boxes)], out[len(boxes):]
         else:
-            pixels, boxes = self.transform(frames, boxes, rng)
+            pixels, boxes = self.transform(frames, boxes, rng, scale_rng=scale_rng)
         height, width = pixels.shape[-2:]
         pathways = [pixels.select(indices) for indices in self.pathway_frames]
         info = self.keyframe_info(index)

@@ -408,6 +408,7 @@ def build_data_loader(cfg, is_train, start_iter=0, max_iter=None, seed=0, datase
         batch_sampler = TrainingBatchSampler(
             len(dataset), batch_size, seed=seed, rank=rank, world_size=world_size,
             start_iter=start_iter, num_iters=max_iter, group_ids=group_ids,
+            shared_scale_draws=cfg.DATA.TRAIN_SCALE_SHARED_ACROSS_PROCESSES,
         )
     else:
         batch_size = per_process_batch_size(cfg.TEST.VIDEOS_PER_BATCH, world_size, "TEST.VIDEOS_PER_BATCH")

@@ -29,6 +29,7 @@ import torch
 
 from ..errors import UserError, read_text
 from .frames import CorruptFrameLog, read_frames
+from .samplers import sample_generators
 from .transforms import (
     BGR_FROM_BGR,
     RGB_FROM_BGR,
@@ -234,11 +235,12 @@ class RecognitionTransform:
         self.reference = reference
         self.lut = normalization_lut(self.mean, self.std)
 
-    def __call__(self, frames, rng, crop_index=0):
+    def __call__(self, frames, rng, crop_index=0, scale_rng=None):
         """``frames``: T uint8 ``[H, W, 3]`` BGR arrays -> ClipPixels of the float32 ``[3, T, S, S]`` clip
-        (S = ``crop_size``)."""
+        (S = ``crop_size``). ``scale_rng``: the Generator of the training short side (default ``rng``)."""
         height, width = frames[0].shape[:2]
-        short_side = choose_short_side(self.short_sides, self.scale_mode, rng) if self.train else self.short_sides[0]
+        short_side = choose_short_side(self.short_sides, self.scale_mode, rng if scale_rng is None else scale_rng) \
+            if self.train else self.short_sides[0]
         new_height, new_width = resized_size(height, width, short_side, self.max_long_side)
         if min(new_height, new_width) < self.crop_size:
             raise UserError(
@@ -353,15 +355,12 @@ class RawFrameDataset(torch.utils.data.Dataset):
         return [os.path.join(folder, self.filename_tmpl.format(int(i) + self.start_index)) for i in indices]
 
     def __getitem__(self, key):
-        index, entropy = key if isinstance(key, tuple) else (key, None)
-        if entropy is None:
-            entropy = int(np.random.randint(0, 2**63 - 1, dtype=np.int64))
-        rng = np.random.default_rng(entropy)
+        index, rng, scale_rng = sample_generators(key)
         video, clip, crop = self.locate(index)
         frames = read_frames(self.frame_paths(video, self.frame_indices(video, clip, rng)),
                              on_corrupt=self.corrupt_frames)
         orig_size = tuple(frames[0].shape[:2])
-        pixels = self.transform(frames, rng, crop)
+        pixels = self.transform(frames, rng, crop, scale_rng=scale_rng)
         height, width = pixels.shape[-2:]
         pathways = [pixels.select(indices) for indices in self.pathway_frames]
         return {

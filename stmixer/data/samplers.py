@@ -15,6 +15,28 @@ def _torch_generator(*entropy):
     return generator
 
 
+# Last entropy word of a shared short-side draw, so that its (seed, iteration, slot) never equals a sample's own
+# (seed, pass, position) entropy.
+SHARED_SCALE_TAG = 0x5CA1ED
+
+
+def sample_generators(key):
+    """(dataset index, rng, scale_rng) of a dataset key from a sampler.
+
+    ``key`` is a dataset index, ``(index, entropy)`` or ``(index, entropy, scale_entropy)``
+    (TrainingBatchSampler with ``shared_scale_draws``). ``rng`` (a NumPy Generator) makes every random
+    choice of the sample; ``scale_rng`` draws its training short side: ``rng`` itself unless the key
+    carries ``scale_entropy``. Without entropy the seed comes from NumPy's global generator.
+    """
+    if not isinstance(key, tuple):
+        key = (key,)
+    index, entropy, scale_entropy = (tuple(key) + (None, None))[:3]
+    if entropy is None:
+        entropy = int(np.random.randint(0, 2**63 - 1, dtype=np.int64))
+    rng = np.random.default_rng(entropy)
+    return index, rng, rng if scale_entropy is None else np.random.default_rng(scale_entropy)
+
+
 class TrainingBatchSampler(Sampler):
     """The per-process batch stream of iteration-based training.
 
@@ -31,7 +53,11 @@ class TrainingBatchSampler(Sampler):
     of a pass are dropped (the official ``drop_last``).
 
     Every item is ``(dataset_index, (seed, p, position))``: the second part, unique per
-    sample of the run, seeds that sample's random augmentation.
+    sample of the run, seeds that sample's random augmentation. With ``shared_scale_draws``
+    a third part ``(seed, k, j, SHARED_SCALE_TAG)`` seeds the short-side draw of the j-th clip of
+    batch k: the same on every process, so every process's batch k holds the same short sides
+    and (for frames of one size) the same padded shape; each clip's draw keeps its
+    distribution, and the clips of one process's batch stay independent of each other.
 
     Args:
         dataset_size: number of samples N.
@@ -41,10 +67,12 @@ class TrainingBatchSampler(Sampler):
         start_iter: first batch to yield.
         num_iters: stop before batch ``num_iters`` (None: never stop).
         group_ids: optional int ``[N]`` group of every sample.
+        shared_scale_draws: add the shared short-side entropy to every item
+            (``DATA.TRAIN_SCALE_SHARED_ACROSS_PROCESSES``).
     """
 
     def __init__(self, dataset_size, batch_size, seed=0, rank=0, world_size=1, start_iter=0, num_iters=None,
-                 group_ids=None):
+                 group_ids=None, shared_scale_draws=False):
         if seed < 0:
             raise ValueError(f"the sampler seed must be >= 0, got {seed}")
         if not 0 <= rank < world_size:
@@ -58,6 +86,7 @@ class TrainingBatchSampler(Sampler):
         self.world_size = int(world_size)
         self.start_iter = int(start_iter)
         self.num_iters = None if num_iters is None else int(num_iters)
+        self.shared_scale_draws = bool(shared_scale_draws)
         self.group_ids = None if group_ids is None else np.asarray(group_ids, dtype=np.int64)
         if self.group_ids is not None and len(self.group_ids) != self.dataset_size:
             raise ValueError(f"group_ids has {len(self.group_ids)} entries for {self.dataset_size} samples")
@@ -118,6 +147,9 @@ class TrainingBatchSampler(Sampler):
             for batch in self.pass_batches(pass_index)[offset:]:
                 if self.num_iters is not None and iteration >= self.num_iters:
                     return
+                if self.shared_scale_draws:
+                    batch = [(index, entropy, (self.seed, iteration, j, SHARED_SCALE_TAG))
+                             for j, (index, entropy) in enumerate(batch)]
                 yield batch
                 iteration += 1
             pass_index, offset = pass_index + 1, 0

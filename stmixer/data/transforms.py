@@ -381,7 +381,7 @@ class ClipTransform:
                 return new_height, new_width
         return resized_size(height, width, short_side, self.max_long_side)
 
-    def __call__(self, frames, boxes, rng, source_size=None):
+    def __call__(self, frames, boxes, rng, source_size=None, scale_rng=None):
         """Transform one clip.
 
         Args:
@@ -393,6 +393,8 @@ class ClipTransform:
                 ``scaled_size(H, W)`` (a test-time stream, ``keyframe_clips``); the boxes and the
                 scaling are then computed from it, so the result equals that of the decoded frames
                 up to the pixels' resampling. None: the frames' own size.
+            scale_rng: numpy Generator of the training short side alone (the sampler's draw shared
+                across processes, ``DATA.TRAIN_SCALE_SHARED_ACROSS_PROCESSES``); None: ``rng``.
 
         Returns:
             (ClipPixels of the float32 ``[3, T, H', W']`` clip, boxes float32 ``[n, 4]``
@@ -402,7 +404,7 @@ class ClipTransform:
         mmaction2 = self.box_style == "mmaction2"
         boxes = mmaction2_boxes_to_pixels(boxes, height, width) if mmaction2 else boxes_to_pixels(boxes, height, width)
         if self.train:
-            short_side = choose_short_side(self.short_sides, self.scale_mode, rng)
+            short_side = choose_short_side(self.short_sides, self.scale_mode, rng if scale_rng is None else scale_rng)
         else:
             short_side = self.short_sides[0]
         new_height, new_width = self.scaled_size(height, width, short_side)

@@ -325,6 +325,8 @@ class Trainer:
         gpu_time = self.gpu_clock.previous_seconds()
         if gpu_time is not None:  # the previous iteration's (see GpuStepClock)
             self.metrics.put(gpu_time=gpu_time)
+        height, width = batch["videos"][0].shape[-2:]  # the padded batch: step times depend on it
+        self.metrics.put(input_height=float(height), input_width=float(width))
         # metrics a model leaves beside its losses (FastRCNN: recall / precision), logged, never summed
         extra = getattr(getattr(self.model, "module", self.model), "train_metrics", None)
         if extra:

@@ -163,3 +163,38 @@ def test_bad_arguments_are_one_line(scaling, argv, message, capsys):
         scaling.parse_args(["--config-file", "c.yaml", *argv])
     assert caught.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_shared_shapes_wait_only_for_the_steps_of_the_same_shape(scaling):
+    # two shapes: small steps 0.1 s, large 0.2 s, half each. Independent draws on 2 processes wait for a large
+    # step 3/4 of the time; with the shape shared, equal steps of one shape never wait.
+    times, shapes = [0.1, 0.2] * 4, [(256, 352), (320, 448)] * 4
+    assert scaling.straggler_bound(times, 2)[0] == pytest.approx(0.15 / 0.175)
+    assert scaling.shared_shape_bound(times, shapes, 2) == pytest.approx(1.0)
+    # within a shape the jitter still costs: 0.1 / 0.3 s large steps, the maximum of two is 0.3 s 3/4 of the time
+    times, shapes = [0.1, 0.1, 0.1, 0.3], [(1, 1), (1, 1), (2, 2), (2, 2)]
+    assert scaling.shared_shape_bound(times, shapes, 2) == pytest.approx(0.15 / (0.5 * 0.1 + 0.5 * 0.25))
+
+
+def test_predict_adds_the_shared_shape_line_from_the_gpu_steps_own_shapes(scaling, tmp_path):
+    from stmixer.engine.events import MetricsFile
+
+    metrics = MetricsFile(str(tmp_path))
+    # gpu_time is the iteration before its record's: iteration i's shape is small for odd i, its GPU time 0.1 s
+    for i in range(1, 10):
+        record = {"iteration": i, "time": 0.15, "input_height": 256.0 if i % 2 else 320.0, "input_width": 352.0}
+        if i > 1:
+            record["gpu_time"] = 0.1 if (i - 1) % 2 else 0.2
+        metrics.append(record)
+    pairs = scaling.timed_shapes(tmp_path / "metrics.json", 1, "gpu_time")
+    assert pairs == [(0.1 if i % 2 else 0.2, (256.0 if i % 2 else 320.0, 352.0)) for i in range(1, 9)]
+    assert scaling.timed_shapes(tmp_path / "metrics.json", 7) == [(0.15, (320.0, 352.0)), (0.15, (256.0, 352.0))]
+    run = {"variant": "ms", "gpus": 1, "times": [0.15] * 8, "shapes": [(0, 0)] * 8,
+           "gpu_times": [t for t, _ in pairs], "gpu_shapes": [s for _, s in pairs]}
+    lines = scaling.predictions(scaling.summarize([run], clips_per_gpu=2), [2])
+    assert "85.7% at 2 GPUs" in lines[0]  # independent shapes: 0.15 / 0.175
+    assert lines[1] == ("ms: 2 padded input shapes (256x352 4, 320x352 4 steps); with each step's shape shared by "
+                        "all processes (DATA.TRAIN_SCALE_SHARED_ACROSS_PROCESSES True, frames of one size): "
+                        "100.0% at 2 GPUs")
+    one_shape = dict(run, gpu_shapes=[(256.0, 352.0)] * 8)
+    assert len(scaling.predictions(scaling.summarize([one_shape], clips_per_gpu=2), [2])) == 1

@@ -144,3 +144,25 @@ def test_test_split_evaluation_reads_a_malformed_label_map_at_setup(layout, make
     (root / "annotations_v2.2" / "ava_action_list_v2.2_for_activitynet_2019.pbtxt").write_text('item { name: "x" }\n')
     with pytest.raises(UserError, match=r"pbtxt:1: item block without id"):
         Evaluation(cfg, torch.device("cpu"))  # before any inference, not after it
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_shared_scale_draws_pad_every_process_batch_alike(tiny_cfg, shared):
+    # two processes of 2 clips; frames of one size (64x80), two short sides: the padded shape follows the draws
+    tiny_cfg.merge_from_list(["SOLVER.VIDEOS_PER_BATCH", 4, "DATA.TRAIN_MIN_SCALES", [48, 64],
+                              "DATA.TRAIN_SCALE_SHARED_ACROSS_PROCESSES", shared])
+    dataset = build_dataset(tiny_cfg, True, defer_pixels=True)
+    ranks = [list(build_data_loader(tiny_cfg, True, max_iter=8, seed=5, dataset=dataset, rank=r, world_size=2))
+             for r in range(2)]
+    sides = [[b["whwh"][:, 1].tolist() for b in batches] for batches in ranks]  # clip heights = short sides
+    assert {h for rank in sides for batch in rank for h in batch} == {48.0, 64.0}
+    if shared:
+        assert sides[0] == sides[1]  # clip j of batch k: one draw on both processes
+        assert all(a["videos"][0].shape == b["videos"][0].shape for a, b in zip(*ranks))
+        assert any(a["indices"].tolist() != b["indices"].tolist() for a, b in zip(*ranks))  # other clips
+    else:
+        assert sides[0] != sides[1]
+    resumed = list(build_data_loader(tiny_cfg, True, start_iter=5, max_iter=8, seed=5, dataset=dataset, rank=1,
+                                     world_size=2))
+    assert [b["whwh"][:, 1].tolist() for b in resumed] == sides[1][5:]
+    assert all(torch.equal(a["videos"][0], b["videos"][0]) for a, b in zip(resumed, ranks[1][5:]))

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from torch.utils.data import BatchSampler
 
-from stmixer.data.samplers import InferenceSampler, TrainingBatchSampler
+from stmixer.data.samplers import SHARED_SCALE_TAG, InferenceSampler, TrainingBatchSampler, sample_generators
+from stmixer.data.transforms import choose_short_side
 
 
 def stream(n, batch, **kwargs):
@@ -72,3 +73,32 @@ def test_inference_sampler_shards_with_padding():
     shards = [list(InferenceSampler(7, rank=r, world_size=3)) for r in range(3)]
     assert shards == [[0, 1, 2], [3, 4, 5], [6, 0, 1]]
     assert sorted(set(sum(shards, []))) == list(range(7))
+
+
+def test_shared_scale_draws_give_slot_j_of_batch_k_one_entropy_on_every_process():
+    plain = [stream(10, 2, seed=3, rank=r, world_size=2, num_iters=6) for r in range(2)]
+    shared = [stream(10, 2, seed=3, rank=r, world_size=2, num_iters=6, shared_scale_draws=True) for r in range(2)]
+    for r in range(2):  # the same samples and augmentation entropy, plus the shared part
+        assert [[item[:2] for item in batch] for batch in shared[r]] == plain[r]
+        assert all(len(item) == 2 for batch in plain[r] for item in batch)
+    for k in range(6):
+        for j in range(2):
+            assert shared[0][k][j][2] == shared[1][k][j][2] == (3, k, j, SHARED_SCALE_TAG)
+    resumed = stream(10, 2, seed=3, rank=1, world_size=2, start_iter=4, num_iters=6, shared_scale_draws=True)
+    assert resumed == shared[1][4:]
+
+
+def test_sample_generators_draw_the_short_side_from_the_shared_entropy():
+    index, rng, scale_rng = sample_generators((7, (1, 0, 5)))
+    assert index == 7 and scale_rng is rng
+    assert rng.integers(2**62) == np.random.default_rng((1, 0, 5)).integers(2**62)
+    index, rng, scale_rng = sample_generators((7, (1, 0, 5), (1, 4, 0, SHARED_SCALE_TAG)))
+    assert scale_rng is not rng and rng.integers(2**62) == np.random.default_rng((1, 0, 5)).integers(2**62)
+    assert scale_rng.integers(2**62) == np.random.default_rng((1, 4, 0, SHARED_SCALE_TAG)).integers(2**62)
+    index, rng, scale_rng = sample_generators(3)
+    assert index == 3 and scale_rng is rng
+    # each slot's draw keeps the official distribution: a uniform choice of the listed short sides
+    sides = [choose_short_side([256, 320], "choice", sample_generators((0, (0,), (9, k, j, SHARED_SCALE_TAG)))[2])
+             for k in range(1000) for j in range(2)]
+    assert 0.46 < sides.count(256) / len(sides) < 0.54
+    assert [sides[2 * k] == sides[2 * k + 1] for k in range(1000)].count(True) < 560  # the two slots independent

@@ -33,6 +33,8 @@ def test_single_process_run_writes_everything(single_run):
     lines = [json.loads(line) for line in (single_run / "metrics.json").read_text().splitlines()]
     assert [entry["iteration"] for entry in lines] == [1, 2, 3, 4, 5, 6]
     assert all(k in lines[0] for k in ("loss_bce", "loss_ce", "loss_giou", "loss_bbox", "lr", "time", "data_time"))
+    # the padded batch of every step: 64 x 96 frames at short side 64, already multiples of 32
+    assert all((e["input_height"], e["input_width"]) == (64, 96) for e in lines)
     assert "Process group" not in (single_run / "log.txt").read_text()
 
 
